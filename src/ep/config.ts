@@ -1,0 +1,129 @@
+import { ConfigError } from '../errors.js';
+
+/** What a group is sized for. Every rank of a group passes the same values. */
+export interface EpConfigInput {
+  /** Number of ranks W (one GPU, or one worker thread on the cpu transport, each). */
+  world: number;
+  /** Total experts E over all ranks; E / W live on each rank. */
+  numExperts: number;
+  /** Hidden size H: elements per token row. */
+  hidden: number;
+  /** Experts per token k (columns of topkIdx). */
+  topk: number;
+  /** The most tokens one rank passes to one dispatch (T <= this). */
+  maxTokensPerRank: number;
+  /** Quantise dispatched rows to FP8 e4m3 with per-group f32 scales. Default true. */
+  fp8?: boolean;
+  /** FP8 group size G: values sharing one scale. H must be a multiple. Default 128. */
+  fp8GroupSize?: number;
+  /**
+   * The most (token, expert) rows one rank may send to one other rank in one call (MAX_M). Default:
+   * maxTokensPerRank * min(topk, numExperts / world), enough for any routing in which a token picks
+   * distinct experts. A smaller value saves memory; a call that needs more throws CapacityError.
+   */
+  maxRowsPerPeer?: number;
+}
+
+/** A validated configuration with every derived size. */
+export interface EpConfig {
+  readonly world: number;
+  readonly numExperts: number;
+  readonly expertsPerRank: number;
+  readonly hidden: number;
+  readonly topk: number;
+  readonly maxTokensPerRank: number;
+  readonly fp8: boolean;
+  readonly fp8GroupSize: number;
+  /** H / G: scales per row (FP8 only, but always derived). */
+  readonly groupsPerRow: number;
+  readonly maxRowsPerPeer: number;
+  /**
+   * Rows per local expert in the expert-major output: W * min(maxTokensPerRank, maxRowsPerPeer). A source
+   * sends an expert at most one row per token (a token's experts are distinct), so this always suffices.
+   */
+  readonly expertCapacity: number;
+  /** Bytes of one dispatched row: H (FP8) or 2H (bf16). */
+  readonly dispatchRowBytes: number;
+  /** Bytes of one combined row: 2H (bf16). */
+  readonly combineRowBytes: number;
+}
+
+function checkInt(name: string, v: unknown, min: number, max = 2 ** 31 - 1): number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+    const range = max === 2 ** 31 - 1 ? `an integer >= ${min}` : `an integer in [${min}, ${max}]`;
+    throw new ConfigError(`${name} must be ${range}, got ${String(v)}`, { fields: name, value: String(v) });
+  }
+  return v;
+}
+
+/** Validates a configuration and derives its sizes. Throws ConfigError naming the fields at fault. */
+export function resolveConfig(input: EpConfigInput): EpConfig {
+  if (input === null || typeof input !== 'object') {
+    throw new ConfigError('the configuration must be an object', { fields: 'config' });
+  }
+  const world = checkInt('world', input.world, 1, 1024);
+  const numExperts = checkInt('numExperts', input.numExperts, 1);
+  const hidden = checkInt('hidden', input.hidden, 1);
+  const topk = checkInt('topk', input.topk, 1, 64);
+  const maxTokensPerRank = checkInt('maxTokensPerRank', input.maxTokensPerRank, 1);
+  const fp8 = input.fp8 ?? true;
+  if (typeof fp8 !== 'boolean')
+    throw new ConfigError(`fp8 must be a boolean, got ${String(fp8)}`, { fields: 'fp8' });
+  const fp8GroupSize = checkInt('fp8GroupSize', input.fp8GroupSize ?? 128, 1);
+  if (numExperts % world !== 0) {
+    throw new ConfigError(
+      `numExperts (${numExperts}) must be divisible by world (${world}) so every rank holds the same number of experts`,
+      { fields: 'numExperts,world', numExperts, world },
+    );
+  }
+  if (topk > numExperts) {
+    throw new ConfigError(`topk (${topk}) cannot exceed numExperts (${numExperts})`, {
+      fields: 'topk,numExperts',
+      topk,
+      numExperts,
+    });
+  }
+  if (hidden % 8 !== 0) {
+    throw new ConfigError(
+      `hidden (${hidden}) must be a multiple of 8 so every row is a whole number of 16-byte vectors`,
+      { fields: 'hidden', hidden },
+    );
+  }
+  if (fp8 && hidden % fp8GroupSize !== 0) {
+    throw new ConfigError(`hidden (${hidden}) must be a multiple of fp8GroupSize (${fp8GroupSize})`, {
+      fields: 'hidden,fp8GroupSize',
+      hidden,
+      fp8GroupSize,
+    });
+  }
+  if (fp8 && (fp8GroupSize % 8 !== 0 || fp8GroupSize > 1024)) {
+    throw new ConfigError(`fp8GroupSize (${fp8GroupSize}) must be a multiple of 8 and at most 1024`, {
+      fields: 'fp8GroupSize',
+      fp8GroupSize,
+    });
+  }
+  const expertsPerRank = numExperts / world;
+  const defaultRows = maxTokensPerRank * Math.min(topk, expertsPerRank);
+  const maxRowsPerPeer = checkInt('maxRowsPerPeer', input.maxRowsPerPeer ?? defaultRows, 1);
+  if (maxRowsPerPeer > maxTokensPerRank * topk) {
+    throw new ConfigError(
+      `maxRowsPerPeer (${maxRowsPerPeer}) cannot exceed maxTokensPerRank * topk (${maxTokensPerRank * topk}): no call sends more rows`,
+      { fields: 'maxRowsPerPeer,maxTokensPerRank,topk', maxRowsPerPeer },
+    );
+  }
+  return {
+    world,
+    numExperts,
+    expertsPerRank,
+    hidden,
+    topk,
+    maxTokensPerRank,
+    fp8,
+    fp8GroupSize,
+    groupsPerRow: fp8 ? hidden / fp8GroupSize : 0,
+    maxRowsPerPeer,
+    expertCapacity: world * Math.min(maxTokensPerRank, maxRowsPerPeer),
+    dispatchRowBytes: fp8 ? hidden : 2 * hidden,
+    combineRowBytes: 2 * hidden,
+  };
+}

@@ -1,0 +1,131 @@
+import { ConfigError } from '../errors.js';
+import type { EpConfig } from './config.js';
+
+/**
+ * The symmetric heap: one allocation per rank, the same layout on every rank, so a peer's region is
+ * its base plus the same offset. Every offset and size here is derived from the config, in bytes,
+ * aligned to ALIGN so that 16-byte vector copies (and 128-byte lines) never straddle regions.
+ * Nobody else computes an offset.
+ *
+ * All arrays are indexed [slot][...] with slot = act_pos (0 or 1): a call writes slot
+ * call_count % 2, so a call never overwrites what a peer may still read from the call before.
+ */
+export const ALIGN = 256;
+
+export interface Region {
+  /** Byte offset from the heap base. */
+  readonly offset: number;
+  /** Bytes of one slot (act_pos). */
+  readonly slotBytes: number;
+  /** Bytes of both slots. */
+  readonly bytes: number;
+}
+
+export interface HeapLayout {
+  /** u64 [2][W]: dispatchSignal[slot][src] == call_count once src's dispatch rows have landed. */
+  readonly dispatchSignal: Region;
+  /** u64 [2][W]: combineSignal[slot][src] == call_count once src's combine rows have landed. */
+  readonly combineSignal: Region;
+  /** i32 [2][W][EPR + 1]: per-local-expert row counts from src, then src's start offset m_st. */
+  readonly recvSplits: Region;
+  /** u8 [2][W][MAX_M][dispatchRowBytes]: rows src sent me (FP8 or bf16), expert-sorted. */
+  readonly recvData: Region;
+  /** f32 [2][W][MAX_M][H/G]: scales of those rows (FP8 only; zero bytes otherwise). */
+  readonly recvScales: Region;
+  /** bf16 [2][maxTokensPerRank * k][H]: expert outputs returned to me, in my expert-sorted row order. */
+  readonly combineRecv: Region;
+  /** Total bytes of one rank's heap. */
+  readonly totalBytes: number;
+  /** Elements per split record (EPR + 1). */
+  readonly splitsPerPeer: number;
+  /** Rows of the combine receive buffer per slot (maxTokensPerRank * k). */
+  readonly combineRows: number;
+}
+
+export function alignUp(n: number, a = ALIGN): number {
+  return Math.ceil(n / a) * a;
+}
+
+export function computeLayout(cfg: EpConfig): HeapLayout {
+  let cursor = 0;
+  const region = (slotBytes: number): Region => {
+    const slot = alignUp(slotBytes);
+    const r = { offset: cursor, slotBytes: slot, bytes: 2 * slot };
+    cursor += r.bytes;
+    return r;
+  };
+  const W = cfg.world;
+  const splitsPerPeer = cfg.expertsPerRank + 1;
+  const combineRows = cfg.maxTokensPerRank * cfg.topk;
+  const dispatchSignal = region(W * 8);
+  const combineSignal = region(W * 8);
+  const recvSplits = region(W * splitsPerPeer * 4);
+  const recvData = region(W * cfg.maxRowsPerPeer * cfg.dispatchRowBytes);
+  const recvScales = region(cfg.fp8 ? W * cfg.maxRowsPerPeer * cfg.groupsPerRow * 4 : 0);
+  const combineRecv = region(combineRows * cfg.combineRowBytes);
+  if (!Number.isSafeInteger(cursor)) {
+    throw new ConfigError('the symmetric heap would be larger than 2^53 bytes; reduce the sizes', {
+      fields: 'maxRowsPerPeer,hidden,world',
+    });
+  }
+  return {
+    dispatchSignal,
+    combineSignal,
+    recvSplits,
+    recvData,
+    recvScales,
+    combineRecv,
+    totalBytes: cursor,
+    splitsPerPeer,
+    combineRows,
+  };
+}
+
+/** Byte offset of signal word [slot][src] in a signal region. */
+export function signalOffset(r: Region, slot: number, src: number): number {
+  return r.offset + slot * r.slotBytes + src * 8;
+}
+
+/** Byte offset of the split record [slot][src] (EPR counts then m_st, i32). */
+export function splitsOffset(l: HeapLayout, slot: number, src: number): number {
+  return l.recvSplits.offset + slot * l.recvSplits.slotBytes + src * l.splitsPerPeer * 4;
+}
+
+/** Byte offset of row `row` of block [slot][src] in the dispatch receive buffer. */
+export function recvRowOffset(l: HeapLayout, cfg: EpConfig, slot: number, src: number, row: number): number {
+  return (
+    l.recvData.offset + slot * l.recvData.slotBytes + (src * cfg.maxRowsPerPeer + row) * cfg.dispatchRowBytes
+  );
+}
+
+/** Byte offset of the scales of row `row` of block [slot][src] (FP8 only). */
+export function recvScaleOffset(
+  l: HeapLayout,
+  cfg: EpConfig,
+  slot: number,
+  src: number,
+  row: number,
+): number {
+  return (
+    l.recvScales.offset +
+    slot * l.recvScales.slotBytes +
+    (src * cfg.maxRowsPerPeer + row) * cfg.groupsPerRow * 4
+  );
+}
+
+/** Byte offset of row `row` (my expert-sorted order) in the combine receive buffer. */
+export function combineRowOffset(l: HeapLayout, cfg: EpConfig, slot: number, row: number): number {
+  return l.combineRecv.offset + slot * l.combineRecv.slotBytes + row * cfg.combineRowBytes;
+}
+
+/** All regions in heap order, for bounds and overlap checks. */
+export function regionsOf(l: HeapLayout): Array<[string, Region]> {
+  return [
+    ['dispatchSignal', l.dispatchSignal],
+    ['combineSignal', l.combineSignal],
+    ['recvSplits', l.recvSplits],
+    ['recvData', l.recvData],
+    ['recvScales', l.recvScales],
+    ['combineRecv', l.combineRecv],
+  ];
+}

@@ -1,0 +1,193 @@
+import { BF16_DECODE, f32ToBf16, quantizeRowsFp8 } from './codec.js';
+import type { EpConfig } from './config.js';
+
+/**
+ * The reference: what every rank must hold after dispatch and what combine must return, computed in
+ * one process with plain loops. It shares nothing with the transports but the codecs (and the config
+ * type), so a bug in the routing plan or a transport cannot hide by appearing in both.
+ */
+
+export interface OracleRankInput {
+  numTokens: number;
+  /** bf16 [T, H] */
+  x: Uint16Array;
+  /** i32 [T, k], -1 = dropped */
+  topkIdx: Int32Array;
+  /** f32 [T, k] */
+  topkWeights: Float32Array;
+}
+
+/** Where a received row came from. */
+export interface RowOrigin {
+  src: number;
+  token: number;
+  slot: number;
+  expert: number;
+}
+
+export interface OracleDispatch {
+  /** i32 [W][EPR + 1]: for each src, rows per local expert, then m_st. */
+  recvSplits: Int32Array;
+  /** Per src: the rows it sent me, expert-sorted, [count][rowBytes] bytes (FP8 or bf16 little-endian). */
+  recvRows: Uint8Array[];
+  /** Per src: f32 [count][H/G] scales (FP8 only; empty otherwise). */
+  recvScales: Float32Array[];
+  /** Per src: the origin of each of those rows. */
+  recvOrigin: RowOrigin[][];
+  /** i32 [EPR]: rows per local expert over all sources. */
+  expertCounts: Int32Array;
+  /** Per local expert: its rows [count][rowBytes], sources in rank order. */
+  expertRows: Uint8Array[];
+  expertScales: Float32Array[];
+  expertOrigin: RowOrigin[][];
+}
+
+/** One row of rank `src`'s input as it is sent: FP8 bytes + scales, or the bf16 bytes. */
+function encodeRow(
+  cfg: EpConfig,
+  inp: OracleRankInput,
+  token: number,
+): { bytes: Uint8Array; scales: Float32Array } {
+  const H = cfg.hidden;
+  if (!cfg.fp8) {
+    const row = inp.x.slice(token * H, (token + 1) * H);
+    return { bytes: new Uint8Array(row.buffer), scales: new Float32Array(0) };
+  }
+  const bytes = new Uint8Array(H);
+  const scales = new Float32Array(cfg.groupsPerRow);
+  quantizeRowsFp8(inp.x, token * H, 1, H, cfg.fp8GroupSize, bytes, 0, scales, 0);
+  return { bytes, scales };
+}
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  let n = 0;
+  for (const p of parts) n += p.length;
+  const out = new Uint8Array(n);
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
+function concatF32(parts: Float32Array[]): Float32Array {
+  let n = 0;
+  for (const p of parts) n += p.length;
+  const out = new Float32Array(n);
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
+/** What rank `dst` holds after dispatch, given every rank's inputs. */
+export function oracleDispatch(
+  cfg: EpConfig,
+  inputs: readonly OracleRankInput[],
+  dst: number,
+): OracleDispatch {
+  const { world: W, expertsPerRank: EPR, topk: k } = cfg;
+  const recvSplits = new Int32Array(W * (EPR + 1));
+  const recvRows: Uint8Array[] = [];
+  const recvScales: Float32Array[] = [];
+  const recvOrigin: RowOrigin[][] = [];
+  // per local expert, per src: rows
+  const byExpert: { bytes: Uint8Array; scales: Float32Array; origin: RowOrigin }[][][] = [];
+  for (let e = 0; e < EPR; e++) byExpert.push(Array.from({ length: W }, () => []));
+  for (let src = 0; src < W; src++) {
+    const inp = inputs[src];
+    let before = 0; // src's valid pairs whose expert is below my first expert: m_st
+    for (let p = 0; p < inp.numTokens * k; p++) {
+      const e = inp.topkIdx[p];
+      if (e >= 0 && e < dst * EPR) before++;
+    }
+    const rows: Uint8Array[] = [];
+    const scales: Float32Array[] = [];
+    const origin: RowOrigin[] = [];
+    for (let le = 0; le < EPR; le++) {
+      const expert = dst * EPR + le;
+      let count = 0;
+      for (let t = 0; t < inp.numTokens; t++) {
+        for (let j = 0; j < k; j++) {
+          if (inp.topkIdx[t * k + j] !== expert) continue;
+          const r = encodeRow(cfg, inp, t);
+          const o = { src, token: t, slot: j, expert };
+          rows.push(r.bytes);
+          scales.push(r.scales);
+          origin.push(o);
+          byExpert[le][src].push({ ...r, origin: o });
+          count++;
+        }
+      }
+      recvSplits[src * (EPR + 1) + le] = count;
+    }
+    recvSplits[src * (EPR + 1) + EPR] = before;
+    recvRows.push(concat(rows));
+    recvScales.push(concatF32(scales));
+    recvOrigin.push(origin);
+  }
+  const expertCounts = new Int32Array(EPR);
+  const expertRows: Uint8Array[] = [];
+  const expertScales: Float32Array[] = [];
+  const expertOrigin: RowOrigin[][] = [];
+  for (let le = 0; le < EPR; le++) {
+    const all = byExpert[le].flat();
+    expertCounts[le] = all.length;
+    expertRows.push(concat(all.map((r) => r.bytes)));
+    expertScales.push(concatF32(all.map((r) => r.scales)));
+    expertOrigin.push(all.map((r) => r.origin));
+  }
+  return {
+    recvSplits,
+    recvRows,
+    recvScales,
+    recvOrigin,
+    expertCounts,
+    expertRows,
+    expertScales,
+    expertOrigin,
+  };
+}
+
+/**
+ * What combine returns on rank `src`: y[t] = bf16(sum over valid j, in order, of f32(w[t,j] * out[t,j])),
+ * where out[t,j] is the row that the owner of expert topkIdx[t,j] produced for this pair.
+ * `expertOutOf(owner, localExpert, row)` gives that owner's bf16 output row (an array and offset):
+ * rows are numbered as in the oracle's expert-major order.
+ */
+export function oracleCombine(
+  cfg: EpConfig,
+  inputs: readonly OracleRankInput[],
+  src: number,
+  expertOutOf: (owner: number, localExpert: number, row: number) => { data: Uint16Array; offset: number },
+): Uint16Array {
+  const { hidden: H, topk: k, expertsPerRank: EPR } = cfg;
+  const inp = inputs[src];
+  const y = new Uint16Array(inp.numTokens * H);
+  // position of each of my pairs inside its expert's expert-major rows
+  const pairPos = new Int32Array(inp.numTokens * k).fill(-1);
+  for (let expert = 0; expert < cfg.numExperts; expert++) {
+    let base = 0;
+    for (let s = 0; s < src; s++) {
+      const other = inputs[s];
+      for (let p = 0; p < other.numTokens * k; p++) if (other.topkIdx[p] === expert) base++;
+    }
+    for (let p = 0; p < inp.numTokens * k; p++) if (inp.topkIdx[p] === expert) pairPos[p] = base++;
+  }
+  for (let t = 0; t < inp.numTokens; t++) {
+    for (let h = 0; h < H; h++) {
+      let acc = 0;
+      for (let j = 0; j < k; j++) {
+        const e = inp.topkIdx[t * k + j];
+        if (e < 0) continue;
+        const r = expertOutOf(Math.floor(e / EPR), e % EPR, pairPos[t * k + j]);
+        acc = Math.fround(acc + Math.fround(inp.topkWeights[t * k + j] * BF16_DECODE[r.data[r.offset + h]]));
+      }
+      y[t * H + h] = f32ToBf16(acc);
+    }
+  }
+  return y;
+}

@@ -1,0 +1,157 @@
+/**
+ * Every failure the library reports is one of these classes. Each carries a stable string `code`
+ * (match on it: `instanceof` does not survive a worker or process boundary, the code does) and a
+ * message that says what to change.
+ */
+
+export const ErrorCodes = {
+  config: 'MOE_CONFIG',
+  shape: 'MOE_SHAPE',
+  routing: 'MOE_ROUTING',
+  capacity: 'MOE_CAPACITY',
+  peerTimeout: 'MOE_PEER_TIMEOUT',
+  peerFailed: 'MOE_PEER_FAILED',
+  handle: 'MOE_HANDLE',
+  closed: 'MOE_CLOSED',
+  cuda: 'MOE_CUDA',
+  transportUnavailable: 'MOE_TRANSPORT_UNAVAILABLE',
+  launch: 'MOE_LAUNCH',
+} as const;
+
+export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
+
+/** Structured facts about a failure (which field, rank, slot, ...), kept when the error crosses a boundary. */
+export type ErrorDetails = Record<string, string | number | boolean | null>;
+
+export class MoeA2aError extends Error {
+  readonly code: ErrorCode;
+  readonly details: ErrorDetails;
+  constructor(code: ErrorCode, message: string, details: ErrorDetails = {}) {
+    super(message);
+    this.code = code;
+    this.details = details;
+    this.name = new.target.name;
+  }
+}
+
+/** An invalid group configuration (sizes, divisibility, limits). `details.fields` names the fields. */
+export class ConfigError extends MoeA2aError {
+  constructor(message: string, details: ErrorDetails = {}) {
+    super(ErrorCodes.config, message, details);
+  }
+}
+
+/** A tensor with the wrong shape, dtype or length. */
+export class ShapeError extends MoeA2aError {
+  constructor(message: string, details: ErrorDetails = {}) {
+    super(ErrorCodes.shape, message, details);
+  }
+}
+
+/** A routing input that names no valid expert (`details.token`, `details.slot`, `details.expert`). */
+export class RoutingError extends MoeA2aError {
+  constructor(message: string, details: ErrorDetails = {}) {
+    super(ErrorCodes.routing, message, details);
+  }
+}
+
+/** More rows for one destination than the per-peer capacity (`details.destination/count/limit`). */
+export class CapacityError extends MoeA2aError {
+  constructor(message: string, details: ErrorDetails = {}) {
+    super(ErrorCodes.capacity, message, details);
+  }
+}
+
+/** A peer did not signal in time (`details.peer`, `details.slot`, `details.callCount`). */
+export class PeerTimeoutError extends MoeA2aError {
+  constructor(message: string, details: ErrorDetails = {}) {
+    super(ErrorCodes.peerTimeout, message, details);
+  }
+}
+
+/** A peer rank failed (threw, exited, or its worker died): `details.peer`. */
+export class PeerFailedError extends MoeA2aError {
+  constructor(message: string, details: ErrorDetails = {}) {
+    super(ErrorCodes.peerFailed, message, details);
+  }
+}
+
+/** A combine handle that is stale (a later dispatch happened), already used, or from another group. */
+export class HandleError extends MoeA2aError {
+  constructor(message: string, details: ErrorDetails = {}) {
+    super(ErrorCodes.handle, message, details);
+  }
+}
+
+/** A call on a group that was closed. */
+export class ClosedError extends MoeA2aError {
+  constructor(message: string, details: ErrorDetails = {}) {
+    super(ErrorCodes.closed, message, details);
+  }
+}
+
+/** A CUDA driver call failed (`details.call`, `details.result` the CUresult name), or a kernel reported an error. */
+export class CudaError extends MoeA2aError {
+  constructor(message: string, details: ErrorDetails = {}) {
+    super(ErrorCodes.cuda, message, details);
+  }
+}
+
+/** The asked-for transport cannot run here (no driver, no GPU). */
+export class TransportUnavailableError extends MoeA2aError {
+  constructor(message: string, details: ErrorDetails = {}) {
+    super(ErrorCodes.transportUnavailable, message, details);
+  }
+}
+
+/** The launcher or its rendezvous store failed (a rank exited, the store was unreachable). */
+export class LaunchError extends MoeA2aError {
+  constructor(message: string, details: ErrorDetails = {}) {
+    super(ErrorCodes.launch, message, details);
+  }
+}
+
+const classByCode: Record<ErrorCode, new (m: string, d?: ErrorDetails) => MoeA2aError> = {
+  MOE_CONFIG: ConfigError,
+  MOE_SHAPE: ShapeError,
+  MOE_ROUTING: RoutingError,
+  MOE_CAPACITY: CapacityError,
+  MOE_PEER_TIMEOUT: PeerTimeoutError,
+  MOE_PEER_FAILED: PeerFailedError,
+  MOE_HANDLE: HandleError,
+  MOE_CLOSED: ClosedError,
+  MOE_CUDA: CudaError,
+  MOE_TRANSPORT_UNAVAILABLE: TransportUnavailableError,
+  MOE_LAUNCH: LaunchError,
+};
+
+/** The plain-object form of an error, safe to post to a worker or write as JSON. */
+export interface WireError {
+  code: string;
+  name: string;
+  message: string;
+  details: ErrorDetails;
+  stack?: string;
+}
+
+export function errorToWire(err: unknown): WireError {
+  if (err instanceof MoeA2aError) {
+    return { code: err.code, name: err.name, message: err.message, details: err.details, stack: err.stack };
+  }
+  if (err instanceof Error) {
+    return { code: 'ERR_UNKNOWN', name: err.name, message: err.message, details: {}, stack: err.stack };
+  }
+  return { code: 'ERR_UNKNOWN', name: 'Error', message: String(err), details: {} };
+}
+
+/** Rebuilds the error class from its code on this side of the boundary. */
+export function errorFromWire(w: WireError): Error {
+  const cls = classByCode[w.code as ErrorCode];
+  const err = cls ? new cls(w.message, w.details) : Object.assign(new Error(w.message), { name: w.name });
+  if (w.stack) err.stack = w.stack;
+  return err;
+}
+
+export function isMoeA2aError(err: unknown): err is MoeA2aError {
+  return err instanceof MoeA2aError;
+}

@@ -22,6 +22,13 @@ export interface EpConfigInput {
    * distinct experts. A smaller value saves memory; a call that needs more throws CapacityError.
    */
   maxRowsPerPeer?: number;
+  /**
+   * Rows per local expert in the expert-major output (expertX is [EPR, maxRowsPerExpert, H]). Default:
+   * world * min(maxTokensPerRank, maxRowsPerPeer), enough for any routing (a source sends an expert at
+   * most one row per token). Large batches may set it lower to save memory; a dispatch that would give
+   * one expert more rows throws CapacityError on the receiving rank.
+   */
+  maxRowsPerExpert?: number;
 }
 
 /** A validated configuration with every derived size. */
@@ -37,10 +44,7 @@ export interface EpConfig {
   /** H / G: scales per row (FP8 only, but always derived). */
   readonly groupsPerRow: number;
   readonly maxRowsPerPeer: number;
-  /**
-   * Rows per local expert in the expert-major output: W * min(maxTokensPerRank, maxRowsPerPeer). A source
-   * sends an expert at most one row per token (a token's experts are distinct), so this always suffices.
-   */
+  /** Rows per local expert in the expert-major output (maxRowsPerExpert). */
   readonly expertCapacity: number;
   /** Bytes of one dispatched row: H (FP8) or 2H (bf16). */
   readonly dispatchRowBytes: number;
@@ -111,6 +115,14 @@ export function resolveConfig(input: EpConfigInput): EpConfig {
       { fields: 'maxRowsPerPeer,maxTokensPerRank,topk', maxRowsPerPeer },
     );
   }
+  const fullExpertRows = world * Math.min(maxTokensPerRank, maxRowsPerPeer);
+  const expertCapacity = checkInt('maxRowsPerExpert', input.maxRowsPerExpert ?? fullExpertRows, 1);
+  if (expertCapacity > fullExpertRows) {
+    throw new ConfigError(
+      `maxRowsPerExpert (${expertCapacity}) cannot exceed world * min(maxTokensPerRank, maxRowsPerPeer) (${fullExpertRows}): no expert can receive more rows`,
+      { fields: 'maxRowsPerExpert', maxRowsPerExpert: expertCapacity },
+    );
+  }
   return {
     world,
     numExperts,
@@ -122,7 +134,7 @@ export function resolveConfig(input: EpConfigInput): EpConfig {
     fp8GroupSize,
     groupsPerRow: fp8 ? hidden / fp8GroupSize : 0,
     maxRowsPerPeer,
-    expertCapacity: world * Math.min(maxTokensPerRank, maxRowsPerPeer),
+    expertCapacity,
     dispatchRowBytes: fp8 ? hidden : 2 * hidden,
     combineRowBytes: 2 * hidden,
   };

@@ -81,3 +81,23 @@ export function planRouting(cfg: EpConfig, topkIdx: Int32Array, numTokens: numbe
   }
   return { numTokens, numRows, expertCounts, expertOffsets, rowPair, pairRow, destRowStart };
 }
+
+/** Throws CapacityError when some local expert would get more rows than expertCapacity. */
+export function checkExpertCapacity(
+  c: EpConfig,
+  rank: number,
+  splits: Int32Array,
+  splitsPerPeer: number,
+): void {
+  for (let e = 0; e < c.expertsPerRank; e++) {
+    let rows = 0;
+    for (let s = 0; s < c.world; s++) rows += splits[s * splitsPerPeer + e];
+    if (rows > c.expertCapacity) {
+      throw new CapacityError(
+        `local expert ${e} (global id ${rank * c.expertsPerRank + e}) received ${rows} rows but maxRowsPerExpert is ${c.expertCapacity}; ` +
+          'raise maxRowsPerExpert in the group config',
+        { expert: rank * c.expertsPerRank + e, count: rows, limit: c.expertCapacity },
+      );
+    }
+  }
+}

@@ -1,0 +1,163 @@
+#!/usr/bin/env node
+/**
+ * moe-a2a: the command-line tool. `verify` checks a transport bit for bit against the reference,
+ * `bench` times it, `launch` starts a script once per rank.
+ */
+import { isMoeA2aError } from '../errors.js';
+import { type FlagSpec, formatFlags, type ParsedFlags, parseFlags, UsageError } from './args.js';
+import { benchCommand } from './bench.js';
+import { COMMON_FLAGS, SHAPE_FLAGS } from './common.js';
+import { launchCommand } from './launch-cmd.js';
+import { verifyCommand } from './verify.js';
+
+interface Command {
+  summary: string;
+  usage: string;
+  about: string;
+  flags: FlagSpec[];
+  run(flags: ParsedFlags, rest: string[]): Promise<number>;
+}
+
+const COMMANDS: Record<string, Command> = {
+  verify: {
+    summary: 'check a transport bit for bit against the reference oracle',
+    usage: 'moe-a2a verify [flags]',
+    about: `Runs dispatch + combine on random inputs from --seed and compares every rank's buffers, splits,
+scales, expert-major rows and combine output with a single-process reference, bit for bit. Prints a
+PASS/FAIL line per case and exits non-zero on any FAIL.
+
+With no shape flags it runs the suite: W in {1, 2, 3, 4, 8}, FP8 on and off, random, mostly-dropped,
+skewed (every pair on one rank's experts, each expert filled to capacity) and ragged routing, T = 0
+and T = 1, then the DeepSeek-V3 shape (H = 7168, k = 8, E = 256, T = 128 per rank, W = 4). With any
+shape flag it runs that shape with random, dropped and skewed routing.
+
+Examples:
+  moe-a2a verify
+  moe-a2a verify --world 4 --experts 16 --hidden 256 --topk 4 --tokens 16 --calls 10000
+  moe-a2a verify --transport cuda --world 2 --no-fp8`,
+    flags: [
+      ...SHAPE_FLAGS,
+      {
+        name: 'tokens',
+        kind: 'ints',
+        help: 'tokens per rank T (a list runs each)',
+        default: '128 with shape flags',
+      },
+      {
+        name: 'calls',
+        kind: 'int',
+        help: 'dispatch + combine calls per case, fresh random data each call',
+        default: '2',
+      },
+      ...COMMON_FLAGS,
+    ],
+    run: (f) => verifyCommand(f),
+  },
+  bench: {
+    summary: 'time dispatch and combine (median, p10, p90)',
+    usage: 'moe-a2a bench [flags]',
+    about: `Times dispatch and combine after warm-up and prints median, p10 and p90 per token count (the
+slowest rank per iteration), with the bytes moved. On the cpu transport it also times one thread
+copying the same bytes with TypedArray.set, the yardstick for worker-thread copies. Writes JSON
+(machine, date, transport, config) under bench/results/. Defaults: the DeepSeek-V3 decode shape
+(H = 7168, k = 8, E = 256, 128 tokens per rank, FP8 dispatch) at W = 4.
+
+Examples:
+  moe-a2a bench
+  moe-a2a bench --tokens 128,4096 --no-fp8 --iters 20`,
+    flags: [
+      ...SHAPE_FLAGS,
+      { name: 'tokens', kind: 'ints', help: 'tokens per rank T (a list runs each)', default: '128' },
+      { name: 'iters', kind: 'int', help: 'timed iterations', default: '50' },
+      { name: 'warmup', kind: 'int', help: 'untimed iterations first', default: '5' },
+      ...COMMON_FLAGS,
+    ],
+    run: (f) => benchCommand(f),
+  },
+  launch: {
+    summary: 'start a script once per rank (threads on cpu, processes on cuda)',
+    usage: 'moe-a2a launch -n N [--transport T] <script> [args...]',
+    about: `Starts <script> N times, once per rank, with torchrun's environment: RANK, WORLD_SIZE, LOCAL_RANK,
+LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT, and MOE_A2A_TRANSPORT. On the cpu transport the ranks are
+worker threads of one process (they share memory); on cuda they are processes that meet through a
+TCP store the launcher runs. If a rank fails, the others are told (cpu: at once; cuda: stopped after a
+grace period) and the launcher exits non-zero naming it.
+
+Example:
+  moe-a2a launch -n 4 examples/deepseek-all2all.mjs`,
+    flags: [
+      { name: 'n', kind: 'int', help: 'number of ranks', default: '1' },
+      { name: 'nproc', kind: 'int', help: 'same as -n' },
+      {
+        name: 'transport',
+        kind: 'string',
+        meta: 'auto|cpu|cuda',
+        help: 'threads (cpu) or processes (cuda)',
+        default: 'auto',
+      },
+      { name: 'help', kind: 'bool', help: 'show this help' },
+    ],
+    run: (f, rest) => launchCommand(f, rest),
+  },
+};
+
+function toolHelp(): string {
+  const names = Object.keys(COMMANDS);
+  const w = Math.max(...names.map((n) => n.length)) + 2;
+  return `moe-a2a: low-latency all-to-all (dispatch and combine) for mixture-of-experts expert parallelism
+
+Usage: moe-a2a <command> [flags]     (moe-a2a <command> --help for its flags)
+
+Commands:
+${names.map((n) => `  ${n.padEnd(w)}${COMMANDS[n].summary}`).join('\n')}
+
+Transports: cpu (worker threads; the bit-exact reference, runs anywhere) and cuda (one process per
+GPU, CUDA IPC peer memory). --transport auto, the default, picks cuda when a GPU is present.`;
+}
+
+function commandHelp(name: string): string {
+  const c = COMMANDS[name];
+  return `${c.usage}\n\n${c.about}\n\nFlags:\n${formatFlags(c.flags)}`;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [name, ...args] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    console.log(toolHelp());
+    return name ? 0 : 1;
+  }
+  const cmd = COMMANDS[name];
+  if (!cmd) {
+    console.error(`moe-a2a: unknown command '${name}'\n\n${toolHelp()}`);
+    return 2;
+  }
+  // -n N is the one short flag (torchrun's habit)
+  const normalized = args.flatMap((a, i) => (a === '-n' && i < args.length ? ['--n'] : [a]));
+  let parsed: ReturnType<typeof parseFlags>;
+  try {
+    parsed = parseFlags(normalized, cmd.flags);
+  } catch (err) {
+    if (err instanceof UsageError) {
+      console.error(`moe-a2a ${name}: ${err.message}\n\n${commandHelp(name)}`);
+      return 2;
+    }
+    throw err;
+  }
+  if (parsed.flags.help) {
+    console.log(commandHelp(name));
+    return 0;
+  }
+  return await cmd.run(parsed.flags, parsed.rest);
+}
+
+try {
+  process.exitCode = await main(process.argv.slice(2));
+} catch (err) {
+  if (isMoeA2aError(err) || (err as { code?: string })?.code?.startsWith?.('MOE_')) {
+    const e = err as Error & { code: string };
+    console.error(`moe-a2a: ${e.code}: ${e.message}`);
+  } else {
+    console.error(err);
+  }
+  process.exitCode = 1;
+}

@@ -1,0 +1,132 @@
+import { createGroup, type TransportName } from '../create.js';
+import type { EpGroup } from '../ep/api.js';
+import {
+  type ActualDispatch,
+  compareCombine,
+  compareDispatch,
+  oracleExpertOutput,
+  POISON_BYTE,
+  runStandInExperts,
+} from '../ep/check.js';
+import { resolveConfig } from '../ep/config.js';
+import { type OracleDispatch, oracleCombine, oracleDispatch } from '../ep/oracle.js';
+import { type HostTensor, hostTensor } from '../ep/tensor.js';
+import { errorToWire, type WireError } from '../errors.js';
+import { caseInputs, type VerifyCase } from './cases.js';
+import type { DeviceIo } from './device-io.js';
+
+export interface VerifyTask {
+  kind: 'verify';
+  cases: VerifyCase[];
+  transport: TransportName;
+  timeoutMs: number;
+}
+
+export interface CaseOutcome {
+  name: string;
+  pass: boolean;
+  calls: number;
+  ms: number;
+  /** The first mismatch or error, naming the call. */
+  message?: string;
+  error?: WireError;
+}
+
+/** Runs every case on this rank; returns one outcome per case (a failure never stops the others). */
+export async function runVerify(
+  task: VerifyTask,
+  rank: number,
+  io: DeviceIo,
+  progress: (line: string) => void,
+): Promise<CaseOutcome[]> {
+  const outcomes: CaseOutcome[] = [];
+  for (const [ci, kase] of task.cases.entries()) {
+    const t0 = performance.now();
+    let group: EpGroup<unknown> | null = null;
+    let calls = 0;
+    let lastReport = t0;
+    try {
+      const cfg = resolveConfig(kase.config);
+      group = await createGroup({ ...kase.config, transport: task.transport, timeoutMs: task.timeoutMs });
+      let message: string | undefined;
+      for (let call = 0; call < kase.calls && !message; call++) {
+        message = verifyCall(group, cfg, kase, call, rank, io);
+        calls++;
+        const now = performance.now();
+        if (rank === 0 && now - lastReport > 2000) {
+          lastReport = now;
+          progress(`case ${ci + 1}/${task.cases.length} ${kase.name}: call ${call + 1}/${kase.calls}`);
+        }
+      }
+      outcomes.push({ name: kase.name, pass: !message, calls, ms: performance.now() - t0, message });
+    } catch (err) {
+      const w = errorToWire(err);
+      outcomes.push({
+        name: kase.name,
+        pass: false,
+        calls,
+        ms: performance.now() - t0,
+        message: `call ${calls}: ${w.code}: ${w.message}`,
+        error: w,
+      });
+    } finally {
+      await group?.close().catch(() => {});
+    }
+  }
+  return outcomes;
+}
+
+/** One dispatch + combine with fresh inputs, checked bit for bit. Returns a mismatch message or undefined. */
+function verifyCall(
+  group: EpGroup<unknown>,
+  cfg: ReturnType<typeof resolveConfig>,
+  kase: VerifyCase,
+  call: number,
+  rank: number,
+  io: DeviceIo,
+): string | undefined {
+  const inputs = caseInputs(kase, call);
+  const me = inputs[rank];
+  io.poisonOutputs(group, POISON_BYTE);
+  const T = me.numTokens;
+  const res = group.dispatch(
+    io.upload(group, hostTensor('bf16', [T, cfg.hidden], me.x)),
+    io.upload(group, hostTensor('i32', [T, cfg.topk], me.topkIdx)),
+    { topkWeights: io.upload(group, hostTensor('f32', [T, cfg.topk], me.topkWeights)), returnRecv: true },
+  );
+  const host = (t: unknown) => io.download(group, t);
+  const expertX = host(res.expertX) as HostTensor;
+  const actual: ActualDispatch = {
+    expertX: new Uint8Array(expertX.data.buffer, expertX.data.byteOffset, expertX.data.byteLength),
+    expertScales: res.expertScales ? ((host(res.expertScales) as HostTensor).data as Float32Array) : null,
+    expertCounts: (host(res.expertCounts) as HostTensor).data as Int32Array,
+  };
+  if (res.recv) {
+    const rx = host(res.recv.x) as HostTensor;
+    actual.recvX = new Uint8Array(rx.data.buffer, rx.data.byteOffset, rx.data.byteLength);
+    actual.recvScales = res.recv.scales ? ((host(res.recv.scales) as HostTensor).data as Float32Array) : null;
+    actual.recvSplits = (host(res.recv.splits) as HostTensor).data as Int32Array;
+  }
+  const expected: OracleDispatch[] = [];
+  for (let r = 0; r < cfg.world; r++) expected.push(oracleDispatch(cfg, inputs, r));
+  const bad = compareDispatch(cfg, actual, expected[rank]);
+  if (bad) {
+    // finish the call so the peers are not left waiting in combine, then report
+    group.combine(
+      io.upload(group, hostTensor('bf16', [cfg.expertsPerRank, cfg.expertCapacity, cfg.hidden])),
+      res.handle,
+    );
+    return `call ${call}: dispatch: ${bad}`;
+  }
+  const out = runStandInExperts(cfg, rank, actual.expertX, actual.expertScales, actual.expertCounts);
+  const y = host(
+    group.combine(
+      io.upload(group, hostTensor('bf16', [cfg.expertsPerRank, cfg.expertCapacity, cfg.hidden], out)),
+      res.handle,
+    ),
+  ) as HostTensor;
+  const outputs = expected.map((e, owner) => oracleExpertOutput(cfg, owner, e));
+  const want = oracleCombine(cfg, inputs, rank, (owner, le, row) => outputs[owner](le, row));
+  const badY = compareCombine(cfg, me, y.data as Uint16Array, want);
+  return badY ? `call ${call}: combine: ${badY}` : undefined;
+}

@@ -1,0 +1,64 @@
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { errorFromWire, LaunchError, type WireError } from '../errors.js';
+import { launchProcesses } from '../launch/processes.js';
+import { runThreads } from '../shmem/cpu/threads.js';
+import type { RankTask } from './rank-main.js';
+
+/** The file every rank runs, beside this one (.ts under tsx, .js when built). */
+export function rankMainPath(): string {
+  const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
+  return fileURLToPath(new URL(`./rank-main${ext}`, import.meta.url));
+}
+
+type RankReport<R> = { ok: true; result: R } | { ok: false; error: WireError };
+
+/**
+ * Runs `task` on `world` ranks: worker threads for the cpu transport, processes (through the launcher)
+ * for cuda. Returns each rank's result; a rank that failed or reported an error throws, naming it.
+ */
+export async function runTaskOnRanks<R>(
+  transport: 'cpu' | 'cuda',
+  world: number,
+  task: RankTask,
+): Promise<R[]> {
+  if (transport === 'cpu') {
+    const outcomes = await runThreads({ world, script: rankMainPath(), data: task });
+    return outcomes.map((o) => unwrap<R>(o.rank, o.result as RankReport<R> | undefined, o.error?.message));
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'moe-a2a-'));
+  try {
+    const taskFile = join(dir, 'task.json');
+    writeFileSync(taskFile, JSON.stringify(task));
+    const result = await launchProcesses({
+      nprocs: world,
+      command: [process.execPath, ...process.execArgv, rankMainPath()],
+      env: { MOE_A2A_TASK_FILE: taskFile, MOE_A2A_RESULT_DIR: dir, MOE_A2A_TRANSPORT: 'cuda' },
+      onStop: (m) => process.stderr.write(`moe-a2a: ${m}\n`),
+    });
+    return Array.from({ length: world }, (_, r) => {
+      let report: RankReport<R> | undefined;
+      try {
+        report = JSON.parse(readFileSync(join(dir, `rank-${r}.json`), 'utf8')) as RankReport<R>;
+      } catch {
+        report = undefined;
+      }
+      const exit = result.exits[r];
+      return unwrap<R>(r, report, exit.code === 0 ? undefined : `exit code ${exit.code ?? exit.signal}`);
+    });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function unwrap<R>(rank: number, report: RankReport<R> | undefined, died: string | undefined): R {
+  if (report?.ok) return report.result;
+  if (report && !report.ok) {
+    const err = errorFromWire(report.error);
+    err.message = `rank ${rank}: ${err.message}`;
+    throw err;
+  }
+  throw new LaunchError(`rank ${rank} ended without a result${died ? ` (${died})` : ''}`, { rank });
+}

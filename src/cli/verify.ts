@@ -1,0 +1,102 @@
+import type { ParsedFlags } from './args.js';
+import { defaultSuite, type Scenario, type VerifyCase } from './cases.js';
+import { anyShapeFlag, resolveTransport } from './common.js';
+import type { CaseOutcome, VerifyTask } from './rank-verify.js';
+import { runTaskOnRanks } from './ranks.js';
+
+/** The cases a verify run covers: the default suite, or the shape the flags name with every scenario. */
+export function verifyCases(flags: ParsedFlags): VerifyCase[] {
+  const seed = (flags.seed as number | undefined) ?? 1;
+  const calls = (flags.calls as number | undefined) ?? 2;
+  if (!anyShapeFlag(flags)) {
+    const suite = defaultSuite(seed, calls);
+    return flags.fp8 === undefined ? suite : suite.filter((c) => c.config.fp8 === flags.fp8);
+  }
+  const world = (flags.world as number | undefined) ?? 4;
+  const numExperts = (flags.experts as number | undefined) ?? 256;
+  const hidden = (flags.hidden as number | undefined) ?? 7168;
+  const topk = (flags.topk as number | undefined) ?? 8;
+  const tokenList = (flags.tokens as number[] | undefined) ?? [128];
+  const fp8s = flags.fp8 === undefined ? [true, false] : [flags.fp8 as boolean];
+  const cases: VerifyCase[] = [];
+  for (const tokens of tokenList) {
+    for (const fp8 of fp8s) {
+      for (const scenario of ['random', 'dropped', 'skewed'] as Scenario[]) {
+        cases.push({
+          name: `W=${world} E=${numExperts} H=${hidden} k=${topk} T=${tokens} ${fp8 ? 'fp8' : 'bf16'} ${scenario}`,
+          config: {
+            world,
+            numExperts,
+            hidden,
+            topk,
+            maxTokensPerRank: Math.max(tokens, 1),
+            fp8,
+            fp8GroupSize: (flags['group-size'] as number | undefined) ?? 128,
+          },
+          scenario,
+          tokens,
+          calls,
+          seed,
+        });
+      }
+    }
+  }
+  return cases;
+}
+
+/** `moe-a2a verify`: every case on every rank, bit for bit against the oracle. Returns the exit code. */
+export async function verifyCommand(flags: ParsedFlags): Promise<number> {
+  const transport = await resolveTransport(flags.transport);
+  const cases = verifyCases(flags);
+  const timeoutMs = (flags.timeout as number | undefined) ?? 30_000;
+  const byWorld = new Map<number, VerifyCase[]>();
+  for (const c of cases) byWorld.set(c.config.world, [...(byWorld.get(c.config.world) ?? []), c]);
+  const json = flags.json === true;
+  if (!json) process.stderr.write(`moe-a2a verify: ${cases.length} cases on the ${transport} transport\n`);
+  const summary: {
+    name: string;
+    world: number;
+    pass: boolean;
+    calls: number;
+    ms: number;
+    message?: string;
+  }[] = [];
+  for (const [world, list] of byWorld) {
+    const task: VerifyTask = { kind: 'verify', cases: list, transport, timeoutMs };
+    let perRank: CaseOutcome[][];
+    try {
+      perRank = await runTaskOnRanks<CaseOutcome[]>(transport, world, task);
+    } catch (err) {
+      const message = (err as Error).message;
+      for (const c of list) {
+        summary.push({ name: c.name, world, pass: false, calls: 0, ms: 0, message });
+        if (!json) console.log(`FAIL  ${c.name}: ${message}`);
+      }
+      continue;
+    }
+    for (const [i, c] of list.entries()) {
+      const outs = perRank.map((r) => r[i]);
+      const bad = outs.findIndex((o) => !o.pass);
+      const row = {
+        name: c.name,
+        world,
+        pass: bad === -1,
+        calls: Math.min(...outs.map((o) => o.calls)),
+        ms: Math.max(...outs.map((o) => o.ms)),
+        message: bad === -1 ? undefined : `rank ${bad}: ${outs[bad].message}`,
+      };
+      summary.push(row);
+      if (!json) {
+        console.log(
+          row.pass
+            ? `PASS  ${c.name}  (${row.calls} call${row.calls === 1 ? '' : 's'}, ${(row.ms / 1000).toFixed(2)} s)`
+            : `FAIL  ${c.name}: ${row.message}`,
+        );
+      }
+    }
+  }
+  const failed = summary.filter((s) => !s.pass).length;
+  if (json) console.log(JSON.stringify({ transport, cases: summary, failed }, null, 2));
+  else console.log(`${summary.length - failed} passed, ${failed} failed`);
+  return failed === 0 ? 0 : 1;
+}

@@ -1,0 +1,68 @@
+import type { EpGroup } from './ep/api.js';
+import { type EpConfigInput, resolveConfig } from './ep/config.js';
+import { HostEpGroup } from './ep/host-group.js';
+import { computeLayout } from './ep/layout.js';
+import type { HostTensor } from './ep/tensor.js';
+import { ConfigError } from './errors.js';
+import { openCpuTransport } from './shmem/cpu/world.js';
+
+export type TransportName = 'auto' | 'cpu' | 'cuda';
+
+export interface GroupOptions extends EpConfigInput {
+  /**
+   * 'cpu' (worker threads, runs anywhere), 'cuda' (one process per GPU), or 'auto' (the default:
+   * cuda when an NVIDIA driver, a GPU and the built kernels are present, else cpu). The environment
+   * variable MOE_A2A_TRANSPORT, set by `moe-a2a launch`, is used when this is absent.
+   */
+  transport?: TransportName;
+  /** This rank; default: from the launcher (worker thread or RANK in the environment), else 0. */
+  rank?: number;
+  /** How long (ms) a rank waits for a peer before PeerTimeoutError names it. Default 30000. */
+  timeoutMs?: number;
+  /** cuda: the GPU ordinal; default LOCAL_RANK modulo the number of GPUs. */
+  device?: number;
+}
+
+function pickTransport(requested: TransportName | undefined): 'cpu' | 'cuda' | 'auto' {
+  const t = requested ?? (process.env.MOE_A2A_TRANSPORT as TransportName | undefined) ?? 'auto';
+  if (t !== 'auto' && t !== 'cpu' && t !== 'cuda') {
+    throw new ConfigError(`transport must be 'auto', 'cpu' or 'cuda', got '${String(t)}'`, {
+      fields: 'transport',
+    });
+  }
+  return t;
+}
+
+/**
+ * Creates this rank's member of an expert-parallel group and allocates its symmetric heap.
+ * Collective: every rank calls it with the same config. Close it with `await group.close()`.
+ */
+export async function createGroup(options: GroupOptions & { transport: 'cpu' }): Promise<EpGroup<HostTensor>>;
+export async function createGroup(options: GroupOptions): Promise<EpGroup<unknown>>;
+export async function createGroup(options: GroupOptions): Promise<EpGroup<unknown>> {
+  const config = resolveConfig(options);
+  const timeoutMs = options.timeoutMs ?? 30_000;
+  if (!(timeoutMs > 0))
+    throw new ConfigError(`timeoutMs must be positive, got ${timeoutMs}`, { fields: 'timeoutMs' });
+  let transport = pickTransport(options.transport);
+  if (transport === 'auto') {
+    const { cudaTransportReady } = await import('./shmem/cuda/available.js');
+    transport = (await cudaTransportReady()) ? 'cuda' : 'cpu';
+  }
+  const layout = computeLayout(config);
+  if (transport === 'cuda') {
+    const { createCudaGroup } = await import('./shmem/cuda/group.js');
+    return (await createCudaGroup(config, layout, { ...options, timeoutMs })) as EpGroup<unknown>;
+  }
+  const shmem = await openCpuTransport(config.world, layout.totalBytes, timeoutMs);
+  if (options.rank !== undefined && options.rank !== shmem.rank) {
+    shmem.close();
+    throw new ConfigError(
+      `rank ${options.rank} was given but this thread was launched as rank ${shmem.rank}`,
+      {
+        fields: 'rank',
+      },
+    );
+  }
+  return new HostEpGroup(config, layout, shmem, timeoutMs) as EpGroup<unknown>;
+}

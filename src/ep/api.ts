@@ -1,0 +1,67 @@
+import type { EpConfig } from './config.js';
+import type { CombineHandle } from './handle.js';
+import type { HostTensor } from './tensor.js';
+
+/** The seed's source-major receive buffer, returned on request (copied out of the heap). */
+export interface SourceMajorRecv<T> {
+  /** [W, maxRowsPerPeer, H]: block src = the rows rank src sent me, expert-sorted (fp8_e4m3 or bf16). */
+  x: T;
+  /** f32 [W, maxRowsPerPeer, H/G] scales of those rows (FP8 only). */
+  scales: T | null;
+  /** i32 [W, EPR + 1]: rows per local expert from src, then src's start offset m_st. */
+  splits: T;
+}
+
+export interface DispatchResult<T> {
+  /**
+   * [EPR, expertCapacity, H]: for each local expert, its rows contiguous (sources in rank order, each
+   * source's tokens in order); fp8_e4m3 when the group quantises, else bf16. Rows past
+   * expertCounts[e] are unspecified. A view of the group's output buffer: valid until the next dispatch.
+   */
+  expertX: T;
+  /** f32 [EPR, expertCapacity, H/G]: per-group scales of expertX (FP8 only, else null). Same lifetime. */
+  expertScales: T | null;
+  /** i32 [EPR]: rows received per local expert. */
+  expertCounts: T;
+  /** Pass to combine(); valid until the next dispatch. */
+  handle: CombineHandle;
+  /** The source-major receive buffer, when asked for with { returnRecv: true }. */
+  recv: SourceMajorRecv<T> | null;
+}
+
+export interface DispatchOptions<T> {
+  /** f32 [T, k] router weights, kept for combine (or pass them to combine). */
+  topkWeights?: T;
+  /** Also return the source-major receive buffer (a copy). */
+  returnRecv?: boolean;
+}
+
+export interface CombineOptions<T> {
+  /** f32 [T, k] router weights; overrides those given to dispatch. */
+  topkWeights?: T;
+}
+
+/**
+ * One rank's member of an expert-parallel group. dispatch and combine are collectives: every rank of
+ * the group calls them, in the same order, the same number of times.
+ */
+export interface EpGroup<T = HostTensor> {
+  readonly config: EpConfig;
+  readonly rank: number;
+  readonly transport: 'cpu' | 'cuda';
+  /**
+   * Sends each token to the ranks owning its experts.
+   * @param x bf16 [T, H], T <= maxTokensPerRank (T may be 0).
+   * @param topkIdx i32 [T, k]: expert ids in [0, E), distinct within a token, or -1 (dropped).
+   */
+  dispatch(x: T, topkIdx: T, options?: DispatchOptions<T>): DispatchResult<T>;
+  /**
+   * Returns the expert outputs to their tokens and reduces them: y[t] = sum_j w[t,j] * out[t,j]
+   * (f32 accumulation in j order, bf16 result).
+   * @param expertOut bf16 [EPR, expertCapacity, H]: row i of expert e is the output for row i of expertX.
+   * @returns bf16 [T, H], a new tensor.
+   */
+  combine(expertOut: T, handle: CombineHandle, options?: CombineOptions<T>): T;
+  /** Frees the heap. Collective: every rank closes. */
+  close(): Promise<void>;
+}

@@ -1,0 +1,142 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import {
+  CapacityError,
+  ClosedError,
+  ConfigError,
+  CudaError,
+  ErrorCodes,
+  type ErrorDetails,
+  errorFromWire,
+  errorToWire,
+  HandleError,
+  isMoeA2aError,
+  LaunchError,
+  MoeA2aError,
+  PeerFailedError,
+  PeerTimeoutError,
+  RoutingError,
+  ShapeError,
+  TransportUnavailableError,
+} from '../src/errors.js';
+
+type Ctor = new (message: string, details?: ErrorDetails) => MoeA2aError;
+
+// Written out by hand: the stable codes are a public contract.
+const classes: Array<[Ctor, string, string]> = [
+  [ConfigError, 'ConfigError', 'MOE_CONFIG'],
+  [ShapeError, 'ShapeError', 'MOE_SHAPE'],
+  [RoutingError, 'RoutingError', 'MOE_ROUTING'],
+  [CapacityError, 'CapacityError', 'MOE_CAPACITY'],
+  [PeerTimeoutError, 'PeerTimeoutError', 'MOE_PEER_TIMEOUT'],
+  [PeerFailedError, 'PeerFailedError', 'MOE_PEER_FAILED'],
+  [HandleError, 'HandleError', 'MOE_HANDLE'],
+  [ClosedError, 'ClosedError', 'MOE_CLOSED'],
+  [CudaError, 'CudaError', 'MOE_CUDA'],
+  [TransportUnavailableError, 'TransportUnavailableError', 'MOE_TRANSPORT_UNAVAILABLE'],
+  [LaunchError, 'LaunchError', 'MOE_LAUNCH'],
+];
+
+describe('error classes', () => {
+  test('every code in ErrorCodes has exactly one class, and the codes are distinct', () => {
+    const codes = Object.values(ErrorCodes);
+    assert.equal(new Set(codes).size, codes.length);
+    assert.deepEqual([...codes].sort(), classes.map(([, , c]) => c).sort());
+  });
+
+  for (const [Cls, name, code] of classes) {
+    test(`${name} has code ${code}, its name, message and details`, () => {
+      const details = { peer: 3, slot: 1, call: 'cuMemcpy', ok: false, none: null };
+      const e = new Cls(`something about ${name}`, details);
+      assert.ok(e instanceof Cls);
+      assert.ok(e instanceof MoeA2aError);
+      assert.ok(e instanceof Error);
+      assert.ok(isMoeA2aError(e));
+      assert.equal(e.code, code);
+      assert.equal(e.name, name);
+      assert.equal(e.message, `something about ${name}`);
+      assert.deepEqual(e.details, details);
+      assert.match(String(e.stack), new RegExp(name));
+      // default details: an empty object
+      assert.deepEqual(new Cls('x').details, {});
+    });
+  }
+
+  test('isMoeA2aError is false for plain errors and non-errors', () => {
+    assert.equal(isMoeA2aError(new Error('x')), false);
+    assert.equal(isMoeA2aError({ code: 'MOE_CONFIG', message: 'x' }), false);
+    assert.equal(isMoeA2aError(null), false);
+  });
+});
+
+describe('errorToWire / errorFromWire', () => {
+  for (const [Cls, name, code] of classes) {
+    test(`${name} round-trips through the wire form (JSON and structuredClone)`, () => {
+      const details = { rank: 2, slot: 0, callCount: 17, fields: 'a,b', flag: true, nothing: null };
+      const e = new Cls(`msg ${code}`, details);
+      const w = errorToWire(e);
+      assert.equal(w.code, code);
+      assert.equal(w.name, name);
+      for (const wire of [JSON.parse(JSON.stringify(w)), structuredClone(w)]) {
+        const back = errorFromWire(wire);
+        assert.ok(back instanceof Cls, `instanceof ${name}`);
+        assert.ok(back instanceof MoeA2aError);
+        assert.ok(isMoeA2aError(back));
+        assert.equal((back as MoeA2aError).code, code);
+        assert.equal(back.name, name);
+        assert.equal(back.message, `msg ${code}`);
+        assert.deepEqual((back as MoeA2aError).details, details);
+        assert.equal(back.stack, e.stack, 'the original stack is kept');
+      }
+    });
+  }
+
+  test('a plain Error crosses as ERR_UNKNOWN and comes back as a plain Error with its name and message', () => {
+    const e = new TypeError('bad thing');
+    const w = errorToWire(e);
+    assert.equal(w.code, 'ERR_UNKNOWN');
+    assert.equal(w.name, 'TypeError');
+    assert.deepEqual(w.details, {});
+    const back = errorFromWire(JSON.parse(JSON.stringify(w)));
+    assert.ok(back instanceof Error);
+    assert.ok(!(back instanceof MoeA2aError));
+    assert.equal(back.name, 'TypeError');
+    assert.equal(back.message, 'bad thing');
+    assert.equal(back.stack, e.stack);
+  });
+
+  test('a non-Error thrown value crosses as its string', () => {
+    const w = errorToWire('just a string');
+    assert.deepEqual(w, { code: 'ERR_UNKNOWN', name: 'Error', message: 'just a string', details: {} });
+    const back = errorFromWire(w);
+    assert.ok(back instanceof Error && !(back instanceof MoeA2aError));
+    assert.equal(back.message, 'just a string');
+    assert.equal(errorToWire(42).message, '42');
+    assert.equal(errorToWire(undefined).message, 'undefined');
+  });
+
+  test('an unknown code comes back as a plain Error, keeping name and message', () => {
+    const back = errorFromWire({
+      code: 'MOE_SOMETHING_NEW',
+      name: 'FutureError',
+      message: 'from a newer peer',
+      details: { a: 1 },
+    });
+    assert.ok(back instanceof Error);
+    assert.ok(!isMoeA2aError(back));
+    assert.equal(back.name, 'FutureError');
+    assert.equal(back.message, 'from a newer peer');
+  });
+
+  test('a wire error without a stack gets a local one', () => {
+    const back = errorFromWire({
+      code: 'MOE_CAPACITY',
+      name: 'CapacityError',
+      message: 'm',
+      details: { count: 5 },
+    });
+    assert.ok(back instanceof CapacityError);
+    assert.equal(back.details.count, 5);
+    assert.equal(typeof back.stack, 'string');
+  });
+});

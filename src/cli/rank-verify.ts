@@ -49,8 +49,9 @@ export async function runVerify(
       const cfg = resolveConfig(kase.config);
       group = await createGroup({ ...kase.config, transport: task.transport, timeoutMs: task.timeoutMs });
       let message: string | undefined;
-      for (let call = 0; call < kase.calls && !message; call++) {
-        message = verifyCall(group, cfg, kase, call, rank, io);
+      // every call runs even after a mismatch, so that the ranks stay in step; the first one is reported
+      for (let call = 0; call < kase.calls; call++) {
+        message ??= verifyCall(group, cfg, kase, call, rank, io);
         calls++;
         const now = performance.now();
         if (rank === 0 && now - lastReport > 2000) {
@@ -77,7 +78,7 @@ export async function runVerify(
 }
 
 /** One dispatch + combine with fresh inputs, checked bit for bit. Returns a mismatch message or undefined. */
-function verifyCall(
+export function verifyCall(
   group: EpGroup<unknown>,
   cfg: ReturnType<typeof resolveConfig>,
   kase: VerifyCase,
@@ -127,6 +128,7 @@ function verifyCall(
   ) as HostTensor;
   const outputs = expected.map((e, owner) => oracleExpertOutput(cfg, owner, e));
   const want = oracleCombine(cfg, inputs, rank, (owner, le, row) => outputs[owner](le, row));
+  if (bad) return `call ${call}: dispatch: ${bad}`;
   const badY = compareCombine(cfg, me, y.data as Uint16Array, want);
   return badY ? `call ${call}: combine: ${badY}` : undefined;
 }

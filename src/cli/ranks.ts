@@ -2,9 +2,10 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { errorFromWire, LaunchError, type WireError } from '../errors.js';
+import { errorFromWire, LaunchError } from '../errors.js';
 import { launchProcesses } from '../launch/processes.js';
 import { runThreads } from '../shmem/cpu/threads.js';
+import type { RankReport } from './rank-io.js';
 import type { RankTask } from './rank-main.js';
 
 /** The file every rank runs, beside this one (.ts under tsx, .js when built). */
@@ -12,8 +13,6 @@ export function rankMainPath(): string {
   const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
   return fileURLToPath(new URL(`./rank-main${ext}`, import.meta.url));
 }
-
-type RankReport<R> = { ok: true; result: R } | { ok: false; error: WireError };
 
 /**
  * Runs `task` on `world` ranks: worker threads for the cpu transport, processes (through the launcher)
@@ -24,9 +23,39 @@ export async function runTaskOnRanks<R>(
   world: number,
   task: RankTask,
 ): Promise<R[]> {
+  return runScriptOnRanks<R>(transport, world, rankMainPath(), task);
+}
+
+/** Runs a rank program (one that calls rankMain) on `world` ranks with `task`; see runTaskOnRanks. */
+export async function runScriptOnRanks<R>(
+  transport: 'cpu' | 'cuda',
+  world: number,
+  script: string,
+  task: unknown,
+): Promise<R[]> {
+  const settled = await runScriptSettled<R>(transport, world, script, task);
+  return settled.map((s, rank) => unwrap<R>(rank, s.report, s.died));
+}
+
+/** What became of each rank: its report, and how it died when it did not exit cleanly. */
+export interface SettledRank<R> {
+  report: RankReport<R> | undefined;
+  died: string | undefined;
+}
+
+/** Like runScriptOnRanks, but returns every rank's report or death instead of throwing for the first. */
+export async function runScriptSettled<R>(
+  transport: 'cpu' | 'cuda',
+  world: number,
+  script: string,
+  task: unknown,
+): Promise<SettledRank<R>[]> {
   if (transport === 'cpu') {
-    const outcomes = await runThreads({ world, script: rankMainPath(), data: task });
-    return outcomes.map((o) => unwrap<R>(o.rank, o.result as RankReport<R> | undefined, o.error?.message));
+    const outcomes = await runThreads({ world, script, data: task });
+    return outcomes.map((o) => ({
+      report: o.result as RankReport<R> | undefined,
+      died: o.ok ? undefined : (o.error?.message ?? `exit code ${o.exitCode}`),
+    }));
   }
   const dir = mkdtempSync(join(tmpdir(), 'moe-a2a-'));
   try {
@@ -34,7 +63,7 @@ export async function runTaskOnRanks<R>(
     writeFileSync(taskFile, JSON.stringify(task));
     const result = await launchProcesses({
       nprocs: world,
-      command: [process.execPath, ...process.execArgv, rankMainPath()],
+      command: [process.execPath, ...process.execArgv, script],
       env: { MOE_A2A_TASK_FILE: taskFile, MOE_A2A_RESULT_DIR: dir, MOE_A2A_TRANSPORT: 'cuda' },
       onStop: (m) => process.stderr.write(`moe-a2a: ${m}\n`),
     });
@@ -46,7 +75,7 @@ export async function runTaskOnRanks<R>(
         report = undefined;
       }
       const exit = result.exits[r];
-      return unwrap<R>(r, report, exit.code === 0 ? undefined : `exit code ${exit.code ?? exit.signal}`);
+      return { report, died: exit.code === 0 ? undefined : `exit code ${exit.code ?? exit.signal}` };
     });
   } finally {
     rmSync(dir, { recursive: true, force: true });

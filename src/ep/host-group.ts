@@ -275,13 +275,10 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     this.usable();
     const c = this.config;
     const call = this.calls;
-    let st: HandleState;
+    // A handle that is foreign, stale or already used is a local programming error: nothing is sent.
+    const { state: st, consume } = this.handles.resolve(this, handle, call);
     let weights: Float32Array;
-    let consume = () => {};
     try {
-      const r = this.handles.resolve(this, handle, call);
-      st = r.state;
-      consume = r.consume;
       checkTensor('expertOut', expertOut, 'bf16', [c.expertsPerRank, c.expertCapacity, c.hidden]);
       if (options.topkWeights !== undefined) {
         checkTensor('topkWeights', options.topkWeights, 'f32', [st.numTokens, c.topk]);
@@ -294,6 +291,7 @@ export class HostEpGroup implements EpGroup<HostTensor> {
         });
       }
     } catch (err) {
+      // the peers are (or will be) in this combine: tell them, so every rank abandons it together
       consume();
       this.abort('combineSignal', call);
       throw err;

@@ -1,0 +1,909 @@
+// moe-a2a kernels: routing, dispatch, repack, combine (send + reduce), and a copy benchmark.
+// The protocol is /work/shared/DESIGN.md (see also src/ep/*.ts, the bit-exact cpu reference).
+// Every kernel takes exactly one argument, `const __grid_constant__ EpArgs a` (kernels/ep_args.h),
+// except ep_copy_bench (CopyArgs). Build: scripts/build-kernels.mjs (-O3 -fmad=false, sm_90/sm_90a).
+//
+// ============================== LAUNCH CONFIGURATION (the host follows this) ==============================
+// Notation: T = numTokens of the call, k = topk, E = numExperts, W = world, EPR = E / W, H = hidden,
+// SMs = multiprocessor count. All kernels run on one stream in this order:
+//   dispatch:  ep_route -> ep_dispatch -> ep_repack          combine:  ep_combine_send -> ep_combine_reduce
+// Any grid >= 1 is correct for every kernel (they grid-stride), including T = 0; block sizes must be
+// multiples of 32. The "last block done" kernels (ep_dispatch, ep_combine_send) need no co-residency.
+//
+//  kernel             grid                                   block                  dynamic smem (bytes)
+//  ep_route           1                                      1024 (EP_ROUTE_THREADS) 4*((block/32)*E + E + 1) + 2*T*k
+//                                                                                     (use T = maxTokensPerRank so that
+//                                                                                      one value serves every call / graph)
+//  ep_dispatch        min(4*SMs, max(1, T*ceil(H/(16*block))))  32..512; recommended  0
+//                                                              roundup32(ceil(H/16 / ceil(H/16/256)))  (H = 7168 -> 224)
+//  ep_repack          4*SMs (or min(4*SMs, rows upper bound W*maxRowsPerPeer*ceil(rowBytes/2048)/(block/32)))
+//                                                            256 (32..512)         0
+//  ep_combine_send    as ep_repack                           256 (32..512)         0
+//  ep_combine_reduce  min(8*SMs, max(1, T*ceil(H/(8*block))))  32..512; recommended  0
+//                                                              roundup32(ceil(H/8 / ceil(H/8/256)))    (H = 7168 -> 224)
+//  ep_copy_bench      min(8*SMs, ceil(bytes/16/256))         256 (32..1024)        0   (arg: CopyArgs by value)
+//
+// ep_route needs cuFuncSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes) whenever its
+// dynamic shared memory exceeds 48 KiB (T*k = 32768, E = 256: 99,332 bytes; E = 1024: 200,708 bytes;
+// the H100 limit is 232,448 = 227 KiB). It checks %dynamic_smem_size itself and traps if given too little.
+//
+// LIMITS: E <= 1024 (EP_MAX_EXPERTS), k <= 64 (EP_MAX_TOPK), T*k <= 32768 (EP_MAX_PAIRS, ep_route's shared
+// memory; larger T*k would need a multi-block router), W <= E. Row bytes and sizes as src/ep/config.ts
+// allows (H a multiple of 8; FP8 group size G a multiple of 8, <= 1024, dividing H). The FP8 fast path
+// covers G = 16, 32, 64, 128, 256, 512 (G/16 a power of two <= 32); other G use a slower per-thread-group
+// path with the same arithmetic.
+//
+// HOST DUTIES: zero EpState once at creation (dispatchCalls = 0, doneBlocks = 0, err = 0) and the whole
+// symmetric heap (signal words must start at 0, below any call count); peerBases[] in device memory
+// with peerBases[rank] = the local heap; never run two calls of one group concurrently (one stream);
+// after each collective, read errHost (host-mapped): the device writes it only when an error
+// happens and never clears it, so the host clears errHost->code after handling an error. On a
+// timeout (EP_ERR_TIMEOUT_*) the group's buffers may still receive late writes: treat it as broken.
+// ===========================================================================================================
+//
+// Call numbering: ep_route increments state->dispatchCalls (call = the new value, slot = call & 1) and
+// clears state->err; every later kernel of that dispatch and of the matching combine reads
+// dispatchCalls. Signals hold call (or call | EP_ABORT_BIT) and are never cleared: a stale value can
+// never equal a later call. A rank whose routing failed sends no data but still signals every peer,
+// with the abort bit, so no peer waits for a timeout.
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+#include <limits.h>
+#include <stdint.h>
+#include "ep_args.h"
+#include "shmem.cuh"
+
+#define EP_MAX_EXPERTS 1024
+#define EP_MAX_TOPK 64
+#define EP_MAX_PAIRS 32768
+#define EP_ROUTE_THREADS 1024
+#define EP_MAX_THREADS 512
+
+// EP_ERR_CAPACITY has two sources, told apart by EpError.aux (the header defines one code for both):
+//   aux = EP_CAPACITY_AUX_SEND (0):   ep_route, a = destination rank, b = rows it would get (> maxRowsPerPeer)
+//   aux = EP_CAPACITY_AUX_EXPERT (1): ep_repack, a = global expert id, b = rows it received (> expertCapacity)
+#define EP_CAPACITY_AUX_SEND 0u
+#define EP_CAPACITY_AUX_EXPERT 1u
+
+using namespace ep;
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Block-wide helpers
+
+// In-place exclusive scan of data[0..n) (shared memory), data[n] = the total. Every thread of the
+// block calls it; it begins and ends with a barrier. scratch: 33 ints of shared memory.
+__device__ void block_exclusive_scan(int* data, int n, int* scratch) {
+  __syncthreads();
+  const int B = blockDim.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int per = (n + B - 1) / B;
+  const int lo = min(n, tid * per), hi = min(n, lo + per);
+  int sum = 0;
+  for (int i = lo; i < hi; ++i) sum += data[i];
+  int inc = sum;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int y = __shfl_up_sync(FULL_MASK, inc, o);
+    if (lane >= o) inc += y;
+  }
+  if (lane == 31) scratch[warp] = inc;
+  __syncthreads();
+  if (warp == 0) {
+    const int nw = B >> 5;
+    const int v = lane < nw ? scratch[lane] : 0;
+    int vi = v;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int y = __shfl_up_sync(FULL_MASK, vi, o);
+      if (lane >= o) vi += y;
+    }
+    if (lane < nw) scratch[lane] = vi - v;
+    if (lane == 31) scratch[32] = vi;
+  }
+  __syncthreads();
+  int run = scratch[warp] + inc - sum;
+  for (int i = lo; i < hi; ++i) {
+    const int c = data[i];
+    data[i] = run;
+    run += c;
+  }
+  if (tid == 0) data[n] = scratch[32];
+  __syncthreads();
+}
+
+// The end of a "last block finishes" kernel: every block orders its stores (local and peer) before
+// incrementing a local counter; the block that brings it to gridDim.x does the tail. Returns true
+// in every thread of that block. The counter is reset there for the next launch (stream order).
+__device__ bool finish_block(uint32_t* counter, int* sFlag) {
+  __syncthreads();  // all threads' stores of this block happen-before thread 0's fence (cta barrier)
+  if (threadIdx.x == 0) {
+    // Release: this block's stores (made or observed via the barrier) are ordered before the
+    // increment for any GPU; sys scope because they may target a peer's memory.
+    fence_sys();
+    const uint32_t old = atomicAdd(counter, 1u);
+    const bool last = old == gridDim.x - 1;
+    if (last) {
+      fence_sys();  // acquire: every other block's stores are ordered before our signals
+      *(volatile uint32_t*)counter = 0u;
+    }
+    *sFlag = last ? 1 : 0;
+  }
+  __syncthreads();
+  return *(volatile int*)sFlag != 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Number formats (must match src/ep/codec.ts bit for bit)
+
+// 8 bf16 (one 16-byte vector) -> 8 f32, exact.
+__device__ __forceinline__ void bf16x8_to_f32(const uint4 w, float* v) {
+  v[0] = __uint_as_float(w.x << 16);
+  v[1] = __uint_as_float(w.x & 0xffff0000u);
+  v[2] = __uint_as_float(w.y << 16);
+  v[3] = __uint_as_float(w.y & 0xffff0000u);
+  v[4] = __uint_as_float(w.z << 16);
+  v[5] = __uint_as_float(w.z & 0xffff0000u);
+  v[6] = __uint_as_float(w.w << 16);
+  v[7] = __uint_as_float(w.w & 0xffff0000u);
+}
+
+// f32 -> e4m3fn, round to nearest even, saturating to +-448 (Inf too), NaN -> 0x7f: the hardware
+// cvt.rn.satfinite.e4m3x2.f32, which made the golden vectors. First value in the low byte.
+__device__ __forceinline__ uint32_t fp8x2(float lo, float hi) {
+  return (uint32_t)__nv_cvt_float2_to_fp8x2(make_float2(lo, hi), __NV_SATFINITE, __NV_E4M3);
+}
+__device__ __forceinline__ uint32_t fp8x4(float a, float b, float c, float d) {
+  return fp8x2(a, b) | (fp8x2(c, d) << 16);
+}
+
+// Group scale: f32(amax / 448) with IEEE division; 1 for an all-zero group.
+__device__ __forceinline__ float group_scale(float amax) {
+  return amax == 0.0f ? 1.0f : __fdiv_rn(amax, 448.0f);
+}
+
+// |x| max ignoring NaN: fmaxf returns the other operand when one is NaN (as codec.ts groupAmax).
+__device__ __forceinline__ float amax8(const float* v, float m) {
+#pragma unroll
+  for (int i = 0; i < 8; ++i) m = fmaxf(m, fabsf(v[i]));
+  return m;
+}
+
+// f32 -> bf16 bits, round to nearest even, NaN -> 0x7fff (cvt.rn.bf16x2.f32), packed low first.
+__device__ __forceinline__ uint32_t bf16x2_bits(float lo, float hi) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dispatch helpers
+
+struct DestList {
+  uint64_t row[2][EP_MAX_TOPK];    // destination row address (peer heap) per valid slot
+  uint64_t scale[2][EP_MAX_TOPK];  // destination scales address (FP8)
+  int n[2];
+};
+
+// Warp 0 collects the valid destinations of token t into buffer `buf`: for slot j with expert
+// e = topkIdx[t*k+j] >= 0, destination d = e / EPR, row r = pairRow - sendOffsets[d*EPR] (< MAX_M,
+// checked by ep_route), written at peer d's recvData[slot][rank][r]. Order does not matter here.
+__device__ __forceinline__ void gather_dests(const EpArgs& a, int t, uint64_t slot, DestList& L, int buf) {
+  if (threadIdx.x >= 32) return;
+  const int lane = threadIdx.x;
+  const int* topk = (const int*)a.topkIdx;
+  const int* pairRow = (const int*)a.pairRow;
+  const int* sendOffsets = (const int*)a.sendOffsets;
+  const uint64_t* peer = (const uint64_t*)a.peerBases;
+  const int k = a.topk;
+  int n = 0;
+  for (int j0 = 0; j0 < k; j0 += 32) {
+    const int j = j0 + lane;
+    bool valid = false;
+    uint64_t row = 0, sc = 0;
+    if (j < k) {
+      const int p = t * k + j;
+      const int e = __ldg(topk + p);
+      if (e >= 0) {
+        const int d = e / a.expertsPerRank;
+        const int r = __ldg(pairRow + p) - __ldg(sendOffsets + d * a.expertsPerRank);
+        const uint64_t base = __ldg(peer + d);
+        const uint64_t idx = (uint64_t)a.rank * (uint64_t)a.maxRowsPerPeer + (uint64_t)r;
+        row = base + a.recvDataOff + slot * a.recvDataSlot + idx * a.dispatchRowBytes;
+        sc = base + a.recvScalesOff + slot * a.recvScalesSlot + idx * (uint64_t)a.groupsPerRow * 4u;
+        valid = true;
+      }
+    }
+    const uint32_t bal = __ballot_sync(FULL_MASK, valid);
+    if (valid) {
+      const int pos = n + __popc(bal & lanemask_lt());
+      L.row[buf][pos] = row;
+      L.scale[buf][pos] = sc;
+    }
+    n += __popc(bal);
+  }
+  if (lane == 0) L.n[buf] = n;
+}
+
+// bf16 rows: item = (token, chunk of 2*B vectors of 8 values); two 16-byte loads per thread in flight.
+__device__ void dispatch_bf16(const EpArgs& a, uint64_t slot, DestList& L) {
+  const int B = blockDim.x, tid = threadIdx.x;
+  const int V = a.hidden / 8;
+  const int chunks = (V + 2 * B - 1) / (2 * B);
+  const int items = a.numTokens * chunks;
+  const char* x = (const char*)a.x;
+  int buf = 0;
+  for (int it = blockIdx.x; it < items; it += gridDim.x, buf ^= 1) {
+    const int t = it / chunks, c = it % chunks;
+    const int v0 = c * 2 * B + tid, v1 = v0 + B;
+    const char* src = x + (uint64_t)t * a.hidden * 2u;
+    uint4 r0 = make_uint4(0, 0, 0, 0), r1 = r0;
+    if (v0 < V) r0 = ld_nc_v4(src + (uint64_t)v0 * 16u);
+    if (v1 < V) r1 = ld_nc_v4(src + (uint64_t)v1 * 16u);
+    gather_dests(a, t, slot, L, buf);
+    // Double-buffered list: this barrier also orders the previous item's reads of buffer buf^1
+    // before the next item's gather overwrites it.
+    __syncthreads();
+    const int n = L.n[buf];
+    for (int i = 0; i < n; ++i) {
+      char* dst = (char*)L.row[buf][i];
+      if (v0 < V) st_v4(dst + (uint64_t)v0 * 16u, r0);
+      if (v1 < V) st_v4(dst + (uint64_t)v1 * 16u, r1);
+    }
+  }
+}
+
+// FP8, G/16 = lanesPerGroup a power of two <= 32: item = (token, chunk of B units of 16 values); a
+// thread loads 32 bytes of bf16, the lanesPerGroup consecutive lanes of a group reduce amax with
+// shuffles, and each thread stores 16 FP8 bytes (one vector) per destination.
+__device__ void dispatch_fp8_fast(const EpArgs& a, uint64_t slot, DestList& L, int lanesPerGroup) {
+  const int B = blockDim.x, tid = threadIdx.x, lane = tid & 31;
+  const int U = a.hidden / 16;
+  const int chunks = (U + B - 1) / B;
+  const int items = a.numTokens * chunks;
+  const char* x = (const char*)a.x;
+  int buf = 0;
+  for (int it = blockIdx.x; it < items; it += gridDim.x, buf ^= 1) {
+    const int t = it / chunks, c = it % chunks;
+    const int u = c * B + tid;
+    const bool active = u < U;  // whole groups are active or not: U and B are multiples of lanesPerGroup
+    const char* src = x + (uint64_t)t * a.hidden * 2u + (uint64_t)u * 32u;
+    uint4 w0 = make_uint4(0, 0, 0, 0), w1 = w0;
+    if (active) {
+      w0 = ld_nc_v4(src);
+      w1 = ld_nc_v4(src + 16);
+    }
+    gather_dests(a, t, slot, L, buf);
+    float v[16];
+    bf16x8_to_f32(w0, v);
+    bf16x8_to_f32(w1, v + 8);
+    float amax = amax8(v + 8, amax8(v, 0.0f));
+    for (int o = lanesPerGroup >> 1; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(FULL_MASK, amax, o));
+    const float scale = group_scale(amax);
+    uint4 q;
+    q.x = fp8x4(__fdiv_rn(v[0], scale), __fdiv_rn(v[1], scale), __fdiv_rn(v[2], scale), __fdiv_rn(v[3], scale));
+    q.y = fp8x4(__fdiv_rn(v[4], scale), __fdiv_rn(v[5], scale), __fdiv_rn(v[6], scale), __fdiv_rn(v[7], scale));
+    q.z = fp8x4(__fdiv_rn(v[8], scale), __fdiv_rn(v[9], scale), __fdiv_rn(v[10], scale),
+                __fdiv_rn(v[11], scale));
+    q.w = fp8x4(__fdiv_rn(v[12], scale), __fdiv_rn(v[13], scale), __fdiv_rn(v[14], scale),
+                __fdiv_rn(v[15], scale));
+    __syncthreads();  // destination list ready (and previous item done with the other buffer)
+    const int n = L.n[buf];
+    const bool leader = (lane & (lanesPerGroup - 1)) == 0;
+    const uint64_t g = (uint64_t)(u / lanesPerGroup);
+    if (active) {
+      for (int i = 0; i < n; ++i) {
+        st_v4((char*)L.row[buf][i] + (uint64_t)u * 16u, q);
+        if (leader) st_u32((char*)L.scale[buf][i] + g * 4u, __float_as_uint(scale));
+      }
+    }
+  }
+}
+
+// FP8, any other G (a multiple of 8): item = (token, chunk of B groups); a thread owns a whole group:
+// one pass for amax, a second (L1/L2-hot) pass quantising 8 values per 8-byte store.
+__device__ void dispatch_fp8_general(const EpArgs& a, uint64_t slot, DestList& L) {
+  const int B = blockDim.x, tid = threadIdx.x;
+  const int G = a.groupSize, NG = a.groupsPerRow, VG = G / 8;
+  const int chunks = (NG + B - 1) / B;
+  const int items = a.numTokens * chunks;
+  const char* x = (const char*)a.x;
+  int buf = 0;
+  for (int it = blockIdx.x; it < items; it += gridDim.x, buf ^= 1) {
+    const int t = it / chunks, c = it % chunks;
+    const int g = c * B + tid;
+    gather_dests(a, t, slot, L, buf);
+    __syncthreads();
+    if (g >= NG) continue;
+    const char* src = x + (uint64_t)t * a.hidden * 2u + (uint64_t)g * G * 2u;
+    float amax = 0.0f;
+    for (int i = 0; i < VG; ++i) {
+      float v[8];
+      bf16x8_to_f32(*(const uint4*)(src + i * 16), v);
+      amax = amax8(v, amax);
+    }
+    const float scale = group_scale(amax);
+    const int n = L.n[buf];
+    for (int i = 0; i < VG; ++i) {
+      float v[8];
+      bf16x8_to_f32(*(const uint4*)(src + i * 16), v);
+      uint2 q;
+      q.x = fp8x4(__fdiv_rn(v[0], scale), __fdiv_rn(v[1], scale), __fdiv_rn(v[2], scale), __fdiv_rn(v[3], scale));
+      q.y = fp8x4(__fdiv_rn(v[4], scale), __fdiv_rn(v[5], scale), __fdiv_rn(v[6], scale), __fdiv_rn(v[7], scale));
+      for (int d = 0; d < n; ++d) st_v2((char*)L.row[buf][d] + (uint64_t)g * G + (uint64_t)i * 8u, q);
+    }
+    for (int d = 0; d < n; ++d) st_u32((char*)L.scale[buf][d] + (uint64_t)g * 4u, __float_as_uint(scale));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Receive-side tables (ep_repack, ep_combine_send), built by every block from recvSplits[slot]:
+//   pre[q]  (q = s*EPR + le): exclusive prefix of counts in source-major order; pre[E] = rows received.
+//           Rows from s are the flat range [pre[s*EPR], pre[(s+1)*EPR]), expert-sorted.
+//   preT[le*W + s]: exclusive prefix in expert-major order; the expert-major position of row i of
+//           (s, le) is preT[le*W + s] - preT[le*W] + i, and expertCounts[le] = preT[(le+1)*W] - preT[le*W].
+//   mst[s]: the m_st that s announced (where its rows start in its own send order).
+struct RecvTables {
+  int pre[EP_MAX_EXPERTS + 1];
+  int preT[EP_MAX_EXPERTS + 1];
+  int mst[EP_MAX_EXPERTS];
+  int scratch[33];
+  int flag;
+};
+
+__device__ void build_tables(const EpArgs& a, uint64_t slot, RecvTables& R) {
+  const int E = a.numExperts, W = a.world, EPR = a.expertsPerRank;
+  const uint64_t own = ((const uint64_t*)a.peerBases)[a.rank];
+  // Written by peers before their release signal, which ep_dispatch's tail acquired: read at L2.
+  const char* splits = (const char*)(own + a.recvSplitsOff + slot * a.recvSplitsSlot);
+  for (int q = threadIdx.x; q < E; q += blockDim.x) {
+    const int s = q / EPR, le = q - s * EPR;
+    const int c = (int)ld_cg_u32(splits + ((uint64_t)s * a.splitsPerPeer + le) * 4u);
+    R.pre[q] = c;
+    R.preT[le * W + s] = c;
+  }
+  for (int s = threadIdx.x; s < W; s += blockDim.x)
+    R.mst[s] = (int)ld_cg_u32(splits + ((uint64_t)s * a.splitsPerPeer + EPR) * 4u);
+  block_exclusive_scan(R.pre, E, R.scratch);
+  block_exclusive_scan(R.preT, E, R.scratch);
+}
+
+// Row g of the flat received order -> (source s, local expert le, index within s's rows, expert-major pos).
+struct RowLoc {
+  int s, le, iSrc, pos;
+};
+__device__ __forceinline__ RowLoc locate(const RecvTables& R, int E, int W, int EPR, int g) {
+  int lo = 0, hi = E;  // pre[lo] <= g < pre[hi]
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) >> 1;
+    if (R.pre[mid] <= g) lo = mid;
+    else hi = mid;
+  }
+  RowLoc r;
+  r.s = lo / EPR;
+  r.le = lo - r.s * EPR;
+  r.iSrc = g - R.pre[r.s * EPR];
+  r.pos = R.preT[r.le * W + r.s] - R.preT[r.le * W] + (g - R.pre[lo]);
+  return r;
+}
+
+// One warp copies segment `seg` (32 lanes x SEG_VECS vectors) of a row; all loads before all stores.
+constexpr int SEG_VECS = 4;
+template <int VB, bool Coherent>
+__device__ __forceinline__ void copy_segment(char* dst, const char* src, uint64_t rowBytes, int seg, int lane) {
+  using V = Vec<VB>;
+  typename V::T v[SEG_VECS];
+  const uint64_t base = (uint64_t)seg * 32u * SEG_VECS * VB;
+#pragma unroll
+  for (int u = 0; u < SEG_VECS; ++u) {
+    const uint64_t off = base + (uint64_t)(u * 32 + lane) * VB;
+    if (off < rowBytes) v[u] = Coherent ? V::ld_cg(src + off) : V::ld_nc(src + off);
+  }
+#pragma unroll
+  for (int u = 0; u < SEG_VECS; ++u) {
+    const uint64_t off = base + (uint64_t)(u * 32 + lane) * VB;
+    if (off < rowBytes) V::st(dst + off, v[u]);
+  }
+}
+
+template <int VB>
+__device__ void repack_rows(const EpArgs& a, uint64_t slot, const RecvTables& R) {
+  const int E = a.numExperts, W = a.world, EPR = a.expertsPerRank;
+  const int lane = threadIdx.x & 31;
+  const int warpsPerBlock = blockDim.x >> 5;
+  const uint64_t rowBytes = a.dispatchRowBytes;
+  const int segs = (int)((rowBytes + 32u * SEG_VECS * VB - 1) / (32u * SEG_VECS * VB));
+  const int rows = R.pre[E];
+  // 32-bit: items <= rows of one recvData slot * segments, far below 2^31 for any heap that fits a GPU.
+  const uint32_t items = (uint32_t)rows * (uint32_t)segs;
+  const uint64_t own = ((const uint64_t*)a.peerBases)[a.rank];
+  const char* recv = (const char*)(own + a.recvDataOff + slot * a.recvDataSlot);
+  const char* recvScales = (const char*)(own + a.recvScalesOff + slot * a.recvScalesSlot);
+  char* outX = (char*)a.expertX;
+  char* outS = (char*)a.expertScales;
+  const uint64_t gpr = a.fp8 ? (uint64_t)a.groupsPerRow : 0u;
+  for (uint32_t it = blockIdx.x * warpsPerBlock + (threadIdx.x >> 5); it < items;
+       it += gridDim.x * warpsPerBlock) {
+    const int g = (int)(it / (uint32_t)segs), seg = (int)(it % (uint32_t)segs);
+    const RowLoc l = locate(R, E, W, EPR, g);
+    const uint64_t srcRow = (uint64_t)l.s * a.maxRowsPerPeer + l.iSrc;
+    const uint64_t dstRow = (uint64_t)l.le * a.expertCapacity + l.pos;
+    copy_segment<VB, true>(outX + dstRow * rowBytes, recv + srcRow * rowBytes, rowBytes, seg, lane);
+    if (seg == 0 && gpr != 0) {
+      for (uint64_t i = lane; i < gpr; i += 32)
+        st_u32(outS + (dstRow * gpr + i) * 4u, ld_cg_u32(recvScales + (srcRow * gpr + i) * 4u));
+    }
+  }
+}
+
+template <int VB>
+__device__ void combine_send_rows(const EpArgs& a, uint64_t slot, const RecvTables& R) {
+  const int E = a.numExperts, W = a.world, EPR = a.expertsPerRank;
+  const int lane = threadIdx.x & 31;
+  const int warpsPerBlock = blockDim.x >> 5;
+  const uint64_t rowBytes = a.combineRowBytes;
+  const int segs = (int)((rowBytes + 32u * SEG_VECS * VB - 1) / (32u * SEG_VECS * VB));
+  // Rows that came from this rank itself are not copied: ep_combine_reduce reads them straight from
+  // expertOut (same values, so the same result), which saves a round trip through HBM.
+  const int selfLo = R.pre[a.rank * EPR], selfRows = R.pre[(a.rank + 1) * EPR] - selfLo;
+  const int rows = R.pre[E] - selfRows;
+  // 32-bit: items <= rows of one recvData slot * segments, far below 2^31 for any heap that fits a GPU.
+  const uint32_t items = (uint32_t)rows * (uint32_t)segs;
+  const uint64_t* peer = (const uint64_t*)a.peerBases;
+  const char* expertOut = (const char*)a.expertOut;
+  for (uint32_t it = blockIdx.x * warpsPerBlock + (threadIdx.x >> 5); it < items;
+       it += gridDim.x * warpsPerBlock) {
+    int g = (int)(it / (uint32_t)segs);
+    const int seg = (int)(it % (uint32_t)segs);
+    if (g >= selfLo) g += selfRows;
+    const RowLoc l = locate(R, E, W, EPR, g);
+    const uint64_t srcRow = (uint64_t)l.le * a.expertCapacity + l.pos;
+    const uint64_t dstRow = (uint64_t)R.mst[l.s] + l.iSrc;  // the row in s's own expert-sorted order
+    char* dst = (char*)(__ldg(peer + l.s) + a.combineRecvOff + slot * a.combineRecvSlot);
+    copy_segment<VB, false>(dst + dstRow * rowBytes, expertOut + srcRow * rowBytes, rowBytes, seg, lane);
+  }
+}
+
+}  // namespace
+
+// =============================================================================================
+// 1. ep_route: validate topkIdx, count pairs per expert, prefix-sum, stable pair -> row, capacity.
+//
+// One block of EP_ROUTE_THREADS (1024) threads. Dynamic shared memory (4*(NW*E + E + 1) + 2*N bytes,
+// NW = blockDim/32, N = T*k):
+//   hist[NW][E]  per-warp histograms, later per-warp running row bases
+//   off[E+1]     exclusive prefix sum of the counts
+//   idx[N]       topkIdx as int16 (ids are < 1024), invalid ids stored as -1
+// Warp w owns the contiguous pair segment [w*S, (w+1)*S), S a multiple of 32, so "pairs of expert e in
+// increasing p" = warps in order, and inside a warp 32-pair chunks in order, and inside a chunk lanes in
+// order (__match_any_sync + popc of the lower lanes). Row of pair p = off[e] + pairs of e in earlier
+// warps + pairs of e earlier in this warp: exactly planRouting's stable order.
+extern "C" __global__ void __launch_bounds__(EP_ROUTE_THREADS, 1) ep_route(const __grid_constant__ EpArgs a) {
+  extern __shared__ __align__(16) int dyn[];
+  __shared__ int sScratch[33];
+  __shared__ int sBad;  // first offending pair (ids), INT_MAX if none
+  __shared__ int sCap;  // first destination over capacity
+  __shared__ unsigned long long sCall;
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int B = blockDim.x, NW = B >> 5;
+  const int E = a.numExperts, K = a.topk, W = a.world, EPR = a.expertsPerRank;
+  const int N = a.numTokens * K;
+  const int* topk = (const int*)a.topkIdx;
+  EpState* st = state_of(a);
+
+  // A host that passed too little shared memory, or sizes beyond the limits, is a programming
+  // error of the host, not a user input error: stop loudly instead of corrupting memory.
+  const uint64_t need = 4ull * ((uint64_t)NW * E + E + 1) + 2ull * (uint64_t)N;
+  if (need > dynamic_smem_bytes() || E > EP_MAX_EXPERTS || K > EP_MAX_TOPK || N > EP_MAX_PAIRS || (B & 31))
+    __trap();
+
+  int* hist = dyn;
+  int* off = hist + NW * E;
+  int16_t* idx = (int16_t*)(off + E + 1);
+
+  if (tid == 0) {
+    // Only this thread touches dispatchCalls in this kernel; the others get the call from sCall.
+    const uint64_t call = read_calls(st) + 1;
+    st->dispatchCalls = call;
+    volatile EpError* e = &st->err;
+    e->code = 0;
+    e->peer = 0;
+    e->slot = 0;
+    e->aux = 0;
+    e->callCount = 0;
+    e->a = 0;
+    e->b = 0;
+    sCall = call;
+    sBad = INT_MAX;
+    sCap = INT_MAX;
+  }
+  for (int i = tid; i < NW * E; i += B) hist[i] = 0;
+  __syncthreads();  // sBad initialised before any thread's atomicMin
+
+  // Phase 1: load ids (8 loads in flight per thread), check the range.
+  for (int p0 = 0; p0 < N; p0 += 8 * B) {
+    int v[8];
+#pragma unroll
+    for (int u = 0; u < 8; ++u) {
+      const int p = p0 + u * B + tid;
+      v[u] = p < N ? __ldg(topk + p) : -1;
+    }
+#pragma unroll
+    for (int u = 0; u < 8; ++u) {
+      const int p = p0 + u * B + tid;
+      if (p < N) {
+        const bool ok = v[u] >= -1 && v[u] < E;
+        if (!ok) atomicMin(&sBad, p);
+        idx[p] = (int16_t)(ok ? v[u] : -1);
+      }
+    }
+  }
+  __syncthreads();  // idx, hist zeroes, sBad init visible to all
+
+  // Segments: S pairs per warp, a multiple of 128 (the 4 x 32 pairs one loop step takes), NWu warps in
+  // use: fewer warps for small N keeps the per-expert loops over warps below short.
+  const int S = N > 0 ? (((N + NW - 1) / NW + 127) & ~127) : 128;
+  const int NWu = (N + S - 1) / S;
+  const int segLo = warp * S, segHi = min(N, segLo + S);
+  const uint32_t lt = lanemask_lt();
+
+  // Phase 2: per-warp histograms and the duplicate check, 4 chunks of 32 pairs at a time.
+  if (warp < NWu) {
+    for (int c0 = segLo; c0 < segHi; c0 += 128) {
+      int e[4];
+      uint32_t m[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int p = c0 + u * 32 + lane;
+        e[u] = p < segHi ? idx[p] : -2;
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) m[u] = __match_any_sync(FULL_MASK, e[u]);
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        if (e[u] >= 0) {
+          const int c = c0 + u * 32, p = c + lane;
+          const int tokStart = p - p % K;
+          // same expert in a lower lane of this chunk that belongs to my token?
+          const uint32_t tokLanes = tokStart > c ? ~((1u << (tokStart - c)) - 1u) : FULL_MASK;
+          bool dup = (m[u] & lt & tokLanes) != 0;
+          for (int q = tokStart; !dup && q < c; ++q) dup = idx[q] == e[u];  // token began in an earlier chunk
+          if (dup) atomicMin(&sBad, p);
+          if (lane == __ffs(m[u]) - 1) atomicAdd(&hist[warp * E + e[u]], __popc(m[u]));
+        }
+      }
+    }
+  }
+  __syncthreads();
+
+  const uint64_t call = sCall;
+  const uint32_t slot = (uint32_t)(call & 1u);
+  if (sBad != INT_MAX) {
+    // planRouting's order: the first pair p that is out of range, or names an expert an earlier
+    // slot of its token named, decides; range is checked before duplicates for that pair.
+    if (tid == 0) {
+      const int p = sBad, e = __ldg(topk + p);
+      const uint32_t code = (e < -1 || e >= E) ? EP_ERR_EXPERT_ID : EP_ERR_DUPLICATE;
+      report_error(a, code, (uint32_t)a.rank, slot, call, p / K, p % K, (uint32_t)e);
+    }
+    return;
+  }
+
+  // Phase 3: totals, prefix sum, per-warp bases, capacity.
+  for (int e = tid; e < E; e += B) {
+    int s = 0;
+    for (int w = 0; w < NWu; ++w) s += hist[w * E + e];
+    off[e] = s;
+  }
+  block_exclusive_scan(off, E, sScratch);
+  int* sendCounts = (int*)a.sendCounts;
+  int* sendOffsets = (int*)a.sendOffsets;
+  for (int e = tid; e < E; e += B) {
+    const int o = off[e];
+    sendCounts[e] = off[e + 1] - o;
+    sendOffsets[e] = o;
+    int run = o;
+    for (int w = 0; w < NWu; ++w) {
+      const int c = hist[w * E + e];
+      hist[w * E + e] = run;
+      run += c;
+    }
+  }
+  if (tid == 0) sendOffsets[E] = off[E];
+  for (int d = tid; d < W; d += B)
+    if (off[(d + 1) * EPR] - off[d * EPR] > a.maxRowsPerPeer) atomicMin(&sCap, d);
+  __syncthreads();
+  if (sCap != INT_MAX) {
+    if (tid == 0) {
+      const int d = sCap;
+      report_error(a, EP_ERR_CAPACITY, (uint32_t)d, slot, call, d, off[(d + 1) * EPR] - off[d * EPR],
+                   EP_CAPACITY_AUX_SEND);
+    }
+    return;
+  }
+
+  // Phase 4: stable ranks. Each warp walks its chunks in order; the lanes of one expert in a chunk
+  // take consecutive rows from the warp's running base, and the lowest of them advances it.
+  int* pairRow = (int*)a.pairRow;
+  if (warp < NWu) {
+    for (int c0 = segLo; c0 < segHi; c0 += 128) {
+      int e[4];
+      uint32_t m[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int p = c0 + u * 32 + lane;
+        e[u] = p < segHi ? idx[p] : -2;
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) m[u] = __match_any_sync(FULL_MASK, e[u]);
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int p = c0 + u * 32 + lane;
+        int b = 0;
+        if (e[u] >= 0) {
+          b = hist[warp * E + e[u]];
+          pairRow[p] = b + __popc(m[u] & lt);
+        } else if (p < segHi) {
+          pairRow[p] = -1;
+        }
+        __syncwarp();  // every lane of this chunk has read its base before it moves
+        if (e[u] >= 0 && lane == __ffs(m[u]) - 1) hist[warp * E + e[u]] = b + __popc(m[u]);
+        __syncwarp();  // the new base is visible to the next chunk's lanes
+      }
+    }
+  }
+}
+
+// =============================================================================================
+// 2. ep_dispatch: quantise (FP8) or copy (bf16) each token row once and store it to the recvData of
+// every rank that owns one of its experts; the last block publishes the split records and signals,
+// then waits for every source's signal.
+extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_dispatch(const __grid_constant__ EpArgs a) {
+  __shared__ DestList L;
+  __shared__ int sLast;
+  EpState* st = state_of(a);
+  const uint64_t call = read_calls(st);
+  const uint64_t slot = call & 1u;
+  // Routing failed (or a previous kernel of this call reported): send no data, only abort signals.
+  if (read_err_code(st) == 0) {
+    if (!a.fp8) {
+      dispatch_bf16(a, slot, L);
+    } else {
+      const int G = a.groupSize, lpg = G / 16;
+      if (G % 16 == 0 && lpg <= 32 && (lpg & (lpg - 1)) == 0) dispatch_fp8_fast(a, slot, L, lpg);
+      else dispatch_fp8_general(a, slot, L);
+    }
+  }
+  if (!finish_block(&st->doneBlocks[0], &sLast)) return;
+
+  // Tail (one block). The routing error, if any, was written by ep_route (an earlier kernel).
+  const bool aborted = read_err_code(st) != 0;
+  const int W = a.world, EPR = a.expertsPerRank, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int warpsPerBlock = blockDim.x >> 5;
+  const uint64_t* peer = (const uint64_t*)a.peerBases;
+  const int* sendCounts = (const int*)a.sendCounts;
+  const int* sendOffsets = (const int*)a.sendOffsets;
+  const uint64_t value = aborted ? (call | EP_ABORT_BIT) : call;
+  for (int d = warp; d < W; d += warpsPerBlock) {
+    const uint64_t base = __ldg(peer + d);
+    if (!aborted) {
+      // Split record for d: my EPR counts for d's experts, then m_st (where d's rows start in my order).
+      char* rec = (char*)(base + a.recvSplitsOff + slot * a.recvSplitsSlot + (uint64_t)a.rank * a.splitsPerPeer * 4u);
+      for (int i = lane; i <= EPR; i += 32)
+        st_u32(rec + (uint64_t)i * 4u, (uint32_t)(i < EPR ? sendCounts[d * EPR + i] : sendOffsets[d * EPR]));
+    }
+    __syncwarp();  // the lanes' record stores happen-before lane 0's fence
+    if (lane == 0) {
+      fence_sys();  // rows (all blocks, acquired in finish_block) and the record, before the signal
+      signal((uint64_t*)(base + a.dispatchSignalOff + slot * a.dispatchSignalSlot + (uint64_t)a.rank * 8u), value);
+    }
+  }
+  // Wait for every source (self included). One thread per source; a wait never spins forever.
+  const uint64_t deadline = deadline_after(a.timeoutNs);
+  const uint64_t* mine = (const uint64_t*)(__ldg(peer + a.rank) + a.dispatchSignalOff + slot * a.dispatchSignalSlot);
+  for (int s = threadIdx.x; s < W; s += blockDim.x) {
+    uint64_t seen = 0;
+    const int r = wait_until(mine + s, call, deadline, &seen);
+    if (r == WAIT_ABORTED)
+      report_error(a, EP_ERR_PEER_ABORT_DISPATCH, (uint32_t)s, (uint32_t)slot, call, 0, 0, 0u);
+    else if (r == WAIT_TIMED_OUT)
+      report_error(a, EP_ERR_TIMEOUT_DISPATCH, (uint32_t)s, (uint32_t)slot, call, (int64_t)seen, 0, 0u);
+  }
+}
+
+// =============================================================================================
+// 3. ep_repack: recvData[slot] (source-major, expert-sorted per source) -> expertX / expertScales
+// (expert-major, sources in rank order), and expertCounts. One warp per (row, 2 KiB segment).
+extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_repack(const __grid_constant__ EpArgs a) {
+  __shared__ RecvTables R;
+  EpState* st = state_of(a);
+  if (read_err_code(st) != 0) return;  // an earlier kernel of this call failed: nothing arrived to repack
+  const uint64_t call = read_calls(st);
+  const uint64_t slot = call & 1u;
+  const int W = a.world, EPR = a.expertsPerRank;
+  if (threadIdx.x == 0) R.flag = INT_MAX;  // ordered before use by build_tables' barriers
+  build_tables(a, slot, R);
+  // Receive-side capacity (as routing.ts checkExpertCapacity): the first local expert whose rows from
+  // all sources exceed expertCapacity (maxRowsPerExpert). Every block finds the same answer.
+  for (int le = threadIdx.x; le < EPR; le += blockDim.x)
+    if (R.preT[(le + 1) * W] - R.preT[le * W] > a.expertCapacity) atomicMin(&R.flag, le);
+  __syncthreads();
+  if (R.flag != INT_MAX) {
+    if (blockIdx.x == 0) {
+      const int le = R.flag;
+      if (threadIdx.x == 0)
+        report_error(a, EP_ERR_CAPACITY, (uint32_t)a.rank, (uint32_t)slot, call, (int64_t)a.rank * EPR + le,
+                     R.preT[(le + 1) * W] - R.preT[le * W], EP_CAPACITY_AUX_EXPERT);
+      // This rank will not combine this call: tell every peer now, so none waits for our combine signal
+      // (the cpu transport does the same). Nothing to order before it: no data goes with an abort.
+      const uint64_t* peer = (const uint64_t*)a.peerBases;
+      for (int s = threadIdx.x; s < W; s += blockDim.x)
+        signal((uint64_t*)(__ldg(peer + s) + a.combineSignalOff + slot * a.combineSignalSlot + (uint64_t)a.rank * 8u),
+               call | EP_ABORT_BIT);
+    }
+    return;
+  }
+  if (blockIdx.x == 0) {
+    int* counts = (int*)a.expertCounts;
+    for (int le = threadIdx.x; le < EPR; le += blockDim.x) counts[le] = R.preT[(le + 1) * W] - R.preT[le * W];
+  }
+  if (a.dispatchRowBytes % 16u == 0) repack_rows<16>(a, slot, R);
+  else repack_rows<8>(a, slot, R);
+}
+
+// =============================================================================================
+// 4. ep_combine_send: expertOut rows go back to the rank that sent them, at m_st + their index in that
+// rank's expert-sorted order; the last block signals every rank and waits for every rank.
+extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(const __grid_constant__ EpArgs a) {
+  __shared__ RecvTables R;
+  EpState* st = state_of(a);
+  const uint64_t call = read_calls(st);
+  const uint64_t slot = call & 1u;
+  if (read_err_code(st) == 0) {
+    build_tables(a, slot, R);
+    combine_send_rows<16>(a, slot, R);  // combineRowBytes = 2H, a multiple of 16
+  }
+  if (!finish_block(&st->doneBlocks[2], &R.flag)) return;
+
+  const uint32_t code = read_err_code(st);
+  const bool aborted = code != 0;
+  const uint64_t value = aborted ? (call | EP_ABORT_BIT) : call;
+  const int W = a.world;
+  const uint64_t* peer = (const uint64_t*)a.peerBases;
+  for (int s = threadIdx.x; s < W; s += blockDim.x) {
+    // No per-thread data to order here: finish_block's fences ordered every block's rows.
+    signal((uint64_t*)(__ldg(peer + s) + a.combineSignalOff + slot * a.combineSignalSlot + (uint64_t)a.rank * 8u),
+           value);
+  }
+  // After a timeout the group is broken; waiting again would only double the delay.
+  if (code == EP_ERR_TIMEOUT_DISPATCH || code == EP_ERR_TIMEOUT_COMBINE) return;
+  // Otherwise wait even when aborting: when this returns, no peer writes into this slot any more.
+  const uint64_t deadline = deadline_after(a.timeoutNs);
+  const uint64_t* mine = (const uint64_t*)(__ldg(peer + a.rank) + a.combineSignalOff + slot * a.combineSignalSlot);
+  for (int d = threadIdx.x; d < W; d += blockDim.x) {
+    uint64_t seen = 0;
+    const int r = wait_until(mine + d, call, deadline, &seen);
+    if (r == WAIT_ABORTED)
+      report_error(a, EP_ERR_PEER_ABORT_COMBINE, (uint32_t)d, (uint32_t)slot, call, 0, 0, 0u);
+    else if (r == WAIT_TIMED_OUT)
+      report_error(a, EP_ERR_TIMEOUT_COMBINE, (uint32_t)d, (uint32_t)slot, call, (int64_t)seen, 0, 0u);
+  }
+}
+
+// =============================================================================================
+// 5. ep_combine_reduce: y[t] = bf16(sum over valid j in order of f32(w[t,j] * out[t,j])), f32 accumulate,
+// two roundings per step (__fmul_rn, __fadd_rn; the build also passes -fmad=false).
+// Item = (token, chunk of blockDim vectors of 8 values); the k rows of a token are loaded 8 at a time.
+extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(const __grid_constant__ EpArgs a) {
+  __shared__ uint64_t sRow[2][EP_MAX_TOPK];
+  __shared__ float sW[2][EP_MAX_TOPK];
+  __shared__ int sN[2];
+  EpState* st = state_of(a);
+  if (read_err_code(st) != 0) return;
+  const uint64_t slot = read_calls(st) & 1u;
+  const int B = blockDim.x, tid = threadIdx.x, k = a.topk;
+  const int V = a.hidden / 8;
+  const int chunks = (V + B - 1) / B;
+  const int items = a.numTokens * chunks;
+  const uint64_t recv = ((const uint64_t*)a.peerBases)[a.rank] + a.combineRecvOff + slot * a.combineRecvSlot;
+  const int* topk = (const int*)a.topkIdx;
+  const int* pairRow = (const int*)a.pairRow;
+  const int* sendOffsets = (const int*)a.sendOffsets;
+  const float* weights = (const float*)a.topkWeights;
+  const int EPR = a.expertsPerRank;
+  // This call's split records (recvSplits[slot]), still intact: the next dispatch uses the other slot.
+  const char* splits =
+      (const char*)(((const uint64_t*)a.peerBases)[a.rank] + a.recvSplitsOff + slot * a.recvSplitsSlot);
+  char* y = (char*)a.y;
+  int buf = 0;
+  for (int it = blockIdx.x; it < items; it += gridDim.x, buf ^= 1) {
+    const int t = it / chunks, c = it % chunks;
+    if (tid < 32) {
+      // Warp 0: the valid slots of token t in slot order (the reduction order), compacted.
+      int n = 0;
+      for (int j0 = 0; j0 < k; j0 += 32) {
+        const int j = j0 + tid, p = t * k + j;
+        const int e = j < k ? __ldg(topk + p) : -1;
+        const bool valid = e >= 0;
+        uint64_t row = 0;
+        if (valid) {
+          const int r = __ldg(pairRow + p);
+          if (e / EPR != a.rank) {
+            row = recv + (uint64_t)r * a.combineRowBytes;  // returned by its owner in ep_combine_send
+          } else {
+            // My own expert: its output row is still in expertOut, at the expert-major position
+            // repack gave it: rows of sources < me for this expert, then my rows of it in order.
+            const int le = e - a.rank * EPR;
+            int base = 0;
+            for (int s = 0; s < a.rank; ++s)
+              base += (int)ld_cg_u32(splits + ((uint64_t)s * a.splitsPerPeer + le) * 4u);
+            const int i = r - __ldg(sendOffsets + e);
+            row = (uint64_t)a.expertOut + ((uint64_t)le * a.expertCapacity + base + i) * a.combineRowBytes;
+          }
+        }
+        const uint32_t bal = __ballot_sync(FULL_MASK, valid);
+        if (valid) {
+          const int pos = n + __popc(bal & lanemask_lt());
+          sRow[buf][pos] = row;
+          sW[buf][pos] = __ldg(weights + p);
+        }
+        n += __popc(bal);
+      }
+      if (tid == 0) sN[buf] = n;
+    }
+    __syncthreads();  // list ready; double buffering makes one barrier per item enough
+    const int v = c * B + tid;
+    if (v >= V) continue;
+    const int n = sN[buf];
+    float acc[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[i] = 0.0f;
+    for (int j0 = 0; j0 < n; j0 += 8) {
+      uint4 r[8];
+#pragma unroll
+      for (int u = 0; u < 8; ++u)
+        if (j0 + u < n) r[u] = ld_cg_v4((const char*)sRow[buf][j0 + u] + (uint64_t)v * 16u);
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        if (j0 + u < n) {
+          const float w = sW[buf][j0 + u];
+          float x[8];
+          bf16x8_to_f32(r[u], x);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) acc[i] = __fadd_rn(acc[i], __fmul_rn(w, x[i]));
+        }
+      }
+    }
+    uint4 o;
+    o.x = bf16x2_bits(acc[0], acc[1]);
+    o.y = bf16x2_bits(acc[2], acc[3]);
+    o.z = bf16x2_bits(acc[4], acc[5]);
+    o.w = bf16x2_bits(acc[6], acc[7]);
+    st_v4(y + ((uint64_t)t * V + v) * 16u, o);
+  }
+}
+
+// =============================================================================================
+// 6. ep_copy_bench: dst[0..bytes) = src[0..bytes) with 16-byte vectors (4 in flight per thread), for the
+// benchmark's copy-bandwidth reference. dst and src 16-byte aligned; either may be a peer pointer.
+struct CopyArgs {
+  uint64_t dst, src, bytes;
+};
+
+extern "C" __global__ void __launch_bounds__(1024) ep_copy_bench(const CopyArgs c) {
+  const uint64_t n = c.bytes / 16u;
+  const uint64_t stride = (uint64_t)gridDim.x * blockDim.x;
+  const char* src = (const char*)c.src;
+  char* dst = (char*)c.dst;
+  for (uint64_t i0 = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; i0 < n; i0 += 4 * stride) {
+    uint4 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+      if (i0 + u * stride < n) v[u] = ld_nc_v4(src + (i0 + u * stride) * 16u);
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+      if (i0 + u * stride < n) st_v4(dst + (i0 + u * stride) * 16u, v[u]);
+  }
+  if (blockIdx.x == 0 && threadIdx.x == 0)
+    for (uint64_t b = n * 16u; b < c.bytes; ++b) dst[b] = src[b];
+}

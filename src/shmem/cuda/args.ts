@@ -1,0 +1,392 @@
+/**
+ * The TypeScript mirror of kernels/ep_args.h: the byte layout of EpArgs (the one by-value argument of
+ * every kernel), EpError and EpState, the error codes, and a writer that packs EpArgs into one
+ * reused buffer. test/kernel-args.test.ts compiles the header on the host and checks every size,
+ * offset and type here against it, and every constant against the header's #defines.
+ *
+ * All values are little-endian. Device pointers and 64-bit sizes are `bigint`; 32-bit fields `number`.
+ */
+
+/** A field's C type: fixed-width integers, a fixed array of them, or a nested struct. */
+export type CType = 'i32' | 'u32' | 'i64' | 'u64' | 'u32[4]' | 'u32[2]' | 'EpError';
+
+export interface FieldSpec {
+  readonly name: string;
+  /** Byte offset from the start of the struct. */
+  readonly offset: number;
+  readonly type: CType;
+  /** Bytes the field occupies. */
+  readonly bytes: number;
+}
+
+const TYPE_BYTES: Record<Exclude<CType, 'EpError'>, { size: number; align: number }> = {
+  i32: { size: 4, align: 4 },
+  u32: { size: 4, align: 4 },
+  i64: { size: 8, align: 8 },
+  u64: { size: 8, align: 8 },
+  'u32[4]': { size: 16, align: 4 },
+  'u32[2]': { size: 8, align: 4 },
+};
+
+/** Lays fields out in order with C's natural alignment (every type here is its own alignment). */
+function layout(
+  fields: ReadonlyArray<readonly [string, CType]>,
+  nested: Record<string, { size: number; align: number }> = {},
+): { fields: readonly FieldSpec[]; bytes: number } {
+  let offset = 0;
+  let maxAlign = 1;
+  const out: FieldSpec[] = [];
+  for (const [name, type] of fields) {
+    const t = type in TYPE_BYTES ? TYPE_BYTES[type as keyof typeof TYPE_BYTES] : nested[type];
+    offset = Math.ceil(offset / t.align) * t.align;
+    out.push(Object.freeze({ name, offset, type, bytes: t.size }));
+    offset += t.size;
+    maxAlign = Math.max(maxAlign, t.align);
+  }
+  return { fields: Object.freeze(out), bytes: Math.ceil(offset / maxAlign) * maxAlign };
+}
+
+const epError = layout([
+  ['code', 'u32'],
+  ['peer', 'u32'],
+  ['slot', 'u32'],
+  ['aux', 'u32'],
+  ['callCount', 'u64'],
+  ['a', 'i64'],
+  ['b', 'i64'],
+]);
+/** struct EpError: the first error of a call (device copy in EpState, mirrored to errHost). */
+export const EP_ERROR_FIELDS: readonly FieldSpec[] = epError.fields;
+export const EP_ERROR_BYTES: number = epError.bytes; // 40
+
+const epState = layout(
+  [
+    ['dispatchCalls', 'u64'],
+    ['doneBlocks', 'u32[4]'],
+    ['pad', 'u32[2]'],
+    ['err', 'EpError'],
+  ],
+  { EpError: { size: EP_ERROR_BYTES, align: 8 } },
+);
+/** struct EpState: per-group device state (zero it at creation). */
+export const EP_STATE_FIELDS: readonly FieldSpec[] = epState.fields;
+export const EP_STATE_BYTES: number = epState.bytes; // 72
+
+const EP_ARGS_SPEC = [
+  ['rank', 'i32'],
+  ['world', 'i32'],
+  ['numExperts', 'i32'],
+  ['expertsPerRank', 'i32'],
+  ['hidden', 'i32'],
+  ['topk', 'i32'],
+  ['numTokens', 'i32'],
+  ['maxRowsPerPeer', 'i32'],
+  ['expertCapacity', 'i32'],
+  ['groupSize', 'i32'],
+  ['groupsPerRow', 'i32'],
+  ['fp8', 'i32'],
+  ['splitsPerPeer', 'i32'],
+  ['pad0', 'i32'],
+  ['timeoutNs', 'i64'],
+  ['dispatchSignalOff', 'u64'],
+  ['dispatchSignalSlot', 'u64'],
+  ['combineSignalOff', 'u64'],
+  ['combineSignalSlot', 'u64'],
+  ['recvSplitsOff', 'u64'],
+  ['recvSplitsSlot', 'u64'],
+  ['recvDataOff', 'u64'],
+  ['recvDataSlot', 'u64'],
+  ['recvScalesOff', 'u64'],
+  ['recvScalesSlot', 'u64'],
+  ['combineRecvOff', 'u64'],
+  ['combineRecvSlot', 'u64'],
+  ['dispatchRowBytes', 'u64'],
+  ['combineRowBytes', 'u64'],
+  ['peerBases', 'u64'],
+  ['x', 'u64'],
+  ['topkIdx', 'u64'],
+  ['topkWeights', 'u64'],
+  ['expertOut', 'u64'],
+  ['expertX', 'u64'],
+  ['expertScales', 'u64'],
+  ['expertCounts', 'u64'],
+  ['y', 'u64'],
+  ['sendCounts', 'u64'],
+  ['sendOffsets', 'u64'],
+  ['pairRow', 'u64'],
+  ['state', 'u64'],
+  ['errHost', 'u64'],
+] as const;
+const epArgs = layout(EP_ARGS_SPEC);
+
+/** struct EpArgs: the single by-value argument of every kernel. */
+export const EP_ARGS_FIELDS: readonly FieldSpec[] = epArgs.fields;
+export const EP_ARGS_BYTES: number = epArgs.bytes; // 288
+
+function offsets<N extends string>(fields: readonly FieldSpec[]): Readonly<Record<N, number>> {
+  return Object.freeze(Object.fromEntries(fields.map((f) => [f.name, f.offset]))) as Record<N, number>;
+}
+
+/** The name of an EpArgs field. */
+export type EpArgsField = (typeof EP_ARGS_SPEC)[number][0];
+
+/** Byte offset of each EpArgs field. */
+export const EP_ARGS_OFFSET: Readonly<Record<EpArgsField, number>> = offsets<EpArgsField>(EP_ARGS_FIELDS);
+/** Byte offset of each EpError field. */
+export const EP_ERROR_OFFSET = offsets<'code' | 'peer' | 'slot' | 'aux' | 'callCount' | 'a' | 'b'>(
+  EP_ERROR_FIELDS,
+);
+/** Byte offset of each EpState field (err is an EpError at EP_STATE_OFFSET.err). */
+export const EP_STATE_OFFSET = offsets<'dispatchCalls' | 'doneBlocks' | 'pad' | 'err'>(EP_STATE_FIELDS);
+
+// ---------------------------------------------------------------------------------------------
+// Error codes (kernels/ep_args.h) and the kernels' own constants (kernels/ep.cu)
+// ---------------------------------------------------------------------------------------------
+
+export const EP_ERR_NONE = 0;
+/** peer, slot, callCount: a dispatch signal did not arrive in time (a = the last value seen). */
+export const EP_ERR_TIMEOUT_DISPATCH = 1;
+/** peer, slot, callCount: a combine signal did not arrive in time (a = the last value seen). */
+export const EP_ERR_TIMEOUT_COMBINE = 2;
+/**
+ * Capacity. aux = EP_CAPACITY_AUX_SEND: a = destination rank, b = rows it would get (limit maxRowsPerPeer).
+ * aux = EP_CAPACITY_AUX_EXPERT: a = global expert id, b = rows it received (limit maxRowsPerExpert).
+ */
+export const EP_ERR_CAPACITY = 3;
+/** a = token, b = slot, aux = the bad id (as uint32). */
+export const EP_ERR_EXPERT_ID = 4;
+/** a = token, b = slot, aux = the expert named twice. */
+export const EP_ERR_DUPLICATE = 5;
+/** peer: that rank aborted this dispatch. */
+export const EP_ERR_PEER_ABORT_DISPATCH = 6;
+/** peer: that rank aborted this combine. */
+export const EP_ERR_PEER_ABORT_COMBINE = 7;
+/** A signal word holds the call count; an aborting rank writes callCount | EP_ABORT_BIT. */
+export const EP_ABORT_BIT = 1n << 63n;
+
+/** EpError.aux of EP_ERR_CAPACITY raised by ep_route (send side, per destination rank). */
+export const EP_CAPACITY_AUX_SEND = 0;
+/** EpError.aux of EP_ERR_CAPACITY raised by ep_repack (receive side, per local expert). */
+export const EP_CAPACITY_AUX_EXPERT = 1;
+
+/** Kernel limits (kernels/ep.cu): numExperts, topk, maxTokensPerRank * topk, route block size. */
+export const EP_MAX_EXPERTS = 1024;
+export const EP_MAX_TOPK = 64;
+export const EP_MAX_PAIRS = 32768;
+export const EP_ROUTE_THREADS = 1024;
+/** Largest block the other kernels accept (__launch_bounds__). */
+export const EP_MAX_THREADS = 512;
+
+/** Dynamic shared memory of ep_route in bytes: 4 * ((block / 32) * E + E + 1) + 2 * pairs. */
+export function routeSharedBytes(numExperts: number, maxPairs: number, block = EP_ROUTE_THREADS): number {
+  return 4 * ((block / 32) * numExperts + numExperts + 1) + 2 * maxPairs;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writer and reader
+// ---------------------------------------------------------------------------------------------
+
+type I32Field = Extract<(typeof EP_ARGS_SPEC)[number], readonly [string, 'i32']>[0];
+const EP_ARGS_TYPE = Object.fromEntries(EP_ARGS_SPEC) as Record<EpArgsField, CType>;
+
+/**
+ * Owns one Buffer of EP_ARGS_BYTES holding an EpArgs, reused for every launch: the setters write
+ * in place at fixed offsets and allocate nothing (pass bigints for 64-bit fields on hot paths; a
+ * number is converted, which is fine at setup). The driver copies the bytes at each launch, so the
+ * buffer may be changed between launches.
+ */
+export class EpArgsWriter {
+  readonly bytes: Buffer = Buffer.alloc(EP_ARGS_BYTES);
+
+  /** Sets any field by name: 32-bit fields take a number, 64-bit fields a bigint or a safe integer. */
+  set(field: EpArgsField, value: number | bigint): this {
+    const off = EP_ARGS_OFFSET[field];
+    const type = EP_ARGS_TYPE[field];
+    if (type === 'i32') this.bytes.writeInt32LE(Number(value), off);
+    else if (type === 'i64') this.bytes.writeBigInt64LE(BigInt(value), off);
+    else this.bytes.writeBigUInt64LE(BigInt(value), off);
+    return this;
+  }
+
+  /** Reads a field back (tests, debugging). */
+  get(field: EpArgsField): number | bigint {
+    const off = EP_ARGS_OFFSET[field];
+    const type = EP_ARGS_TYPE[field];
+    if (type === 'i32') return this.bytes.readInt32LE(off);
+    if (type === 'i64') return this.bytes.readBigInt64LE(off);
+    return this.bytes.readBigUInt64LE(off);
+  }
+
+  private i32(field: I32Field, v: number): void {
+    this.bytes.writeInt32LE(v, EP_ARGS_OFFSET[field]);
+  }
+  private u64(field: EpArgsField, v: bigint | number): void {
+    this.bytes.writeBigUInt64LE(typeof v === 'bigint' ? v : BigInt(v), EP_ARGS_OFFSET[field]);
+  }
+
+  // sizes
+  set rank(v: number) {
+    this.i32('rank', v);
+  }
+  set world(v: number) {
+    this.i32('world', v);
+  }
+  set numExperts(v: number) {
+    this.i32('numExperts', v);
+  }
+  set expertsPerRank(v: number) {
+    this.i32('expertsPerRank', v);
+  }
+  set hidden(v: number) {
+    this.i32('hidden', v);
+  }
+  set topk(v: number) {
+    this.i32('topk', v);
+  }
+  set numTokens(v: number) {
+    this.i32('numTokens', v);
+  }
+  set maxRowsPerPeer(v: number) {
+    this.i32('maxRowsPerPeer', v);
+  }
+  set expertCapacity(v: number) {
+    this.i32('expertCapacity', v);
+  }
+  set groupSize(v: number) {
+    this.i32('groupSize', v);
+  }
+  set groupsPerRow(v: number) {
+    this.i32('groupsPerRow', v);
+  }
+  set fp8(v: number) {
+    this.i32('fp8', v);
+  }
+  set splitsPerPeer(v: number) {
+    this.i32('splitsPerPeer', v);
+  }
+  set pad0(v: number) {
+    this.i32('pad0', v);
+  }
+  /** Nanoseconds a wait may take before EP_ERR_TIMEOUT_* (> 0). */
+  set timeoutNs(v: bigint | number) {
+    this.bytes.writeBigInt64LE(typeof v === 'bigint' ? v : BigInt(v), EP_ARGS_OFFSET.timeoutNs);
+  }
+  // heap layout (bytes)
+  set dispatchSignalOff(v: bigint | number) {
+    this.u64('dispatchSignalOff', v);
+  }
+  set dispatchSignalSlot(v: bigint | number) {
+    this.u64('dispatchSignalSlot', v);
+  }
+  set combineSignalOff(v: bigint | number) {
+    this.u64('combineSignalOff', v);
+  }
+  set combineSignalSlot(v: bigint | number) {
+    this.u64('combineSignalSlot', v);
+  }
+  set recvSplitsOff(v: bigint | number) {
+    this.u64('recvSplitsOff', v);
+  }
+  set recvSplitsSlot(v: bigint | number) {
+    this.u64('recvSplitsSlot', v);
+  }
+  set recvDataOff(v: bigint | number) {
+    this.u64('recvDataOff', v);
+  }
+  set recvDataSlot(v: bigint | number) {
+    this.u64('recvDataSlot', v);
+  }
+  set recvScalesOff(v: bigint | number) {
+    this.u64('recvScalesOff', v);
+  }
+  set recvScalesSlot(v: bigint | number) {
+    this.u64('recvScalesSlot', v);
+  }
+  set combineRecvOff(v: bigint | number) {
+    this.u64('combineRecvOff', v);
+  }
+  set combineRecvSlot(v: bigint | number) {
+    this.u64('combineRecvSlot', v);
+  }
+  set dispatchRowBytes(v: bigint | number) {
+    this.u64('dispatchRowBytes', v);
+  }
+  set combineRowBytes(v: bigint | number) {
+    this.u64('combineRowBytes', v);
+  }
+  // device pointers
+  set peerBases(v: bigint) {
+    this.u64('peerBases', v);
+  }
+  set x(v: bigint) {
+    this.u64('x', v);
+  }
+  set topkIdx(v: bigint) {
+    this.u64('topkIdx', v);
+  }
+  set topkWeights(v: bigint) {
+    this.u64('topkWeights', v);
+  }
+  set expertOut(v: bigint) {
+    this.u64('expertOut', v);
+  }
+  set expertX(v: bigint) {
+    this.u64('expertX', v);
+  }
+  set expertScales(v: bigint) {
+    this.u64('expertScales', v);
+  }
+  set expertCounts(v: bigint) {
+    this.u64('expertCounts', v);
+  }
+  set y(v: bigint) {
+    this.u64('y', v);
+  }
+  set sendCounts(v: bigint) {
+    this.u64('sendCounts', v);
+  }
+  set sendOffsets(v: bigint) {
+    this.u64('sendOffsets', v);
+  }
+  set pairRow(v: bigint) {
+    this.u64('pairRow', v);
+  }
+  set state(v: bigint) {
+    this.u64('state', v);
+  }
+  set errHost(v: bigint) {
+    this.u64('errHost', v);
+  }
+}
+
+/** An EpError as read from errHost or from EpState.err. */
+export interface EpErrorRecord {
+  code: number;
+  peer: number;
+  slot: number;
+  aux: number;
+  callCount: bigint;
+  a: bigint;
+  b: bigint;
+}
+
+/**
+ * Decodes an EpError (40 bytes) at the start of `view`: a DataView or a byte array over errHost's
+ * memory, or over the bytes of EpState.err (offset EP_STATE_OFFSET.err).
+ */
+export function readEpError(view: DataView | Uint8Array): EpErrorRecord {
+  const dv = view instanceof DataView ? view : new DataView(view.buffer, view.byteOffset, view.byteLength);
+  if (dv.byteLength < EP_ERROR_BYTES) {
+    throw new RangeError(`an EpError needs ${EP_ERROR_BYTES} bytes, got ${dv.byteLength}`);
+  }
+  const o = EP_ERROR_OFFSET;
+  return {
+    code: dv.getUint32(o.code, true),
+    peer: dv.getUint32(o.peer, true),
+    slot: dv.getUint32(o.slot, true),
+    aux: dv.getUint32(o.aux, true),
+    callCount: dv.getBigUint64(o.callCount, true),
+    a: dv.getBigInt64(o.a, true),
+    b: dv.getBigInt64(o.b, true),
+  };
+}

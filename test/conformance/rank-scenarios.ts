@@ -1,0 +1,199 @@
+/**
+ * A rank program for the conformance suite's failure scenarios. Each rank reports what it observed
+ * (the error class, code, message and details of each step, and whether the correct call that
+ * follows each bad one matched the oracle), and the test asserts on those observations.
+ */
+
+import type { VerifyCase } from '../../src/cli/cases.js';
+import { groupIo } from '../../src/cli/device-io.js';
+import { rankMain } from '../../src/cli/rank-io.js';
+import { verifyCall } from '../../src/cli/rank-verify.js';
+import { createGroup } from '../../src/create.js';
+import type { EpGroup } from '../../src/ep/api.js';
+import { resolveConfig } from '../../src/ep/config.js';
+import { hostTensor } from '../../src/ep/tensor.js';
+import { type ErrorDetails, errorToWire } from '../../src/errors.js';
+
+export interface ScenarioTask {
+  scenario: 'errors' | 'silent-rank' | 'throwing-rank';
+  transport: 'cpu' | 'cuda';
+  world: number;
+  timeoutMs: number;
+  /** silent-rank / throwing-rank: the rank that misbehaves. */
+  culprit?: number;
+}
+
+export interface Observation {
+  step: string;
+  /** The error's code and class name, or 'ok'. */
+  code: string;
+  name?: string;
+  message?: string;
+  details?: ErrorDetails;
+  /** For a correct call after a bad one: undefined when it matched the oracle, else the mismatch. */
+  mismatch?: string;
+  ms?: number;
+}
+
+const io = groupIo;
+
+function small(world: number, extra: Partial<VerifyCase['config']> = {}): VerifyCase {
+  return {
+    name: 'conformance',
+    config: { world, numExperts: 4 * world, hidden: 256, topk: 4, maxTokensPerRank: 16, fp8: true, ...extra },
+    scenario: 'random',
+    tokens: 8,
+    calls: 1,
+    seed: 7,
+  };
+}
+
+async function observe(step: string, fn: () => unknown): Promise<Observation> {
+  const t0 = performance.now();
+  try {
+    await fn();
+    return { step, code: 'ok', ms: performance.now() - t0 };
+  } catch (err) {
+    const w = errorToWire(err);
+    return {
+      step,
+      code: w.code,
+      name: w.name,
+      message: w.message,
+      details: w.details,
+      ms: performance.now() - t0,
+    };
+  }
+}
+
+async function errorSteps(task: ScenarioTask, rank: number): Promise<Observation[]> {
+  const obs: Observation[] = [];
+  const kase = small(task.world);
+  const cfg = resolveConfig(kase.config);
+  const g: EpGroup<unknown> = await createGroup({
+    ...kase.config,
+    transport: task.transport,
+    timeoutMs: task.timeoutMs,
+  });
+  let call = 0;
+  const correct = async (after: string) => {
+    const mismatch = verifyCall(g, cfg, kase, call++, rank, io);
+    obs.push({ step: `correct call after ${after}`, code: 'ok', mismatch });
+  };
+  const T = 8;
+  const H = cfg.hidden;
+  const k = cfg.topk;
+  const goodX = () => io.upload(g, hostTensor('bf16', [T, H]));
+  const goodIdx = () => {
+    const idx = new Int32Array(T * k);
+    for (let i = 0; i < idx.length; i++)
+      idx[i] = (i % k) + (Math.floor(i / k) % task.world) * cfg.expertsPerRank;
+    return io.upload(g, hostTensor('i32', [T, k], idx));
+  };
+  const w = () => io.upload(g, hostTensor('f32', [T, k], new Float32Array(T * k).fill(0.5)));
+
+  // 1. rank 0 passes x with the wrong dtype; the others pass good input
+  obs.push(
+    await observe('x dtype', () =>
+      g.dispatch(rank === 0 ? io.upload(g, hostTensor('f32', [T, H])) : goodX(), goodIdx(), {
+        topkWeights: w(),
+      }),
+    ),
+  );
+  await correct('x dtype');
+  // 2. every rank passes x with the wrong hidden size
+  obs.push(
+    await observe('x shape', () => g.dispatch(io.upload(g, hostTensor('bf16', [T, H + 8])), goodIdx())),
+  );
+  await correct('x shape');
+  // 3. the last rank names an expert id out of range at token 2, slot 1
+  obs.push(
+    await observe('expert id', () => {
+      const idx = new Int32Array(T * k);
+      for (let i = 0; i < idx.length; i++) idx[i] = i % k;
+      if (rank === task.world - 1) idx[2 * k + 1] = cfg.numExperts;
+      return g.dispatch(goodX(), io.upload(g, hostTensor('i32', [T, k], idx)));
+    }),
+  );
+  await correct('expert id');
+  // 4. rank 0 passes more tokens than maxTokensPerRank
+  obs.push(
+    await observe('too many tokens', () => {
+      const t = rank === 0 ? cfg.maxTokensPerRank + 1 : T;
+      return g.dispatch(
+        io.upload(g, hostTensor('bf16', [t, H])),
+        io.upload(g, hostTensor('i32', [t, k], new Int32Array(t * k).fill(-1))),
+      );
+    }),
+  );
+  await correct('too many tokens');
+  // 5. every rank: a stale handle (a later dispatch happened) is refused locally
+  const first = g.dispatch(goodX(), goodIdx(), { topkWeights: w() });
+  const second = g.dispatch(goodX(), goodIdx(), { topkWeights: w() });
+  const out = () => io.upload(g, hostTensor('bf16', [cfg.expertsPerRank, cfg.expertCapacity, H]));
+  obs.push(await observe('stale handle', () => g.combine(out(), first.handle)));
+  obs.push(await observe('combine after stale', () => g.combine(out(), second.handle)));
+  obs.push(await observe('handle reused', () => g.combine(out(), second.handle)));
+  obs.push(await observe('foreign handle', () => g.combine(out(), { callCount: 1, numTokens: T, rank })));
+  // 6. rank 0 passes expertOut of the wrong shape
+  const third = g.dispatch(goodX(), goodIdx(), { topkWeights: w() });
+  obs.push(
+    await observe('expertOut shape', () =>
+      g.combine(
+        rank === 0 ? io.upload(g, hostTensor('bf16', [cfg.expertsPerRank, 1, H])) : out(),
+        third.handle,
+      ),
+    ),
+  );
+  await correct('expertOut shape');
+  // 7. no weights anywhere
+  const fourth = g.dispatch(goodX(), goodIdx());
+  obs.push(await observe('missing weights', () => g.combine(out(), fourth.handle)));
+  await correct('missing weights');
+  await g.close();
+  obs.push(await observe('after close', () => g.dispatch(goodX(), goodIdx())));
+
+  // 8. capacity: a group with room for 16 rows per peer; rank 0 sends all 32 pairs of 8 tokens to one rank
+  const capCase = small(task.world, { maxRowsPerPeer: 16 });
+  const capCfg = resolveConfig(capCase.config);
+  const cg: EpGroup<unknown> = await createGroup({
+    ...capCase.config,
+    transport: task.transport,
+    timeoutMs: task.timeoutMs,
+  });
+  obs.push(
+    await observe('capacity', () => {
+      const idx = new Int32Array(T * k);
+      const dest = task.world - 1;
+      for (let t = 0; t < T; t++)
+        for (let j = 0; j < k; j++) idx[t * k + j] = dest * capCfg.expertsPerRank + j;
+      return cg.dispatch(
+        io.upload(cg, hostTensor('bf16', [T, H])),
+        io.upload(cg, hostTensor('i32', [T, k], rank === 0 ? idx : new Int32Array(T * k).fill(-1))),
+      );
+    }),
+  );
+  const mismatch = verifyCall(cg, capCfg, { ...capCase, tokens: 2 }, 0, rank, io);
+  obs.push({ step: 'correct call after capacity', code: 'ok', mismatch });
+  await cg.close();
+  return obs;
+}
+
+async function silentOrThrowing(task: ScenarioTask, rank: number): Promise<Observation[]> {
+  const kase = small(task.world);
+  const cfg = resolveConfig(kase.config);
+  const g = await createGroup({ ...kase.config, transport: task.transport, timeoutMs: task.timeoutMs });
+  if (rank === task.culprit) {
+    if (task.scenario === 'throwing-rank') throw new Error(`rank ${rank} fails on purpose before dispatch`);
+    // silent: stay alive well past the others' timeout without ever calling dispatch
+    await new Promise((r) => setTimeout(r, task.timeoutMs * 3));
+    return [{ step: 'silent', code: 'ok' }];
+  }
+  const obs = await observe('dispatch', () => verifyCall(g, cfg, kase, 0, rank, io));
+  await g.close().catch(() => {});
+  return [obs];
+}
+
+await rankMain<ScenarioTask, Observation[]>((task, rank) =>
+  task.scenario === 'errors' ? errorSteps(task, rank) : silentOrThrowing(task, rank),
+);

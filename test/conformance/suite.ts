@@ -1,0 +1,188 @@
+/**
+ * The conformance suite: every protocol test, for any transport. The cpu transport runs it in CI; the
+ * cuda transport runs the same suite on a GPU machine (test/cuda.conformance.test.ts).
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { defaultSuite, type VerifyCase } from '../../src/cli/cases.js';
+import type { CaseOutcome, VerifyTask } from '../../src/cli/rank-verify.js';
+import { runScriptSettled, runTaskOnRanks } from '../../src/cli/ranks.js';
+import type { Observation, ScenarioTask } from './rank-scenarios.js';
+
+const scenarioScript = fileURLToPath(new URL('./rank-scenarios.ts', import.meta.url));
+
+async function verifyAll(transport: 'cpu' | 'cuda', cases: VerifyCase[], timeoutMs = 30_000): Promise<void> {
+  const byWorld = new Map<number, VerifyCase[]>();
+  for (const c of cases) byWorld.set(c.config.world, [...(byWorld.get(c.config.world) ?? []), c]);
+  for (const [world, list] of byWorld) {
+    const task: VerifyTask = { kind: 'verify', cases: list, transport, timeoutMs };
+    const perRank = await runTaskOnRanks<CaseOutcome[]>(transport, world, task);
+    for (const [r, outs] of perRank.entries()) {
+      for (const o of outs) assert.ok(o.pass, `rank ${r}, ${o.name}: ${o.message}`);
+      assert.equal(outs.length, list.length);
+    }
+  }
+}
+
+async function scenario(transport: 'cpu' | 'cuda', task: Omit<ScenarioTask, 'transport'>) {
+  return runScriptSettled<Observation[]>(transport, task.world, scenarioScript, { ...task, transport });
+}
+
+function step(obs: Observation[], name: string): Observation {
+  const o = obs.find((x) => x.step === name);
+  assert.ok(o, `no observation for step '${name}'`);
+  return o;
+}
+
+export function conformanceSuite(transport: 'cpu' | 'cuda', skip: string | false): void {
+  describe(`conformance: ${transport} transport`, { skip }, () => {
+    it('matches the oracle bit for bit over W, FP8 and every routing scenario (small shapes)', async () => {
+      const cases = defaultSuite(11, 3).filter((c) => c.config.hidden === 256 && c.config.world <= 4);
+      assert.ok(cases.length >= 40);
+      await verifyAll(transport, cases);
+    });
+
+    it('stays bit-exact over 200 consecutive calls with fresh data (W = 4)', async () => {
+      const base = defaultSuite(5, 200).find(
+        (c) => c.config.world === 4 && c.scenario === 'random' && c.config.fp8,
+      );
+      assert.ok(base);
+      await verifyAll(transport, [base, { ...base, config: { ...base.config, fp8: false }, calls: 50 }]);
+    });
+
+    it('rejects bad inputs with named errors, and the next call on the same group is correct', async () => {
+      const world = 2;
+      const settled = await scenario(transport, { scenario: 'errors', world, timeoutMs: 10_000 });
+      for (const [rank, s] of settled.entries()) {
+        assert.ok(s.report?.ok, `rank ${rank}: ${JSON.stringify(s.report ?? s.died)}`);
+        const obs = s.report.result;
+        for (const o of obs.filter((x) => x.step.startsWith('correct call'))) {
+          assert.equal(o.mismatch, undefined, `rank ${rank} ${o.step}: ${o.mismatch}`);
+        }
+        // x dtype: rank 0 was wrong; its peer learns which rank abandoned the call
+        const dtype = step(obs, 'x dtype');
+        if (rank === 0) {
+          assert.equal(dtype.code, 'MOE_SHAPE');
+          assert.equal(dtype.name, 'ShapeError');
+          assert.match(dtype.message ?? '', /x must have dtype bf16, got f32/);
+        } else {
+          assert.equal(dtype.code, 'MOE_PEER_FAILED');
+          assert.equal(dtype.details?.peer, 0);
+          assert.match(dtype.message ?? '', /rank 0 rejected its input for dispatch call 1/);
+        }
+        const shape = step(obs, 'x shape');
+        assert.equal(shape.code, 'MOE_SHAPE');
+        assert.match(shape.message ?? '', /x must have shape bf16 \[\?, 256\], got \[8, 264\]/);
+        const id = step(obs, 'expert id');
+        if (rank === world - 1) {
+          assert.equal(id.code, 'MOE_ROUTING');
+          assert.equal(id.name, 'RoutingError');
+          assert.deepEqual([id.details?.token, id.details?.slot, id.details?.expert], [2, 1, 8]);
+          assert.match(id.message ?? '', /topkIdx\[2\]\[1\] = 8 is not an expert id/);
+        } else {
+          assert.equal(id.code, 'MOE_PEER_FAILED');
+          assert.equal(id.details?.peer, world - 1);
+        }
+        const many = step(obs, 'too many tokens');
+        if (rank === 0) {
+          assert.equal(many.code, 'MOE_SHAPE');
+          assert.match(
+            many.message ?? '',
+            /x has 17 tokens but the group was created for at most maxTokensPerRank = 16/,
+          );
+        } else {
+          assert.equal(many.code, 'MOE_PEER_FAILED');
+        }
+        const stale = step(obs, 'stale handle');
+        assert.equal(stale.code, 'MOE_HANDLE');
+        assert.match(
+          stale.message ?? '',
+          /stale handle: it belongs to call \d+ but the group has dispatched call \d+ since/,
+        );
+        assert.equal(step(obs, 'combine after stale').code, 'ok');
+        const reused = step(obs, 'handle reused');
+        assert.equal(reused.code, 'MOE_HANDLE');
+        assert.match(reused.message ?? '', /already combined/);
+        const foreign = step(obs, 'foreign handle');
+        assert.equal(foreign.code, 'MOE_HANDLE');
+        assert.match(foreign.message ?? '', /did not come from a dispatch of this group/);
+        const outShape = step(obs, 'expertOut shape');
+        if (rank === 0) {
+          assert.equal(outShape.code, 'MOE_SHAPE');
+          assert.match(
+            outShape.message ?? '',
+            /expertOut must have shape bf16 \[4, 32, 256\], got \[4, 1, 256\]/,
+          );
+        } else {
+          assert.equal(outShape.code, 'MOE_PEER_FAILED');
+          assert.match(outShape.message ?? '', /rank 0 rejected its input for combine/);
+        }
+        const weights = step(obs, 'missing weights');
+        assert.ok(weights.code === 'MOE_SHAPE' || weights.code === 'MOE_PEER_FAILED', weights.code);
+        if (weights.code === 'MOE_SHAPE') assert.match(weights.message ?? '', /combine needs topkWeights/);
+        const closed = step(obs, 'after close');
+        assert.equal(closed.code, 'MOE_CLOSED');
+        assert.match(closed.message ?? '', /closed/);
+        const cap = step(obs, 'capacity');
+        if (rank === 0) {
+          assert.equal(cap.code, 'MOE_CAPACITY');
+          assert.equal(cap.name, 'CapacityError');
+          assert.deepEqual(
+            [cap.details?.destination, cap.details?.count, cap.details?.limit],
+            [world - 1, 32, 16],
+          );
+          assert.match(
+            cap.message ?? '',
+            /destination rank 1 would receive 32 rows but maxRowsPerPeer is 16/,
+          );
+        } else {
+          assert.equal(cap.code, 'MOE_PEER_FAILED');
+        }
+      }
+    });
+
+    it('a rank that never calls dispatch: the others throw PeerTimeoutError naming it, within the timeout', async () => {
+      const world = 3;
+      const timeoutMs = 1500;
+      const t0 = performance.now();
+      const settled = await scenario(transport, { scenario: 'silent-rank', world, timeoutMs, culprit: 2 });
+      for (const r of [0, 1]) {
+        const s = settled[r];
+        assert.ok(s.report?.ok, `rank ${r}: ${JSON.stringify(s.report ?? s.died)}`);
+        const o = s.report.result[0];
+        assert.equal(o.code, 'MOE_PEER_TIMEOUT');
+        assert.equal(o.name, 'PeerTimeoutError');
+        assert.equal(o.details?.peer, 2);
+        assert.equal(o.details?.callCount, 1);
+        assert.match(o.message ?? '', /rank 2 did not signal its dispatch rows for call 1/);
+        assert.ok(
+          (o.ms ?? 0) >= timeoutMs * 0.9 && (o.ms ?? 0) < timeoutMs + 3000,
+          `timed out after ${o.ms} ms`,
+        );
+      }
+      assert.ok(settled[2].report?.ok);
+      assert.ok(performance.now() - t0 < timeoutMs * 3 + 15_000);
+    });
+
+    it('a rank that throws: the others fail at once with PeerFailedError naming it', async () => {
+      const world = 3;
+      const settled = await scenario(transport, {
+        scenario: 'throwing-rank',
+        world,
+        timeoutMs: 20_000,
+        culprit: 1,
+      });
+      assert.equal(settled[1].report?.ok, false);
+      for (const r of [0, 2]) {
+        const s = settled[r];
+        assert.ok(s.report?.ok, `rank ${r}: ${JSON.stringify(s.report ?? s.died)}`);
+        const o = s.report.result[0];
+        assert.equal(o.code, 'MOE_PEER_FAILED', o.message);
+        assert.equal(o.details?.peer, 1);
+        assert.match(o.message ?? '', /rank 1 (failed|exited)/);
+        assert.ok((o.ms ?? 0) < 10_000, `took ${o.ms} ms: the failure must not wait for the timeout`);
+      }
+    });
+  });
+}

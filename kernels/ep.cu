@@ -1,44 +1,56 @@
 // moe-a2a kernels: routing, dispatch, repack, combine (send + reduce), and a copy benchmark.
-// The protocol is /work/shared/DESIGN.md (see also src/ep/*.ts, the bit-exact cpu reference).
+// The protocol is the project's design brief (DESIGN.md); src/ep/*.ts is the bit-exact cpu reference
+// every value here must equal (routing.ts, codec.ts, layout.ts).
 // Every kernel takes exactly one argument, `const __grid_constant__ EpArgs a` (kernels/ep_args.h),
 // except ep_copy_bench (CopyArgs). Build: scripts/build-kernels.mjs (-O3 -fmad=false, sm_90/sm_90a).
 //
 // ============================== LAUNCH CONFIGURATION (the host follows this) ==============================
 // Notation: T = numTokens of the call, k = topk, E = numExperts, W = world, EPR = E / W, H = hidden,
-// SMs = multiprocessor count. All kernels run on one stream in this order:
+// G = groupSize, SMs = multiprocessor count, roundup32(n) = n rounded up to a multiple of 32.
+// All kernels run on one stream, in this order, with the same EpArgs bytes (numTokens and the tensor
+// pointers of the call filled in; combine kernels need x/topkIdx/topkWeights/expertOut/y as relevant):
 //   dispatch:  ep_route -> ep_dispatch -> ep_repack          combine:  ep_combine_send -> ep_combine_reduce
-// Any grid >= 1 is correct for every kernel (they grid-stride), including T = 0; block sizes must be
-// multiples of 32. The "last block done" kernels (ep_dispatch, ep_combine_send) need no co-residency.
+// Every kernel is correct for any grid >= 1 (they grid-stride; launch at least 1 block even when T = 0)
+// and any block that is a multiple of 32 up to its maximum. The grids below are for speed only.
+// ep_dispatch and ep_combine_send end with "the last block to finish publishes and waits": no
+// cooperative launch, no co-residency needed.
 //
-//  kernel             grid                                   block                  dynamic smem (bytes)
-//  ep_route           1                                      1024 (EP_ROUTE_THREADS) 4*((block/32)*E + E + 1) + 2*T*k
-//                                                                                     (use T = maxTokensPerRank so that
-//                                                                                      one value serves every call / graph)
-//  ep_dispatch        min(4*SMs, max(1, T*ceil(H/(16*block))))  32..512; recommended  0
-//                                                              roundup32(ceil(H/16 / ceil(H/16/256)))  (H = 7168 -> 224)
-//  ep_repack          4*SMs (or min(4*SMs, rows upper bound W*maxRowsPerPeer*ceil(rowBytes/2048)/(block/32)))
-//                                                            256 (32..512)         0
-//  ep_combine_send    as ep_repack                           256 (32..512)         0
-//  ep_combine_reduce  min(8*SMs, max(1, T*ceil(H/(8*block))))  32..512; recommended  0
-//                                                              roundup32(ceil(H/8 / ceil(H/8/256)))    (H = 7168 -> 224)
-//  ep_copy_bench      min(8*SMs, ceil(bytes/16/256))         256 (32..1024)        0   (arg: CopyArgs by value)
+//  ep_route           grid 1, block 1024 (EP_ROUTE_THREADS),
+//                     dynamic smem = 4 * ((block/32) * E + E + 1) + 2 * T*k bytes; pass it for
+//                     T = maxTokensPerRank so one value serves every call (and a captured graph).
+//  ep_dispatch        block B = roundup32(ceil(U / ceil(U / 256))) with U = H/16  (H = 7168 -> 224);
+//                     grid = min(8 * SMs, max(1, T * ceil(H / (16 * B))));  dynamic smem 0.  B <= 512.
+//  ep_repack          block 256, grid 4 * SMs;  dynamic smem 0.  B <= 512.
+//  ep_combine_send    block 256, grid 4 * SMs;  dynamic smem 0.  B <= 512.
+//  ep_combine_reduce  block B = roundup32(ceil(V / ceil(V / 256))) with V = H/8   (H = 7168 -> 224);
+//                     grid = min(8 * SMs, max(1, T * ceil(V / B)));  dynamic smem 0.  B <= 512.
+//  ep_copy_bench      block 256, grid 8 * SMs (CopyArgs by value: dst, src, bytes).  B <= 1024.
 //
 // ep_route needs cuFuncSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes) whenever its
 // dynamic shared memory exceeds 48 KiB (T*k = 32768, E = 256: 99,332 bytes; E = 1024: 200,708 bytes;
-// the H100 limit is 232,448 = 227 KiB). It checks %dynamic_smem_size itself and traps if given too little.
+// an H100 block may opt into 232,448). It checks %dynamic_smem_size itself and traps if given too little.
 //
-// LIMITS: E <= 1024 (EP_MAX_EXPERTS), k <= 64 (EP_MAX_TOPK), T*k <= 32768 (EP_MAX_PAIRS, ep_route's shared
-// memory; larger T*k would need a multi-block router), W <= E. Row bytes and sizes as src/ep/config.ts
-// allows (H a multiple of 8; FP8 group size G a multiple of 8, <= 1024, dividing H). The FP8 fast path
-// covers G = 16, 32, 64, 128, 256, 512 (G/16 a power of two <= 32); other G use a slower per-thread-group
-// path with the same arithmetic.
+// LIMITS: E <= 1024 (EP_MAX_EXPERTS), k <= 64 (EP_MAX_TOPK), T*k <= 32768 (EP_MAX_PAIRS: ep_route keeps the
+// ids in shared memory; a larger batch needs a multi-block router), W <= E. Sizes as src/ep/config.ts
+// allows: H a multiple of 8; G a multiple of 8, <= 1024, dividing H. The FP8 fast path covers G = 16, 32,
+// 64, 128, 256, 512 (G/16 a power of two <= 32); any other G takes a slower per-thread-group path with the
+// same arithmetic. Pointers 16-byte aligned (x, y, expertX, expertOut, expertScales, heap bases).
 //
-// HOST DUTIES: zero EpState once at creation (dispatchCalls = 0, doneBlocks = 0, err = 0) and the whole
-// symmetric heap (signal words must start at 0, below any call count); peerBases[] in device memory
-// with peerBases[rank] = the local heap; never run two calls of one group concurrently (one stream);
-// after each collective, read errHost (host-mapped): the device writes it only when an error
-// happens and never clears it, so the host clears errHost->code after handling an error. On a
-// timeout (EP_ERR_TIMEOUT_*) the group's buffers may still receive late writes: treat it as broken.
+// HOST DUTIES: zero EpState once at creation (dispatchCalls, doneBlocks, err) and the whole symmetric heap
+// (signal words must start below any call count); peerBases[] in device memory, peerBases[rank] = the
+// local heap; one call of a group in flight at a time, on one stream (a handle's combine must come
+// before the next dispatch: combine reads pairRow/sendOffsets and recvSplits[slot] of its dispatch);
+// ep_combine_reduce also reads expertOut (rows this rank sent to its own experts are reduced straight
+// from expertOut: ep_combine_send does not copy them). After each collective, read errHost
+// (host-mapped): the device writes it only when an error happens and never clears it, so the host
+// clears errHost->code after handling one. EP_ERR_CAPACITY: aux = 0 from ep_route (a = destination,
+// b = rows > maxRowsPerPeer), aux = 1 from ep_repack (a = global expert id, b = rows > expertCapacity;
+// that rank has already sent combine aborts, so peers' combines fail with EP_ERR_PEER_ABORT_COMBINE
+// instead of timing out). On a timeout (EP_ERR_TIMEOUT_*) late writes may still land: treat the group
+// as broken. To abort a call for a host-side reason (a bad shape): set hostAbort to 1 and launch ep_route (T = 0 is fine) + ep_dispatch,
+// or ep_combine_send alone: no data is sent, every peer gets call | EP_ABORT_BIT, the kernel still waits
+// for the peers' signals (so the slot is quiet afterwards), and errHost is not written; set it back to 0.
+// (Equivalently: write a non-zero, non-timeout code to state->err.code between ep_route and ep_dispatch.)
 // ===========================================================================================================
 //
 // Call numbering: ep_route increments state->dispatchCalls (call = the new value, slot = call & 1) and
@@ -49,6 +61,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 #include <limits.h>
+#include <stddef.h>
 #include <stdint.h>
 #include "ep_args.h"
 #include "shmem.cuh"
@@ -65,9 +78,23 @@
 #define EP_CAPACITY_AUX_SEND 0u
 #define EP_CAPACITY_AUX_EXPERT 1u
 
+// Device-internal err.code for a call the host aborted (see host_abort): set in state->err only, never
+// mirrored to errHost (the host already knows), and it makes every later kernel of the call abort.
+#define EP_INTERNAL_HOST_ABORT 0xffffffffu
+
 using namespace ep;
 
 namespace {
+
+// EpArgs.hostAbort: when non-zero, ep_route marks the call aborted without routing (ep_dispatch then
+// sends no data and signals call | EP_ABORT_BIT to every peer), and ep_combine_send does the same for
+// a combine.
+__device__ __forceinline__ int32_t host_abort(const EpArgs& a) { return a.hostAbort; }
+
+// Marks this call aborted in the device copy of the error only (first writer wins, like report_error).
+__device__ __forceinline__ void mark_host_abort(const EpArgs& a) {
+  atomicCAS(&state_of(a)->err.code, 0u, EP_INTERNAL_HOST_ABORT);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Block-wide helpers
@@ -473,7 +500,7 @@ __device__ void combine_send_rows(const EpArgs& a, uint64_t slot, const RecvTabl
 //   hist[NW][E]  per-warp histograms, later per-warp running row bases
 //   off[E+1]     exclusive prefix sum of the counts
 //   idx[N]       topkIdx as int16 (ids are < 1024), invalid ids stored as -1
-// Warp w owns the contiguous pair segment [w*S, (w+1)*S), S a multiple of 32, so "pairs of expert e in
+// Warp w owns the contiguous pair segment [w*S, (w+1)*S), S a multiple of 128, so "pairs of expert e in
 // increasing p" = warps in order, and inside a warp 32-pair chunks in order, and inside a chunk lanes in
 // order (__match_any_sync + popc of the lower lanes). Row of pair p = off[e] + pairs of e in earlier
 // warps + pairs of e earlier in this warp: exactly planRouting's stable order.
@@ -518,7 +545,11 @@ extern "C" __global__ void __launch_bounds__(EP_ROUTE_THREADS, 1) ep_route(const
     sCap = INT_MAX;
   }
   for (int i = tid; i < NW * E; i += B) hist[i] = 0;
-  __syncthreads();  // sBad initialised before any thread's atomicMin
+  __syncthreads();  // sBad initialised (and err cleared) before any thread's atomicMin or report
+  if (host_abort(a) != 0) {
+    if (tid == 0) mark_host_abort(a);
+    return;
+  }
 
   // Phase 1: load ids (8 loads in flight per thread), check the range.
   for (int p0 = 0; p0 < N; p0 += 8 * B) {
@@ -592,6 +623,7 @@ extern "C" __global__ void __launch_bounds__(EP_ROUTE_THREADS, 1) ep_route(const
   // Phase 3: totals, prefix sum, per-warp bases, capacity.
   for (int e = tid; e < E; e += B) {
     int s = 0;
+#pragma unroll 8
     for (int w = 0; w < NWu; ++w) s += hist[w * E + e];
     off[e] = s;
   }
@@ -759,14 +791,15 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
   EpState* st = state_of(a);
   const uint64_t call = read_calls(st);
   const uint64_t slot = call & 1u;
-  if (read_err_code(st) == 0) {
+  if (host_abort(a) != 0 && blockIdx.x == 0 && threadIdx.x == 0) mark_host_abort(a);
+  if (read_err_code(st) == 0 && host_abort(a) == 0) {
     build_tables(a, slot, R);
     combine_send_rows<16>(a, slot, R);  // combineRowBytes = 2H, a multiple of 16
   }
   if (!finish_block(&st->doneBlocks[2], &R.flag)) return;
 
   const uint32_t code = read_err_code(st);
-  const bool aborted = code != 0;
+  const bool aborted = code != 0 || host_abort(a) != 0;
   const uint64_t value = aborted ? (call | EP_ABORT_BIT) : call;
   const int W = a.world;
   const uint64_t* peer = (const uint64_t*)a.peerBases;

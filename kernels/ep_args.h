@@ -53,7 +53,7 @@ struct EpArgs {
   int32_t groupsPerRow;    // H / G (0 when fp8 is off)
   int32_t fp8;             // 1: quantise dispatched rows to e4m3 + f32 scales
   int32_t splitsPerPeer;   // EPR + 1
-  int32_t pad0;
+  int32_t hostAbort;       // 1: the host rejected this call's input: send no data, signal aborts to every peer
   int64_t timeoutNs;       // a wait gives up after this long (globaltimer), writing EP_ERR_TIMEOUT_*
   // symmetric heap layout (bytes from a heap base; see src/ep/layout.ts). Each region is [2 slots].
   uint64_t dispatchSignalOff, dispatchSignalSlot;

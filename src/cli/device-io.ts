@@ -10,6 +10,8 @@ export interface DeviceIo {
   upload(group: EpGroup<unknown>, t: HostTensor): unknown;
   download(group: EpGroup<unknown>, t: unknown): HostTensor;
   poisonOutputs(group: EpGroup<unknown>, byte: number): void;
+  /** Frees what upload() made (device memory on cuda; nothing on cpu). */
+  free(t: unknown): void;
 }
 
 interface WithIo {
@@ -22,4 +24,5 @@ export const groupIo: DeviceIo = {
   upload: (g, t) => ((g as WithIo).upload ? (g as WithIo).upload!(t) : t),
   download: (g, t) => ((g as WithIo).download ? (g as WithIo).download!(t) : (t as HostTensor)),
   poisonOutputs: (g, byte) => (g as WithIo).poisonOutputs?.(byte),
+  free: (t) => (t as { free?: () => void } | null)?.free?.(),
 };

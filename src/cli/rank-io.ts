@@ -38,4 +38,7 @@ export async function rankMain<T, R>(body: (task: T, rank: number) => Promise<R>
   } catch (err) {
     await report({ ok: false, error: errorToWire(err) });
   }
+  // A rank process is done once it has reported: a group the body could not close (it failed half-way)
+  // may still hold a store connection that would keep the process alive, and its launcher waiting.
+  if (!workerData) process.exit(0);
 }

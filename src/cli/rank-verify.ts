@@ -90,11 +90,29 @@ export function verifyCall(
   const me = inputs[rank];
   io.poisonOutputs(group, POISON_BYTE);
   const T = me.numTokens;
-  const res = group.dispatch(
+  const uploaded = [
     io.upload(group, hostTensor('bf16', [T, cfg.hidden], me.x)),
     io.upload(group, hostTensor('i32', [T, cfg.topk], me.topkIdx)),
-    { topkWeights: io.upload(group, hostTensor('f32', [T, cfg.topk], me.topkWeights)), returnRecv: true },
-  );
+    io.upload(group, hostTensor('f32', [T, cfg.topk], me.topkWeights)),
+  ];
+  try {
+    return checkCall(group, cfg, inputs, uploaded, call, rank, io);
+  } finally {
+    for (const t of uploaded) io.free(t);
+  }
+}
+
+function checkCall(
+  group: EpGroup<unknown>,
+  cfg: ReturnType<typeof resolveConfig>,
+  inputs: ReturnType<typeof caseInputs>,
+  [x, idx, w]: unknown[],
+  call: number,
+  rank: number,
+  io: DeviceIo,
+): string | undefined {
+  const me = inputs[rank];
+  const res = group.dispatch(x, idx, { topkWeights: w, returnRecv: true });
   const host = (t: unknown) => io.download(group, t);
   const expertX = host(res.expertX) as HostTensor;
   const actual: ActualDispatch = {
@@ -107,6 +125,7 @@ export function verifyCall(
     actual.recvX = new Uint8Array(rx.data.buffer, rx.data.byteOffset, rx.data.byteLength);
     actual.recvScales = res.recv.scales ? ((host(res.recv.scales) as HostTensor).data as Float32Array) : null;
     actual.recvSplits = (host(res.recv.splits) as HostTensor).data as Int32Array;
+    for (const t of [res.recv.x, res.recv.scales, res.recv.splits]) io.free(t);
   }
   const expected: OracleDispatch[] = [];
   for (let r = 0; r < cfg.world; r++) expected.push(oracleDispatch(cfg, inputs, r));

@@ -8,10 +8,15 @@ import { runThreads } from '../shmem/cpu/threads.js';
 import type { RankReport } from './rank-io.js';
 import type { RankTask } from './rank-main.js';
 
-/** The file every rank runs, beside this one (.ts under tsx, .js when built). */
+/** The path of module `name` beside the module at `base` (an import.meta.url), with its extension: .ts under tsx, .js when built. */
+export function siblingModule(base: string, name: string): string {
+  const ext = base.endsWith('.ts') ? '.ts' : '.js';
+  return fileURLToPath(new URL(`./${name}${ext}`, base));
+}
+
+/** The file every rank runs for verify and bench. */
 export function rankMainPath(): string {
-  const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
-  return fileURLToPath(new URL(`./rank-main${ext}`, import.meta.url));
+  return siblingModule(import.meta.url, 'rank-main');
 }
 
 /**
@@ -49,9 +54,10 @@ export async function runScriptSettled<R>(
   world: number,
   script: string,
   task: unknown,
+  timeoutMs?: number,
 ): Promise<SettledRank<R>[]> {
   if (transport === 'cpu') {
-    const outcomes = await runThreads({ world, script, data: task });
+    const outcomes = await runThreads({ world, script, data: task, timeoutMs });
     return outcomes.map((o) => ({
       report: o.result as RankReport<R> | undefined,
       died: o.ok ? undefined : (o.error?.message ?? `exit code ${o.exitCode}`),
@@ -65,6 +71,7 @@ export async function runScriptSettled<R>(
       nprocs: world,
       command: [process.execPath, ...process.execArgv, script],
       env: { MOE_A2A_TASK_FILE: taskFile, MOE_A2A_RESULT_DIR: dir, MOE_A2A_TRANSPORT: 'cuda' },
+      timeoutMs,
       onStop: (m) => process.stderr.write(`moe-a2a: ${m}\n`),
     });
     return Array.from({ length: world }, (_, r) => {

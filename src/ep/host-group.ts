@@ -105,7 +105,7 @@ export class HostEpGroup implements EpGroup<HostTensor> {
       }
       if (r === 'aborted') {
         throw new PeerFailedError(
-          `rank ${peer} rejected its input for ${phase} call ${call} (see that rank's error); ` +
+          `rank ${peer} rejected its input for ${phase} call ${call} or failed (see that rank's error); ` +
             'the call was abandoned on every rank and the group can be used again',
           { peer, callCount: call, aborted: true },
         );

@@ -48,10 +48,19 @@ function small(world: number, extra: Partial<VerifyCase['config']> = {}): Verify
   };
 }
 
+/** Waits for the device (cuda) so that an error the kernels found is reported in this step. */
+function checkpoint(g: EpGroup<unknown>): void {
+  (g as { synchronize?: () => void }).synchronize?.();
+}
+
+let current: EpGroup<unknown> | null = null;
+
 async function observe(step: string, fn: () => unknown): Promise<Observation> {
   const t0 = performance.now();
+  if (process.env.MOE_A2A_TRACE) process.stderr.write(`rank ${process.env.RANK}: ${step}\n`);
   try {
     await fn();
+    if (current) checkpoint(current);
     return { step, code: 'ok', ms: performance.now() - t0 };
   } catch (err) {
     const w = errorToWire(err);
@@ -75,8 +84,10 @@ async function errorSteps(task: ScenarioTask, rank: number): Promise<Observation
     transport: task.transport,
     timeoutMs: task.timeoutMs,
   });
+  current = g;
   let call = 0;
   const correct = async (after: string) => {
+    if (process.env.MOE_A2A_TRACE) process.stderr.write(`rank ${rank}: correct call after ${after}\n`);
     const mismatch = verifyCall(g, cfg, kase, call++, rank, io);
     obs.push({ step: `correct call after ${after}`, code: 'ok', mismatch });
   };
@@ -151,6 +162,7 @@ async function errorSteps(task: ScenarioTask, rank: number): Promise<Observation
   obs.push(await observe('missing weights', () => g.combine(out(), fourth.handle)));
   await correct('missing weights');
   await g.close();
+  current = null;
   obs.push(await observe('after close', () => g.dispatch(goodX(), goodIdx())));
 
   // 8. capacity: a group with room for 16 rows per peer; rank 0 sends all 32 pairs of 8 tokens to one rank
@@ -161,6 +173,7 @@ async function errorSteps(task: ScenarioTask, rank: number): Promise<Observation
     transport: task.transport,
     timeoutMs: task.timeoutMs,
   });
+  current = cg;
   obs.push(
     await observe('capacity', () => {
       const idx = new Int32Array(T * k);
@@ -189,7 +202,11 @@ async function silentOrThrowing(task: ScenarioTask, rank: number): Promise<Obser
     await new Promise((r) => setTimeout(r, task.timeoutMs * 3));
     return [{ step: 'silent', code: 'ok' }];
   }
-  const obs = await observe('dispatch', () => verifyCall(g, cfg, kase, 0, rank, io));
+  current = g;
+  const obs = await observe('dispatch', () => {
+    const mismatch = verifyCall(g, cfg, kase, 0, rank, io);
+    if (mismatch) throw new Error(mismatch);
+  });
   await g.close().catch(() => {});
   return [obs];
 }

@@ -86,7 +86,8 @@ const EP_ARGS_SPEC = [
   ['groupsPerRow', 'i32'],
   ['fp8', 'i32'],
   ['splitsPerPeer', 'i32'],
-  ['pad0', 'i32'],
+  // the kernels read this word as hostAbort: non-zero makes ep_route / ep_combine_send abort the call
+  ['hostAbort', 'i32'],
   ['timeoutNs', 'i64'],
   ['dispatchSignalOff', 'u64'],
   ['dispatchSignalSlot', 'u64'],
@@ -264,8 +265,8 @@ export class EpArgsWriter {
   set splitsPerPeer(v: number) {
     this.i32('splitsPerPeer', v);
   }
-  set pad0(v: number) {
-    this.i32('pad0', v);
+  set hostAbort(v: number) {
+    this.i32('hostAbort', v);
   }
   /** Nanoseconds a wait may take before EP_ERR_TIMEOUT_* (> 0). */
   set timeoutNs(v: bigint | number) {

@@ -1,8 +1,528 @@
-import type { EpGroup } from '../../ep/api.js';
+import { readFileSync } from 'node:fs';
+import type { GroupOptions } from '../../create.js';
+import type {
+  CombineOptions,
+  DispatchOptions,
+  DispatchResult,
+  EpGroup,
+  SourceMajorRecv,
+} from '../../ep/api.js';
 import type { EpConfig } from '../../ep/config.js';
-import type { HeapLayout } from '../../ep/layout.js';
-import { TransportUnavailableError } from '../../errors.js';
+import { type CombineHandle, HandleRegistry } from '../../ep/handle.js';
+import {
+  type HeapLayout,
+  recvRowOffset,
+  recvScaleOffset,
+  signalOffset,
+  splitsOffset,
+} from '../../ep/layout.js';
+import { type DType, type HostTensor, hostTensor, numel } from '../../ep/tensor.js';
+import {
+  CapacityError,
+  ClosedError,
+  CudaError,
+  type MoeA2aError,
+  PeerFailedError,
+  PeerTimeoutError,
+  RoutingError,
+  ShapeError,
+} from '../../errors.js';
+import {
+  EP_ABORT_BIT,
+  EP_ARGS_BYTES,
+  EP_CAPACITY_AUX_SEND,
+  EP_ERR_CAPACITY,
+  EP_ERR_DUPLICATE,
+  EP_ERR_EXPERT_ID,
+  EP_ERR_NONE,
+  EP_ERR_PEER_ABORT_COMBINE,
+  EP_ERR_PEER_ABORT_DISPATCH,
+  EP_ERR_TIMEOUT_COMBINE,
+  EP_ERR_TIMEOUT_DISPATCH,
+  EP_ROUTE_THREADS,
+  EP_STATE_BYTES,
+  EpArgsWriter,
+  type EpErrorRecord,
+  readEpError,
+  routeSharedBytes,
+} from './args.js';
+import { fatbinPath } from './available.js';
+import { DeviceTensor, elementBytes } from './device-tensor.js';
+import {
+  type CudaDriver,
+  type CuStream,
+  type HostMappedBuffer,
+  type KernelLauncher,
+  loadDriver,
+} from './driver.js';
+import { type CudaHeap, openCudaHeap } from './heap.js';
 
-export async function createCudaGroup(_c: EpConfig, _l: HeapLayout, _o: unknown): Promise<EpGroup<unknown>> {
-  throw new TransportUnavailableError('the cuda group is not built yet');
+const KERNELS = ['ep_route', 'ep_dispatch', 'ep_repack', 'ep_combine_send', 'ep_combine_reduce'] as const;
+type KernelName = (typeof KERNELS)[number];
+const CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
+const CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16;
+
+interface HandleState {
+  numTokens: number;
+  topkIdx: DeviceTensor;
+  weights: DeviceTensor | null;
+}
+
+type Dim3 = [number, number, number];
+
+/** Threads for a kernel that walks a row of `vectors` 16-byte vectors: a multiple of 32 near 256. */
+function rowBlock(vectors: number): number {
+  const per = Math.ceil(vectors / Math.ceil(vectors / 256));
+  return Math.min(512, Math.max(32, Math.ceil(per / 32) * 32));
+}
+
+/**
+ * The cuda transport's group: the protocol of DESIGN.md as a fixed set of kernel launches on one
+ * stream (route -> dispatch -> repack; combine_send -> combine_reduce), peers' heaps mapped through
+ * CUDA IPC. No host synchronisation sits inside a dispatch or combine: routing and capacity errors
+ * are found on the device and reported through a small host-mapped error word, read at checkpoints
+ * (synchronize(), download(), and the start of the next call).
+ *
+ * Outputs (expertX, expertScales, expertCounts, combine's y) are views of buffers the group owns:
+ * valid until the next dispatch (y: the next combine).
+ */
+export class CudaEpGroup implements EpGroup<DeviceTensor> {
+  readonly transport = 'cuda' as const;
+  readonly rank: number;
+  private calls = 0;
+  private closed = false;
+  private broken: MoeA2aError | null = null;
+  private readonly handles = new HandleRegistry<HandleState>();
+  private readonly args = new EpArgsWriter();
+  private readonly launchers: Record<KernelName, KernelLauncher>;
+  private readonly owned: bigint[] = [];
+  private readonly userBuffers = new Set<bigint>();
+  private readonly expertX: DeviceTensor;
+  private readonly expertScales: DeviceTensor | null;
+  private readonly expertCounts: DeviceTensor;
+  private readonly y: bigint;
+  private readonly smCount: number;
+  private readonly routeSmem: number;
+
+  private constructor(
+    readonly config: EpConfig,
+    private readonly layout: HeapLayout,
+    private readonly drv: CudaDriver,
+    private readonly heap: CudaHeap,
+    private readonly stream: CuStream,
+    private readonly errWord: HostMappedBuffer,
+    private readonly timeoutMs: number,
+    module: ReturnType<CudaDriver['moduleLoadData']>,
+    ordinal: number,
+  ) {
+    const c = config;
+    this.rank = heap.rank;
+    this.smCount = drv.deviceAttribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, ordinal);
+    const alloc = (bytes: number) => {
+      const p = drv.memAlloc(Math.max(bytes, 16));
+      this.owned.push(p);
+      return p;
+    };
+    const epr = c.expertsPerRank;
+    const xDtype: DType = c.fp8 ? 'fp8_e4m3' : 'bf16';
+    this.expertX = new DeviceTensor(
+      xDtype,
+      [epr, c.expertCapacity, c.hidden],
+      alloc(epr * c.expertCapacity * c.dispatchRowBytes),
+      null,
+    );
+    this.expertScales = c.fp8
+      ? new DeviceTensor(
+          'f32',
+          [epr, c.expertCapacity, c.groupsPerRow],
+          alloc(epr * c.expertCapacity * c.groupsPerRow * 4),
+          null,
+        )
+      : null;
+    this.expertCounts = new DeviceTensor('i32', [epr], alloc(epr * 4), null);
+    this.y = alloc(c.maxTokensPerRank * c.hidden * 2);
+    const peerBases = alloc(8 * c.world);
+    drv.memcpyHtoD(peerBases, BigUint64Array.from(heap.peers));
+    const state = alloc(EP_STATE_BYTES);
+    drv.memsetD8(state, 0, EP_STATE_BYTES);
+    const a = this.args;
+    a.rank = this.rank;
+    a.world = c.world;
+    a.numExperts = c.numExperts;
+    a.expertsPerRank = epr;
+    a.hidden = c.hidden;
+    a.topk = c.topk;
+    a.maxRowsPerPeer = c.maxRowsPerPeer;
+    a.expertCapacity = c.expertCapacity;
+    a.groupSize = c.fp8GroupSize;
+    a.groupsPerRow = c.groupsPerRow;
+    a.set('fp8', c.fp8 ? 1 : 0);
+    a.set('splitsPerPeer', layout.splitsPerPeer);
+    a.set('timeoutNs', BigInt(Math.round(timeoutMs * 1e6)));
+    const L = layout;
+    a.set('dispatchSignalOff', L.dispatchSignal.offset).set('dispatchSignalSlot', L.dispatchSignal.slotBytes);
+    a.set('combineSignalOff', L.combineSignal.offset).set('combineSignalSlot', L.combineSignal.slotBytes);
+    a.set('recvSplitsOff', L.recvSplits.offset).set('recvSplitsSlot', L.recvSplits.slotBytes);
+    a.set('recvDataOff', L.recvData.offset).set('recvDataSlot', L.recvData.slotBytes);
+    a.set('recvScalesOff', L.recvScales.offset).set('recvScalesSlot', L.recvScales.slotBytes);
+    a.set('combineRecvOff', L.combineRecv.offset).set('combineRecvSlot', L.combineRecv.slotBytes);
+    a.set('dispatchRowBytes', c.dispatchRowBytes).set('combineRowBytes', c.combineRowBytes);
+    a.set('peerBases', peerBases);
+    a.set('expertX', this.expertX.devicePtr);
+    a.set('expertScales', this.expertScales?.devicePtr ?? 0n);
+    a.set('expertCounts', this.expertCounts.devicePtr);
+    a.set('y', this.y);
+    a.set('sendCounts', alloc(c.numExperts * 4));
+    a.set('sendOffsets', alloc((c.numExperts + 1) * 4));
+    a.set('pairRow', alloc(c.maxTokensPerRank * c.topk * 4));
+    a.set('state', state);
+    a.set('errHost', errWord.devicePtr);
+    this.launchers = Object.fromEntries(
+      KERNELS.map((k) => [k, drv.prepareLaunch(drv.moduleGetFunction(module, k), a.bytes)]),
+    ) as Record<KernelName, KernelLauncher>;
+    // one routing shared-memory size for every call (and every captured graph): sized for maxTokensPerRank
+    this.routeSmem = routeSharedBytes(c.numExperts, c.maxTokensPerRank * c.topk);
+    if (this.routeSmem > 48 * 1024) {
+      drv.funcSetAttribute(
+        this.launchers.ep_route.fn,
+        CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        this.routeSmem,
+      );
+    }
+    if (EP_ARGS_BYTES !== a.bytes.length) throw new CudaError('kernel argument buffer has the wrong size');
+    process.on('exit', this.onExit);
+  }
+
+  /**
+   * A rank process that exits with this group open (it threw, or was stopped) tells its peers: it
+   * writes the abort value into every signal word a peer could be waiting on for it, so they fail at
+   * once with PeerFailedError naming it instead of waiting for the timeout.
+   */
+  private readonly onExit = () => {
+    if (this.closed) return;
+    const n = BigInt(this.calls);
+    const c = this.config;
+    const words: [bigint, bigint][] = [
+      [
+        BigInt(signalOffset(this.layout.dispatchSignal, Number((n + 1n) & 1n), this.rank)),
+        (n + 1n) | EP_ABORT_BIT,
+      ],
+      [BigInt(signalOffset(this.layout.dispatchSignal, Number(n & 1n), this.rank)), n | EP_ABORT_BIT],
+      [BigInt(signalOffset(this.layout.combineSignal, Number(n & 1n), this.rank)), n | EP_ABORT_BIT],
+    ];
+    for (let p = 0; p < c.world; p++) {
+      if (p === this.rank) continue;
+      for (const [off, v] of words) {
+        try {
+          this.drv.memcpyHtoD(this.heap.peers[p] + off, BigUint64Array.of(v), 8);
+        } catch {
+          // the process is going away; a peer that misses this still times out
+        }
+      }
+    }
+  };
+
+  static async create(config: EpConfig, layout: HeapLayout, options: GroupOptions & { timeoutMs: number }) {
+    const drv = loadDriver();
+    const localRank = Number(process.env.LOCAL_RANK ?? 0);
+    const ordinal = options.device ?? localRank % drv.deviceCount;
+    drv.useDevice(ordinal);
+    const module = drv.moduleLoadData(readFileSync(fatbinPath()));
+    const heap = await openCudaHeap(drv, config.world, layout.totalBytes, options.timeoutMs);
+    const stream = drv.streamCreate({ nonBlocking: true });
+    const errWord = drv.allocHostMapped(64);
+    errWord.view.fill(0);
+    return new CudaEpGroup(config, layout, drv, heap, stream, errWord, options.timeoutMs, module, ordinal);
+  }
+
+  // ------------------------------------------------------------------ tensors in and out
+
+  /** Copies a host tensor to new device memory (the caller frees it with free()). */
+  upload(t: HostTensor): DeviceTensor {
+    const bytes = t.data.byteLength;
+    const p = this.drv.memAlloc(Math.max(bytes, 16));
+    this.userBuffers.add(p);
+    if (bytes > 0) this.drv.memcpyHtoD(p, t.data, bytes);
+    return new DeviceTensor(t.dtype, t.shape, p, (ptr) => {
+      if (this.userBuffers.delete(ptr)) this.drv.memFree(ptr);
+    });
+  }
+
+  /** Waits for the stream, reports any device error, and copies `t` to a new host tensor. */
+  download(t: DeviceTensor): HostTensor {
+    this.synchronize();
+    const host = hostTensor(t.dtype, t.shape);
+    if (t.bytes > 0) this.drv.memcpyDtoH(host.data, t.devicePtr, t.bytes);
+    return host;
+  }
+
+  /** Fills the group's output buffers with `byte` (for checks that every element gets written). */
+  poisonOutputs(byte: number): void {
+    for (const t of [this.expertX, this.expertScales, this.expertCounts]) {
+      if (t) this.drv.memsetD8Async(t.devicePtr, byte, t.bytes, this.stream);
+    }
+    this.drv.memsetD8Async(this.y, byte, this.config.maxTokensPerRank * this.config.hidden * 2, this.stream);
+  }
+
+  /** Waits until every launched call has finished; throws the first error a kernel reported. */
+  synchronize(): void {
+    try {
+      this.drv.streamSynchronize(this.stream);
+    } catch (err) {
+      this.broken ??= err as MoeA2aError;
+      throw err;
+    }
+    this.throwDeviceError();
+  }
+
+  private throwDeviceError(): void {
+    const view = this.errWord.view;
+    if (view[0] === 0 && view[1] === 0 && view[2] === 0 && view[3] === 0) return;
+    const e = readEpError(view);
+    view.fill(0); // handled: the device never clears it
+    if (e.code === EP_ERR_NONE) return;
+    const err = deviceError(e, this.config);
+    if (err instanceof PeerTimeoutError) this.broken = err;
+    throw err;
+  }
+
+  // ------------------------------------------------------------------ the collectives
+
+  private usable(): void {
+    if (this.closed) throw new ClosedError('this group was closed; create a new one');
+    if (this.broken) {
+      throw new PeerFailedError(
+        `this group stopped after an earlier failure (${this.broken.message}); close it and create a new one`,
+        { peer: Number(this.broken.details?.peer ?? -1) },
+      );
+    }
+    this.throwDeviceError();
+  }
+
+  private launch(name: KernelName, grid: number, block: number, smem = 0): void {
+    this.launchers[name].launch([grid, 1, 1] as Dim3, [block, 1, 1] as Dim3, smem, this.stream);
+  }
+
+  private check(name: string, t: unknown, dtype: DType, dims: (number | undefined)[]): DeviceTensor {
+    if (!(t instanceof DeviceTensor)) {
+      throw new ShapeError(`${name} must be a DeviceTensor (use group.upload() for host data)`, {
+        argument: name,
+      });
+    }
+    if (t.dtype !== dtype)
+      throw new ShapeError(`${name} must have dtype ${dtype}, got ${t.dtype}`, { argument: name });
+    if (t.shape.length !== dims.length || t.shape.some((d, i) => dims[i] !== undefined && d !== dims[i])) {
+      throw new ShapeError(
+        `${name} must have shape ${dtype} [${dims.map((d) => d ?? '?').join(', ')}], got [${t.shape.join(', ')}]`,
+        { argument: name },
+      );
+    }
+    return t;
+  }
+
+  /**
+   * A call whose input the host rejected still runs its kernels with hostAbort set, so that every
+   * peer receives this rank's abort signal for the call and none waits for a timeout.
+   */
+  private abortDispatch(): void {
+    this.args.set('hostAbort', 1);
+    this.args.numTokens = 0;
+    this.launch('ep_route', 1, EP_ROUTE_THREADS, this.routeSmem);
+    this.launch('ep_dispatch', 1, 32);
+    this.args.set('hostAbort', 0);
+  }
+
+  dispatch(
+    x: DeviceTensor,
+    topkIdx: DeviceTensor,
+    options: DispatchOptions<DeviceTensor> = {},
+  ): DispatchResult<DeviceTensor> {
+    this.usable();
+    const c = this.config;
+    const call = ++this.calls;
+    let T: number;
+    let w: DeviceTensor | null = null;
+    try {
+      T = this.check('x', x, 'bf16', [undefined, c.hidden]).shape[0];
+      if (T > c.maxTokensPerRank) {
+        throw new ShapeError(
+          `x has ${T} tokens but the group was created for at most maxTokensPerRank = ${c.maxTokensPerRank}`,
+          {
+            argument: 'x',
+            tokens: T,
+            limit: c.maxTokensPerRank,
+          },
+        );
+      }
+      this.check('topkIdx', topkIdx, 'i32', [T, c.topk]);
+      if (options.topkWeights !== undefined)
+        w = this.check('topkWeights', options.topkWeights, 'f32', [T, c.topk]);
+    } catch (err) {
+      this.abortDispatch();
+      throw err;
+    }
+    const a = this.args;
+    a.numTokens = T;
+    a.set('x', x.devicePtr)
+      .set('topkIdx', topkIdx.devicePtr)
+      .set('topkWeights', w?.devicePtr ?? 0n);
+    const sms = this.smCount;
+    const units = c.hidden / 16; // ep_dispatch: one thread per 16 values of a row
+    const dBlock = rowBlock(units);
+    this.launch('ep_route', 1, EP_ROUTE_THREADS, this.routeSmem);
+    this.launch('ep_dispatch', Math.min(8 * sms, Math.max(1, T * Math.ceil(units / dBlock))), dBlock);
+    this.launch('ep_repack', 4 * sms, 256);
+    const handle = this.handles.issue(this, call, T, this.rank, { numTokens: T, topkIdx, weights: w });
+    return {
+      expertX: this.expertX,
+      expertScales: this.expertScales,
+      expertCounts: this.expertCounts,
+      handle,
+      recv: options.returnRecv ? this.copyRecv(call & 1) : null,
+    };
+  }
+
+  /** Copies the source-major receive slot into new device tensors (the caller frees them). */
+  private copyRecv(slot: number): SourceMajorRecv<DeviceTensor> {
+    const c = this.config;
+    const L = this.layout;
+    const copy = (dtype: DType, shape: number[], offset: number) => {
+      const bytes = numel(shape) * elementBytes(dtype);
+      const p = this.drv.memAlloc(Math.max(bytes, 16));
+      this.userBuffers.add(p);
+      this.drv.memcpyDtoDAsync(p, this.heap.local + BigInt(offset), bytes, this.stream);
+      return new DeviceTensor(dtype, shape, p, (ptr) => {
+        if (this.userBuffers.delete(ptr)) this.drv.memFree(ptr);
+      });
+    };
+    return {
+      x: copy(
+        c.fp8 ? 'fp8_e4m3' : 'bf16',
+        [c.world, c.maxRowsPerPeer, c.hidden],
+        recvRowOffset(L, c, slot, 0, 0),
+      ),
+      scales: c.fp8
+        ? copy('f32', [c.world, c.maxRowsPerPeer, c.groupsPerRow], recvScaleOffset(L, c, slot, 0, 0))
+        : null,
+      splits: copy('i32', [c.world, L.splitsPerPeer], splitsOffset(L, slot, 0)),
+    };
+  }
+
+  combine(
+    expertOut: DeviceTensor,
+    handle: CombineHandle,
+    options: CombineOptions<DeviceTensor> = {},
+  ): DeviceTensor {
+    this.usable();
+    const c = this.config;
+    const { state: st, consume } = this.handles.resolve(this, handle, this.calls);
+    consume();
+    let w: DeviceTensor;
+    try {
+      this.check('expertOut', expertOut, 'bf16', [c.expertsPerRank, c.expertCapacity, c.hidden]);
+      if (options.topkWeights !== undefined)
+        w = this.check('topkWeights', options.topkWeights, 'f32', [st.numTokens, c.topk]);
+      else if (st.weights) w = st.weights;
+      else
+        throw new ShapeError('combine needs topkWeights f32 [T, k]: pass them to dispatch or to combine', {
+          argument: 'topkWeights',
+        });
+    } catch (err) {
+      this.args.set('hostAbort', 1);
+      this.launch('ep_combine_send', 1, 32);
+      this.args.set('hostAbort', 0);
+      throw err;
+    }
+    const a = this.args;
+    a.numTokens = st.numTokens;
+    a.set('topkIdx', st.topkIdx.devicePtr)
+      .set('topkWeights', w.devicePtr)
+      .set('expertOut', expertOut.devicePtr);
+    const sms = this.smCount;
+    const rBlock = rowBlock(c.hidden / 8);
+    this.launch('ep_combine_send', 4 * sms, 256);
+    this.launch(
+      'ep_combine_reduce',
+      Math.min(8 * sms, Math.max(1, st.numTokens * Math.ceil(c.hidden / 8 / rBlock))),
+      rBlock,
+    );
+    return new DeviceTensor('bf16', [st.numTokens, c.hidden], this.y, null);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    process.off('exit', this.onExit);
+    try {
+      this.drv.streamSynchronize(this.stream);
+    } catch {
+      // the heap is freed below either way
+    }
+    try {
+      await this.heap.close(this.timeoutMs);
+    } finally {
+      for (const p of this.owned) this.drv.memFree(p);
+      for (const p of this.userBuffers) this.drv.memFree(p);
+      this.userBuffers.clear();
+      this.drv.streamDestroy(this.stream);
+      this.errWord.free();
+    }
+  }
+}
+
+/** The named error for a record the device wrote. */
+export function deviceError(e: EpErrorRecord, c: EpConfig): MoeA2aError {
+  const call = Number(e.callCount);
+  switch (e.code) {
+    case EP_ERR_TIMEOUT_DISPATCH:
+    case EP_ERR_TIMEOUT_COMBINE: {
+      const phase = e.code === EP_ERR_TIMEOUT_DISPATCH ? 'dispatch' : 'combine';
+      return new PeerTimeoutError(
+        `rank ${e.peer} did not signal its ${phase} rows for call ${call} (slot ${e.slot}) within the timeout; ` +
+          'is that rank running and making the same calls?',
+        { peer: e.peer, slot: e.slot, callCount: call, phase },
+      );
+    }
+    case EP_ERR_CAPACITY:
+      if (e.aux === EP_CAPACITY_AUX_SEND) {
+        return new CapacityError(
+          `destination rank ${e.a} would receive ${e.b} rows but maxRowsPerPeer is ${c.maxRowsPerPeer}; ` +
+            'raise maxRowsPerPeer in the group config or send fewer tokens to its experts',
+          { destination: Number(e.a), count: Number(e.b), limit: c.maxRowsPerPeer },
+        );
+      }
+      return new CapacityError(
+        `expert ${e.a} received ${e.b} rows but maxRowsPerExpert is ${c.expertCapacity}; raise maxRowsPerExpert in the group config`,
+        { expert: Number(e.a), count: Number(e.b), limit: c.expertCapacity },
+      );
+    case EP_ERR_EXPERT_ID:
+      return new RoutingError(
+        `topkIdx[${e.a}][${e.b}] = ${e.aux | 0} is not an expert id: ids must be in [0, ${c.numExperts}) or -1 for a dropped slot`,
+        { token: Number(e.a), slot: Number(e.b), expert: e.aux | 0 },
+      );
+    case EP_ERR_DUPLICATE:
+      return new RoutingError(
+        `token ${e.a} names expert ${e.aux} twice (slot ${e.b}): a token's experts must be distinct`,
+        { token: Number(e.a), slot: Number(e.b), expert: e.aux },
+      );
+    case EP_ERR_PEER_ABORT_DISPATCH:
+    case EP_ERR_PEER_ABORT_COMBINE: {
+      const phase = e.code === EP_ERR_PEER_ABORT_DISPATCH ? 'dispatch' : 'combine';
+      return new PeerFailedError(
+        `rank ${e.peer} rejected its input for ${phase} call ${call} or failed (see that rank's error); ` +
+          'the call was abandoned on every rank and the group can be used again',
+        { peer: e.peer, callCount: call, aborted: true },
+      );
+    }
+    default:
+      return new CudaError(`a kernel reported an unknown error code ${e.code}`, { code: e.code });
+  }
+}
+
+export async function createCudaGroup(
+  config: EpConfig,
+  layout: HeapLayout,
+  options: GroupOptions & { timeoutMs: number },
+): Promise<EpGroup<DeviceTensor>> {
+  return CudaEpGroup.create(config, layout, options);
 }

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (see README "On a GPU"): builds nothing, uses dist/ and the compiled tests
+# that ../shared/device/pack and `npm run build:device` put in .device/. Logs go to $OUT.
+# Usage: scripts/device-check.sh <step>...   steps: smoke conformance verify long sanitizer bench
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+cli="node dist/cli/main.js"
+run() { local name=$1; shift; echo "== $name: $*"; local t0=$(date +%s); "$@" > "$OUT/$name.log" 2>&1; local rc=$?; echo "   rc=$rc ($(( $(date +%s) - t0 )) s)"; tail -n "${TAIL:-6}" "$OUT/$name.log"; return 0; }
+for step in "$@"; do
+  case $step in
+    smoke) run smoke $cli verify --transport cuda --world 1 --experts 8 --hidden 256 --topk 4 --tokens 8 ;;
+    smoke2) run smoke2 $cli verify --transport cuda --world 2 --experts 8 --hidden 256 --topk 4 --tokens 8 ;;
+    conformance) run conformance timeout 400 node --test .device/build/test/cuda.conformance.test.js ;;
+    failures) MOE_A2A_TRACE=1 run failures timeout 300 node --test --test-name-pattern "rejects|never calls|throws" .device/build/test/cuda.conformance.test.js ;;
+    verify) TAIL=80 run verify $cli verify --transport cuda ;;
+    long) run long $cli verify --transport cuda --world 2 --experts 16 --hidden 512 --topk 4 --tokens 16 --fp8 --calls 10000 ;;
+    sanitizer)
+      run memcheck1 compute-sanitizer --tool memcheck --target-processes all $cli verify --transport cuda --world 1 --experts 8 --hidden 256 --topk 4 --tokens 8
+      run racecheck1 compute-sanitizer --tool racecheck --target-processes all $cli verify --transport cuda --world 1 --experts 8 --hidden 256 --topk 4 --tokens 8
+      run memcheck2 compute-sanitizer --tool memcheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 256 --topk 4 --tokens 8 ;;
+    bench) TAIL=20 run bench $cli bench --transport cuda --world 1 --tokens 1,32,128,512,4096 --iters 200 --warmup 20 ;;
+    *) echo "unknown step $step" ;;
+  esac
+done

@@ -1,0 +1,87 @@
+import { ConfigError } from '../../errors.js';
+import { readRankEnv, storeFromEnv } from '../../launch/env.js';
+import type { StoreClient } from '../../launch/store.js';
+import type { CudaDriver } from './driver.js';
+
+/**
+ * The symmetric heap over CUDA IPC: one device allocation per rank holding the whole layout, exported
+ * with cuIpcGetMemHandle and opened by every peer (ranks are processes; several may share one GPU).
+ * Handles travel through the launcher's TCP store. `peers[r]` is rank r's heap as mapped here.
+ */
+export interface CudaHeap {
+  readonly rank: number;
+  readonly world: number;
+  readonly local: bigint;
+  readonly peers: readonly bigint[];
+  /** Every rank arrives (through the store) before any leaves. */
+  barrier(name: string, timeoutMs: number): Promise<void>;
+  close(timeoutMs: number): Promise<void>;
+}
+
+let heapsOpened = 0;
+
+export async function openCudaHeap(
+  drv: CudaDriver,
+  world: number,
+  bytes: number,
+  timeoutMs: number,
+): Promise<CudaHeap> {
+  const env = readRankEnv();
+  const rank = env?.rank ?? 0;
+  if (world > 1 && !env) {
+    throw new ConfigError(
+      `world ${world} on the cuda transport needs one process per rank: start it with \`moe-a2a launch -n ${world} <script>\``,
+      { fields: 'world,transport' },
+    );
+  }
+  if (env && env.world !== world) {
+    throw new ConfigError(`world is ${world} but the launcher started ${env.world} ranks`, {
+      fields: 'world',
+    });
+  }
+  const seq = heapsOpened++;
+  const local = drv.memAlloc(bytes);
+  drv.memsetD8(local, 0, bytes); // signal words start below any call count
+  const peers: bigint[] = new Array(world).fill(0n);
+  peers[rank] = local;
+  let store: StoreClient | null = null;
+  const opened: bigint[] = [];
+  try {
+    if (world > 1 && env) {
+      store = await storeFromEnv(env, timeoutMs);
+      await store.set(`moe-a2a/heap${seq}/${rank}`, drv.ipcGetMemHandle(local));
+      for (let r = 0; r < world; r++) {
+        if (r === rank) continue;
+        const handle = await store.get(`moe-a2a/heap${seq}/${r}`, { timeoutMs });
+        peers[r] = drv.ipcOpenMemHandle(handle);
+        opened.push(peers[r]);
+      }
+      await store.barrier(`moe-a2a/heap${seq}/open`, world, timeoutMs);
+    }
+  } catch (err) {
+    for (const p of opened) drv.ipcCloseMemHandle(p);
+    drv.memFree(local);
+    await store?.close();
+    throw err;
+  }
+  const s = store;
+  return {
+    rank,
+    world,
+    local,
+    peers,
+    async barrier(name, ms) {
+      if (s) await s.barrier(`moe-a2a/heap${seq}/${name}`, world, ms);
+    },
+    async close(ms) {
+      try {
+        // no rank frees its heap while a peer may still write into it
+        if (s) await s.barrier(`moe-a2a/heap${seq}/close`, world, ms);
+      } finally {
+        for (const p of opened) drv.ipcCloseMemHandle(p);
+        drv.memFree(local);
+        await s?.close();
+      }
+    },
+  };
+}

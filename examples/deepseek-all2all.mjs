@@ -22,7 +22,10 @@ const down = (t) => (onGpu ? group.download(t) : t);
 
 // this rank's tokens and a router's choice: 8 distinct experts per token with softmax-like weights
 let seed = 12345 + rank;
-const rand = () => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
+const rand = () => {
+  seed = (seed * 1103515245 + 12345) >>> 0;
+  return seed / 2 ** 32;
+};
 const x = hostTensor(
   'bf16',
   [T, H],

@@ -14,7 +14,7 @@ for step in "$@"; do
     conformance) run conformance timeout 400 node --test .device/build/test/cuda.conformance.test.js ;;
     failures) MOE_A2A_TRACE=1 run failures timeout 300 node --test --test-name-pattern "rejects|never calls|throws" .device/build/test/cuda.conformance.test.js ;;
     verify) TAIL=80 run verify timeout 300 $cli verify --transport cuda ;;
-    long) run long timeout 280 $cli verify --transport cuda --world 2 --experts 16 --hidden 512 --topk 4 --tokens 16 --fp8 --calls 10000 ;;
+    long) run long timeout 280 $cli verify --transport cuda --world 2 --experts 16 --hidden 512 --topk 4 --tokens 16 --fp8 --scenario random --calls 10000 ;;
     sanitizer)
       run memcheck1 compute-sanitizer --tool memcheck --target-processes all $cli verify --transport cuda --world 1 --experts 8 --hidden 256 --topk 4 --tokens 8
       run racecheck1 compute-sanitizer --tool racecheck --target-processes all $cli verify --transport cuda --world 1 --experts 8 --hidden 256 --topk 4 --tokens 8

@@ -29,7 +29,7 @@ PASS/FAIL line per case and exits non-zero on any FAIL.
 With no shape flags it runs the suite: W in {1, 2, 3, 4, 8}, FP8 on and off, random, mostly-dropped,
 skewed (every pair on one rank's experts, each expert filled to capacity) and ragged routing, T = 0
 and T = 1, then the DeepSeek-V3 shape (H = 7168, k = 8, E = 256, T = 128 per rank, W = 4). With any
-shape flag it runs that shape with random, dropped and skewed routing.
+shape flag it runs that shape with random, dropped and skewed routing (or those --scenario names).
 
 Examples:
   moe-a2a verify
@@ -48,6 +48,13 @@ Examples:
         kind: 'int',
         help: 'dispatch + combine calls per case, fresh random data each call',
         default: '2',
+      },
+      {
+        name: 'scenario',
+        kind: 'string',
+        meta: 'NAME[,NAME...]',
+        help: 'routing, with shape flags: random, dropped, skewed (every pair to one rank, experts full), ragged',
+        default: 'random,dropped,skewed',
       },
       ...COMMON_FLAGS,
     ],

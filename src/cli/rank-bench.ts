@@ -40,7 +40,7 @@ export function benchTopk(
   return randomTopk(new Rng(mixSeed(seed, set, rank, 1)), tokens, k, numExperts, 0);
 }
 
-/** Times dispatch and combine on this rank (host clock around each call, after the device finished). */
+/** Times dispatch and combine on this rank: CUDA events on cuda, the host clock around each call on cpu. */
 export async function runBenchRank(
   task: BenchTask,
   rank: number,
@@ -75,26 +75,32 @@ export async function runBenchRank(
         randomBf16(outRng, cfg.expertsPerRank * cfg.expertCapacity * cfg.hidden),
       ),
     );
-    const sync = (group as { synchronize?: () => void }).synchronize?.bind(group) ?? (() => {});
+    // device-event timing where the transport has it (cuda), else the host clock around a finished call
+    const onDevice = (group as { timeOnDevice?: (fn: () => void) => number }).timeOnDevice?.bind(group);
+    const time = (fn: () => void): number => {
+      if (onDevice) return onDevice(fn);
+      const t0 = performance.now();
+      fn();
+      return (performance.now() - t0) * 1000;
+    };
     const dispatchUs: number[] = [];
     const combineUs: number[] = [];
     let lastReport = performance.now();
     const total = task.warmup + task.iters;
     for (let i = 0; i < total; i++) {
       const set = sets[i % INPUT_SETS];
-      const t0 = performance.now();
-      const res = group.dispatch(set.x, set.idx, { topkWeights: set.w });
-      sync();
-      const t1 = performance.now();
-      group.combine(expertOut, res.handle);
-      sync();
-      const t2 = performance.now();
+      let handle: Parameters<typeof group.combine>[1] | undefined;
+      const d = time(() => {
+        handle = group.dispatch(set.x, set.idx, { topkWeights: set.w }).handle;
+      });
+      const c = time(() => group.combine(expertOut, handle!));
       if (i >= task.warmup) {
-        dispatchUs.push((t1 - t0) * 1000);
-        combineUs.push((t2 - t1) * 1000);
+        dispatchUs.push(d);
+        combineUs.push(c);
       }
-      if (rank === 0 && t2 - lastReport > 2000) {
-        lastReport = t2;
+      const now = performance.now();
+      if (rank === 0 && now - lastReport > 2000) {
+        lastReport = now;
         progress(`T=${T}: iteration ${i + 1}/${total}`);
       }
     }

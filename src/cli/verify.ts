@@ -1,8 +1,21 @@
-import type { ParsedFlags } from './args.js';
+import { type ParsedFlags, UsageError } from './args.js';
 import { defaultSuite, type Scenario, type VerifyCase } from './cases.js';
 import { anyShapeFlag, resolveTransport } from './common.js';
 import type { CaseOutcome, VerifyTask } from './rank-verify.js';
 import { runTaskOnRanks } from './ranks.js';
+
+const SCENARIOS: Scenario[] = ['random', 'dropped', 'skewed'];
+const ALL_SCENARIOS: Scenario[] = ['random', 'dropped', 'skewed', 'ragged'];
+
+function parseScenarios(list: string): Scenario[] {
+  const names = list.split(',');
+  for (const n of names) {
+    if (!ALL_SCENARIOS.includes(n as Scenario)) {
+      throw new UsageError(`--scenario takes a list of ${ALL_SCENARIOS.join(', ')}; got '${n}'`);
+    }
+  }
+  return names as Scenario[];
+}
 
 /** The cases a verify run covers: the default suite, or the shape the flags name with every scenario. */
 export function verifyCases(flags: ParsedFlags): VerifyCase[] {
@@ -18,10 +31,11 @@ export function verifyCases(flags: ParsedFlags): VerifyCase[] {
   const topk = (flags.topk as number | undefined) ?? 8;
   const tokenList = (flags.tokens as number[] | undefined) ?? [128];
   const fp8s = flags.fp8 === undefined ? [true, false] : [flags.fp8 as boolean];
+  const scenarios = flags.scenario === undefined ? SCENARIOS : parseScenarios(flags.scenario as string);
   const cases: VerifyCase[] = [];
   for (const tokens of tokenList) {
     for (const fp8 of fp8s) {
-      for (const scenario of ['random', 'dropped', 'skewed'] as Scenario[]) {
+      for (const scenario of scenarios) {
         cases.push({
           name: `W=${world} E=${numExperts} H=${hidden} k=${topk} T=${tokens} ${fp8 ? 'fp8' : 'bf16'} ${scenario}`,
           config: {

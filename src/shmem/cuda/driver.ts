@@ -705,11 +705,8 @@ function makeDriver(
             { expectedBytes: size, bytes: args.byteLength },
           );
         }
-        if (getParamInfo(fn, 1, u64, u64b) === CUDA_SUCCESS) {
-          throw new ShapeError('kernel takes more than one parameter; launch expects one struct by value', {
-            bytes: args.byteLength,
-          });
-        }
+        // (not probing index 1 for a second parameter: the failing call it needs shows up as an
+        // API error in compute-sanitizer; our kernels take one struct by design)
       } else if (res === CUDA_ERROR_INVALID_VALUE) {
         throw new ShapeError('kernel takes no parameter; launch expects one struct by value', {
           bytes: args.byteLength,

@@ -52,6 +52,7 @@ import {
   type CudaDriver,
   type CuStream,
   type HostMappedBuffer,
+  type CuEvent,
   type KernelLauncher,
   loadDriver,
 } from './driver.js';
@@ -264,6 +265,22 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     this.drv.memsetD8Async(this.y, byte, this.config.maxTokensPerRank * this.config.hidden * 2, this.stream);
   }
 
+  /**
+   * Device time (microseconds, CUDA events on the group's stream) of the work `fn` launches; waits
+   * for it. For benchmarks: the host's own cost is not in it.
+   */
+  timeOnDevice(fn: () => void): number {
+    this.events ??= [this.drv.eventCreate(), this.drv.eventCreate()];
+    const [start, end] = this.events;
+    this.drv.eventRecord(start, this.stream);
+    fn();
+    this.drv.eventRecord(end, this.stream);
+    this.drv.eventSynchronize(end);
+    this.throwDeviceError();
+    return this.drv.eventElapsedTime(start, end) * 1000;
+  }
+  private events: [CuEvent, CuEvent] | null = null;
+
   /** Waits until every launched call has finished; throws the first error a kernel reported. */
   synchronize(): void {
     try {
@@ -464,6 +481,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       for (const p of this.owned) this.drv.memFree(p);
       for (const p of this.userBuffers) this.drv.memFree(p);
       this.userBuffers.clear();
+      for (const e of this.events ?? []) this.drv.eventDestroy(e);
       this.drv.streamDestroy(this.stream);
       this.errWord.free();
     }

@@ -89,6 +89,8 @@ export async function runBenchRank(
     const total = task.warmup + task.iters;
     for (let i = 0; i < total; i++) {
       const set = sets[i % INPUT_SETS];
+      // start every rank's dispatch together, so that no rank's time includes waiting for a late peer
+      await group.barrier();
       let handle: Parameters<typeof group.combine>[1] | undefined;
       const d = time(() => {
         handle = group.dispatch(set.x, set.idx, { topkWeights: set.w }).handle;

@@ -62,6 +62,8 @@ export interface EpGroup<T = HostTensor> {
    * @returns bf16 [T, H], a new tensor.
    */
   combine(expertOut: T, handle: CombineHandle, options?: CombineOptions<T>): T;
+  /** Collective: every rank arrives before any returns (to align ranks, e.g. between timed iterations). */
+  barrier(): Promise<void>;
   /** Frees the heap. Collective: every rank closes. */
   close(): Promise<void>;
 }

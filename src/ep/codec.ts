@@ -197,12 +197,22 @@ export function weightedSumBf16(
   out: Uint16Array,
   outOffset: number,
 ): void {
-  const n = rows.length;
-  for (let h = 0; h < hidden; h++) {
-    let acc = 0;
-    for (let j = 0; j < n; j++) {
-      acc = Math.fround(acc + Math.fround(weights[j] * BF16_DECODE[rows[j][rowOffsets[j] + h]]));
-    }
-    out[outOffset + h] = f32ToBf16(acc);
+  // Row by row (j outer) for locality. Storing into a Float32Array rounds the double sum of two f32
+  // values to f32: exactly one IEEE f32 addition, so each step still rounds twice, as the GPU does.
+  if (reduceAcc.length < hidden) {
+    reduceAcc = new Float32Array(hidden);
+    reduceBits = new Uint32Array(reduceAcc.buffer);
   }
+  const acc = reduceAcc;
+  acc.fill(0, 0, hidden);
+  for (let j = 0; j < rows.length; j++) {
+    const row = rows[j];
+    const base = rowOffsets[j];
+    const w = weights[j];
+    for (let h = 0; h < hidden; h++) acc[h] += Math.fround(w * BF16_DECODE[row[base + h]]);
+  }
+  for (let h = 0; h < hidden; h++) out[outOffset + h] = f32BitsToBf16(reduceBits[h]);
 }
+
+let reduceAcc = new Float32Array(0);
+let reduceBits = new Uint32Array(0);

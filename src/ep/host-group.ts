@@ -148,6 +148,7 @@ export class HostEpGroup implements EpGroup<HostTensor> {
       throw err;
     }
     const xs = x.data as Uint16Array;
+    const idxData = topkIdx.data as Int32Array;
     const rowBytes = c.dispatchRowBytes;
     const G = c.groupsPerRow;
     let src: Uint8Array;
@@ -158,30 +159,42 @@ export class HostEpGroup implements EpGroup<HostTensor> {
       src = new Uint8Array(xs.buffer, xs.byteOffset, xs.byteLength);
     }
     const epr = c.expertsPerRank;
-    for (let i = 1; i <= c.world; i++) {
-      const d = (this.rank + i) % c.world; // start with the next rank so senders spread over receivers
-      const peer = this.shmem.mapped(d);
-      const first = plan.destRowStart[d];
-      const count = plan.destRowStart[d + 1] - first;
-      for (let r = 0; r < count; r++) {
-        const t = (plan.rowPair[first + r] / c.topk) | 0;
-        const rowSrc = src.subarray(t * rowBytes, (t + 1) * rowBytes);
+    const k = c.topk;
+    const peers = Array.from({ length: c.world }, (_, d) => this.shmem.mapped(d));
+    // Token order, not row order: each token's row is read once (it stays in cache) and written to
+    // each of its destinations; the rows land at the same places as in the protocol's row order.
+    for (let t = 0; t < T; t++) {
+      const rowSrc = src.subarray(t * rowBytes, (t + 1) * rowBytes);
+      const sc = c.fp8 ? new Uint8Array(this.quantScales.buffer, t * G * 4, G * 4) : null;
+      for (let j = 0; j < k; j++) {
+        const row = plan.pairRow[t * k + j];
+        if (row < 0) continue;
+        const d = (idxData[t * k + j] / epr) | 0;
+        const r = row - plan.destRowStart[d];
         const off = recvRowOffset(this.layout, c, slot, this.rank, r);
+        const peer = peers[d];
         if (peer) peer.set(rowSrc, off);
         else this.shmem.put(d, off, rowSrc);
-        if (c.fp8) {
+        if (sc) {
           const sOff = recvScaleOffset(this.layout, c, slot, this.rank, r);
-          const sc = new Uint8Array(this.quantScales.buffer, t * G * 4, G * 4);
           if (peer) peer.set(sc, sOff);
           else this.shmem.put(d, sOff, sc);
         }
       }
+    }
+    this.shmem.fence();
+    for (let i = 1; i <= c.world; i++) {
+      const d = (this.rank + i) % c.world; // start with the next rank so senders spread over receivers
       const rec = new Int32Array(epr + 1);
       for (let e = 0; e < epr; e++) rec[e] = plan.expertCounts[d * epr + e];
-      rec[epr] = first;
-      this.shmem.put(d, splitsOffset(this.layout, slot, this.rank), new Uint8Array(rec.buffer));
-      this.shmem.fence();
-      this.shmem.signal(d, signalOffset(this.layout.dispatchSignal, slot, this.rank), BigInt(call));
+      rec[epr] = plan.destRowStart[d];
+      this.shmem.putWithSignal(
+        d,
+        splitsOffset(this.layout, slot, this.rank),
+        new Uint8Array(rec.buffer),
+        signalOffset(this.layout.dispatchSignal, slot, this.rank),
+        BigInt(call),
+      );
     }
     this.waitAll('dispatchSignal', call);
     const splits = this.readSplits(slot);
@@ -351,6 +364,11 @@ export class HostEpGroup implements EpGroup<HostTensor> {
       weightedSumBf16(rows, offs, ws, H, y, t * H);
     }
     return hostTensor('bf16', [st.numTokens, H], y);
+  }
+
+  async barrier(): Promise<void> {
+    this.usable();
+    this.shmem.barrier(performance.now() + this.timeoutMs);
   }
 
   async close(): Promise<void> {

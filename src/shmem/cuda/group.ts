@@ -50,9 +50,9 @@ import { fatbinPath } from './available.js';
 import { DeviceTensor, elementBytes } from './device-tensor.js';
 import {
   type CudaDriver,
+  type CuEvent,
   type CuStream,
   type HostMappedBuffer,
-  type CuEvent,
   type KernelLauncher,
   loadDriver,
 } from './driver.js';
@@ -465,6 +465,13 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     );
     return new DeviceTensor('bf16', [st.numTokens, c.hidden], this.y, null);
   }
+
+  async barrier(): Promise<void> {
+    this.usable();
+    this.synchronize();
+    await this.heap.barrier(`user${++this.barriers}`, this.timeoutMs);
+  }
+  private barriers = 0;
 
   async close(): Promise<void> {
     if (this.closed) return;

@@ -19,7 +19,11 @@ for step in "$@"; do
       run memcheck1 compute-sanitizer --tool memcheck --target-processes all $cli verify --transport cuda --world 1 --experts 8 --hidden 256 --topk 4 --tokens 8
       run racecheck1 compute-sanitizer --tool racecheck --target-processes all $cli verify --transport cuda --world 1 --experts 8 --hidden 256 --topk 4 --tokens 8
       run memcheck2 compute-sanitizer --tool memcheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 256 --topk 4 --tokens 8 ;;
-    bench) TAIL=20 run bench $cli bench --transport cuda --world 1 --tokens 1,32,128,512,4096 --iters 200 --warmup 20 ;;
+    graph)
+      run graph1 timeout 200 $cli verify --transport cuda --graph --world 1 --experts 16 --hidden 512 --topk 4 --tokens 32 --scenario random --calls 1000
+      run graph2 timeout 200 $cli verify --transport cuda --graph --world 2 --experts 16 --hidden 512 --topk 4 --tokens 32 --scenario random,skewed --calls 200 ;;
+    bench) TAIL=40 run bench timeout 400 $cli bench --transport cuda --world 1 --tokens 1,32,128,512,4096 --iters 200 --warmup 20 ;;
+    bench2) TAIL=12 run bench2 timeout 120 $cli bench --transport cuda --world 2 --tokens 128 --iters 100 --warmup 10 ;;
     *) echo "unknown step $step" ;;
   esac
 done

@@ -1,9 +1,11 @@
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { resolveConfig } from '../ep/config.js';
 import type { ParsedFlags } from './args.js';
 import { DEEPSEEK_V3 } from './cases.js';
 import { machineInfo, percentile, resolveTransport, table } from './common.js';
+import { latencyPlotSvg, type PlotSeries } from './plot.js';
 import { type BenchRankResult, type BenchTask, benchTopk } from './rank-bench.js';
 import { runTaskOnRanks } from './ranks.js';
 
@@ -65,7 +67,72 @@ function sizeForInputs(world: number, numExperts: number, topk: number, tokens: 
   };
 }
 
-/** `moe-a2a bench`: dispatch and combine latency per T; a table, and JSON under bench/results/. */
+/**
+ * Bytes our kernels read plus write for one call on one rank (every (token, expert) pair counted, as
+ * DeepEP counts): dispatch reads x once, writes each row and its scales to its destination, and the
+ * repack reads and writes them again; combine copies the rows owned by other ranks back ((W-1)/W of
+ * them under uniform routing; a rank's own rows are read in place), then the reduction reads every
+ * row and writes y.
+ */
+export function kernelBytes(cfg: ReturnType<typeof resolveConfig>, tokens: number) {
+  const rows = tokens * cfg.topk;
+  const row = cfg.dispatchRowBytes + cfg.groupsPerRow * 4;
+  const bf16Row = 2 * cfg.hidden;
+  const remote = (cfg.world - 1) / cfg.world;
+  return {
+    dispatch: tokens * bf16Row + rows * row + 2 * rows * row,
+    combine: 2 * rows * bf16Row * remote + rows * bf16Row + tokens * bf16Row,
+  };
+}
+
+interface TorchRow {
+  tokens: number;
+  variant: string;
+  median_us: number | null;
+  p10_us: number | null;
+  p90_us: number | null;
+  error?: string;
+}
+
+/** Runs bench/baselines/torch_w1.py (PyTorch doing the same W = 1 work) when python3 with torch is there. */
+function torchBaseline(
+  tokens: number[],
+  hidden: number,
+  topk: number,
+  experts: number,
+  iters: number,
+): TorchRow[] | string {
+  const script = 'bench/baselines/torch_w1.py';
+  if (!existsSync(script)) return `${script} not found`;
+  const r = spawnSync(
+    'python3',
+    [
+      script,
+      '--tokens',
+      tokens.join(','),
+      '--hidden',
+      String(hidden),
+      '--topk',
+      String(topk),
+      '--experts',
+      String(experts),
+      '--iters',
+      String(iters),
+    ],
+    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], timeout: 600_000 },
+  );
+  if (r.error) return `python3 could not run: ${r.error.message}`;
+  const last = r.stdout.trim().split('\n').pop() ?? '';
+  try {
+    const parsed = JSON.parse(last) as { error?: string; results?: TorchRow[] };
+    if (parsed.error) return parsed.error;
+    return parsed.results ?? 'no results';
+  } catch {
+    return `unexpected output from ${script}: ${last.slice(0, 200)}`;
+  }
+}
+
+/** `moe-a2a bench`: dispatch and combine latency per T; a table, JSON and an SVG plot under bench/results/. */
 export async function benchCommand(flags: ParsedFlags): Promise<number> {
   const transport = await resolveTransport(flags.transport);
   const world = (flags.world as number | undefined) ?? DEEPSEEK_V3.world;
@@ -78,7 +145,11 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
   const warmup = (flags.warmup as number | undefined) ?? 5;
   const tokenList = (flags.tokens as number[] | undefined) ?? [DEEPSEEK_V3.tokens];
   const json = flags.json === true;
+  const say = (line: string) => {
+    if (!json) process.stderr.write(`${line}\n`);
+  };
   const rows: Record<string, unknown>[] = [];
+  let copyGBs: number | undefined;
   for (const tokens of tokenList) {
     const config = {
       world,
@@ -91,10 +162,9 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
       ...sizeForInputs(world, numExperts, topk, tokens, seed),
     };
     const cfg = resolveConfig(config);
-    if (!json)
-      process.stderr.write(
-        `moe-a2a bench: ${transport}, W=${world} T=${tokens} ${fp8 ? 'fp8' : 'bf16'}, ${warmup} warm-up + ${iters} iterations\n`,
-      );
+    say(
+      `moe-a2a bench: ${transport}, W=${world} T=${tokens} ${fp8 ? 'fp8' : 'bf16'}, ${warmup} warm-up + ${iters} iterations`,
+    );
     const totalBytes = world * tokens * topk * cfg.dispatchRowBytes;
     const copyUs = transport === 'cpu' ? typedArrayCopyUs(totalBytes) : Number.NaN;
     const task: BenchTask = {
@@ -111,68 +181,196 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
     // a collective takes as long as its slowest rank: per iteration, the max over ranks
     const slowest = (pick: (r: BenchRankResult) => number[]) =>
       pick(perRank[0]).map((_, i) => Math.max(...perRank.map((r) => pick(r)[i])));
-    const d = stats(slowest((r) => r.dispatchUs));
-    const c = stats(slowest((r) => r.combineUs));
-    rows.push({
+    const bytes = kernelBytes(cfg, tokens);
+    const row: Record<string, unknown> = {
       tokens,
-      dispatch: d,
-      combine: c,
+      variant: 'eager',
+      dispatch: stats(slowest((r) => r.dispatchUs)),
+      combine: stats(slowest((r) => r.combineUs)),
+      total: stats(slowest((r) => r.dispatchUs.map((d, i) => d + r.combineUs[i]))),
       bytesDispatched: totalBytes,
-      typedArrayCopyUs: copyUs,
-      dispatchOverCopy: d.median / copyUs,
-    });
+      kernelBytes: bytes,
+    };
+    if (transport === 'cpu') {
+      row.typedArrayCopyUs = copyUs;
+      row.dispatchOverCopy = (row.dispatch as Stats).median / copyUs;
+    }
+    rows.push(row);
+    const cuda = perRank.map((r) => r.cuda);
+    if (cuda.every((x) => x !== undefined)) {
+      const ex = cuda as NonNullable<BenchRankResult['cuda']>[];
+      copyGBs ??= ex[0].copyGBs;
+      const graphSlowest = (pick: (r: NonNullable<BenchRankResult['cuda']>) => number[]) =>
+        pick(ex[0]).map((_, i) => Math.max(...ex.map((r) => pick(r)[i])));
+      rows.push({
+        tokens,
+        variant: 'graph',
+        dispatch: stats(graphSlowest((r) => r.graphDispatchUs)),
+        combine: stats(graphSlowest((r) => r.graphCombineUs)),
+        total: stats(graphSlowest((r) => r.graphDispatchUs.map((d, i) => d + r.graphCombineUs[i]))),
+        bytesDispatched: totalBytes,
+        kernelBytes: bytes,
+      });
+      row.hostUs = {
+        dispatch: Math.max(...ex.map((r) => r.hostDispatchUs)),
+        combine: Math.max(...ex.map((r) => r.hostCombineUs)),
+        graphDispatch: Math.max(...ex.map((r) => r.hostGraphDispatchUs)),
+        graphCombine: Math.max(...ex.map((r) => r.hostGraphCombineUs)),
+      };
+    }
   }
+  let torch: TorchRow[] | string | undefined;
+  if (transport === 'cuda' && world === 1 && flags.baseline !== false) {
+    say('moe-a2a bench: PyTorch baseline (bench/baselines/torch_w1.py) ...');
+    torch = torchBaseline(tokenList, hidden, topk, numExperts, Math.min(iters, 100));
+    if (typeof torch === 'string') say(`moe-a2a bench: no PyTorch baseline: ${torch}`);
+  }
+  const date = new Date().toISOString();
   const result = {
     tool: 'moe-a2a bench',
-    date: new Date().toISOString(),
+    date,
     machine: machineInfo(),
+    device: transport === 'cuda' ? await gpuName() : undefined,
     transport,
     config: { world, numExperts, hidden, topk, fp8, iters, warmup, seed },
     timing:
-      'host clock around each call (after the device finished); per iteration the slowest rank; median/p10/p90 over iterations',
+      transport === 'cuda'
+        ? 'CUDA events around each call on its stream (eager: launches included; graph: one replay); per iteration the slowest rank; median/p10/p90'
+        : 'host clock around each call; per iteration the slowest rank; median/p10/p90 over iterations',
     bytes:
-      'dispatched bytes = W * T * k rows * row bytes (FP8: H, bf16: 2H), every (token, expert) pair counted',
+      'bytesDispatched = W * T * k rows * row bytes; kernelBytes = bytes our kernels read plus write on one rank (see kernelBytes in src/cli/bench.ts)',
+    deviceCopyGBs: copyGBs,
     rows,
+    torch,
   };
   mkdirSync('bench/results', { recursive: true });
-  const file = join('bench/results', `${result.date.replace(/[:.]/g, '-')}-${transport}-W${world}.json`);
-  writeFileSync(file, `${JSON.stringify(result, null, 2)}\n`);
+  const stem = join('bench/results', `${date.replace(/[:.]/g, '-')}-${transport}-W${world}`);
+  writeFileSync(`${stem}.json`, `${JSON.stringify(result, null, 2)}\n`);
+  const series: PlotSeries[] = ['eager', 'graph'].map((v) => ({
+    name: `moe-a2a ${v}`,
+    points: rows
+      .filter((r) => r.variant === v)
+      .map((r) => ({
+        tokens: r.tokens as number,
+        us: (r.total as Stats).median,
+        p10: (r.total as Stats).p10,
+        p90: (r.total as Stats).p90,
+      })),
+  }));
+  if (Array.isArray(torch)) {
+    for (const v of ['eager', 'graph', 'compile']) {
+      series.push({
+        name: `PyTorch ${v}`,
+        dashed: true,
+        points: torch
+          .filter((r) => r.variant === v && r.median_us !== null)
+          .map((r) => ({ tokens: r.tokens, us: r.median_us as number })),
+      });
+    }
+  }
+  writeFileSync(
+    `${stem}.svg`,
+    latencyPlotSvg(series, {
+      title: `dispatch + combine, W=${world}, H=${hidden}, k=${topk}, E=${numExperts}, ${fp8 ? 'FP8' : 'bf16'} dispatch`,
+      subtitle: `${transport}${result.device ? ` on ${result.device}` : ''}, ${date.slice(0, 10)}; median (p10..p90) of ${iters} iterations`,
+    }),
+  );
   if (json) {
     console.log(JSON.stringify(result, null, 2));
-  } else {
+    return 0;
+  }
+  const gbs = (b: number, us: number) => b / (us * 1e3);
+  console.log(
+    table(
+      [
+        'T',
+        'variant',
+        'dispatch p50 us',
+        'p10',
+        'p90',
+        'combine p50 us',
+        'p10',
+        'p90',
+        'total p50',
+        'dispatch GB/s',
+        'combine GB/s',
+      ],
+      rows.map((r) => {
+        const d = r.dispatch as Stats;
+        const c = r.combine as Stats;
+        const kb = r.kernelBytes as { dispatch: number; combine: number };
+        return [
+          r.tokens as number,
+          r.variant as string,
+          d.median,
+          d.p10,
+          d.p90,
+          c.median,
+          c.p10,
+          c.p90,
+          (r.total as Stats).median,
+          gbs(kb.dispatch, d.median),
+          gbs(kb.combine, c.median),
+        ];
+      }),
+    ),
+  );
+  if (transport === 'cpu') {
     console.log(
       table(
-        [
-          'T',
-          'dispatch p50 us',
-          'p10',
-          'p90',
-          'combine p50 us',
-          'p10',
-          'p90',
-          'MB moved',
-          '1-thread copy us',
-          'dispatch/copy',
-        ],
-        rows.map((r) => {
-          const d = r.dispatch as Stats;
-          const c = r.combine as Stats;
+        ['T', 'MB dispatched', '1-thread TypedArray.set us', 'dispatch / copy'],
+        rows.map((r) => [
+          r.tokens as number,
+          (r.bytesDispatched as number) / 1e6,
+          r.typedArrayCopyUs as number,
+          r.dispatchOverCopy as number,
+        ]),
+      ),
+    );
+  }
+  if (copyGBs !== undefined)
+    console.log(`device copy bandwidth (ep_copy_bench, 512 MiB, read + write): ${copyGBs.toFixed(0)} GB/s`);
+  const host = rows.filter((r) => r.hostUs);
+  if (host.length > 0) {
+    console.log(
+      table(
+        ['T', 'host us: dispatch', 'combine', 'graph dispatch replay', 'graph combine replay'],
+        host.map((r) => {
+          const h = r.hostUs as Record<string, number>;
+          return [r.tokens as number, h.dispatch, h.combine, h.graphDispatch, h.graphCombine];
+        }),
+      ),
+    );
+  }
+  if (Array.isArray(torch)) {
+    console.log(
+      table(
+        ['T', 'PyTorch variant', 'p50 us', 'p10', 'p90', 'moe-a2a graph p50', 'speed-up'],
+        torch.map((t) => {
+          const ours = rows.find((r) => r.tokens === t.tokens && r.variant === 'graph');
+          const us = ours ? (ours.total as Stats).median : Number.NaN;
           return [
-            r.tokens as number,
-            d.median,
-            d.p10,
-            d.p90,
-            c.median,
-            c.p10,
-            c.p90,
-            (r.bytesDispatched as number) / 1e6,
-            r.typedArrayCopyUs as number,
-            r.dispatchOverCopy as number,
+            t.tokens,
+            t.variant,
+            t.median_us ?? Number.NaN,
+            t.p10_us ?? Number.NaN,
+            t.p90_us ?? Number.NaN,
+            us,
+            (t.median_us ?? Number.NaN) / us,
           ];
         }),
       ),
     );
-    console.log(`results: ${file}`);
   }
+  console.log(`results: ${stem}.json, ${stem}.svg`);
   return 0;
+}
+
+async function gpuName(): Promise<string | undefined> {
+  try {
+    const { loadDriver } = await import('../shmem/cuda/driver.js');
+    return loadDriver().deviceInfo(0).name;
+  } catch {
+    return undefined;
+  }
 }

@@ -50,6 +50,11 @@ Examples:
         default: '2',
       },
       {
+        name: 'graph',
+        kind: 'bool',
+        help: 'cuda: run each call as a replay of one captured CUDA graph per case',
+      },
+      {
         name: 'scenario',
         kind: 'string',
         meta: 'NAME[,NAME...]',
@@ -77,6 +82,12 @@ Examples:
       { name: 'tokens', kind: 'ints', help: 'tokens per rank T (a list runs each)', default: '128' },
       { name: 'iters', kind: 'int', help: 'timed iterations', default: '50' },
       { name: 'warmup', kind: 'int', help: 'untimed iterations first', default: '5' },
+      {
+        name: 'baseline',
+        kind: 'bool',
+        help: 'cuda, W = 1: also run bench/baselines/torch_w1.py (PyTorch eager, graphed, compiled) when python3 has torch',
+        default: 'on',
+      },
       ...COMMON_FLAGS,
     ],
     run: (f) => benchCommand(f),

@@ -3,6 +3,8 @@ import type { EpGroup } from '../ep/api.js';
 import { type EpConfigInput, resolveConfig } from '../ep/config.js';
 import { mixSeed, Rng, randomBf16, randomTopk, randomWeights } from '../ep/random.js';
 import { hostTensor } from '../ep/tensor.js';
+import type { DeviceTensor } from '../shmem/cuda/device-tensor.js';
+import { CudaEpGroup } from '../shmem/cuda/group.js';
 import { groupIo } from './device-io.js';
 
 export interface BenchTask {
@@ -16,7 +18,21 @@ export interface BenchTask {
   seed: number;
 }
 
+/** What only the cuda transport measures: graph replays, the host's own cost, the copy yardstick. */
+export interface CudaBenchExtras {
+  graphDispatchUs: number[];
+  graphCombineUs: number[];
+  /** Host time (us, CPU clock) of one call, median over many calls without waiting for the device. */
+  hostDispatchUs: number;
+  hostCombineUs: number;
+  hostGraphDispatchUs: number;
+  hostGraphCombineUs: number;
+  /** ep_copy_bench on this GPU: GB/s counting bytes read plus written (rank 0 only). */
+  copyGBs?: number;
+}
+
 export interface BenchRankResult {
+  cuda?: CudaBenchExtras;
   /** Per timed iteration, microseconds on this rank. */
   dispatchUs: number[];
   combineUs: number[];
@@ -27,6 +43,87 @@ export interface BenchRankResult {
 
 /** Input sets rotated between iterations, so no iteration reuses the last one's data. */
 const INPUT_SETS = 2;
+
+interface CudaSet {
+  x: DeviceTensor;
+  idx: DeviceTensor;
+  w: DeviceTensor;
+}
+
+function median(v: number[]): number {
+  const s = [...v].sort((a, b) => a - b);
+  return s[s.length >> 1];
+}
+
+async function cudaExtras(
+  g: CudaEpGroup,
+  sets: CudaSet[],
+  expertOut: DeviceTensor,
+  task: BenchTask,
+  rank: number,
+): Promise<CudaBenchExtras> {
+  const graph = g.captureGraph(task.tokens);
+  try {
+    g.copyInto(graph.expertOut, expertOut);
+    const graphDispatchUs: number[] = [];
+    const graphCombineUs: number[] = [];
+    for (let i = 0; i < task.warmup + task.iters; i++) {
+      const set = sets[i % sets.length];
+      g.copyInto(graph.x, set.x);
+      g.copyInto(graph.topkIdx, set.idx);
+      g.copyInto(graph.topkWeights, set.w);
+      await g.barrier();
+      const d = g.timeOnDevice(() => graph.dispatch());
+      const c = g.timeOnDevice(() => graph.combine());
+      if (i >= task.warmup) {
+        graphDispatchUs.push(d);
+        graphCombineUs.push(c);
+      }
+    }
+    // host cost: the CPU time of issuing calls, measured back to back without waiting for the device
+    const n = 100;
+    const hd: number[] = [];
+    const hc: number[] = [];
+    const gd: number[] = [];
+    const gc: number[] = [];
+    const set = sets[0];
+    await g.barrier();
+    for (let i = 0; i < n; i++) {
+      const t0 = performance.now();
+      const r = g.dispatch(set.x, set.idx, { topkWeights: set.w });
+      const t1 = performance.now();
+      g.combine(expertOut, r.handle);
+      const t2 = performance.now();
+      hd.push((t1 - t0) * 1000);
+      hc.push((t2 - t1) * 1000);
+      if (i % 16 === 15) g.synchronize(); // keep the launch queue short
+    }
+    g.synchronize();
+    await g.barrier();
+    for (let i = 0; i < n; i++) {
+      const t0 = performance.now();
+      graph.dispatch();
+      const t1 = performance.now();
+      graph.combine();
+      const t2 = performance.now();
+      gd.push((t1 - t0) * 1000);
+      gc.push((t2 - t1) * 1000);
+      if (i % 16 === 15) g.synchronize();
+    }
+    g.synchronize();
+    return {
+      graphDispatchUs,
+      graphCombineUs,
+      hostDispatchUs: median(hd),
+      hostCombineUs: median(hc),
+      hostGraphDispatchUs: median(gd),
+      hostGraphCombineUs: median(gc),
+      copyGBs: rank === 0 ? g.copyBandwidth(512 * 1024 * 1024) : undefined,
+    };
+  } finally {
+    graph.close();
+  }
+}
 
 /** The routing every rank uses in a bench: uniform random experts, nothing dropped. */
 export function benchTopk(
@@ -107,7 +204,16 @@ export async function runBenchRank(
       }
     }
     const rowsSent = T * cfg.topk;
-    return { dispatchUs, combineUs, rowsSent, bytesSent: rowsSent * cfg.dispatchRowBytes };
+    const result: BenchRankResult = {
+      dispatchUs,
+      combineUs,
+      rowsSent,
+      bytesSent: rowsSent * cfg.dispatchRowBytes,
+    };
+    if (group instanceof CudaEpGroup) {
+      result.cuda = await cudaExtras(group, sets as CudaSet[], expertOut as DeviceTensor, task, rank);
+    }
+    return result;
   } finally {
     await group.close();
   }

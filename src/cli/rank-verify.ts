@@ -12,6 +12,8 @@ import { resolveConfig } from '../ep/config.js';
 import { type OracleDispatch, oracleCombine, oracleDispatch } from '../ep/oracle.js';
 import { type HostTensor, hostTensor } from '../ep/tensor.js';
 import { errorToWire, type WireError } from '../errors.js';
+import type { GraphCall } from '../shmem/cuda/graph.js';
+import { CudaEpGroup } from '../shmem/cuda/group.js';
 import { caseInputs, type VerifyCase } from './cases.js';
 import type { DeviceIo } from './device-io.js';
 
@@ -20,6 +22,8 @@ export interface VerifyTask {
   cases: VerifyCase[];
   transport: TransportName;
   timeoutMs: number;
+  /** cuda: run every call as replays of one captured CUDA graph per case (fixed T: not 'ragged'). */
+  graph?: boolean;
 }
 
 export interface CaseOutcome {
@@ -49,9 +53,13 @@ export async function runVerify(
       const cfg = resolveConfig(kase.config);
       group = await createGroup({ ...kase.config, transport: task.transport, timeoutMs: task.timeoutMs });
       let message: string | undefined;
+      const graph = task.graph && group instanceof CudaEpGroup ? group.captureGraph(kase.tokens) : null;
       // every call runs even after a mismatch, so that the ranks stay in step; the first one is reported
       for (let call = 0; call < kase.calls; call++) {
-        message ??= verifyCall(group, cfg, kase, call, rank, io);
+        message ??=
+          graph && group instanceof CudaEpGroup
+            ? verifyGraphCall(group, graph, cfg, kase, call, rank)
+            : verifyCall(group, cfg, kase, call, rank, io);
         calls++;
         const now = performance.now();
         if (rank === 0 && now - lastReport > 2000) {
@@ -59,6 +67,7 @@ export async function runVerify(
           progress(`case ${ci + 1}/${task.cases.length} ${kase.name}: call ${call + 1}/${kase.calls}`);
         }
       }
+      graph?.close();
       outcomes.push({ name: kase.name, pass: !message, calls, ms: performance.now() - t0, message });
     } catch (err) {
       const w = errorToWire(err);
@@ -75,6 +84,42 @@ export async function runVerify(
     }
   }
   return outcomes;
+}
+
+/** verifyCall through graph replays: fresh inputs copied into the graph's bound buffers each call. */
+function verifyGraphCall(
+  g: CudaEpGroup,
+  graph: GraphCall,
+  cfg: ReturnType<typeof resolveConfig>,
+  kase: VerifyCase,
+  call: number,
+  rank: number,
+): string | undefined {
+  const inputs = caseInputs(kase, call);
+  const me = inputs[rank];
+  const T = me.numTokens;
+  g.poisonOutputs(POISON_BYTE);
+  g.copyInto(graph.x, hostTensor('bf16', [T, cfg.hidden], me.x));
+  g.copyInto(graph.topkIdx, hostTensor('i32', [T, cfg.topk], me.topkIdx));
+  g.copyInto(graph.topkWeights, hostTensor('f32', [T, cfg.topk], me.topkWeights));
+  graph.dispatch();
+  const expertX = g.download(graph.expertX);
+  const actual: ActualDispatch = {
+    expertX: new Uint8Array(expertX.data.buffer, expertX.data.byteOffset, expertX.data.byteLength),
+    expertScales: graph.expertScales ? (g.download(graph.expertScales).data as Float32Array) : null,
+    expertCounts: g.download(graph.expertCounts).data as Int32Array,
+  };
+  const expected = Array.from({ length: cfg.world }, (_, r) => oracleDispatch(cfg, inputs, r));
+  const bad = compareDispatch(cfg, actual, expected[rank]);
+  const out = runStandInExperts(cfg, rank, actual.expertX, actual.expertScales, actual.expertCounts);
+  g.copyInto(graph.expertOut, hostTensor('bf16', [cfg.expertsPerRank, cfg.expertCapacity, cfg.hidden], out));
+  graph.combine();
+  const y = g.download(graph.y);
+  if (bad) return `graph replay ${call}: dispatch: ${bad}`;
+  const outputs = expected.map((e, owner) => oracleExpertOutput(cfg, owner, e));
+  const want = oracleCombine(cfg, inputs, rank, (owner, le, row) => outputs[owner](le, row));
+  const badY = compareCombine(cfg, me, y.data as Uint16Array, want);
+  return badY ? `graph replay ${call}: combine: ${badY}` : undefined;
 }
 
 /** One dispatch + combine with fresh inputs, checked bit for bit. Returns a mismatch message or undefined. */

@@ -61,7 +61,11 @@ export function verifyCases(flags: ParsedFlags): VerifyCase[] {
 /** `moe-a2a verify`: every case on every rank, bit for bit against the oracle. Returns the exit code. */
 export async function verifyCommand(flags: ParsedFlags): Promise<number> {
   const transport = await resolveTransport(flags.transport);
-  const cases = verifyCases(flags);
+  let cases = verifyCases(flags);
+  if (flags.graph) {
+    if (transport !== 'cuda') throw new UsageError('--graph replays CUDA graphs: it needs --transport cuda');
+    cases = cases.filter((c) => c.scenario !== 'ragged'); // a graph is captured for one T
+  }
   const timeoutMs = (flags.timeout as number | undefined) ?? 30_000;
   const byWorld = new Map<number, VerifyCase[]>();
   for (const c of cases) byWorld.set(c.config.world, [...(byWorld.get(c.config.world) ?? []), c]);
@@ -76,7 +80,13 @@ export async function verifyCommand(flags: ParsedFlags): Promise<number> {
     message?: string;
   }[] = [];
   for (const [world, list] of byWorld) {
-    const task: VerifyTask = { kind: 'verify', cases: list, transport, timeoutMs };
+    const task: VerifyTask = {
+      kind: 'verify',
+      cases: list,
+      transport,
+      timeoutMs,
+      graph: flags.graph === true,
+    };
     let perRank: CaseOutcome[][];
     try {
       perRank = await runTaskOnRanks<CaseOutcome[]>(transport, world, task);

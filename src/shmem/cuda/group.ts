@@ -21,6 +21,7 @@ import {
   CapacityError,
   ClosedError,
   CudaError,
+  HandleError,
   type MoeA2aError,
   PeerFailedError,
   PeerTimeoutError,
@@ -56,6 +57,7 @@ import {
   type KernelLauncher,
   loadDriver,
 } from './driver.js';
+import type { GraphCall } from './graph.js';
 import { type CudaHeap, openCudaHeap } from './heap.js';
 
 const KERNELS = ['ep_route', 'ep_dispatch', 'ep_repack', 'ep_combine_send', 'ep_combine_reduce'] as const;
@@ -92,6 +94,8 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   readonly rank: number;
   private calls = 0;
   private closed = false;
+  /** Who made the latest dispatch ('eager' or a graph), and whether it was combined: the graph rules. */
+  private lastDispatch: { by: object | 'eager'; combined: boolean } = { by: 'eager', combined: true };
   private broken: MoeA2aError | null = null;
   private readonly handles = new HandleRegistry<HandleState>();
   private readonly args = new EpArgsWriter();
@@ -104,6 +108,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   private readonly y: bigint;
   private readonly smCount: number;
   private readonly routeSmem: number;
+  private readonly copyKernel: ReturnType<CudaDriver['moduleGetFunction']>;
 
   private constructor(
     readonly config: EpConfig,
@@ -178,6 +183,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     a.set('pairRow', alloc(c.maxTokensPerRank * c.topk * 4));
     a.set('state', state);
     a.set('errHost', errWord.devicePtr);
+    this.copyKernel = drv.moduleGetFunction(module, 'ep_copy_bench');
     this.launchers = Object.fromEntries(
       KERNELS.map((k) => [k, drv.prepareLaunch(drv.moduleGetFunction(module, k), a.bytes)]),
     ) as Record<KernelName, KernelLauncher>;
@@ -247,6 +253,50 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     return new DeviceTensor(t.dtype, t.shape, p, (ptr) => {
       if (this.userBuffers.delete(ptr)) this.drv.memFree(ptr);
     });
+  }
+
+  /** Copies `src` (host or device, same dtype and size) into `dst` on the group's stream. */
+  copyInto(dst: DeviceTensor, src: HostTensor | DeviceTensor): void {
+    const bytes = src instanceof DeviceTensor ? src.bytes : src.data.byteLength;
+    if (src.dtype !== dst.dtype || bytes !== dst.bytes) {
+      throw new ShapeError(
+        `copyInto needs the same dtype and size: ${dst.dtype} ${dst.bytes} B <- ${src.dtype} ${bytes} B`,
+      );
+    }
+    if (bytes === 0) return;
+    if (src instanceof DeviceTensor)
+      this.drv.memcpyDtoDAsync(dst.devicePtr, src.devicePtr, bytes, this.stream);
+    else this.drv.memcpyHtoD(dst.devicePtr, src.data, bytes); // synchronous: the host array may change after
+  }
+
+  /**
+   * The device's own copy bandwidth (GB/s counting bytes read plus bytes written) for `bytes`-sized
+   * buffers: the yardstick for the kernels' bandwidth. Median of `reps` copies by ep_copy_bench.
+   */
+  copyBandwidth(bytes: number, reps = 20): number {
+    const drv = this.drv;
+    const src = drv.memAlloc(bytes);
+    const dst = drv.memAlloc(bytes);
+    try {
+      drv.memsetD8Async(src, 1, bytes, this.stream);
+      const args = Buffer.alloc(24);
+      args.writeBigUInt64LE(dst, 0);
+      args.writeBigUInt64LE(src, 8);
+      args.writeBigUInt64LE(BigInt(bytes), 16);
+      const launcher = drv.prepareLaunch(this.copyKernel, args);
+      const times: number[] = [];
+      for (let i = 0; i < reps + 2; i++) {
+        const us = this.timeOnDevice(() =>
+          launcher.launch([8 * this.smCount, 1, 1], [256, 1, 1], 0, this.stream),
+        );
+        if (i >= 2) times.push(us);
+      }
+      times.sort((a, b) => a - b);
+      return (2 * bytes) / (times[times.length >> 1] * 1e3);
+    } finally {
+      drv.memFree(src);
+      drv.memFree(dst);
+    }
   }
 
   /** Waits for the stream, reports any device error, and copies `t` to a new host tensor. */
@@ -390,6 +440,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     this.launch('ep_dispatch', Math.min(8 * sms, Math.max(1, T * Math.ceil(units / dBlock))), dBlock);
     this.launch('ep_repack', 4 * sms, 256);
     const handle = this.handles.issue(this, call, T, this.rank, { numTokens: T, topkIdx, weights: w });
+    this.lastDispatch = { by: 'eager', combined: false };
     return {
       expertX: this.expertX,
       expertScales: this.expertScales,
@@ -397,6 +448,35 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       handle,
       recv: options.returnRecv ? this.copyRecv(call & 1) : null,
     };
+  }
+
+  /** The launches of one dispatch: route -> dispatch -> repack (eager, or recorded into a graph). */
+  private launchDispatch(x: DeviceTensor, topkIdx: DeviceTensor, w: DeviceTensor | null, T: number): void {
+    const a = this.args;
+    a.numTokens = T;
+    a.set('x', x.devicePtr)
+      .set('topkIdx', topkIdx.devicePtr)
+      .set('topkWeights', w?.devicePtr ?? 0n);
+    const units = this.config.hidden / 16; // ep_dispatch: one thread per 16 values of a row
+    const block = rowBlock(units);
+    this.launch('ep_route', 1, EP_ROUTE_THREADS, this.routeSmem);
+    this.launch('ep_dispatch', Math.min(8 * this.smCount, Math.max(1, T * Math.ceil(units / block))), block);
+    this.launch('ep_repack', 4 * this.smCount, 256);
+  }
+
+  /** The launches of one combine: send -> reduce. */
+  private launchCombine(expertOut: DeviceTensor, topkIdx: DeviceTensor, w: DeviceTensor, T: number): void {
+    const a = this.args;
+    a.numTokens = T;
+    a.set('topkIdx', topkIdx.devicePtr).set('topkWeights', w.devicePtr).set('expertOut', expertOut.devicePtr);
+    const vectors = this.config.hidden / 8;
+    const block = rowBlock(vectors);
+    this.launch('ep_combine_send', 4 * this.smCount, 256);
+    this.launch(
+      'ep_combine_reduce',
+      Math.min(8 * this.smCount, Math.max(1, T * Math.ceil(vectors / block))),
+      block,
+    );
   }
 
   /** Copies the source-major receive slot into new device tensors (the caller frees them). */
@@ -434,6 +514,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     const c = this.config;
     const { state: st, consume } = this.handles.resolve(this, handle, this.calls);
     consume();
+    this.lastDispatch.combined = true;
     let w: DeviceTensor;
     try {
       this.check('expertOut', expertOut, 'bf16', [c.expertsPerRank, c.expertCapacity, c.hidden]);
@@ -464,6 +545,84 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       rBlock,
     );
     return new DeviceTensor('bf16', [st.numTokens, c.hidden], this.y, null);
+  }
+
+  /**
+   * Captures dispatch + combine for `numTokens` tokens as two CUDA graphs bound to group-owned input
+   * buffers (see GraphCall for the rules). Collective only in the sense that every rank must then
+   * replay the same sequence; capturing itself runs nothing.
+   */
+  captureGraph(numTokens: number): GraphCall {
+    this.usable();
+    const c = this.config;
+    if (!Number.isInteger(numTokens) || numTokens < 0 || numTokens > c.maxTokensPerRank) {
+      throw new ShapeError(`a graph is captured for 0..${c.maxTokensPerRank} tokens, got ${numTokens}`, {
+        tokens: numTokens,
+      });
+    }
+    const T = numTokens;
+    const x = this.upload(hostTensor('bf16', [T, c.hidden]));
+    const topkIdx = this.upload(hostTensor('i32', [T, c.topk], new Int32Array(T * c.topk).fill(-1)));
+    const topkWeights = this.upload(hostTensor('f32', [T, c.topk]));
+    const expertOut = this.upload(hostTensor('bf16', [c.expertsPerRank, c.expertCapacity, c.hidden]));
+    const drv = this.drv;
+    const capture = (fn: () => void) => {
+      drv.streamBeginCapture(this.stream, 'thread-local');
+      let graph: ReturnType<CudaDriver['streamEndCapture']>;
+      try {
+        fn();
+      } finally {
+        graph = drv.streamEndCapture(this.stream);
+      }
+      const exec = drv.graphInstantiate(graph);
+      drv.graphDestroy(graph);
+      return exec;
+    };
+    // the captured launches must not change the host's call count or handles: capture raw launches
+    const dispatchExec = capture(() => this.launchDispatch(x, topkIdx, topkWeights, T));
+    const combineExec = capture(() => this.launchCombine(expertOut, topkIdx, topkWeights, T));
+    const owner = {};
+    let closed = false;
+    const live = () => {
+      if (closed) throw new ClosedError('this graph was closed');
+      this.usable();
+    };
+    const call: GraphCall = {
+      numTokens: T,
+      x,
+      topkIdx,
+      topkWeights,
+      expertOut,
+      expertX: this.expertX,
+      expertScales: this.expertScales,
+      expertCounts: this.expertCounts,
+      y: new DeviceTensor('bf16', [T, c.hidden], this.y, null),
+      dispatch: () => {
+        live();
+        this.calls++;
+        this.lastDispatch = { by: owner, combined: false };
+        drv.graphLaunch(dispatchExec, this.stream);
+      },
+      combine: () => {
+        live();
+        if (this.lastDispatch.by !== owner || this.lastDispatch.combined) {
+          throw new HandleError(
+            'a combine graph replays only right after its own dispatch graph, once: another dispatch ran in between, or this one was already combined',
+          );
+        }
+        this.lastDispatch.combined = true;
+        drv.graphLaunch(combineExec, this.stream);
+      },
+      close: () => {
+        if (closed) return;
+        closed = true;
+        this.synchronize();
+        drv.graphExecDestroy(dispatchExec);
+        drv.graphExecDestroy(combineExec);
+        for (const t of [x, topkIdx, topkWeights, expertOut]) t.free();
+      },
+    };
+    return call;
   }
 
   async barrier(): Promise<void> {

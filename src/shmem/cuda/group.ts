@@ -461,7 +461,17 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     const block = rowBlock(units);
     this.launch('ep_route', 1, EP_ROUTE_THREADS, this.routeSmem);
     this.launch('ep_dispatch', Math.min(8 * this.smCount, Math.max(1, T * Math.ceil(units / block))), block);
-    this.launch('ep_repack', 4 * this.smCount, 256);
+    this.launch('ep_repack', this.rowGrid(), 256);
+  }
+
+  /**
+   * Blocks for the kernels that walk received rows (repack, combine send): no more than the rows that
+   * can exist (W * maxRowsPerPeer, a warp each, 8 warps a block) and no more than 4 per SM. Idle
+   * blocks are not free: each one still joins the last-block-done count with a system-scope fence.
+   */
+  private rowGrid(): number {
+    const c = this.config;
+    return Math.min(4 * this.smCount, Math.max(1, Math.ceil((c.world * c.maxRowsPerPeer) / 8)));
   }
 
   /** The launches of one combine: send -> reduce. */
@@ -471,7 +481,9 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     a.set('topkIdx', topkIdx.devicePtr).set('topkWeights', w.devicePtr).set('expertOut', expertOut.devicePtr);
     const vectors = this.config.hidden / 8;
     const block = rowBlock(vectors);
-    this.launch('ep_combine_send', 4 * this.smCount, 256);
+    // with one rank nothing travels (a rank's own rows are read in place by the reduction): one block
+    // only signals and waits
+    this.launch('ep_combine_send', this.config.world === 1 ? 1 : this.rowGrid(), 256);
     this.launch(
       'ep_combine_reduce',
       Math.min(8 * this.smCount, Math.max(1, T * Math.ceil(vectors / block))),

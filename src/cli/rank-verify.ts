@@ -8,8 +8,8 @@ import {
   POISON_BYTE,
   runStandInExperts,
 } from '../ep/check.js';
-import { resolveConfig } from '../ep/config.js';
-import { type OracleDispatch, oracleCombine, oracleDispatch } from '../ep/oracle.js';
+import { type EpConfig, resolveConfig } from '../ep/config.js';
+import { type OracleDispatch, type OracleRankInput, oracleCombine, oracleDispatch } from '../ep/oracle.js';
 import { type HostTensor, hostTensor } from '../ep/tensor.js';
 import { errorToWire, type WireError } from '../errors.js';
 import type { GraphCall } from '../shmem/cuda/graph.js';
@@ -56,10 +56,11 @@ export async function runVerify(
       const graph = task.graph && group instanceof CudaEpGroup ? group.captureGraph(kase.tokens) : null;
       // every call runs even after a mismatch, so that the ranks stay in step; the first one is reported
       for (let call = 0; call < kase.calls; call++) {
-        message ??=
+        const mismatch =
           graph && group instanceof CudaEpGroup
             ? verifyGraphCall(group, graph, cfg, kase, call, rank)
             : verifyCall(group, cfg, kase, call, rank, io);
+        message ??= mismatch;
         calls++;
         const now = performance.now();
         if (rank === 0 && now - lastReport > 2000) {
@@ -109,16 +110,14 @@ function verifyGraphCall(
     expertScales: graph.expertScales ? (g.download(graph.expertScales).data as Float32Array) : null,
     expertCounts: g.download(graph.expertCounts).data as Int32Array,
   };
-  const expected = Array.from({ length: cfg.world }, (_, r) => oracleDispatch(cfg, inputs, r));
+  const expected = expectedDispatch(cfg, inputs);
   const bad = compareDispatch(cfg, actual, expected[rank]);
   const out = runStandInExperts(cfg, rank, actual.expertX, actual.expertScales, actual.expertCounts);
   g.copyInto(graph.expertOut, hostTensor('bf16', [cfg.expertsPerRank, cfg.expertCapacity, cfg.hidden], out));
   graph.combine();
   const y = g.download(graph.y);
   if (bad) return `graph replay ${call}: dispatch: ${bad}`;
-  const outputs = expected.map((e, owner) => oracleExpertOutput(cfg, owner, e));
-  const want = oracleCombine(cfg, inputs, rank, (owner, le, row) => outputs[owner](le, row));
-  const badY = compareCombine(cfg, me, y.data as Uint16Array, want);
+  const badY = combineVerdict(cfg, inputs, rank, expected, y);
   return badY ? `graph replay ${call}: combine: ${badY}` : undefined;
 }
 
@@ -156,7 +155,6 @@ function checkCall(
   rank: number,
   io: DeviceIo,
 ): string | undefined {
-  const me = inputs[rank];
   const res = group.dispatch(x, idx, { topkWeights: w, returnRecv: true });
   const host = (t: unknown) => io.download(group, t);
   const expertX = host(res.expertX) as HostTensor;
@@ -172,27 +170,39 @@ function checkCall(
     actual.recvSplits = (host(res.recv.splits) as HostTensor).data as Int32Array;
     for (const t of [res.recv.x, res.recv.scales, res.recv.splits]) io.free(t);
   }
-  const expected: OracleDispatch[] = [];
-  for (let r = 0; r < cfg.world; r++) expected.push(oracleDispatch(cfg, inputs, r));
+  const expected = expectedDispatch(cfg, inputs);
   const bad = compareDispatch(cfg, actual, expected[rank]);
-  if (bad) {
-    // finish the call so the peers are not left waiting in combine, then report
-    group.combine(
-      io.upload(group, hostTensor('bf16', [cfg.expertsPerRank, cfg.expertCapacity, cfg.hidden])),
-      res.handle,
-    );
-    return `call ${call}: dispatch: ${bad}`;
-  }
+  // combine runs even after a dispatch mismatch: the peers are in this call too
   const out = runStandInExperts(cfg, rank, actual.expertX, actual.expertScales, actual.expertCounts);
-  const y = host(
-    group.combine(
-      io.upload(group, hostTensor('bf16', [cfg.expertsPerRank, cfg.expertCapacity, cfg.hidden], out)),
-      res.handle,
-    ),
-  ) as HostTensor;
+  const outT = io.upload(
+    group,
+    hostTensor('bf16', [cfg.expertsPerRank, cfg.expertCapacity, cfg.hidden], out),
+  );
+  let y: HostTensor;
+  try {
+    y = host(group.combine(outT, res.handle)) as HostTensor;
+  } finally {
+    io.free(outT);
+  }
+  if (bad) return `call ${call}: dispatch: ${bad}`;
+  const badY = combineVerdict(cfg, inputs, rank, expected, y);
+  return badY ? `call ${call}: combine: ${badY}` : undefined;
+}
+
+/** What every rank must hold after dispatch, by the oracle. */
+function expectedDispatch(cfg: EpConfig, inputs: OracleRankInput[]): OracleDispatch[] {
+  return Array.from({ length: cfg.world }, (_, r) => oracleDispatch(cfg, inputs, r));
+}
+
+/** Compares this rank's combine output with the oracle's (the stand-in experts run on the expected rows). */
+function combineVerdict(
+  cfg: EpConfig,
+  inputs: OracleRankInput[],
+  rank: number,
+  expected: OracleDispatch[],
+  y: HostTensor,
+): string | null {
   const outputs = expected.map((e, owner) => oracleExpertOutput(cfg, owner, e));
   const want = oracleCombine(cfg, inputs, rank, (owner, le, row) => outputs[owner](le, row));
-  if (bad) return `call ${call}: dispatch: ${bad}`;
-  const badY = compareCombine(cfg, me, y.data as Uint16Array, want);
-  return badY ? `call ${call}: combine: ${badY}` : undefined;
+  return compareCombine(cfg, inputs[rank], y.data as Uint16Array, want);
 }

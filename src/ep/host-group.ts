@@ -1,6 +1,7 @@
-import { ClosedError, PeerFailedError, ShapeError } from '../errors.js';
+import type { MoeA2aError } from '../errors.js';
 import { ABORT_BIT, type SymmetricTransport } from '../shmem/transport.js';
 import type { CombineOptions, DispatchOptions, DispatchResult, EpGroup, SourceMajorRecv } from './api.js';
+import { checkUsable, missingWeightsError, peerAbortedError, tooManyTokensError } from './call-errors.js';
 import { quantizeRowsFp8, weightedSumBf16 } from './codec.js';
 import type { EpConfig } from './config.js';
 import { type CombineHandle, HandleRegistry } from './handle.js';
@@ -38,7 +39,7 @@ export class HostEpGroup implements EpGroup<HostTensor> {
   private calls = 0;
   private closed = false;
   /** Set once a peer timed out or died: the heap may still receive that peer's late writes. */
-  private broken: Error | null = null;
+  private broken: MoeA2aError | null = null;
   private readonly handles = new HandleRegistry<HandleState>();
   private readonly expertX: Uint8Array;
   private readonly expertScales: Float32Array | null;
@@ -69,13 +70,7 @@ export class HostEpGroup implements EpGroup<HostTensor> {
   }
 
   private usable(): void {
-    if (this.closed) throw new ClosedError('this group was closed; create a new one');
-    if (this.broken) {
-      throw new PeerFailedError(
-        `this group stopped after an earlier failure (${this.broken.message}); close it and create a new one`,
-        { peer: Number((this.broken as { details?: { peer?: number } }).details?.peer ?? -1) },
-      );
-    }
+    checkUsable(this.closed, this.broken);
   }
 
   /** Tells every peer that this rank abandons call `call` (its input was invalid), so none waits for it. */
@@ -100,15 +95,11 @@ export class HostEpGroup implements EpGroup<HostTensor> {
           phase,
         });
       } catch (err) {
-        this.broken = err as Error;
+        this.broken = err as MoeA2aError;
         throw err;
       }
       if (r === 'aborted') {
-        throw new PeerFailedError(
-          `rank ${peer} rejected its input for ${phase} call ${call} or failed (see that rank's error); ` +
-            'the call was abandoned on every rank and the group can be used again',
-          { peer, callCount: call, aborted: true },
-        );
+        throw peerAbortedError(peer, phase, call);
       }
     }
   }
@@ -128,14 +119,7 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     try {
       [T] = checkTensor('x', x, 'bf16', [undefined, c.hidden]);
       if (T > c.maxTokensPerRank) {
-        throw new ShapeError(
-          `x has ${T} tokens but the group was created for at most maxTokensPerRank = ${c.maxTokensPerRank}`,
-          {
-            argument: 'x',
-            tokens: T,
-            limit: c.maxTokensPerRank,
-          },
-        );
+        throw tooManyTokensError(T, c.maxTokensPerRank);
       }
       checkTensor('topkIdx', topkIdx, 'i32', [T, c.topk]);
       if (options.topkWeights !== undefined) {
@@ -299,9 +283,7 @@ export class HostEpGroup implements EpGroup<HostTensor> {
       } else if (st.weights) {
         weights = st.weights;
       } else {
-        throw new ShapeError('combine needs topkWeights f32 [T, k]: pass them to dispatch or to combine', {
-          argument: 'topkWeights',
-        });
+        throw missingWeightsError();
       }
     } catch (err) {
       // the peers are (or will be) in this combine: tell them, so every rank abandons it together

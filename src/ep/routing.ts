@@ -1,4 +1,10 @@
-import { CapacityError, RoutingError, ShapeError } from '../errors.js';
+import { ShapeError } from '../errors.js';
+import {
+  duplicateExpertError,
+  expertCapacityError,
+  expertIdError,
+  peerCapacityError,
+} from './call-errors.js';
 import type { EpConfig } from './config.js';
 
 /**
@@ -38,18 +44,12 @@ export function planRouting(cfg: EpConfig, topkIdx: Int32Array, numTokens: numbe
     if (e < -1 || e >= E) {
       const t = Math.floor(p / k);
       const j = p % k;
-      throw new RoutingError(
-        `topkIdx[${t}][${j}] = ${e} is not an expert id: ids must be in [0, ${E}) or -1 for a dropped slot`,
-        { token: t, slot: j, expert: e },
-      );
+      throw expertIdError(t, j, e, E);
     }
     for (let q = p - (p % k); q < p; q++) {
       if (topkIdx[q] === e) {
         const t = Math.floor(p / k);
-        throw new RoutingError(
-          `token ${t} names expert ${e} twice (slots ${q % k} and ${p % k}): a token's experts must be distinct`,
-          { token: t, slot: p % k, expert: e },
-        );
+        throw duplicateExpertError(t, p % k, e, q % k);
       }
     }
     expertCounts[e]++;
@@ -61,11 +61,7 @@ export function planRouting(cfg: EpConfig, topkIdx: Int32Array, numTokens: numbe
   for (let d = 0; d < W; d++) {
     const count = destRowStart[d + 1] - destRowStart[d];
     if (count > cfg.maxRowsPerPeer) {
-      throw new CapacityError(
-        `destination rank ${d} would receive ${count} rows but maxRowsPerPeer is ${cfg.maxRowsPerPeer}; ` +
-          'raise maxRowsPerPeer in the group config or send fewer tokens to its experts',
-        { destination: d, count, limit: cfg.maxRowsPerPeer },
-      );
+      throw peerCapacityError(d, count, cfg.maxRowsPerPeer);
     }
   }
   const numRows = expertOffsets[E];
@@ -93,11 +89,7 @@ export function checkExpertCapacity(
     let rows = 0;
     for (let s = 0; s < c.world; s++) rows += splits[s * splitsPerPeer + e];
     if (rows > c.expertCapacity) {
-      throw new CapacityError(
-        `local expert ${e} (global id ${rank * c.expertsPerRank + e}) received ${rows} rows but maxRowsPerExpert is ${c.expertCapacity}; ` +
-          'raise maxRowsPerExpert in the group config',
-        { expert: rank * c.expertsPerRank + e, count: rows, limit: c.expertCapacity },
-      );
+      throw expertCapacityError(rank * c.expertsPerRank + e, rows, c.expertCapacity);
     }
   }
 }

@@ -1,3 +1,4 @@
+import { peerTimeoutError } from '../../ep/call-errors.js';
 import { PeerFailedError, PeerTimeoutError } from '../../errors.js';
 import { ABORT_BIT, type SymmetricTransport, type WaitResult, type WaitSubject } from '../transport.js';
 import { type ControlWords, RANK_EXITED } from './control.js';
@@ -67,11 +68,7 @@ export class CpuTransport implements SymmetricTransport {
       }
       const left = deadline - performance.now();
       if (left <= 0) {
-        throw new PeerTimeoutError(
-          `rank ${subject.peer} did not signal its ${subject.phase} rows for call ${subject.callCount} ` +
-            `(slot ${subject.slot}) within the timeout; is that rank running and making the same calls?`,
-          { peer: subject.peer, slot: subject.slot, callCount: subject.callCount, phase: subject.phase },
-        );
+        throw peerTimeoutError(subject.peer, subject.phase, subject.slot, subject.callCount);
       }
       Atomics.wait(w, i, v, Math.min(left, WAIT_SLICE_MS));
     }

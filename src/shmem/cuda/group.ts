@@ -7,6 +7,17 @@ import type {
   EpGroup,
   SourceMajorRecv,
 } from '../../ep/api.js';
+import {
+  checkUsable,
+  duplicateExpertError,
+  expertCapacityError,
+  expertIdError,
+  missingWeightsError,
+  peerAbortedError,
+  peerCapacityError,
+  peerTimeoutError,
+  tooManyTokensError,
+} from '../../ep/call-errors.js';
 import type { EpConfig } from '../../ep/config.js';
 import { type CombineHandle, HandleRegistry } from '../../ep/handle.js';
 import {
@@ -18,14 +29,11 @@ import {
 } from '../../ep/layout.js';
 import { type DType, type HostTensor, hostTensor, numel } from '../../ep/tensor.js';
 import {
-  CapacityError,
   ClosedError,
   CudaError,
   HandleError,
   type MoeA2aError,
-  PeerFailedError,
   PeerTimeoutError,
-  RoutingError,
   ShapeError,
 } from '../../errors.js';
 import {
@@ -356,13 +364,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   // ------------------------------------------------------------------ the collectives
 
   private usable(): void {
-    if (this.closed) throw new ClosedError('this group was closed; create a new one');
-    if (this.broken) {
-      throw new PeerFailedError(
-        `this group stopped after an earlier failure (${this.broken.message}); close it and create a new one`,
-        { peer: Number(this.broken.details?.peer ?? -1) },
-      );
-    }
+    checkUsable(this.closed, this.broken);
     this.throwDeviceError();
   }
 
@@ -412,14 +414,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     try {
       T = this.check('x', x, 'bf16', [undefined, c.hidden]).shape[0];
       if (T > c.maxTokensPerRank) {
-        throw new ShapeError(
-          `x has ${T} tokens but the group was created for at most maxTokensPerRank = ${c.maxTokensPerRank}`,
-          {
-            argument: 'x',
-            tokens: T,
-            limit: c.maxTokensPerRank,
-          },
-        );
+        throw tooManyTokensError(T, c.maxTokensPerRank);
       }
       this.check('topkIdx', topkIdx, 'i32', [T, c.topk]);
       if (options.topkWeights !== undefined)
@@ -533,10 +528,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       if (options.topkWeights !== undefined)
         w = this.check('topkWeights', options.topkWeights, 'f32', [st.numTokens, c.topk]);
       else if (st.weights) w = st.weights;
-      else
-        throw new ShapeError('combine needs topkWeights f32 [T, k]: pass them to dispatch or to combine', {
-          argument: 'topkWeights',
-        });
+      else throw missingWeightsError();
     } catch (err) {
       this.args.set('hostAbort', 1);
       this.launch('ep_combine_send', 1, 32);
@@ -671,45 +663,21 @@ export function deviceError(e: EpErrorRecord, c: EpConfig): MoeA2aError {
   const call = Number(e.callCount);
   switch (e.code) {
     case EP_ERR_TIMEOUT_DISPATCH:
-    case EP_ERR_TIMEOUT_COMBINE: {
-      const phase = e.code === EP_ERR_TIMEOUT_DISPATCH ? 'dispatch' : 'combine';
-      return new PeerTimeoutError(
-        `rank ${e.peer} did not signal its ${phase} rows for call ${call} (slot ${e.slot}) within the timeout; ` +
-          'is that rank running and making the same calls?',
-        { peer: e.peer, slot: e.slot, callCount: call, phase },
-      );
-    }
+      return peerTimeoutError(e.peer, 'dispatch', e.slot, call);
+    case EP_ERR_TIMEOUT_COMBINE:
+      return peerTimeoutError(e.peer, 'combine', e.slot, call);
     case EP_ERR_CAPACITY:
-      if (e.aux === EP_CAPACITY_AUX_SEND) {
-        return new CapacityError(
-          `destination rank ${e.a} would receive ${e.b} rows but maxRowsPerPeer is ${c.maxRowsPerPeer}; ` +
-            'raise maxRowsPerPeer in the group config or send fewer tokens to its experts',
-          { destination: Number(e.a), count: Number(e.b), limit: c.maxRowsPerPeer },
-        );
-      }
-      return new CapacityError(
-        `expert ${e.a} received ${e.b} rows but maxRowsPerExpert is ${c.expertCapacity}; raise maxRowsPerExpert in the group config`,
-        { expert: Number(e.a), count: Number(e.b), limit: c.expertCapacity },
-      );
+      return e.aux === EP_CAPACITY_AUX_SEND
+        ? peerCapacityError(Number(e.a), Number(e.b), c.maxRowsPerPeer)
+        : expertCapacityError(Number(e.a), Number(e.b), c.expertCapacity);
     case EP_ERR_EXPERT_ID:
-      return new RoutingError(
-        `topkIdx[${e.a}][${e.b}] = ${e.aux | 0} is not an expert id: ids must be in [0, ${c.numExperts}) or -1 for a dropped slot`,
-        { token: Number(e.a), slot: Number(e.b), expert: e.aux | 0 },
-      );
+      return expertIdError(Number(e.a), Number(e.b), e.aux | 0, c.numExperts);
     case EP_ERR_DUPLICATE:
-      return new RoutingError(
-        `token ${e.a} names expert ${e.aux} twice (slot ${e.b}): a token's experts must be distinct`,
-        { token: Number(e.a), slot: Number(e.b), expert: e.aux },
-      );
+      return duplicateExpertError(Number(e.a), Number(e.b), e.aux);
     case EP_ERR_PEER_ABORT_DISPATCH:
-    case EP_ERR_PEER_ABORT_COMBINE: {
-      const phase = e.code === EP_ERR_PEER_ABORT_DISPATCH ? 'dispatch' : 'combine';
-      return new PeerFailedError(
-        `rank ${e.peer} rejected its input for ${phase} call ${call} or failed (see that rank's error); ` +
-          'the call was abandoned on every rank and the group can be used again',
-        { peer: e.peer, callCount: call, aborted: true },
-      );
-    }
+      return peerAbortedError(e.peer, 'dispatch', call);
+    case EP_ERR_PEER_ABORT_COMBINE:
+      return peerAbortedError(e.peer, 'combine', call);
     default:
       return new CudaError(`a kernel reported an unknown error code ${e.code}`, { code: e.code });
   }

@@ -1,0 +1,108 @@
+import {
+  CapacityError,
+  ClosedError,
+  type ErrorDetails,
+  PeerFailedError,
+  PeerTimeoutError,
+  RoutingError,
+  ShapeError,
+} from '../errors.js';
+
+/**
+ * The errors a dispatch or combine can end with, built in one place so that every transport (the cpu
+ * one finds them on the host, the cuda one on the device) reports the same thing in the same words.
+ */
+
+export type Phase = 'dispatch' | 'combine';
+
+export function expertIdError(token: number, slot: number, expert: number, numExperts: number): RoutingError {
+  return new RoutingError(
+    `topkIdx[${token}][${slot}] = ${expert} is not an expert id: ids must be in [0, ${numExperts}) or -1 for a dropped slot`,
+    { token, slot, expert },
+  );
+}
+
+/** `earlierSlot`, where known, is the slot of the same token that named the expert first. */
+export function duplicateExpertError(
+  token: number,
+  slot: number,
+  expert: number,
+  earlierSlot?: number,
+): RoutingError {
+  const slots = earlierSlot === undefined ? `slot ${slot}` : `slots ${earlierSlot} and ${slot}`;
+  return new RoutingError(
+    `token ${token} names expert ${expert} twice (${slots}): a token's experts must be distinct`,
+    {
+      token,
+      slot,
+      expert,
+    },
+  );
+}
+
+export function peerCapacityError(destination: number, count: number, limit: number): CapacityError {
+  return new CapacityError(
+    `destination rank ${destination} would receive ${count} rows but maxRowsPerPeer is ${limit}; ` +
+      'raise maxRowsPerPeer in the group config or send fewer tokens to its experts',
+    { destination, count, limit },
+  );
+}
+
+export function expertCapacityError(expert: number, count: number, limit: number): CapacityError {
+  return new CapacityError(
+    `expert ${expert} received ${count} rows but maxRowsPerExpert is ${limit}; raise maxRowsPerExpert in the group config`,
+    { expert, count, limit },
+  );
+}
+
+export function tooManyTokensError(tokens: number, limit: number): ShapeError {
+  return new ShapeError(
+    `x has ${tokens} tokens but the group was created for at most maxTokensPerRank = ${limit}`,
+    {
+      argument: 'x',
+      tokens,
+      limit,
+    },
+  );
+}
+
+export function missingWeightsError(): ShapeError {
+  return new ShapeError('combine needs topkWeights f32 [T, k]: pass them to dispatch or to combine', {
+    argument: 'topkWeights',
+  });
+}
+
+export function peerTimeoutError(
+  peer: number,
+  phase: Phase,
+  slot: number,
+  callCount: number,
+): PeerTimeoutError {
+  return new PeerTimeoutError(
+    `rank ${peer} did not signal its ${phase} rows for call ${callCount} (slot ${slot}) within the timeout; ` +
+      'is that rank running and making the same calls?',
+    { peer, slot, callCount, phase },
+  );
+}
+
+export function peerAbortedError(peer: number, phase: Phase, callCount: number): PeerFailedError {
+  return new PeerFailedError(
+    `rank ${peer} rejected its input for ${phase} call ${callCount} or failed (see that rank's error); ` +
+      'the call was abandoned on every rank and the group can be used again',
+    { peer, callCount, aborted: true },
+  );
+}
+
+/** Throws when a group cannot take another call: it was closed, or an earlier peer failure broke it. */
+export function checkUsable(
+  closed: boolean,
+  broken: { message: string; details?: ErrorDetails } | null,
+): void {
+  if (closed) throw new ClosedError('this group was closed; create a new one');
+  if (broken) {
+    throw new PeerFailedError(
+      `this group stopped after an earlier failure (${broken.message}); close it and create a new one`,
+      { peer: Number(broken.details?.peer ?? -1) },
+    );
+  }
+}

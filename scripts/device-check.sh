@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs on the GPU machine (see README "On a GPU"): builds nothing, uses dist/ and the compiled tests
-# that ../shared/device/pack and `npm run build:device` put in .device/. Logs go to $OUT.
-# Usage: scripts/device-check.sh <step>...   steps: smoke conformance verify long sanitizer bench
+# The GPU checks in one go (see README "On a GPU"). Builds nothing: it uses dist/ and the tests
+# compiled into .device/build/ by `npm run build:device`. Logs go to $OUT.
+# Usage: scripts/device-check.sh <step>...
+#   steps: smoke smoke2 conformance failures verify long graph sanitizer bench bench2
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"

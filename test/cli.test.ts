@@ -1,0 +1,82 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { describe, it } from 'node:test';
+import { cudaAvailable } from '../src/shmem/cuda/driver.js';
+
+const cli = (...args: string[]) =>
+  spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args], {
+    encoding: 'utf8',
+    timeout: 120_000,
+  });
+
+describe('moe-a2a command line', () => {
+  it('--help on each command teaches every flag the issue names', () => {
+    for (const cmd of ['verify', 'bench']) {
+      const r = cli(cmd, '--help');
+      assert.equal(r.status, 0, r.stderr);
+      for (const flag of [
+        '--transport',
+        '--world',
+        '--experts',
+        '--hidden',
+        '--topk',
+        '--tokens',
+        '--group-size',
+        '--fp8',
+        '--no-fp8',
+        '--seed',
+        '--timeout',
+        '--json',
+      ]) {
+        assert.ok(r.stdout.includes(flag), `${cmd} --help lacks ${flag}`);
+      }
+      assert.ok(r.stdout.includes(cmd === 'verify' ? '--calls' : '--iters'));
+    }
+    const top = cli('--help');
+    assert.equal(top.status, 0);
+    assert.match(top.stdout, /verify .*\n.*bench .*\n.*launch /s);
+  });
+
+  it('an unknown flag is a usage error naming it, with the command help', () => {
+    const r = cli('verify', '--wrold', '2');
+    assert.equal(r.status, 2);
+    assert.match(r.stderr, /unknown flag --wrold/);
+    assert.match(r.stderr, /Flags:/);
+  });
+
+  it(
+    '--transport cuda without a driver fails at once and names --transport cpu',
+    { skip: cudaAvailable() && 'a CUDA driver is present' },
+    () => {
+      const r = cli('verify', '--transport', 'cuda');
+      assert.equal(r.status, 1);
+      assert.match(r.stderr, /MOE_TRANSPORT_UNAVAILABLE/);
+      assert.match(r.stderr, /needs an NVIDIA driver and GPU/);
+      assert.match(r.stderr, /--transport cpu/);
+    },
+  );
+
+  it('verify on the cpu transport prints a PASS line per case and a summary', () => {
+    const r = cli(
+      'verify',
+      '--transport',
+      'cpu',
+      '--world',
+      '2',
+      '--experts',
+      '8',
+      '--hidden',
+      '256',
+      '--topk',
+      '2',
+      '--tokens',
+      '4',
+      '--no-fp8',
+      '--scenario',
+      'random,skewed',
+    );
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout.match(/^PASS /gm)?.length, 2);
+    assert.match(r.stdout, /^2 passed, 0 failed$/m);
+  });
+});

@@ -5,6 +5,7 @@ import { computeLayout } from './ep/layout.js';
 import type { HostTensor } from './ep/tensor.js';
 import { ConfigError } from './errors.js';
 import { openCpuTransport } from './shmem/cpu/world.js';
+import type { CudaEpGroup } from './shmem/cuda/group.js';
 
 export type TransportName = 'auto' | 'cpu' | 'cuda';
 
@@ -38,6 +39,7 @@ function pickTransport(requested: TransportName | undefined): 'cpu' | 'cuda' | '
  * Collective: every rank calls it with the same config. Close it with `await group.close()`.
  */
 export async function createGroup(options: GroupOptions & { transport: 'cpu' }): Promise<EpGroup<HostTensor>>;
+export async function createGroup(options: GroupOptions & { transport: 'cuda' }): Promise<CudaEpGroup>;
 export async function createGroup(options: GroupOptions): Promise<EpGroup<unknown>>;
 export async function createGroup(options: GroupOptions): Promise<EpGroup<unknown>> {
   const config = resolveConfig(options);

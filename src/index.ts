@@ -28,3 +28,6 @@ export {
   TransportUnavailableError,
 } from './errors.js';
 export { postRankResult, type RankOutcome, type RunThreadsOptions, runThreads } from './shmem/cpu/threads.js';
+export type { DeviceTensor } from './shmem/cuda/device-tensor.js';
+export type { GraphCall } from './shmem/cuda/graph.js';
+export type { CudaEpGroup } from './shmem/cuda/group.js';

@@ -1,6 +1,5 @@
 import { pathToFileURL } from 'node:url';
 import { MessageChannel, type MessagePort, Worker } from 'node:worker_threads';
-import { errorFromWire, errorToWire, type WireError } from '../../errors.js';
 import { ControlWords, controlBytes, RANK_EXITED, RANK_FAILED } from './control.js';
 import type { CoordinatorMessage, CpuRankContext } from './world.js';
 
@@ -164,5 +163,3 @@ export async function postRankResult(value: unknown): Promise<void> {
   const { parentPort } = await import('node:worker_threads');
   parentPort?.postMessage({ moeA2aResult: value } satisfies RankResultMessage);
 }
-
-export { errorFromWire, errorToWire, type WireError };

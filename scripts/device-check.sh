@@ -19,7 +19,8 @@ for step in "$@"; do
     sanitizer)
       run memcheck1 compute-sanitizer --tool memcheck --target-processes all $cli verify --transport cuda --world 1 --experts 8 --hidden 256 --topk 4 --tokens 8
       run racecheck1 compute-sanitizer --tool racecheck --target-processes all $cli verify --transport cuda --world 1 --experts 8 --hidden 256 --topk 4 --tokens 8
-      run memcheck2 compute-sanitizer --tool memcheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 256 --topk 4 --tokens 8 ;;
+      run memcheck2 compute-sanitizer --tool memcheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 256 --topk 4 --tokens 8
+      run racecheck2 compute-sanitizer --tool racecheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 256 --topk 4 --tokens 8 ;;
     graph)
       run graph1 timeout 200 $cli verify --transport cuda --graph --world 1 --experts 16 --hidden 512 --topk 4 --tokens 32 --scenario random --calls 1000
       run graph2 timeout 200 $cli verify --transport cuda --graph --world 2 --experts 16 --hidden 512 --topk 4 --tokens 32 --scenario random,skewed --calls 200 ;;

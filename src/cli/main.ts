@@ -69,14 +69,18 @@ Examples:
     summary: 'time dispatch and combine (median, p10, p90)',
     usage: 'moe-a2a bench [flags]',
     about: `Times dispatch and combine after warm-up and prints median, p10 and p90 per token count (the
-slowest rank per iteration), with the bytes moved. On the cpu transport it also times one thread
-copying the same bytes with TypedArray.set, the yardstick for worker-thread copies. Writes JSON
-(machine, date, transport, config) under bench/results/. Defaults: the DeepSeek-V3 decode shape
-(H = 7168, k = 8, E = 256, 128 tokens per rank, FP8 dispatch) at W = 4.
+slowest rank per iteration), with the bytes the kernels read and write and their GB/s. On cpu it also
+times one thread copying the same bytes with TypedArray.set, the yardstick for worker-thread copies.
+On cuda it times with CUDA events, eager and CUDA-graph replays, and reports the device's own copy
+bandwidth, the host's cost per call and, at W = 1 with --baseline, PyTorch doing the same work.
+Writes JSON (machine, date, transport, config) and an SVG plot under bench/results/. Defaults: the
+DeepSeek-V3 decode shape (H = 7168, k = 8, E = 256, 128 tokens per rank, FP8 dispatch) at W = 4.
 
 Examples:
   moe-a2a bench
-  moe-a2a bench --tokens 128,4096 --no-fp8 --iters 20`,
+  moe-a2a bench --tokens 128,4096 --no-fp8 --iters 20
+  moe-a2a bench --transport cuda --world 1 --tokens 1,32,128,512,4096 --iters 200 --warmup 20`,
+
     flags: [
       ...SHAPE_FLAGS,
       { name: 'tokens', kind: 'ints', help: 'tokens per rank T (a list runs each)', default: '128' },

@@ -56,15 +56,6 @@ export async function createGroup(options: GroupOptions): Promise<EpGroup<unknow
     const { createCudaGroup } = await import('./shmem/cuda/group.js');
     return (await createCudaGroup(config, layout, { ...options, timeoutMs })) as EpGroup<unknown>;
   }
-  const shmem = await openCpuTransport(config.world, layout.totalBytes, timeoutMs);
-  if (options.rank !== undefined && options.rank !== shmem.rank) {
-    shmem.close();
-    throw new ConfigError(
-      `rank ${options.rank} was given but this thread was launched as rank ${shmem.rank}`,
-      {
-        fields: 'rank',
-      },
-    );
-  }
+  const shmem = await openCpuTransport(config.world, layout.totalBytes, timeoutMs, options.rank);
   return new HostEpGroup(config, layout, shmem, timeoutMs) as EpGroup<unknown>;
 }

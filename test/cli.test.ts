@@ -1,5 +1,8 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { cudaAvailable } from '../src/shmem/cuda/driver.js';
 
@@ -55,6 +58,26 @@ describe('moe-a2a command line', () => {
       assert.match(r.stderr, /--transport cpu/);
     },
   );
+
+  it('launch passes the arguments after the script to every rank untouched', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'moe-a2a-cli-'));
+    const script = join(dir, 'rank.mjs');
+    writeFileSync(
+      script,
+      "const e = process.env;\nconsole.log('rank ' + e.RANK + '/' + e.WORLD_SIZE + ' ' + JSON.stringify(process.argv.slice(2)));\n",
+    );
+    try {
+      const r = cli('launch', '-n', '2', '--transport', 'cpu', script, '--layers', '3', '-n', '5', '--help');
+      assert.equal(r.status, 0, r.stderr);
+      const lines = r.stdout.trim().split('\n').sort();
+      assert.deepEqual(lines, [
+        'rank 0/2 ["--layers","3","-n","5","--help"]',
+        'rank 1/2 ["--layers","3","-n","5","--help"]',
+      ]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 
   it('verify on the cpu transport prints a PASS line per case and a summary', () => {
     const r = cli(

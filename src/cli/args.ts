@@ -14,9 +14,15 @@ export type ParsedFlags = Record<string, string | number | number[] | boolean | 
 
 export class UsageError extends Error {}
 
+/**
+ * Parses `--name value`, `--name=value`, `--flag` / `--no-flag`. With `stopAtPositional`, the first
+ * argument that is not a flag ends parsing: it and everything after it go to `rest` untouched (for
+ * `launch`, whose script takes its own flags).
+ */
 export function parseFlags(
   argv: readonly string[],
   specs: readonly FlagSpec[],
+  stopAtPositional = false,
 ): { flags: ParsedFlags; rest: string[] } {
   const byName = new Map(specs.map((s) => [s.name, s]));
   const flags: ParsedFlags = {};
@@ -28,6 +34,10 @@ export function parseFlags(
       break;
     }
     if (!a.startsWith('--')) {
+      if (stopAtPositional) {
+        rest.push(...argv.slice(i));
+        break;
+      }
       rest.push(a);
       continue;
     }
@@ -66,7 +76,8 @@ export function formatFlags(specs: readonly FlagSpec[]): string {
       s.kind === 'bool'
         ? ''
         : ` ${s.meta ?? (s.kind === 'ints' ? 'N[,N...]' : s.kind === 'int' ? 'N' : 'VALUE')}`;
-    return s.kind === 'bool' ? `  --${s.name}, --no-${s.name}` : `  --${s.name}${meta}`;
+    if (s.kind !== 'bool') return `  --${s.name}${meta}`;
+    return s.name === 'help' ? '  --help' : `  --${s.name}, --no-${s.name}`;
   });
   const width = Math.max(...left.map((l) => l.length)) + 2;
   return specs

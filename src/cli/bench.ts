@@ -170,7 +170,7 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
     const task: BenchTask = {
       kind: 'bench',
       transport,
-      timeoutMs: (flags.timeout as number | undefined) ?? 60_000,
+      timeoutMs: (flags.timeout as number | undefined) ?? 30_000,
       config,
       tokens,
       iters,

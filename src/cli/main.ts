@@ -100,9 +100,9 @@ Examples:
     summary: 'start a script once per rank (threads on cpu, processes on cuda)',
     usage: 'moe-a2a launch -n N [--transport T] <script> [args...]',
     about: `Starts <script> N times, once per rank, with torchrun's environment: RANK, WORLD_SIZE, LOCAL_RANK,
-LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT, and MOE_A2A_TRANSPORT. On the cpu transport the ranks are
-worker threads of one process (they share memory); on cuda they are processes that meet through a
-TCP store the launcher runs. If a rank fails, the others are told (cpu: at once; cuda: stopped after a
+LOCAL_WORLD_SIZE and MOE_A2A_TRANSPORT (and on cuda MASTER_ADDR and MASTER_PORT). On the cpu transport
+the ranks are worker threads of one process (they share memory); on cuda they are processes that meet
+through a TCP store the launcher runs. Arguments after the script are the script's own. If a rank fails, the others are told (cpu: at once; cuda: stopped after a
 grace period) and the launcher exits non-zero naming it.
 
 Example:
@@ -142,6 +142,14 @@ function commandHelp(name: string): string {
   return `${c.usage}\n\n${c.about}\n\nFlags:\n${formatFlags(c.flags)}`;
 }
 
+/** Whether args[i] is the value of the flag before it (`--transport cpu`), not a positional. */
+function isValueOf(args: readonly string[], i: number, flags: readonly FlagSpec[]): boolean {
+  const prev = args[i - 1];
+  if (!prev?.startsWith('--') || prev.includes('=')) return false;
+  const spec = flags.find((f) => f.name === prev.slice(2));
+  return spec !== undefined && spec.kind !== 'bool';
+}
+
 async function main(argv: string[]): Promise<number> {
   const [name, ...args] = argv;
   if (!name || name === '--help' || name === '-h' || name === 'help') {
@@ -153,11 +161,24 @@ async function main(argv: string[]): Promise<number> {
     console.error(`moe-a2a: unknown command '${name}'\n\n${toolHelp()}`);
     return 2;
   }
-  // -n N is the one short flag (torchrun's habit)
-  const normalized = args.flatMap((a, i) => (a === '-n' && i < args.length ? ['--n'] : [a]));
-  let parsed: ReturnType<typeof parseFlags>;
+  // launch: flags end at the script, whose own arguments pass through untouched. -n N is the one
+  // short flag (torchrun's habit), and only before the script.
+  const isLaunch = name === 'launch';
+  const script = isLaunch
+    ? args.findIndex((a, i) => !a.startsWith('-') && args[i - 1] !== '-n' && !isValueOf(args, i, cmd.flags))
+    : -1;
+  const ours = script === -1 ? args : args.slice(0, script);
+  const normalized = [
+    ...ours.map((a) => (a === '-n' ? '--n' : a)),
+    ...(script === -1 ? [] : args.slice(script)),
+  ];
   try {
-    parsed = parseFlags(normalized, cmd.flags);
+    const parsed = parseFlags(normalized, cmd.flags, isLaunch);
+    if (parsed.flags.help) {
+      console.log(commandHelp(name));
+      return 0;
+    }
+    return await cmd.run(parsed.flags, parsed.rest);
   } catch (err) {
     if (err instanceof UsageError) {
       console.error(`moe-a2a ${name}: ${err.message}\n\n${commandHelp(name)}`);
@@ -165,11 +186,6 @@ async function main(argv: string[]): Promise<number> {
     }
     throw err;
   }
-  if (parsed.flags.help) {
-    console.log(commandHelp(name));
-    return 0;
-  }
-  return await cmd.run(parsed.flags, parsed.rest);
 }
 
 try {

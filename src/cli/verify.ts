@@ -21,9 +21,13 @@ function parseScenarios(list: string): Scenario[] {
 export function verifyCases(flags: ParsedFlags): VerifyCase[] {
   const seed = (flags.seed as number | undefined) ?? 1;
   const calls = (flags.calls as number | undefined) ?? 2;
+  const named = flags.scenario === undefined ? undefined : parseScenarios(flags.scenario as string);
   if (!anyShapeFlag(flags)) {
-    const suite = defaultSuite(seed, calls);
-    return flags.fp8 === undefined ? suite : suite.filter((c) => c.config.fp8 === flags.fp8);
+    // the suite, narrowed by --fp8/--no-fp8 and --scenario where given
+    return defaultSuite(seed, calls).filter(
+      (c) =>
+        (flags.fp8 === undefined || c.config.fp8 === flags.fp8) && (!named || named.includes(c.scenario)),
+    );
   }
   const world = (flags.world as number | undefined) ?? 4;
   const numExperts = (flags.experts as number | undefined) ?? 256;
@@ -31,7 +35,7 @@ export function verifyCases(flags: ParsedFlags): VerifyCase[] {
   const topk = (flags.topk as number | undefined) ?? 8;
   const tokenList = (flags.tokens as number[] | undefined) ?? [128];
   const fp8s = flags.fp8 === undefined ? [true, false] : [flags.fp8 as boolean];
-  const scenarios = flags.scenario === undefined ? SCENARIOS : parseScenarios(flags.scenario as string);
+  const scenarios = named ?? SCENARIOS;
   const cases: VerifyCase[] = [];
   for (const tokens of tokenList) {
     for (const fp8 of fp8s) {

@@ -30,7 +30,10 @@ export interface DispatchResult<T> {
 }
 
 export interface DispatchOptions<T> {
-  /** f32 [T, k] router weights, kept for combine (or pass them to combine). */
+  /**
+   * f32 [T, k] router weights, kept for combine (or pass them to combine). On cuda, combine reads
+   * them and topkIdx again from the tensors given here: keep both alive and unchanged until combine.
+   */
   topkWeights?: T;
   /** Also return the source-major receive buffer (a copy). */
   returnRecv?: boolean;

@@ -87,7 +87,7 @@ export function peerTimeoutError(
 
 export function peerAbortedError(peer: number, phase: Phase, callCount: number): PeerFailedError {
   return new PeerFailedError(
-    `rank ${peer} rejected its input for ${phase} call ${callCount} or failed (see that rank's error); ` +
+    `rank ${peer} abandoned ${phase} call ${callCount}: it rejected its input or failed (see that rank's error); ` +
       'the call was abandoned on every rank and the group can be used again',
     { peer, callCount, aborted: true },
   );

@@ -4,7 +4,7 @@ import type { CombineOptions, DispatchOptions, DispatchResult, EpGroup, SourceMa
 import { checkUsable, missingWeightsError, peerAbortedError, tooManyTokensError } from './call-errors.js';
 import { quantizeRowsFp8, weightedSumBf16 } from './codec.js';
 import type { EpConfig } from './config.js';
-import { type CombineHandle, HandleRegistry } from './handle.js';
+import { type CombineHandle, HandleRegistry, withAbandoned } from './handle.js';
 import {
   combineRowOffset,
   type HeapLayout,
@@ -47,8 +47,8 @@ export class HostEpGroup implements EpGroup<HostTensor> {
   /** FP8: each token quantised once per call, then copied to each destination that wants it. */
   private readonly quantRows: Uint8Array;
   private readonly quantScales: Float32Array;
-  private readonly heapI32: Int32Array;
-  private readonly heapF32: Float32Array;
+  private heapI32: Int32Array;
+  private heapF32: Float32Array;
 
   constructor(
     readonly config: EpConfig,
@@ -112,6 +112,7 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     this.usable();
     const c = this.config;
     const call = ++this.calls;
+    this.handles.abandonPending(); // a new dispatch ends the previous call's chance to combine
     const slot = call & 1;
     let plan: ReturnType<typeof planRouting>;
     let weights: Float32Array | null = null;
@@ -272,8 +273,16 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     this.usable();
     const c = this.config;
     const call = this.calls;
-    // A handle that is foreign, stale or already used is a local programming error: nothing is sent.
-    const { state: st, consume } = this.handles.resolve(this, handle, call);
+    let st: HandleState;
+    try {
+      st = this.handles.take(this, handle, call);
+    } catch (err) {
+      // a refused handle: if the latest dispatch still waits for its combine, its peers are (or will
+      // be) waiting in that combine, so abandon it on every rank rather than leave them to time out
+      if (!this.handles.abandonPending()) throw err;
+      this.abort('combineSignal', call);
+      throw withAbandoned(err, call);
+    }
     let weights: Float32Array;
     try {
       checkTensor('expertOut', expertOut, 'bf16', [c.expertsPerRank, c.expertCapacity, c.hidden]);
@@ -287,11 +296,10 @@ export class HostEpGroup implements EpGroup<HostTensor> {
       }
     } catch (err) {
       // the peers are (or will be) in this combine: tell them, so every rank abandons it together
-      consume();
+      this.handles.abandonTaken(handle);
       this.abort('combineSignal', call);
       throw err;
     }
-    consume();
     const slot = st.slot;
     const epr = c.expertsPerRank;
     const spp = this.layout.splitsPerPeer;
@@ -350,7 +358,12 @@ export class HostEpGroup implements EpGroup<HostTensor> {
 
   async barrier(): Promise<void> {
     this.usable();
-    this.shmem.barrier(performance.now() + this.timeoutMs);
+    try {
+      this.shmem.barrier(performance.now() + this.timeoutMs);
+    } catch (err) {
+      this.broken = err as MoeA2aError; // the barrier's count is off now: the group cannot go on
+      throw err;
+    }
   }
 
   async close(): Promise<void> {
@@ -360,6 +373,9 @@ export class HostEpGroup implements EpGroup<HostTensor> {
       if (!this.broken) this.shmem.barrier(performance.now() + this.timeoutMs);
     } finally {
       this.shmem.close();
+      // drop this group's own views of the heap too, so the memory goes when the last rank closes
+      this.heapI32 = new Int32Array(0);
+      this.heapF32 = new Float32Array(0);
     }
   }
 }

@@ -138,15 +138,23 @@ async function errorSteps(task: ScenarioTask, rank: number): Promise<Observation
     }),
   );
   await correct('too many tokens');
-  // 5. every rank: a stale handle (a later dispatch happened) is refused locally
+  // 5. handles: reusing one is refused locally; a stale one also abandons the call that still waits
+  // for its combine, on every rank; a foreign one (nothing waiting) is refused locally
+  const out = () => io.upload(g, hostTensor('bf16', [cfg.expertsPerRank, cfg.expertCapacity, H]));
+  const done = g.dispatch(goodX(), goodIdx(), { topkWeights: w() });
+  obs.push(await observe('combine', () => g.combine(out(), done.handle)));
+  obs.push(await observe('handle reused', () => g.combine(out(), done.handle)));
   const first = g.dispatch(goodX(), goodIdx(), { topkWeights: w() });
   const second = g.dispatch(goodX(), goodIdx(), { topkWeights: w() });
-  const out = () => io.upload(g, hostTensor('bf16', [cfg.expertsPerRank, cfg.expertCapacity, H]));
   obs.push(await observe('stale handle', () => g.combine(out(), first.handle)));
   obs.push(await observe('combine after stale', () => g.combine(out(), second.handle)));
-  obs.push(await observe('handle reused', () => g.combine(out(), second.handle)));
   obs.push(await observe('foreign handle', () => g.combine(out(), { callCount: 1, numTokens: T, rank })));
-  // 6. rank 0 passes expertOut of the wrong shape
+  await correct('handles');
+  // one rank passes a stale handle while its peer combines the right call: the peer is told at once
+  const a1 = g.dispatch(goodX(), goodIdx(), { topkWeights: w() });
+  const b1 = g.dispatch(goodX(), goodIdx(), { topkWeights: w() });
+  obs.push(await observe('one stale handle', () => g.combine(out(), (rank === 0 ? a1 : b1).handle)));
+  await correct('one stale handle');
   const third = g.dispatch(goodX(), goodIdx(), { topkWeights: w() });
   obs.push(
     await observe('expertOut shape', () =>
@@ -189,6 +197,46 @@ async function errorSteps(task: ScenarioTask, rank: number): Promise<Observation
   const mismatch = verifyCall(cg, capCfg, { ...capCase, tokens: 2 }, 0, rank, io);
   obs.push({ step: 'correct call after capacity', code: 'ok', mismatch });
   await cg.close();
+
+  // 9. per-expert capacity: room for 8 rows per expert; every rank sends 8 tokens to expert 0 of the
+  // last rank, which then holds 8 * world rows for it: that rank's dispatch fails, its peers' combine
+  const expCase = small(task.world, { maxRowsPerExpert: 8 });
+  const expCfg = resolveConfig(expCase.config);
+  const eg: EpGroup<unknown> = await createGroup({
+    ...expCase.config,
+    transport: task.transport,
+    timeoutMs: task.timeoutMs,
+  });
+  current = eg;
+  const target = (task.world - 1) * expCfg.expertsPerRank;
+  const toOne = new Int32Array(T * k).fill(-1);
+  for (let t = 0; t < T; t++) toOne[t * k] = target;
+  let pending: ReturnType<EpGroup<unknown>['dispatch']> | null = null;
+  const capObs = await observe('expert capacity', () => {
+    pending = eg.dispatch(
+      io.upload(eg, hostTensor('bf16', [T, H])),
+      io.upload(eg, hostTensor('i32', [T, k], toOne)),
+      {
+        topkWeights: io.upload(eg, hostTensor('f32', [T, k], new Float32Array(T * k).fill(1))),
+      },
+    );
+  });
+  obs.push(capObs);
+  const p = pending as ReturnType<EpGroup<unknown>['dispatch']> | null;
+  // the rank whose dispatch failed has nothing to combine; its peers do, and learn of the failure
+  obs.push(
+    await observe('combine after expert capacity', () => {
+      if (p && capObs.code === 'ok') {
+        eg.combine(
+          io.upload(eg, hostTensor('bf16', [expCfg.expertsPerRank, expCfg.expertCapacity, H])),
+          p.handle,
+        );
+      }
+    }),
+  );
+  const expMismatch = verifyCall(eg, expCfg, { ...expCase, tokens: 1 }, 0, rank, io);
+  obs.push({ step: 'correct call after expert capacity', code: 'ok', mismatch: expMismatch });
+  await eg.close();
   return obs;
 }
 

@@ -76,7 +76,10 @@ export function conformanceSuite(transport: 'cpu' | 'cuda', skip: string | false
         } else {
           assert.equal(dtype.code, 'MOE_PEER_FAILED');
           assert.equal(dtype.details?.peer, 0);
-          assert.match(dtype.message ?? '', /rank 0 rejected its input for dispatch call 1/);
+          assert.match(
+            dtype.message ?? '',
+            /rank 0 abandoned dispatch call 1: it rejected its input or failed/,
+          );
         }
         const shape = step(obs, 'x shape');
         assert.equal(shape.code, 'MOE_SHAPE');
@@ -101,19 +104,32 @@ export function conformanceSuite(transport: 'cpu' | 'cuda', skip: string | false
         } else {
           assert.equal(many.code, 'MOE_PEER_FAILED');
         }
+        assert.equal(step(obs, 'combine').code, 'ok');
+        const reused = step(obs, 'handle reused');
+        assert.equal(reused.code, 'MOE_HANDLE');
+        assert.match(reused.message ?? '', /already combined/);
         const stale = step(obs, 'stale handle');
         assert.equal(stale.code, 'MOE_HANDLE');
         assert.match(
           stale.message ?? '',
           /stale handle: it belongs to call \d+ but the group has dispatched call \d+ since/,
         );
-        assert.equal(step(obs, 'combine after stale').code, 'ok');
-        const reused = step(obs, 'handle reused');
-        assert.equal(reused.code, 'MOE_HANDLE');
-        assert.match(reused.message ?? '', /already combined/);
+        assert.match(stale.message ?? '', /was abandoned on every rank: dispatch again/);
+        const after = step(obs, 'combine after stale');
+        assert.equal(after.code, 'MOE_HANDLE');
+        assert.match(after.message ?? '', /call \d+ was abandoned .*dispatch again/);
         const foreign = step(obs, 'foreign handle');
         assert.equal(foreign.code, 'MOE_HANDLE');
         assert.match(foreign.message ?? '', /did not come from a dispatch of this group/);
+        assert.doesNotMatch(foreign.message ?? '', /abandoned/);
+        const oneStale = step(obs, 'one stale handle');
+        if (rank === 0) {
+          assert.equal(oneStale.code, 'MOE_HANDLE');
+        } else {
+          assert.equal(oneStale.code, 'MOE_PEER_FAILED');
+          assert.equal(oneStale.details?.peer, 0);
+          assert.ok((oneStale.ms ?? 0) < 5000, `the peer learned it after ${oneStale.ms} ms`);
+        }
         const outShape = step(obs, 'expertOut shape');
         if (rank === 0) {
           assert.equal(outShape.code, 'MOE_SHAPE');
@@ -123,7 +139,7 @@ export function conformanceSuite(transport: 'cpu' | 'cuda', skip: string | false
           );
         } else {
           assert.equal(outShape.code, 'MOE_PEER_FAILED');
-          assert.match(outShape.message ?? '', /rank 0 rejected its input for combine/);
+          assert.match(outShape.message ?? '', /rank 0 abandoned combine call \d+/);
         }
         const weights = step(obs, 'missing weights');
         assert.ok(weights.code === 'MOE_SHAPE' || weights.code === 'MOE_PEER_FAILED', weights.code);
@@ -131,6 +147,21 @@ export function conformanceSuite(transport: 'cpu' | 'cuda', skip: string | false
         const closed = step(obs, 'after close');
         assert.equal(closed.code, 'MOE_CLOSED');
         assert.match(closed.message ?? '', /closed/);
+        const ecap = step(obs, 'expert capacity');
+        const ecomb = step(obs, 'combine after expert capacity');
+        if (rank === world - 1) {
+          assert.equal(ecap.code, 'MOE_CAPACITY');
+          assert.deepEqual(
+            [ecap.details?.expert, ecap.details?.count, ecap.details?.limit],
+            [(world - 1) * 4, 8 * world, 8],
+          );
+          assert.match(ecap.message ?? '', /expert \d+ received \d+ rows but maxRowsPerExpert is 8/);
+        } else {
+          assert.equal(ecap.code, 'ok');
+          assert.equal(ecomb.code, 'MOE_PEER_FAILED');
+          assert.equal(ecomb.details?.peer, world - 1);
+          assert.match(ecomb.message ?? '', /abandoned combine call/);
+        }
         const cap = step(obs, 'capacity');
         if (rank === 0) {
           assert.equal(cap.code, 'MOE_CAPACITY');
@@ -187,7 +218,7 @@ export function conformanceSuite(transport: 'cpu' | 'cuda', skip: string | false
         const o = s.report.result[0];
         assert.equal(o.code, 'MOE_PEER_FAILED', o.message);
         assert.equal(o.details?.peer, 1);
-        assert.match(o.message ?? '', /rank 1 (failed|exited|rejected its input .* or failed)/);
+        assert.match(o.message ?? '', /rank 1 (failed|exited|abandoned)/);
         assert.ok((o.ms ?? 0) < 10_000, `took ${o.ms} ms: the failure must not wait for the timeout`);
       }
     });

@@ -1,7 +1,7 @@
 import { peerTimeoutError } from '../../ep/call-errors.js';
 import { PeerFailedError, PeerTimeoutError } from '../../errors.js';
 import { ABORT_BIT, type SymmetricTransport, type WaitResult, type WaitSubject } from '../transport.js';
-import { type ControlWords, RANK_EXITED } from './control.js';
+import { type ControlWords, RANK_EXITED, RANK_RUNNING } from './control.js';
 
 /** How long one Atomics.wait sleeps before looking at the peers' status words again. */
 const WAIT_SLICE_MS = 20;
@@ -58,11 +58,11 @@ export class CpuTransport implements SymmetricTransport {
       const v = Atomics.load(w, i);
       if (v === want) return 'arrived';
       if (v === aborted) return 'aborted';
-      const gone = this.control?.firstGone(this.rank);
-      if (gone && gone.rank === subject.peer) {
+      const status = this.control?.status(subject.peer) ?? RANK_RUNNING;
+      if (status !== RANK_RUNNING) {
         throw goneError(
-          gone.rank,
-          gone.status,
+          subject.peer,
+          status,
           `its ${subject.phase} signal (slot ${subject.slot}, call ${subject.callCount})`,
         );
       }

@@ -35,6 +35,7 @@ export async function openCpuTransport(
   world: number,
   heapBytes: number,
   timeoutMs: number,
+  rank?: number,
 ): Promise<CpuTransport> {
   const ctx = cpuRankContext();
   if (!ctx) {
@@ -45,7 +46,17 @@ export async function openCpuTransport(
         { fields: 'world,transport' },
       );
     }
+    if (rank !== undefined && rank !== 0) {
+      throw new ConfigError(`rank ${rank} was given for a world of 1, whose only rank is 0`, {
+        fields: 'rank',
+      });
+    }
     return new CpuTransport(0, 1, [new SharedArrayBuffer(heapBytes)], null);
+  }
+  if (rank !== undefined && rank !== ctx.rank) {
+    throw new ConfigError(`rank ${rank} was given but this thread was launched as rank ${ctx.rank}`, {
+      fields: 'rank',
+    });
   }
   if (ctx.world !== world) {
     throw new ConfigError(`world is ${world} but this rank was launched in a world of ${ctx.world}`, {

@@ -10,7 +10,7 @@ export function elementBytes(dtype: DType): number {
 /**
  * A tensor in GPU memory: dtype, shape, and the device address (`devicePtr`, for passing to other
  * CUDA code). Tensors a group returns are views of its own buffers (see each method's lifetime);
- * tensors made with group.upload() / group.empty() belong to the caller, who frees them with free().
+ * tensors made with group.upload() belong to the caller, who frees them with free().
  */
 export class DeviceTensor<D extends DType = DType> {
   readonly bytes: number;
@@ -24,7 +24,7 @@ export class DeviceTensor<D extends DType = DType> {
     this.bytes = numel(shape) * ELEMENT_BYTES[dtype];
   }
 
-  /** Frees the memory of a tensor made by upload() or empty(); a no-op on views the group owns. */
+  /** Frees the memory of a tensor made by upload(); a no-op on views the group owns. */
   free(): void {
     if (this.freed || !this.release) return;
     this.freed = true;

@@ -19,7 +19,7 @@ import {
   tooManyTokensError,
 } from '../../ep/call-errors.js';
 import type { EpConfig } from '../../ep/config.js';
-import { type CombineHandle, HandleRegistry } from '../../ep/handle.js';
+import { type CombineHandle, HandleRegistry, withAbandoned } from '../../ep/handle.js';
 import {
   type HeapLayout,
   recvRowOffset,
@@ -30,6 +30,7 @@ import {
 import { type DType, type HostTensor, hostTensor, numel } from '../../ep/tensor.js';
 import {
   ClosedError,
+  ConfigError,
   CudaError,
   HandleError,
   type MoeA2aError,
@@ -48,6 +49,8 @@ import {
   EP_ERR_PEER_ABORT_DISPATCH,
   EP_ERR_TIMEOUT_COMBINE,
   EP_ERR_TIMEOUT_DISPATCH,
+  EP_MAX_EXPERTS,
+  EP_MAX_PAIRS,
   EP_ROUTE_THREADS,
   EP_STATE_BYTES,
   EpArgsWriter,
@@ -238,6 +241,21 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   };
 
   static async create(config: EpConfig, layout: HeapLayout, options: GroupOptions & { timeoutMs: number }) {
+    // the routing kernel runs in one block: its shared memory bounds E and T * k
+    if (config.numExperts > EP_MAX_EXPERTS) {
+      throw new ConfigError(
+        `the cuda transport supports numExperts up to ${EP_MAX_EXPERTS}, got ${config.numExperts}`,
+        {
+          fields: 'numExperts',
+        },
+      );
+    }
+    if (config.maxTokensPerRank * config.topk > EP_MAX_PAIRS) {
+      throw new ConfigError(
+        `the cuda transport supports maxTokensPerRank * topk up to ${EP_MAX_PAIRS}, got ${config.maxTokensPerRank * config.topk}`,
+        { fields: 'maxTokensPerRank,topk' },
+      );
+    }
     const drv = loadDriver();
     const localRank = Number(process.env.LOCAL_RANK ?? 0);
     const ordinal = options.device ?? localRank % drv.deviceCount;
@@ -401,6 +419,13 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     this.args.set('hostAbort', 0);
   }
 
+  /** A combine this rank refuses still signals every peer (with the abort bit), so none waits. */
+  private abortCombine(): void {
+    this.args.set('hostAbort', 1);
+    this.launch('ep_combine_send', 1, 32);
+    this.args.set('hostAbort', 0);
+  }
+
   dispatch(
     x: DeviceTensor,
     topkIdx: DeviceTensor,
@@ -409,6 +434,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     this.usable();
     const c = this.config;
     const call = ++this.calls;
+    this.handles.abandonPending(); // a new dispatch ends the previous call's chance to combine
     let T: number;
     let w: DeviceTensor | null = null;
     try {
@@ -423,17 +449,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       this.abortDispatch();
       throw err;
     }
-    const a = this.args;
-    a.numTokens = T;
-    a.set('x', x.devicePtr)
-      .set('topkIdx', topkIdx.devicePtr)
-      .set('topkWeights', w?.devicePtr ?? 0n);
-    const sms = this.smCount;
-    const units = c.hidden / 16; // ep_dispatch: one thread per 16 values of a row
-    const dBlock = rowBlock(units);
-    this.launch('ep_route', 1, EP_ROUTE_THREADS, this.routeSmem);
-    this.launch('ep_dispatch', Math.min(8 * sms, Math.max(1, T * Math.ceil(units / dBlock))), dBlock);
-    this.launch('ep_repack', 4 * sms, 256);
+    this.launchDispatch(x, topkIdx, w, T);
     const handle = this.handles.issue(this, call, T, this.rank, { numTokens: T, topkIdx, weights: w });
     this.lastDispatch = { by: 'eager', combined: false };
     return {
@@ -519,8 +535,16 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   ): DeviceTensor {
     this.usable();
     const c = this.config;
-    const { state: st, consume } = this.handles.resolve(this, handle, this.calls);
-    consume();
+    let st: HandleState;
+    try {
+      st = this.handles.take(this, handle, this.calls);
+    } catch (err) {
+      // as on the cpu transport: abandon a dispatch still waiting for its combine on every rank
+      if (!this.handles.abandonPending()) throw err;
+      this.lastDispatch.combined = true;
+      this.abortCombine();
+      throw withAbandoned(err, this.calls);
+    }
     this.lastDispatch.combined = true;
     let w: DeviceTensor;
     try {
@@ -530,24 +554,11 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       else if (st.weights) w = st.weights;
       else throw missingWeightsError();
     } catch (err) {
-      this.args.set('hostAbort', 1);
-      this.launch('ep_combine_send', 1, 32);
-      this.args.set('hostAbort', 0);
+      this.handles.abandonTaken(handle);
+      this.abortCombine();
       throw err;
     }
-    const a = this.args;
-    a.numTokens = st.numTokens;
-    a.set('topkIdx', st.topkIdx.devicePtr)
-      .set('topkWeights', w.devicePtr)
-      .set('expertOut', expertOut.devicePtr);
-    const sms = this.smCount;
-    const rBlock = rowBlock(c.hidden / 8);
-    this.launch('ep_combine_send', 4 * sms, 256);
-    this.launch(
-      'ep_combine_reduce',
-      Math.min(8 * sms, Math.max(1, st.numTokens * Math.ceil(c.hidden / 8 / rBlock))),
-      rBlock,
-    );
+    this.launchCombine(expertOut, st.topkIdx, w, st.numTokens);
     return new DeviceTensor('bf16', [st.numTokens, c.hidden], this.y, null);
   }
 
@@ -587,6 +598,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     const combineExec = capture(() => this.launchCombine(expertOut, topkIdx, topkWeights, T));
     const owner = {};
     let closed = false;
+    const graphs = this.graphs;
     const live = () => {
       if (closed) throw new ClosedError('this graph was closed');
       this.usable();
@@ -604,6 +616,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       dispatch: () => {
         live();
         this.calls++;
+        this.handles.abandonPending();
         this.lastDispatch = { by: owner, combined: false };
         drv.graphLaunch(dispatchExec, this.stream);
       },
@@ -620,12 +633,14 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       close: () => {
         if (closed) return;
         closed = true;
-        this.synchronize();
+        graphs.delete(call);
+        if (!this.closed) this.synchronize();
         drv.graphExecDestroy(dispatchExec);
         drv.graphExecDestroy(combineExec);
         for (const t of [x, topkIdx, topkWeights, expertOut]) t.free();
       },
     };
+    graphs.add(call);
     return call;
   }
 
@@ -635,9 +650,11 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     await this.heap.barrier(`user${++this.barriers}`, this.timeoutMs);
   }
   private barriers = 0;
+  private readonly graphs = new Set<GraphCall>();
 
   async close(): Promise<void> {
     if (this.closed) return;
+    for (const g of [...this.graphs]) g.close(); // before the stream and buffers they use go
     this.closed = true;
     process.off('exit', this.onExit);
     try {

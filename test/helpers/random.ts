@@ -1,5 +1,5 @@
 /**
- * A small seeded PRNG for tests (mulberry32: 32-bit state, period 2^32, fast and reproducible).
+ * Seeded random data for tests, on the library's generator (mulberry32: src/ep/random.ts).
  * Every test passes a fixed seed so a failure replays exactly.
  *
  * API:
@@ -14,6 +14,8 @@
  *   probability `dropProb`.
  * - `weights(n)`: f32 [n], multiples of 2^-24 in [0, 1) (exact in f32, so never rounded up to 1).
  */
+
+import { Rng as LibRng, randomTopk } from '../../src/ep/random.js';
 
 export interface Bf16Options {
   /** Smallest unbiased exponent (>= -126). Default -8. */
@@ -31,15 +33,10 @@ export interface Rng {
 }
 
 export function rng(seed: number): Rng {
-  let a = seed >>> 0;
-  const next = (): number => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  const int = (n: number): number => Math.floor(next() * n);
+  // the library's own generator (src/ep/random.ts); this adds the test-only shapes of data
+  const g = new LibRng(seed);
+  const next = (): number => g.next();
+  const int = (n: number): number => g.int(n);
   return {
     next,
     int,
@@ -59,19 +56,7 @@ export function rng(seed: number): Rng {
     },
     topkIdx(tokens, k, numExperts, dropProb = 0) {
       if (k > numExperts) throw new RangeError(`topkIdx: k (${k}) > numExperts (${numExperts})`);
-      const out = new Int32Array(tokens * k);
-      const perm = Array.from({ length: numExperts }, (_, i) => i);
-      for (let t = 0; t < tokens; t++) {
-        // partial Fisher-Yates: the first k entries become a uniform random k-subset, in random order
-        for (let j = 0; j < k; j++) {
-          const r = j + int(numExperts - j);
-          const tmp = perm[j];
-          perm[j] = perm[r];
-          perm[r] = tmp;
-          out[t * k + j] = dropProb > 0 && next() < dropProb ? -1 : perm[j];
-        }
-      }
-      return out;
+      return randomTopk(g, tokens, k, numExperts, dropProb);
     },
     weights(n) {
       const out = new Float32Array(n);

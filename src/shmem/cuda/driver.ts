@@ -716,27 +716,38 @@ function makeDriver(
       }
     }
     const params = kernelParamsFor(args);
-    const launchKernel = fns.cuLaunchKernel;
     return {
       fn,
       args,
       launch(grid, block, sharedBytes, stream) {
-        const res = launchKernel(
-          fn,
-          grid[0],
-          grid[1],
-          grid[2],
-          block[0],
-          block[1],
-          block[2],
-          sharedBytes,
-          stream,
-          params,
-          null,
-        );
-        if (res !== CUDA_SUCCESS) fail('cuLaunchKernel', res);
+        launchKernel(fn, grid, block, sharedBytes, stream, params);
       },
     };
+  }
+
+  /** One cuLaunchKernel with a prepared kernelParams array (the struct's address). */
+  function launchKernel(
+    fn: CuFunction,
+    grid: Dim3,
+    block: Dim3,
+    sharedBytes: number,
+    stream: CuStream | null,
+    params: BigUint64Array,
+  ): void {
+    const res = fns.cuLaunchKernel(
+      fn,
+      grid[0],
+      grid[1],
+      grid[2],
+      block[0],
+      block[1],
+      block[2],
+      sharedBytes,
+      stream,
+      params,
+      null,
+    );
+    if (res !== CUDA_SUCCESS) fail('cuLaunchKernel', res);
   }
 
   function eventOrStreamDone(call: string, res: number): boolean {
@@ -931,20 +942,7 @@ function makeDriver(
     },
     prepareLaunch,
     launch(fn, grid, block, sharedBytes, stream, args) {
-      const res = fns.cuLaunchKernel(
-        fn,
-        grid[0],
-        grid[1],
-        grid[2],
-        block[0],
-        block[1],
-        block[2],
-        sharedBytes,
-        stream,
-        kernelParamsFor(args),
-        null,
-      );
-      if (res !== CUDA_SUCCESS) fail('cuLaunchKernel', res);
+      launchKernel(fn, grid, block, sharedBytes, stream, kernelParamsFor(args));
     },
 
     streamCreate(opts = {}) {

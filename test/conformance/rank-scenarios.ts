@@ -55,6 +55,17 @@ function checkpoint(g: EpGroup<unknown>): void {
 
 let current: EpGroup<unknown> | null = null;
 
+/** Creates the case's group on this rank and makes it the one observe() checkpoints. */
+async function openGroup(task: ScenarioTask, kase: VerifyCase) {
+  const g: EpGroup<unknown> = await createGroup({
+    ...kase.config,
+    transport: task.transport,
+    timeoutMs: task.timeoutMs,
+  });
+  current = g;
+  return { g, cfg: resolveConfig(kase.config) };
+}
+
 async function observe(step: string, fn: () => unknown): Promise<Observation> {
   const t0 = performance.now();
   if (process.env.MOE_A2A_TRACE) process.stderr.write(`rank ${process.env.RANK}: ${step}\n`);
@@ -78,13 +89,7 @@ async function observe(step: string, fn: () => unknown): Promise<Observation> {
 async function errorSteps(task: ScenarioTask, rank: number): Promise<Observation[]> {
   const obs: Observation[] = [];
   const kase = small(task.world);
-  const cfg = resolveConfig(kase.config);
-  const g: EpGroup<unknown> = await createGroup({
-    ...kase.config,
-    transport: task.transport,
-    timeoutMs: task.timeoutMs,
-  });
-  current = g;
+  const { g, cfg } = await openGroup(task, kase);
   let call = 0;
   const correct = async (after: string) => {
     if (process.env.MOE_A2A_TRACE) process.stderr.write(`rank ${rank}: correct call after ${after}\n`);
@@ -175,13 +180,7 @@ async function errorSteps(task: ScenarioTask, rank: number): Promise<Observation
 
   // 8. capacity: a group with room for 16 rows per peer; rank 0 sends all 32 pairs of 8 tokens to one rank
   const capCase = small(task.world, { maxRowsPerPeer: 16 });
-  const capCfg = resolveConfig(capCase.config);
-  const cg: EpGroup<unknown> = await createGroup({
-    ...capCase.config,
-    transport: task.transport,
-    timeoutMs: task.timeoutMs,
-  });
-  current = cg;
+  const { g: cg, cfg: capCfg } = await openGroup(task, capCase);
   obs.push(
     await observe('capacity', () => {
       const idx = new Int32Array(T * k);
@@ -201,13 +200,7 @@ async function errorSteps(task: ScenarioTask, rank: number): Promise<Observation
   // 9. per-expert capacity: room for 8 rows per expert; every rank sends 8 tokens to expert 0 of the
   // last rank, which then holds 8 * world rows for it: that rank's dispatch fails, its peers' combine
   const expCase = small(task.world, { maxRowsPerExpert: 8 });
-  const expCfg = resolveConfig(expCase.config);
-  const eg: EpGroup<unknown> = await createGroup({
-    ...expCase.config,
-    transport: task.transport,
-    timeoutMs: task.timeoutMs,
-  });
-  current = eg;
+  const { g: eg, cfg: expCfg } = await openGroup(task, expCase);
   const target = (task.world - 1) * expCfg.expertsPerRank;
   const toOne = new Int32Array(T * k).fill(-1);
   for (let t = 0; t < T; t++) toOne[t * k] = target;
@@ -242,15 +235,13 @@ async function errorSteps(task: ScenarioTask, rank: number): Promise<Observation
 
 async function silentOrThrowing(task: ScenarioTask, rank: number): Promise<Observation[]> {
   const kase = small(task.world);
-  const cfg = resolveConfig(kase.config);
-  const g = await createGroup({ ...kase.config, transport: task.transport, timeoutMs: task.timeoutMs });
+  const { g, cfg } = await openGroup(task, kase);
   if (rank === task.culprit) {
     if (task.scenario === 'throwing-rank') throw new Error(`rank ${rank} fails on purpose before dispatch`);
     // silent: stay alive well past the others' timeout without ever calling dispatch
     await new Promise((r) => setTimeout(r, task.timeoutMs * 3));
     return [{ step: 'silent', code: 'ok' }];
   }
-  current = g;
   const obs = await observe('dispatch', () => {
     const mismatch = verifyCall(g, cfg, kase, 0, rank, io);
     if (mismatch) throw new Error(mismatch);

@@ -1,4 +1,4 @@
-// moe-a2a kernels: routing, dispatch, repack, combine (send + reduce), and a copy benchmark.
+// moe-a2a kernels: routing with the count exchange, dispatch, the source-major view, combine (send + reduce), and a copy benchmark.
 // The protocol is the project's design brief (DESIGN.md); src/ep/*.ts is the bit-exact cpu reference
 // every value here must equal (routing.ts, codec.ts, layout.ts).
 // Every kernel takes exactly one argument, `const __grid_constant__ EpArgs a` (kernels/ep_args.h),
@@ -9,10 +9,12 @@
 // G = groupSize, SMs = multiprocessor count, roundup32(n) = n rounded up to a multiple of 32.
 // All kernels run on one stream, in this order, with the same EpArgs bytes (numTokens and the tensor
 // pointers of the call filled in; combine kernels need x/topkIdx/topkWeights/expertOut/y as relevant):
-//   dispatch:  ep_route -> ep_dispatch -> ep_repack          combine:  ep_combine_send -> ep_combine_reduce
+//   dispatch:  ep_route -> ep_dispatch [-> ep_recv_view]      combine:  [ep_combine_send ->] ep_combine_reduce
+// ep_recv_view runs only when the caller asks for the source-major receive buffer (viewX/viewScales set).
+// ep_combine_send moves rows between ranks only: with W = 1 the host may leave it out.
 // Every kernel is correct for any grid >= 1 (they grid-stride; launch at least 1 block even when T = 0)
 // and any block that is a multiple of 32 up to its maximum. The grids below are for speed only.
-// ep_dispatch and ep_combine_send end with "the last block to finish publishes and waits": no
+// ep_dispatch (W > 1) and ep_combine_send end with "the last block to finish publishes and waits": no
 // cooperative launch, no co-residency needed.
 //
 //  ep_route           grid 1, block 1024 (EP_ROUTE_THREADS),
@@ -20,7 +22,7 @@
 //                     T = maxTokensPerRank so one value serves every call (and a captured graph).
 //  ep_dispatch        block B = roundup32(ceil(U / ceil(U / 256))) with U = H/16  (H = 7168 -> 224);
 //                     grid = min(8 * SMs, max(1, T * ceil(H / (16 * B))));  dynamic smem 0.  B <= 512.
-//  ep_repack          block 256, grid 4 * SMs;  dynamic smem 0.  B <= 512.
+//  ep_recv_view       block 256, grid 4 * SMs;  dynamic smem 0.  B <= 512.
 //  ep_combine_send    block 256, grid 4 * SMs;  dynamic smem 0.  B <= 512.
 //  ep_combine_reduce  block B = roundup32(ceil(V / ceil(V / 256))) with V = H/8   (H = 7168 -> 224);
 //                     grid = min(8 * SMs, max(1, T * ceil(V / B)));  dynamic smem 0.  B <= 512.
@@ -34,30 +36,36 @@
 // ids in shared memory; a larger batch needs a multi-block router), W <= E. Sizes as src/ep/config.ts
 // allows: H a multiple of 8; G a multiple of 8, <= 1024, dividing H. The FP8 fast path covers G = 16, 32,
 // 64, 128, 256, 512 (G/16 a power of two <= 32); any other G takes a slower per-thread-group path with the
-// same arithmetic. Pointers 16-byte aligned (x, y, expertX, expertOut, expertScales, heap bases).
+// same arithmetic. Pointers 16-byte aligned (x, y, expertOut, viewX, viewScales, heap bases).
 //
 // HOST DUTIES: zero EpState once at creation (dispatchCalls, doneBlocks, err) and the whole symmetric heap
 // (signal words must start below any call count); peerBases[] in device memory, peerBases[rank] = the
 // local heap; one call of a group in flight at a time, on one stream (a handle's combine must come
-// before the next dispatch: combine reads pairRow/sendOffsets and recvSplits[slot] of its dispatch);
-// ep_combine_reduce also reads expertOut (rows this rank sent to its own experts are reduced straight
-// from expertOut: ep_combine_send does not copy them). After each collective, read errHost
-// (host-mapped): the device writes it only when an error happens and never clears it, so the host
-// clears errHost->code after handling one. EP_ERR_CAPACITY: aux = 0 from ep_route (a = destination,
-// b = rows > maxRowsPerPeer), aux = 1 from ep_repack (a = global expert id, b = rows > expertCapacity;
-// that rank has already sent combine aborts, so peers' combines fail with EP_ERR_PEER_ABORT_COMBINE
-// instead of timing out). On a timeout (EP_ERR_TIMEOUT_*) late writes may still land: treat the group
-// as broken. To abort a call for a host-side reason (a bad shape): set hostAbort to 1 and launch ep_route (T = 0 is fine) + ep_dispatch,
-// or ep_combine_send alone: no data is sent, every peer gets call | EP_ABORT_BIT, the kernel still waits
-// for the peers' signals (so the slot is quiet afterwards), and errHost is not written; set it back to 0.
-// (Equivalently: write a non-zero, non-timeout code to state->err.code between ep_route and ep_dispatch.)
+// before the next dispatch: combine reads pairRow/pairDest/recvSplits of its dispatch, and expertX is
+// rewritten by the next dispatch). After each collective, read errHost (host-mapped): the device writes
+// it only when an error happens and never clears it, so the host clears errHost->code after handling
+// one. EP_ERR_CAPACITY: aux = 0 (a = destination, b = rows > maxRowsPerPeer: this rank's routing),
+// aux = 1 (a = global expert id of this rank, b = rows > expertCapacity: that rank has already sent
+// combine aborts, so peers' combines fail with EP_ERR_PEER_ABORT_COMBINE instead of timing out; its
+// own rows still went to its peers). On a timeout (EP_ERR_TIMEOUT_*) late writes may still land: treat
+// the group as broken. To abort a call for a host-side reason (a bad shape): set hostAbort to 1 and
+// launch ep_route (T = 0 is fine) + ep_dispatch, or ep_combine_send alone: no data is sent, every peer
+// gets call | EP_ABORT_BIT, and errHost is not written; set it back to 0.
 // ===========================================================================================================
+//
+// The protocol (see docs/protocol.md): ep_route counts this rank's pairs per expert and all-gathers the
+// counts (E ints to every peer, then a count signal). From every rank's counts each rank computes, for
+// each of its pairs, the final row in the owner's expert-major expertX (sources in rank order, each
+// source's rows in its token order), so ep_dispatch stores every row once, straight into its final
+// place in the owner's heap: no receive buffer and no repack. The count exchange also orders calls:
+// a rank sends its counts for call n + 1 only after its combine of call n, so no peer writes into its
+// expertX while it may still read the previous call's.
 //
 // Call numbering: ep_route increments state->dispatchCalls (call = the new value, slot = call & 1) and
 // clears state->err; every later kernel of that dispatch and of the matching combine reads
 // dispatchCalls. Signals hold call (or call | EP_ABORT_BIT) and are never cleared: a stale value can
-// never equal a later call. A rank whose routing failed sends no data but still signals every peer,
-// with the abort bit, so no peer waits for a timeout.
+// never equal a later call. A rank whose routing failed signals its counts with the abort bit, so every
+// rank learns in ep_route that the call is off and no rank sends rows.
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 #include <limits.h>
@@ -74,7 +82,7 @@
 
 // EP_ERR_CAPACITY has two sources, told apart by EpError.aux (the header defines one code for both):
 //   aux = EP_CAPACITY_AUX_SEND (0):   ep_route, a = destination rank, b = rows it would get (> maxRowsPerPeer)
-//   aux = EP_CAPACITY_AUX_EXPERT (1): ep_repack, a = global expert id, b = rows it received (> expertCapacity)
+//   aux = EP_CAPACITY_AUX_EXPERT (1): ep_route, a = global expert id of this rank, b = rows it would hold (> expertCapacity)
 #define EP_CAPACITY_AUX_SEND 0u
 #define EP_CAPACITY_AUX_EXPERT 1u
 
@@ -83,6 +91,19 @@
 #define EP_INTERNAL_HOST_ABORT 0xffffffffu
 
 using namespace ep;
+
+// Phase timestamps of ep_route for bench/micro/kernel_probe.cu (built with -DEP_PROBE); nothing otherwise.
+#ifdef EP_PROBE
+__device__ long long ep_probe[16];
+#define EP_PROBE_AT(i)                                 \
+  do {                                                 \
+    if (threadIdx.x == 0) ep_probe[i] = clock64();     \
+  } while (0)
+#else
+#define EP_PROBE_AT(i) \
+  do {                 \
+  } while (0)
+#endif
 
 namespace {
 
@@ -137,6 +158,22 @@ __device__ void block_exclusive_scan(int* data, int n, int* scratch) {
   }
   if (tid == 0) data[n] = scratch[32];
   __syncthreads();
+}
+
+// The lanes of this warp whose `key` equals mine (what __match_any_sync returns), from one ballot per
+// key bit: on Hopper match.any costs hundreds of cycles, this a few dozen. N chunks at once for ILP.
+template <int N>
+__device__ __forceinline__ void match_keys(const uint32_t (&key)[N], uint32_t (&m)[N], int bits) {
+#pragma unroll
+  for (int u = 0; u < N; ++u) m[u] = FULL_MASK;
+  for (int b = 0; b < bits; ++b) {
+#pragma unroll
+    for (int u = 0; u < N; ++u) {
+      const bool bit = (key[u] >> b) & 1u;
+      const uint32_t bal = __ballot_sync(FULL_MASK, bit);
+      m[u] &= bit ? bal : ~bal;
+    }
+  }
 }
 
 // The end of a "last block finishes" kernel: every block orders its stores (local and peer) before
@@ -205,21 +242,31 @@ __device__ __forceinline__ uint32_t bf16x2_bits(float lo, float hi) {
 // ---------------------------------------------------------------------------------------------
 // Dispatch helpers
 
+// Waits for ep_route (see wait_for_prior) and says whether this rank stores rows this call. Any error
+// but its own expert over capacity means the call is off on every rank (each saw it in the count
+// exchange): no rows and no signals. With its own expert over capacity a rank still sends its rows
+// to its peers, which expect them. Every thread of a block gets the same answer.
+__device__ __forceinline__ bool routed(const EpArgs& a) {
+  wait_for_prior();
+  const EpState* st = state_of(a);
+  const uint32_t code = read_err_code(st);
+  return code == 0 || (code == EP_ERR_CAPACITY && *(const volatile uint32_t*)&st->err.aux == EP_CAPACITY_AUX_EXPERT);
+}
+
 struct DestList {
   uint64_t row[2][EP_MAX_TOPK];    // destination row address (peer heap) per valid slot
   uint64_t scale[2][EP_MAX_TOPK];  // destination scales address (FP8)
   int n[2];
 };
 
-// Warp 0 collects the valid destinations of token t into buffer `buf`: for slot j with expert
-// e = topkIdx[t*k+j] >= 0, destination d = e / EPR, row r = pairRow - sendOffsets[d*EPR] (< MAX_M,
-// checked by ep_route), written at peer d's recvData[slot][rank][r]. Order does not matter here.
-__device__ __forceinline__ void gather_dests(const EpArgs& a, int t, uint64_t slot, DestList& L, int buf) {
+// Warp 0 collects the destinations of token t into buffer `buf`: for slot j with a row to store
+// (pairDest[t*k+j] = r >= 0, owner d = e / EPR), the address of row r of d's expertX and of its scales.
+// Order does not matter here.
+__device__ __forceinline__ void gather_dests(const EpArgs& a, int t, DestList& L, int buf) {
   if (threadIdx.x >= 32) return;
   const int lane = threadIdx.x;
   const int* topk = (const int*)a.topkIdx;
-  const int* pairRow = (const int*)a.pairRow;
-  const int* sendOffsets = (const int*)a.sendOffsets;
+  const int* pairDest = (const int*)a.pairDest;
   const uint64_t* peer = (const uint64_t*)a.peerBases;
   const int k = a.topk;
   int n = 0;
@@ -229,14 +276,11 @@ __device__ __forceinline__ void gather_dests(const EpArgs& a, int t, uint64_t sl
     uint64_t row = 0, sc = 0;
     if (j < k) {
       const int p = t * k + j;
-      const int e = __ldg(topk + p);
-      if (e >= 0) {
-        const int d = e / a.expertsPerRank;
-        const int r = __ldg(pairRow + p) - __ldg(sendOffsets + d * a.expertsPerRank);
-        const uint64_t base = __ldg(peer + d);
-        const uint64_t idx = (uint64_t)a.rank * (uint64_t)a.maxRowsPerPeer + (uint64_t)r;
-        row = base + a.recvDataOff + slot * a.recvDataSlot + idx * a.dispatchRowBytes;
-        sc = base + a.recvScalesOff + slot * a.recvScalesSlot + idx * (uint64_t)a.groupsPerRow * 4u;
+      const int r = __ldg(pairDest + p);
+      if (r >= 0) {
+        const uint64_t base = __ldg(peer + __ldg(topk + p) / a.expertsPerRank);
+        row = base + a.expertXOff + (uint64_t)r * a.dispatchRowBytes;
+        sc = base + a.expertScalesOff + (uint64_t)r * (uint64_t)a.groupsPerRow * 4u;
         valid = true;
       }
     }
@@ -252,7 +296,7 @@ __device__ __forceinline__ void gather_dests(const EpArgs& a, int t, uint64_t sl
 }
 
 // bf16 rows: item = (token, chunk of 2*B vectors of 8 values); two 16-byte loads per thread in flight.
-__device__ void dispatch_bf16(const EpArgs& a, uint64_t slot, DestList& L) {
+__device__ void dispatch_bf16(const EpArgs& a, DestList& L) {
   const int B = blockDim.x, tid = threadIdx.x;
   const int V = a.hidden / 8;
   const int chunks = (V + 2 * B - 1) / (2 * B);
@@ -266,7 +310,8 @@ __device__ void dispatch_bf16(const EpArgs& a, uint64_t slot, DestList& L) {
     uint4 r0 = make_uint4(0, 0, 0, 0), r1 = r0;
     if (v0 < V) r0 = ld_nc_v4(src + (uint64_t)v0 * 16u);
     if (v1 < V) r1 = ld_nc_v4(src + (uint64_t)v1 * 16u);
-    gather_dests(a, t, slot, L, buf);
+    if (it == (int)blockIdx.x && !routed(a)) return;
+    gather_dests(a, t, L, buf);
     // Double-buffered list: this barrier also orders the previous item's reads of buffer buf^1
     // before the next item's gather overwrites it.
     __syncthreads();
@@ -282,7 +327,7 @@ __device__ void dispatch_bf16(const EpArgs& a, uint64_t slot, DestList& L) {
 // FP8, G/16 = lanesPerGroup a power of two <= 32: item = (token, chunk of B units of 16 values); a
 // thread loads 32 bytes of bf16, the lanesPerGroup consecutive lanes of a group reduce amax with
 // shuffles, and each thread stores 16 FP8 bytes (one vector) per destination.
-__device__ void dispatch_fp8_fast(const EpArgs& a, uint64_t slot, DestList& L, int lanesPerGroup) {
+__device__ void dispatch_fp8_fast(const EpArgs& a, DestList& L, int lanesPerGroup) {
   const int B = blockDim.x, tid = threadIdx.x, lane = tid & 31;
   const int U = a.hidden / 16;
   const int chunks = (U + B - 1) / B;
@@ -299,13 +344,14 @@ __device__ void dispatch_fp8_fast(const EpArgs& a, uint64_t slot, DestList& L, i
       w0 = ld_nc_v4(src);
       w1 = ld_nc_v4(src + 16);
     }
-    gather_dests(a, t, slot, L, buf);
     float v[16];
     bf16x8_to_f32(w0, v);
     bf16x8_to_f32(w1, v + 8);
     float amax = amax8(v + 8, amax8(v, 0.0f));
     for (int o = lanesPerGroup >> 1; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(FULL_MASK, amax, o));
     const float scale = group_scale(amax);
+    if (it == (int)blockIdx.x && !routed(a)) return;  // the first item's loads overlapped ep_route
+    gather_dests(a, t, L, buf);
     uint4 q;
     q.x = fp8x4(__fdiv_rn(v[0], scale), __fdiv_rn(v[1], scale), __fdiv_rn(v[2], scale), __fdiv_rn(v[3], scale));
     q.y = fp8x4(__fdiv_rn(v[4], scale), __fdiv_rn(v[5], scale), __fdiv_rn(v[6], scale), __fdiv_rn(v[7], scale));
@@ -328,7 +374,7 @@ __device__ void dispatch_fp8_fast(const EpArgs& a, uint64_t slot, DestList& L, i
 
 // FP8, any other G (a multiple of 8): item = (token, chunk of B groups); a thread owns a whole group:
 // one pass for amax, a second (L1/L2-hot) pass quantising 8 values per 8-byte store.
-__device__ void dispatch_fp8_general(const EpArgs& a, uint64_t slot, DestList& L) {
+__device__ void dispatch_fp8_general(const EpArgs& a, DestList& L) {
   const int B = blockDim.x, tid = threadIdx.x;
   const int G = a.groupSize, NG = a.groupsPerRow, VG = G / 8;
   const int chunks = (NG + B - 1) / B;
@@ -338,7 +384,8 @@ __device__ void dispatch_fp8_general(const EpArgs& a, uint64_t slot, DestList& L
   for (int it = blockIdx.x; it < items; it += gridDim.x, buf ^= 1) {
     const int t = it / chunks, c = it % chunks;
     const int g = c * B + tid;
-    gather_dests(a, t, slot, L, buf);
+    if (it == (int)blockIdx.x && !routed(a)) return;
+    gather_dests(a, t, L, buf);
     __syncthreads();
     if (g >= NG) continue;
     const char* src = x + (uint64_t)t * a.hidden * 2u + (uint64_t)g * G * 2u;
@@ -363,7 +410,8 @@ __device__ void dispatch_fp8_general(const EpArgs& a, uint64_t slot, DestList& L
 }
 
 // ---------------------------------------------------------------------------------------------
-// Receive-side tables (ep_repack, ep_combine_send), built by every block from recvSplits[slot]:
+// Receive-side tables (ep_recv_view, ep_combine_send), built by every block from recvSplits (the split
+// records ep_route derived from every rank's counts):
 //   pre[q]  (q = s*EPR + le): exclusive prefix of counts in source-major order; pre[E] = rows received.
 //           Rows from s are the flat range [pre[s*EPR], pre[(s+1)*EPR]), expert-sorted.
 //   preT[le*W + s]: exclusive prefix in expert-major order; the expert-major position of row i of
@@ -377,19 +425,17 @@ struct RecvTables {
   int flag;
 };
 
-__device__ void build_tables(const EpArgs& a, uint64_t slot, RecvTables& R) {
+__device__ void build_tables(const EpArgs& a, RecvTables& R) {
   const int E = a.numExperts, W = a.world, EPR = a.expertsPerRank;
-  const uint64_t own = ((const uint64_t*)a.peerBases)[a.rank];
-  // Written by peers before their release signal, which ep_dispatch's tail acquired: read at L2.
-  const char* splits = (const char*)(own + a.recvSplitsOff + slot * a.recvSplitsSlot);
+  // Written by ep_route of this call (an earlier kernel on the stream).
+  const int* splits = (const int*)a.recvSplits;
   for (int q = threadIdx.x; q < E; q += blockDim.x) {
     const int s = q / EPR, le = q - s * EPR;
-    const int c = (int)ld_cg_u32(splits + ((uint64_t)s * a.splitsPerPeer + le) * 4u);
+    const int c = splits[s * (EPR + 1) + le];
     R.pre[q] = c;
     R.preT[le * W + s] = c;
   }
-  for (int s = threadIdx.x; s < W; s += blockDim.x)
-    R.mst[s] = (int)ld_cg_u32(splits + ((uint64_t)s * a.splitsPerPeer + EPR) * 4u);
+  for (int s = threadIdx.x; s < W; s += blockDim.x) R.mst[s] = splits[s * (EPR + 1) + EPR];
   block_exclusive_scan(R.pre, E, R.scratch);
   block_exclusive_scan(R.preT, E, R.scratch);
 }
@@ -433,36 +479,6 @@ __device__ __forceinline__ void copy_segment(char* dst, const char* src, uint64_
 }
 
 template <int VB>
-__device__ void repack_rows(const EpArgs& a, uint64_t slot, const RecvTables& R) {
-  const int E = a.numExperts, W = a.world, EPR = a.expertsPerRank;
-  const int lane = threadIdx.x & 31;
-  const int warpsPerBlock = blockDim.x >> 5;
-  const uint64_t rowBytes = a.dispatchRowBytes;
-  const int segs = (int)((rowBytes + 32u * SEG_VECS * VB - 1) / (32u * SEG_VECS * VB));
-  const int rows = R.pre[E];
-  // 32-bit: items <= rows of one recvData slot * segments, far below 2^31 for any heap that fits a GPU.
-  const uint32_t items = (uint32_t)rows * (uint32_t)segs;
-  const uint64_t own = ((const uint64_t*)a.peerBases)[a.rank];
-  const char* recv = (const char*)(own + a.recvDataOff + slot * a.recvDataSlot);
-  const char* recvScales = (const char*)(own + a.recvScalesOff + slot * a.recvScalesSlot);
-  char* outX = (char*)a.expertX;
-  char* outS = (char*)a.expertScales;
-  const uint64_t gpr = a.fp8 ? (uint64_t)a.groupsPerRow : 0u;
-  for (uint32_t it = blockIdx.x * warpsPerBlock + (threadIdx.x >> 5); it < items;
-       it += gridDim.x * warpsPerBlock) {
-    const int g = (int)(it / (uint32_t)segs), seg = (int)(it % (uint32_t)segs);
-    const RowLoc l = locate(R, E, W, EPR, g);
-    const uint64_t srcRow = (uint64_t)l.s * a.maxRowsPerPeer + l.iSrc;
-    const uint64_t dstRow = (uint64_t)l.le * a.expertCapacity + l.pos;
-    copy_segment<VB, true>(outX + dstRow * rowBytes, recv + srcRow * rowBytes, rowBytes, seg, lane);
-    if (seg == 0 && gpr != 0) {
-      for (uint64_t i = lane; i < gpr; i += 32)
-        st_u32(outS + (dstRow * gpr + i) * 4u, ld_cg_u32(recvScales + (srcRow * gpr + i) * 4u));
-    }
-  }
-}
-
-template <int VB>
 __device__ void combine_send_rows(const EpArgs& a, uint64_t slot, const RecvTables& R) {
   const int E = a.numExperts, W = a.world, EPR = a.expertsPerRank;
   const int lane = threadIdx.x & 31;
@@ -473,7 +489,7 @@ __device__ void combine_send_rows(const EpArgs& a, uint64_t slot, const RecvTabl
   // expertOut (same values, so the same result), which saves a round trip through HBM.
   const int selfLo = R.pre[a.rank * EPR], selfRows = R.pre[(a.rank + 1) * EPR] - selfLo;
   const int rows = R.pre[E] - selfRows;
-  // 32-bit: items <= rows of one recvData slot * segments, far below 2^31 for any heap that fits a GPU.
+  // 32-bit: items <= rows received * segments, far below 2^31 for any heap that fits a GPU.
   const uint32_t items = (uint32_t)rows * (uint32_t)segs;
   const uint64_t* peer = (const uint64_t*)a.peerBases;
   const char* expertOut = (const char*)a.expertOut;
@@ -493,30 +509,39 @@ __device__ void combine_send_rows(const EpArgs& a, uint64_t slot, const RecvTabl
 }  // namespace
 
 // =============================================================================================
-// 1. ep_route: validate topkIdx, count pairs per expert, prefix-sum, stable pair -> row, capacity.
+// 1. ep_route: validate topkIdx, count pairs per expert, prefix-sum, stable pair -> row, capacity; send
+// the counts to every peer and receive theirs; from all counts, each pair's row in its owner's expertX.
 //
 // One block of EP_ROUTE_THREADS (1024) threads. Dynamic shared memory (4*(NW*E + E + 1) + 2*N bytes,
 // NW = blockDim/32, N = T*k):
-//   hist[NW][E]  per-warp histograms, later per-warp running row bases
+//   hist[NW][E]  per-warp histograms, later per-warp running row bases, later delta[E] and mst[W]
 //   off[E+1]     exclusive prefix sum of the counts
 //   idx[N]       topkIdx as int16 (ids are < 1024), invalid ids stored as -1
 // Warp w owns the contiguous pair segment [w*S, (w+1)*S), S a multiple of 128, so "pairs of expert e in
 // increasing p" = warps in order, and inside a warp 32-pair chunks in order, and inside a chunk lanes in
-// order (__match_any_sync + popc of the lower lanes). Row of pair p = off[e] + pairs of e in earlier
+// order (lanes of the same expert found with ballots, match_keys, + popc of the lower lanes). Row of pair p = off[e] + pairs of e in earlier
 // warps + pairs of e earlier in this warp: exactly planRouting's stable order.
 extern "C" __global__ void __launch_bounds__(EP_ROUTE_THREADS, 1) ep_route(const __grid_constant__ EpArgs a) {
   extern __shared__ __align__(16) int dyn[];
   __shared__ int sScratch[33];
-  __shared__ int sBad;  // first offending pair (ids), INT_MAX if none
-  __shared__ int sCap;  // first destination over capacity
+  __shared__ int sBad;   // first offending pair (ids), INT_MAX if none
+  __shared__ int sCap;   // first destination over capacity
+  __shared__ int sCapE;  // first local expert over capacity
+  __shared__ int sMst[EP_MAX_EXPERTS];    // m_st of each source (W <= E)
+  __shared__ int sDelta[EP_MAX_EXPERTS];  // per expert: destination row minus send row, or INT_MIN
   __shared__ unsigned long long sCall;
+  EP_PROBE_AT(0);
+  // ep_dispatch (launched with programmatic serialization) may start loading and quantising its rows
+  // now; it waits for this kernel before it reads anything written here.
+  allow_dependents();
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int B = blockDim.x, NW = B >> 5;
-  const int E = a.numExperts, K = a.topk, W = a.world, EPR = a.expertsPerRank;
+  const int E = a.numExperts, K = a.topk, W = a.world, EPR = a.expertsPerRank, me = a.rank;
   const int N = a.numTokens * K;
   const int* topk = (const int*)a.topkIdx;
   EpState* st = state_of(a);
+  const uint64_t* peer = (const uint64_t*)a.peerBases;
 
   // A host that passed too little shared memory, or sizes beyond the limits, is a programming
   // error of the host, not a user input error: stop loudly instead of corrupting memory.
@@ -543,33 +568,40 @@ extern "C" __global__ void __launch_bounds__(EP_ROUTE_THREADS, 1) ep_route(const
     sCall = call;
     sBad = INT_MAX;
     sCap = INT_MAX;
+    sCapE = INT_MAX;
+    if (host_abort(a) != 0) mark_host_abort(a);  // after the clear above (same thread)
   }
   for (int i = tid; i < NW * E; i += B) hist[i] = 0;
-  __syncthreads();  // sBad initialised (and err cleared) before any thread's atomicMin or report
-  if (host_abort(a) != 0) {
-    if (tid == 0) mark_host_abort(a);
-    return;
-  }
+  for (int s = tid; s < W; s += B) sMst[s] = 0;
+  bool ok = host_abort(a) == 0;
 
-  // Phase 1: load ids (8 loads in flight per thread), check the range.
-  for (int p0 = 0; p0 < N; p0 += 8 * B) {
-    int v[8];
+  // Phase 1 (overlapping the set-up above): load ids (8 loads in flight per thread), check the range;
+  // the first bad pair of this thread joins sBad after the barrier that initialises it.
+  int myBad = INT_MAX;
+  if (ok) {
+    for (int p0 = 0; p0 < N; p0 += 8 * B) {
+      int v[8];
 #pragma unroll
-    for (int u = 0; u < 8; ++u) {
-      const int p = p0 + u * B + tid;
-      v[u] = p < N ? __ldg(topk + p) : -1;
-    }
+      for (int u = 0; u < 8; ++u) {
+        const int p = p0 + u * B + tid;
+        v[u] = p < N ? __ldg(topk + p) : -1;
+      }
 #pragma unroll
-    for (int u = 0; u < 8; ++u) {
-      const int p = p0 + u * B + tid;
-      if (p < N) {
-        const bool ok = v[u] >= -1 && v[u] < E;
-        if (!ok) atomicMin(&sBad, p);
-        idx[p] = (int16_t)(ok ? v[u] : -1);
+      for (int u = 0; u < 8; ++u) {
+        const int p = p0 + u * B + tid;
+        if (p < N) {
+          const bool valid = v[u] >= -1 && v[u] < E;
+          if (!valid) myBad = min(myBad, p);
+          idx[p] = (int16_t)(valid ? v[u] : -1);
+        }
       }
     }
   }
-  __syncthreads();  // idx, hist zeroes, sBad init visible to all
+  __syncthreads();  // set-up, hist zeroes and idx visible to all
+  EP_PROBE_AT(1);
+  const uint64_t call = sCall;
+  const uint32_t slot = (uint32_t)(call & 1u);
+  if (myBad != INT_MAX) atomicMin(&sBad, myBad);
 
   // Segments: S pairs per warp, a multiple of 128 (the 4 x 32 pairs one loop step takes), NWu warps in
   // use: fewer warps for small N keeps the per-expert loops over warps below short.
@@ -577,163 +609,253 @@ extern "C" __global__ void __launch_bounds__(EP_ROUTE_THREADS, 1) ep_route(const
   const int NWu = (N + S - 1) / S;
   const int segLo = warp * S, segHi = min(N, segLo + S);
   const uint32_t lt = lanemask_lt();
+  const int keyBits = 32 - __clz(E + 1);  // keys e + 2 in [0, E + 2): e = -2 past the segment, -1 dropped
+  EP_PROBE_AT(2);
 
-  // Phase 2: per-warp histograms and the duplicate check, 4 chunks of 32 pairs at a time.
-  if (warp < NWu) {
-    for (int c0 = segLo; c0 < segHi; c0 += 128) {
-      int e[4];
-      uint32_t m[4];
+  if (ok) {
+    // Phase 2: per-warp histograms and the duplicate check, 4 chunks of 32 pairs at a time.
+    if (warp < NWu) {
+      for (int c0 = segLo; c0 < segHi; c0 += 128) {
+        int e[4];
+        uint32_t key[4], m[4];
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int p = c0 + u * 32 + lane;
-        e[u] = p < segHi ? idx[p] : -2;
-      }
+        for (int u = 0; u < 4; ++u) {
+          const int p = c0 + u * 32 + lane;
+          e[u] = p < segHi ? idx[p] : -2;
+          key[u] = (uint32_t)(e[u] + 2);
+        }
+        match_keys(key, m, keyBits);
 #pragma unroll
-      for (int u = 0; u < 4; ++u) m[u] = __match_any_sync(FULL_MASK, e[u]);
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        if (e[u] >= 0) {
-          const int c = c0 + u * 32, p = c + lane;
-          const int tokStart = p - p % K;
-          // same expert in a lower lane of this chunk that belongs to my token?
-          const uint32_t tokLanes = tokStart > c ? ~((1u << (tokStart - c)) - 1u) : FULL_MASK;
-          bool dup = (m[u] & lt & tokLanes) != 0;
-          for (int q = tokStart; !dup && q < c; ++q) dup = idx[q] == e[u];  // token began in an earlier chunk
-          if (dup) atomicMin(&sBad, p);
-          if (lane == __ffs(m[u]) - 1) atomicAdd(&hist[warp * E + e[u]], __popc(m[u]));
+        for (int u = 0; u < 4; ++u) {
+          if (e[u] >= 0) {
+            const int c = c0 + u * 32, p = c + lane;
+            const int tokStart = p - p % K;
+            // same expert in a lower lane of this chunk that belongs to my token?
+            const uint32_t tokLanes = tokStart > c ? ~((1u << (tokStart - c)) - 1u) : FULL_MASK;
+            bool dup = (m[u] & lt & tokLanes) != 0;
+            for (int q = tokStart; !dup && q < c; ++q) dup = idx[q] == e[u];  // token began in an earlier chunk
+            if (dup) atomicMin(&sBad, p);
+            if (lane == __ffs(m[u]) - 1) atomicAdd(&hist[warp * E + e[u]], __popc(m[u]));
+          }
         }
       }
     }
-  }
-  __syncthreads();
-
-  const uint64_t call = sCall;
-  const uint32_t slot = (uint32_t)(call & 1u);
-  if (sBad != INT_MAX) {
-    // planRouting's order: the first pair p that is out of range, or names an expert an earlier
-    // slot of its token named, decides; range is checked before duplicates for that pair.
-    if (tid == 0) {
-      const int p = sBad, e = __ldg(topk + p);
-      const uint32_t code = (e < -1 || e >= E) ? EP_ERR_EXPERT_ID : EP_ERR_DUPLICATE;
-      report_error(a, code, (uint32_t)a.rank, slot, call, p / K, p % K, (uint32_t)e);
+    __syncthreads();
+    if (sBad != INT_MAX) {
+      // planRouting's order: the first pair p that is out of range, or names an expert an earlier
+      // slot of its token named, decides; range is checked before duplicates for that pair.
+      if (tid == 0) {
+        const int p = sBad, e = __ldg(topk + p);
+        const uint32_t code = (e < -1 || e >= E) ? EP_ERR_EXPERT_ID : EP_ERR_DUPLICATE;
+        report_error(a, code, (uint32_t)me, slot, call, p / K, p % K, (uint32_t)e);
+      }
+      ok = false;
     }
-    return;
   }
 
-  // Phase 3: totals, prefix sum, per-warp bases, capacity.
-  for (int e = tid; e < E; e += B) {
-    int s = 0;
+  if (ok) {
+    // Phase 3: totals, prefix sum, per-warp bases, capacity per destination.
+  EP_PROBE_AT(3);
+    for (int e = tid; e < E; e += B) {
+      int s = 0;
 #pragma unroll 8
-    for (int w = 0; w < NWu; ++w) s += hist[w * E + e];
-    off[e] = s;
-  }
-  block_exclusive_scan(off, E, sScratch);
-  int* sendCounts = (int*)a.sendCounts;
-  int* sendOffsets = (int*)a.sendOffsets;
-  for (int e = tid; e < E; e += B) {
-    const int o = off[e];
-    sendCounts[e] = off[e + 1] - o;
-    sendOffsets[e] = o;
-    int run = o;
-    for (int w = 0; w < NWu; ++w) {
-      const int c = hist[w * E + e];
-      hist[w * E + e] = run;
-      run += c;
+      for (int w = 0; w < NWu; ++w) s += hist[w * E + e];
+      off[e] = s;
     }
-  }
-  if (tid == 0) sendOffsets[E] = off[E];
-  for (int d = tid; d < W; d += B)
-    if (off[(d + 1) * EPR] - off[d * EPR] > a.maxRowsPerPeer) atomicMin(&sCap, d);
-  __syncthreads();
-  if (sCap != INT_MAX) {
-    if (tid == 0) {
-      const int d = sCap;
-      report_error(a, EP_ERR_CAPACITY, (uint32_t)d, slot, call, d, off[(d + 1) * EPR] - off[d * EPR],
-                   EP_CAPACITY_AUX_SEND);
+    block_exclusive_scan(off, E, sScratch);
+    int* sendCounts = (int*)a.sendCounts;
+    int* sendOffsets = (int*)a.sendOffsets;
+    for (int e = tid; e < E; e += B) {
+      const int o = off[e];
+      sendCounts[e] = off[e + 1] - o;
+      sendOffsets[e] = o;
+      int run = o;
+      for (int w = 0; w < NWu; ++w) {
+        const int c = hist[w * E + e];
+        hist[w * E + e] = run;
+        run += c;
+      }
     }
-    return;
+    if (tid == 0) sendOffsets[E] = off[E];
+    for (int d = tid; d < W; d += B)
+      if (off[(d + 1) * EPR] - off[d * EPR] > a.maxRowsPerPeer) atomicMin(&sCap, d);
+    __syncthreads();
+    if (sCap != INT_MAX) {
+      if (tid == 0) {
+        const int d = sCap;
+        report_error(a, EP_ERR_CAPACITY, (uint32_t)d, slot, call, d, off[(d + 1) * EPR] - off[d * EPR],
+                     EP_CAPACITY_AUX_SEND);
+      }
+      ok = false;
+    }
   }
 
-  // Phase 4: stable ranks. Each warp walks its chunks in order; the lanes of one expert in a chunk
-  // take consecutive rows from the warp's running base, and the lowest of them advances it.
-  int* pairRow = (int*)a.pairRow;
-  if (warp < NWu) {
-    for (int c0 = segLo; c0 < segHi; c0 += 128) {
-      int e[4];
-      uint32_t m[4];
+  // Exchange: my E counts to every peer (counts[slot][me] in their heap), then the count signal; with
+  // the abort bit and no counts when this call is off here. Sent as early as possible: the ranks
+  // below run while the signals travel.
+  EP_PROBE_AT(4);
+  for (int d = warp; d < W; d += NW) {
+    if (d == me) continue;  // my own counts stay in shared memory
+    const uint64_t base = __ldg(peer + d);
+    if (ok) {
+      char* rec = (char*)(base + a.countsOff + slot * a.countsSlot + (uint64_t)me * E * 4u);
+      for (int e = lane; e < E; e += 32) st_u32(rec + (uint64_t)e * 4u, (uint32_t)(off[e + 1] - off[e]));
+    }
+    __syncwarp();  // the lanes' count stores happen-before lane 0's fence
+    if (lane == 0) {
+      fence_sys();
+      signal((uint64_t*)(base + a.countSignalOff + slot * a.countSignalSlot + (uint64_t)me * 8u),
+             ok ? call : (call | EP_ABORT_BIT));
+    }
+  }
+
+  if (ok) {
+    // Phase 4: stable ranks. Each warp walks its chunks in order; the lanes of one expert in a chunk
+    // take consecutive rows from the warp's running base, and the lowest of them advances it.
+    int* pairRow = (int*)a.pairRow;
+    if (warp < NWu) {
+      for (int c0 = segLo; c0 < segHi; c0 += 128) {
+        int e[4];
+        uint32_t key[4], m[4];
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int p = c0 + u * 32 + lane;
-        e[u] = p < segHi ? idx[p] : -2;
-      }
-#pragma unroll
-      for (int u = 0; u < 4; ++u) m[u] = __match_any_sync(FULL_MASK, e[u]);
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int p = c0 + u * 32 + lane;
-        int b = 0;
-        if (e[u] >= 0) {
-          b = hist[warp * E + e[u]];
-          pairRow[p] = b + __popc(m[u] & lt);
-        } else if (p < segHi) {
-          pairRow[p] = -1;
+        for (int u = 0; u < 4; ++u) {
+          const int p = c0 + u * 32 + lane;
+          e[u] = p < segHi ? idx[p] : -2;
+          key[u] = (uint32_t)(e[u] + 2);
         }
-        __syncwarp();  // every lane of this chunk has read its base before it moves
-        if (e[u] >= 0 && lane == __ffs(m[u]) - 1) hist[warp * E + e[u]] = b + __popc(m[u]);
-        __syncwarp();  // the new base is visible to the next chunk's lanes
+        match_keys(key, m, keyBits);
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int p = c0 + u * 32 + lane;
+          int b = 0;
+          if (e[u] >= 0) {
+            b = hist[warp * E + e[u]];
+            pairRow[p] = b + __popc(m[u] & lt);
+          } else if (p < segHi) {
+            pairRow[p] = -1;
+          }
+          __syncwarp();  // every lane of this chunk has read its base before it moves
+          if (e[u] >= 0 && lane == __ffs(m[u]) - 1) hist[warp * E + e[u]] = b + __popc(m[u]);
+          __syncwarp();  // the new base is visible to the next chunk's lanes
+        }
       }
     }
   }
+
+  EP_PROBE_AT(5);
+  // Wait for every peer's counts (bounded). Even a rank whose call is off waits, so that no count
+  // store into this slot is still in flight when the call ends here.
+  {
+    const uint64_t deadline = deadline_after(a.timeoutNs);
+    const uint64_t* mine = (const uint64_t*)(__ldg(peer + me) + a.countSignalOff + slot * a.countSignalSlot);
+    for (int s = tid; s < W; s += B) {
+      if (s == me) continue;
+      uint64_t seen = 0;
+      const int r = wait_until(mine + s, call, deadline, &seen);
+      if (r == WAIT_ABORTED)
+        report_error(a, EP_ERR_PEER_ABORT_DISPATCH, (uint32_t)s, slot, call, 0, 0, 0u);
+      else if (r == WAIT_TIMED_OUT)
+        report_error(a, EP_ERR_TIMEOUT_DISPATCH, (uint32_t)s, slot, call, (int64_t)seen, 0, 0u);
+    }
+  }
+  __syncthreads();  // every wait done (and phase 4's pairRow stores visible to the block)
+  if (read_err_code(st) != 0) return;  // the call is off on every rank: each saw an abort or timed out
+  EP_PROBE_AT(6);
+
+  // Phase 5: from every rank's counts, for each expert e: where my rows of e start in its owner's
+  // expertX (delta[e] = that row minus my send row of e's first pair), or INT_MIN when e holds more
+  // than expertCapacity rows (its owner fails the call; nothing is stored there).
+  int* delta = sDelta;
+  int* mst = sMst;
+  const char* counts = (const char*)(__ldg(peer + me) + a.countsOff + slot * a.countsSlot);
+  for (int e = tid; e < E; e += B) {
+    const int owner = e / EPR, le = e - owner * EPR;
+    int before = 0, total = 0;
+    for (int s = 0; s < W; ++s) {
+      // written by peers before their release signal, which the waits above acquired: read at L2
+      const int c = s == me ? off[e + 1] - off[e] : (int)ld_cg_u32(counts + ((uint64_t)s * E + e) * 4u);
+      before += s < me ? c : 0;
+      total += c;
+      if (owner == me) ((int*)a.recvSplits)[s * (EPR + 1) + le] = c;
+      if (e < me * EPR && c != 0) atomicAdd(&mst[s], c);  // m_st of source s: its rows before my experts
+    }
+    const bool over = total > a.expertCapacity;
+    delta[e] = over ? INT_MIN : le * a.expertCapacity + before - off[e];
+    if (owner == me) {
+      ((int*)a.expertCounts)[le] = total;
+      if (over) atomicMin(&sCapE, le);
+    }
+  }
+  __syncthreads();
+  for (int s = tid; s < W; s += B) ((int*)a.recvSplits)[s * (EPR + 1) + EPR] = mst[s];
+  EP_PROBE_AT(7);
+  if (sCapE != INT_MAX && tid == 0) {
+    // Receive-side capacity (as routing.ts checkExpertCapacity), known to every rank from the counts:
+    // senders skip the expert, and this rank fails its dispatch and tells every peer now that it
+    // will not combine this call (as the cpu transport does). Its own rows still go to its peers.
+    const int le = sCapE, e = me * EPR + le;
+    int total = 0;
+    for (int s = 0; s < W; ++s)
+      total += s == me ? off[e + 1] - off[e] : (int)ld_cg_u32(counts + ((uint64_t)s * E + e) * 4u);
+    report_error(a, EP_ERR_CAPACITY, (uint32_t)me, slot, call, e, total, EP_CAPACITY_AUX_EXPERT);
+    for (int d = 0; d < W; ++d)
+      if (d != me)
+        signal((uint64_t*)(__ldg(peer + d) + a.combineSignalOff + slot * a.combineSignalSlot + (uint64_t)me * 8u),
+               call | EP_ABORT_BIT);
+  }
+
+  // Phase 6: the destination row of every pair.
+  const int* pairRow = (const int*)a.pairRow;
+  int* pairDest = (int*)a.pairDest;
+  for (int p0 = tid; p0 < N; p0 += 4 * B) {
+    int r[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) r[u] = p0 + u * B < N ? pairRow[p0 + u * B] : 0;  // 4 loads in flight
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int p = p0 + u * B;
+      if (p >= N) break;
+      const int e = idx[p];
+      const int d = e >= 0 ? delta[e] : INT_MIN;
+      pairDest[p] = d == INT_MIN ? -1 : r[u] + d;
+    }
+  }
+  EP_PROBE_AT(8);
 }
 
 // =============================================================================================
-// 2. ep_dispatch: quantise (FP8) or copy (bf16) each token row once and store it to the recvData of
-// every rank that owns one of its experts; the last block publishes the split records and signals,
-// then waits for every source's signal.
+// 2. ep_dispatch: quantise (FP8) or copy (bf16) each token row once and store it straight into its row
+// of expertX (and expertScales) in the heap of every rank that owns one of its experts. With W > 1 the
+// last block signals every peer and waits for every peer's rows.
 extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_dispatch(const __grid_constant__ EpArgs a) {
   __shared__ DestList L;
   __shared__ int sLast;
-  EpState* st = state_of(a);
-  const uint64_t call = read_calls(st);
-  const uint64_t slot = call & 1u;
-  // Routing failed (or a previous kernel of this call reported): send no data, only abort signals.
-  if (read_err_code(st) == 0) {
-    if (!a.fp8) {
-      dispatch_bf16(a, slot, L);
-    } else {
-      const int G = a.groupSize, lpg = G / 16;
-      if (G % 16 == 0 && lpg <= 32 && (lpg & (lpg - 1)) == 0) dispatch_fp8_fast(a, slot, L, lpg);
-      else dispatch_fp8_general(a, slot, L);
-    }
+  // Nothing ep_route writes is read before routed() (inside each path, after the first row's loads).
+  if (!a.fp8) {
+    dispatch_bf16(a, L);
+  } else {
+    const int G = a.groupSize, lpg = G / 16;
+    if (G % 16 == 0 && lpg <= 32 && (lpg & (lpg - 1)) == 0) dispatch_fp8_fast(a, L, lpg);
+    else dispatch_fp8_general(a, L);
   }
+  // One rank: every row is local, and the kernel boundary orders it before the next kernel.
+  if (a.world == 1 || !routed(a)) return;  // (routed() again: a block without rows has not waited yet)
+  EpState* st = state_of(a);
   if (!finish_block(&st->doneBlocks[0], &sLast)) return;
 
-  // Tail (one block). The routing error, if any, was written by ep_route (an earlier kernel).
-  const bool aborted = read_err_code(st) != 0;
-  const int W = a.world, EPR = a.expertsPerRank, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int warpsPerBlock = blockDim.x >> 5;
+  // Tail (one block): tell every peer my rows have landed, then wait for theirs.
+  const uint64_t call = read_calls(st);
+  const uint64_t slot = call & 1u;
+  const int W = a.world, me = a.rank;
   const uint64_t* peer = (const uint64_t*)a.peerBases;
-  const int* sendCounts = (const int*)a.sendCounts;
-  const int* sendOffsets = (const int*)a.sendOffsets;
-  const uint64_t value = aborted ? (call | EP_ABORT_BIT) : call;
-  for (int d = warp; d < W; d += warpsPerBlock) {
-    const uint64_t base = __ldg(peer + d);
-    if (!aborted) {
-      // Split record for d: my EPR counts for d's experts, then m_st (where d's rows start in my order).
-      char* rec = (char*)(base + a.recvSplitsOff + slot * a.recvSplitsSlot + (uint64_t)a.rank * a.splitsPerPeer * 4u);
-      for (int i = lane; i <= EPR; i += 32)
-        st_u32(rec + (uint64_t)i * 4u, (uint32_t)(i < EPR ? sendCounts[d * EPR + i] : sendOffsets[d * EPR]));
-    }
-    __syncwarp();  // the lanes' record stores happen-before lane 0's fence
-    if (lane == 0) {
-      fence_sys();  // rows (all blocks, acquired in finish_block) and the record, before the signal
-      signal((uint64_t*)(base + a.dispatchSignalOff + slot * a.dispatchSignalSlot + (uint64_t)a.rank * 8u), value);
-    }
-  }
-  // Wait for every source (self included). One thread per source; a wait never spins forever.
+  for (int d = threadIdx.x; d < W; d += blockDim.x)
+    if (d != me)  // finish_block's fences ordered every block's rows before these signals
+      signal((uint64_t*)(__ldg(peer + d) + a.dispatchSignalOff + slot * a.dispatchSignalSlot + (uint64_t)me * 8u),
+             call);
   const uint64_t deadline = deadline_after(a.timeoutNs);
-  const uint64_t* mine = (const uint64_t*)(__ldg(peer + a.rank) + a.dispatchSignalOff + slot * a.dispatchSignalSlot);
+  const uint64_t* mine = (const uint64_t*)(__ldg(peer + me) + a.dispatchSignalOff + slot * a.dispatchSignalSlot);
   for (int s = threadIdx.x; s < W; s += blockDim.x) {
+    if (s == me) continue;
     uint64_t seen = 0;
     const int r = wait_until(mine + s, call, deadline, &seen);
     if (r == WAIT_ABORTED)
@@ -744,43 +866,38 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_dispatch(const _
 }
 
 // =============================================================================================
-// 3. ep_repack: recvData[slot] (source-major, expert-sorted per source) -> expertX / expertScales
-// (expert-major, sources in rank order), and expertCounts. One warp per (row, 2 KiB segment).
-extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_repack(const __grid_constant__ EpArgs a) {
+// 3. ep_recv_view (only when the caller asks for it): the source-major view of what this rank
+// received, rebuilt from expertX: viewX[s][i] = row i of the rows s sent me (in s's order, which is
+// expert-sorted), viewScales likewise. One warp per (row, 2 KiB segment).
+extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_recv_view(const __grid_constant__ EpArgs a) {
   __shared__ RecvTables R;
   EpState* st = state_of(a);
-  if (read_err_code(st) != 0) return;  // an earlier kernel of this call failed: nothing arrived to repack
-  const uint64_t call = read_calls(st);
-  const uint64_t slot = call & 1u;
-  const int W = a.world, EPR = a.expertsPerRank;
-  if (threadIdx.x == 0) R.flag = INT_MAX;  // ordered before use by build_tables' barriers
-  build_tables(a, slot, R);
-  // Receive-side capacity (as routing.ts checkExpertCapacity): the first local expert whose rows from
-  // all sources exceed expertCapacity (maxRowsPerExpert). Every block finds the same answer.
-  for (int le = threadIdx.x; le < EPR; le += blockDim.x)
-    if (R.preT[(le + 1) * W] - R.preT[le * W] > a.expertCapacity) atomicMin(&R.flag, le);
-  __syncthreads();
-  if (R.flag != INT_MAX) {
-    if (blockIdx.x == 0) {
-      const int le = R.flag;
-      if (threadIdx.x == 0)
-        report_error(a, EP_ERR_CAPACITY, (uint32_t)a.rank, (uint32_t)slot, call, (int64_t)a.rank * EPR + le,
-                     R.preT[(le + 1) * W] - R.preT[le * W], EP_CAPACITY_AUX_EXPERT);
-      // This rank will not combine this call: tell every peer now, so none waits for our combine signal
-      // (the cpu transport does the same). Nothing to order before it: no data goes with an abort.
-      const uint64_t* peer = (const uint64_t*)a.peerBases;
-      for (int s = threadIdx.x; s < W; s += blockDim.x)
-        signal((uint64_t*)(__ldg(peer + s) + a.combineSignalOff + slot * a.combineSignalSlot + (uint64_t)a.rank * 8u),
-               call | EP_ABORT_BIT);
+  if (read_err_code(st) != 0) return;  // this rank's dispatch failed: nothing to show
+  build_tables(a, R);
+  const int E = a.numExperts, W = a.world, EPR = a.expertsPerRank;
+  const int lane = threadIdx.x & 31, warpsPerBlock = blockDim.x >> 5;
+  const uint64_t rowBytes = a.dispatchRowBytes;
+  const uint64_t VB = rowBytes % 16u == 0 ? 16u : 8u;
+  const int segs = (int)((rowBytes + 32u * SEG_VECS * VB - 1) / (32u * SEG_VECS * VB));
+  const uint32_t items = (uint32_t)R.pre[E] * (uint32_t)segs;
+  const uint64_t own = ((const uint64_t*)a.peerBases)[a.rank];
+  const char* inX = (const char*)(own + a.expertXOff);
+  const char* inS = (const char*)(own + a.expertScalesOff);
+  const uint64_t gpr = a.fp8 ? (uint64_t)a.groupsPerRow : 0u;
+  for (uint32_t it = blockIdx.x * warpsPerBlock + (threadIdx.x >> 5); it < items;
+       it += gridDim.x * warpsPerBlock) {
+    const int g = (int)(it / (uint32_t)segs), seg = (int)(it % (uint32_t)segs);
+    const RowLoc l = locate(R, E, W, EPR, g);
+    const uint64_t srcRow = (uint64_t)l.le * a.expertCapacity + l.pos;
+    const uint64_t dstRow = (uint64_t)l.s * a.maxRowsPerPeer + l.iSrc;
+    char* dst = (char*)a.viewX + dstRow * rowBytes;
+    if (VB == 16) copy_segment<16, true>(dst, inX + srcRow * rowBytes, rowBytes, seg, lane);
+    else copy_segment<8, true>(dst, inX + srcRow * rowBytes, rowBytes, seg, lane);
+    if (seg == 0 && gpr != 0) {
+      for (uint64_t i = lane; i < gpr; i += 32)
+        st_u32((char*)a.viewScales + (dstRow * gpr + i) * 4u, ld_cg_u32(inS + (srcRow * gpr + i) * 4u));
     }
-    return;
   }
-  if (blockIdx.x == 0) {
-    int* counts = (int*)a.expertCounts;
-    for (int le = threadIdx.x; le < EPR; le += blockDim.x) counts[le] = R.preT[(le + 1) * W] - R.preT[le * W];
-  }
-  if (a.dispatchRowBytes % 16u == 0) repack_rows<16>(a, slot, R);
-  else repack_rows<8>(a, slot, R);
 }
 
 // =============================================================================================
@@ -793,7 +910,7 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
   const uint64_t slot = call & 1u;
   if (host_abort(a) != 0 && blockIdx.x == 0 && threadIdx.x == 0) mark_host_abort(a);
   if (read_err_code(st) == 0 && host_abort(a) == 0) {
-    build_tables(a, slot, R);
+    build_tables(a, R);
     combine_send_rows<16>(a, slot, R);  // combineRowBytes = 2H, a multiple of 16
   }
   if (!finish_block(&st->doneBlocks[2], &R.flag)) return;
@@ -841,12 +958,9 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(c
   const uint64_t recv = ((const uint64_t*)a.peerBases)[a.rank] + a.combineRecvOff + slot * a.combineRecvSlot;
   const int* topk = (const int*)a.topkIdx;
   const int* pairRow = (const int*)a.pairRow;
-  const int* sendOffsets = (const int*)a.sendOffsets;
+  const int* pairDest = (const int*)a.pairDest;
   const float* weights = (const float*)a.topkWeights;
   const int EPR = a.expertsPerRank;
-  // This call's split records (recvSplits[slot]), still intact: the next dispatch uses the other slot.
-  const char* splits =
-      (const char*)(((const uint64_t*)a.peerBases)[a.rank] + a.recvSplitsOff + slot * a.recvSplitsSlot);
   char* y = (char*)a.y;
   int buf = 0;
   for (int it = blockIdx.x; it < items; it += gridDim.x, buf ^= 1) {
@@ -860,19 +974,10 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(c
         const bool valid = e >= 0;
         uint64_t row = 0;
         if (valid) {
-          const int r = __ldg(pairRow + p);
-          if (e / EPR != a.rank) {
-            row = recv + (uint64_t)r * a.combineRowBytes;  // returned by its owner in ep_combine_send
-          } else {
-            // My own expert: its output row is still in expertOut, at the expert-major position
-            // repack gave it: rows of sources < me for this expert, then my rows of it in order.
-            const int le = e - a.rank * EPR;
-            int base = 0;
-            for (int s = 0; s < a.rank; ++s)
-              base += (int)ld_cg_u32(splits + ((uint64_t)s * a.splitsPerPeer + le) * 4u);
-            const int i = r - __ldg(sendOffsets + e);
-            row = (uint64_t)a.expertOut + ((uint64_t)le * a.expertCapacity + base + i) * a.combineRowBytes;
-          }
+          // A row of my own expert is still in expertOut, at the row ep_route gave its pair in my
+          // expertX; every other row came back from its owner (ep_combine_send) to my send order.
+          row = e / EPR == a.rank ? (uint64_t)a.expertOut + (uint64_t)__ldg(pairDest + p) * a.combineRowBytes
+                                  : recv + (uint64_t)__ldg(pairRow + p) * a.combineRowBytes;
         }
         const uint32_t bal = __ballot_sync(FULL_MASK, valid);
         if (valid) {

@@ -41,6 +41,15 @@ __device__ __forceinline__ uint32_t dynamic_smem_bytes() {
 // through a barrier) before every later one, for observers on any GPU or the host.
 __device__ __forceinline__ void fence_sys() { asm volatile("fence.acq_rel.sys;" ::: "memory"); }
 
+// Programmatic dependent launch (sm_90): a kernel launched with the programmatic-serialization
+// attribute may start while the kernel before it on the stream still runs, once every block of that
+// kernel has called allow_dependents(). It must call wait_for_prior() before it reads anything the
+// earlier kernel writes: that returns when the earlier kernel has finished and its memory is visible.
+// Without the attribute (how the host launches today; bench/micro/kernel_probe.cu times both),
+// wait_for_prior() returns at once and allow_dependents() does nothing.
+__device__ __forceinline__ void wait_for_prior() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void allow_dependents() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+
 // ---------------------------------------------------------------------------------------------
 // Signals
 

@@ -2,7 +2,7 @@
 # The GPU checks in one go (see README "On a GPU"). Builds nothing: it uses dist/ and the tests
 # compiled into .device/build/ by `npm run build:device`. Logs go to $OUT.
 # Usage: scripts/device-check.sh <step>...
-#   steps: smoke smoke2 conformance failures verify long graph sanitizer bench bench2
+#   steps: smoke smoke2 conformance failures verify long graph sanitizer bench bench2 profile
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -26,6 +26,12 @@ for step in "$@"; do
       run graph2 timeout 200 $cli verify --transport cuda --graph --world 2 --experts 16 --hidden 512 --topk 4 --tokens 32 --scenario random,skewed --calls 200 ;;
     bench) TAIL=40 run bench timeout 400 $cli bench --transport cuda --world 1 --tokens 1,32,128,512,4096 --iters 200 --warmup 20 ;;
     bench2) TAIL=12 run bench2 timeout 120 $cli bench --transport cuda --world 2 --tokens 128 --iters 100 --warmup 10 ;;
+    profile)
+      # per-kernel device time at T = 128 (W = 1, DeepSeek-V3 shape), clocks and caches as in real use
+      TAIL=40 run profile timeout 300 ncu --clock-control none --cache-control none --graph-profiling node \
+        -k regex:'^ep_(route|dispatch|combine)' --launch-skip 200 --launch-count 40 \
+        --metrics gpu__time_duration.sum --csv \
+        $cli bench --transport cuda --world 1 --tokens 128 --iters 40 --warmup 10 --no-baseline --no-json ;;
     *) echo "unknown step $step" ;;
   esac
 done

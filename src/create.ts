@@ -51,11 +51,11 @@ export async function createGroup(options: GroupOptions): Promise<EpGroup<unknow
     const { cudaTransportReady } = await import('./shmem/cuda/available.js');
     transport = (await cudaTransportReady()) ? 'cuda' : 'cpu';
   }
-  const layout = computeLayout(config);
   if (transport === 'cuda') {
     const { createCudaGroup } = await import('./shmem/cuda/group.js');
-    return (await createCudaGroup(config, layout, { ...options, timeoutMs })) as EpGroup<unknown>;
+    return (await createCudaGroup(config, { ...options, timeoutMs })) as EpGroup<unknown>;
   }
+  const layout = computeLayout(config);
   const shmem = await openCpuTransport(config.world, layout.totalBytes, timeoutMs, options.rank);
   return new HostEpGroup(config, layout, shmem, timeoutMs) as EpGroup<unknown>;
 }

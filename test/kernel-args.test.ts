@@ -147,7 +147,7 @@ describe('EpArgs / EpError / EpState mirror (src/shmem/cuda/args.ts) against ker
   });
 
   test('fixed sizes the kernels and host rely on', () => {
-    assert.equal(A.EP_ARGS_BYTES, 288);
+    assert.equal(A.EP_ARGS_BYTES, 304);
     assert.equal(A.EP_ERROR_BYTES, 40);
     assert.equal(A.EP_STATE_BYTES, 72);
     assert.equal(A.EP_STATE_OFFSET.err, 32);
@@ -207,13 +207,13 @@ describe('EpArgsWriter and readEpError', () => {
     w.rank = 3;
     w.numTokens = 128;
     w.timeoutNs = 5_000_000_000n;
-    w.recvDataOff = 4096;
+    w.countsOff = 4096;
     w.x = 0x7f00_1234_5678n;
     w.errHost = 0xffff_ffff_ffff_fff0n;
     assert.equal(buf.readInt32LE(A.EP_ARGS_OFFSET.rank), 3);
     assert.equal(buf.readInt32LE(A.EP_ARGS_OFFSET.numTokens), 128);
     assert.equal(buf.readBigInt64LE(A.EP_ARGS_OFFSET.timeoutNs), 5_000_000_000n);
-    assert.equal(buf.readBigUInt64LE(A.EP_ARGS_OFFSET.recvDataOff), 4096n);
+    assert.equal(buf.readBigUInt64LE(A.EP_ARGS_OFFSET.countsOff), 4096n);
     assert.equal(buf.readBigUInt64LE(A.EP_ARGS_OFFSET.x), 0x7f00_1234_5678n);
     assert.equal(buf.readBigUInt64LE(A.EP_ARGS_OFFSET.errHost), 0xffff_ffff_ffff_fff0n);
     assert.equal(w.bytes, buf, 'the same buffer after every set');

@@ -5,7 +5,9 @@ import {
   ALIGN,
   alignUp,
   combineRowOffset,
+  computeDirectLayout,
   computeLayout,
+  directRegionsOf,
   type Region,
   recvRowOffset,
   recvScaleOffset,
@@ -270,5 +272,46 @@ describe('layout: properties on random configs', () => {
         claim(combineRowOffset(l, cfg, slot, row), cfg.combineRowBytes);
     }
     assert.ok(id > 0);
+  });
+});
+
+describe('cuda (direct) layout: properties on random configs', () => {
+  const r = rng(101);
+  const configs: EpConfig[] = [];
+  for (let i = 0; i < 300; i++) configs.push(randomConfig(r));
+  configs.push(resolveConfig({ world: 8, numExperts: 256, hidden: 7168, topk: 8, maxTokensPerRank: 4096 }));
+
+  test('regions are aligned, in order, non-overlapping, sized from the config; expertX has one copy', () => {
+    for (const cfg of configs) {
+      const l = computeDirectLayout(cfg);
+      const what = JSON.stringify(cfg);
+      const W = cfg.world;
+      const rows = cfg.expertsPerRank * cfg.expertCapacity;
+      const want: Record<string, [number, number]> = {
+        countSignal: [W * 8, 2],
+        dispatchSignal: [W * 8, 2],
+        combineSignal: [W * 8, 2],
+        counts: [W * cfg.numExperts * 4, 2],
+        combineRecv: [cfg.maxTokensPerRank * cfg.topk * cfg.combineRowBytes, 2],
+        expertX: [rows * cfg.dispatchRowBytes, 1],
+        expertScales: [cfg.fp8 ? rows * cfg.groupsPerRow * 4 : 0, 1],
+      };
+      const regions = directRegionsOf(l);
+      assert.deepEqual(
+        regions.map(([n]) => n),
+        Object.keys(want),
+      );
+      let end = 0;
+      for (const [name, reg] of regions) {
+        const [bytes, slots] = want[name];
+        assert.equal(reg.offset % ALIGN, 0, `${what}: ${name} offset aligned`);
+        assert.equal(reg.slotBytes, alignUp(bytes), `${what}: ${name} slot size`);
+        assert.equal(reg.bytes, slots * reg.slotBytes, `${what}: ${name} slots`);
+        assert.ok(reg.offset >= end, `${what}: ${name} starts after the region before it`);
+        end = reg.offset + reg.bytes;
+      }
+      assert.equal(l.totalBytes, end, `${what}: nothing after the last region`);
+      assert.equal(l.combineRows, cfg.maxTokensPerRank * cfg.topk);
+    }
   });
 });

@@ -69,8 +69,8 @@ function sizeForInputs(world: number, numExperts: number, topk: number, tokens: 
 
 /**
  * Bytes our kernels read plus write for one call on one rank (every (token, expert) pair counted, as
- * DeepEP counts): dispatch reads x once, writes each row and its scales to its destination, and the
- * repack reads and writes them again; combine copies the rows owned by other ranks back ((W-1)/W of
+ * DeepEP counts): dispatch reads x once and writes each row and its scales straight into its place in
+ * the destination's expertX (the cuda transport has no repack); combine copies the rows owned by other ranks back ((W-1)/W of
  * them under uniform routing; a rank's own rows are read in place), then the reduction reads every
  * row and writes y.
  */
@@ -80,7 +80,7 @@ export function kernelBytes(cfg: ReturnType<typeof resolveConfig>, tokens: numbe
   const bf16Row = 2 * cfg.hidden;
   const remote = (cfg.world - 1) / cfg.world;
   return {
-    dispatch: tokens * bf16Row + rows * row + 2 * rows * row,
+    dispatch: tokens * bf16Row + rows * row,
     combine: 2 * rows * bf16Row * remote + rows * bf16Row + tokens * bf16Row,
   };
 }

@@ -2,7 +2,8 @@ import { ConfigError } from '../errors.js';
 import type { EpConfig } from './config.js';
 
 /**
- * The symmetric heap: one allocation per rank, the same layout on every rank, so a peer's region is
+ * The symmetric heap of the cpu transport (computeLayout) and of the cuda transport
+ * (computeDirectLayout): one allocation per rank, the same layout on every rank, so a peer's region is
  * its base plus the same offset. Every offset and size here is derived from the config, in bytes,
  * aligned to ALIGN so that 16-byte vector copies (and 128-byte lines) never straddle regions.
  * Nobody else computes an offset.
@@ -63,11 +64,7 @@ export function computeLayout(cfg: EpConfig): HeapLayout {
   const recvData = region(W * cfg.maxRowsPerPeer * cfg.dispatchRowBytes);
   const recvScales = region(cfg.fp8 ? W * cfg.maxRowsPerPeer * cfg.groupsPerRow * 4 : 0);
   const combineRecv = region(combineRows * cfg.combineRowBytes);
-  if (!Number.isSafeInteger(cursor)) {
-    throw new ConfigError('the symmetric heap would be larger than 2^53 bytes; reduce the sizes', {
-      fields: 'maxRowsPerPeer,hidden,world',
-    });
-  }
+  checkHeapSize(cursor);
   return {
     dispatchSignal,
     combineSignal,
@@ -116,6 +113,78 @@ export function recvScaleOffset(
 /** Byte offset of row `row` (my expert-sorted order) in the combine receive buffer. */
 export function combineRowOffset(l: HeapLayout, cfg: EpConfig, slot: number, row: number): number {
   return l.combineRecv.offset + slot * l.combineRecv.slotBytes + row * cfg.combineRowBytes;
+}
+
+/**
+ * The cuda transport's heap. Its dispatch stores every row straight into its final place in the
+ * owner's expertX, which therefore lives in the heap (one copy: the count exchange of the next call
+ * orders a rank's reads of it before any peer writes it again). Instead of receive buffers there is
+ * an all-gather of per-expert counts, from which every rank computes where each of its rows goes.
+ */
+export interface DirectHeapLayout {
+  /** u64 [2][W]: countSignal[slot][src] == call_count once src's counts have landed. */
+  readonly countSignal: Region;
+  /** u64 [2][W]: dispatchSignal[slot][src] == call_count once src's rows have landed in expertX. */
+  readonly dispatchSignal: Region;
+  /** u64 [2][W]: combineSignal[slot][src] == call_count once src's combine rows have landed. */
+  readonly combineSignal: Region;
+  /** i32 [2][W][E]: counts[slot][src][e] = pairs src sends to expert e this call. */
+  readonly counts: Region;
+  /** bf16 [2][maxTokensPerRank * k][H]: expert outputs returned to me, in my expert-sorted row order. */
+  readonly combineRecv: Region;
+  /** u8 [EPR][expertCapacity][dispatchRowBytes]: the dispatch output (slotBytes = bytes: one copy). */
+  readonly expertX: Region;
+  /** f32 [EPR][expertCapacity][H/G]: its scales (FP8 only; zero bytes otherwise). */
+  readonly expertScales: Region;
+  /** Total bytes of one rank's heap. */
+  readonly totalBytes: number;
+  /** Rows of the combine receive buffer per slot (maxTokensPerRank * k). */
+  readonly combineRows: number;
+}
+
+export function computeDirectLayout(cfg: EpConfig): DirectHeapLayout {
+  let cursor = 0;
+  const region = (slotBytes: number, slots: 1 | 2 = 2): Region => {
+    const slot = alignUp(slotBytes);
+    const r = { offset: cursor, slotBytes: slot, bytes: slots * slot };
+    cursor += r.bytes;
+    return r;
+  };
+  const W = cfg.world;
+  const rows = cfg.expertsPerRank * cfg.expertCapacity;
+  const combineRows = cfg.maxTokensPerRank * cfg.topk;
+  const out = {
+    countSignal: region(W * 8),
+    dispatchSignal: region(W * 8),
+    combineSignal: region(W * 8),
+    counts: region(W * cfg.numExperts * 4),
+    combineRecv: region(combineRows * cfg.combineRowBytes),
+    expertX: region(rows * cfg.dispatchRowBytes, 1),
+    expertScales: region(cfg.fp8 ? rows * cfg.groupsPerRow * 4 : 0, 1),
+  };
+  checkHeapSize(cursor);
+  return { ...out, totalBytes: cursor, combineRows };
+}
+
+function checkHeapSize(bytes: number): void {
+  if (!Number.isSafeInteger(bytes)) {
+    throw new ConfigError('the symmetric heap would be larger than 2^53 bytes; reduce the sizes', {
+      fields: 'maxRowsPerPeer,maxRowsPerExpert,hidden,world',
+    });
+  }
+}
+
+/** All regions of a cuda heap in heap order, for bounds and overlap checks. */
+export function directRegionsOf(l: DirectHeapLayout): Array<[string, Region]> {
+  return [
+    ['countSignal', l.countSignal],
+    ['dispatchSignal', l.dispatchSignal],
+    ['combineSignal', l.combineSignal],
+    ['counts', l.counts],
+    ['combineRecv', l.combineRecv],
+    ['expertX', l.expertX],
+    ['expertScales', l.expertScales],
+  ];
 }
 
 /** All regions in heap order, for bounds and overlap checks. */

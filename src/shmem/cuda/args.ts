@@ -89,18 +89,18 @@ const EP_ARGS_SPEC = [
   // the kernels read this word as hostAbort: non-zero makes ep_route / ep_combine_send abort the call
   ['hostAbort', 'i32'],
   ['timeoutNs', 'i64'],
+  ['countSignalOff', 'u64'],
+  ['countSignalSlot', 'u64'],
   ['dispatchSignalOff', 'u64'],
   ['dispatchSignalSlot', 'u64'],
   ['combineSignalOff', 'u64'],
   ['combineSignalSlot', 'u64'],
-  ['recvSplitsOff', 'u64'],
-  ['recvSplitsSlot', 'u64'],
-  ['recvDataOff', 'u64'],
-  ['recvDataSlot', 'u64'],
-  ['recvScalesOff', 'u64'],
-  ['recvScalesSlot', 'u64'],
+  ['countsOff', 'u64'],
+  ['countsSlot', 'u64'],
   ['combineRecvOff', 'u64'],
   ['combineRecvSlot', 'u64'],
+  ['expertXOff', 'u64'],
+  ['expertScalesOff', 'u64'],
   ['dispatchRowBytes', 'u64'],
   ['combineRowBytes', 'u64'],
   ['peerBases', 'u64'],
@@ -108,13 +108,15 @@ const EP_ARGS_SPEC = [
   ['topkIdx', 'u64'],
   ['topkWeights', 'u64'],
   ['expertOut', 'u64'],
-  ['expertX', 'u64'],
-  ['expertScales', 'u64'],
   ['expertCounts', 'u64'],
   ['y', 'u64'],
+  ['viewX', 'u64'],
+  ['viewScales', 'u64'],
   ['sendCounts', 'u64'],
   ['sendOffsets', 'u64'],
   ['pairRow', 'u64'],
+  ['pairDest', 'u64'],
+  ['recvSplits', 'u64'],
   ['state', 'u64'],
   ['errHost', 'u64'],
 ] as const;
@@ -122,7 +124,7 @@ const epArgs = layout(EP_ARGS_SPEC);
 
 /** struct EpArgs: the single by-value argument of every kernel. */
 export const EP_ARGS_FIELDS: readonly FieldSpec[] = epArgs.fields;
-export const EP_ARGS_BYTES: number = epArgs.bytes; // 288
+export const EP_ARGS_BYTES: number = epArgs.bytes; // 304
 
 function offsets<N extends string>(fields: readonly FieldSpec[]): Readonly<Record<N, number>> {
   return Object.freeze(Object.fromEntries(fields.map((f) => [f.name, f.offset]))) as Record<N, number>;
@@ -167,7 +169,7 @@ export const EP_ABORT_BIT = 1n << 63n;
 
 /** EpError.aux of EP_ERR_CAPACITY raised by ep_route (send side, per destination rank). */
 export const EP_CAPACITY_AUX_SEND = 0;
-/** EpError.aux of EP_ERR_CAPACITY raised by ep_repack (receive side, per local expert). */
+/** EpError.aux of EP_ERR_CAPACITY for this rank's own expert over capacity (receive side, found by ep_route). */
 export const EP_CAPACITY_AUX_EXPERT = 1;
 
 /** Kernel limits (kernels/ep.cu): numExperts, topk, maxTokensPerRank * topk, route block size. */
@@ -272,7 +274,13 @@ export class EpArgsWriter {
   set timeoutNs(v: bigint | number) {
     this.bytes.writeBigInt64LE(typeof v === 'bigint' ? v : BigInt(v), EP_ARGS_OFFSET.timeoutNs);
   }
-  // heap layout (bytes)
+  // heap layout (bytes from a heap base)
+  set countSignalOff(v: bigint | number) {
+    this.u64('countSignalOff', v);
+  }
+  set countSignalSlot(v: bigint | number) {
+    this.u64('countSignalSlot', v);
+  }
   set dispatchSignalOff(v: bigint | number) {
     this.u64('dispatchSignalOff', v);
   }
@@ -285,23 +293,11 @@ export class EpArgsWriter {
   set combineSignalSlot(v: bigint | number) {
     this.u64('combineSignalSlot', v);
   }
-  set recvSplitsOff(v: bigint | number) {
-    this.u64('recvSplitsOff', v);
+  set countsOff(v: bigint | number) {
+    this.u64('countsOff', v);
   }
-  set recvSplitsSlot(v: bigint | number) {
-    this.u64('recvSplitsSlot', v);
-  }
-  set recvDataOff(v: bigint | number) {
-    this.u64('recvDataOff', v);
-  }
-  set recvDataSlot(v: bigint | number) {
-    this.u64('recvDataSlot', v);
-  }
-  set recvScalesOff(v: bigint | number) {
-    this.u64('recvScalesOff', v);
-  }
-  set recvScalesSlot(v: bigint | number) {
-    this.u64('recvScalesSlot', v);
+  set countsSlot(v: bigint | number) {
+    this.u64('countsSlot', v);
   }
   set combineRecvOff(v: bigint | number) {
     this.u64('combineRecvOff', v);
@@ -309,13 +305,19 @@ export class EpArgsWriter {
   set combineRecvSlot(v: bigint | number) {
     this.u64('combineRecvSlot', v);
   }
+  set expertXOff(v: bigint | number) {
+    this.u64('expertXOff', v);
+  }
+  set expertScalesOff(v: bigint | number) {
+    this.u64('expertScalesOff', v);
+  }
+  // bytes per row, then device pointers
   set dispatchRowBytes(v: bigint | number) {
     this.u64('dispatchRowBytes', v);
   }
   set combineRowBytes(v: bigint | number) {
     this.u64('combineRowBytes', v);
   }
-  // device pointers
   set peerBases(v: bigint) {
     this.u64('peerBases', v);
   }
@@ -331,17 +333,17 @@ export class EpArgsWriter {
   set expertOut(v: bigint) {
     this.u64('expertOut', v);
   }
-  set expertX(v: bigint) {
-    this.u64('expertX', v);
-  }
-  set expertScales(v: bigint) {
-    this.u64('expertScales', v);
-  }
   set expertCounts(v: bigint) {
     this.u64('expertCounts', v);
   }
   set y(v: bigint) {
     this.u64('y', v);
+  }
+  set viewX(v: bigint) {
+    this.u64('viewX', v);
+  }
+  set viewScales(v: bigint) {
+    this.u64('viewScales', v);
   }
   set sendCounts(v: bigint) {
     this.u64('sendCounts', v);
@@ -351,6 +353,12 @@ export class EpArgsWriter {
   }
   set pairRow(v: bigint) {
     this.u64('pairRow', v);
+  }
+  set pairDest(v: bigint) {
+    this.u64('pairDest', v);
+  }
+  set recvSplits(v: bigint) {
+    this.u64('recvSplits', v);
   }
   set state(v: bigint) {
     this.u64('state', v);

@@ -20,13 +20,7 @@ import {
 } from '../../ep/call-errors.js';
 import type { EpConfig } from '../../ep/config.js';
 import { type CombineHandle, HandleRegistry, withAbandoned } from '../../ep/handle.js';
-import {
-  type HeapLayout,
-  recvRowOffset,
-  recvScaleOffset,
-  signalOffset,
-  splitsOffset,
-} from '../../ep/layout.js';
+import { computeDirectLayout, type DirectHeapLayout, signalOffset } from '../../ep/layout.js';
 import { type DType, type HostTensor, hostTensor, numel } from '../../ep/tensor.js';
 import {
   ClosedError,
@@ -71,7 +65,7 @@ import {
 import type { GraphCall } from './graph.js';
 import { type CudaHeap, openCudaHeap } from './heap.js';
 
-const KERNELS = ['ep_route', 'ep_dispatch', 'ep_repack', 'ep_combine_send', 'ep_combine_reduce'] as const;
+const KERNELS = ['ep_route', 'ep_dispatch', 'ep_recv_view', 'ep_combine_send', 'ep_combine_reduce'] as const;
 type KernelName = (typeof KERNELS)[number];
 const CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
 const CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16;
@@ -91,9 +85,10 @@ function rowBlock(vectors: number): number {
 }
 
 /**
- * The cuda transport's group: the protocol of DESIGN.md as a fixed set of kernel launches on one
- * stream (route -> dispatch -> repack; combine_send -> combine_reduce), peers' heaps mapped through
- * CUDA IPC. No host synchronisation sits inside a dispatch or combine: routing and capacity errors
+ * The cuda transport's group: a fixed set of kernel launches on one stream (route -> dispatch;
+ * combine_send -> combine_reduce), peers' heaps mapped through CUDA IPC. Routing all-gathers the
+ * per-expert counts, so dispatch stores each row straight into its place in the owner's expertX
+ * (kernels/ep.cu tells the protocol). No host synchronisation sits inside a dispatch or combine: routing and capacity errors
  * are found on the device and reported through a small host-mapped error word, read at checkpoints
  * (synchronize(), download(), and the start of the next call).
  *
@@ -116,6 +111,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   private readonly expertX: DeviceTensor;
   private readonly expertScales: DeviceTensor | null;
   private readonly expertCounts: DeviceTensor;
+  private readonly recvSplits: bigint;
   private readonly y: bigint;
   private readonly smCount: number;
   private readonly routeSmem: number;
@@ -123,7 +119,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
 
   private constructor(
     readonly config: EpConfig,
-    private readonly layout: HeapLayout,
+    private readonly layout: DirectHeapLayout,
     private readonly drv: CudaDriver,
     private readonly heap: CudaHeap,
     private readonly stream: CuStream,
@@ -142,26 +138,32 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     };
     const epr = c.expertsPerRank;
     const xDtype: DType = c.fp8 ? 'fp8_e4m3' : 'bf16';
+    // expertX and its scales live in the heap: peers store their rows straight into them
+    const inHeap = (offset: number) => heap.local + BigInt(offset);
     this.expertX = new DeviceTensor(
       xDtype,
       [epr, c.expertCapacity, c.hidden],
-      alloc(epr * c.expertCapacity * c.dispatchRowBytes),
+      inHeap(layout.expertX.offset),
       null,
     );
     this.expertScales = c.fp8
       ? new DeviceTensor(
           'f32',
           [epr, c.expertCapacity, c.groupsPerRow],
-          alloc(epr * c.expertCapacity * c.groupsPerRow * 4),
+          inHeap(layout.expertScales.offset),
           null,
         )
       : null;
+    this.recvSplits = alloc(c.world * (epr + 1) * 4);
     this.expertCounts = new DeviceTensor('i32', [epr], alloc(epr * 4), null);
     this.y = alloc(c.maxTokensPerRank * c.hidden * 2);
     const peerBases = alloc(8 * c.world);
     drv.memcpyHtoD(peerBases, BigUint64Array.from(heap.peers));
     const state = alloc(EP_STATE_BYTES);
     drv.memsetD8(state, 0, EP_STATE_BYTES);
+    // the copy and memset above run on the legacy stream, which does not order with this group's
+    // non-blocking stream: finish them before any kernel reads them
+    drv.synchronizeContext();
     const a = this.args;
     a.rank = this.rank;
     a.world = c.world;
@@ -174,24 +176,24 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     a.groupSize = c.fp8GroupSize;
     a.groupsPerRow = c.groupsPerRow;
     a.set('fp8', c.fp8 ? 1 : 0);
-    a.set('splitsPerPeer', layout.splitsPerPeer);
+    a.set('splitsPerPeer', epr + 1);
     a.set('timeoutNs', BigInt(Math.round(timeoutMs * 1e6)));
     const L = layout;
+    a.set('countSignalOff', L.countSignal.offset).set('countSignalSlot', L.countSignal.slotBytes);
     a.set('dispatchSignalOff', L.dispatchSignal.offset).set('dispatchSignalSlot', L.dispatchSignal.slotBytes);
     a.set('combineSignalOff', L.combineSignal.offset).set('combineSignalSlot', L.combineSignal.slotBytes);
-    a.set('recvSplitsOff', L.recvSplits.offset).set('recvSplitsSlot', L.recvSplits.slotBytes);
-    a.set('recvDataOff', L.recvData.offset).set('recvDataSlot', L.recvData.slotBytes);
-    a.set('recvScalesOff', L.recvScales.offset).set('recvScalesSlot', L.recvScales.slotBytes);
+    a.set('countsOff', L.counts.offset).set('countsSlot', L.counts.slotBytes);
     a.set('combineRecvOff', L.combineRecv.offset).set('combineRecvSlot', L.combineRecv.slotBytes);
+    a.set('expertXOff', L.expertX.offset).set('expertScalesOff', L.expertScales.offset);
     a.set('dispatchRowBytes', c.dispatchRowBytes).set('combineRowBytes', c.combineRowBytes);
     a.set('peerBases', peerBases);
-    a.set('expertX', this.expertX.devicePtr);
-    a.set('expertScales', this.expertScales?.devicePtr ?? 0n);
     a.set('expertCounts', this.expertCounts.devicePtr);
     a.set('y', this.y);
     a.set('sendCounts', alloc(c.numExperts * 4));
     a.set('sendOffsets', alloc((c.numExperts + 1) * 4));
     a.set('pairRow', alloc(c.maxTokensPerRank * c.topk * 4));
+    a.set('pairDest', alloc(c.maxTokensPerRank * c.topk * 4));
+    a.set('recvSplits', this.recvSplits);
     a.set('state', state);
     a.set('errHost', errWord.devicePtr);
     this.copyKernel = drv.moduleGetFunction(module, 'ep_copy_bench');
@@ -200,13 +202,12 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     ) as Record<KernelName, KernelLauncher>;
     // one routing shared-memory size for every call (and every captured graph): sized for maxTokensPerRank
     this.routeSmem = routeSharedBytes(c.numExperts, c.maxTokensPerRank * c.topk);
-    if (this.routeSmem > 48 * 1024) {
-      drv.funcSetAttribute(
-        this.launchers.ep_route.fn,
-        CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-        this.routeSmem,
-      );
-    }
+    // opt in always: the kernel's static shared memory counts towards the 48 KiB default limit too
+    drv.funcSetAttribute(
+      this.launchers.ep_route.fn,
+      CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+      this.routeSmem,
+    );
     if (EP_ARGS_BYTES !== a.bytes.length) throw new CudaError('kernel argument buffer has the wrong size');
     process.on('exit', this.onExit);
   }
@@ -220,7 +221,9 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     if (this.closed) return;
     const n = BigInt(this.calls);
     const c = this.config;
+    const next = Number((n + 1n) & 1n);
     const words: [bigint, bigint][] = [
+      [BigInt(signalOffset(this.layout.countSignal, next, this.rank)), (n + 1n) | EP_ABORT_BIT],
       [
         BigInt(signalOffset(this.layout.dispatchSignal, Number((n + 1n) & 1n), this.rank)),
         (n + 1n) | EP_ABORT_BIT,
@@ -240,7 +243,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     }
   };
 
-  static async create(config: EpConfig, layout: HeapLayout, options: GroupOptions & { timeoutMs: number }) {
+  static async create(config: EpConfig, options: GroupOptions & { timeoutMs: number }) {
     // the routing kernel runs in one block: its shared memory bounds E and T * k
     if (config.numExperts > EP_MAX_EXPERTS) {
       throw new ConfigError(
@@ -261,6 +264,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     const ordinal = options.device ?? localRank % drv.deviceCount;
     drv.useDevice(ordinal);
     const module = drv.moduleLoadData(readFileSync(fatbinPath()));
+    const layout = computeDirectLayout(config);
     const heap = await openCudaHeap(drv, config.world, layout.totalBytes, options.timeoutMs);
     const stream = drv.streamCreate({ nonBlocking: true });
     const errWord = drv.allocHostMapped(64);
@@ -275,7 +279,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     const bytes = t.data.byteLength;
     const p = this.drv.memAlloc(Math.max(bytes, 16));
     this.userBuffers.add(p);
-    if (bytes > 0) this.drv.memcpyHtoD(p, t.data, bytes);
+    if (bytes > 0) this.copyFromHost(p, t.data, bytes);
     return new DeviceTensor(t.dtype, t.shape, p, (ptr) => {
       if (this.userBuffers.delete(ptr)) this.drv.memFree(ptr);
     });
@@ -292,7 +296,18 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     if (bytes === 0) return;
     if (src instanceof DeviceTensor)
       this.drv.memcpyDtoDAsync(dst.devicePtr, src.devicePtr, bytes, this.stream);
-    else this.drv.memcpyHtoD(dst.devicePtr, src.data, bytes); // synchronous: the host array may change after
+    else this.copyFromHost(dst.devicePtr, src.data, bytes);
+  }
+
+  /**
+   * A copy from JavaScript memory that the group's kernels see. cuMemcpyHtoD from pageable memory
+   * may return before its data lands on the device, and it is not ordered with this group's
+   * non-blocking stream: without the wait a kernel launched right after can read the old bytes.
+   * (An async copy on the stream would let the driver read the JavaScript memory after the call.)
+   */
+  private copyFromHost(dst: bigint, src: HostTensor['data'], bytes: number): void {
+    this.drv.memcpyHtoD(dst, src, bytes);
+    this.drv.synchronizeContext();
   }
 
   /**
@@ -457,11 +472,11 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       expertScales: this.expertScales,
       expertCounts: this.expertCounts,
       handle,
-      recv: options.returnRecv ? this.copyRecv(call & 1) : null,
+      recv: options.returnRecv ? this.recvView() : null,
     };
   }
 
-  /** The launches of one dispatch: route -> dispatch -> repack (eager, or recorded into a graph). */
+  /** The launches of one dispatch: route -> dispatch (eager, or recorded into a graph). */
   private launchDispatch(x: DeviceTensor, topkIdx: DeviceTensor, w: DeviceTensor | null, T: number): void {
     const a = this.args;
     a.numTokens = T;
@@ -470,14 +485,15 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       .set('topkWeights', w?.devicePtr ?? 0n);
     const units = this.config.hidden / 16; // ep_dispatch: one thread per 16 values of a row
     const block = rowBlock(units);
-    this.launch('ep_route', 1, EP_ROUTE_THREADS, this.routeSmem);
+    // half a block routes small batches faster (fewer warps at each barrier; measured on an H100)
+    const routeThreads = T * this.config.topk <= 4096 ? EP_ROUTE_THREADS / 2 : EP_ROUTE_THREADS;
+    this.launch('ep_route', 1, routeThreads, this.routeSmem);
     this.launch('ep_dispatch', Math.min(8 * this.smCount, Math.max(1, T * Math.ceil(units / block))), block);
-    this.launch('ep_repack', this.rowGrid(), 256);
   }
 
   /**
-   * Blocks for the kernels that walk received rows (repack, combine send): no more than the rows that
-   * can exist (W * maxRowsPerPeer, a warp each, 8 warps a block) and no more than 4 per SM. Idle
+   * Blocks for the kernels that walk received rows (recv view, combine send): no more than the rows
+   * that can exist (W * maxRowsPerPeer, a warp each, 8 warps a block) and no more than 4 per SM. Idle
    * blocks are not free: each one still joins the last-block-done count with a system-scope fence.
    */
   private rowGrid(): number {
@@ -492,9 +508,8 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     a.set('topkIdx', topkIdx.devicePtr).set('topkWeights', w.devicePtr).set('expertOut', expertOut.devicePtr);
     const vectors = this.config.hidden / 8;
     const block = rowBlock(vectors);
-    // with one rank nothing travels (a rank's own rows are read in place by the reduction): one block
-    // only signals and waits
-    this.launch('ep_combine_send', this.config.world === 1 ? 1 : this.rowGrid(), 256);
+    // a rank's own rows are read in place by the reduction: with one rank nothing travels
+    if (this.config.world > 1) this.launch('ep_combine_send', this.rowGrid(), 256);
     this.launch(
       'ep_combine_reduce',
       Math.min(8 * this.smCount, Math.max(1, T * Math.ceil(vectors / block))),
@@ -502,30 +517,28 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     );
   }
 
-  /** Copies the source-major receive slot into new device tensors (the caller frees them). */
-  private copyRecv(slot: number): SourceMajorRecv<DeviceTensor> {
+  /**
+   * The source-major view of what this rank received (rows each source sent, in the source's order),
+   * rebuilt from expertX by ep_recv_view into new device tensors (the caller frees them).
+   */
+  private recvView(): SourceMajorRecv<DeviceTensor> {
     const c = this.config;
-    const L = this.layout;
-    const copy = (dtype: DType, shape: number[], offset: number) => {
+    const alloc = (dtype: DType, shape: number[]) => {
       const bytes = numel(shape) * elementBytes(dtype);
       const p = this.drv.memAlloc(Math.max(bytes, 16));
       this.userBuffers.add(p);
-      this.drv.memcpyDtoDAsync(p, this.heap.local + BigInt(offset), bytes, this.stream);
       return new DeviceTensor(dtype, shape, p, (ptr) => {
         if (this.userBuffers.delete(ptr)) this.drv.memFree(ptr);
       });
     };
-    return {
-      x: copy(
-        c.fp8 ? 'fp8_e4m3' : 'bf16',
-        [c.world, c.maxRowsPerPeer, c.hidden],
-        recvRowOffset(L, c, slot, 0, 0),
-      ),
-      scales: c.fp8
-        ? copy('f32', [c.world, c.maxRowsPerPeer, c.groupsPerRow], recvScaleOffset(L, c, slot, 0, 0))
-        : null,
-      splits: copy('i32', [c.world, L.splitsPerPeer], splitsOffset(L, slot, 0)),
-    };
+    const x = alloc(c.fp8 ? 'fp8_e4m3' : 'bf16', [c.world, c.maxRowsPerPeer, c.hidden]);
+    const scales = c.fp8 ? alloc('f32', [c.world, c.maxRowsPerPeer, c.groupsPerRow]) : null;
+    const splits = alloc('i32', [c.world, c.expertsPerRank + 1]);
+    this.args.set('viewX', x.devicePtr).set('viewScales', scales?.devicePtr ?? 0n);
+    this.launch('ep_recv_view', this.rowGrid(), 256);
+    this.args.set('viewX', 0n).set('viewScales', 0n);
+    this.drv.memcpyDtoDAsync(splits.devicePtr, this.recvSplits, splits.bytes, this.stream);
+    return { x, scales, splits };
   }
 
   combine(
@@ -702,8 +715,7 @@ export function deviceError(e: EpErrorRecord, c: EpConfig): MoeA2aError {
 
 export async function createCudaGroup(
   config: EpConfig,
-  layout: HeapLayout,
   options: GroupOptions & { timeoutMs: number },
 ): Promise<EpGroup<DeviceTensor>> {
-  return CudaEpGroup.create(config, layout, options);
+  return CudaEpGroup.create(config, options);
 }

@@ -42,6 +42,8 @@ export async function openCudaHeap(
   const seq = heapsOpened++;
   const local = drv.memAlloc(bytes);
   drv.memsetD8(local, 0, bytes); // signal words start below any call count
+  // a synchronous memset may still be running when it returns: finish it before any peer can write
+  drv.synchronizeContext();
   const peers: bigint[] = new Array(world).fill(0n);
   peers[rank] = local;
   let store: StoreClient | null = null;

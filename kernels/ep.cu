@@ -268,21 +268,23 @@ __device__ __forceinline__ void gather_dests(const EpArgs& a, int t, DestList& L
   const int* topk = (const int*)a.topkIdx;
   const int* pairDest = (const int*)a.pairDest;
   const uint64_t* peer = (const uint64_t*)a.peerBases;
-  const int k = a.topk;
+  const int k = a.topk, W = a.world;
+  // lane l holds rank l's heap base (loaded with the pair data below, not after it)
+  const uint64_t laneBase = lane < W ? __ldg(peer + lane) : 0;
   int n = 0;
   for (int j0 = 0; j0 < k; j0 += 32) {
     const int j = j0 + lane;
     bool valid = false;
     uint64_t row = 0, sc = 0;
-    if (j < k) {
-      const int p = t * k + j;
-      const int r = __ldg(pairDest + p);
-      if (r >= 0) {
-        const uint64_t base = __ldg(peer + __ldg(topk + p) / a.expertsPerRank);
-        row = base + a.expertXOff + (uint64_t)r * a.dispatchRowBytes;
-        sc = base + a.expertScalesOff + (uint64_t)r * (uint64_t)a.groupsPerRow * 4u;
-        valid = true;
-      }
+    const int p = t * k + j;
+    const int r = j < k ? __ldg(pairDest + p) : -1;
+    const int d = j < k ? __ldg(topk + p) / a.expertsPerRank : 0;
+    const uint64_t fromLane = __shfl_sync(FULL_MASK, laneBase, d & 31);
+    if (r >= 0) {
+      const uint64_t base = d < 32 ? fromLane : __ldg(peer + d);
+      row = base + a.expertXOff + (uint64_t)r * a.dispatchRowBytes;
+      sc = base + a.expertScalesOff + (uint64_t)r * (uint64_t)a.groupsPerRow * 4u;
+      valid = true;
     }
     const uint32_t bal = __ballot_sync(FULL_MASK, valid);
     if (valid) {
@@ -527,6 +529,7 @@ extern "C" __global__ void __launch_bounds__(EP_ROUTE_THREADS, 1) ep_route(const
   __shared__ int sBad;   // first offending pair (ids), INT_MAX if none
   __shared__ int sCap;   // first destination over capacity
   __shared__ int sCapE;  // first local expert over capacity
+  __shared__ int sPeerErr;  // a count wait failed (and was reported): the call is off
   __shared__ int sMst[EP_MAX_EXPERTS];    // m_st of each source (W <= E)
   __shared__ int sDelta[EP_MAX_EXPERTS];  // per expert: destination row minus send row, or INT_MIN
   __shared__ unsigned long long sCall;
@@ -569,6 +572,7 @@ extern "C" __global__ void __launch_bounds__(EP_ROUTE_THREADS, 1) ep_route(const
     sBad = INT_MAX;
     sCap = INT_MAX;
     sCapE = INT_MAX;
+    sPeerErr = 0;
     if (host_abort(a) != 0) mark_host_abort(a);  // after the clear above (same thread)
   }
   for (int i = tid; i < NW * E; i += B) hist[i] = 0;
@@ -752,6 +756,7 @@ extern "C" __global__ void __launch_bounds__(EP_ROUTE_THREADS, 1) ep_route(const
       if (s == me) continue;
       uint64_t seen = 0;
       const int r = wait_until(mine + s, call, deadline, &seen);
+      if (r != WAIT_ARRIVED) sPeerErr = 1;
       if (r == WAIT_ABORTED)
         report_error(a, EP_ERR_PEER_ABORT_DISPATCH, (uint32_t)s, slot, call, 0, 0, 0u);
       else if (r == WAIT_TIMED_OUT)
@@ -759,7 +764,9 @@ extern "C" __global__ void __launch_bounds__(EP_ROUTE_THREADS, 1) ep_route(const
     }
   }
   __syncthreads();  // every wait done (and phase 4's pairRow stores visible to the block)
-  if (read_err_code(st) != 0) return;  // the call is off on every rank: each saw an abort or timed out
+  // The call is off on every rank when any rank's routing failed (each saw the abort) or a wait timed
+  // out; this block made every such report itself, so shared memory tells (no global read).
+  if (!ok || sPeerErr) return;
   EP_PROBE_AT(6);
 
   // Phase 5: from every rank's counts, for each expert e: where my rows of e start in its owner's
@@ -970,14 +977,17 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(c
       int n = 0;
       for (int j0 = 0; j0 < k; j0 += 32) {
         const int j = j0 + tid, p = t * k + j;
+        // the three loads together: one round trip to memory instead of two
         const int e = j < k ? __ldg(topk + p) : -1;
+        const int dest = j < k ? __ldg(pairDest + p) : 0;
+        const int back = j < k ? __ldg(pairRow + p) : 0;
         const bool valid = e >= 0;
         uint64_t row = 0;
         if (valid) {
           // A row of my own expert is still in expertOut, at the row ep_route gave its pair in my
           // expertX; every other row came back from its owner (ep_combine_send) to my send order.
-          row = e / EPR == a.rank ? (uint64_t)a.expertOut + (uint64_t)__ldg(pairDest + p) * a.combineRowBytes
-                                  : recv + (uint64_t)__ldg(pairRow + p) * a.combineRowBytes;
+          row = e / EPR == a.rank ? (uint64_t)a.expertOut + (uint64_t)dest * a.combineRowBytes
+                                  : recv + (uint64_t)back * a.combineRowBytes;
         }
         const uint32_t bal = __ballot_sync(FULL_MASK, valid);
         if (valid) {

@@ -24,8 +24,10 @@ for step in "$@"; do
     graph)
       run graph1 timeout 200 $cli verify --transport cuda --graph --world 1 --experts 16 --hidden 512 --topk 4 --tokens 32 --scenario random --calls 1000
       run graph2 timeout 200 $cli verify --transport cuda --graph --world 2 --experts 16 --hidden 512 --topk 4 --tokens 32 --scenario random,skewed --calls 200 ;;
-    bench) TAIL=40 run bench timeout 400 $cli bench --transport cuda --world 1 --tokens 1,32,128,512,4096 --iters 200 --warmup 20 ;;
-    bench2) TAIL=12 run bench2 timeout 120 $cli bench --transport cuda --world 2 --tokens 128 --iters 100 --warmup 10 ;;
+    bench) TAIL=40 run bench timeout 400 $cli bench --transport cuda --world 1 --tokens 1,32,128,512,4096 --iters 200 --warmup 20
+      mkdir -p "$OUT/results" && cp bench/results/*-cuda-* "$OUT/results/" 2>/dev/null ;;
+    bench2) TAIL=12 run bench2 timeout 120 $cli bench --transport cuda --world 2 --tokens 128 --iters 100 --warmup 10
+      mkdir -p "$OUT/results" && cp bench/results/*-cuda-* "$OUT/results/" 2>/dev/null ;;
     profile)
       # per-kernel device time at T = 128 (W = 1, DeepSeek-V3 shape), clocks and caches as in real use
       TAIL=40 run profile timeout 300 ncu --clock-control none --cache-control none --graph-profiling node \

@@ -22,6 +22,8 @@ export interface BenchTask {
 export interface CudaBenchExtras {
   graphDispatchUs: number[];
   graphCombineUs: number[];
+  /** Dispatch + combine replayed as one graph (GraphCall.step), as the PyTorch baseline's graph does. */
+  graphStepUs: number[];
   /** Host time (us, CPU clock) of one call, median over many calls without waiting for the device. */
   hostDispatchUs: number;
   hostCombineUs: number;
@@ -67,6 +69,7 @@ async function cudaExtras(
     g.copyInto(graph.expertOut, expertOut);
     const graphDispatchUs: number[] = [];
     const graphCombineUs: number[] = [];
+    const graphStepUs: number[] = [];
     for (let i = 0; i < task.warmup + task.iters; i++) {
       const set = sets[i % sets.length];
       g.copyInto(graph.x, set.x);
@@ -75,9 +78,12 @@ async function cudaExtras(
       await g.barrier();
       const d = g.timeOnDevice(() => graph.dispatch());
       const c = g.timeOnDevice(() => graph.combine());
+      await g.barrier();
+      const s = g.timeOnDevice(() => graph.step());
       if (i >= task.warmup) {
         graphDispatchUs.push(d);
         graphCombineUs.push(c);
+        graphStepUs.push(s);
       }
     }
     // host cost: the CPU time of issuing calls, measured back to back without waiting for the device
@@ -114,6 +120,7 @@ async function cudaExtras(
     return {
       graphDispatchUs,
       graphCombineUs,
+      graphStepUs,
       hostDispatchUs: median(hd),
       hostCombineUs: median(hc),
       hostGraphDispatchUs: median(gd),

@@ -2,6 +2,7 @@ import { createGroup, type TransportName } from '../create.js';
 import type { EpGroup } from '../ep/api.js';
 import {
   type ActualDispatch,
+  bytesEqual,
   compareCombine,
   compareDispatch,
   oracleExpertOutput,
@@ -105,9 +106,10 @@ function verifyGraphCall(
   g.copyInto(graph.topkWeights, hostTensor('f32', [T, cfg.topk], me.topkWeights));
   graph.dispatch();
   const expertX = g.download(graph.expertX);
+  const scales = graph.expertScales ? g.download(graph.expertScales) : null;
   const actual: ActualDispatch = {
-    expertX: new Uint8Array(expertX.data.buffer, expertX.data.byteOffset, expertX.data.byteLength),
-    expertScales: graph.expertScales ? (g.download(graph.expertScales).data as Float32Array) : null,
+    expertX: bytesOf(expertX),
+    expertScales: scales ? (scales.data as Float32Array) : null,
     expertCounts: g.download(graph.expertCounts).data as Int32Array,
   };
   const expected = expectedDispatch(cfg, inputs);
@@ -118,7 +120,24 @@ function verifyGraphCall(
   const y = g.download(graph.y);
   if (bad) return `graph replay ${call}: dispatch: ${bad}`;
   const badY = combineVerdict(cfg, inputs, rank, expected, y);
-  return badY ? `graph replay ${call}: combine: ${badY}` : undefined;
+  if (badY) return `graph replay ${call}: combine: ${badY}`;
+  // the same call again as one step() replay (dispatch + combine in one graph, expertOut already in
+  // place): every output must come out byte for byte the same
+  g.poisonOutputs(POISON_BYTE);
+  graph.step();
+  for (const [name, t, before] of [
+    ['expertX', graph.expertX, expertX],
+    ['expertScales', graph.expertScales, scales],
+    ['y', graph.y, y],
+  ] as const) {
+    if (t && before && !bytesEqual(bytesOf(g.download(t)), bytesOf(before)))
+      return `graph step ${call}: ${name} differs from the dispatch + combine replays`;
+  }
+  return undefined;
+}
+
+function bytesOf(t: HostTensor): Uint8Array {
+  return new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
 }
 
 /** One dispatch + combine with fresh inputs, checked bit for bit. Returns a mismatch message or undefined. */

@@ -96,7 +96,8 @@ function describe(o: RowOrigin): string {
   return `(src ${o.src}, token ${o.token}, slot ${o.slot}, expert ${o.expert})`;
 }
 
-function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
+/** Byte-for-byte equality of two byte arrays. */
+export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
   return true;

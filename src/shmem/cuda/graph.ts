@@ -33,6 +33,12 @@ export interface GraphCall {
   dispatch(): void;
   /** Replays the combine graph. */
   combine(): void;
+  /**
+   * Replays dispatch and combine captured together as one graph: for a caller whose expert outputs
+   * are already in `expertOut` when the step starts (a pipeline whose experts run elsewhere, or a
+   * benchmark comparing with a framework's one-graph step). Counts as a dispatch followed by its combine.
+   */
+  step(): void;
   /** Frees the graphs and the bound inputs. */
   close(): void;
 }

@@ -609,6 +609,10 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     // the captured launches must not change the host's call count or handles: capture raw launches
     const dispatchExec = capture(() => this.launchDispatch(x, topkIdx, topkWeights, T));
     const combineExec = capture(() => this.launchCombine(expertOut, topkIdx, topkWeights, T));
+    const stepExec = capture(() => {
+      this.launchDispatch(x, topkIdx, topkWeights, T);
+      this.launchCombine(expertOut, topkIdx, topkWeights, T);
+    });
     const owner = {};
     let closed = false;
     const graphs = this.graphs;
@@ -643,6 +647,13 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
         this.lastDispatch.combined = true;
         drv.graphLaunch(combineExec, this.stream);
       },
+      step: () => {
+        live();
+        this.calls++;
+        this.handles.abandonPending();
+        this.lastDispatch = { by: owner, combined: true };
+        drv.graphLaunch(stepExec, this.stream);
+      },
       close: () => {
         if (closed) return;
         closed = true;
@@ -650,6 +661,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
         if (!this.closed) this.synchronize();
         drv.graphExecDestroy(dispatchExec);
         drv.graphExecDestroy(combineExec);
+        drv.graphExecDestroy(stepExec);
         for (const t of [x, topkIdx, topkWeights, expertOut]) t.free();
       },
     };

@@ -53,7 +53,7 @@
 // gets call | EP_ABORT_BIT, and errHost is not written; set it back to 0.
 // ===========================================================================================================
 //
-// The protocol (see docs/protocol.md): ep_route counts this rank's pairs per expert and all-gathers the
+// The protocol (README, "The protocol"): ep_route counts this rank's pairs per expert and all-gathers the
 // counts (E ints to every peer, then a count signal). From every rank's counts each rank computes, for
 // each of its pairs, the final row in the owner's expert-major expertX (sources in rank order, each
 // source's rows in its token order), so ep_dispatch stores every row once, straight into its final

@@ -8,6 +8,8 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 cli="node dist/cli/main.js"
 run() { local name=$1; shift; echo "== $name: $*"; local t0=$(date +%s); "$@" > "$OUT/$name.log" 2>&1; local rc=$?; echo "   rc=$rc ($(( $(date +%s) - t0 )) s)"; tail -n "${TAIL:-6}" "$OUT/$name.log"; return 0; }
+# the bench's newest JSON + SVG (bench/results/ on this machine holds older runs too)
+newest_results() { mkdir -p "$OUT/results" && ls -t bench/results/*-cuda-* 2>/dev/null | head -2 | xargs -r cp -t "$OUT/results/"; }
 for step in "$@"; do
   case $step in
     smoke) run smoke $cli verify --transport cuda --world 1 --experts 8 --hidden 256 --topk 4 --tokens 8 ;;
@@ -25,9 +27,9 @@ for step in "$@"; do
       run graph1 timeout 200 $cli verify --transport cuda --graph --world 1 --experts 16 --hidden 512 --topk 4 --tokens 32 --scenario random --calls 1000
       run graph2 timeout 200 $cli verify --transport cuda --graph --world 2 --experts 16 --hidden 512 --topk 4 --tokens 32 --scenario random,skewed --calls 200 ;;
     bench) TAIL=40 run bench timeout 400 $cli bench --transport cuda --world 1 --tokens 1,32,128,512,4096 --iters 200 --warmup 20
-      mkdir -p "$OUT/results" && cp bench/results/*-cuda-* "$OUT/results/" 2>/dev/null ;;
+      newest_results ;;
     bench2) TAIL=12 run bench2 timeout 120 $cli bench --transport cuda --world 2 --tokens 128 --iters 100 --warmup 10
-      mkdir -p "$OUT/results" && cp bench/results/*-cuda-* "$OUT/results/" 2>/dev/null ;;
+      newest_results ;;
     profile)
       # per-kernel device time at T = 128 (W = 1, DeepSeek-V3 shape), clocks and caches as in real use
       TAIL=40 run profile timeout 300 ncu --clock-control none --cache-control none --graph-profiling node \

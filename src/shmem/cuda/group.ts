@@ -285,7 +285,10 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     });
   }
 
-  /** Copies `src` (host or device, same dtype and size) into `dst` on the group's stream. */
+  /**
+   * Copies `src` (same dtype and size) into `dst`: a device tensor on the group's stream; a host
+   * tensor at once, waiting until its bytes are on the device (so it also waits for queued work).
+   */
   copyInto(dst: DeviceTensor, src: HostTensor | DeviceTensor): void {
     const bytes = src instanceof DeviceTensor ? src.bytes : src.data.byteLength;
     if (src.dtype !== dst.dtype || bytes !== dst.bytes) {

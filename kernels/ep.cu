@@ -176,6 +176,20 @@ __device__ __forceinline__ void match_keys(const uint32_t (&key)[N], uint32_t (&
   }
 }
 
+// ep_route's step over a warp's segment: the experts of pairs c0 + u*32 + lane (u < 4; -2 past segHi)
+// and, for each, the lanes holding the same expert.
+__device__ __forceinline__ void load_chunks(const int16_t* idx, int c0, int segHi, int lane, int keyBits,
+                                            int (&e)[4], uint32_t (&m)[4]) {
+  uint32_t key[4];
+#pragma unroll
+  for (int u = 0; u < 4; ++u) {
+    const int p = c0 + u * 32 + lane;
+    e[u] = p < segHi ? idx[p] : -2;
+    key[u] = (uint32_t)(e[u] + 2);
+  }
+  match_keys(key, m, keyBits);
+}
+
 // The end of a "last block finishes" kernel: every block orders its stores (local and peer) before
 // incrementing a local counter; the block that brings it to gridDim.x does the tail. Returns true
 // in every thread of that block. The counter is reset there for the next launch (stream order).
@@ -621,14 +635,8 @@ extern "C" __global__ void __launch_bounds__(EP_ROUTE_THREADS, 1) ep_route(const
     if (warp < NWu) {
       for (int c0 = segLo; c0 < segHi; c0 += 128) {
         int e[4];
-        uint32_t key[4], m[4];
-#pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int p = c0 + u * 32 + lane;
-          e[u] = p < segHi ? idx[p] : -2;
-          key[u] = (uint32_t)(e[u] + 2);
-        }
-        match_keys(key, m, keyBits);
+        uint32_t m[4];
+        load_chunks(idx, c0, segHi, lane, keyBits, e, m);
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
           if (e[u] >= 0) {
@@ -720,14 +728,8 @@ extern "C" __global__ void __launch_bounds__(EP_ROUTE_THREADS, 1) ep_route(const
     if (warp < NWu) {
       for (int c0 = segLo; c0 < segHi; c0 += 128) {
         int e[4];
-        uint32_t key[4], m[4];
-#pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int p = c0 + u * 32 + lane;
-          e[u] = p < segHi ? idx[p] : -2;
-          key[u] = (uint32_t)(e[u] + 2);
-        }
-        match_keys(key, m, keyBits);
+        uint32_t m[4];
+        load_chunks(idx, c0, segHi, lane, keyBits, e, m);
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
           const int p = c0 + u * 32 + lane;

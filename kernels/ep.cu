@@ -1,6 +1,6 @@
 // moe-a2a kernels: routing with the count exchange, dispatch, the source-major view, combine (send + reduce), and a copy benchmark.
-// The protocol is the project's design brief (DESIGN.md); src/ep/*.ts is the bit-exact cpu reference
-// every value here must equal (routing.ts, codec.ts, layout.ts).
+// The protocol is described below and in the README ("The protocol"); src/ep/*.ts is the bit-exact
+// cpu reference every value here must equal (routing.ts, codec.ts, oracle.ts).
 // Every kernel takes exactly one argument, `const __grid_constant__ EpArgs a` (kernels/ep_args.h),
 // except ep_copy_bench (CopyArgs). Build: scripts/build-kernels.mjs (-O3 -fmad=false, sm_90/sm_90a).
 //
@@ -17,7 +17,7 @@
 // ep_dispatch (W > 1) and ep_combine_send end with "the last block to finish publishes and waits": no
 // cooperative launch, no co-residency needed.
 //
-//  ep_route           grid 1, block 1024 (EP_ROUTE_THREADS),
+//  ep_route           grid 1, block 1024 (EP_ROUTE_THREADS; the host uses 512 when T*k <= 4096: faster),
 //                     dynamic smem = 4 * ((block/32) * E + E + 1) + 2 * T*k bytes; pass it for
 //                     T = maxTokensPerRank so one value serves every call (and a captured graph).
 //  ep_dispatch        block B = roundup32(ceil(U / ceil(U / 256))) with U = H/16  (H = 7168 -> 224);
@@ -29,8 +29,8 @@
 //  ep_copy_bench      block 256, grid 8 * SMs (CopyArgs by value: dst, src, bytes).  B <= 1024.
 //
 // ep_route needs cuFuncSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes) whenever its
-// dynamic shared memory exceeds 48 KiB (T*k = 32768, E = 256: 99,332 bytes; E = 1024: 200,708 bytes;
-// an H100 block may opt into 232,448). It checks %dynamic_smem_size itself and traps if given too little.
+// dynamic plus its ~8.4 KiB of static shared memory exceed 48 KiB (the host always sets it). Dynamic:
+// T*k = 32768, E = 256: 99,332 bytes; E = 1024: 200,708 bytes; an H100 block may opt into 232,448. It checks %dynamic_smem_size itself and traps if given too little.
 //
 // LIMITS: E <= 1024 (EP_MAX_EXPERTS), k <= 64 (EP_MAX_TOPK), T*k <= 32768 (EP_MAX_PAIRS: ep_route keeps the
 // ids in shared memory; a larger batch needs a multi-block router), W <= E. Sizes as src/ep/config.ts
@@ -49,8 +49,8 @@
 // combine aborts, so peers' combines fail with EP_ERR_PEER_ABORT_COMBINE instead of timing out; its
 // own rows still went to its peers). On a timeout (EP_ERR_TIMEOUT_*) late writes may still land: treat
 // the group as broken. To abort a call for a host-side reason (a bad shape): set hostAbort to 1 and
-// launch ep_route (T = 0 is fine) + ep_dispatch, or ep_combine_send alone: no data is sent, every peer
-// gets call | EP_ABORT_BIT, and errHost is not written; set it back to 0.
+// launch ep_route (T = 0 is fine), or ep_combine_send alone: no data is sent, every peer gets
+// call | EP_ABORT_BIT, and errHost is not written; set it back to 0.
 // ===========================================================================================================
 //
 // The protocol (README, "The protocol"): ep_route counts this rank's pairs per expert and all-gathers the
@@ -107,9 +107,9 @@ __device__ long long ep_probe[16];
 
 namespace {
 
-// EpArgs.hostAbort: when non-zero, ep_route marks the call aborted without routing (ep_dispatch then
-// sends no data and signals call | EP_ABORT_BIT to every peer), and ep_combine_send does the same for
-// a combine.
+// EpArgs.hostAbort: when non-zero, ep_route marks the call aborted without routing and sends
+// call | EP_ABORT_BIT as its count signal to every peer (ep_dispatch then does nothing), and
+// ep_combine_send does the same for a combine.
 __device__ __forceinline__ int32_t host_abort(const EpArgs& a) { return a.hostAbort; }
 
 // Marks this call aborted in the device copy of the error only (first writer wins, like report_error).
@@ -257,8 +257,9 @@ __device__ __forceinline__ uint32_t bf16x2_bits(float lo, float hi) {
 // Dispatch helpers
 
 // Waits for ep_route (see wait_for_prior) and says whether this rank stores rows this call. Any error
-// but its own expert over capacity means the call is off on every rank (each saw it in the count
-// exchange): no rows and no signals. With its own expert over capacity a rank still sends its rows
+// but its own expert over capacity means the call is off here: a routing failure is seen by every
+// rank in the count exchange (no rows, no signals anywhere); after a timed-out count wait the peers
+// that did not time out go on and time out waiting for this rank's rows (the group is broken). With its own expert over capacity a rank still sends its rows
 // to its peers, which expect them. Every thread of a block gets the same answer.
 __device__ __forceinline__ bool routed(const EpArgs& a) {
   wait_for_prior();
@@ -432,7 +433,7 @@ __device__ void dispatch_fp8_general(const EpArgs& a, DestList& L) {
 //           Rows from s are the flat range [pre[s*EPR], pre[(s+1)*EPR]), expert-sorted.
 //   preT[le*W + s]: exclusive prefix in expert-major order; the expert-major position of row i of
 //           (s, le) is preT[le*W + s] - preT[le*W] + i, and expertCounts[le] = preT[(le+1)*W] - preT[le*W].
-//   mst[s]: the m_st that s announced (where its rows start in its own send order).
+//   mst[s]: m_st of s (where its rows for me start in its own send order), computed by ep_route.
 struct RecvTables {
   int pre[EP_MAX_EXPERTS + 1];
   int preT[EP_MAX_EXPERTS + 1];
@@ -447,11 +448,11 @@ __device__ void build_tables(const EpArgs& a, RecvTables& R) {
   const int* splits = (const int*)a.recvSplits;
   for (int q = threadIdx.x; q < E; q += blockDim.x) {
     const int s = q / EPR, le = q - s * EPR;
-    const int c = splits[s * (EPR + 1) + le];
+    const int c = splits[s * a.splitsPerPeer + le];
     R.pre[q] = c;
     R.preT[le * W + s] = c;
   }
-  for (int s = threadIdx.x; s < W; s += blockDim.x) R.mst[s] = splits[s * (EPR + 1) + EPR];
+  for (int s = threadIdx.x; s < W; s += blockDim.x) R.mst[s] = splits[s * a.splitsPerPeer + EPR];
   block_exclusive_scan(R.pre, E, R.scratch);
   block_exclusive_scan(R.preT, E, R.scratch);
 }
@@ -528,9 +529,9 @@ __device__ void combine_send_rows(const EpArgs& a, uint64_t slot, const RecvTabl
 // 1. ep_route: validate topkIdx, count pairs per expert, prefix-sum, stable pair -> row, capacity; send
 // the counts to every peer and receive theirs; from all counts, each pair's row in its owner's expertX.
 //
-// One block of EP_ROUTE_THREADS (1024) threads. Dynamic shared memory (4*(NW*E + E + 1) + 2*N bytes,
-// NW = blockDim/32, N = T*k):
-//   hist[NW][E]  per-warp histograms, later per-warp running row bases, later delta[E] and mst[W]
+// One block of up to EP_ROUTE_THREADS (1024) threads. Dynamic shared memory (4*(NW*E + E + 1) + 2*N
+// bytes, NW = blockDim/32, N = T*k), and static sDelta[E], sMst[W]:
+//   hist[NW][E]  per-warp histograms, later per-warp running row bases
 //   off[E+1]     exclusive prefix sum of the counts
 //   idx[N]       topkIdx as int16 (ids are < 1024), invalid ids stored as -1
 // Warp w owns the contiguous pair segment [w*S, (w+1)*S), S a multiple of 128, so "pairs of expert e in
@@ -548,7 +549,8 @@ extern "C" __global__ void __launch_bounds__(EP_ROUTE_THREADS, 1) ep_route(const
   __shared__ int sDelta[EP_MAX_EXPERTS];  // per expert: destination row minus send row, or INT_MIN
   __shared__ unsigned long long sCall;
   EP_PROBE_AT(0);
-  // ep_dispatch (launched with programmatic serialization) may start loading and quantising its rows
+  // an ep_dispatch launched with programmatic serialization (bench/micro/kernel_probe.cu does) may
+  // start loading and quantising its rows
   // now; it waits for this kernel before it reads anything written here.
   allow_dependents();
 
@@ -675,20 +677,14 @@ extern "C" __global__ void __launch_bounds__(EP_ROUTE_THREADS, 1) ep_route(const
       off[e] = s;
     }
     block_exclusive_scan(off, E, sScratch);
-    int* sendCounts = (int*)a.sendCounts;
-    int* sendOffsets = (int*)a.sendOffsets;
     for (int e = tid; e < E; e += B) {
-      const int o = off[e];
-      sendCounts[e] = off[e + 1] - o;
-      sendOffsets[e] = o;
-      int run = o;
+      int run = off[e];
       for (int w = 0; w < NWu; ++w) {
         const int c = hist[w * E + e];
         hist[w * E + e] = run;
         run += c;
       }
     }
-    if (tid == 0) sendOffsets[E] = off[E];
     for (int d = tid; d < W; d += B)
       if (off[(d + 1) * EPR] - off[d * EPR] > a.maxRowsPerPeer) atomicMin(&sCap, d);
     __syncthreads();
@@ -766,8 +762,8 @@ extern "C" __global__ void __launch_bounds__(EP_ROUTE_THREADS, 1) ep_route(const
     }
   }
   __syncthreads();  // every wait done (and phase 4's pairRow stores visible to the block)
-  // The call is off on every rank when any rank's routing failed (each saw the abort) or a wait timed
-  // out; this block made every such report itself, so shared memory tells (no global read).
+  // The call is off here when any rank's routing failed (every rank saw the abort) or a wait timed out
+  // (see routed()); this block made every such report itself, so shared memory tells (no global read).
   if (!ok || sPeerErr) return;
   EP_PROBE_AT(6);
 
@@ -785,7 +781,7 @@ extern "C" __global__ void __launch_bounds__(EP_ROUTE_THREADS, 1) ep_route(const
       const int c = s == me ? off[e + 1] - off[e] : (int)ld_cg_u32(counts + ((uint64_t)s * E + e) * 4u);
       before += s < me ? c : 0;
       total += c;
-      if (owner == me) ((int*)a.recvSplits)[s * (EPR + 1) + le] = c;
+      if (owner == me) ((int*)a.recvSplits)[s * a.splitsPerPeer + le] = c;
       if (e < me * EPR && c != 0) atomicAdd(&mst[s], c);  // m_st of source s: its rows before my experts
     }
     const bool over = total > a.expertCapacity;
@@ -796,7 +792,7 @@ extern "C" __global__ void __launch_bounds__(EP_ROUTE_THREADS, 1) ep_route(const
     }
   }
   __syncthreads();
-  for (int s = tid; s < W; s += B) ((int*)a.recvSplits)[s * (EPR + 1) + EPR] = mst[s];
+  for (int s = tid; s < W; s += B) ((int*)a.recvSplits)[s * a.splitsPerPeer + EPR] = mst[s];
   EP_PROBE_AT(7);
   if (sCapE != INT_MAX && tid == 0) {
     // Receive-side capacity (as routing.ts checkExpertCapacity), known to every rank from the counts:
@@ -934,8 +930,14 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
     signal((uint64_t*)(__ldg(peer + s) + a.combineSignalOff + slot * a.combineSignalSlot + (uint64_t)a.rank * 8u),
            value);
   }
-  // After a timeout the group is broken; waiting again would only double the delay.
-  if (code == EP_ERR_TIMEOUT_DISPATCH || code == EP_ERR_TIMEOUT_COMBINE) return;
+  // The dispatch of this call failed here (its error is still in err): a routing failure every rank
+  // saw (no rank sends combine rows for it, and the rank that caused it may never combine), or a
+  // timeout (the group is broken; waiting again would only double the delay). Nothing to wait for.
+  // With its own expert over capacity, or a combine the host refused, wait as usual.
+  const bool ownCapacity =
+      code == EP_ERR_CAPACITY && *(const volatile uint32_t*)&st->err.aux == EP_CAPACITY_AUX_EXPERT;
+  const bool refusedHere = code == EP_INTERNAL_HOST_ABORT && host_abort(a) != 0;
+  if (code != 0 && !ownCapacity && !refusedHere) return;
   // Otherwise wait even when aborting: when this returns, no peer writes into this slot any more.
   const uint64_t deadline = deadline_after(a.timeoutNs);
   const uint64_t* mine = (const uint64_t*)(__ldg(peer + a.rank) + a.combineSignalOff + slot * a.combineSignalSlot);

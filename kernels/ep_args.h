@@ -52,7 +52,7 @@ struct EpArgs {
   int32_t groupSize;       // FP8 group size G
   int32_t groupsPerRow;    // H / G (0 when fp8 is off)
   int32_t fp8;             // 1: quantise dispatched rows to e4m3 + f32 scales
-  int32_t splitsPerPeer;   // EPR + 1
+  int32_t splitsPerPeer;   // EPR + 1: the stride of recvSplits
   int32_t hostAbort;       // 1: the host rejected this call's input: send no data, signal aborts to every peer
   int64_t timeoutNs;       // a wait gives up after this long (globaltimer), writing EP_ERR_TIMEOUT_*
   // symmetric heap layout (bytes from a heap base; see computeDirectLayout in src/ep/layout.ts).
@@ -79,8 +79,6 @@ struct EpArgs {
   uint64_t viewX;         // ep_recv_view only: uint8_t* [W][maxRowsPerPeer][dispatchRowBytes]
   uint64_t viewScales;    // ep_recv_view only: float* [W][maxRowsPerPeer][H/G] (fp8 only)
   // local workspace (device memory, this rank only)
-  uint64_t sendCounts;   // int32_t* [E]: pairs per expert this call
-  uint64_t sendOffsets;  // int32_t* [E + 1]: exclusive prefix sum (send row of each expert's first pair)
   uint64_t pairRow;      // int32_t* [maxTokensPerRank * k]: send row of pair t*k+j, or -1 (dropped)
   uint64_t pairDest;     // int32_t* [maxTokensPerRank * k]: row of pair t*k+j in its owner's expertX, or -1
   uint64_t recvSplits;   // int32_t* [W][EPR + 1]: rows each source sent me per local expert, then its m_st

@@ -113,7 +113,7 @@ __device__ __forceinline__ uint2 ld_nc_v2(const void* p) {
   return v;
 }
 
-// Data that a peer GPU wrote into our heap (receive buffers, split records): read at L2, the point
+// Data that a peer GPU wrote into our heap (counts, expertX rows, returned combine rows): read at L2, the point
 // of coherence for NVLink writes, never from a possibly stale L1 or texture line.
 __device__ __forceinline__ uint4 ld_cg_v4(const void* p) {
   uint4 v;

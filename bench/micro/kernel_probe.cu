@@ -78,7 +78,7 @@ int main(int argc, char** argv) {
   a.x = up(x.data(), x.size() * 2), a.topkIdx = up(idx.data(), idx.size() * 4);
   a.topkWeights = up(w.data(), w.size() * 4), a.expertOut = up(out.data(), out.size() * 2);
   a.expertCounts = zeros(E * 4), a.y = zeros((size_t)T * H * 2);
-  a.sendCounts = zeros(E * 4), a.sendOffsets = zeros((E + 1) * 4), a.pairRow = zeros((size_t)T * K * 4);
+  a.pairRow = zeros((size_t)T * K * 4);
   a.pairDest = zeros((size_t)T * K * 4), a.recvSplits = zeros(W * (E / W + 1) * 4);
   a.state = zeros(sizeof(EpState)), a.errHost = 0;
 
@@ -91,7 +91,7 @@ int main(int argc, char** argv) {
   auto route = [&] { ep_route<<<1, RT, smem, s>>>(a); };
   auto dispatch = [&] { ep_dispatch<<<gridD, B_D, 0, s>>>(a); };
   auto reduce = [&] { ep_combine_reduce<<<gridR, B_R, 0, s>>>(a); };
-  auto dispatchAfterRoute = [&] {  // programmatic dependent launch, as the host does
+  auto dispatchAfterRoute = [&] {  // programmatic dependent launch (the host does not use it yet)
     cudaLaunchConfig_t c = {};
     c.gridDim = dim3(gridD), c.blockDim = dim3(B_D), c.stream = s;
     cudaLaunchAttribute at[1];

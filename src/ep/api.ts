@@ -2,7 +2,10 @@ import type { EpConfig } from './config.js';
 import type { CombineHandle } from './handle.js';
 import type { HostTensor } from './tensor.js';
 
-/** The seed's source-major receive buffer, returned on request (copied out of the heap). */
+/**
+ * The source-major receive buffer, returned on request: the cpu transport copies it out of its heap,
+ * the cuda transport rebuilds it from expertX. Rows past each source's count are not written.
+ */
 export interface SourceMajorRecv<T> {
   /** [W, maxRowsPerPeer, H]: block src = the rows rank src sent me, expert-sorted (fp8_e4m3 or bf16). */
   x: T;
@@ -35,7 +38,7 @@ export interface DispatchOptions<T> {
    * them and topkIdx again from the tensors given here: keep both alive and unchanged until combine.
    */
   topkWeights?: T;
-  /** Also return the source-major receive buffer (a copy). */
+  /** Also return the source-major receive buffer (new tensors; see SourceMajorRecv). */
   returnRecv?: boolean;
 }
 

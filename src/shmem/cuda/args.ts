@@ -112,8 +112,6 @@ const EP_ARGS_SPEC = [
   ['y', 'u64'],
   ['viewX', 'u64'],
   ['viewScales', 'u64'],
-  ['sendCounts', 'u64'],
-  ['sendOffsets', 'u64'],
   ['pairRow', 'u64'],
   ['pairDest', 'u64'],
   ['recvSplits', 'u64'],
@@ -124,7 +122,7 @@ const epArgs = layout(EP_ARGS_SPEC);
 
 /** struct EpArgs: the single by-value argument of every kernel. */
 export const EP_ARGS_FIELDS: readonly FieldSpec[] = epArgs.fields;
-export const EP_ARGS_BYTES: number = epArgs.bytes; // 304
+export const EP_ARGS_BYTES: number = epArgs.bytes; // 288
 
 function offsets<N extends string>(fields: readonly FieldSpec[]): Readonly<Record<N, number>> {
   return Object.freeze(Object.fromEntries(fields.map((f) => [f.name, f.offset]))) as Record<N, number>;
@@ -147,7 +145,7 @@ export const EP_STATE_OFFSET = offsets<'dispatchCalls' | 'doneBlocks' | 'pad' | 
 // ---------------------------------------------------------------------------------------------
 
 export const EP_ERR_NONE = 0;
-/** peer, slot, callCount: a dispatch signal did not arrive in time (a = the last value seen). */
+/** peer, slot, callCount: a dispatch (count or row) signal did not arrive in time (a = the last value seen). */
 export const EP_ERR_TIMEOUT_DISPATCH = 1;
 /** peer, slot, callCount: a combine signal did not arrive in time (a = the last value seen). */
 export const EP_ERR_TIMEOUT_COMBINE = 2;
@@ -344,12 +342,6 @@ export class EpArgsWriter {
   }
   set viewScales(v: bigint) {
     this.u64('viewScales', v);
-  }
-  set sendCounts(v: bigint) {
-    this.u64('sendCounts', v);
-  }
-  set sendOffsets(v: bigint) {
-    this.u64('sendOffsets', v);
   }
   set pairRow(v: bigint) {
     this.u64('pairRow', v);

@@ -1,13 +1,15 @@
 import type { DeviceTensor } from './device-tensor.js';
 
 /**
- * A dispatch and a combine captured as CUDA graphs for a fixed token count T. The graphs bind the
- * input tensors below (owned by the group): write new inputs into them (upload / copy), then replay.
+ * A dispatch, a combine, and both together (step) captured as CUDA graphs for a fixed token count T.
+ * The graphs bind the input tensors below (owned by the group): write new inputs into them
+ * (upload / copy), then replay.
  *
  * Rules (checked on the host, so breaking one is an error, not corruption):
  * - Replays follow the protocol: dispatch(), then combine(), then the next dispatch. A combine replay
  *   must follow this graph's own dispatch replay with no other dispatch of the group (eager or another
- *   graph's) in between: the device keeps one call count per group and combine reads it.
+ *   graph's) in between: the device keeps one call count per group and combine reads it. step() is a
+ *   whole call by itself (dispatch and its combine).
  * - Several graphs may share a group's heap under that rule; they never run concurrently, because a
  *   group launches everything on its one stream.
  * - The call count lives on the device and advances on every replay, so a graph replays correctly any

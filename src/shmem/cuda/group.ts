@@ -189,8 +189,6 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     a.set('peerBases', peerBases);
     a.set('expertCounts', this.expertCounts.devicePtr);
     a.set('y', this.y);
-    a.set('sendCounts', alloc(c.numExperts * 4));
-    a.set('sendOffsets', alloc((c.numExperts + 1) * 4));
     a.set('pairRow', alloc(c.maxTokensPerRank * c.topk * 4));
     a.set('pairDest', alloc(c.maxTokensPerRank * c.topk * 4));
     a.set('recvSplits', this.recvSplits);
@@ -221,15 +219,17 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     if (this.closed) return;
     const n = BigInt(this.calls);
     const c = this.config;
-    const next = Number((n + 1n) & 1n);
-    const words: [bigint, bigint][] = [
-      [BigInt(signalOffset(this.layout.countSignal, next, this.rank)), (n + 1n) | EP_ABORT_BIT],
-      [
-        BigInt(signalOffset(this.layout.dispatchSignal, Number((n + 1n) & 1n), this.rank)),
-        (n + 1n) | EP_ABORT_BIT,
-      ],
-      [BigInt(signalOffset(this.layout.dispatchSignal, Number(n & 1n), this.rank)), n | EP_ABORT_BIT],
-      [BigInt(signalOffset(this.layout.combineSignal, Number(n & 1n), this.rank)), n | EP_ABORT_BIT],
+    const L = this.layout;
+    const word = (r: typeof L.countSignal, call: bigint): [bigint, bigint] => [
+      BigInt(signalOffset(r, Number(call & 1n), this.rank)),
+      call | EP_ABORT_BIT,
+    ];
+    // the next call's counts, and every word of the current call a peer may still wait on
+    const words = [
+      word(L.countSignal, n + 1n),
+      word(L.countSignal, n),
+      word(L.dispatchSignal, n),
+      word(L.combineSignal, n),
     ];
     for (let p = 0; p < c.world; p++) {
       if (p === this.rank) continue;
@@ -432,8 +432,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   private abortDispatch(): void {
     this.args.set('hostAbort', 1);
     this.args.numTokens = 0;
-    this.launch('ep_route', 1, EP_ROUTE_THREADS, this.routeSmem);
-    this.launch('ep_dispatch', 1, 32);
+    this.launch('ep_route', 1, EP_ROUTE_THREADS, this.routeSmem); // its count signal carries the abort
     this.args.set('hostAbort', 0);
   }
 
@@ -579,7 +578,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   }
 
   /**
-   * Captures dispatch + combine for `numTokens` tokens as two CUDA graphs bound to group-owned input
+   * Captures dispatch, combine, and both as one step, for `numTokens` tokens, as CUDA graphs bound to group-owned input
    * buffers (see GraphCall for the rules). Collective only in the sense that every rank must then
    * replay the same sequence; capturing itself runs nothing.
    */

@@ -103,3 +103,20 @@ describe('moe-a2a command line', () => {
     assert.match(r.stdout, /^2 passed, 0 failed$/m);
   });
 });
+
+describe('bench kernelBytes (the bytes the GB/s columns divide by)', () => {
+  it('hand-worked at the DeepSeek-V3 shape, T = 128', async () => {
+    const { kernelBytes } = await import('../src/cli/bench.js');
+    const { resolveConfig } = await import('../src/ep/config.js');
+    const shape = { numExperts: 256, hidden: 7168, topk: 8, maxTokensPerRank: 128 };
+    // W = 1: dispatch reads x (128 * 14336) and writes 1024 FP8 rows of 7168 B + 56 scales of 4 B;
+    // combine reads the 1024 bf16 rows in place and writes y; nothing travels.
+    const one = kernelBytes(resolveConfig({ ...shape, world: 1 }), 128);
+    assert.equal(one.dispatch, 128 * 14336 + 1024 * (7168 + 56 * 4));
+    assert.equal(one.combine, 1024 * 14336 + 128 * 14336);
+    // W = 4: three quarters of the rows are copied back to their origin first (read + write)
+    const four = kernelBytes(resolveConfig({ ...shape, world: 4 }), 128);
+    assert.equal(four.dispatch, one.dispatch);
+    assert.equal(four.combine, one.combine + 2 * 1024 * 14336 * 0.75);
+  });
+});

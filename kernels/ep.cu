@@ -254,6 +254,33 @@ __device__ __forceinline__ uint32_t bf16x2_bits(float lo, float hi) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Waiting for peers
+
+// Every thread of the block waits for its share of the W signal words at `mine` (one per source,
+// `skip` excluded: -1 for none) to hold `call`, within the group's timeout; an abort or a timeout is
+// reported with `abortCode` / `timeoutCode`. Returns true in a thread that saw either.
+__device__ __forceinline__ bool wait_for_sources(const EpArgs& a, const uint64_t* mine, int skip, uint64_t call,
+                                                 uint32_t slot, uint32_t abortCode, uint32_t timeoutCode) {
+  const uint64_t deadline = deadline_after(a.timeoutNs);
+  bool failed = false;
+  for (int s = threadIdx.x; s < a.world; s += blockDim.x) {
+    if (s == skip) continue;
+    uint64_t seen = 0;
+    const int r = wait_until(mine + s, call, deadline, &seen);
+    failed |= r != WAIT_ARRIVED;
+    if (r == WAIT_ABORTED) report_error(a, abortCode, (uint32_t)s, slot, call, 0, 0, 0u);
+    else if (r == WAIT_TIMED_OUT) report_error(a, timeoutCode, (uint32_t)s, slot, call, (int64_t)seen, 0, 0u);
+  }
+  return failed;
+}
+
+// This call's error is this rank's own expert over capacity: its dispatch failed, but its rows went
+// to its peers and its peers go on to combine.
+__device__ __forceinline__ bool own_expert_over_capacity(const EpState* st, uint32_t code) {
+  return code == EP_ERR_CAPACITY && *(const volatile uint32_t*)&st->err.aux == EP_CAPACITY_AUX_EXPERT;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Dispatch helpers
 
 // Waits for ep_route (see wait_for_prior) and says whether this rank stores rows this call. Any error
@@ -265,7 +292,7 @@ __device__ __forceinline__ bool routed(const EpArgs& a) {
   wait_for_prior();
   const EpState* st = state_of(a);
   const uint32_t code = read_err_code(st);
-  return code == 0 || (code == EP_ERR_CAPACITY && *(const volatile uint32_t*)&st->err.aux == EP_CAPACITY_AUX_EXPERT);
+  return code == 0 || own_expert_over_capacity(st, code);
 }
 
 struct DestList {
@@ -748,18 +775,9 @@ extern "C" __global__ void __launch_bounds__(EP_ROUTE_THREADS, 1) ep_route(const
   // Wait for every peer's counts (bounded). Even a rank whose call is off waits, so that no count
   // store into this slot is still in flight when the call ends here.
   {
-    const uint64_t deadline = deadline_after(a.timeoutNs);
     const uint64_t* mine = (const uint64_t*)(__ldg(peer + me) + a.countSignalOff + slot * a.countSignalSlot);
-    for (int s = tid; s < W; s += B) {
-      if (s == me) continue;
-      uint64_t seen = 0;
-      const int r = wait_until(mine + s, call, deadline, &seen);
-      if (r != WAIT_ARRIVED) sPeerErr = 1;
-      if (r == WAIT_ABORTED)
-        report_error(a, EP_ERR_PEER_ABORT_DISPATCH, (uint32_t)s, slot, call, 0, 0, 0u);
-      else if (r == WAIT_TIMED_OUT)
-        report_error(a, EP_ERR_TIMEOUT_DISPATCH, (uint32_t)s, slot, call, (int64_t)seen, 0, 0u);
-    }
+    if (wait_for_sources(a, mine, me, call, slot, EP_ERR_PEER_ABORT_DISPATCH, EP_ERR_TIMEOUT_DISPATCH))
+      sPeerErr = 1;
   }
   __syncthreads();  // every wait done (and phase 4's pairRow stores visible to the block)
   // The call is off here when any rank's routing failed (every rank saw the abort) or a wait timed out
@@ -857,17 +875,8 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_dispatch(const _
     if (d != me)  // finish_block's fences ordered every block's rows before these signals
       signal((uint64_t*)(__ldg(peer + d) + a.dispatchSignalOff + slot * a.dispatchSignalSlot + (uint64_t)me * 8u),
              call);
-  const uint64_t deadline = deadline_after(a.timeoutNs);
   const uint64_t* mine = (const uint64_t*)(__ldg(peer + me) + a.dispatchSignalOff + slot * a.dispatchSignalSlot);
-  for (int s = threadIdx.x; s < W; s += blockDim.x) {
-    if (s == me) continue;
-    uint64_t seen = 0;
-    const int r = wait_until(mine + s, call, deadline, &seen);
-    if (r == WAIT_ABORTED)
-      report_error(a, EP_ERR_PEER_ABORT_DISPATCH, (uint32_t)s, (uint32_t)slot, call, 0, 0, 0u);
-    else if (r == WAIT_TIMED_OUT)
-      report_error(a, EP_ERR_TIMEOUT_DISPATCH, (uint32_t)s, (uint32_t)slot, call, (int64_t)seen, 0, 0u);
-  }
+  wait_for_sources(a, mine, me, call, (uint32_t)slot, EP_ERR_PEER_ABORT_DISPATCH, EP_ERR_TIMEOUT_DISPATCH);
 }
 
 // =============================================================================================
@@ -934,21 +943,11 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
   // saw (no rank sends combine rows for it, and the rank that caused it may never combine), or a
   // timeout (the group is broken; waiting again would only double the delay). Nothing to wait for.
   // With its own expert over capacity, or a combine the host refused, wait as usual.
-  const bool ownCapacity =
-      code == EP_ERR_CAPACITY && *(const volatile uint32_t*)&st->err.aux == EP_CAPACITY_AUX_EXPERT;
   const bool refusedHere = code == EP_INTERNAL_HOST_ABORT && host_abort(a) != 0;
-  if (code != 0 && !ownCapacity && !refusedHere) return;
+  if (code != 0 && !own_expert_over_capacity(st, code) && !refusedHere) return;
   // Otherwise wait even when aborting: when this returns, no peer writes into this slot any more.
-  const uint64_t deadline = deadline_after(a.timeoutNs);
   const uint64_t* mine = (const uint64_t*)(__ldg(peer + a.rank) + a.combineSignalOff + slot * a.combineSignalSlot);
-  for (int d = threadIdx.x; d < W; d += blockDim.x) {
-    uint64_t seen = 0;
-    const int r = wait_until(mine + d, call, deadline, &seen);
-    if (r == WAIT_ABORTED)
-      report_error(a, EP_ERR_PEER_ABORT_COMBINE, (uint32_t)d, (uint32_t)slot, call, 0, 0, 0u);
-    else if (r == WAIT_TIMED_OUT)
-      report_error(a, EP_ERR_TIMEOUT_COMBINE, (uint32_t)d, (uint32_t)slot, call, (int64_t)seen, 0, 0u);
-  }
+  wait_for_sources(a, mine, -1, call, (uint32_t)slot, EP_ERR_PEER_ABORT_COMBINE, EP_ERR_TIMEOUT_COMBINE);
 }
 
 // =============================================================================================

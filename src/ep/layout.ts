@@ -48,23 +48,17 @@ export function alignUp(n: number, a = ALIGN): number {
 }
 
 export function computeLayout(cfg: EpConfig): HeapLayout {
-  let cursor = 0;
-  const region = (slotBytes: number): Region => {
-    const slot = alignUp(slotBytes);
-    const r = { offset: cursor, slotBytes: slot, bytes: 2 * slot };
-    cursor += r.bytes;
-    return r;
-  };
+  const heap = new RegionCursor();
   const W = cfg.world;
   const splitsPerPeer = cfg.expertsPerRank + 1;
   const combineRows = cfg.maxTokensPerRank * cfg.topk;
-  const dispatchSignal = region(W * 8);
-  const combineSignal = region(W * 8);
-  const recvSplits = region(W * splitsPerPeer * 4);
-  const recvData = region(W * cfg.maxRowsPerPeer * cfg.dispatchRowBytes);
-  const recvScales = region(cfg.fp8 ? W * cfg.maxRowsPerPeer * cfg.groupsPerRow * 4 : 0);
-  const combineRecv = region(combineRows * cfg.combineRowBytes);
-  checkHeapSize(cursor);
+  const dispatchSignal = heap.region(W * 8);
+  const combineSignal = heap.region(W * 8);
+  const recvSplits = heap.region(W * splitsPerPeer * 4);
+  const recvData = heap.region(W * cfg.maxRowsPerPeer * cfg.dispatchRowBytes);
+  const recvScales = heap.region(cfg.fp8 ? W * cfg.maxRowsPerPeer * cfg.groupsPerRow * 4 : 0);
+  const combineRecv = heap.region(combineRows * cfg.combineRowBytes);
+  checkHeapSize(heap.end);
   return {
     dispatchSignal,
     combineSignal,
@@ -72,7 +66,7 @@ export function computeLayout(cfg: EpConfig): HeapLayout {
     recvData,
     recvScales,
     combineRecv,
-    totalBytes: cursor,
+    totalBytes: heap.end,
     splitsPerPeer,
     combineRows,
   };
@@ -143,27 +137,32 @@ export interface DirectHeapLayout {
 }
 
 export function computeDirectLayout(cfg: EpConfig): DirectHeapLayout {
-  let cursor = 0;
-  const region = (slotBytes: number, slots: 1 | 2 = 2): Region => {
-    const slot = alignUp(slotBytes);
-    const r = { offset: cursor, slotBytes: slot, bytes: slots * slot };
-    cursor += r.bytes;
-    return r;
-  };
+  const heap = new RegionCursor();
   const W = cfg.world;
   const rows = cfg.expertsPerRank * cfg.expertCapacity;
   const combineRows = cfg.maxTokensPerRank * cfg.topk;
   const out = {
-    countSignal: region(W * 8),
-    dispatchSignal: region(W * 8),
-    combineSignal: region(W * 8),
-    counts: region(W * cfg.numExperts * 4),
-    combineRecv: region(combineRows * cfg.combineRowBytes),
-    expertX: region(rows * cfg.dispatchRowBytes, 1),
-    expertScales: region(cfg.fp8 ? rows * cfg.groupsPerRow * 4 : 0, 1),
+    countSignal: heap.region(W * 8),
+    dispatchSignal: heap.region(W * 8),
+    combineSignal: heap.region(W * 8),
+    counts: heap.region(W * cfg.numExperts * 4),
+    combineRecv: heap.region(combineRows * cfg.combineRowBytes),
+    expertX: heap.region(rows * cfg.dispatchRowBytes, 1),
+    expertScales: heap.region(cfg.fp8 ? rows * cfg.groupsPerRow * 4 : 0, 1),
   };
-  checkHeapSize(cursor);
-  return { ...out, totalBytes: cursor, combineRows };
+  checkHeapSize(heap.end);
+  return { ...out, totalBytes: heap.end, combineRows };
+}
+
+/** Lays regions out one after another from offset 0, every slot a multiple of ALIGN. */
+class RegionCursor {
+  end = 0;
+  region(slotBytes: number, slots: 1 | 2 = 2): Region {
+    const slot = alignUp(slotBytes);
+    const r = { offset: this.end, slotBytes: slot, bytes: slots * slot };
+    this.end += r.bytes;
+    return r;
+  }
 }
 
 function checkHeapSize(bytes: number): void {

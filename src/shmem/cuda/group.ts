@@ -277,10 +277,20 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   /** Copies a host tensor to new device memory (the caller frees it with free()). */
   upload(t: HostTensor): DeviceTensor {
     const bytes = t.data.byteLength;
+    const d = this.newTensor(t.dtype, t.shape, bytes);
+    if (bytes > 0) this.copyFromHost(d.devicePtr, t.data, bytes);
+    return d;
+  }
+
+  /** New device memory for the caller (free() returns it; close() frees what is left). */
+  private newTensor(
+    dtype: DType,
+    shape: readonly number[],
+    bytes = numel(shape) * elementBytes(dtype),
+  ): DeviceTensor {
     const p = this.drv.memAlloc(Math.max(bytes, 16));
     this.userBuffers.add(p);
-    if (bytes > 0) this.copyFromHost(p, t.data, bytes);
-    return new DeviceTensor(t.dtype, t.shape, p, (ptr) => {
+    return new DeviceTensor(dtype, shape, p, (ptr) => {
       if (this.userBuffers.delete(ptr)) this.drv.memFree(ptr);
     });
   }
@@ -525,17 +535,9 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
    */
   private recvView(): SourceMajorRecv<DeviceTensor> {
     const c = this.config;
-    const alloc = (dtype: DType, shape: number[]) => {
-      const bytes = numel(shape) * elementBytes(dtype);
-      const p = this.drv.memAlloc(Math.max(bytes, 16));
-      this.userBuffers.add(p);
-      return new DeviceTensor(dtype, shape, p, (ptr) => {
-        if (this.userBuffers.delete(ptr)) this.drv.memFree(ptr);
-      });
-    };
-    const x = alloc(c.fp8 ? 'fp8_e4m3' : 'bf16', [c.world, c.maxRowsPerPeer, c.hidden]);
-    const scales = c.fp8 ? alloc('f32', [c.world, c.maxRowsPerPeer, c.groupsPerRow]) : null;
-    const splits = alloc('i32', [c.world, c.expertsPerRank + 1]);
+    const x = this.newTensor(c.fp8 ? 'fp8_e4m3' : 'bf16', [c.world, c.maxRowsPerPeer, c.hidden]);
+    const scales = c.fp8 ? this.newTensor('f32', [c.world, c.maxRowsPerPeer, c.groupsPerRow]) : null;
+    const splits = this.newTensor('i32', [c.world, c.expertsPerRank + 1]);
     this.args.set('viewX', x.devicePtr).set('viewScales', scales?.devicePtr ?? 0n);
     this.launch('ep_recv_view', this.rowGrid(), 256);
     this.args.set('viewX', 0n).set('viewScales', 0n);

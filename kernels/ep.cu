@@ -10,8 +10,13 @@
 // All kernels run on one stream, in this order, with the same EpArgs bytes (numTokens and the tensor
 // pointers of the call filled in; combine kernels need x/topkIdx/topkWeights/expertOut/y as relevant):
 //   dispatch:  ep_route -> ep_dispatch [-> ep_recv_view]      combine:  [ep_combine_send ->] ep_combine_reduce
+//   or, with W = 1 and T*k <= EP_LOCAL_MAX_PAIRS:  ep_dispatch_local [-> ep_recv_view]  (routing inside it)
 // ep_recv_view runs only when the caller asks for the source-major receive buffer (viewX/viewScales set).
 // ep_combine_send moves rows between ranks only: with W = 1 the host may leave it out.
+// Programmatic dependent launch (sm_90): ep_dispatch, ep_recv_view, ep_combine_send and ep_combine_reduce
+// may be launched with programmatic stream serialization after the kernel before them in this order
+// (each waits with griddepcontrol.wait before it touches that kernel's memory; every kernel lets its
+// dependents start early). Never launch one so after other work: the wait covers only the kernel before.
 // Every kernel is correct for any grid >= 1 (they grid-stride; launch at least 1 block even when T = 0)
 // and any block that is a multiple of 32 up to its maximum. The grids below are for speed only.
 // ep_dispatch (W > 1) and ep_combine_send end with "the last block to finish publishes and waits": no
@@ -22,6 +27,7 @@
 //                     T = maxTokensPerRank so one value serves every call (and a captured graph).
 //  ep_dispatch        block B = roundup32(ceil(U / ceil(U / 256))) with U = H/16  (H = 7168 -> 224);
 //                     grid = min(8 * SMs, max(1, T * ceil(H / (16 * B))));  dynamic smem 0.  B <= 512.
+//  ep_dispatch_local  as ep_dispatch (W = 1 and T*k <= EP_LOCAL_MAX_PAIRS only; it traps otherwise).
 //  ep_recv_view       block 256, grid 4 * SMs;  dynamic smem 0.  B <= 512.
 //  ep_combine_send    block 256, grid 4 * SMs;  dynamic smem 0.  B <= 512.
 //  ep_combine_reduce  block B = roundup32(ceil(V / ceil(V / 256))) with V = H/8   (H = 7168 -> 224);
@@ -77,6 +83,7 @@
 #define EP_MAX_EXPERTS 1024
 #define EP_MAX_TOPK 64
 #define EP_MAX_PAIRS 32768
+#define EP_LOCAL_MAX_PAIRS 4096  // ep_dispatch_local: T*k it routes inside each block
 #define EP_ROUTE_THREADS 1024
 #define EP_MAX_THREADS 512
 
@@ -283,18 +290,6 @@ __device__ __forceinline__ bool own_expert_over_capacity(const EpState* st, uint
 // ---------------------------------------------------------------------------------------------
 // Dispatch helpers
 
-// Waits for ep_route (see wait_for_prior) and says whether this rank stores rows this call. Any error
-// but its own expert over capacity means the call is off here: a routing failure is seen by every
-// rank in the count exchange (no rows, no signals anywhere); after a timed-out count wait the peers
-// that did not time out go on and time out waiting for this rank's rows (the group is broken). With its own expert over capacity a rank still sends its rows
-// to its peers, which expect them. Every thread of a block gets the same answer.
-__device__ __forceinline__ bool routed(const EpArgs& a) {
-  wait_for_prior();
-  const EpState* st = state_of(a);
-  const uint32_t code = read_err_code(st);
-  return code == 0 || own_expert_over_capacity(st, code);
-}
-
 struct DestList {
   uint64_t row[2][EP_MAX_TOPK];    // destination row address (peer heap) per valid slot
   uint64_t scale[2][EP_MAX_TOPK];  // destination scales address (FP8)
@@ -339,8 +334,36 @@ __device__ __forceinline__ void gather_dests(const EpArgs& a, int t, DestList& L
   if (lane == 0) L.n[buf] = n;
 }
 
+// Waits for ep_route (see wait_for_prior) and says whether this rank stores rows this call. Any error
+// but its own expert over capacity means the call is off here: a routing failure is seen by every
+// rank in the count exchange (no rows, no signals anywhere); after a timed-out count wait the peers
+// that did not time out go on and time out waiting for this rank's rows (the group is broken). With its own expert over capacity a rank still sends its rows
+// to its peers, which expect them. Every thread of a block gets the same answer.
+__device__ __forceinline__ bool routed(const EpArgs& a) {
+  wait_for_prior();
+  const EpState* st = state_of(a);
+  const uint32_t code = read_err_code(st);
+  return code == 0 || own_expert_over_capacity(st, code);
+}
+
+// Where a dispatch block learns the destinations of its tokens. Two policies, one copy loop each
+// (dispatch_rows below): PlannedDests reads what ep_route wrote; LocalDests (ep_dispatch_local) routes
+// inside the block. go() is called by every thread of the block, before its first destinations and by
+// a block with no items at the end; dests() by every thread for each item (it may use barriers).
+struct PlannedDests {
+  int state = -1;  // -1: not asked yet; then routed()'s answer
+  __device__ __forceinline__ bool go(const EpArgs& a) {
+    if (state < 0) state = routed(a) ? 1 : 0;
+    return state != 0;
+  }
+  __device__ __forceinline__ void dests(const EpArgs& a, int t, bool /*firstChunk*/, DestList& L, int buf) {
+    gather_dests(a, t, L, buf);
+  }
+};
+
 // bf16 rows: item = (token, chunk of 2*B vectors of 8 values); two 16-byte loads per thread in flight.
-__device__ void dispatch_bf16(const EpArgs& a, DestList& L) {
+template <class Dests>
+__device__ void dispatch_bf16(const EpArgs& a, DestList& L, Dests& D) {
   const int B = blockDim.x, tid = threadIdx.x;
   const int V = a.hidden / 8;
   const int chunks = (V + 2 * B - 1) / (2 * B);
@@ -354,8 +377,8 @@ __device__ void dispatch_bf16(const EpArgs& a, DestList& L) {
     uint4 r0 = make_uint4(0, 0, 0, 0), r1 = r0;
     if (v0 < V) r0 = ld_nc_v4(src + (uint64_t)v0 * 16u);
     if (v1 < V) r1 = ld_nc_v4(src + (uint64_t)v1 * 16u);
-    if (it == (int)blockIdx.x && !routed(a)) return;
-    gather_dests(a, t, L, buf);
+    if (!D.go(a)) return;  // the first item's loads overlapped the routing
+    D.dests(a, t, c == 0, L, buf);
     // Double-buffered list: this barrier also orders the previous item's reads of buffer buf^1
     // before the next item's gather overwrites it.
     __syncthreads();
@@ -371,7 +394,8 @@ __device__ void dispatch_bf16(const EpArgs& a, DestList& L) {
 // FP8, G/16 = lanesPerGroup a power of two <= 32: item = (token, chunk of B units of 16 values); a
 // thread loads 32 bytes of bf16, the lanesPerGroup consecutive lanes of a group reduce amax with
 // shuffles, and each thread stores 16 FP8 bytes (one vector) per destination.
-__device__ void dispatch_fp8_fast(const EpArgs& a, DestList& L, int lanesPerGroup) {
+template <class Dests>
+__device__ void dispatch_fp8_fast(const EpArgs& a, DestList& L, Dests& D, int lanesPerGroup) {
   const int B = blockDim.x, tid = threadIdx.x, lane = tid & 31;
   const int U = a.hidden / 16;
   const int chunks = (U + B - 1) / B;
@@ -394,8 +418,8 @@ __device__ void dispatch_fp8_fast(const EpArgs& a, DestList& L, int lanesPerGrou
     float amax = amax8(v + 8, amax8(v, 0.0f));
     for (int o = lanesPerGroup >> 1; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(FULL_MASK, amax, o));
     const float scale = group_scale(amax);
-    if (it == (int)blockIdx.x && !routed(a)) return;  // the first item's loads overlapped ep_route
-    gather_dests(a, t, L, buf);
+    if (!D.go(a)) return;  // the first item's loads overlapped the routing
+    D.dests(a, t, c == 0, L, buf);
     uint4 q;
     q.x = fp8x4(__fdiv_rn(v[0], scale), __fdiv_rn(v[1], scale), __fdiv_rn(v[2], scale), __fdiv_rn(v[3], scale));
     q.y = fp8x4(__fdiv_rn(v[4], scale), __fdiv_rn(v[5], scale), __fdiv_rn(v[6], scale), __fdiv_rn(v[7], scale));
@@ -418,7 +442,8 @@ __device__ void dispatch_fp8_fast(const EpArgs& a, DestList& L, int lanesPerGrou
 
 // FP8, any other G (a multiple of 8): item = (token, chunk of B groups); a thread owns a whole group:
 // one pass for amax, a second (L1/L2-hot) pass quantising 8 values per 8-byte store.
-__device__ void dispatch_fp8_general(const EpArgs& a, DestList& L) {
+template <class Dests>
+__device__ void dispatch_fp8_general(const EpArgs& a, DestList& L, Dests& D) {
   const int B = blockDim.x, tid = threadIdx.x;
   const int G = a.groupSize, NG = a.groupsPerRow, VG = G / 8;
   const int chunks = (NG + B - 1) / B;
@@ -428,8 +453,8 @@ __device__ void dispatch_fp8_general(const EpArgs& a, DestList& L) {
   for (int it = blockIdx.x; it < items; it += gridDim.x, buf ^= 1) {
     const int t = it / chunks, c = it % chunks;
     const int g = c * B + tid;
-    if (it == (int)blockIdx.x && !routed(a)) return;
-    gather_dests(a, t, L, buf);
+    if (!D.go(a)) return;
+    D.dests(a, t, c == 0, L, buf);
     __syncthreads();
     if (g >= NG) continue;
     const char* src = x + (uint64_t)t * a.hidden * 2u + (uint64_t)g * G * 2u;
@@ -452,6 +477,199 @@ __device__ void dispatch_fp8_general(const EpArgs& a, DestList& L) {
     for (int d = 0; d < n; ++d) st_u32((char*)L.scale[buf][d] + (uint64_t)g * 4u, __float_as_uint(scale));
   }
 }
+
+// The copy loops with either policy: bf16 rows, or FP8 through the fast or the general path.
+template <class Dests>
+__device__ void dispatch_rows(const EpArgs& a, DestList& L, Dests& D) {
+  if (!a.fp8) {
+    dispatch_bf16(a, L, D);
+  } else {
+    const int G = a.groupSize, lpg = G / 16;
+    if (G % 16 == 0 && lpg <= 32 && (lpg & (lpg - 1)) == 0) dispatch_fp8_fast(a, L, D, lpg);
+    else dispatch_fp8_general(a, L, D);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routing inside each block (ep_dispatch_local: one rank, T*k <= EP_LOCAL_MAX_PAIRS). With one rank there
+// are no counts to exchange and expertX is expert-major with a fixed capacity per expert, so the row of
+// pair p of expert e is e * expertCapacity + (pairs of e before p): the stable order of planRouting and
+// ep_route. Every block reads all T*k ids (a few KiB, from L2 after the first block) and validates
+// them all, so every block knows by itself whether the call is off; block 0 also does ep_route's
+// bookkeeping (the call count, the error report, expertCounts, recvSplits).
+struct LocalTables {
+  int16_t ids[EP_LOCAL_MAX_PAIRS];  // topkIdx; invalid ids as -1
+  int8_t slotOf[EP_MAX_EXPERTS];    // the current token's slot naming each expert, or -1
+  int hist[EP_MAX_EXPERTS];         // block 0: pairs per expert
+  int before[EP_MAX_TOPK];          // per slot of the current token: pairs of its expert in earlier tokens
+  int from[EP_MAX_TOPK];            // ... and from this token on (the pair itself included)
+  int bad;                          // first pair with a bad or repeated id, INT_MAX if none
+  int rows;                         // pairs with an expert (all of them rows of this rank)
+  int capE;                         // block 0: first expert over capacity, INT_MAX if none
+};
+
+// Validates the call and, in block 0, does ep_route's bookkeeping. Every thread of the block calls it;
+// returns whether rows are stored (as routed()).
+__device__ bool local_route(const EpArgs& a, LocalTables& S) {
+  wait_for_prior();  // (a no-op unless launched as a programmatic dependent)
+  const int tid = threadIdx.x, B = blockDim.x, lane = tid & 31;
+  const int E = a.numExperts, K = a.topk, N = a.numTokens * K;
+  const bool first = blockIdx.x == 0;
+  const int* topk = (const int*)a.topkIdx;
+  if (N > EP_LOCAL_MAX_PAIRS || E > EP_MAX_EXPERTS || K > EP_MAX_TOPK || a.world != 1) __trap();  // host error
+  if (tid == 0) {
+    S.bad = INT_MAX;
+    S.rows = 0;
+    S.capE = INT_MAX;
+  }
+  for (int e = tid; e < E; e += B) {
+    S.slotOf[e] = -1;
+    if (first) S.hist[e] = 0;
+  }
+  int myBad = INT_MAX, myRows = 0;
+  for (int p0 = 0; p0 < N; p0 += 8 * B) {
+    int v[8];
+#pragma unroll
+    for (int u = 0; u < 8; ++u) {
+      const int p = p0 + u * B + tid;
+      v[u] = p < N ? __ldg(topk + p) : -1;  // 8 loads in flight
+    }
+#pragma unroll
+    for (int u = 0; u < 8; ++u) {
+      const int p = p0 + u * B + tid;
+      if (p < N) {
+        const bool valid = v[u] >= -1 && v[u] < E;
+        if (!valid) myBad = min(myBad, p);
+        S.ids[p] = (int16_t)(valid ? v[u] : -1);
+        myRows += valid && v[u] >= 0;
+      }
+    }
+  }
+  __syncthreads();  // ids and the initial values visible to all
+  for (int p = tid; p < N; p += B) {  // an expert an earlier slot of the same token named
+    const int e = S.ids[p];
+    if (e < 0) continue;
+    for (int q = p - p % K; q < p; ++q)
+      if (S.ids[q] == e) {
+        myBad = min(myBad, p);
+        break;
+      }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    myBad = min(myBad, __shfl_xor_sync(FULL_MASK, myBad, o));
+    myRows += __shfl_xor_sync(FULL_MASK, myRows, o);
+  }
+  if (lane == 0) {
+    if (myBad != INT_MAX) atomicMin(&S.bad, myBad);
+    atomicAdd(&S.rows, myRows);
+  }
+  __syncthreads();
+  const int bad = S.bad, rows = S.rows;
+  const bool ok = host_abort(a) == 0 && bad == INT_MAX && rows <= a.maxRowsPerPeer;
+  if (!first) return ok;
+  // Block 0: the call count and this call's error, as ep_route (planRouting's order: ids, then the
+  // rows for the destination, then expert capacity).
+  EpState* st = state_of(a);
+  uint64_t call = 0;
+  if (tid == 0) {
+    call = read_calls(st) + 1;
+    st->dispatchCalls = call;
+    volatile EpError* e = &st->err;
+    e->code = 0;
+    e->peer = 0;
+    e->slot = 0;
+    e->aux = 0;
+    e->callCount = 0;
+    e->a = 0;
+    e->b = 0;
+    const uint32_t slot = (uint32_t)(call & 1u);
+    if (host_abort(a) != 0) {
+      mark_host_abort(a);
+    } else if (bad != INT_MAX) {
+      const int v = __ldg(topk + bad);
+      const uint32_t code = (v < -1 || v >= E) ? EP_ERR_EXPERT_ID : EP_ERR_DUPLICATE;
+      report_error(a, code, 0u, slot, call, bad / K, bad % K, (uint32_t)v);
+    } else if (rows > a.maxRowsPerPeer) {
+      report_error(a, EP_ERR_CAPACITY, 0u, slot, call, 0, rows, EP_CAPACITY_AUX_SEND);
+    }
+  }
+  if (!ok) return false;
+  for (int p = tid; p < N; p += B) {
+    const int e = S.ids[p];
+    if (e >= 0) atomicAdd(&S.hist[e], 1);
+  }
+  __syncthreads();
+  int* counts = (int*)a.expertCounts;
+  int* splits = (int*)a.recvSplits;  // [1][E + 1]: rows per expert, then m_st = 0
+  for (int e = tid; e < E; e += B) {
+    const int c = S.hist[e];
+    counts[e] = c;
+    splits[e] = c;
+    if (c > a.expertCapacity) atomicMin(&S.capE, e);
+  }
+  if (tid == 0) splits[E] = 0;
+  __syncthreads();
+  if (tid == 0 && S.capE != INT_MAX) {
+    // its rows are not stored (dests() drops them) and the combine of this call aborts
+    report_error(a, EP_ERR_CAPACITY, 0u, (uint32_t)(call & 1u), call, S.capE, S.hist[S.capE], EP_CAPACITY_AUX_EXPERT);
+  }
+  return true;
+}
+
+struct LocalDests {
+  LocalTables& S;
+  int state;  // -1: not routed yet; then local_route's answer
+  __device__ explicit LocalDests(LocalTables& s) : S(s), state(-1) {}
+  __device__ __forceinline__ bool go(const EpArgs& a) {
+    if (state < 0) state = local_route(a, S) ? 1 : 0;
+    return state != 0;
+  }
+  // Token t's rows: its slots' experts marked in slotOf, every pair of the call counted against them
+  // (one shared atomic per match; duplicates are excluded, so a pair matches at most one slot), then
+  // warp 0 turns the counts into rows (and pairDest, by the block of the first chunk).
+  __device__ void dests(const EpArgs& a, int t, bool firstChunk, DestList& L, int buf) {
+    const int tid = threadIdx.x, K = a.topk, N = a.numTokens * K, t0 = t * K;
+    for (int j = tid; j < K; j += blockDim.x) {
+      const int e = S.ids[t0 + j];
+      if (e >= 0) S.slotOf[e] = (int8_t)j;
+      S.before[j] = 0;
+      S.from[j] = 0;
+    }
+    __syncthreads();
+    for (int p = tid; p < N; p += blockDim.x) {
+      const int e = S.ids[p];
+      const int j = e >= 0 ? S.slotOf[e] : -1;
+      if (j >= 0) atomicAdd(p < t0 ? &S.before[j] : &S.from[j], 1);
+    }
+    __syncthreads();
+    if (tid >= 32) return;
+    const int lane = tid;
+    const uint64_t base = __ldg((const uint64_t*)a.peerBases + a.rank);
+    int* pairDest = (int*)a.pairDest;
+    int n = 0;
+    for (int j0 = 0; j0 < K; j0 += 32) {
+      const int j = j0 + lane;
+      const int e = j < K ? S.ids[t0 + j] : -1;
+      int r = -1;
+      if (e >= 0) {
+        const int b = S.before[j];
+        if (b + S.from[j] <= a.expertCapacity) r = e * a.expertCapacity + b;
+        S.slotOf[e] = -1;  // every thread has counted (the barrier above): clear for the next token
+      }
+      if (firstChunk && j < K) pairDest[t0 + j] = r;
+      const bool valid = r >= 0;
+      const uint32_t bal = __ballot_sync(FULL_MASK, valid);
+      if (valid) {
+        const int pos = n + __popc(bal & lanemask_lt());
+        L.row[buf][pos] = base + a.expertXOff + (uint64_t)r * a.dispatchRowBytes;
+        L.scale[buf][pos] = base + a.expertScalesOff + (uint64_t)r * (uint64_t)a.groupsPerRow * 4u;
+      }
+      n += __popc(bal);
+    }
+    if (lane == 0) L.n[buf] = n;
+  }
+};
 
 // ---------------------------------------------------------------------------------------------
 // Receive-side tables (ep_recv_view, ep_combine_send), built by every block from recvSplits (the split
@@ -853,16 +1071,12 @@ extern "C" __global__ void __launch_bounds__(EP_ROUTE_THREADS, 1) ep_route(const
 extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_dispatch(const __grid_constant__ EpArgs a) {
   __shared__ DestList L;
   __shared__ int sLast;
-  // Nothing ep_route writes is read before routed() (inside each path, after the first row's loads).
-  if (!a.fp8) {
-    dispatch_bf16(a, L);
-  } else {
-    const int G = a.groupSize, lpg = G / 16;
-    if (G % 16 == 0 && lpg <= 32 && (lpg & (lpg - 1)) == 0) dispatch_fp8_fast(a, L, lpg);
-    else dispatch_fp8_general(a, L);
-  }
+  allow_dependents();  // a kernel launched after this one as a programmatic dependent waits for it itself
+  // Nothing ep_route writes is read before D.go() (inside each path, after the first row's loads).
+  PlannedDests D;
+  dispatch_rows(a, L, D);
   // One rank: every row is local, and the kernel boundary orders it before the next kernel.
-  if (a.world == 1 || !routed(a)) return;  // (routed() again: a block without rows has not waited yet)
+  if (a.world == 1 || !D.go(a)) return;  // (go() here too: a block without rows has not asked yet)
   EpState* st = state_of(a);
   if (!finish_block(&st->doneBlocks[0], &sLast)) return;
 
@@ -880,11 +1094,25 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_dispatch(const _
 }
 
 // =============================================================================================
+// 2b. ep_dispatch_local: ep_route and ep_dispatch in one kernel, for one rank (W = 1) and small batches
+// (T*k <= EP_LOCAL_MAX_PAIRS): each block routes its own tokens from all ids (local_route above) instead
+// of waiting for a single routing block. Same outputs as ep_route + ep_dispatch, bit for bit.
+extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_dispatch_local(const __grid_constant__ EpArgs a) {
+  __shared__ DestList L;
+  __shared__ LocalTables S;
+  allow_dependents();
+  LocalDests D(S);
+  dispatch_rows(a, L, D);
+  if (blockIdx.x == 0) D.go(a);  // block 0's bookkeeping also when it had no rows (T = 0)
+}
+
+// =============================================================================================
 // 3. ep_recv_view (only when the caller asks for it): the source-major view of what this rank
 // received, rebuilt from expertX: viewX[s][i] = row i of the rows s sent me (in s's order, which is
 // expert-sorted), viewScales likewise. One warp per (row, 2 KiB segment).
 extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_recv_view(const __grid_constant__ EpArgs a) {
   __shared__ RecvTables R;
+  wait_for_prior();  // launched as a programmatic dependent of the dispatch
   EpState* st = state_of(a);
   if (read_err_code(st) != 0) return;  // this rank's dispatch failed: nothing to show
   build_tables(a, R);
@@ -919,6 +1147,8 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_recv_view(const 
 // rank's expert-sorted order; the last block signals every rank and waits for every rank.
 extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(const __grid_constant__ EpArgs a) {
   __shared__ RecvTables R;
+  allow_dependents();
+  wait_for_prior();  // may be launched as a programmatic dependent of the dispatch (GraphCall.step)
   EpState* st = state_of(a);
   const uint64_t call = read_calls(st);
   const uint64_t slot = call & 1u;
@@ -958,6 +1188,7 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(c
   __shared__ uint64_t sRow[2][EP_MAX_TOPK];
   __shared__ float sW[2][EP_MAX_TOPK];
   __shared__ int sN[2];
+  wait_for_prior();  // may be launched as a programmatic dependent of combine send or the dispatch
   EpState* st = state_of(a);
   if (read_err_code(st) != 0) return;
   const uint64_t slot = read_calls(st) & 1u;

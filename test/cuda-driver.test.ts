@@ -337,6 +337,27 @@ describe('cuda driver: on a GPU', { skip: noGpu }, () => {
       d.graphExecDestroy(exec);
       d.graphDestroy(graph);
 
+      // A programmatic dependent launch, eager and captured: it runs after the kernel before it (this
+      // kernel never triggers early, so it starts when that one ends) and its value is the one left.
+      for (const captured of [false, true]) {
+        d.memsetD8(out, 0, n * 4);
+        if (captured) d.streamBeginCapture(stream);
+        writeFillArgs(args, out, 100, n);
+        launcher.launch(grid, block, 0, stream);
+        writeFillArgs(args, out, 300, n);
+        launcher.launch(grid, block, 0, stream, true);
+        if (captured) {
+          const g = d.streamEndCapture(stream);
+          const e = d.graphInstantiate(g);
+          d.graphLaunch(e, stream);
+          d.streamSynchronize(stream);
+          d.graphExecDestroy(e);
+          d.graphDestroy(g);
+        }
+        d.streamSynchronize(stream);
+        assert.equal(readU32(d, out, n)[n - 1], 300 + n - 1, captured ? 'captured' : 'eager');
+      }
+
       // A wrong-sized args struct is caught when the driver can tell the parameter size.
       if (d.driverVersion >= 12040) assert.throws(() => d.prepareLaunch(fn, Buffer.alloc(8)), ShapeError);
     } finally {

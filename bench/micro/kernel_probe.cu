@@ -1,5 +1,6 @@
 // Device time of each kernel of one rank (W = 1) at the DeepSeek-V3 shape, without the TypeScript
-// host: for tuning a kernel between full runs of `moe-a2a bench`. Also prints where ep_route spends
+// host: for tuning a kernel between full runs of `moe-a2a bench`. Times ep_route + ep_dispatch and, where
+// T*k allows, ep_dispatch_local, each with ordinary and programmatic dependent launches. Also prints where ep_route spends
 // its time (clock64 stamps at its phases, EP_PROBE). Correctness is not checked here: `moe-a2a verify`
 // does that. Build and run on a GPU machine:
 //   nvcc -O3 -fmad=false -std=c++17 -arch=sm_90a -DEP_PROBE -I kernels bench/micro/kernel_probe.cu -o probe
@@ -91,15 +92,20 @@ int main(int argc, char** argv) {
   auto route = [&] { ep_route<<<1, RT, smem, s>>>(a); };
   auto dispatch = [&] { ep_dispatch<<<gridD, B_D, 0, s>>>(a); };
   auto reduce = [&] { ep_combine_reduce<<<gridR, B_R, 0, s>>>(a); };
-  auto dispatchAfterRoute = [&] {  // programmatic dependent launch (the host does not use it yet)
+  // programmatic dependent launches, as the host makes them between a call's own kernels
+  auto dependent = [&](void (*k)(EpArgs), int grid, int block) {
     cudaLaunchConfig_t c = {};
-    c.gridDim = dim3(gridD), c.blockDim = dim3(B_D), c.stream = s;
+    c.gridDim = dim3(grid), c.blockDim = dim3(block), c.stream = s;
     cudaLaunchAttribute at[1];
     at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     at[0].val.programmaticStreamSerializationAllowed = 1;
     c.attrs = at, c.numAttrs = 1;
-    CK(cudaLaunchKernelEx(&c, ep_dispatch, a));
+    CK(cudaLaunchKernelEx(&c, k, a));
   };
+  auto dispatchAfterRoute = [&] { dependent(ep_dispatch, gridD, B_D); };
+  const bool local = T * K <= EP_LOCAL_MAX_PAIRS;
+  auto dispatchLocal = [&] { ep_dispatch_local<<<gridD, B_D, 0, s>>>(a); };
+  auto reduceAfter = [&] { dependent(ep_combine_reduce, gridR, B_R); };
   auto all = [&] { route(), dispatchAfterRoute(), reduce(); };
   cudaEvent_t e0, e1;
   CK(cudaEventCreate(&e0));
@@ -122,6 +128,20 @@ int main(int argc, char** argv) {
   time("route + dispatch", [&] { route(), dispatch(); });
   time("route + dispatch (overlapped)", [&] { route(), dispatchAfterRoute(); });
   time("route + dispatch (overl.) + reduce", all);
+  if (local) {
+    time("ep_dispatch_local", dispatchLocal);
+    time("dispatch_local + reduce", [&] { dispatchLocal(), reduce(); });
+    time("dispatch_local + reduce (overl.)", [&] { dispatchLocal(), reduceAfter(); });
+    // the two routings agree (verify checks every byte; this is a quick look)
+    std::vector<int> viaRoute((size_t)T * K), viaLocal((size_t)T * K);
+    route(), dispatch();
+    CK(cudaMemcpyAsync(viaRoute.data(), (void*)a.pairDest, viaRoute.size() * 4, cudaMemcpyDeviceToHost, s));
+    CK(cudaMemsetAsync((void*)a.pairDest, 0xff, viaLocal.size() * 4, s));
+    dispatchLocal();
+    CK(cudaMemcpyAsync(viaLocal.data(), (void*)a.pairDest, viaLocal.size() * 4, cudaMemcpyDeviceToHost, s));
+    CK(cudaStreamSynchronize(s));
+    printf("pairDest of ep_route and ep_dispatch_local %s\n", viaRoute == viaLocal ? "agree" : "DIFFER");
+  }
   CK(cudaGetLastError());
 
   // where ep_route's time goes: one launch after an idle gap

@@ -218,6 +218,7 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
         combine: Math.max(...ex.map((r) => r.hostCombineUs)),
         graphDispatch: Math.max(...ex.map((r) => r.hostGraphDispatchUs)),
         graphCombine: Math.max(...ex.map((r) => r.hostGraphCombineUs)),
+        bareLaunch: Math.max(...ex.map((r) => r.hostBareLaunchUs)),
       };
     }
   }
@@ -336,10 +337,17 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
   if (host.length > 0) {
     console.log(
       table(
-        ['T', 'host us: dispatch', 'combine', 'graph dispatch replay', 'graph combine replay'],
+        [
+          'T',
+          'host us: dispatch',
+          'combine',
+          'graph dispatch replay',
+          'graph combine replay',
+          'one bare launch',
+        ],
         host.map((r) => {
           const h = r.hostUs as Record<string, number>;
-          return [r.tokens as number, h.dispatch, h.combine, h.graphDispatch, h.graphCombine];
+          return [r.tokens as number, h.dispatch, h.combine, h.graphDispatch, h.graphCombine, h.bareLaunch];
         }),
       ),
     );

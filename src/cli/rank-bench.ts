@@ -29,6 +29,7 @@ export interface CudaBenchExtras {
   hostCombineUs: number;
   hostGraphDispatchUs: number;
   hostGraphCombineUs: number;
+  hostBareLaunchUs: number;
   /** ep_copy_bench on this GPU: GB/s counting bytes read plus written (rank 0 only). */
   copyGBs?: number;
 }
@@ -125,6 +126,7 @@ async function cudaExtras(
       hostCombineUs: median(hc),
       hostGraphDispatchUs: median(gd),
       hostGraphCombineUs: median(gc),
+      hostBareLaunchUs: g.bareLaunchUs(),
       copyGBs: rank === 0 ? g.copyBandwidth(512 * 1024 * 1024) : undefined,
     };
   } finally {

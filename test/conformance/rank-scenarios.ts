@@ -197,9 +197,9 @@ async function errorSteps(task: ScenarioTask, rank: number): Promise<Observation
   obs.push({ step: 'correct call after capacity', code: 'ok', mismatch });
   await cg.close();
 
-  // 9. per-expert capacity: room for 8 rows per expert; every rank sends 8 tokens to expert 0 of the
+  // 9. per-expert capacity: room for 4 rows per expert; every rank sends 8 tokens to expert 0 of the
   // last rank, which then holds 8 * world rows for it: that rank's dispatch fails, its peers' combine
-  const expCase = small(task.world, { maxRowsPerExpert: 8 });
+  const expCase = small(task.world, { maxRowsPerExpert: 4 });
   const { g: eg, cfg: expCfg } = await openGroup(task, expCase);
   const target = (task.world - 1) * expCfg.expertsPerRank;
   const toOne = new Int32Array(T * k).fill(-1);

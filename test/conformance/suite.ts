@@ -57,128 +57,132 @@ export function conformanceSuite(transport: 'cpu' | 'cuda', skip: string | false
       await verifyAll(transport, [base, { ...base, config: { ...base.config, fp8: false }, calls: 50 }]);
     });
 
-    it('rejects bad inputs with named errors, and the next call on the same group is correct', async () => {
-      const world = 2;
-      const settled = await scenario(transport, { scenario: 'errors', world, timeoutMs: 10_000 });
-      const all = settled.map((s, r) => `rank ${r}: ${JSON.stringify(s.report ?? s.died)}`).join('\n');
-      for (const [rank, s] of settled.entries()) {
-        assert.ok(s.report?.ok, all);
-        const obs = s.report.result;
-        for (const o of obs.filter((x) => x.step.startsWith('correct call'))) {
-          assert.equal(o.mismatch, undefined, `rank ${rank} ${o.step}: ${o.mismatch}`);
-        }
-        // x dtype: rank 0 was wrong; its peer learns which rank abandoned the call
-        const dtype = step(obs, 'x dtype');
-        if (rank === 0) {
-          assert.equal(dtype.code, 'MOE_SHAPE');
-          assert.equal(dtype.name, 'ShapeError');
-          assert.match(dtype.message ?? '', /x must have dtype bf16, got f32/);
-        } else {
-          assert.equal(dtype.code, 'MOE_PEER_FAILED');
-          assert.equal(dtype.details?.peer, 0);
+    for (const world of [1, 2]) {
+      it(`rejects bad inputs with named errors, and the next call on the same group is correct (W = ${world})`, async () => {
+        const settled = await scenario(transport, { scenario: 'errors', world, timeoutMs: 10_000 });
+        const all = settled.map((s, r) => `rank ${r}: ${JSON.stringify(s.report ?? s.died)}`).join('\n');
+        for (const [rank, s] of settled.entries()) {
+          assert.ok(s.report?.ok, all);
+          const obs = s.report.result;
+          for (const o of obs.filter((x) => x.step.startsWith('correct call'))) {
+            assert.equal(o.mismatch, undefined, `rank ${rank} ${o.step}: ${o.mismatch}`);
+          }
+          // x dtype: rank 0 was wrong; its peer learns which rank abandoned the call
+          const dtype = step(obs, 'x dtype');
+          if (rank === 0) {
+            assert.equal(dtype.code, 'MOE_SHAPE');
+            assert.equal(dtype.name, 'ShapeError');
+            assert.match(dtype.message ?? '', /x must have dtype bf16, got f32/);
+          } else {
+            assert.equal(dtype.code, 'MOE_PEER_FAILED');
+            assert.equal(dtype.details?.peer, 0);
+            assert.match(
+              dtype.message ?? '',
+              /rank 0 abandoned dispatch call 1: it rejected its input or failed/,
+            );
+          }
+          const shape = step(obs, 'x shape');
+          assert.equal(shape.code, 'MOE_SHAPE');
+          assert.match(shape.message ?? '', /x must have shape bf16 \[\?, 256\], got \[8, 264\]/);
+          const id = step(obs, 'expert id');
+          if (rank === world - 1) {
+            assert.equal(id.code, 'MOE_ROUTING');
+            assert.equal(id.name, 'RoutingError');
+            assert.deepEqual([id.details?.token, id.details?.slot, id.details?.expert], [2, 1, 4 * world]);
+            assert.match(
+              id.message ?? '',
+              new RegExp(`topkIdx\\[2\\]\\[1\\] = ${4 * world} is not an expert id`),
+            );
+          } else {
+            assert.equal(id.code, 'MOE_PEER_FAILED');
+            assert.equal(id.details?.peer, world - 1);
+          }
+          const many = step(obs, 'too many tokens');
+          if (rank === 0) {
+            assert.equal(many.code, 'MOE_SHAPE');
+            assert.match(
+              many.message ?? '',
+              /x has 17 tokens but the group was created for at most maxTokensPerRank = 16/,
+            );
+          } else {
+            assert.equal(many.code, 'MOE_PEER_FAILED');
+          }
+          assert.equal(step(obs, 'combine').code, 'ok');
+          const reused = step(obs, 'handle reused');
+          assert.equal(reused.code, 'MOE_HANDLE');
+          assert.match(reused.message ?? '', /already combined/);
+          const stale = step(obs, 'stale handle');
+          assert.equal(stale.code, 'MOE_HANDLE');
           assert.match(
-            dtype.message ?? '',
-            /rank 0 abandoned dispatch call 1: it rejected its input or failed/,
+            stale.message ?? '',
+            /stale handle: it belongs to call \d+ but the group has dispatched call \d+ since/,
           );
+          assert.match(stale.message ?? '', /was abandoned on every rank: dispatch again/);
+          const after = step(obs, 'combine after stale');
+          assert.equal(after.code, 'MOE_HANDLE');
+          assert.match(after.message ?? '', /call \d+ was abandoned .*dispatch again/);
+          const foreign = step(obs, 'foreign handle');
+          assert.equal(foreign.code, 'MOE_HANDLE');
+          assert.match(foreign.message ?? '', /did not come from a dispatch of this group/);
+          assert.doesNotMatch(foreign.message ?? '', /abandoned/);
+          const oneStale = step(obs, 'one stale handle');
+          if (rank === 0) {
+            assert.equal(oneStale.code, 'MOE_HANDLE');
+          } else {
+            assert.equal(oneStale.code, 'MOE_PEER_FAILED');
+            assert.equal(oneStale.details?.peer, 0);
+            assert.ok((oneStale.ms ?? 0) < 5000, `the peer learned it after ${oneStale.ms} ms`);
+          }
+          const outShape = step(obs, 'expertOut shape');
+          if (rank === 0) {
+            assert.equal(outShape.code, 'MOE_SHAPE');
+            assert.match(
+              outShape.message ?? '',
+              new RegExp(`expertOut must have shape bf16 \\[4, ${16 * world}, 256\\], got \\[4, 1, 256\\]`),
+            );
+          } else {
+            assert.equal(outShape.code, 'MOE_PEER_FAILED');
+            assert.match(outShape.message ?? '', /rank 0 abandoned combine call \d+/);
+          }
+          const weights = step(obs, 'missing weights');
+          assert.ok(weights.code === 'MOE_SHAPE' || weights.code === 'MOE_PEER_FAILED', weights.code);
+          if (weights.code === 'MOE_SHAPE') assert.match(weights.message ?? '', /combine needs topkWeights/);
+          const closed = step(obs, 'after close');
+          assert.equal(closed.code, 'MOE_CLOSED');
+          assert.match(closed.message ?? '', /closed/);
+          const ecap = step(obs, 'expert capacity');
+          const ecomb = step(obs, 'combine after expert capacity');
+          if (rank === world - 1) {
+            assert.equal(ecap.code, 'MOE_CAPACITY');
+            assert.deepEqual(
+              [ecap.details?.expert, ecap.details?.count, ecap.details?.limit],
+              [(world - 1) * 4, 8 * world, 4],
+            );
+            assert.match(ecap.message ?? '', /expert \d+ received \d+ rows but maxRowsPerExpert is 4/);
+          } else {
+            assert.equal(ecap.code, 'ok');
+            assert.equal(ecomb.code, 'MOE_PEER_FAILED');
+            assert.equal(ecomb.details?.peer, world - 1);
+            assert.match(ecomb.message ?? '', /abandoned combine call/);
+          }
+          const cap = step(obs, 'capacity');
+          if (rank === 0) {
+            assert.equal(cap.code, 'MOE_CAPACITY');
+            assert.equal(cap.name, 'CapacityError');
+            assert.deepEqual(
+              [cap.details?.destination, cap.details?.count, cap.details?.limit],
+              [world - 1, 32, 16],
+            );
+            assert.match(
+              cap.message ?? '',
+              new RegExp(`destination rank ${world - 1} would receive 32 rows but maxRowsPerPeer is 16`),
+            );
+          } else {
+            assert.equal(cap.code, 'MOE_PEER_FAILED');
+          }
         }
-        const shape = step(obs, 'x shape');
-        assert.equal(shape.code, 'MOE_SHAPE');
-        assert.match(shape.message ?? '', /x must have shape bf16 \[\?, 256\], got \[8, 264\]/);
-        const id = step(obs, 'expert id');
-        if (rank === world - 1) {
-          assert.equal(id.code, 'MOE_ROUTING');
-          assert.equal(id.name, 'RoutingError');
-          assert.deepEqual([id.details?.token, id.details?.slot, id.details?.expert], [2, 1, 8]);
-          assert.match(id.message ?? '', /topkIdx\[2\]\[1\] = 8 is not an expert id/);
-        } else {
-          assert.equal(id.code, 'MOE_PEER_FAILED');
-          assert.equal(id.details?.peer, world - 1);
-        }
-        const many = step(obs, 'too many tokens');
-        if (rank === 0) {
-          assert.equal(many.code, 'MOE_SHAPE');
-          assert.match(
-            many.message ?? '',
-            /x has 17 tokens but the group was created for at most maxTokensPerRank = 16/,
-          );
-        } else {
-          assert.equal(many.code, 'MOE_PEER_FAILED');
-        }
-        assert.equal(step(obs, 'combine').code, 'ok');
-        const reused = step(obs, 'handle reused');
-        assert.equal(reused.code, 'MOE_HANDLE');
-        assert.match(reused.message ?? '', /already combined/);
-        const stale = step(obs, 'stale handle');
-        assert.equal(stale.code, 'MOE_HANDLE');
-        assert.match(
-          stale.message ?? '',
-          /stale handle: it belongs to call \d+ but the group has dispatched call \d+ since/,
-        );
-        assert.match(stale.message ?? '', /was abandoned on every rank: dispatch again/);
-        const after = step(obs, 'combine after stale');
-        assert.equal(after.code, 'MOE_HANDLE');
-        assert.match(after.message ?? '', /call \d+ was abandoned .*dispatch again/);
-        const foreign = step(obs, 'foreign handle');
-        assert.equal(foreign.code, 'MOE_HANDLE');
-        assert.match(foreign.message ?? '', /did not come from a dispatch of this group/);
-        assert.doesNotMatch(foreign.message ?? '', /abandoned/);
-        const oneStale = step(obs, 'one stale handle');
-        if (rank === 0) {
-          assert.equal(oneStale.code, 'MOE_HANDLE');
-        } else {
-          assert.equal(oneStale.code, 'MOE_PEER_FAILED');
-          assert.equal(oneStale.details?.peer, 0);
-          assert.ok((oneStale.ms ?? 0) < 5000, `the peer learned it after ${oneStale.ms} ms`);
-        }
-        const outShape = step(obs, 'expertOut shape');
-        if (rank === 0) {
-          assert.equal(outShape.code, 'MOE_SHAPE');
-          assert.match(
-            outShape.message ?? '',
-            /expertOut must have shape bf16 \[4, 32, 256\], got \[4, 1, 256\]/,
-          );
-        } else {
-          assert.equal(outShape.code, 'MOE_PEER_FAILED');
-          assert.match(outShape.message ?? '', /rank 0 abandoned combine call \d+/);
-        }
-        const weights = step(obs, 'missing weights');
-        assert.ok(weights.code === 'MOE_SHAPE' || weights.code === 'MOE_PEER_FAILED', weights.code);
-        if (weights.code === 'MOE_SHAPE') assert.match(weights.message ?? '', /combine needs topkWeights/);
-        const closed = step(obs, 'after close');
-        assert.equal(closed.code, 'MOE_CLOSED');
-        assert.match(closed.message ?? '', /closed/);
-        const ecap = step(obs, 'expert capacity');
-        const ecomb = step(obs, 'combine after expert capacity');
-        if (rank === world - 1) {
-          assert.equal(ecap.code, 'MOE_CAPACITY');
-          assert.deepEqual(
-            [ecap.details?.expert, ecap.details?.count, ecap.details?.limit],
-            [(world - 1) * 4, 8 * world, 8],
-          );
-          assert.match(ecap.message ?? '', /expert \d+ received \d+ rows but maxRowsPerExpert is 8/);
-        } else {
-          assert.equal(ecap.code, 'ok');
-          assert.equal(ecomb.code, 'MOE_PEER_FAILED');
-          assert.equal(ecomb.details?.peer, world - 1);
-          assert.match(ecomb.message ?? '', /abandoned combine call/);
-        }
-        const cap = step(obs, 'capacity');
-        if (rank === 0) {
-          assert.equal(cap.code, 'MOE_CAPACITY');
-          assert.equal(cap.name, 'CapacityError');
-          assert.deepEqual(
-            [cap.details?.destination, cap.details?.count, cap.details?.limit],
-            [world - 1, 32, 16],
-          );
-          assert.match(
-            cap.message ?? '',
-            /destination rank 1 would receive 32 rows but maxRowsPerPeer is 16/,
-          );
-        } else {
-          assert.equal(cap.code, 'MOE_PEER_FAILED');
-        }
-      }
-    });
+      });
+    }
 
     it('a rank that never calls dispatch: the others throw PeerTimeoutError naming it, within the timeout', async () => {
       const world = 3;

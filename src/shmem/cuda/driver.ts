@@ -97,8 +97,15 @@ export interface HostPinnedBuffer {
 export interface KernelLauncher {
   readonly fn: CuFunction;
   readonly args: Uint8Array;
-  /** Enqueues the kernel on `stream` (null: the legacy default stream). No allocation. */
-  launch(grid: Dim3, block: Dim3, sharedBytes: number, stream: CuStream | null): void;
+  /**
+   * Enqueues the kernel on `stream` (null: the legacy default stream). No allocation.
+   * `dependent`: launch it as a programmatic dependent of the kernel before it on the stream
+   * (CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, sm_90+): it may start once every block of
+   * that kernel has run `griddepcontrol.launch_dependents`, so it must itself run `griddepcontrol.wait`
+   * before it touches that kernel's memory. Where the driver lacks cuLaunchKernelEx this is an
+   * ordinary launch (the kernel's wait then returns at once).
+   */
+  launch(grid: Dim3, block: Dim3, sharedBytes: number, stream: CuStream | null, dependent?: boolean): void;
 }
 
 export type CaptureMode = 'global' | 'thread-local' | 'relaxed';
@@ -456,6 +463,7 @@ interface Fns {
   cuFuncSetAttribute(fn: Ptr, attr: number, value: number): number;
   cuFuncGetAttribute(out: Int32Array, attr: number, fn: Ptr): number;
   cuFuncGetParamInfo?: (fn: Ptr, index: number, offset: BigUint64Array, size: BigUint64Array) => number;
+  cuLaunchKernelEx?: (config: Uint8Array, fn: Ptr, kernelParams: BigUint64Array, extra: null) => number;
   cuLaunchKernel(
     fn: Ptr,
     gx: number,
@@ -555,6 +563,45 @@ const prototypes = [
   'int cuGraphDestroy(moeA2a_CUgraph hGraph)',
 ];
 
+const CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6;
+
+/**
+ * The bytes of a `CUlaunchConfig` (cuda.h: 7 x u32 grid/block/shared memory, the stream at 32, the
+ * attribute array's address at 40, its length at 48; 56 bytes) followed by its one `CUlaunchAttribute`
+ * (id at 0, value at 8; 72 bytes): programmatic stream serialization allowed. The config points at
+ * its attribute by address, so both live in one explicitly allocated ArrayBuffer, whose memory V8
+ * never moves (a small typed array allocated by length may live in the moving heap).
+ */
+class LaunchConfig {
+  private readonly bytes = new Uint8Array(new ArrayBuffer(128));
+  private readonly view = new DataView(this.bytes.buffer);
+  private stream: CuStream | null | undefined = undefined;
+
+  constructor(private readonly koffi: Koffi) {
+    const attrAt = 56;
+    this.view.setBigUint64(40, koffi.address(this.bytes) + BigInt(attrAt), true);
+    this.view.setUint32(48, 1, true);
+    this.view.setUint32(attrAt, CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, true);
+    this.view.setInt32(attrAt + 8, 1, true);
+  }
+
+  set(grid: Dim3, block: Dim3, sharedBytes: number, stream: CuStream | null): Uint8Array {
+    const v = this.view;
+    v.setUint32(0, grid[0], true);
+    v.setUint32(4, grid[1], true);
+    v.setUint32(8, grid[2], true);
+    v.setUint32(12, block[0], true);
+    v.setUint32(16, block[1], true);
+    v.setUint32(20, block[2], true);
+    v.setUint32(24, sharedBytes, true);
+    if (stream !== this.stream) {
+      v.setBigUint64(32, stream === null ? 0n : this.koffi.address(stream), true);
+      this.stream = stream;
+    }
+    return this.bytes;
+  }
+}
+
 function bind(lib: KoffiLib): Fns {
   const out: Record<string, unknown> = {};
   for (const proto of prototypes) {
@@ -568,6 +615,14 @@ function bind(lib: KoffiLib): Fns {
     );
   } catch {
     out.cuFuncGetParamInfo = undefined;
+  }
+  // Optional: CUDA >= 12.0. Programmatic dependent launches; without it they are ordinary launches.
+  try {
+    out.cuLaunchKernelEx = lib.func(
+      'int cuLaunchKernelEx(const void *config, moeA2a_CUfunc f, void **kernelParams, void **extra)',
+    );
+  } catch {
+    out.cuLaunchKernelEx = undefined;
   }
   // cuda.h (12.8+) maps cuEventElapsedTime to cuEventElapsedTime_v2; older drivers only have v1.
   // Same signature and meaning.
@@ -716,11 +771,20 @@ function makeDriver(
       }
     }
     const params = kernelParamsFor(args);
+    const launchEx = fns.cuLaunchKernelEx;
+    let dependentConfig: LaunchConfig | null = null;
     return {
       fn,
       args,
-      launch(grid, block, sharedBytes, stream) {
-        launchKernel(fn, grid, block, sharedBytes, stream, params);
+      launch(grid, block, sharedBytes, stream, dependent = false) {
+        if (!dependent || !launchEx) {
+          launchKernel(fn, grid, block, sharedBytes, stream, params);
+          return;
+        }
+        dependentConfig ??= new LaunchConfig(koffi);
+        const config = dependentConfig.set(grid, block, sharedBytes, stream);
+        const res = launchEx(config, fn, params, null);
+        if (res !== CUDA_SUCCESS) fail('cuLaunchKernelEx', res);
       },
     };
   }

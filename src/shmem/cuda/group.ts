@@ -43,6 +43,7 @@ import {
   EP_ERR_PEER_ABORT_DISPATCH,
   EP_ERR_TIMEOUT_COMBINE,
   EP_ERR_TIMEOUT_DISPATCH,
+  EP_LOCAL_MAX_PAIRS,
   EP_MAX_EXPERTS,
   EP_MAX_PAIRS,
   EP_ROUTE_THREADS,
@@ -65,7 +66,14 @@ import {
 import type { GraphCall } from './graph.js';
 import { type CudaHeap, openCudaHeap } from './heap.js';
 
-const KERNELS = ['ep_route', 'ep_dispatch', 'ep_recv_view', 'ep_combine_send', 'ep_combine_reduce'] as const;
+const KERNELS = [
+  'ep_route',
+  'ep_dispatch',
+  'ep_dispatch_local',
+  'ep_recv_view',
+  'ep_combine_send',
+  'ep_combine_reduce',
+] as const;
 type KernelName = (typeof KERNELS)[number];
 const CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
 const CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16;
@@ -115,6 +123,8 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   private readonly y: bigint;
   private readonly smCount: number;
   private readonly routeSmem: number;
+  /** Programmatic dependent launches between a call's own kernels; MOE_A2A_DEPENDENT_LAUNCH=0 turns them off. */
+  private readonly dependentLaunches = process.env.MOE_A2A_DEPENDENT_LAUNCH !== '0';
   private readonly copyKernel: ReturnType<CudaDriver['moduleGetFunction']>;
 
   private constructor(
@@ -353,6 +363,24 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     }
   }
 
+  /**
+   * The host's cost of one bare kernel launch through the FFI (an empty ep_copy_bench), median over
+   * `n` launches in microseconds: the floor under the host cost of every eager call.
+   */
+  bareLaunchUs(n = 200): number {
+    const launcher = this.drv.prepareLaunch(this.copyKernel, Buffer.alloc(24));
+    const times: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const t0 = performance.now();
+      launcher.launch([1, 1, 1], [32, 1, 1], 0, this.stream);
+      times.push((performance.now() - t0) * 1000);
+      if (i % 16 === 15) this.synchronize(); // keep the launch queue short
+    }
+    this.synchronize();
+    times.sort((a, b) => a - b);
+    return times[times.length >> 1];
+  }
+
   /** Waits for the stream, reports any device error, and copies `t` to a new host tensor. */
   download(t: DeviceTensor): HostTensor {
     this.synchronize();
@@ -414,8 +442,19 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     this.throwDeviceError();
   }
 
-  private launch(name: KernelName, grid: number, block: number, smem = 0): void {
-    this.launchers[name].launch([grid, 1, 1] as Dim3, [block, 1, 1] as Dim3, smem, this.stream);
+  /**
+   * `afterOurs`: the kernel before it on the stream is one of this group's, of the same call, so it is
+   * launched as a programmatic dependent (it starts while that kernel drains and waits on the device;
+   * every kernel that can be launched so begins with griddepcontrol.wait). Never after a caller's work.
+   */
+  private launch(name: KernelName, grid: number, block: number, smem = 0, afterOurs = false): void {
+    this.launchers[name].launch(
+      [grid, 1, 1] as Dim3,
+      [block, 1, 1] as Dim3,
+      smem,
+      this.stream,
+      afterOurs && this.dependentLaunches,
+    );
   }
 
   private check(name: string, t: unknown, dtype: DType, dims: (number | undefined)[]): DeviceTensor {
@@ -488,19 +527,29 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     };
   }
 
-  /** The launches of one dispatch: route -> dispatch (eager, or recorded into a graph). */
+  /**
+   * The launches of one dispatch (eager, or recorded into a graph): route -> dispatch; or, with one
+   * rank and a small batch, ep_dispatch_local alone (each block routes its own tokens: no routing
+   * block to wait for).
+   */
   private launchDispatch(x: DeviceTensor, topkIdx: DeviceTensor, w: DeviceTensor | null, T: number): void {
     const a = this.args;
+    const c = this.config;
     a.numTokens = T;
     a.set('x', x.devicePtr)
       .set('topkIdx', topkIdx.devicePtr)
       .set('topkWeights', w?.devicePtr ?? 0n);
-    const units = this.config.hidden / 16; // ep_dispatch: one thread per 16 values of a row
+    const units = c.hidden / 16; // ep_dispatch: one thread per 16 values of a row
     const block = rowBlock(units);
+    const grid = Math.min(8 * this.smCount, Math.max(1, T * Math.ceil(units / block)));
+    if (c.world === 1 && T * c.topk <= EP_LOCAL_MAX_PAIRS) {
+      this.launch('ep_dispatch_local', grid, block);
+      return;
+    }
     // half a block routes small batches faster (fewer warps at each barrier; measured on an H100)
-    const routeThreads = T * this.config.topk <= 4096 ? EP_ROUTE_THREADS / 2 : EP_ROUTE_THREADS;
+    const routeThreads = T * c.topk <= 4096 ? EP_ROUTE_THREADS / 2 : EP_ROUTE_THREADS;
     this.launch('ep_route', 1, routeThreads, this.routeSmem);
-    this.launch('ep_dispatch', Math.min(8 * this.smCount, Math.max(1, T * Math.ceil(units / block))), block);
+    this.launch('ep_dispatch', grid, block, 0, true);
   }
 
   /**
@@ -513,19 +562,31 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     return Math.min(4 * this.smCount, Math.max(1, Math.ceil((c.world * c.maxRowsPerPeer) / 8)));
   }
 
-  /** The launches of one combine: send -> reduce. */
-  private launchCombine(expertOut: DeviceTensor, topkIdx: DeviceTensor, w: DeviceTensor, T: number): void {
+  /**
+   * The launches of one combine: send -> reduce. `afterDispatch`: recorded right after this call's
+   * dispatch kernels (GraphCall.step), so its first kernel may be a programmatic dependent too.
+   */
+  private launchCombine(
+    expertOut: DeviceTensor,
+    topkIdx: DeviceTensor,
+    w: DeviceTensor,
+    T: number,
+    afterDispatch = false,
+  ): void {
     const a = this.args;
     a.numTokens = T;
     a.set('topkIdx', topkIdx.devicePtr).set('topkWeights', w.devicePtr).set('expertOut', expertOut.devicePtr);
     const vectors = this.config.hidden / 8;
     const block = rowBlock(vectors);
     // a rank's own rows are read in place by the reduction: with one rank nothing travels
-    if (this.config.world > 1) this.launch('ep_combine_send', this.rowGrid(), 256);
+    const send = this.config.world > 1;
+    if (send) this.launch('ep_combine_send', this.rowGrid(), 256, 0, afterDispatch);
     this.launch(
       'ep_combine_reduce',
       Math.min(8 * this.smCount, Math.max(1, T * Math.ceil(vectors / block))),
       block,
+      0,
+      send || afterDispatch,
     );
   }
 
@@ -539,7 +600,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     const scales = c.fp8 ? this.newTensor('f32', [c.world, c.maxRowsPerPeer, c.groupsPerRow]) : null;
     const splits = this.newTensor('i32', [c.world, c.expertsPerRank + 1]);
     this.args.set('viewX', x.devicePtr).set('viewScales', scales?.devicePtr ?? 0n);
-    this.launch('ep_recv_view', this.rowGrid(), 256);
+    this.launch('ep_recv_view', this.rowGrid(), 256, 0, true);
     this.args.set('viewX', 0n).set('viewScales', 0n);
     this.drv.memcpyDtoDAsync(splits.devicePtr, this.recvSplits, splits.bytes, this.stream);
     return { x, scales, splits };
@@ -615,7 +676,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     const combineExec = capture(() => this.launchCombine(expertOut, topkIdx, topkWeights, T));
     const stepExec = capture(() => {
       this.launchDispatch(x, topkIdx, topkWeights, T);
-      this.launchCombine(expertOut, topkIdx, topkWeights, T);
+      this.launchCombine(expertOut, topkIdx, topkWeights, T, true);
     });
     const owner = {};
     let closed = false;

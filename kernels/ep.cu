@@ -27,7 +27,8 @@
 //                     T = maxTokensPerRank so one value serves every call (and a captured graph).
 //  ep_dispatch        block B = roundup32(ceil(U / ceil(U / 256))) with U = H/16  (H = 7168 -> 224);
 //                     grid = min(8 * SMs, max(1, T * ceil(H / (16 * B))));  dynamic smem 0.  B <= 512.
-//  ep_dispatch_local  as ep_dispatch (W = 1 and T*k <= EP_LOCAL_MAX_PAIRS only; it traps otherwise).
+//  ep_dispatch_local  block as ep_dispatch, grid = ep_dispatch's + 1 (the last block keeps the books and
+//                     stores no rows; grid >= 2); W = 1 and T*k <= EP_LOCAL_MAX_PAIRS only (it traps otherwise).
 //  ep_recv_view       block 256, grid 4 * SMs;  dynamic smem 0.  B <= 512.
 //  ep_combine_send    block 256, grid 4 * SMs;  dynamic smem 0.  B <= 512.
 //  ep_combine_reduce  block B = roundup32(ceil(V / ceil(V / 256))) with V = H/8   (H = 7168 -> 224);
@@ -348,10 +349,12 @@ __device__ __forceinline__ bool routed(const EpArgs& a) {
 
 // Where a dispatch block learns the destinations of its tokens. Two policies, one copy loop each
 // (dispatch_rows below): PlannedDests reads what ep_route wrote; LocalDests (ep_dispatch_local) routes
-// inside the block. go() is called by every thread of the block, before its first destinations and by
-// a block with no items at the end; dests() by every thread for each item (it may use barriers).
+// inside the block. Blocks blockIdx.x, + stride(), ... take the items. go() is called by every thread
+// of the block before its first destinations (and by a block with no items at the end); dests() by
+// every thread for each item (it may use barriers).
 struct PlannedDests {
   int state = -1;  // -1: not asked yet; then routed()'s answer
+  __device__ __forceinline__ int stride() const { return gridDim.x; }
   __device__ __forceinline__ bool go(const EpArgs& a) {
     if (state < 0) state = routed(a) ? 1 : 0;
     return state != 0;
@@ -370,7 +373,7 @@ __device__ void dispatch_bf16(const EpArgs& a, DestList& L, Dests& D) {
   const int items = a.numTokens * chunks;
   const char* x = (const char*)a.x;
   int buf = 0;
-  for (int it = blockIdx.x; it < items; it += gridDim.x, buf ^= 1) {
+  for (int it = blockIdx.x; it < items; it += D.stride(), buf ^= 1) {
     const int t = it / chunks, c = it % chunks;
     const int v0 = c * 2 * B + tid, v1 = v0 + B;
     const char* src = x + (uint64_t)t * a.hidden * 2u;
@@ -402,7 +405,7 @@ __device__ void dispatch_fp8_fast(const EpArgs& a, DestList& L, Dests& D, int la
   const int items = a.numTokens * chunks;
   const char* x = (const char*)a.x;
   int buf = 0;
-  for (int it = blockIdx.x; it < items; it += gridDim.x, buf ^= 1) {
+  for (int it = blockIdx.x; it < items; it += D.stride(), buf ^= 1) {
     const int t = it / chunks, c = it % chunks;
     const int u = c * B + tid;
     const bool active = u < U;  // whole groups are active or not: U and B are multiples of lanesPerGroup
@@ -450,7 +453,7 @@ __device__ void dispatch_fp8_general(const EpArgs& a, DestList& L, Dests& D) {
   const int items = a.numTokens * chunks;
   const char* x = (const char*)a.x;
   int buf = 0;
-  for (int it = blockIdx.x; it < items; it += gridDim.x, buf ^= 1) {
+  for (int it = blockIdx.x; it < items; it += D.stride(), buf ^= 1) {
     const int t = it / chunks, c = it % chunks;
     const int g = c * B + tid;
     if (!D.go(a)) return;
@@ -494,82 +497,91 @@ __device__ void dispatch_rows(const EpArgs& a, DestList& L, Dests& D) {
 // Routing inside each block (ep_dispatch_local: one rank, T*k <= EP_LOCAL_MAX_PAIRS). With one rank there
 // are no counts to exchange and expertX is expert-major with a fixed capacity per expert, so the row of
 // pair p of expert e is e * expertCapacity + (pairs of e before p): the stable order of planRouting and
-// ep_route. Every block reads all T*k ids (a few KiB, from L2 after the first block) and validates
-// them all, so every block knows by itself whether the call is off; block 0 also does ep_route's
-// bookkeeping (the call count, the error report, expertCounts, recvSplits).
+// ep_route. Every row block reads all T*k ids (a few KiB, from L2 after the first block) and counts for
+// its own token; the last block of the grid stores no rows and does ep_route's bookkeeping alone (the
+// call count, validation and the error report, expertCounts, recvSplits), off the rows' critical path.
+// Row blocks do not wait for its verdict: a call that fails may leave rows in expertX (every store
+// stays inside expertX: bad ids never match, a repeated expert keeps one slot), and a failed dispatch
+// leaves expertX unspecified, as the API says.
 struct LocalTables {
-  int16_t ids[EP_LOCAL_MAX_PAIRS];  // topkIdx; invalid ids as -1
+  int16_t ids[EP_LOCAL_MAX_PAIRS];  // topkIdx; ids out of range as -1
   int8_t slotOf[EP_MAX_EXPERTS];    // the current token's slot naming each expert, or -1
-  int hist[EP_MAX_EXPERTS];         // block 0: pairs per expert
+  int hist[EP_MAX_EXPERTS];         // bookkeeping block: pairs per expert
   int before[EP_MAX_TOPK];          // per slot of the current token: pairs of its expert in earlier tokens
   int from[EP_MAX_TOPK];            // ... and from this token on (the pair itself included)
-  int bad;                          // first pair with a bad or repeated id, INT_MAX if none
-  int rows;                         // pairs with an expert (all of them rows of this rank)
-  int capE;                         // block 0: first expert over capacity, INT_MAX if none
+  int bad;                          // bookkeeping: first pair with a bad or repeated id, INT_MAX if none
+  int rows;                         // bookkeeping: pairs with an expert (all of them rows of this rank)
+  int capE;                         // bookkeeping: first expert over capacity, INT_MAX if none
+  uint64_t base;                    // this rank's heap
 };
 
-// Validates the call and, in block 0, does ep_route's bookkeeping. Every thread of the block calls it;
-// returns whether rows are stored (as routed()).
-__device__ bool local_route(const EpArgs& a, LocalTables& S) {
-  wait_for_prior();  // (a no-op unless launched as a programmatic dependent)
-  const int tid = threadIdx.x, B = blockDim.x, lane = tid & 31;
-  const int E = a.numExperts, K = a.topk, N = a.numTokens * K;
-  const bool first = blockIdx.x == 0;
+// topkIdx into S.ids (8 loads in flight per thread); returns this thread's first pair out of range
+// (INT_MAX if none) and counts its pairs with an expert into *rows. Ends with a barrier.
+__device__ int load_ids(const EpArgs& a, LocalTables& S, int* rows) {
+  const int tid = threadIdx.x, B = blockDim.x, E = a.numExperts, N = a.numTokens * a.topk;
   const int* topk = (const int*)a.topkIdx;
-  if (N > EP_LOCAL_MAX_PAIRS || E > EP_MAX_EXPERTS || K > EP_MAX_TOPK || a.world != 1) __trap();  // host error
-  if (tid == 0) {
-    S.bad = INT_MAX;
-    S.rows = 0;
-    S.capE = INT_MAX;
-  }
-  for (int e = tid; e < E; e += B) {
-    S.slotOf[e] = -1;
-    if (first) S.hist[e] = 0;
-  }
-  int myBad = INT_MAX, myRows = 0;
+  if (N > EP_LOCAL_MAX_PAIRS || E > EP_MAX_EXPERTS || a.topk > EP_MAX_TOPK || a.world != 1) __trap();  // host error
+  if (tid == 0) S.base = __ldg((const uint64_t*)a.peerBases + a.rank);
+  for (int e = tid; e < E; e += B) S.slotOf[e] = -1;
+  int bad = INT_MAX, n = 0;
   for (int p0 = 0; p0 < N; p0 += 8 * B) {
     int v[8];
 #pragma unroll
     for (int u = 0; u < 8; ++u) {
       const int p = p0 + u * B + tid;
-      v[u] = p < N ? __ldg(topk + p) : -1;  // 8 loads in flight
+      v[u] = p < N ? __ldg(topk + p) : -1;
     }
 #pragma unroll
     for (int u = 0; u < 8; ++u) {
       const int p = p0 + u * B + tid;
       if (p < N) {
         const bool valid = v[u] >= -1 && v[u] < E;
-        if (!valid) myBad = min(myBad, p);
+        if (!valid) bad = min(bad, p);
         S.ids[p] = (int16_t)(valid ? v[u] : -1);
-        myRows += valid && v[u] >= 0;
+        n += valid && v[u] >= 0;
       }
     }
   }
-  __syncthreads();  // ids and the initial values visible to all
+  *rows = n;
+  __syncthreads();
+  return bad;
+}
+
+// The bookkeeping block: what ep_route does for one rank, in planRouting's order of errors (ids, then
+// the rows for the destination, then expert capacity).
+__device__ void local_bookkeeping(const EpArgs& a, LocalTables& S) {
+  wait_for_prior();  // (a no-op unless launched as a programmatic dependent)
+  const int tid = threadIdx.x, B = blockDim.x, lane = tid & 31;
+  const int E = a.numExperts, K = a.topk, N = a.numTokens * K;
+  if (tid == 0) {
+    S.bad = INT_MAX;
+    S.rows = 0;
+    S.capE = INT_MAX;
+  }
+  for (int e = tid; e < E; e += B) S.hist[e] = 0;
+  int rows = 0;
+  int bad = load_ids(a, S, &rows);
   for (int p = tid; p < N; p += B) {  // an expert an earlier slot of the same token named
     const int e = S.ids[p];
     if (e < 0) continue;
     for (int q = p - p % K; q < p; ++q)
       if (S.ids[q] == e) {
-        myBad = min(myBad, p);
+        bad = min(bad, p);
         break;
       }
   }
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
-    myBad = min(myBad, __shfl_xor_sync(FULL_MASK, myBad, o));
-    myRows += __shfl_xor_sync(FULL_MASK, myRows, o);
+    bad = min(bad, __shfl_xor_sync(FULL_MASK, bad, o));
+    rows += __shfl_xor_sync(FULL_MASK, rows, o);
   }
   if (lane == 0) {
-    if (myBad != INT_MAX) atomicMin(&S.bad, myBad);
-    atomicAdd(&S.rows, myRows);
+    if (bad != INT_MAX) atomicMin(&S.bad, bad);
+    atomicAdd(&S.rows, rows);
   }
   __syncthreads();
-  const int bad = S.bad, rows = S.rows;
-  const bool ok = host_abort(a) == 0 && bad == INT_MAX && rows <= a.maxRowsPerPeer;
-  if (!first) return ok;
-  // Block 0: the call count and this call's error, as ep_route (planRouting's order: ids, then the
-  // rows for the destination, then expert capacity).
+  bad = S.bad;
+  rows = S.rows;
   EpState* st = state_of(a);
   uint64_t call = 0;
   if (tid == 0) {
@@ -587,14 +599,14 @@ __device__ bool local_route(const EpArgs& a, LocalTables& S) {
     if (host_abort(a) != 0) {
       mark_host_abort(a);
     } else if (bad != INT_MAX) {
-      const int v = __ldg(topk + bad);
+      const int v = __ldg((const int*)a.topkIdx + bad);
       const uint32_t code = (v < -1 || v >= E) ? EP_ERR_EXPERT_ID : EP_ERR_DUPLICATE;
       report_error(a, code, 0u, slot, call, bad / K, bad % K, (uint32_t)v);
     } else if (rows > a.maxRowsPerPeer) {
       report_error(a, EP_ERR_CAPACITY, 0u, slot, call, 0, rows, EP_CAPACITY_AUX_SEND);
     }
   }
-  if (!ok) return false;
+  if (host_abort(a) != 0 || bad != INT_MAX || rows > a.maxRowsPerPeer) return;  // the call is off
   for (int p = tid; p < N; p += B) {
     const int e = S.ids[p];
     if (e >= 0) atomicAdd(&S.hist[e], 1);
@@ -611,23 +623,29 @@ __device__ bool local_route(const EpArgs& a, LocalTables& S) {
   if (tid == 0) splits[E] = 0;
   __syncthreads();
   if (tid == 0 && S.capE != INT_MAX) {
-    // its rows are not stored (dests() drops them) and the combine of this call aborts
+    // its rows are not stored (the row blocks drop them) and the combine of this call aborts
     report_error(a, EP_ERR_CAPACITY, 0u, (uint32_t)(call & 1u), call, S.capE, S.hist[S.capE], EP_CAPACITY_AUX_EXPERT);
   }
-  return true;
 }
 
 struct LocalDests {
   LocalTables& S;
-  int state;  // -1: not routed yet; then local_route's answer
+  int state;  // -1: ids not loaded yet; then 1 (rows are stored) or 0 (the host aborted the call)
   __device__ explicit LocalDests(LocalTables& s) : S(s), state(-1) {}
+  __device__ __forceinline__ int stride() const { return gridDim.x - 1; }  // the last block keeps the books
   __device__ __forceinline__ bool go(const EpArgs& a) {
-    if (state < 0) state = local_route(a, S) ? 1 : 0;
+    if (state < 0) {
+      wait_for_prior();  // (a no-op unless launched as a programmatic dependent)
+      int rows;
+      load_ids(a, S, &rows);
+      state = host_abort(a) == 0 ? 1 : 0;
+    }
     return state != 0;
   }
   // Token t's rows: its slots' experts marked in slotOf, every pair of the call counted against them
-  // (one shared atomic per match; duplicates are excluded, so a pair matches at most one slot), then
-  // warp 0 turns the counts into rows (and pairDest, by the block of the first chunk).
+  // (one shared atomic per match), then warp 0 turns the counts into rows (and pairDest, by the block
+  // of the first chunk). A slot repeating an expert loses the mark to one of them and stores nothing
+  // (the call fails as DUPLICATE).
   __device__ void dests(const EpArgs& a, int t, bool firstChunk, DestList& L, int buf) {
     const int tid = threadIdx.x, K = a.topk, N = a.numTokens * K, t0 = t * K;
     for (int j = tid; j < K; j += blockDim.x) {
@@ -645,18 +663,20 @@ struct LocalDests {
     __syncthreads();
     if (tid >= 32) return;
     const int lane = tid;
-    const uint64_t base = __ldg((const uint64_t*)a.peerBases + a.rank);
+    const uint64_t base = S.base;
     int* pairDest = (int*)a.pairDest;
     int n = 0;
     for (int j0 = 0; j0 < K; j0 += 32) {
       const int j = j0 + lane;
       const int e = j < K ? S.ids[t0 + j] : -1;
+      const bool marked = e >= 0 && S.slotOf[e] == j;
       int r = -1;
-      if (e >= 0) {
+      if (marked) {
         const int b = S.before[j];
         if (b + S.from[j] <= a.expertCapacity) r = e * a.expertCapacity + b;
-        S.slotOf[e] = -1;  // every thread has counted (the barrier above): clear for the next token
       }
+      __syncwarp();
+      if (marked) S.slotOf[e] = -1;  // every thread has counted (the barrier above): clear for the next token
       if (firstChunk && j < K) pairDest[t0 + j] = r;
       const bool valid = r >= 0;
       const uint32_t bal = __ballot_sync(FULL_MASK, valid);
@@ -1095,15 +1115,19 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_dispatch(const _
 
 // =============================================================================================
 // 2b. ep_dispatch_local: ep_route and ep_dispatch in one kernel, for one rank (W = 1) and small batches
-// (T*k <= EP_LOCAL_MAX_PAIRS): each block routes its own tokens from all ids (local_route above) instead
-// of waiting for a single routing block. Same outputs as ep_route + ep_dispatch, bit for bit.
+// (T*k <= EP_LOCAL_MAX_PAIRS): each block routes its own tokens from all ids (LocalDests above) instead
+// of waiting for a single routing block; the last block keeps the books. Same outputs as ep_route +
+// ep_dispatch, bit for bit, for a call that succeeds.
 extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_dispatch_local(const __grid_constant__ EpArgs a) {
   __shared__ DestList L;
   __shared__ LocalTables S;
   allow_dependents();
+  if (blockIdx.x == gridDim.x - 1) {
+    local_bookkeeping(a, S);
+    return;
+  }
   LocalDests D(S);
   dispatch_rows(a, L, D);
-  if (blockIdx.x == 0) D.go(a);  // block 0's bookkeeping also when it had no rows (T = 0)
 }
 
 // =============================================================================================

@@ -20,8 +20,9 @@ for step in "$@"; do
     verify) TAIL=80 run verify timeout 300 $cli verify --transport cuda ;;
     v3w1)
       # W = 1 at the DeepSeek-V3 shape: small batches take ep_dispatch_local, T = 1024 ep_route + ep_dispatch
-      TAIL=30 run v3w1 timeout 300 $cli verify --transport cuda --world 1 --tokens 1,128,512,1024 --calls 3
-      TAIL=10 run v3w1graph timeout 200 $cli verify --transport cuda --graph --world 1 --tokens 128 --scenario random,skewed --calls 50 ;;
+      # (the single-process reference takes about 2 s a call at this shape)
+      TAIL=12 run v3w1 timeout 200 $cli verify --transport cuda --world 1 --tokens 128,600 --scenario random,skewed --calls 1
+      TAIL=6 run v3w1graph timeout 100 $cli verify --transport cuda --graph --world 1 --tokens 128 --scenario random,skewed --calls 8 ;;
     long) run long timeout 280 $cli verify --transport cuda --world 2 --experts 16 --hidden 512 --topk 4 --tokens 16 --fp8 --scenario random --calls 10000 ;;
     sanitizer)
       run memcheck1 compute-sanitizer --tool memcheck --target-processes all $cli verify --transport cuda --world 1 --experts 8 --hidden 256 --topk 4 --tokens 8
@@ -38,7 +39,7 @@ for step in "$@"; do
     probe)
       # per-kernel device time without the TypeScript host (bench/micro/kernel_probe.cu), W = 1
       nvcc -O3 -fmad=false -std=c++17 -arch=sm_90a -DEP_PROBE -I kernels bench/micro/kernel_probe.cu -o /tmp/probe
-      for T in 1 128 512 4096; do rt=512; [ $T -gt 512 ] && rt=1024; TAIL=24 run probe-T$T /tmp/probe $T 500 $rt; done ;;
+      for T in ${PROBE_T:-1 32 128 256 512}; do rt=512; [ $T -gt 512 ] && rt=1024; TAIL=24 run probe-T$T /tmp/probe $T 500 $rt; done ;;
     profile)
       # per-kernel device time at T = 128 (W = 1, DeepSeek-V3 shape), clocks and caches as in real use
       TAIL=40 run profile timeout 300 ncu --clock-control none --cache-control none --graph-profiling node \

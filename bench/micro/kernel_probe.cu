@@ -104,7 +104,7 @@ int main(int argc, char** argv) {
   };
   auto dispatchAfterRoute = [&] { dependent(ep_dispatch, gridD, B_D); };
   const bool local = T * K <= EP_LOCAL_MAX_PAIRS;
-  auto dispatchLocal = [&] { ep_dispatch_local<<<gridD, B_D, 0, s>>>(a); };
+  auto dispatchLocal = [&] { ep_dispatch_local<<<gridD + 1, B_D, 0, s>>>(a); };
   auto reduceAfter = [&] { dependent(ep_combine_reduce, gridR, B_R); };
   auto all = [&] { route(), dispatchAfterRoute(), reduce(); };
   cudaEvent_t e0, e1;

@@ -543,7 +543,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     const block = rowBlock(units);
     const grid = Math.min(8 * this.smCount, Math.max(1, T * Math.ceil(units / block)));
     if (c.world === 1 && T * c.topk <= EP_LOCAL_MAX_PAIRS) {
-      this.launch('ep_dispatch_local', grid, block);
+      this.launch('ep_dispatch_local', grid + 1, block); // + the block that keeps the books
       return;
     }
     // half a block routes small batches faster (fewer warps at each barrier; measured on an H100)

@@ -84,7 +84,7 @@
 #define EP_MAX_EXPERTS 1024
 #define EP_MAX_TOPK 64
 #define EP_MAX_PAIRS 32768
-#define EP_LOCAL_MAX_PAIRS 4096  // ep_dispatch_local: T*k it routes inside each block
+#define EP_LOCAL_MAX_PAIRS 2048  // ep_dispatch_local: T*k it routes inside each block
 #define EP_ROUTE_THREADS 1024
 #define EP_MAX_THREADS 512
 

@@ -349,13 +349,13 @@ __device__ __forceinline__ bool routed(const EpArgs& a) {
 
 // Where a dispatch block learns the destinations of its tokens. Two policies, one copy loop each
 // (dispatch_rows below): PlannedDests reads what ep_route wrote; LocalDests (ep_dispatch_local) routes
-// inside the block. Blocks blockIdx.x, + stride(), ... take the items. go() is called by every thread
-// of the block before its first destinations (and by a block with no items at the end); dests() by
-// every thread for each item (it may use barriers).
+// inside the block. Blocks blockIdx.x, + stride(), ... take the items. go(a, first token) is called by
+// every thread of the block before its first destinations (and by a block with no items at the end);
+// dests() by every thread for each item (it may use barriers).
 struct PlannedDests {
   int state = -1;  // -1: not asked yet; then routed()'s answer
   __device__ __forceinline__ int stride() const { return gridDim.x; }
-  __device__ __forceinline__ bool go(const EpArgs& a) {
+  __device__ __forceinline__ bool go(const EpArgs& a, int /*firstToken*/) {
     if (state < 0) state = routed(a) ? 1 : 0;
     return state != 0;
   }
@@ -380,7 +380,7 @@ __device__ void dispatch_bf16(const EpArgs& a, DestList& L, Dests& D) {
     uint4 r0 = make_uint4(0, 0, 0, 0), r1 = r0;
     if (v0 < V) r0 = ld_nc_v4(src + (uint64_t)v0 * 16u);
     if (v1 < V) r1 = ld_nc_v4(src + (uint64_t)v1 * 16u);
-    if (!D.go(a)) return;  // the first item's loads overlapped the routing
+    if (!D.go(a, t)) return;  // the first item's loads overlapped the routing
     D.dests(a, t, c == 0, L, buf);
     // Double-buffered list: this barrier also orders the previous item's reads of buffer buf^1
     // before the next item's gather overwrites it.
@@ -421,7 +421,7 @@ __device__ void dispatch_fp8_fast(const EpArgs& a, DestList& L, Dests& D, int la
     float amax = amax8(v + 8, amax8(v, 0.0f));
     for (int o = lanesPerGroup >> 1; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(FULL_MASK, amax, o));
     const float scale = group_scale(amax);
-    if (!D.go(a)) return;  // the first item's loads overlapped the routing
+    if (!D.go(a, t)) return;  // the first item's loads overlapped the routing
     D.dests(a, t, c == 0, L, buf);
     uint4 q;
     q.x = fp8x4(__fdiv_rn(v[0], scale), __fdiv_rn(v[1], scale), __fdiv_rn(v[2], scale), __fdiv_rn(v[3], scale));
@@ -456,7 +456,7 @@ __device__ void dispatch_fp8_general(const EpArgs& a, DestList& L, Dests& D) {
   for (int it = blockIdx.x; it < items; it += D.stride(), buf ^= 1) {
     const int t = it / chunks, c = it % chunks;
     const int g = c * B + tid;
-    if (!D.go(a)) return;
+    if (!D.go(a, t)) return;
     D.dests(a, t, c == 0, L, buf);
     __syncthreads();
     if (g >= NG) continue;
@@ -522,7 +522,6 @@ __device__ int load_ids(const EpArgs& a, LocalTables& S, int* rows) {
   const int* topk = (const int*)a.topkIdx;
   if (N > EP_LOCAL_MAX_PAIRS || E > EP_MAX_EXPERTS || a.topk > EP_MAX_TOPK || a.world != 1) __trap();  // host error
   if (tid == 0) S.base = __ldg((const uint64_t*)a.peerBases + a.rank);
-  for (int e = tid; e < E; e += B) S.slotOf[e] = -1;
   int bad = INT_MAX, n = 0;
   for (int p0 = 0; p0 < N; p0 += 8 * B) {
     int v[8];
@@ -630,31 +629,43 @@ __device__ void local_bookkeeping(const EpArgs& a, LocalTables& S) {
 
 struct LocalDests {
   LocalTables& S;
-  int state;  // -1: ids not loaded yet; then 1 (rows are stored) or 0 (the host aborted the call)
-  __device__ explicit LocalDests(LocalTables& s) : S(s), state(-1) {}
+  int state;   // -1: ids not loaded yet; then 1 (rows are stored) or 0 (the host aborted the call)
+  int marked;  // the token whose slots slotOf holds, or -1
+  __device__ explicit LocalDests(LocalTables& s) : S(s), state(-1), marked(-1) {}
   __device__ __forceinline__ int stride() const { return gridDim.x - 1; }  // the last block keeps the books
-  __device__ __forceinline__ bool go(const EpArgs& a) {
+  // Every entry of slotOf rewritten for token t by the thread that owns it (e = tid + i*B): the slot of
+  // t naming e, the last one if t repeats e (the call then fails as DUPLICATE), else -1. No entry has
+  // two writers, so marking needs no barrier of its own; the caller's barrier publishes it.
+  __device__ __forceinline__ void mark(const EpArgs& a, int t, const int* tok) {
+    const int K = a.topk;
+    for (int e = threadIdx.x; e < a.numExperts; e += blockDim.x) {
+      int slot = -1;
+      for (int j = 0; j < K; ++j) slot = tok[j] == e ? j : slot;
+      S.slotOf[e] = (int8_t)slot;
+    }
+    for (int j = threadIdx.x; j < K; j += blockDim.x) S.before[j] = S.from[j] = 0;
+    marked = t;
+  }
+  __device__ __forceinline__ bool go(const EpArgs& a, int t) {
     if (state < 0) {
       wait_for_prior();  // (a no-op unless launched as a programmatic dependent)
+      // the first token's slots straight from topkIdx (the same few bytes in every thread), so that
+      // the barrier ending load_ids also publishes its marks
+      mark(a, t, (const int*)a.topkIdx + (uint64_t)t * a.topk);
       int rows;
       load_ids(a, S, &rows);
       state = host_abort(a) == 0 ? 1 : 0;
     }
     return state != 0;
   }
-  // Token t's rows: its slots' experts marked in slotOf, every pair of the call counted against them
-  // (one shared atomic per match), then warp 0 turns the counts into rows (and pairDest, by the block
-  // of the first chunk). A slot repeating an expert loses the mark to one of them and stores nothing
-  // (the call fails as DUPLICATE).
+  // Token t's rows: every pair of the call counted against t's marked slots (one shared atomic per
+  // match), then warp 0 turns the counts into rows (and pairDest, by the block of the first chunk).
   __device__ void dests(const EpArgs& a, int t, bool firstChunk, DestList& L, int buf) {
     const int tid = threadIdx.x, K = a.topk, N = a.numTokens * K, t0 = t * K;
-    for (int j = tid; j < K; j += blockDim.x) {
-      const int e = S.ids[t0 + j];
-      if (e >= 0) S.slotOf[e] = (int8_t)j;
-      S.before[j] = 0;
-      S.from[j] = 0;
+    if (marked != t) {  // a later token of this block (the loop's barrier ordered the last one's reads)
+      mark(a, t, (const int*)a.topkIdx + t0);
+      __syncthreads();
     }
-    __syncthreads();
     for (int p = tid; p < N; p += blockDim.x) {
       const int e = S.ids[p];
       const int j = e >= 0 ? S.slotOf[e] : -1;
@@ -669,14 +680,11 @@ struct LocalDests {
     for (int j0 = 0; j0 < K; j0 += 32) {
       const int j = j0 + lane;
       const int e = j < K ? S.ids[t0 + j] : -1;
-      const bool marked = e >= 0 && S.slotOf[e] == j;
       int r = -1;
-      if (marked) {
+      if (e >= 0 && S.slotOf[e] == j) {  // (a slot repeating an expert stores nothing)
         const int b = S.before[j];
         if (b + S.from[j] <= a.expertCapacity) r = e * a.expertCapacity + b;
       }
-      __syncwarp();
-      if (marked) S.slotOf[e] = -1;  // every thread has counted (the barrier above): clear for the next token
       if (firstChunk && j < K) pairDest[t0 + j] = r;
       const bool valid = r >= 0;
       const uint32_t bal = __ballot_sync(FULL_MASK, valid);
@@ -1096,7 +1104,7 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_dispatch(const _
   PlannedDests D;
   dispatch_rows(a, L, D);
   // One rank: every row is local, and the kernel boundary orders it before the next kernel.
-  if (a.world == 1 || !D.go(a)) return;  // (go() here too: a block without rows has not asked yet)
+  if (a.world == 1 || !D.go(a, 0)) return;  // (go() here too: a block without rows has not asked yet)
   EpState* st = state_of(a);
   if (!finish_block(&st->doneBlocks[0], &sLast)) return;
 

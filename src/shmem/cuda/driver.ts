@@ -418,6 +418,8 @@ function openDriver(): CudaDriver {
 type Raw = ArrayBufferView | ArrayBuffer;
 /** koffi pointer object, or null for NULL. */
 type Ptr = object | null;
+/** An address passed as uintptr_t: a number where it is a safe integer (always, for user-space x86-64 and arm64 addresses). */
+type Addr = number | bigint;
 /** Out parameter for an opaque handle: koffi writes the pointer object into `[0]`. */
 type HandleOut = [Ptr];
 
@@ -463,9 +465,9 @@ interface Fns {
   cuFuncSetAttribute(fn: Ptr, attr: number, value: number): number;
   cuFuncGetAttribute(out: Int32Array, attr: number, fn: Ptr): number;
   cuFuncGetParamInfo?: (fn: Ptr, index: number, offset: BigUint64Array, size: BigUint64Array) => number;
-  cuLaunchKernelEx?: (config: Uint8Array, fn: Ptr, kernelParams: BigUint64Array, extra: null) => number;
+  cuLaunchKernelEx?: (config: Addr, fn: Addr, kernelParams: Addr, extra: Addr) => number;
   cuLaunchKernel(
-    fn: Ptr,
+    fn: Addr,
     gx: number,
     gy: number,
     gz: number,
@@ -473,16 +475,16 @@ interface Fns {
     by: number,
     bz: number,
     shared: number,
-    stream: Ptr,
-    kernelParams: BigUint64Array | null,
-    extra: BigUint64Array | null,
+    stream: Addr,
+    kernelParams: Addr,
+    extra: Addr,
   ): number;
   cuStreamCreate(out: HandleOut, flags: number): number;
   cuStreamDestroy_v2(stream: Ptr): number;
   cuStreamSynchronize(stream: Ptr): number;
   cuStreamQuery(stream: Ptr): number;
   cuEventCreate(out: HandleOut, flags: number): number;
-  cuEventRecord(event: Ptr, stream: Ptr): number;
+  cuEventRecord(event: Addr, stream: Addr): number;
   cuEventSynchronize(event: Ptr): number;
   cuEventQuery(event: Ptr): number;
   cuEventElapsedTime(out: Float32Array, start: Ptr, end: Ptr): number;
@@ -491,7 +493,7 @@ interface Fns {
   cuStreamBeginCapture_v2(stream: Ptr, mode: number): number;
   cuStreamEndCapture(stream: Ptr, out: HandleOut): number;
   cuGraphInstantiateWithFlags(out: HandleOut, graph: Ptr, flags: number): number;
-  cuGraphLaunch(exec: Ptr, stream: Ptr): number;
+  cuGraphLaunch(exec: Addr, stream: Addr): number;
   cuGraphExecDestroy(exec: Ptr): number;
   cuGraphDestroy(graph: Ptr): number;
 }
@@ -543,22 +545,24 @@ const prototypes = [
   'int cuModuleGetFunction(_Out_ moeA2a_CUfunc *hfunc, moeA2a_CUmod hmod, const char *name)',
   'int cuFuncSetAttribute(moeA2a_CUfunc hfunc, int attrib, int value)',
   'int cuFuncGetAttribute(int *pi, int attrib, moeA2a_CUfunc hfunc)',
-  'int cuLaunchKernel(moeA2a_CUfunc f, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ, ' +
+  // The hot calls (launches, graph launches, event records) take handles and pointers as addresses:
+  // koffi converts a number in tens of nanoseconds, a pointer object or a typed array in hundreds.
+  'int cuLaunchKernel(uintptr_t f, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ, ' +
     'unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ, unsigned int sharedMemBytes, ' +
-    'moeA2a_CUstream hStream, void **kernelParams, void **extra)',
+    'uintptr_t hStream, uintptr_t kernelParams, uintptr_t extra)',
   'int cuStreamCreate(_Out_ moeA2a_CUstream *phStream, unsigned int flags)',
   'int cuStreamDestroy_v2(moeA2a_CUstream hStream)',
   'int cuStreamSynchronize(moeA2a_CUstream hStream)',
   'int cuStreamQuery(moeA2a_CUstream hStream)',
   'int cuEventCreate(_Out_ moeA2a_CUevent *phEvent, unsigned int flags)',
-  'int cuEventRecord(moeA2a_CUevent hEvent, moeA2a_CUstream hStream)',
+  'int cuEventRecord(uintptr_t hEvent, uintptr_t hStream)',
   'int cuEventSynchronize(moeA2a_CUevent hEvent)',
   'int cuEventQuery(moeA2a_CUevent hEvent)',
   'int cuEventDestroy_v2(moeA2a_CUevent hEvent)',
   'int cuStreamBeginCapture_v2(moeA2a_CUstream hStream, int mode)',
   'int cuStreamEndCapture(moeA2a_CUstream hStream, _Out_ moeA2a_CUgraph *phGraph)',
   'int cuGraphInstantiateWithFlags(_Out_ moeA2a_CUgraphExec *phGraphExec, moeA2a_CUgraph hGraph, uint64_t flags)',
-  'int cuGraphLaunch(moeA2a_CUgraphExec hGraphExec, moeA2a_CUstream hStream)',
+  'int cuGraphLaunch(uintptr_t hGraphExec, uintptr_t hStream)',
   'int cuGraphExecDestroy(moeA2a_CUgraphExec hGraphExec)',
   'int cuGraphDestroy(moeA2a_CUgraph hGraph)',
 ];
@@ -576,16 +580,20 @@ class LaunchConfig {
   private readonly bytes = new Uint8Array(new ArrayBuffer(128));
   private readonly view = new DataView(this.bytes.buffer);
   private stream: CuStream | null | undefined = undefined;
+  /** The config's address, for cuLaunchKernelEx. */
+  readonly address: Addr;
 
-  constructor(private readonly koffi: Koffi) {
+  constructor(private readonly addressOf: (p: object | null) => Addr) {
     const attrAt = 56;
-    this.view.setBigUint64(40, koffi.address(this.bytes) + BigInt(attrAt), true);
+    const base = addressOf(this.bytes);
+    this.address = base;
+    this.view.setBigUint64(40, BigInt(base) + BigInt(attrAt), true);
     this.view.setUint32(48, 1, true);
     this.view.setUint32(attrAt, CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, true);
     this.view.setInt32(attrAt + 8, 1, true);
   }
 
-  set(grid: Dim3, block: Dim3, sharedBytes: number, stream: CuStream | null): Uint8Array {
+  set(grid: Dim3, block: Dim3, sharedBytes: number, stream: CuStream | null): void {
     const v = this.view;
     v.setUint32(0, grid[0], true);
     v.setUint32(4, grid[1], true);
@@ -595,10 +603,9 @@ class LaunchConfig {
     v.setUint32(20, block[2], true);
     v.setUint32(24, sharedBytes, true);
     if (stream !== this.stream) {
-      v.setBigUint64(32, stream === null ? 0n : this.koffi.address(stream), true);
+      v.setBigUint64(32, BigInt(this.addressOf(stream)), true);
       this.stream = stream;
     }
-    return this.bytes;
   }
 }
 
@@ -619,7 +626,7 @@ function bind(lib: KoffiLib): Fns {
   // Optional: CUDA >= 12.0. Programmatic dependent launches; without it they are ordinary launches.
   try {
     out.cuLaunchKernelEx = lib.func(
-      'int cuLaunchKernelEx(const void *config, moeA2a_CUfunc f, void **kernelParams, void **extra)',
+      'int cuLaunchKernelEx(uintptr_t config, uintptr_t f, uintptr_t kernelParams, uintptr_t extra)',
     );
   } catch {
     out.cuLaunchKernelEx = undefined;
@@ -725,10 +732,28 @@ function makeDriver(
     return n;
   }
 
-  // Pointer arrays for kernel launches, one per args buffer (see prepareLaunch).
-  const paramsByArgs = new WeakMap<Uint8Array, BigUint64Array>();
+  // Addresses of handles and buffers for the hot calls (see the prototypes), cached per object: a
+  // handle's address never changes, nor does the memory of an ArrayBuffer (V8 never moves a backing
+  // store once its address has been taken; buffers passed here are allocated as ArrayBuffers).
+  const addresses = new WeakMap<object, Addr>();
+  function addressOf(p: object | null): Addr {
+    if (p === null) return 0;
+    let a = addresses.get(p);
+    if (a === undefined) {
+      const big = koffi.address(p);
+      a = big <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(big) : big;
+      addresses.set(p, a);
+    }
+    return a;
+  }
 
-  function kernelParamsFor(args: Uint8Array): BigUint64Array {
+  // kernelParams for each args buffer: `void **`, an array of one pointer, to the bytes of the single
+  // struct parameter. Built once per args buffer, in memory that does not move, and kept alive with
+  // it; later launches pass the same address. The driver copies the argument bytes during the call
+  // (also when capturing into a graph), so the caller may rewrite `args` right after.
+  const paramsByArgs = new WeakMap<Uint8Array, { array: BigUint64Array; address: Addr }>();
+
+  function kernelParamsFor(args: Uint8Array): Addr {
     let params = paramsByArgs.get(args);
     if (!params) {
       if (args.byteLength === 0) {
@@ -736,15 +761,12 @@ function makeDriver(
           bytes: 0,
         });
       }
-      // kernelParams is `void **`: an array of one pointer, to the bytes of the single struct
-      // parameter. Built once per args buffer: the buffer's memory does not move (V8 never moves an
-      // ArrayBuffer's backing store once its address has been taken), so later launches only hand
-      // this same 8-byte array to cuLaunchKernel. The driver copies the argument bytes during the
-      // call (also when capturing into a graph), so the caller may rewrite `args` right after.
-      params = new BigUint64Array([koffi.address(args)]);
+      const array = new BigUint64Array(new ArrayBuffer(8));
+      array[0] = koffi.address(args);
+      params = { array, address: addressOf(array) };
       paramsByArgs.set(args, params);
     }
-    return params;
+    return params.address;
   }
 
   function prepareLaunch(fn: CuFunction, args: Uint8Array): KernelLauncher {
@@ -781,25 +803,25 @@ function makeDriver(
           launchKernel(fn, grid, block, sharedBytes, stream, params);
           return;
         }
-        dependentConfig ??= new LaunchConfig(koffi);
-        const config = dependentConfig.set(grid, block, sharedBytes, stream);
-        const res = launchEx(config, fn, params, null);
+        dependentConfig ??= new LaunchConfig(addressOf);
+        dependentConfig.set(grid, block, sharedBytes, stream);
+        const res = launchEx(dependentConfig.address, addressOf(fn), params, 0);
         if (res !== CUDA_SUCCESS) fail('cuLaunchKernelEx', res);
       },
     };
   }
 
-  /** One cuLaunchKernel with a prepared kernelParams array (the struct's address). */
+  /** One cuLaunchKernel with a prepared kernelParams array (its address). */
   function launchKernel(
     fn: CuFunction,
     grid: Dim3,
     block: Dim3,
     sharedBytes: number,
     stream: CuStream | null,
-    params: BigUint64Array,
+    params: Addr,
   ): void {
     const res = fns.cuLaunchKernel(
-      fn,
+      addressOf(fn),
       grid[0],
       grid[1],
       grid[2],
@@ -807,9 +829,9 @@ function makeDriver(
       block[1],
       block[2],
       sharedBytes,
-      stream,
+      addressOf(stream),
       params,
-      null,
+      0,
     );
     if (res !== CUDA_SUCCESS) fail('cuLaunchKernel', res);
   }
@@ -1028,7 +1050,7 @@ function makeDriver(
       return handle<CuEvent>('cuEventCreate', (out) => fns.cuEventCreate(out, flags));
     },
     eventRecord(event, stream) {
-      const res = fns.cuEventRecord(event, stream);
+      const res = fns.cuEventRecord(addressOf(event), addressOf(stream));
       if (res !== CUDA_SUCCESS) fail('cuEventRecord', res);
     },
     eventSynchronize(event) {
@@ -1057,7 +1079,7 @@ function makeDriver(
       );
     },
     graphLaunch(exec, stream) {
-      const res = fns.cuGraphLaunch(exec, stream);
+      const res = fns.cuGraphLaunch(addressOf(exec), addressOf(stream));
       if (res !== CUDA_SUCCESS) fail('cuGraphLaunch', res);
     },
     graphExecDestroy(exec) {

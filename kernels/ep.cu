@@ -516,7 +516,7 @@ struct LocalTables {
 };
 
 // topkIdx into S.ids (8 loads in flight per thread); returns this thread's first pair out of range
-// (INT_MAX if none) and counts its pairs with an expert into *rows. Ends with a barrier.
+// (INT_MAX if none) and counts its pairs with an expert into *rows. The caller's barrier publishes S.
 __device__ int load_ids(const EpArgs& a, LocalTables& S, int* rows) {
   const int tid = threadIdx.x, B = blockDim.x, E = a.numExperts, N = a.numTokens * a.topk;
   const int* topk = (const int*)a.topkIdx;
@@ -542,7 +542,6 @@ __device__ int load_ids(const EpArgs& a, LocalTables& S, int* rows) {
     }
   }
   *rows = n;
-  __syncthreads();
   return bad;
 }
 
@@ -560,6 +559,7 @@ __device__ void local_bookkeeping(const EpArgs& a, LocalTables& S) {
   for (int e = tid; e < E; e += B) S.hist[e] = 0;
   int rows = 0;
   int bad = load_ids(a, S, &rows);
+  __syncthreads();
   for (int p = tid; p < N; p += B) {  // an expert an earlier slot of the same token named
     const int e = S.ids[p];
     if (e < 0) continue;
@@ -635,13 +635,27 @@ struct LocalDests {
   __device__ __forceinline__ int stride() const { return gridDim.x - 1; }  // the last block keeps the books
   // Every entry of slotOf rewritten for token t by the thread that owns it (e = tid + i*B): the slot of
   // t naming e, the last one if t repeats e (the call then fails as DUPLICATE), else -1. No entry has
-  // two writers, so marking needs no barrier of its own; the caller's barrier publishes it.
-  __device__ __forceinline__ void mark(const EpArgs& a, int t, const int* tok) {
-    const int K = a.topk;
-    for (int e = threadIdx.x; e < a.numExperts; e += blockDim.x) {
-      int slot = -1;
-      for (int j = 0; j < K; ++j) slot = tok[j] == e ? j : slot;
-      S.slotOf[e] = (int8_t)slot;
+  // two writers, so marking needs no barrier of its own; the caller's barrier publishes it. The ids of
+  // t come from topkIdx (the same bytes in every thread: L1 broadcasts), 8 at a time; `first` holds
+  // slots 0..7, loaded by the caller.
+  __device__ __forceinline__ static void first_ids(const EpArgs& a, int t, int (&v)[8]) {
+    const int* tok = (const int*)a.topkIdx + (uint64_t)t * a.topk;
+#pragma unroll
+    for (int u = 0; u < 8; ++u) v[u] = u < a.topk ? __ldg(tok + u) : -1;
+  }
+  __device__ __forceinline__ void mark(const EpArgs& a, int t, const int (&first)[8]) {
+    const int K = a.topk, E = a.numExperts;
+    const int* tok = (const int*)a.topkIdx + (uint64_t)t * K;
+    for (int j0 = 0; j0 < K; j0 += 8) {
+      int v[8];
+#pragma unroll
+      for (int u = 0; u < 8; ++u) v[u] = j0 == 0 ? first[u] : j0 + u < K ? __ldg(tok + j0 + u) : -1;
+      for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        int slot = j0 == 0 ? -1 : S.slotOf[e];
+#pragma unroll
+        for (int u = 0; u < 8; ++u) slot = v[u] == e ? j0 + u : slot;
+        S.slotOf[e] = (int8_t)slot;
+      }
     }
     for (int j = threadIdx.x; j < K; j += blockDim.x) S.before[j] = S.from[j] = 0;
     marked = t;
@@ -649,11 +663,12 @@ struct LocalDests {
   __device__ __forceinline__ bool go(const EpArgs& a, int t) {
     if (state < 0) {
       wait_for_prior();  // (a no-op unless launched as a programmatic dependent)
-      // the first token's slots straight from topkIdx (the same few bytes in every thread), so that
-      // the barrier ending load_ids also publishes its marks
-      mark(a, t, (const int*)a.topkIdx + (uint64_t)t * a.topk);
+      int first[8];
+      first_ids(a, t, first);  // these loads and load_ids' go out together; one barrier publishes both
       int rows;
       load_ids(a, S, &rows);
+      mark(a, t, first);
+      __syncthreads();
       state = host_abort(a) == 0 ? 1 : 0;
     }
     return state != 0;
@@ -663,7 +678,9 @@ struct LocalDests {
   __device__ void dests(const EpArgs& a, int t, bool firstChunk, DestList& L, int buf) {
     const int tid = threadIdx.x, K = a.topk, N = a.numTokens * K, t0 = t * K;
     if (marked != t) {  // a later token of this block (the loop's barrier ordered the last one's reads)
-      mark(a, t, (const int*)a.topkIdx + t0);
+      int first[8];
+      first_ids(a, t, first);
+      mark(a, t, first);
       __syncthreads();
     }
     for (int p = tid; p < N; p += blockDim.x) {

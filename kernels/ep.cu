@@ -261,6 +261,16 @@ __device__ __forceinline__ uint32_t bf16x2_bits(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&h);
 }
 
+// 8 f32 -> 8 bf16 in one 16-byte vector, first value in the low half of .x.
+__device__ __forceinline__ uint4 pack_bf16x8(const float (&v)[8]) {
+  uint4 o;
+  o.x = bf16x2_bits(v[0], v[1]);
+  o.y = bf16x2_bits(v[2], v[3]);
+  o.z = bf16x2_bits(v[4], v[5]);
+  o.w = bf16x2_bits(v[6], v[7]);
+  return o;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Waiting for peers
 
@@ -1233,6 +1243,7 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
 // 5. ep_combine_reduce: y[t] = bf16(sum over valid j in order of f32(w[t,j] * out[t,j])), f32 accumulate,
 // two roundings per step (__fmul_rn, __fadd_rn; the build also passes -fmad=false).
 // Item = (token, chunk of blockDim vectors of 8 values); the k rows of a token are loaded 8 at a time.
+// With k <= 32 every warp gathers its token's slots itself (shuffles), else warp 0 lists them in shared memory.
 extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(const __grid_constant__ EpArgs a) {
   __shared__ uint64_t sRow[2][EP_MAX_TOPK];
   __shared__ float sW[2][EP_MAX_TOPK];
@@ -1252,11 +1263,68 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(c
   const float* weights = (const float*)a.topkWeights;
   const int EPR = a.expertsPerRank;
   char* y = (char*)a.y;
+  // A row of my own expert is still in expertOut, at the row routing gave its pair in my expertX; every
+  // other row came back from its owner (ep_combine_send) to my send order.
+  auto rowOf = [&](int e, int dest, int back) -> uint64_t {
+    return e / EPR == a.rank ? (uint64_t)a.expertOut + (uint64_t)dest * a.combineRowBytes
+                             : recv + (uint64_t)back * a.combineRowBytes;
+  };
+  if (k <= 32) {
+    // Each warp reads token t's slots itself (lane j = slot j, the four loads in one round trip) and
+    // hands row addresses and weights round with shuffles: no shared memory and no barrier.
+    const int lane = tid & 31;
+    for (int it = blockIdx.x; it < items; it += gridDim.x) {
+      const int t = it / chunks, c = it % chunks;
+      const int p = t * k + lane;
+      int e = -1, dest = 0, back = 0;
+      float w = 0.0f;
+      if (lane < k) {
+        e = __ldg(topk + p);
+        dest = __ldg(pairDest + p);
+        back = __ldg(pairRow + p);
+        w = __ldg(weights + p);
+      }
+      const uint64_t row = e >= 0 ? rowOf(e, dest, back) : 0;
+      const int v = c * B + tid;
+      const bool active = v < V;
+      float acc[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[i] = 0.0f;
+      // valid slots in slot order (the reduction order), 8 loads in flight; `left` is warp-uniform
+      for (uint32_t left = __ballot_sync(FULL_MASK, e >= 0); left != 0;) {
+        uint4 r[8];
+        float ws[8];
+        uint32_t has = 0;
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int j = left ? __ffs(left) - 1 : 0;
+          const uint64_t rj = __shfl_sync(FULL_MASK, row, j);
+          ws[u] = __shfl_sync(FULL_MASK, w, j);
+          if (left) {
+            has |= 1u << u;
+            if (active) r[u] = ld_cg_v4((const char*)rj + (uint64_t)v * 16u);
+          }
+          left &= left - 1;
+        }
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          if (active && (has >> u & 1u)) {
+            float x[8];
+            bf16x8_to_f32(r[u], x);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) acc[i] = __fadd_rn(acc[i], __fmul_rn(ws[u], x[i]));
+          }
+        }
+      }
+      if (active) st_v4(y + ((uint64_t)t * V + v) * 16u, pack_bf16x8(acc));
+    }
+    return;
+  }
   int buf = 0;
   for (int it = blockIdx.x; it < items; it += gridDim.x, buf ^= 1) {
     const int t = it / chunks, c = it % chunks;
     if (tid < 32) {
-      // Warp 0: the valid slots of token t in slot order (the reduction order), compacted.
+      // Warp 0 (k > 32): the valid slots of token t in slot order (the reduction order), compacted.
       int n = 0;
       for (int j0 = 0; j0 < k; j0 += 32) {
         const int j = j0 + tid, p = t * k + j;
@@ -1265,13 +1333,7 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(c
         const int dest = j < k ? __ldg(pairDest + p) : 0;
         const int back = j < k ? __ldg(pairRow + p) : 0;
         const bool valid = e >= 0;
-        uint64_t row = 0;
-        if (valid) {
-          // A row of my own expert is still in expertOut, at the row ep_route gave its pair in my
-          // expertX; every other row came back from its owner (ep_combine_send) to my send order.
-          row = e / EPR == a.rank ? (uint64_t)a.expertOut + (uint64_t)dest * a.combineRowBytes
-                                  : recv + (uint64_t)back * a.combineRowBytes;
-        }
+        const uint64_t row = valid ? rowOf(e, dest, back) : 0;
         const uint32_t bal = __ballot_sync(FULL_MASK, valid);
         if (valid) {
           const int pos = n + __popc(bal & lanemask_lt());
@@ -1305,12 +1367,7 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(c
         }
       }
     }
-    uint4 o;
-    o.x = bf16x2_bits(acc[0], acc[1]);
-    o.y = bf16x2_bits(acc[2], acc[3]);
-    o.z = bf16x2_bits(acc[4], acc[5]);
-    o.w = bf16x2_bits(acc[6], acc[7]);
-    st_v4(y + ((uint64_t)t * V + v) * 16u, o);
+    st_v4(y + ((uint64_t)t * V + v) * 16u, pack_bf16x8(acc));
   }
 }
 

@@ -20,6 +20,7 @@ export interface DispatchResult<T> {
    * [EPR, expertCapacity, H]: for each local expert, its rows contiguous (sources in rank order, each
    * source's tokens in order); fp8_e4m3 when the group quantises, else bf16. Rows past
    * expertCounts[e] are unspecified. A view of the group's output buffer: valid until the next dispatch.
+   * After a dispatch that failed, the contents of expertX, expertScales and expertCounts are unspecified.
    */
   expertX: T;
   /** f32 [EPR, expertCapacity, H/G]: per-group scales of expertX (FP8 only, else null). Same lifetime. */

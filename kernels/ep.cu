@@ -168,6 +168,34 @@ __device__ void block_exclusive_scan(int* data, int n, int* scratch) {
   __syncthreads();
 }
 
+// topkIdx[0..N) into dst as int16 (ids out of range as -1), 8 loads in flight per thread (every thread
+// of the block calls it). Returns this thread's first pair out of range (INT_MAX if none) and adds its
+// pairs that name an expert to *rows.
+__device__ __forceinline__ int stage_ids(const int* topk, int N, int E, int16_t* dst, int* rows) {
+  const int B = blockDim.x, tid = threadIdx.x;
+  int bad = INT_MAX, n = 0;
+  for (int p0 = 0; p0 < N; p0 += 8 * B) {
+    int v[8];
+#pragma unroll
+    for (int u = 0; u < 8; ++u) {
+      const int p = p0 + u * B + tid;
+      v[u] = p < N ? __ldg(topk + p) : -1;
+    }
+#pragma unroll
+    for (int u = 0; u < 8; ++u) {
+      const int p = p0 + u * B + tid;
+      if (p < N) {
+        const bool valid = v[u] >= -1 && v[u] < E;
+        if (!valid) bad = min(bad, p);
+        dst[p] = (int16_t)(valid ? v[u] : -1);
+        n += valid && v[u] >= 0;
+      }
+    }
+  }
+  *rows += n;
+  return bad;
+}
+
 // The lanes of this warp whose `key` equals mine (what __match_any_sync returns), from one ballot per
 // key bit: on Hopper match.any costs hundreds of cycles, this a few dozen. N chunks at once for ILP.
 template <int N>
@@ -290,6 +318,22 @@ __device__ __forceinline__ bool wait_for_sources(const EpArgs& a, const uint64_t
     else if (r == WAIT_TIMED_OUT) report_error(a, timeoutCode, (uint32_t)s, slot, call, (int64_t)seen, 0, 0u);
   }
   return failed;
+}
+
+// One thread of the kernel that begins a dispatch: the next call count, and this call's error cleared.
+// Returns the call.
+__device__ __forceinline__ uint64_t begin_call(EpState* st) {
+  const uint64_t call = read_calls(st) + 1;
+  st->dispatchCalls = call;
+  volatile EpError* e = &st->err;
+  e->code = 0;
+  e->peer = 0;
+  e->slot = 0;
+  e->aux = 0;
+  e->callCount = 0;
+  e->a = 0;
+  e->b = 0;
+  return call;
 }
 
 // This call's error is this rank's own expert over capacity: its dispatch failed, but its rows went
@@ -528,31 +572,11 @@ struct LocalTables {
 // topkIdx into S.ids (8 loads in flight per thread); returns this thread's first pair out of range
 // (INT_MAX if none) and counts its pairs with an expert into *rows. The caller's barrier publishes S.
 __device__ int load_ids(const EpArgs& a, LocalTables& S, int* rows) {
-  const int tid = threadIdx.x, B = blockDim.x, E = a.numExperts, N = a.numTokens * a.topk;
-  const int* topk = (const int*)a.topkIdx;
-  if (N > EP_LOCAL_MAX_PAIRS || E > EP_MAX_EXPERTS || a.topk > EP_MAX_TOPK || a.world != 1) __trap();  // host error
-  if (tid == 0) S.base = __ldg((const uint64_t*)a.peerBases + a.rank);
-  int bad = INT_MAX, n = 0;
-  for (int p0 = 0; p0 < N; p0 += 8 * B) {
-    int v[8];
-#pragma unroll
-    for (int u = 0; u < 8; ++u) {
-      const int p = p0 + u * B + tid;
-      v[u] = p < N ? __ldg(topk + p) : -1;
-    }
-#pragma unroll
-    for (int u = 0; u < 8; ++u) {
-      const int p = p0 + u * B + tid;
-      if (p < N) {
-        const bool valid = v[u] >= -1 && v[u] < E;
-        if (!valid) bad = min(bad, p);
-        S.ids[p] = (int16_t)(valid ? v[u] : -1);
-        n += valid && v[u] >= 0;
-      }
-    }
-  }
-  *rows = n;
-  return bad;
+  const int N = a.numTokens * a.topk;
+  if (N > EP_LOCAL_MAX_PAIRS || a.numExperts > EP_MAX_EXPERTS || a.topk > EP_MAX_TOPK || a.world != 1) __trap();  // host error
+  if (threadIdx.x == 0) S.base = __ldg((const uint64_t*)a.peerBases + a.rank);
+  *rows = 0;
+  return stage_ids((const int*)a.topkIdx, N, a.numExperts, S.ids, rows);
 }
 
 // The bookkeeping block: what ep_route does for one rank, in planRouting's order of errors (ids, then
@@ -594,16 +618,7 @@ __device__ void local_bookkeeping(const EpArgs& a, LocalTables& S) {
   EpState* st = state_of(a);
   uint64_t call = 0;
   if (tid == 0) {
-    call = read_calls(st) + 1;
-    st->dispatchCalls = call;
-    volatile EpError* e = &st->err;
-    e->code = 0;
-    e->peer = 0;
-    e->slot = 0;
-    e->aux = 0;
-    e->callCount = 0;
-    e->a = 0;
-    e->b = 0;
+    call = begin_call(st);
     const uint32_t slot = (uint32_t)(call & 1u);
     if (host_abort(a) != 0) {
       mark_host_abort(a);
@@ -874,16 +889,7 @@ extern "C" __global__ void __launch_bounds__(EP_ROUTE_THREADS, 1) ep_route(const
 
   if (tid == 0) {
     // Only this thread touches dispatchCalls in this kernel; the others get the call from sCall.
-    const uint64_t call = read_calls(st) + 1;
-    st->dispatchCalls = call;
-    volatile EpError* e = &st->err;
-    e->code = 0;
-    e->peer = 0;
-    e->slot = 0;
-    e->aux = 0;
-    e->callCount = 0;
-    e->a = 0;
-    e->b = 0;
+    const uint64_t call = begin_call(st);
     sCall = call;
     sBad = INT_MAX;
     sCap = INT_MAX;
@@ -897,26 +903,8 @@ extern "C" __global__ void __launch_bounds__(EP_ROUTE_THREADS, 1) ep_route(const
 
   // Phase 1 (overlapping the set-up above): load ids (8 loads in flight per thread), check the range;
   // the first bad pair of this thread joins sBad after the barrier that initialises it.
-  int myBad = INT_MAX;
-  if (ok) {
-    for (int p0 = 0; p0 < N; p0 += 8 * B) {
-      int v[8];
-#pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int p = p0 + u * B + tid;
-        v[u] = p < N ? __ldg(topk + p) : -1;
-      }
-#pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const int p = p0 + u * B + tid;
-        if (p < N) {
-          const bool valid = v[u] >= -1 && v[u] < E;
-          if (!valid) myBad = min(myBad, p);
-          idx[p] = (int16_t)(valid ? v[u] : -1);
-        }
-      }
-    }
-  }
+  int myBad = INT_MAX, myRows = 0;
+  if (ok) myBad = stage_ids(topk, N, E, idx, &myRows);
   __syncthreads();  // set-up, hist zeroes and idx visible to all
   EP_PROBE_AT(1);
   const uint64_t call = sCall;

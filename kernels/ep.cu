@@ -655,8 +655,9 @@ __device__ void local_bookkeeping(const EpArgs& a, LocalTables& S) {
 struct LocalDests {
   LocalTables& S;
   int state;   // -1: ids not loaded yet; then 1 (rows are stored) or 0 (the host aborted the call)
-  int marked;  // the token whose slots slotOf holds, or -1
-  __device__ explicit LocalDests(LocalTables& s) : S(s), state(-1), marked(-1) {}
+  int marked;   // the token whose slots slotOf holds, or -1
+  int counted;  // the token whose pairs before/from hold, or -1 (a block may take several chunks of one token)
+  __device__ explicit LocalDests(LocalTables& s) : S(s), state(-1), marked(-1), counted(-1) {}
   __device__ __forceinline__ int stride() const { return gridDim.x - 1; }  // the last block keeps the books
   // Every entry of slotOf rewritten for token t by the thread that owns it (e = tid + i*B): the slot of
   // t naming e, the last one if t repeats e (the call then fails as DUPLICATE), else -1. No entry has
@@ -702,18 +703,21 @@ struct LocalDests {
   // match), then warp 0 turns the counts into rows (and pairDest, by the block of the first chunk).
   __device__ void dests(const EpArgs& a, int t, bool firstChunk, DestList& L, int buf) {
     const int tid = threadIdx.x, K = a.topk, N = a.numTokens * K, t0 = t * K;
-    if (marked != t) {  // a later token of this block (the loop's barrier ordered the last one's reads)
-      int first[8];
-      first_ids(a, t, first);
-      mark(a, t, first);
+    if (counted != t) {
+      if (marked != t) {  // a later token of this block (the loop's barrier ordered the last one's reads)
+        int first[8];
+        first_ids(a, t, first);
+        mark(a, t, first);
+        __syncthreads();
+      }
+      for (int p = tid; p < N; p += blockDim.x) {
+        const int e = S.ids[p];
+        const int j = e >= 0 ? S.slotOf[e] : -1;
+        if (j >= 0) atomicAdd(p < t0 ? &S.before[j] : &S.from[j], 1);
+      }
       __syncthreads();
-    }
-    for (int p = tid; p < N; p += blockDim.x) {
-      const int e = S.ids[p];
-      const int j = e >= 0 ? S.slotOf[e] : -1;
-      if (j >= 0) atomicAdd(p < t0 ? &S.before[j] : &S.from[j], 1);
-    }
-    __syncthreads();
+      counted = t;
+    }  // (another chunk of the token counted last: its counts stand)
     if (tid >= 32) return;
     const int lane = tid;
     const uint64_t base = S.base;
@@ -1118,8 +1122,10 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_dispatch(const _
   // Nothing ep_route writes is read before D.go() (inside each path, after the first row's loads).
   PlannedDests D;
   dispatch_rows(a, L, D);
-  // One rank: every row is local, and the kernel boundary orders it before the next kernel.
-  if (a.world == 1 || !D.go(a, 0)) return;  // (go() here too: a block without rows has not asked yet)
+  // Every block waits for ep_route (go() here too: a block without rows has not asked yet), so that a
+  // kernel launched as this one's programmatic dependent also finds ep_route's outputs. One rank: every
+  // row is local, and the kernel boundary orders it before the next kernel.
+  if (!D.go(a, 0) || a.world == 1) return;
   EpState* st = state_of(a);
   if (!finish_block(&st->doneBlocks[0], &sLast)) return;
 
@@ -1145,6 +1151,7 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_dispatch_local(c
   __shared__ DestList L;
   __shared__ LocalTables S;
   allow_dependents();
+  if (gridDim.x < 2) __trap();  // host error: one block would keep the books and store no rows
   if (blockIdx.x == gridDim.x - 1) {
     local_bookkeeping(a, S);
     return;
@@ -1269,7 +1276,7 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(c
       if (lane < k) {
         e = __ldg(topk + p);
         dest = __ldg(pairDest + p);
-        back = __ldg(pairRow + p);
+        back = a.world > 1 ? __ldg(pairRow + p) : 0;  // (one rank: unused, and ep_dispatch_local leaves it unwritten)
         w = __ldg(weights + p);
       }
       const uint64_t row = e >= 0 ? rowOf(e, dest, back) : 0;
@@ -1319,7 +1326,7 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(c
         // the three loads together: one round trip to memory instead of two
         const int e = j < k ? __ldg(topk + p) : -1;
         const int dest = j < k ? __ldg(pairDest + p) : 0;
-        const int back = j < k ? __ldg(pairRow + p) : 0;
+        const int back = j < k && a.world > 1 ? __ldg(pairRow + p) : 0;  // (one rank: unused, and ep_dispatch_local leaves it unwritten)
         const bool valid = e >= 0;
         const uint64_t row = valid ? rowOf(e, dest, back) : 0;
         const uint32_t bal = __ballot_sync(FULL_MASK, valid);

@@ -45,7 +45,10 @@ export function caseInputs(kase: VerifyCase, call: number): OracleRankInput[] {
 
 export const DEEPSEEK_V3 = { numExperts: 256, hidden: 7168, topk: 8, tokens: 128, world: 4 } as const;
 
-/** The default verify suite: a sweep of small shapes over W, FP8 and every scenario, then the DeepSeek-V3 shape. */
+/**
+ * The default verify suite: a sweep of small shapes over W, FP8 and every scenario, one rank with FP8
+ * groups of 8, then the DeepSeek-V3 shape.
+ */
 export function defaultSuite(seed: number, calls: number): VerifyCase[] {
   const cases: VerifyCase[] = [];
   for (const world of [1, 2, 3, 4, 8]) {
@@ -62,6 +65,26 @@ export function defaultSuite(seed: number, calls: number): VerifyCase[] {
         });
       }
     }
+  }
+  // One rank with FP8 group size 8: the dispatch takes more chunks per token than its grid has blocks,
+  // so a block stores several chunks of one token (T = 1: expert capacity 1)
+  for (const T of [1, 3]) {
+    cases.push({
+      name: `W=1 E=16 H=7168 k=4 G=8 T=${T} fp8 (chunks of one token in one block)`,
+      config: {
+        world: 1,
+        numExperts: 16,
+        hidden: 7168,
+        topk: 4,
+        fp8: true,
+        fp8GroupSize: 8,
+        maxTokensPerRank: T,
+      },
+      scenario: 'random',
+      tokens: T,
+      calls,
+      seed,
+    });
   }
   for (const fp8 of [true, false]) {
     const { tokens, ...shape } = DEEPSEEK_V3;

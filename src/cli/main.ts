@@ -28,7 +28,8 @@ PASS/FAIL line per case and exits non-zero on any FAIL.
 
 With no shape flags it runs the suite: W in {1, 2, 3, 4, 8}, FP8 on and off, random, mostly-dropped,
 skewed (every pair on one rank's experts, each expert filled to capacity) and ragged routing, T = 0
-and T = 1, then the DeepSeek-V3 shape (H = 7168, k = 8, E = 256, T = 128 per rank, W = 4). With any
+and T = 1, one rank with FP8 groups of 8 at H = 7168, then the DeepSeek-V3 shape (H = 7168, k = 8,
+E = 256, T = 128 per rank, W = 4). With any
 shape flag it runs that shape with random, dropped and skewed routing (or those --scenario names).
 
 Examples:

@@ -22,7 +22,7 @@ for step in "$@"; do
       # W = 1 at the DeepSeek-V3 shape: small batches take ep_dispatch_local, T = 1024 ep_route + ep_dispatch
       # (the single-process reference takes about 2 s a call at this shape)
       TAIL=12 run v3w1 timeout 200 $cli verify --transport cuda --world 1 --tokens 128,600 --scenario random,skewed --calls 1
-      TAIL=6 run v3w1graph timeout 100 $cli verify --transport cuda --graph --world 1 --tokens 128 --scenario random,skewed --calls 8 ;;
+      TAIL=6 run v3w1graph timeout 160 $cli verify --transport cuda --graph --world 1 --tokens 128 --scenario random,skewed --calls 8 ;;
     long) run long timeout 280 $cli verify --transport cuda --world 2 --experts 16 --hidden 512 --topk 4 --tokens 16 --fp8 --scenario random --calls 10000 ;;
     sanitizer)
       run memcheck1 compute-sanitizer --tool memcheck --target-processes all $cli verify --transport cuda --world 1 --experts 8 --hidden 256 --topk 4 --tokens 8

@@ -17,7 +17,7 @@
 // may be launched with programmatic stream serialization after the kernel before them in this order
 // (each waits with griddepcontrol.wait before it touches that kernel's memory; every kernel lets its
 // dependents start early). Never launch one so after other work: the wait covers only the kernel before.
-// Every kernel is correct for any grid >= 1 (they grid-stride; launch at least 1 block even when T = 0)
+// Every kernel is correct for any grid >= 1 (ep_dispatch_local: >= 2; they grid-stride; launch at least 1 block even when T = 0)
 // and any block that is a multiple of 32 up to its maximum. The grids below are for speed only.
 // ep_dispatch (W > 1) and ep_combine_send end with "the last block to finish publishes and waits": no
 // cooperative launch, no co-residency needed.

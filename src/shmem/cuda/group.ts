@@ -93,10 +93,10 @@ function rowBlock(vectors: number): number {
 }
 
 /**
- * The cuda transport's group: a fixed set of kernel launches on one stream (route -> dispatch;
- * combine_send -> combine_reduce), peers' heaps mapped through CUDA IPC. Routing all-gathers the
- * per-expert counts, so dispatch stores each row straight into its place in the owner's expertX
- * (kernels/ep.cu tells the protocol). No host synchronisation sits inside a dispatch or combine: routing and capacity errors
+ * The cuda transport's group: a fixed set of kernel launches on one stream (route -> dispatch, or
+ * ep_dispatch_local alone for one rank and a small batch; combine_send -> combine_reduce), peers'
+ * heaps mapped through CUDA IPC. Routing all-gathers the per-expert counts, so dispatch stores each
+ * row straight into its place in the owner's expertX (kernels/ep.cu tells the protocol). No host synchronisation sits inside a dispatch or combine: routing and capacity errors
  * are found on the device and reported through a small host-mapped error word, read at checkpoints
  * (synchronize(), download(), and the start of the next call).
  *

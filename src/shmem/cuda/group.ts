@@ -685,6 +685,14 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       if (closed) throw new ClosedError('this graph was closed');
       this.usable();
     };
+    // a replay that begins a call (the dispatch graph, or the step that also combines it)
+    const replayDispatch = (exec: typeof dispatchExec, combined: boolean) => {
+      live();
+      this.calls++;
+      this.handles.abandonPending();
+      this.lastDispatch = { by: owner, combined };
+      drv.graphLaunch(exec, this.stream);
+    };
     const call: GraphCall = {
       numTokens: T,
       x,
@@ -695,13 +703,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       expertScales: this.expertScales,
       expertCounts: this.expertCounts,
       y: new DeviceTensor('bf16', [T, c.hidden], this.y, null),
-      dispatch: () => {
-        live();
-        this.calls++;
-        this.handles.abandonPending();
-        this.lastDispatch = { by: owner, combined: false };
-        drv.graphLaunch(dispatchExec, this.stream);
-      },
+      dispatch: () => replayDispatch(dispatchExec, false),
       combine: () => {
         live();
         if (this.lastDispatch.by !== owner || this.lastDispatch.combined) {
@@ -712,13 +714,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
         this.lastDispatch.combined = true;
         drv.graphLaunch(combineExec, this.stream);
       },
-      step: () => {
-        live();
-        this.calls++;
-        this.handles.abandonPending();
-        this.lastDispatch = { by: owner, combined: true };
-        drv.graphLaunch(stepExec, this.stream);
-      },
+      step: () => replayDispatch(stepExec, true),
       close: () => {
         if (closed) return;
         closed = true;

@@ -659,16 +659,16 @@ struct LocalDests {
   int counted;  // the token whose pairs before/from hold, or -1 (a block may take several chunks of one token)
   __device__ explicit LocalDests(LocalTables& s) : S(s), state(-1), marked(-1), counted(-1) {}
   __device__ __forceinline__ int stride() const { return gridDim.x - 1; }  // the last block keeps the books
-  // Every entry of slotOf rewritten for token t by the thread that owns it (e = tid + i*B): the slot of
-  // t naming e, the last one if t repeats e (the call then fails as DUPLICATE), else -1. No entry has
-  // two writers, so marking needs no barrier of its own; the caller's barrier publishes it. The ids of
-  // t come from topkIdx (the same bytes in every thread: L1 broadcasts), 8 at a time; `first` holds
-  // slots 0..7, loaded by the caller.
+  // Slots 0..7 of token t straight from topkIdx (the same bytes in every thread: L1 broadcasts), -1 past k.
   __device__ __forceinline__ static void first_ids(const EpArgs& a, int t, int (&v)[8]) {
     const int* tok = (const int*)a.topkIdx + (uint64_t)t * a.topk;
 #pragma unroll
     for (int u = 0; u < 8; ++u) v[u] = u < a.topk ? __ldg(tok + u) : -1;
   }
+  // Every entry of slotOf rewritten for token t by the thread that owns it (e = tid + i*B): the slot of
+  // t naming e, the last one if t repeats e (the call then fails as DUPLICATE), else -1. No entry has
+  // two writers, so marking needs no barrier of its own; the caller's barrier publishes it. `first`
+  // holds slots 0..7 (first_ids, loaded by the caller); later slots are read 8 at a time.
   __device__ __forceinline__ void mark(const EpArgs& a, int t, const int (&first)[8]) {
     const int K = a.topk, E = a.numExperts;
     const int* tok = (const int*)a.topkIdx + (uint64_t)t * K;

@@ -2,7 +2,7 @@
 # The GPU checks in one go (see README "On a GPU"). Builds nothing: it uses dist/ and the tests
 # compiled into .device/build/ by `npm run build:device`. Logs go to $OUT.
 # Usage: scripts/device-check.sh <step>...
-#   steps: driver smoke smoke2 conformance failures verify v3w1 long graph sanitizer bench bench2 probe profile
+#   steps: driver smoke smoke2 conformance failures verify v3w1 long graph sanitizer bench bench2 probe launch profile
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -40,6 +40,9 @@ for step in "$@"; do
       # per-kernel device time without the TypeScript host (bench/micro/kernel_probe.cu), W = 1
       nvcc -O3 -fmad=false -std=c++17 -arch=sm_90a -DEP_PROBE -I kernels bench/micro/kernel_probe.cu -o /tmp/probe
       for T in ${PROBE_T:-1 32 128 256 512}; do rt=512; [ $T -gt 512 ] && rt=1024; TAIL=24 run probe-T$T /tmp/probe $T 500 $rt; done ;;
+    launch)
+      # the driver's own host cost per launch, in C (bench/micro/launch_cost.cu): the floor under the bench's host table
+      nvcc -O3 -std=c++17 -arch=sm_90a -I kernels bench/micro/launch_cost.cu -lcuda -o /tmp/launch_cost && TAIL=20 run launch /tmp/launch_cost ;;
     profile)
       # per-kernel device time at T = 128 (W = 1, DeepSeek-V3 shape), clocks and caches as in real use
       TAIL=40 run profile timeout 300 ncu --clock-control none --cache-control none --graph-profiling node \

@@ -334,6 +334,22 @@ describe('cuda driver: on a GPU', { skip: noGpu }, () => {
       d.graphLaunch(exec, stream);
       d.streamSynchronize(stream);
       assert.equal(readU32(d, out, n)[n - 1], 500 + n - 1);
+      // Update the instantiated graph's kernel in place (what eager calls do): new argument bytes and
+      // a smaller grid, used from the next replay on; the bytes are copied during the call.
+      const nodes = d.graphKernelNodes(graph);
+      assert.ok(nodes, 'CUDA 12+ drivers can update kernel nodes');
+      assert.equal(nodes.length, 1);
+      assert.ok(nodes[0].launches(fn));
+      const args2 = Buffer.alloc(16);
+      writeFillArgs(args2, out, 700, n / 2);
+      d.graphExecSetKernel(exec, nodes[0], [Math.ceil(n / 2 / 128), 1, 1], block, 0, args2);
+      writeFillArgs(args2, out, 0, 0);
+      d.memsetD8(out, 0, n * 4);
+      d.graphLaunch(exec, stream);
+      d.streamSynchronize(stream);
+      const updated = readU32(d, out, n);
+      assert.equal(updated[n / 2 - 1], 700 + n / 2 - 1);
+      assert.equal(updated[n / 2], 0, 'the new grid and count, not the captured ones');
       d.graphExecDestroy(exec);
       d.graphDestroy(graph);
 

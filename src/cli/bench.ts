@@ -216,6 +216,10 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
       row.hostUs = {
         dispatch: Math.max(...ex.map((r) => r.hostDispatchUs)),
         combine: Math.max(...ex.map((r) => r.hostCombineUs)),
+        freshDispatch: Math.max(...ex.map((r) => r.hostFreshDispatchUs)),
+        freshCombine: Math.max(...ex.map((r) => r.hostFreshCombineUs)),
+        directDispatch: Math.max(...ex.map((r) => r.hostDirectDispatchUs)),
+        directCombine: Math.max(...ex.map((r) => r.hostDirectCombineUs)),
         graphDispatch: Math.max(...ex.map((r) => r.hostGraphDispatchUs)),
         graphCombine: Math.max(...ex.map((r) => r.hostGraphCombineUs)),
         bareLaunch: Math.max(...ex.map((r) => r.hostBareLaunchUs)),
@@ -341,13 +345,28 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
           'T',
           'host us: dispatch',
           'combine',
+          'dispatch, new args',
+          'combine, new args',
+          'dispatch, direct launches',
+          'combine, direct',
           'graph dispatch replay',
           'graph combine replay',
           'one bare launch',
         ],
         host.map((r) => {
           const h = r.hostUs as Record<string, number>;
-          return [r.tokens as number, h.dispatch, h.combine, h.graphDispatch, h.graphCombine, h.bareLaunch];
+          return [
+            r.tokens as number,
+            h.dispatch,
+            h.combine,
+            h.freshDispatch,
+            h.freshCombine,
+            h.directDispatch,
+            h.directCombine,
+            h.graphDispatch,
+            h.graphCombine,
+            h.bareLaunch,
+          ];
         }),
       ),
     );

@@ -5,6 +5,7 @@ import { mixSeed, Rng, randomBf16, randomTopk, randomWeights } from '../ep/rando
 import { hostTensor } from '../ep/tensor.js';
 import type { DeviceTensor } from '../shmem/cuda/device-tensor.js';
 import { CudaEpGroup } from '../shmem/cuda/group.js';
+import { GRAPHS_PER_SEQUENCE, type LaunchMode } from '../shmem/cuda/launch-queue.js';
 import { groupIo } from './device-io.js';
 
 export interface BenchTask {
@@ -27,6 +28,12 @@ export interface CudaBenchExtras {
   /** Host time (us, CPU clock) of one call, median over many calls without waiting for the device. */
   hostDispatchUs: number;
   hostCombineUs: number;
+  /** The same when every call's arguments are new to the group (its graphs are updated). */
+  hostFreshDispatchUs: number;
+  hostFreshCombineUs: number;
+  /** The same with launchMode 'direct' (each kernel launched on its own). */
+  hostDirectDispatchUs: number;
+  hostDirectCombineUs: number;
   hostGraphDispatchUs: number;
   hostGraphCombineUs: number;
   hostBareLaunchUs: number;
@@ -58,6 +65,27 @@ function median(v: number[]): number {
   return s[s.length >> 1];
 }
 
+/**
+ * Median host microseconds of `first(i)` and of the function it returns, over 400 calls made back to
+ * back (the stream is synchronised every 16 calls to keep the launch queue short).
+ */
+function hostLoop(g: CudaEpGroup, first: (i: number) => () => void): { first: number; second: number } {
+  const a: number[] = [];
+  const b: number[] = [];
+  for (let i = 0; i < 400; i++) {
+    const t0 = performance.now();
+    const second = first(i);
+    const t1 = performance.now();
+    second();
+    const t2 = performance.now();
+    a.push((t1 - t0) * 1000);
+    b.push((t2 - t1) * 1000);
+    if (i % 16 === 15) g.synchronize();
+  }
+  g.synchronize();
+  return { first: median(a), second: median(b) };
+}
+
 async function cudaExtras(
   g: CudaEpGroup,
   sets: CudaSet[],
@@ -87,45 +115,50 @@ async function cudaExtras(
         graphStepUs.push(s);
       }
     }
-    // host cost: the CPU time of issuing calls, measured back to back without waiting for the device
-    const n = 100;
-    const hd: number[] = [];
-    const hc: number[] = [];
-    const gd: number[] = [];
-    const gc: number[] = [];
-    const set = sets[0];
+    // host cost: the CPU time of issuing calls, measured back to back without waiting for the device.
+    // `sets` alternate (a caller rotating two buffers); `fresh` holds one more input set than the
+    // group keeps graphs per sequence, so in 'graph' mode every call finds new arguments.
+    const fresh = Array.from({ length: GRAPHS_PER_SEQUENCE + 1 }, (_, j) => {
+      const from = sets[j % sets.length];
+      const copy = (t: DeviceTensor) => {
+        const c = g.upload(hostTensor(t.dtype, [...t.shape]));
+        g.copyInto(c, t);
+        return c;
+      };
+      return { x: copy(from.x), idx: copy(from.idx), w: copy(from.w) };
+    });
+    const eager = (mode: LaunchMode, inputs: CudaSet[]) => {
+      g.launchMode = mode;
+      return hostLoop(g, (i) => {
+        const set = inputs[i % inputs.length];
+        const r = g.dispatch(set.x, set.idx, { topkWeights: set.w });
+        return () => g.combine(expertOut, r.handle);
+      });
+    };
     await g.barrier();
-    for (let i = 0; i < n; i++) {
-      const t0 = performance.now();
-      const r = g.dispatch(set.x, set.idx, { topkWeights: set.w });
-      const t1 = performance.now();
-      g.combine(expertOut, r.handle);
-      const t2 = performance.now();
-      hd.push((t1 - t0) * 1000);
-      hc.push((t2 - t1) * 1000);
-      if (i % 16 === 15) g.synchronize(); // keep the launch queue short
-    }
-    g.synchronize();
+    const direct = eager('direct', sets);
     await g.barrier();
-    for (let i = 0; i < n; i++) {
-      const t0 = performance.now();
+    const cached = eager('graph', sets);
+    await g.barrier();
+    const updated = eager('graph', fresh);
+    for (const set of fresh) for (const t of [set.x, set.idx, set.w]) t.free();
+    await g.barrier();
+    const replay = hostLoop(g, () => {
       graph.dispatch();
-      const t1 = performance.now();
-      graph.combine();
-      const t2 = performance.now();
-      gd.push((t1 - t0) * 1000);
-      gc.push((t2 - t1) * 1000);
-      if (i % 16 === 15) g.synchronize();
-    }
-    g.synchronize();
+      return () => graph.combine();
+    });
     return {
       graphDispatchUs,
       graphCombineUs,
       graphStepUs,
-      hostDispatchUs: median(hd),
-      hostCombineUs: median(hc),
-      hostGraphDispatchUs: median(gd),
-      hostGraphCombineUs: median(gc),
+      hostDispatchUs: cached.first,
+      hostCombineUs: cached.second,
+      hostFreshDispatchUs: updated.first,
+      hostFreshCombineUs: updated.second,
+      hostDirectDispatchUs: direct.first,
+      hostDirectCombineUs: direct.second,
+      hostGraphDispatchUs: replay.first,
+      hostGraphCombineUs: replay.second,
       hostBareLaunchUs: g.bareLaunchUs(),
       copyGBs: rank === 0 ? g.copyBandwidth(512 * 1024 * 1024) : undefined,
     };

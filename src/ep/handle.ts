@@ -1,9 +1,9 @@
 import { HandleError } from '../errors.js';
 
 /**
- * What combine needs from its dispatch. The public object is frozen and holds only plain facts; the
- * internals live in a WeakMap keyed by it, so a handle cannot be forged or edited, and one from another
- * group (or a stale one) is recognised.
+ * What combine needs from its dispatch. The public object holds only plain, read-only facts; the
+ * internals sit in private class fields, so a handle cannot be forged or edited, and one from
+ * another group (or a stale one) is recognised.
  */
 export interface CombineHandle {
   /** The dispatch's call count (1, 2, ...) within its group. */
@@ -15,10 +15,48 @@ export interface CombineHandle {
 
 type Ending = 'combined' | 'abandoned' | null;
 
-interface Entry<S> {
-  owner: object;
-  state: S;
-  ended: Ending;
+// A class with private fields rather than a frozen object in a WeakMap: issuing one costs tens of
+// nanoseconds instead of about a microsecond, on the path of every dispatch.
+class Handle<S> implements CombineHandle {
+  readonly #callCount: number;
+  readonly #numTokens: number;
+  readonly #rank: number;
+  readonly #owner: object;
+  readonly #state: S;
+  #ended: Ending = null;
+
+  constructor(owner: object, callCount: number, numTokens: number, rank: number, state: S) {
+    this.#owner = owner;
+    this.#callCount = callCount;
+    this.#numTokens = numTokens;
+    this.#rank = rank;
+    this.#state = state;
+  }
+  get callCount(): number {
+    return this.#callCount;
+  }
+  get numTokens(): number {
+    return this.#numTokens;
+  }
+  get rank(): number {
+    return this.#rank;
+  }
+  toJSON(): CombineHandle {
+    return { callCount: this.#callCount, numTokens: this.#numTokens, rank: this.#rank };
+  }
+
+  static owner<S>(h: Handle<S>): object {
+    return h.#owner;
+  }
+  static state<S>(h: Handle<S>): S {
+    return h.#state;
+  }
+  static ended<S>(h: Handle<S>): Ending {
+    return h.#ended;
+  }
+  static end<S>(h: Handle<S>, how: Ending): void {
+    h.#ended = how;
+  }
 }
 
 /**
@@ -27,27 +65,24 @@ interface Entry<S> {
  * so that a refused combine can abandon that call on every rank instead of leaving peers waiting.
  */
 export class HandleRegistry<S> {
-  private readonly entries = new WeakMap<CombineHandle, Entry<S>>();
-  private pending: Entry<S> | null = null;
+  private pending: Handle<S> | null = null;
 
   issue(owner: object, callCount: number, numTokens: number, rank: number, state: S): CombineHandle {
-    const h: CombineHandle = Object.freeze({ callCount, numTokens, rank });
-    const entry: Entry<S> = { owner, state, ended: null };
-    this.entries.set(h, entry);
-    if (this.pending) this.pending.ended = 'abandoned'; // a later dispatch: that call can no longer combine
-    this.pending = entry;
+    const h = new Handle(owner, callCount, numTokens, rank, state);
+    if (this.pending) Handle.end(this.pending, 'abandoned'); // a later dispatch: that call can no longer combine
+    this.pending = h;
     return h;
   }
 
   /** The state behind `h`, if `h` is `owner`'s latest dispatch and not yet combined; marks it combined. */
   take(owner: object, h: unknown, latestCall: number): S {
-    const entry = h && typeof h === 'object' ? this.entries.get(h as CombineHandle) : undefined;
-    if (!entry || entry.owner !== owner) {
+    if (!(h instanceof Handle) || Handle.owner(h) !== owner) {
       throw new HandleError(
         'this handle did not come from a dispatch of this group: pass the handle dispatch returned',
       );
     }
-    const { callCount } = h as CombineHandle;
+    const handle = h as Handle<S>;
+    const { callCount } = handle;
     if (callCount !== latestCall) {
       throw new HandleError(
         `stale handle: it belongs to call ${callCount} but the group has dispatched call ${latestCall} since; ` +
@@ -55,7 +90,8 @@ export class HandleRegistry<S> {
         { callCount, latestCall },
       );
     }
-    if (entry.ended === 'combined') {
+    const ended = Handle.ended(handle);
+    if (ended === 'combined') {
       throw new HandleError(
         `the handle of call ${callCount} was already combined; each dispatch is combined once`,
         {
@@ -63,26 +99,25 @@ export class HandleRegistry<S> {
         },
       );
     }
-    if (entry.ended === 'abandoned') {
+    if (ended === 'abandoned') {
       throw new HandleError(`call ${callCount} was abandoned (a combine of it was refused); dispatch again`, {
         callCount,
       });
     }
-    entry.ended = 'combined';
+    Handle.end(handle, 'combined');
     this.pending = null;
-    return entry.state;
+    return Handle.state(handle);
   }
 
   /** Marks a taken call abandoned (its combine was refused after take). */
   abandonTaken(h: CombineHandle): void {
-    const entry = this.entries.get(h);
-    if (entry) entry.ended = 'abandoned';
+    if (h instanceof Handle) Handle.end(h, 'abandoned');
   }
 
   /** Abandons the latest dispatch if it still waits for its combine; true when there was one. */
   abandonPending(): boolean {
     if (!this.pending) return false;
-    this.pending.ended = 'abandoned';
+    Handle.end(this.pending, 'abandoned');
     this.pending = null;
     return true;
   }

@@ -19,6 +19,8 @@ export interface FieldSpec {
   readonly bytes: number;
 }
 
+import { CudaError } from '../../errors.js';
+
 const TYPE_BYTES: Record<Exclude<CType, 'EpError'>, { size: number; align: number }> = {
   i32: { size: 4, align: 4 },
   u32: { size: 4, align: 4 },
@@ -192,22 +194,35 @@ export function routeSharedBytes(numExperts: number, maxPairs: number, block = E
 type I32Field = Extract<(typeof EP_ARGS_SPEC)[number], readonly [string, 'i32']>[0];
 const EP_ARGS_TYPE = Object.fromEntries(EP_ARGS_SPEC) as Record<EpArgsField, CType>;
 
+/** Typed-array stores use the machine's byte order; EpArgs is little-endian (as every CUDA host). */
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
 /**
  * Owns one Buffer of EP_ARGS_BYTES holding an EpArgs, reused for every launch: the setters write
  * in place at fixed offsets and allocate nothing (pass bigints for 64-bit fields on hot paths; a
  * number is converted, which is fine at setup). The driver copies the bytes at each launch, so the
- * buffer may be changed between launches.
+ * buffer may be changed between launches. Stores go through typed-array views of the same memory
+ * (every field is aligned to its size): a few nanoseconds each, against hundreds for Buffer's
+ * writeBigUInt64LE.
  */
 export class EpArgsWriter {
-  readonly bytes: Buffer = Buffer.alloc(EP_ARGS_BYTES);
+  /** In an explicitly allocated ArrayBuffer: its address never moves (launches pass it by address). */
+  readonly bytes: Buffer = Buffer.from(new ArrayBuffer(EP_ARGS_BYTES));
+  private readonly i32v = new Int32Array(this.bytes.buffer);
+  private readonly i64v = new BigInt64Array(this.bytes.buffer);
+  private readonly u64v = new BigUint64Array(this.bytes.buffer);
+
+  constructor() {
+    if (!LITTLE_ENDIAN) throw new CudaError('EpArgs is laid out for a little-endian host');
+  }
 
   /** Sets any field by name: 32-bit fields take a number, 64-bit fields a bigint or a safe integer. */
   set(field: EpArgsField, value: number | bigint): this {
     const off = EP_ARGS_OFFSET[field];
     const type = EP_ARGS_TYPE[field];
-    if (type === 'i32') this.bytes.writeInt32LE(Number(value), off);
-    else if (type === 'i64') this.bytes.writeBigInt64LE(BigInt(value), off);
-    else this.bytes.writeBigUInt64LE(BigInt(value), off);
+    if (type === 'i32') this.i32v[off >> 2] = Number(value);
+    else if (type === 'i64') this.i64v[off >> 3] = BigInt(value);
+    else this.u64v[off >> 3] = BigInt(value);
     return this;
   }
 
@@ -221,10 +236,10 @@ export class EpArgsWriter {
   }
 
   private i32(field: I32Field, v: number): void {
-    this.bytes.writeInt32LE(v, EP_ARGS_OFFSET[field]);
+    this.i32v[EP_ARGS_OFFSET[field] >> 2] = v;
   }
   private u64(field: EpArgsField, v: bigint | number): void {
-    this.bytes.writeBigUInt64LE(typeof v === 'bigint' ? v : BigInt(v), EP_ARGS_OFFSET[field]);
+    this.u64v[EP_ARGS_OFFSET[field] >> 3] = typeof v === 'bigint' ? v : BigInt(v);
   }
 
   // sizes
@@ -272,7 +287,7 @@ export class EpArgsWriter {
   }
   /** Nanoseconds a wait may take before EP_ERR_TIMEOUT_* (> 0). */
   set timeoutNs(v: bigint | number) {
-    this.bytes.writeBigInt64LE(typeof v === 'bigint' ? v : BigInt(v), EP_ARGS_OFFSET.timeoutNs);
+    this.i64v[EP_ARGS_OFFSET.timeoutNs >> 3] = typeof v === 'bigint' ? v : BigInt(v);
   }
   // heap layout (bytes from a heap base)
   set countSignalOff(v: bigint | number) {

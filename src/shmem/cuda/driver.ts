@@ -211,6 +211,30 @@ export interface CudaDriver {
   graphLaunch(exec: CuGraphExec, stream: CuStream | null): void;
   graphExecDestroy(exec: CuGraphExec): void;
   graphDestroy(graph: CuGraph): void;
+  /**
+   * The kernel nodes of `graph`, in no particular order; null where the driver cannot update an
+   * instantiated graph's kernels (before CUDA 12). The graph must outlive every use of its nodes.
+   */
+  graphKernelNodes(graph: CuGraph): GraphKernelNode[] | null;
+  /**
+   * Makes `node` of `exec` (instantiated from the node's graph) launch `args` (the bytes of the one
+   * struct parameter, copied during the call) with these dimensions, from its next launch on. The
+   * function stays the node's. No allocation.
+   */
+  graphExecSetKernel(
+    exec: CuGraphExec,
+    node: GraphKernelNode,
+    grid: Dim3,
+    block: Dim3,
+    sharedBytes: number,
+    args: Uint8Array,
+  ): void;
+}
+
+/** A kernel node of a graph (see `graphKernelNodes`). */
+export interface GraphKernelNode {
+  /** Whether this node launches `fn`. */
+  launches(fn: CuFunction): boolean;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -494,6 +518,9 @@ interface Fns {
   cuStreamEndCapture(stream: Ptr, out: HandleOut): number;
   cuGraphInstantiateWithFlags(out: HandleOut, graph: Ptr, flags: number): number;
   cuGraphLaunch(exec: Addr, stream: Addr): number;
+  cuGraphGetNodes(graph: Ptr, nodes: BigUint64Array | null, count: BigUint64Array): number;
+  cuGraphKernelNodeGetParams_v2?: (node: Addr, params: Addr) => number;
+  cuGraphExecKernelNodeSetParams_v2?: (exec: Addr, node: Addr, params: Addr) => number;
   cuGraphExecDestroy(exec: Ptr): number;
   cuGraphDestroy(graph: Ptr): number;
 }
@@ -563,6 +590,7 @@ const prototypes = [
   'int cuStreamEndCapture(moeA2a_CUstream hStream, _Out_ moeA2a_CUgraph *phGraph)',
   'int cuGraphInstantiateWithFlags(_Out_ moeA2a_CUgraphExec *phGraphExec, moeA2a_CUgraph hGraph, uint64_t flags)',
   'int cuGraphLaunch(uintptr_t hGraphExec, uintptr_t hStream)',
+  'int cuGraphGetNodes(moeA2a_CUgraph hGraph, uint64_t *nodes, size_t *numNodes)',
   'int cuGraphExecDestroy(moeA2a_CUgraphExec hGraphExec)',
   'int cuGraphDestroy(moeA2a_CUgraph hGraph)',
 ];
@@ -609,6 +637,41 @@ class LaunchConfig {
   }
 }
 
+/**
+ * The bytes of a `CUDA_KERNEL_NODE_PARAMS_v2` (cuda.h: the function at 0, 6 x u32 grid/block at 8,
+ * shared memory at 32, kernelParams at 40, extra at 48, kernel at 56, context at 64; 72 bytes),
+ * in an explicitly allocated ArrayBuffer (its address is passed to the driver).
+ */
+class KernelNodeParams implements GraphKernelNode {
+  private readonly bytes = new Uint8Array(new ArrayBuffer(72));
+  private readonly view = new DataView(this.bytes.buffer);
+  readonly address: Addr;
+
+  constructor(
+    readonly node: Addr,
+    private readonly addressOf: (p: object | null) => Addr,
+  ) {
+    this.address = addressOf(this.bytes);
+  }
+
+  launches(fn: CuFunction): boolean {
+    return this.view.getBigUint64(0, true) === BigInt(this.addressOf(fn));
+  }
+
+  set(grid: Dim3, block: Dim3, sharedBytes: number, kernelParams: Addr): void {
+    const v = this.view;
+    v.setUint32(8, grid[0], true);
+    v.setUint32(12, grid[1], true);
+    v.setUint32(16, grid[2], true);
+    v.setUint32(20, block[0], true);
+    v.setUint32(24, block[1], true);
+    v.setUint32(28, block[2], true);
+    v.setUint32(32, sharedBytes, true);
+    v.setBigUint64(40, BigInt(kernelParams), true);
+    v.setBigUint64(48, 0n, true);
+  }
+}
+
 function bind(lib: KoffiLib): Fns {
   const out: Record<string, unknown> = {};
   for (const proto of prototypes) {
@@ -630,6 +693,19 @@ function bind(lib: KoffiLib): Fns {
     );
   } catch {
     out.cuLaunchKernelEx = undefined;
+  }
+  // Optional: CUDA >= 12.0 (the _v2 parameter struct). Eager calls replay cached graphs with them;
+  // without them every eager call launches its kernels one by one.
+  try {
+    out.cuGraphKernelNodeGetParams_v2 = lib.func(
+      'int cuGraphKernelNodeGetParams_v2(uintptr_t hNode, uintptr_t nodeParams)',
+    );
+    out.cuGraphExecKernelNodeSetParams_v2 = lib.func(
+      'int cuGraphExecKernelNodeSetParams_v2(uintptr_t hGraphExec, uintptr_t hNode, uintptr_t nodeParams)',
+    );
+  } catch {
+    out.cuGraphKernelNodeGetParams_v2 = undefined;
+    out.cuGraphExecKernelNodeSetParams_v2 = undefined;
   }
   // cuda.h (12.8+) maps cuEventElapsedTime to cuEventElapsedTime_v2; older drivers only have v1.
   // Same signature and meaning.
@@ -1087,6 +1163,28 @@ function makeDriver(
     },
     graphDestroy(graph) {
       check('cuGraphDestroy', fns.cuGraphDestroy(graph));
+    },
+    graphKernelNodes(graph) {
+      const getParams = fns.cuGraphKernelNodeGetParams_v2;
+      if (!getParams || !fns.cuGraphExecKernelNodeSetParams_v2) return null;
+      const count = new BigUint64Array(1);
+      check('cuGraphGetNodes', fns.cuGraphGetNodes(graph, null, count));
+      const handles = new BigUint64Array(Number(count[0]));
+      if (handles.length > 0) check('cuGraphGetNodes', fns.cuGraphGetNodes(graph, handles, count));
+      return Array.from(handles, (h) => {
+        const node = new KernelNodeParams(h <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(h) : h, addressOf);
+        check('cuGraphKernelNodeGetParams_v2', getParams(node.node, node.address));
+        return node;
+      });
+    },
+    graphExecSetKernel(exec, node, grid, block, sharedBytes, args) {
+      const setParams = fns.cuGraphExecKernelNodeSetParams_v2;
+      if (!setParams || !(node instanceof KernelNodeParams)) {
+        throw new CudaError('graphExecSetKernel: not a node from graphKernelNodes');
+      }
+      node.set(grid, block, sharedBytes, kernelParamsFor(args));
+      const res = setParams(addressOf(exec), node.node, node.address);
+      if (res !== CUDA_SUCCESS) fail('cuGraphExecKernelNodeSetParams_v2', res);
     },
   };
   return driver;

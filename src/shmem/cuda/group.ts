@@ -65,6 +65,7 @@ import {
 } from './driver.js';
 import type { GraphCall } from './graph.js';
 import { type CudaHeap, openCudaHeap } from './heap.js';
+import { type LaunchMode, LaunchQueue } from './launch-queue.js';
 
 const KERNELS = [
   'ep_route',
@@ -83,8 +84,6 @@ interface HandleState {
   topkIdx: DeviceTensor;
   weights: DeviceTensor | null;
 }
-
-type Dim3 = [number, number, number];
 
 /** Threads for a kernel that walks a row of `vectors` 16-byte vectors: a multiple of 32 near 256. */
 function rowBlock(vectors: number): number {
@@ -126,6 +125,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   /** Programmatic dependent launches between a call's own kernels; MOE_A2A_DEPENDENT_LAUNCH=0 turns them off. */
   private readonly dependentLaunches = process.env.MOE_A2A_DEPENDENT_LAUNCH !== '0';
   private readonly copyKernel: ReturnType<CudaDriver['moduleGetFunction']>;
+  private readonly queue: LaunchQueue;
 
   private constructor(
     readonly config: EpConfig,
@@ -208,6 +208,8 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     this.launchers = Object.fromEntries(
       KERNELS.map((k) => [k, drv.prepareLaunch(drv.moduleGetFunction(module, k), a.bytes)]),
     ) as Record<KernelName, KernelLauncher>;
+    this.queue = new LaunchQueue(drv, stream, a.bytes);
+    if (process.env.MOE_A2A_EAGER_GRAPHS === '0') this.queue.mode = 'direct';
     // one routing shared-memory size for every call (and every captured graph): sized for maxTokensPerRank
     this.routeSmem = routeSharedBytes(c.numExperts, c.maxTokensPerRank * c.topk);
     // opt in always: the kernel's static shared memory counts towards the 48 KiB default limit too
@@ -448,13 +450,31 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
    * every kernel that can be launched so begins with griddepcontrol.wait). Never after a caller's work.
    */
   private launch(name: KernelName, grid: number, block: number, smem = 0, afterOurs = false): void {
-    this.launchers[name].launch(
-      [grid, 1, 1] as Dim3,
-      [block, 1, 1] as Dim3,
+    this.queue.add(
+      KERNELS.indexOf(name),
+      this.launchers[name],
+      grid,
+      block,
       smem,
-      this.stream,
       afterOurs && this.dependentLaunches,
     );
+  }
+
+  /**
+   * How eager dispatch and combine hand their kernels to the driver: 'graph' (the default) replays a
+   * graph cached per kernel sequence, 'direct' launches each kernel (see LaunchMode). Results are
+   * the same; 'graph' costs the host less. MOE_A2A_EAGER_GRAPHS=0 makes 'direct' the default.
+   */
+  get launchMode(): LaunchMode {
+    return this.queue.mode;
+  }
+  set launchMode(mode: LaunchMode) {
+    if (mode !== 'graph' && mode !== 'direct') {
+      throw new ShapeError(`launchMode must be 'graph' or 'direct', got ${String(mode)}`, {
+        argument: 'launchMode',
+      });
+    }
+    this.queue.mode = mode;
   }
 
   private check(name: string, t: unknown, dtype: DType, dims: (number | undefined)[]): DeviceTensor {
@@ -515,7 +535,14 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       this.abortDispatch();
       throw err;
     }
-    this.launchDispatch(x, topkIdx, w, T);
+    let recv: SourceMajorRecv<DeviceTensor> | null = null;
+    this.queue.begin();
+    try {
+      this.launchDispatch(x, topkIdx, w, T);
+      if (options.returnRecv) recv = this.recvView();
+    } finally {
+      this.queue.submit();
+    }
     const handle = this.handles.issue(this, call, T, this.rank, { numTokens: T, topkIdx, weights: w });
     this.lastDispatch = { by: 'eager', combined: false };
     return {
@@ -523,7 +550,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       expertScales: this.expertScales,
       expertCounts: this.expertCounts,
       handle,
-      recv: options.returnRecv ? this.recvView() : null,
+      recv,
     };
   }
 
@@ -602,6 +629,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     this.args.set('viewX', x.devicePtr).set('viewScales', scales?.devicePtr ?? 0n);
     this.launch('ep_recv_view', this.rowGrid(), 256, 0, true);
     this.args.set('viewX', 0n).set('viewScales', 0n);
+    this.queue.submit(); // the kernels above, before the copy below
     this.drv.memcpyDtoDAsync(splits.devicePtr, this.recvSplits, splits.bytes, this.stream);
     return { x, scales, splits };
   }
@@ -636,7 +664,12 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       this.abortCombine();
       throw err;
     }
-    this.launchCombine(expertOut, st.topkIdx, w, st.numTokens);
+    this.queue.begin();
+    try {
+      this.launchCombine(expertOut, st.topkIdx, w, st.numTokens);
+    } finally {
+      this.queue.submit();
+    }
     return new DeviceTensor('bf16', [st.numTokens, c.hidden], this.y, null);
   }
 
@@ -755,6 +788,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       for (const p of this.userBuffers) this.drv.memFree(p);
       this.userBuffers.clear();
       for (const e of this.events ?? []) this.drv.eventDestroy(e);
+      this.queue.close();
       this.drv.streamDestroy(this.stream);
       this.errWord.free();
     }

@@ -114,30 +114,26 @@ int main() {
       [&] { CK(cuLaunchKernelEx(&cPlain, fArgs, pa, nullptr)); });
   row("cuLaunchKernelEx, EpArgs, grid 1057x224, dependent", n, false,
       [&] { CK(cuLaunchKernelEx(&cDep, fArgs, pa, nullptr)); });
-  row("pair: cuLaunchKernel + cuLaunchKernel", n, false, [&] {
+  // route (one block) then dispatch, as an eager route + dispatch makes them
+  auto pairPlain = [&] {
     CK(cuLaunchKernel(fArgs, 1, 1, 1, 512, 1, 1, 0, stream, pa, nullptr));
     CK(cuLaunchKernel(fArgs, 1057, 1, 1, 224, 1, 1, 0, stream, pa, nullptr));
-  });
-  row("pair: cuLaunchKernel + cuLaunchKernelEx dependent", n, false, [&] {
+  };
+  auto pairDependent = [&] {
     CK(cuLaunchKernel(fArgs, 1, 1, 1, 512, 1, 1, 0, stream, pa, nullptr));
     CK(cuLaunchKernelEx(&cDep, fArgs, pa, nullptr));
-  });
-  row("pair, GPU busy: cuLaunchKernel + cuLaunchKernel", n, true, [&] {
-    CK(cuLaunchKernel(fArgs, 1, 1, 1, 512, 1, 1, 0, stream, pa, nullptr));
-    CK(cuLaunchKernel(fArgs, 1057, 1, 1, 224, 1, 1, 0, stream, pa, nullptr));
-  });
-  row("pair, GPU busy: cuLaunchKernel + cuLaunchKernelEx dependent", n, true, [&] {
-    CK(cuLaunchKernel(fArgs, 1, 1, 1, 512, 1, 1, 0, stream, pa, nullptr));
-    CK(cuLaunchKernelEx(&cDep, fArgs, pa, nullptr));
-  });
+  };
+  row("pair: cuLaunchKernel + cuLaunchKernel", n, false, pairPlain);
+  row("pair: cuLaunchKernel + cuLaunchKernelEx dependent", n, false, pairDependent);
+  row("pair, GPU busy: cuLaunchKernel + cuLaunchKernel", n, true, pairPlain);
+  row("pair, GPU busy: cuLaunchKernel + cuLaunchKernelEx dependent", n, true, pairDependent);
 
   // the pair as a graph: replay, and replay after rewriting both nodes' arguments (what an eager call
   // through a cached graph would cost)
   CUgraph graph;
   CUgraphExec exec;
   CK(cuStreamBeginCapture(stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
-  CK(cuLaunchKernel(fArgs, 1, 1, 1, 512, 1, 1, 0, stream, pa, nullptr));
-  CK(cuLaunchKernelEx(&cDep, fArgs, pa, nullptr));
+  pairDependent();
   CK(cuStreamEndCapture(stream, &graph));
   CK(cuGraphInstantiate(&exec, graph, 0));
   size_t count = 0;
@@ -146,24 +142,19 @@ int main() {
   CK(cuGraphGetNodes(graph, nodes.data(), &count));
   std::vector<CUDA_KERNEL_NODE_PARAMS> params(count);
   for (size_t i = 0; i < count; ++i) CK(cuGraphKernelNodeGetParams(nodes[i], &params[i]));
-  row("cuGraphLaunch (the pair)", n, false, [&] { CK(cuGraphLaunch(exec, stream)); });
-  row("cuGraphExecKernelNodeSetParams x2 + cuGraphLaunch", n, false, [&] {
+  auto replay = [&] { CK(cuGraphLaunch(exec, stream)); };
+  auto updateAndReplay = [&] {
     a.numTokens++;
     for (size_t i = 0; i < count; ++i) {
       params[i].kernelParams = pa;
       CK(cuGraphExecKernelNodeSetParams(exec, nodes[i], &params[i]));
     }
-    CK(cuGraphLaunch(exec, stream));
-  });
-  row("cuGraphLaunch, GPU busy", n, true, [&] { CK(cuGraphLaunch(exec, stream)); });
-  row("cuGraphExecKernelNodeSetParams x2 + cuGraphLaunch, GPU busy", n, true, [&] {
-    a.numTokens++;
-    for (size_t i = 0; i < count; ++i) {
-      params[i].kernelParams = pa;
-      CK(cuGraphExecKernelNodeSetParams(exec, nodes[i], &params[i]));
-    }
-    CK(cuGraphLaunch(exec, stream));
-  });
+    replay();
+  };
+  row("cuGraphLaunch (the pair)", n, false, replay);
+  row("cuGraphExecKernelNodeSetParams x2 + cuGraphLaunch", n, false, updateAndReplay);
+  row("cuGraphLaunch, GPU busy", n, true, replay);
+  row("cuGraphExecKernelNodeSetParams x2 + cuGraphLaunch, GPU busy", n, true, updateAndReplay);
   row("nothing (the clock's own cost)", n, false, [] {});
   return 0;
 }

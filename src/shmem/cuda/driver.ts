@@ -597,6 +597,15 @@ const prototypes = [
 
 const CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6;
 
+/** Grid x, y, z, block x, y, z and shared memory bytes as 7 u32 from `at`: both launch structs start so. */
+function writeDims(v: DataView, at: number, grid: Dim3, block: Dim3, sharedBytes: number): void {
+  for (let i = 0; i < 3; i++) {
+    v.setUint32(at + 4 * i, grid[i], true);
+    v.setUint32(at + 12 + 4 * i, block[i], true);
+  }
+  v.setUint32(at + 24, sharedBytes, true);
+}
+
 /**
  * The bytes of a `CUlaunchConfig` (cuda.h: 7 x u32 grid/block/shared memory, the stream at 32, the
  * attribute array's address at 40, its length at 48; 56 bytes) followed by its one `CUlaunchAttribute`
@@ -623,13 +632,7 @@ class LaunchConfig {
 
   set(grid: Dim3, block: Dim3, sharedBytes: number, stream: CuStream | null): void {
     const v = this.view;
-    v.setUint32(0, grid[0], true);
-    v.setUint32(4, grid[1], true);
-    v.setUint32(8, grid[2], true);
-    v.setUint32(12, block[0], true);
-    v.setUint32(16, block[1], true);
-    v.setUint32(20, block[2], true);
-    v.setUint32(24, sharedBytes, true);
+    writeDims(v, 0, grid, block, sharedBytes);
     if (stream !== this.stream) {
       v.setBigUint64(32, BigInt(this.addressOf(stream)), true);
       this.stream = stream;
@@ -660,13 +663,7 @@ class KernelNodeParams implements GraphKernelNode {
 
   set(grid: Dim3, block: Dim3, sharedBytes: number, kernelParams: Addr): void {
     const v = this.view;
-    v.setUint32(8, grid[0], true);
-    v.setUint32(12, grid[1], true);
-    v.setUint32(16, grid[2], true);
-    v.setUint32(20, block[0], true);
-    v.setUint32(24, block[1], true);
-    v.setUint32(28, block[2], true);
-    v.setUint32(32, sharedBytes, true);
+    writeDims(v, 8, grid, block, sharedBytes);
     v.setBigUint64(40, BigInt(kernelParams), true);
     v.setBigUint64(48, 0n, true);
   }

@@ -38,14 +38,19 @@ function pickTransport(requested: TransportName | undefined): 'cpu' | 'cuda' | '
  * Creates this rank's member of an expert-parallel group and allocates its symmetric heap.
  * Collective: every rank calls it with the same config. Close it with `await group.close()`.
  */
+const MAX_TIMEOUT_MS = 2 ** 31 - 1;
+
 export async function createGroup(options: GroupOptions & { transport: 'cpu' }): Promise<EpGroup<HostTensor>>;
 export async function createGroup(options: GroupOptions & { transport: 'cuda' }): Promise<CudaEpGroup>;
 export async function createGroup(options: GroupOptions): Promise<EpGroup<unknown>>;
 export async function createGroup(options: GroupOptions): Promise<EpGroup<unknown>> {
   const config = resolveConfig(options);
   const timeoutMs = options.timeoutMs ?? 30_000;
-  if (!(timeoutMs > 0))
-    throw new ConfigError(`timeoutMs must be positive, got ${timeoutMs}`, { fields: 'timeoutMs' });
+  // at most 2^31 - 1 ms (about 24.8 days): the largest a Node timer takes
+  if (!(timeoutMs > 0 && timeoutMs <= MAX_TIMEOUT_MS))
+    throw new ConfigError(`timeoutMs must be in (0, ${MAX_TIMEOUT_MS}], got ${timeoutMs}`, {
+      fields: 'timeoutMs',
+    });
   let transport = pickTransport(options.transport);
   if (transport === 'auto') {
     const { cudaTransportReady } = await import('./shmem/cuda/available.js');

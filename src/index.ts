@@ -31,3 +31,4 @@ export { postRankResult, type RankOutcome, type RunThreadsOptions, runThreads } 
 export type { DeviceTensor } from './shmem/cuda/device-tensor.js';
 export type { GraphCall } from './shmem/cuda/graph.js';
 export type { CudaEpGroup } from './shmem/cuda/group.js';
+export type { LaunchMode } from './shmem/cuda/launch-queue.js';

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
+import { createGroup } from '../src/create.js';
 import { type EpConfigInput, resolveConfig } from '../src/ep/config.js';
 import { ConfigError, ErrorCodes } from '../src/errors.js';
 
@@ -197,4 +198,16 @@ describe('resolveConfig: defaults and derived sizes', () => {
     assert.equal(cfg.fp8GroupSize, 64);
     assert.equal(cfg.groupsPerRow, 4);
   });
+});
+
+describe('createGroup: timeoutMs', () => {
+  for (const timeoutMs of [0, -5, Number.NaN, 2 ** 31, 1e13]) {
+    test(`${timeoutMs} is refused before any transport opens`, async () => {
+      await assert.rejects(
+        createGroup({ ...base, world: 1, transport: 'cpu', timeoutMs }),
+        (err: unknown) =>
+          err instanceof ConfigError && /timeoutMs must be in \(0, 2147483647\]/.test(err.message),
+      );
+    });
+  }
 });

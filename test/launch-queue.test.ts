@@ -23,8 +23,19 @@ interface Call {
   word0?: number;
 }
 
-/** A driver that records the calls the queue makes; `canUpdate: false` is a driver without node updates. */
-function recordingDriver(opts: { canUpdate?: boolean; dropNode?: boolean } = {}) {
+interface DriverOptions {
+  /** false: a driver without node updates. */
+  canUpdate?: boolean;
+  /** The captured graph lacks a node. */
+  dropNode?: boolean;
+  /** graphInstantiate throws. */
+  failInstantiate?: boolean;
+  /** graphExecSetKernel throws while this is set. */
+  failUpdate?: { on: boolean };
+}
+
+/** A driver that records the calls the queue makes, with failures to inject. */
+function recordingDriver(opts: DriverOptions = {}) {
   const calls: Call[] = [];
   let capturing: { fn: CuFunction }[] | null = null;
   const name = (fn: CuFunction) => (fn as unknown as { name: string }).name;
@@ -64,6 +75,7 @@ function recordingDriver(opts: { canUpdate?: boolean; dropNode?: boolean } = {})
       return nodes.map((n) => ({ launches: (fn: CuFunction) => fn === n.fn }));
     },
     graphInstantiate() {
+      if (opts.failInstantiate) throw new Error('cuGraphInstantiateWithFlags failed');
       return { exec: true };
     },
     graphLaunch() {
@@ -77,6 +89,7 @@ function recordingDriver(opts: { canUpdate?: boolean; dropNode?: boolean } = {})
       shared: number,
       args: Uint8Array,
     ) {
+      if (opts.failUpdate?.on) throw new Error('cuGraphExecKernelNodeSetParams_v2 failed');
       const fn = ['route', 'dispatch', 'combine'].find((k) => node.launches(fns[k]));
       calls.push({ op: 'setKernel', fn, grid: grid[0], block: block[0], shared, word0: word0(args) });
     },
@@ -96,7 +109,7 @@ const fns: Record<string, CuFunction> = {
   combine: { name: 'combine' } as unknown as CuFunction,
 };
 
-function setup(opts: { canUpdate?: boolean; dropNode?: boolean } = {}) {
+function setup(opts: DriverOptions = {}) {
   const { drv, calls } = recordingDriver(opts);
   const args = new Uint8Array(new ArrayBuffer(64));
   const words = new Uint32Array(args.buffer);
@@ -195,6 +208,7 @@ describe('launch queue: eager calls through cached graphs', () => {
   for (const [why, opts] of [
     ['a driver that cannot update graph nodes', { canUpdate: false }],
     ['a graph whose nodes do not match the launches', { dropNode: true }],
+    ['a graph the driver fails to instantiate', { failInstantiate: true }],
   ] as const) {
     test(`with ${why} every call launches its kernels directly, with its own bytes`, () => {
       const { calls, call } = setup(opts);
@@ -215,4 +229,33 @@ describe('launch queue: eager calls through cached graphs', () => {
       assert.equal(calls.filter((c) => c.op === 'graphLaunch').length, 0);
     });
   }
+
+  test('a failed update leaves the graph as it was recorded: the next equal call updates it again', () => {
+    const failUpdate = { on: false };
+    const { calls, call } = setup({ failUpdate });
+    for (let i = 0; i < GRAPHS_PER_SEQUENCE; i++) call(10 + i);
+    calls.length = 0;
+    failUpdate.on = true;
+    assert.throws(() => call(99), /SetParams/);
+    failUpdate.on = false;
+    calls.length = 0;
+    call(99); // not taken for a graph that already holds 99
+    assert.deepEqual(
+      calls.map((c) => c.op),
+      ['setKernel', 'setKernel', 'graphLaunch'],
+    );
+  });
+
+  test('sequences of different lengths never share a graph', () => {
+    const { calls, call, queue, launcher, words } = setup();
+    call(1); // route (kernel 0, not dependent) + dispatch (dependent)
+    queue.begin();
+    words[0] = 1;
+    queue.add(1, launcher('dispatch'), 100, 224, 0, true); // dispatch alone, as the second launch above
+    queue.submit();
+    assert.deepEqual(
+      calls.map((c) => c.op),
+      ['capture', 'graphLaunch', 'capture', 'graphLaunch'],
+    );
+  });
 });

@@ -150,6 +150,7 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
   };
   const rows: Record<string, unknown>[] = [];
   let copyGBs: number | undefined;
+  let eagerLaunchMode: string | undefined;
   for (const tokens of tokenList) {
     const config = {
       world,
@@ -200,6 +201,7 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
     if (cuda.every((x) => x !== undefined)) {
       const ex = cuda as NonNullable<BenchRankResult['cuda']>[];
       copyGBs ??= ex[0].copyGBs;
+      eagerLaunchMode ??= ex[0].eagerLaunchMode;
       const graphSlowest = (pick: (r: NonNullable<BenchRankResult['cuda']>) => number[]) =>
         pick(ex[0]).map((_, i) => Math.max(...ex.map((r) => pick(r)[i])));
       rows.push({
@@ -247,6 +249,8 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
     bytes:
       'bytesDispatched = W * T * k rows * row bytes; kernelBytes = bytes our kernels read plus write on one rank (see kernelBytes in src/cli/bench.ts)',
     deviceCopyGBs: copyGBs,
+    // cuda: how the eager rows launched their kernels ('graph': cached graph replays; see LaunchMode)
+    eagerLaunchMode,
     rows,
     torch,
   };

@@ -37,6 +37,8 @@ export interface CudaBenchExtras {
   hostGraphDispatchUs: number;
   hostGraphCombineUs: number;
   hostBareLaunchUs: number;
+  /** How the eager calls above launched their kernels (the group's launchMode, see LaunchMode). */
+  eagerLaunchMode: LaunchMode;
   /** ep_copy_bench on this GPU: GB/s counting bytes read plus written (rank 0 only). */
   copyGBs?: number;
 }
@@ -94,6 +96,7 @@ async function cudaExtras(
   rank: number,
 ): Promise<CudaBenchExtras> {
   const graph = g.captureGraph(task.tokens);
+  const eagerLaunchMode = g.launchMode;
   try {
     g.copyInto(graph.expertOut, expertOut);
     const graphDispatchUs: number[] = [];
@@ -160,9 +163,11 @@ async function cudaExtras(
       hostGraphDispatchUs: replay.first,
       hostGraphCombineUs: replay.second,
       hostBareLaunchUs: g.bareLaunchUs(),
+      eagerLaunchMode,
       copyGBs: rank === 0 ? g.copyBandwidth(512 * 1024 * 1024) : undefined,
     };
   } finally {
+    g.launchMode = eagerLaunchMode;
     graph.close();
   }
 }

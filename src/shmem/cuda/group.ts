@@ -563,9 +563,11 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     const a = this.args;
     const c = this.config;
     a.numTokens = T;
+    // every field this call does not read is zero, so that equal calls have equal bytes (LaunchQueue)
     a.set('x', x.devicePtr)
       .set('topkIdx', topkIdx.devicePtr)
-      .set('topkWeights', w?.devicePtr ?? 0n);
+      .set('topkWeights', w?.devicePtr ?? 0n)
+      .set('expertOut', 0n);
     const units = c.hidden / 16; // ep_dispatch: one thread per 16 values of a row
     const block = rowBlock(units);
     const grid = Math.min(8 * this.smCount, Math.max(1, T * Math.ceil(units / block)));
@@ -602,7 +604,10 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   ): void {
     const a = this.args;
     a.numTokens = T;
-    a.set('topkIdx', topkIdx.devicePtr).set('topkWeights', w.devicePtr).set('expertOut', expertOut.devicePtr);
+    a.set('x', 0n) // (unread here: equal calls have equal bytes)
+      .set('topkIdx', topkIdx.devicePtr)
+      .set('topkWeights', w.devicePtr)
+      .set('expertOut', expertOut.devicePtr);
     const vectors = this.config.hidden / 8;
     const block = rowBlock(vectors);
     // a rank's own rows are read in place by the reduction: with one rank nothing travels
@@ -782,13 +787,17 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       // the heap is freed below either way
     }
     try {
+      this.queue.close();
+    } catch {
+      // (a broken context): the stream and heap still go below
+    }
+    try {
       await this.heap.close(this.timeoutMs);
     } finally {
       for (const p of this.owned) this.drv.memFree(p);
       for (const p of this.userBuffers) this.drv.memFree(p);
       this.userBuffers.clear();
       for (const e of this.events ?? []) this.drv.eventDestroy(e);
-      this.queue.close();
       this.drv.streamDestroy(this.stream);
       this.errWord.free();
     }

@@ -156,7 +156,8 @@ export class LaunchQueue {
     if (n === 0) return;
     const pending = this.pending;
     let key = 0;
-    for (let i = 0; i < n; i++) key = key * 64 + pending[i].kernel * 2 + (pending[i].dependent ? 1 : 0);
+    // one digit in base 64 per launch, never 0: sequences of different lengths never share a key
+    for (let i = 0; i < n; i++) key = key * 64 + 1 + pending[i].kernel * 2 + (pending[i].dependent ? 1 : 0);
     let seq = this.sequences.get(key);
     if (seq === undefined) {
       seq = { instances: [], direct: null };
@@ -190,16 +191,18 @@ export class LaunchQueue {
       inst = oldest;
       for (let i = 0; i < n; i++) {
         const node = inst.nodes[i];
-        if (same(node, pending[i])) continue;
-        assign(node, pending[i]);
+        const p = pending[i];
+        if (same(node, p)) continue;
+        // the record changes only once the driver took the update: a node never claims bytes it lacks
         this.drv.graphExecSetKernel(
           inst.exec,
           node.graphNode as GraphKernelNode,
-          node.grid,
-          node.block,
-          node.sharedBytes,
-          node.args,
+          p.grid,
+          p.block,
+          p.sharedBytes,
+          p.args,
         );
+        assign(node, p);
       }
     }
     if (!inst) return;
@@ -233,23 +236,27 @@ export class LaunchQueue {
     };
     const fns = nodes.map((node) => node.launcher.fn);
     if (new Set(fns).size !== fns.length) return direct(); // nodes are told apart by their kernel
-    this.drv.streamBeginCapture(this.stream, 'thread-local');
-    let graph: CuGraph;
+    let graph: CuGraph | null = null;
     try {
-      for (const node of nodes) this.launchNode(node);
-    } finally {
-      graph = this.drv.streamEndCapture(this.stream);
+      this.drv.streamBeginCapture(this.stream, 'thread-local');
+      try {
+        for (const node of nodes) this.launchNode(node);
+      } finally {
+        graph = this.drv.streamEndCapture(this.stream);
+      }
+      const graphNodes = this.drv.graphKernelNodes(graph);
+      for (const node of nodes) {
+        const matches = graphNodes?.filter((g) => g.launches(node.launcher.fn)) ?? [];
+        node.graphNode = matches.length === 1 ? matches[0] : null;
+      }
+      if (graphNodes && graphNodes.length === n && nodes.every((node) => node.graphNode)) {
+        return { exec: this.drv.graphInstantiate(graph), graph, nodes, lastUsed: 0 };
+      }
+    } catch {
+      // a driver that cannot capture or instantiate these launches still runs them directly (below)
     }
-    const graphNodes = this.drv.graphKernelNodes(graph);
-    for (const node of nodes) {
-      const matches = graphNodes?.filter((g) => g.launches(node.launcher.fn)) ?? [];
-      node.graphNode = matches.length === 1 ? matches[0] : null;
-    }
-    if (!graphNodes || graphNodes.length !== n || nodes.some((node) => !node.graphNode)) {
-      this.drv.graphDestroy(graph);
-      return direct();
-    }
-    return { exec: this.drv.graphInstantiate(graph), graph, nodes, lastUsed: 0 };
+    if (graph) this.drv.graphDestroy(graph);
+    return direct();
   }
 
   /** Frees the cached graphs (after the stream has finished them). */

@@ -597,6 +597,11 @@ const prototypes = [
 
 const CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6;
 
+/** An address as koffi's `uintptr_t` takes it fastest: a number where it is exact, else the bigint. */
+function toAddr(big: bigint): Addr {
+  return big <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(big) : big;
+}
+
 /** Grid x, y, z, block x, y, z and shared memory bytes as 7 u32 from `at`: both launch structs start so. */
 function writeDims(v: DataView, at: number, grid: Dim3, block: Dim3, sharedBytes: number): void {
   for (let i = 0; i < 3; i++) {
@@ -814,7 +819,7 @@ function makeDriver(
     let a = addresses.get(p);
     if (a === undefined) {
       const big = koffi.address(p);
-      a = big <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(big) : big;
+      a = toAddr(big);
       addresses.set(p, a);
     }
     return a;
@@ -1169,7 +1174,7 @@ function makeDriver(
       const handles = new BigUint64Array(Number(count[0]));
       if (handles.length > 0) check('cuGraphGetNodes', fns.cuGraphGetNodes(graph, handles, count));
       return Array.from(handles, (h) => {
-        const node = new KernelNodeParams(h <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(h) : h, addressOf);
+        const node = new KernelNodeParams(toAddr(h), addressOf);
         check('cuGraphKernelNodeGetParams_v2', getParams(node.node, node.address));
         return node;
       });

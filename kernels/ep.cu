@@ -9,18 +9,22 @@
 // G = groupSize, SMs = multiprocessor count, roundup32(n) = n rounded up to a multiple of 32.
 // All kernels run on one stream, in this order, with the same EpArgs bytes (numTokens and the tensor
 // pointers of the call filled in; combine kernels need x/topkIdx/topkWeights/expertOut/y as relevant):
-//   dispatch:  ep_route -> ep_dispatch [-> ep_recv_view]      combine:  [ep_combine_send ->] ep_combine_reduce
-//   or, with W = 1 and T*k <= EP_LOCAL_MAX_PAIRS:  ep_dispatch_local [-> ep_recv_view]  (routing inside it)
+//   dispatch, one of three sequences, fixed per group (every rank of a group uses the same one):
+//     direct:  ep_route -> ep_dispatch [-> ep_recv_view]           (counts all-gathered, rows stored in place)
+//     staged:  ep_stage_send -> ep_stage_pack [-> ep_recv_view]    (W > 1, maxTokensPerRank*k <= EP_STAGE_MAX_PAIRS)
+//     local:   ep_dispatch_local [-> ep_recv_view]                 (W = 1 and T*k <= EP_LOCAL_MAX_PAIRS)
+//   combine:  [ep_combine_send ->] ep_combine_reduce
 // ep_recv_view runs only when the caller asks for the source-major receive buffer (viewX/viewScales set).
 // ep_combine_send moves rows between ranks only: with W = 1 the host may leave it out.
-// Programmatic dependent launch (sm_90): ep_dispatch, ep_recv_view, ep_combine_send and ep_combine_reduce
-// may be launched with programmatic stream serialization after the kernel before them in this order
-// (each waits with griddepcontrol.wait before it touches that kernel's memory; every kernel lets its
-// dependents start early). Never launch one so after other work: the wait covers only the kernel before.
-// Every kernel is correct for any grid >= 1 (ep_dispatch_local: >= 2; they grid-stride; launch at least 1 block even when T = 0)
-// and any block that is a multiple of 32 up to its maximum. The grids below are for speed only.
-// ep_dispatch (W > 1) and ep_combine_send end with "the last block to finish publishes and waits": no
-// cooperative launch, no co-residency needed.
+// Programmatic dependent launch (sm_90): ep_dispatch, ep_stage_pack, ep_recv_view, ep_combine_send and
+// ep_combine_reduce may be launched with programmatic stream serialization after the kernel before them in
+// this order (each waits with griddepcontrol.wait before it touches that kernel's memory; every kernel lets
+// its dependents start early). Never launch one so after other work: the wait covers only the kernel before.
+// Every kernel is correct for any grid >= 1 (ep_dispatch_local and ep_stage_send: >= 2; they grid-stride;
+// launch at least 1 block even when T = 0) and any block that is a multiple of 32 up to its maximum.
+// The grids below are for speed only.
+// ep_dispatch and ep_stage_send (W > 1) and ep_combine_send end with "the last block to finish publishes and
+// waits": no cooperative launch, no co-residency needed.
 //
 //  ep_route           grid 1, block 1024 (EP_ROUTE_THREADS; the host uses 512 when T*k <= 4096: faster),
 //                     dynamic smem = 4 * ((block/32) * E + E + 1) + 2 * T*k bytes; pass it for
@@ -29,11 +33,15 @@
 //                     grid = min(8 * SMs, max(1, T * ceil(H / (16 * B))));  dynamic smem 0.  B <= 512.
 //  ep_dispatch_local  block as ep_dispatch, grid = ep_dispatch's + 1 (the last block keeps the books and
 //                     stores no rows; grid >= 2); W = 1 and T*k <= EP_LOCAL_MAX_PAIRS only (it traps otherwise).
+//  ep_stage_send      block and grid as ep_dispatch_local; W > 1 and T*k <= EP_STAGE_MAX_PAIRS (it traps otherwise).
+//  ep_stage_pack      block 256, grid = min(4 * SMs, max(1, ceil(W * stageRows * ceil(rowBytes / 2048) / 8))).
 //  ep_recv_view       block 256, grid 4 * SMs;  dynamic smem 0.  B <= 512.
 //  ep_combine_send    block 256, grid 4 * SMs;  dynamic smem 0.  B <= 512.
 //  ep_combine_reduce  block B = roundup32(ceil(V / ceil(V / 256))) with V = H/8   (H = 7168 -> 224);
 //                     grid = min(8 * SMs, max(1, T * ceil(V / B)));  dynamic smem 0.  B <= 512.
+//  ep_barrier         grid 1, block 32 (any multiple of 32): every rank of the group, between calls only.
 //  ep_copy_bench      block 256, grid 8 * SMs (CopyArgs by value: dst, src, bytes).  B <= 1024.
+//  ep_floor_*         benchmark floors (FloorArgs by value), see section 9.
 //
 // ep_route needs cuFuncSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes) whenever its
 // dynamic plus its ~8.4 KiB of static shared memory exceed 48 KiB (the host always sets it). Dynamic:
@@ -45,34 +53,56 @@
 // 64, 128, 256, 512 (G/16 a power of two <= 32); any other G takes a slower per-thread-group path with the
 // same arithmetic. Pointers 16-byte aligned (x, y, expertOut, viewX, viewScales, heap bases).
 //
-// HOST DUTIES: zero EpState once at creation (dispatchCalls, doneBlocks, err) and the whole symmetric heap
-// (signal words must start below any call count); peerBases[] in device memory, peerBases[rank] = the
-// local heap; one call of a group in flight at a time, on one stream (a handle's combine must come
-// before the next dispatch: combine reads pairRow/pairDest/recvSplits of its dispatch, and expertX is
-// rewritten by the next dispatch). After each collective, read errHost (host-mapped): the device writes
-// it only when an error happens and never clears it, so the host clears errHost->code after handling
-// one. EP_ERR_CAPACITY: aux = 0 (a = destination, b = rows > maxRowsPerPeer: this rank's routing),
+// HOST DUTIES: zero EpState once at creation (dispatchCalls, doneBlocks, barrierCalls, err) and the whole
+// symmetric heap (signal words must start below any call count); peerBases[] in device memory,
+// peerBases[rank] = the local heap; one call of a group in flight at a time, on one stream (a handle's
+// combine must come before the next dispatch: combine reads pairRow/pairDest/recvSplits of its dispatch,
+// and expertX is rewritten by the next dispatch). After each collective, read errHost (host-mapped): the
+// device writes it only when an error happens and never clears it, so the host clears errHost->code after
+// handling one. EP_ERR_CAPACITY: aux = 0 (a = destination, b = rows > maxRowsPerPeer: this rank's routing),
 // aux = 1 (a = global expert id of this rank, b = rows > expertCapacity: that rank has already sent
 // combine aborts, so peers' combines fail with EP_ERR_PEER_ABORT_COMBINE instead of timing out; its
 // own rows still went to its peers). On a timeout (EP_ERR_TIMEOUT_*) late writes may still land: treat
 // the group as broken. To abort a call for a host-side reason (a bad shape): set hostAbort to 1 and
-// launch ep_route (T = 0 is fine), or ep_combine_send alone: no data is sent, every peer gets
-// call | EP_ABORT_BIT, and errHost is not written; set it back to 0.
+// launch the first kernel of the group's dispatch sequence (ep_route, or ep_stage_send with grid 2; T = 0
+// is fine), or ep_combine_send alone: no data is sent, every peer gets call | EP_ABORT_BIT, and errHost is
+// not written; set it back to 0.
 // ===========================================================================================================
 //
-// The protocol (README, "The protocol"): ep_route counts this rank's pairs per expert and all-gathers the
-// counts (E ints to every peer, then a count signal). From every rank's counts each rank computes, for
-// each of its pairs, the final row in the owner's expert-major expertX (sources in rank order, each
-// source's rows in its token order), so ep_dispatch stores every row once, straight into its final
-// place in the owner's heap: no receive buffer and no repack. The count exchange also orders calls:
-// a rank sends its counts for call n + 1 only after its combine of call n, so no peer writes into its
-// expertX while it may still read the previous call's.
+// The protocol (README, "The protocol"). Two ways to move a dispatch's rows between ranks, chosen per group:
 //
-// Call numbering: ep_route increments state->dispatchCalls (call = the new value, slot = call & 1) and
-// clears state->err; every later kernel of that dispatch and of the matching combine reads
-// dispatchCalls. Signals hold call (or call | EP_ABORT_BIT) and are never cleared: a stale value can
-// never equal a later call. A rank whose routing failed signals its counts with the abort bit, so every
-// rank learns in ep_route that the call is off and no rank sends rows.
+// direct: ep_route counts this rank's pairs per expert and all-gathers the counts (E ints to every peer, then
+// a count signal). From every rank's counts each rank computes, for each of its pairs, the final row in the
+// owner's expert-major expertX (sources in rank order, each source's rows in its token order), so
+// ep_dispatch stores every row once, straight into its final place in the owner's heap: no receive buffer
+// and no repack. The count exchange also orders calls: a rank sends its counts for call n + 1 only after
+// its combine of call n, so no peer writes into its expertX while it may still read the previous call's.
+// It costs a signal round trip before the first row moves, and one block routes the whole batch.
+//
+// staged (the cpu transport's protocol, src/ep/host-group.ts): no count exchange before the rows move.
+// Every ep_stage_send block routes its own tokens from all of this rank's ids (a block-wide histogram
+// gives where each destination's rows start in this rank's expert-sorted order), and stores each row into
+// the owner's stage, source-major: row r of source s at stage[s][r], r = its place among this rank's rows
+// for that owner (expert-sorted, token order within an expert). The last block of the grid keeps the books:
+// it validates the ids, checks maxRowsPerPeer and writes each owner's split record (rows per local expert,
+// then m_st, where that owner's rows start in this rank's own order) into the owner's heap. The last block
+// to finish signals every peer (the abort bit when this rank's input was rejected) and waits for every
+// peer. ep_stage_pack then copies the staged rows into expert-major expertX (sources in rank order), checks
+// maxRowsPerExpert and writes the counts. The stage has two copies, by call parity: a source writes
+// slot (n + 2) & 1 only after its call n + 1 saw this rank's signal of n + 1, which follows this rank's pack
+// of call n (a source whose own dispatch n failed may skip its combine n, so the combine does not order it).
+//
+// Combine is the same for both: ep_combine_send returns each row to its origin at m_st + its index in the
+// origin's rows for this rank (the origin's own expert-sorted order), and ep_combine_reduce sums them.
+//
+// Call numbering: ep_route (and ep_dispatch_local's bookkeeping block) increments state->dispatchCalls
+// (call = the new value, slot = call & 1) and clears state->err; ep_stage_send's blocks all compute
+// call = dispatchCalls + 1 at their start (its row blocks need the slot) and its last block stores it
+// (its bookkeeping block clears err). Every later kernel of that dispatch and of the matching combine reads
+// dispatchCalls. Signals hold call (or
+// call | EP_ABORT_BIT) and are never cleared: a stale value can never equal a later call. A rank whose
+// routing failed signals with the abort bit (direct: its counts; staged: its row signal), so every rank
+// learns that the call is off.
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 #include <limits.h>
@@ -85,6 +115,7 @@
 #define EP_MAX_TOPK 64
 #define EP_MAX_PAIRS 32768
 #define EP_LOCAL_MAX_PAIRS 2048  // ep_dispatch_local: T*k it routes inside each block
+#define EP_STAGE_MAX_PAIRS 4096  // ep_stage_send: T*k it routes inside each block (the ids live in shared memory)
 #define EP_ROUTE_THREADS 1024
 #define EP_MAX_THREADS 512
 
@@ -114,6 +145,15 @@ __device__ long long ep_probe[16];
 #endif
 
 namespace {
+
+// Phase timestamps for benchmarks (EpArgs.stamps, see EP_STAMP_* in ep_args.h); one branch when off.
+// stamp(): one thread's time (call it from one thread); stamp_latest(): the latest of every caller's.
+__device__ __forceinline__ void stamp(const EpArgs& a, int i) {
+  if (a.stamps != 0) ((volatile uint64_t*)a.stamps)[i] = globaltimer();
+}
+__device__ __forceinline__ void stamp_latest(const EpArgs& a, int i) {
+  if (a.stamps != 0) atomicMax((unsigned long long*)a.stamps + i, (unsigned long long)globaltimer());
+}
 
 // EpArgs.hostAbort: when non-zero, ep_route marks the call aborted without routing and sends
 // call | EP_ABORT_BIT as its count signal to every peer (ep_dispatch then does nothing), and
@@ -230,17 +270,14 @@ __device__ __forceinline__ void load_chunks(const int16_t* idx, int c0, int segH
 // incrementing a local counter; the block that brings it to gridDim.x does the tail. Returns true
 // in every thread of that block. The counter is reset there for the next launch (stream order).
 __device__ bool finish_block(uint32_t* counter, int* sFlag) {
-  __syncthreads();  // all threads' stores of this block happen-before thread 0's fence (cta barrier)
+  __syncthreads();  // all threads' stores of this block happen-before thread 0's atomic (cta barrier)
   if (threadIdx.x == 0) {
     // Release: this block's stores (made or observed via the barrier) are ordered before the
-    // increment for any GPU; sys scope because they may target a peer's memory.
-    fence_sys();
-    const uint32_t old = atomicAdd(counter, 1u);
+    // increment, for any GPU (sys scope: they may target a peer's memory). Acquire: in the last
+    // block, every other block's stores are ordered before its signals. One atomic does both.
+    const uint32_t old = atom_add_acq_rel_sys(counter, 1u);
     const bool last = old == gridDim.x - 1;
-    if (last) {
-      fence_sys();  // acquire: every other block's stores are ordered before our signals
-      *(volatile uint32_t*)counter = 0u;
-    }
+    if (last) *(volatile uint32_t*)counter = 0u;
     *sFlag = last ? 1 : 0;
   }
   __syncthreads();
@@ -320,11 +357,24 @@ __device__ __forceinline__ bool wait_for_sources(const EpArgs& a, const uint64_t
   return failed;
 }
 
-// One thread of the kernel that begins a dispatch: the next call count, and this call's error cleared.
-// Returns the call.
-__device__ __forceinline__ uint64_t begin_call(EpState* st) {
-  const uint64_t call = read_calls(st) + 1;
-  st->dispatchCalls = call;
+// The last block of a dispatch kernel (W > 1): `value` into every peer's row-signal word for this rank,
+// then every peer's word of this call awaited (an abort or a timeout is reported); stamps the end.
+__device__ void signal_and_wait_rows(const EpArgs& a, uint64_t call, uint64_t value) {
+  const uint64_t slot = call & 1u;
+  const int W = a.world, me = a.rank;
+  const uint64_t* peer = (const uint64_t*)a.peerBases;
+  for (int d = threadIdx.x; d < W; d += blockDim.x)
+    if (d != me)
+      signal((uint64_t*)(__ldg(peer + d) + a.dispatchSignalOff + slot * a.dispatchSignalSlot + (uint64_t)me * 8u),
+             value);
+  const uint64_t* mine = (const uint64_t*)(__ldg(peer + me) + a.dispatchSignalOff + slot * a.dispatchSignalSlot);
+  wait_for_sources(a, mine, me, call, (uint32_t)slot, EP_ERR_PEER_ABORT_DISPATCH, EP_ERR_TIMEOUT_DISPATCH);
+  __syncthreads();
+  if (threadIdx.x == 0) stamp(a, EP_STAMP_DISPATCH_ARRIVED);
+}
+
+// This call's error cleared (the device copy; errHost is the host's to clear). One thread.
+__device__ __forceinline__ void clear_error(EpState* st) {
   volatile EpError* e = &st->err;
   e->code = 0;
   e->peer = 0;
@@ -333,6 +383,14 @@ __device__ __forceinline__ uint64_t begin_call(EpState* st) {
   e->callCount = 0;
   e->a = 0;
   e->b = 0;
+}
+
+// One thread of the kernel that begins a dispatch: the next call count, and this call's error cleared.
+// Returns the call.
+__device__ __forceinline__ uint64_t begin_call(EpState* st) {
+  const uint64_t call = read_calls(st) + 1;
+  st->dispatchCalls = call;
+  clear_error(st);
   return call;
 }
 
@@ -402,15 +460,18 @@ __device__ __forceinline__ bool routed(const EpArgs& a) {
 }
 
 // Where a dispatch block learns the destinations of its tokens. Two policies, one copy loop each
-// (dispatch_rows below): PlannedDests reads what ep_route wrote; LocalDests (ep_dispatch_local) routes
-// inside the block. Blocks blockIdx.x, + stride(), ... take the items. go(a, first token) is called by
+// (dispatch_rows below): PlannedDests reads what ep_route wrote; InBlockDests (ep_dispatch_local,
+// ep_stage_send) routes inside the block. Blocks blockIdx.x, + stride(), ... take the items. go(a, first token) is called by
 // every thread of the block before its first destinations (and by a block with no items at the end);
 // dests() by every thread for each item (it may use barriers).
 struct PlannedDests {
   int state = -1;  // -1: not asked yet; then routed()'s answer
   __device__ __forceinline__ int stride() const { return gridDim.x; }
   __device__ __forceinline__ bool go(const EpArgs& a, int /*firstToken*/) {
-    if (state < 0) state = routed(a) ? 1 : 0;
+    if (state < 0) {
+      state = routed(a) ? 1 : 0;
+      if (blockIdx.x == 0 && threadIdx.x == 0 && state) stamp(a, EP_STAMP_ROWS_BEGIN);
+    }
     return state != 0;
   }
   __device__ __forceinline__ void dests(const EpArgs& a, int t, bool /*firstChunk*/, DestList& L, int buf) {
@@ -469,13 +530,13 @@ __device__ void dispatch_fp8_fast(const EpArgs& a, DestList& L, Dests& D, int la
       w0 = ld_nc_v4(src);
       w1 = ld_nc_v4(src + 16);
     }
+    if (!D.go(a, t)) return;  // the first item's loads are in flight during the routing's
     float v[16];
     bf16x8_to_f32(w0, v);
     bf16x8_to_f32(w1, v + 8);
     float amax = amax8(v + 8, amax8(v, 0.0f));
     for (int o = lanesPerGroup >> 1; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(FULL_MASK, amax, o));
     const float scale = group_scale(amax);
-    if (!D.go(a, t)) return;  // the first item's loads overlapped the routing
     D.dests(a, t, c == 0, L, buf);
     uint4 q;
     q.x = fp8x4(__fdiv_rn(v[0], scale), __fdiv_rn(v[1], scale), __fdiv_rn(v[2], scale), __fdiv_rn(v[3], scale));
@@ -548,24 +609,29 @@ __device__ void dispatch_rows(const EpArgs& a, DestList& L, Dests& D) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Routing inside each block (ep_dispatch_local: one rank, T*k <= EP_LOCAL_MAX_PAIRS). With one rank there
-// are no counts to exchange and expertX is expert-major with a fixed capacity per expert, so the row of
-// pair p of expert e is e * expertCapacity + (pairs of e before p): the stable order of planRouting and
-// ep_route. Every row block reads all T*k ids (a few KiB, from L2 after the first block) and counts for
-// its own token; the last block of the grid stores no rows and does ep_route's bookkeeping alone (the
-// call count, validation and the error report, expertCounts, recvSplits), off the rows' critical path.
-// Row blocks do not wait for its verdict: a call that fails may leave rows in expertX (every store
-// stays inside expertX: bad ids never match, a repeated expert keeps one slot), and a failed dispatch
-// leaves expertX unspecified, as the API says.
+// Routing inside each block: ep_dispatch_local (one rank, T*k <= EP_LOCAL_MAX_PAIRS) and ep_stage_send
+// (W > 1, T*k <= EP_STAGE_MAX_PAIRS). Every row block reads all T*k ids (a few KiB, from L2 after the first
+// block) and counts, for its own token, the pairs of each of its experts in earlier tokens; the last block
+// of the grid stores no rows and keeps the books alone (validation and the error report, and the counts),
+// off the rows' critical path. Row blocks do not wait for its verdict: a call that fails may leave rows
+// behind (every store stays inside its region: bad ids never match, a repeated expert keeps one slot,
+// rows past a capacity are dropped), and a failed dispatch leaves its outputs unspecified, as the API says.
+//   local:  the row of pair p of expert e is e * expertCapacity + (pairs of e before p), in expertX: the
+//           stable order of planRouting and ep_route.
+//   staged: the row of pair p in its owner d's stage is r = (this rank's pairs of experts in
+//           [d*EPR, e)) + (pairs of e before p), from a block-wide histogram of the ids; its place in this
+//           rank's own expert-sorted order (pairRow, where combine returns it) is (pairs of experts < e) +
+//           (pairs of e before p).
 struct LocalTables {
-  int16_t ids[EP_LOCAL_MAX_PAIRS];  // topkIdx; ids out of range as -1
+  int16_t ids[EP_STAGE_MAX_PAIRS];  // topkIdx; ids out of range as -1
   int8_t slotOf[EP_MAX_EXPERTS];    // the current token's slot naming each expert, or -1
-  int hist[EP_MAX_EXPERTS];         // bookkeeping block: pairs per expert
+  int hist[EP_MAX_EXPERTS + 1];     // pairs per expert (bookkeeping), or their exclusive prefix (staged rows)
   int before[EP_MAX_TOPK];          // per slot of the current token: pairs of its expert in earlier tokens
   int from[EP_MAX_TOPK];            // ... and from this token on (the pair itself included)
+  int scratch[33];                  // block_exclusive_scan
   int bad;                          // bookkeeping: first pair with a bad or repeated id, INT_MAX if none
-  int rows;                         // bookkeeping: pairs with an expert (all of them rows of this rank)
-  int capE;                         // bookkeeping: first expert over capacity, INT_MAX if none
+  int rows;                         // bookkeeping: pairs with an expert
+  int capE;                         // bookkeeping: first expert (one rank) or destination (staged) over capacity
   uint64_t base;                    // this rank's heap
 };
 
@@ -573,15 +639,29 @@ struct LocalTables {
 // (INT_MAX if none) and counts its pairs with an expert into *rows. The caller's barrier publishes S.
 __device__ int load_ids(const EpArgs& a, LocalTables& S, int* rows) {
   const int N = a.numTokens * a.topk;
-  if (N > EP_LOCAL_MAX_PAIRS || a.numExperts > EP_MAX_EXPERTS || a.topk > EP_MAX_TOPK || a.world != 1) __trap();  // host error
+  if (N > EP_STAGE_MAX_PAIRS || a.numExperts > EP_MAX_EXPERTS || a.topk > EP_MAX_TOPK) __trap();  // host error
   if (threadIdx.x == 0) S.base = __ldg((const uint64_t*)a.peerBases + a.rank);
   *rows = 0;
   return stage_ids((const int*)a.topkIdx, N, a.numExperts, S.ids, rows);
 }
 
-// The bookkeeping block: what ep_route does for one rank, in planRouting's order of errors (ids, then
-// the rows for the destination, then expert capacity).
-__device__ void local_bookkeeping(const EpArgs& a, LocalTables& S) {
+// The per-expert pair counts of the ids in S.ids, into S.hist[0..E) (every thread calls it; it ends with a
+// barrier). S.hist must have been zeroed before the barrier that published S.ids.
+__device__ __forceinline__ void count_experts(const EpArgs& a, LocalTables& S) {
+  const int N = a.numTokens * a.topk;
+  for (int p = threadIdx.x; p < N; p += blockDim.x) {
+    const int e = S.ids[p];
+    if (e >= 0) atomicAdd(&S.hist[e], 1);
+  }
+  __syncthreads();
+}
+
+// The bookkeeping block's first half, shared by both: loads and validates the ids (planRouting's order:
+// the first pair out of range, or naming an expert an earlier slot of its token named, decides) and reports
+// a bad one as the call's error. `call` is the call's count; begin: also begin it (begin_call: one rank).
+// Returns true in every thread when the call goes on (ids valid, the host did not abort it); then S.rows
+// holds the pairs with an expert and S.hist is zero, ready for count_experts.
+__device__ bool check_ids(const EpArgs& a, LocalTables& S, uint64_t* call, bool begin) {
   wait_for_prior();  // (a no-op unless launched as a programmatic dependent)
   const int tid = threadIdx.x, B = blockDim.x, lane = tid & 31;
   const int E = a.numExperts, K = a.topk, N = a.numTokens * K;
@@ -590,7 +670,7 @@ __device__ void local_bookkeeping(const EpArgs& a, LocalTables& S) {
     S.rows = 0;
     S.capE = INT_MAX;
   }
-  for (int e = tid; e < E; e += B) S.hist[e] = 0;
+  for (int e = tid; e <= E; e += B) S.hist[e] = 0;
   int rows = 0;
   int bad = load_ids(a, S, &rows);
   __syncthreads();
@@ -614,28 +694,33 @@ __device__ void local_bookkeeping(const EpArgs& a, LocalTables& S) {
   }
   __syncthreads();
   bad = S.bad;
-  rows = S.rows;
   EpState* st = state_of(a);
-  uint64_t call = 0;
   if (tid == 0) {
-    call = begin_call(st);
-    const uint32_t slot = (uint32_t)(call & 1u);
+    if (begin) *call = begin_call(st);
+    const uint32_t slot = (uint32_t)(*call & 1u);
     if (host_abort(a) != 0) {
       mark_host_abort(a);
     } else if (bad != INT_MAX) {
       const int v = __ldg((const int*)a.topkIdx + bad);
       const uint32_t code = (v < -1 || v >= E) ? EP_ERR_EXPERT_ID : EP_ERR_DUPLICATE;
-      report_error(a, code, 0u, slot, call, bad / K, bad % K, (uint32_t)v);
-    } else if (rows > a.maxRowsPerPeer) {
-      report_error(a, EP_ERR_CAPACITY, 0u, slot, call, 0, rows, EP_CAPACITY_AUX_SEND);
+      report_error(a, code, (uint32_t)a.rank, slot, *call, bad / K, bad % K, (uint32_t)v);
     }
   }
-  if (host_abort(a) != 0 || bad != INT_MAX || rows > a.maxRowsPerPeer) return;  // the call is off
-  for (int p = tid; p < N; p += B) {
-    const int e = S.ids[p];
-    if (e >= 0) atomicAdd(&S.hist[e], 1);
+  return host_abort(a) == 0 && bad == INT_MAX;
+}
+
+// ep_dispatch_local's bookkeeping block: what ep_route does for one rank, in planRouting's order of errors
+// (ids, then the rows for the destination, then expert capacity).
+__device__ void local_bookkeeping(const EpArgs& a, LocalTables& S) {
+  const int tid = threadIdx.x, B = blockDim.x;
+  const int E = a.numExperts;
+  uint64_t call = 0;
+  if (!check_ids(a, S, &call, true)) return;  // the call is off
+  if (S.rows > a.maxRowsPerPeer) {
+    if (tid == 0) report_error(a, EP_ERR_CAPACITY, 0u, (uint32_t)(call & 1u), call, 0, S.rows, EP_CAPACITY_AUX_SEND);
+    return;
   }
-  __syncthreads();
+  count_experts(a, S);
   int* counts = (int*)a.expertCounts;
   int* splits = (int*)a.recvSplits;  // [1][E + 1]: rows per expert, then m_st = 0
   for (int e = tid; e < E; e += B) {
@@ -652,12 +737,50 @@ __device__ void local_bookkeeping(const EpArgs& a, LocalTables& S) {
   }
 }
 
-struct LocalDests {
+// ep_stage_send's bookkeeping block: the ids, then maxRowsPerPeer for every destination (the first one over
+// it is reported, as ep_route does), then each destination's split record (its local experts' counts, then
+// m_st) into its stage. On any error nothing is written to peers: the last block's signal carries the abort.
+__device__ void stage_bookkeeping(const EpArgs& a, LocalTables& S, uint64_t call) {
+  const int tid = threadIdx.x, B = blockDim.x, lane = tid & 31, warp = tid >> 5;
+  const int E = a.numExperts, W = a.world, EPR = a.expertsPerRank;
+  if (tid == 0) clear_error(state_of(a));  // (no other block reports before the last block's wait)
+  __syncthreads();
+  if (!check_ids(a, S, &call, false)) return;
+  count_experts(a, S);
+  block_exclusive_scan(S.hist, E, S.scratch);  // hist[e] = pairs of experts < e
+  for (int d = tid; d < W; d += B)
+    if (S.hist[(d + 1) * EPR] - S.hist[d * EPR] > a.maxRowsPerPeer) atomicMin(&S.capE, d);
+  __syncthreads();
+  const uint64_t slot = call & 1u;
+  if (S.capE != INT_MAX) {
+    if (tid == 0) {
+      const int d = S.capE;
+      report_error(a, EP_ERR_CAPACITY, (uint32_t)d, (uint32_t)slot, call, d, S.hist[(d + 1) * EPR] - S.hist[d * EPR],
+                   EP_CAPACITY_AUX_SEND);
+    }
+    return;
+  }
+  const uint64_t* peer = (const uint64_t*)a.peerBases;
+  const uint64_t recBytes = (uint64_t)(EPR + 1) * 4u;
+  for (int d = warp; d < W; d += B >> 5) {
+    char* rec = (char*)(__ldg(peer + d) + a.stageSplitsOff + slot * a.stageSplitsSlot + (uint64_t)a.rank * recBytes);
+    for (int le = lane; le <= EPR; le += 32) {
+      const int e = d * EPR + le;
+      st_u32(rec + (uint64_t)le * 4u, (uint32_t)(le < EPR ? S.hist[e + 1] - S.hist[e] : S.hist[d * EPR]));
+    }
+  }
+}
+
+// Where a row block learns the destinations of its tokens by routing them itself (see above). Staged:
+// the block's histogram prefix is built once, in go(), which also reads the call count (the stage slot).
+template <bool Staged>
+struct InBlockDests {
   LocalTables& S;
-  int state;   // -1: ids not loaded yet; then 1 (rows are stored) or 0 (the host aborted the call)
-  int marked;   // the token whose slots slotOf holds, or -1
-  int counted;  // the token whose pairs before/from hold, or -1 (a block may take several chunks of one token)
-  __device__ explicit LocalDests(LocalTables& s) : S(s), state(-1), marked(-1), counted(-1) {}
+  uint64_t call;  // staged: this call's count (its parity is the stage slot), from go()
+  int state;      // -1: ids not loaded yet; then 1 (rows are stored) or 0 (the host aborted the call)
+  int marked;     // the token whose slots slotOf holds, or -1
+  int counted;    // the token whose pairs before/from hold, or -1 (a block may take several chunks of one token)
+  __device__ explicit InBlockDests(LocalTables& s) : S(s), call(0), state(-1), marked(-1), counted(-1) {}
   __device__ __forceinline__ int stride() const { return gridDim.x - 1; }  // the last block keeps the books
   // Slots 0..7 of token t straight from topkIdx (the same bytes in every thread: L1 broadcasts), -1 past k.
   __device__ __forceinline__ static void first_ids(const EpArgs& a, int t, int (&v)[8]) {
@@ -689,18 +812,26 @@ struct LocalDests {
   __device__ __forceinline__ bool go(const EpArgs& a, int t) {
     if (state < 0) {
       wait_for_prior();  // (a no-op unless launched as a programmatic dependent)
+      if (Staged) call = read_calls(state_of(a)) + 1;
       int first[8];
       first_ids(a, t, first);  // these loads and load_ids' go out together; one barrier publishes both
+      if (Staged)
+        for (int e = threadIdx.x; e <= a.numExperts; e += blockDim.x) S.hist[e] = 0;
       int rows;
       load_ids(a, S, &rows);
       mark(a, t, first);
       __syncthreads();
+      if (Staged) {
+        count_experts(a, S);
+        block_exclusive_scan(S.hist, a.numExperts, S.scratch);
+      }
       state = host_abort(a) == 0 ? 1 : 0;
+      if (blockIdx.x == 0 && threadIdx.x == 0 && state) stamp(a, EP_STAMP_ROWS_BEGIN);
     }
     return state != 0;
   }
   // Token t's rows: every pair of the call counted against t's marked slots (one shared atomic per
-  // match), then warp 0 turns the counts into rows (and pairDest, by the block of the first chunk).
+  // match), then warp 0 turns the counts into rows (and pairDest or pairRow, by the block of the first chunk).
   __device__ void dests(const EpArgs& a, int t, bool firstChunk, DestList& L, int buf) {
     const int tid = threadIdx.x, K = a.topk, N = a.numTokens * K, t0 = t * K;
     if (counted != t) {
@@ -720,24 +851,40 @@ struct LocalDests {
     }  // (another chunk of the token counted last: its counts stand)
     if (tid >= 32) return;
     const int lane = tid;
-    const uint64_t base = S.base;
-    int* pairDest = (int*)a.pairDest;
     int n = 0;
     for (int j0 = 0; j0 < K; j0 += 32) {
       const int j = j0 + lane;
       const int e = j < K ? S.ids[t0 + j] : -1;
-      int r = -1;
-      if (e >= 0 && S.slotOf[e] == j) {  // (a slot repeating an expert stores nothing)
-        const int b = S.before[j];
-        if (b + S.from[j] <= a.expertCapacity) r = e * a.expertCapacity + b;
+      const bool mine = e >= 0 && S.slotOf[e] == j;  // (a slot repeating an expert stores nothing)
+      uint64_t row = 0, sc = 0;
+      bool valid = false;
+      if (!Staged) {
+        int r = -1;
+        if (mine && S.before[j] + S.from[j] <= a.expertCapacity) r = e * a.expertCapacity + S.before[j];
+        if (firstChunk && j < K) ((int*)a.pairDest)[t0 + j] = r;
+        valid = r >= 0;
+        row = S.base + a.expertXOff + (uint64_t)r * a.dispatchRowBytes;
+        sc = S.base + a.expertScalesOff + (uint64_t)r * (uint64_t)a.groupsPerRow * 4u;
+      } else {
+        const int d = mine ? e / a.expertsPerRank : 0;
+        const int r = mine ? S.hist[e] - S.hist[d * a.expertsPerRank] + S.before[j] : -1;
+        valid = mine && r < a.stageRows;
+        if (firstChunk && j < K) {
+          ((int*)a.pairRow)[t0 + j] = valid ? S.hist[e] + S.before[j] : -1;
+          if (valid && d == a.rank) ((int*)a.selfPairs)[r] = t0 + j;
+        }
+        if (valid) {
+          const uint64_t slot = call & 1u, src = (uint64_t)a.rank * a.stageRows + r;
+          const uint64_t base = __ldg((const uint64_t*)a.peerBases + d);
+          row = base + a.stageDataOff + slot * a.stageDataSlot + src * a.dispatchRowBytes;
+          sc = base + a.stageScalesOff + slot * a.stageScalesSlot + src * (uint64_t)a.groupsPerRow * 4u;
+        }
       }
-      if (firstChunk && j < K) pairDest[t0 + j] = r;
-      const bool valid = r >= 0;
       const uint32_t bal = __ballot_sync(FULL_MASK, valid);
       if (valid) {
         const int pos = n + __popc(bal & lanemask_lt());
-        L.row[buf][pos] = base + a.expertXOff + (uint64_t)r * a.dispatchRowBytes;
-        L.scale[buf][pos] = base + a.expertScalesOff + (uint64_t)r * (uint64_t)a.groupsPerRow * 4u;
+        L.row[buf][pos] = row;
+        L.scale[buf][pos] = sc;
       }
       n += __popc(bal);
     }
@@ -761,19 +908,26 @@ struct RecvTables {
   int flag;
 };
 
-__device__ void build_tables(const EpArgs& a, RecvTables& R) {
+// From split records [W][splitsPerPeer] at `splits`: written by an earlier kernel of this rank on the
+// stream (recvSplits: plain loads), or by peers before the signals this rank acquired (the stage: `peerWritten`,
+// read at L2).
+__device__ void build_tables_from(const EpArgs& a, RecvTables& R, const int* splits, bool peerWritten) {
   const int E = a.numExperts, W = a.world, EPR = a.expertsPerRank;
-  // Written by ep_route of this call (an earlier kernel on the stream).
-  const int* splits = (const int*)a.recvSplits;
+  auto load = [&](int i) { return peerWritten ? (int)ld_cg_u32(splits + i) : splits[i]; };
   for (int q = threadIdx.x; q < E; q += blockDim.x) {
     const int s = q / EPR, le = q - s * EPR;
-    const int c = splits[s * a.splitsPerPeer + le];
+    const int c = load(s * a.splitsPerPeer + le);
     R.pre[q] = c;
     R.preT[le * W + s] = c;
   }
-  for (int s = threadIdx.x; s < W; s += blockDim.x) R.mst[s] = splits[s * a.splitsPerPeer + EPR];
+  for (int s = threadIdx.x; s < W; s += blockDim.x) R.mst[s] = load(s * a.splitsPerPeer + EPR);
   block_exclusive_scan(R.pre, E, R.scratch);
   block_exclusive_scan(R.preT, E, R.scratch);
+}
+
+// From recvSplits, written by this call's ep_route or ep_stage_pack (an earlier kernel on the stream).
+__device__ void build_tables(const EpArgs& a, RecvTables& R) {
+  build_tables_from(a, R, (const int*)a.recvSplits, false);
 }
 
 // Row g of the flat received order -> (source s, local expert le, index within s's rows, expert-major pos).
@@ -868,6 +1022,7 @@ extern "C" __global__ void __launch_bounds__(EP_ROUTE_THREADS, 1) ep_route(const
   __shared__ int sDelta[EP_MAX_EXPERTS];  // per expert: destination row minus send row, or INT_MIN
   __shared__ unsigned long long sCall;
   EP_PROBE_AT(0);
+  if (threadIdx.x == 0) stamp(a, EP_STAMP_DISPATCH_BEGIN);
   // an ep_dispatch launched with programmatic serialization (bench/micro/kernel_probe.cu does) may
   // start loading and quantising its rows
   // now; it waits for this kernel before it reads anything written here.
@@ -1037,6 +1192,7 @@ extern "C" __global__ void __launch_bounds__(EP_ROUTE_THREADS, 1) ep_route(const
   }
 
   EP_PROBE_AT(5);
+  if (tid == 0) stamp(a, EP_STAMP_COUNTS_SENT);
   // Wait for every peer's counts (bounded). Even a rank whose call is off waits, so that no count
   // store into this slot is still in flight when the call ends here.
   {
@@ -1049,6 +1205,7 @@ extern "C" __global__ void __launch_bounds__(EP_ROUTE_THREADS, 1) ep_route(const
   // (see routed()); this block made every such report itself, so shared memory tells (no global read).
   if (!ok || sPeerErr) return;
   EP_PROBE_AT(6);
+  if (tid == 0) stamp(a, EP_STAMP_COUNTS_ARRIVED);
 
   // Phase 5: from every rank's counts, for each expert e: where my rows of e start in its owner's
   // expertX (delta[e] = that row minus my send row of e's first pair), or INT_MIN when e holds more
@@ -1109,6 +1266,7 @@ extern "C" __global__ void __launch_bounds__(EP_ROUTE_THREADS, 1) ep_route(const
     }
   }
   EP_PROBE_AT(8);
+  if (tid == 0) stamp(a, EP_STAMP_ROUTE_END);
 }
 
 // =============================================================================================
@@ -1130,34 +1288,149 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_dispatch(const _
   if (!finish_block(&st->doneBlocks[0], &sLast)) return;
 
   // Tail (one block): tell every peer my rows have landed, then wait for theirs.
+  if (threadIdx.x == 0) stamp(a, EP_STAMP_DISPATCH_TAIL);
+  // (finish_block's atomic ordered every block's rows before these signals)
   const uint64_t call = read_calls(st);
-  const uint64_t slot = call & 1u;
-  const int W = a.world, me = a.rank;
-  const uint64_t* peer = (const uint64_t*)a.peerBases;
-  for (int d = threadIdx.x; d < W; d += blockDim.x)
-    if (d != me)  // finish_block's fences ordered every block's rows before these signals
-      signal((uint64_t*)(__ldg(peer + d) + a.dispatchSignalOff + slot * a.dispatchSignalSlot + (uint64_t)me * 8u),
-             call);
-  const uint64_t* mine = (const uint64_t*)(__ldg(peer + me) + a.dispatchSignalOff + slot * a.dispatchSignalSlot);
-  wait_for_sources(a, mine, me, call, (uint32_t)slot, EP_ERR_PEER_ABORT_DISPATCH, EP_ERR_TIMEOUT_DISPATCH);
+  signal_and_wait_rows(a, call, call);
 }
 
 // =============================================================================================
 // 2b. ep_dispatch_local: ep_route and ep_dispatch in one kernel, for one rank (W = 1) and small batches
-// (T*k <= EP_LOCAL_MAX_PAIRS): each block routes its own tokens from all ids (LocalDests above) instead
+// (T*k <= EP_LOCAL_MAX_PAIRS): each block routes its own tokens from all ids (InBlockDests above) instead
 // of waiting for a single routing block; the last block keeps the books. Same outputs as ep_route +
 // ep_dispatch, bit for bit, for a call that succeeds.
 extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_dispatch_local(const __grid_constant__ EpArgs a) {
   __shared__ DestList L;
   __shared__ LocalTables S;
   allow_dependents();
-  if (gridDim.x < 2) __trap();  // host error: one block would keep the books and store no rows
+  // host errors: one block would keep the books and store no rows; the tables hold EP_LOCAL_MAX_PAIRS
+  if (gridDim.x < 2 || a.world != 1 || a.numTokens * a.topk > EP_LOCAL_MAX_PAIRS) __trap();
+  if (blockIdx.x == 0 && threadIdx.x == 0) stamp(a, EP_STAMP_DISPATCH_BEGIN);
   if (blockIdx.x == gridDim.x - 1) {
     local_bookkeeping(a, S);
     return;
   }
-  LocalDests D(S);
+  InBlockDests<false> D(S);
   dispatch_rows(a, L, D);
+}
+
+// =============================================================================================
+// 2c. ep_stage_send (the staged protocol, W > 1, T*k <= EP_STAGE_MAX_PAIRS): each row block routes its own
+// tokens and stores their rows (FP8-quantised or bf16) into the owners' stages, source-major; the last
+// block keeps the books (validation, maxRowsPerPeer, the split records). The last block to finish signals
+// every peer (call, or call | EP_ABORT_BIT when this rank's input was rejected) and waits for every peer.
+// Every block takes the call count as dispatchCalls + 1 (nothing changes it before the end of this
+// kernel), and the finishing block stores it.
+extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_send(const __grid_constant__ EpArgs a) {
+  __shared__ DestList L;
+  __shared__ LocalTables S;
+  __shared__ int sLast;
+  allow_dependents();
+  if (gridDim.x < 2 || a.world < 2 || a.numTokens * a.topk > EP_STAGE_MAX_PAIRS || a.numTokens > 0 && a.stageRows < 1)
+    __trap();  // host errors
+  if (blockIdx.x == 0 && threadIdx.x == 0) stamp(a, EP_STAMP_DISPATCH_BEGIN);
+  EpState* st = state_of(a);
+  if (blockIdx.x == gridDim.x - 1) {
+    stage_bookkeeping(a, S, read_calls(st) + 1);
+  } else {
+    InBlockDests<true> D(S);  // reads the call count with the ids, after the rows' first loads
+    dispatch_rows(a, L, D);
+  }
+  if (!finish_block(&st->doneBlocks[0], &sLast)) return;
+
+  // Tail (one block): every block's rows and the split records are fenced (finish_block).
+  const uint64_t call = read_calls(st) + 1;  // (unchanged until the store below)
+  if (threadIdx.x == 0) {
+    st->dispatchCalls = call;
+    stamp(a, EP_STAMP_DISPATCH_TAIL);
+  }
+  // Wait even when this rank's call is off: when this returns, no peer writes into this slot any more.
+  signal_and_wait_rows(a, call, read_err_code(st) != 0 ? (call | EP_ABORT_BIT) : call);
+}
+
+// =============================================================================================
+// 2d. ep_stage_pack (after ep_stage_send): the staged rows of every source into expert-major expertX (for
+// each local expert, sources in rank order, each source's rows in its order) with their scales; expertCounts
+// and recvSplits (for ep_combine_send and ep_recv_view); and, for the rows this rank staged for itself,
+// pairDest (the expertX row ep_combine_reduce reads in place). An expert over maxRowsPerExpert fails the
+// call here, as ep_route does: nothing is copied, and every peer learns at once that this rank will not
+// combine. One warp per (row, 2 KiB segment), as ep_recv_view.
+extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_pack(const __grid_constant__ EpArgs a) {
+  __shared__ RecvTables R;
+  __shared__ int sOver;
+  wait_for_prior();  // the send kernel, whose last block waited for every peer's rows
+  allow_dependents();
+  EpState* st = state_of(a);
+  const int E = a.numExperts, W = a.world, EPR = a.expertsPerRank, me = a.rank, tid = threadIdx.x;
+  // three independent loads in one round trip
+  const uint32_t code = read_err_code(st);
+  const uint64_t call = read_calls(st), slot = call & 1u;
+  const uint64_t own = __ldg((const uint64_t*)a.peerBases + me);
+  if (code != 0) return;  // the call is off here (an abort, a timeout, or this rank's input)
+  if (blockIdx.x == 0 && tid == 0) stamp(a, EP_STAMP_PACK_BEGIN);
+  build_tables_from(a, R, (const int*)(own + a.stageSplitsOff + slot * a.stageSplitsSlot), true);
+  if (tid == 0) sOver = INT_MAX;
+  __syncthreads();
+  for (int le = tid; le < EPR; le += blockDim.x)
+    if (R.preT[(le + 1) * W] - R.preT[le * W] > a.expertCapacity) atomicMin(&sOver, le);
+  __syncthreads();
+  if (sOver != INT_MAX) {
+    if (blockIdx.x == 0 && tid == 0) {
+      const int le = sOver;
+      report_error(a, EP_ERR_CAPACITY, (uint32_t)me, (uint32_t)slot, call, me * EPR + le,
+                   R.preT[(le + 1) * W] - R.preT[le * W], EP_CAPACITY_AUX_EXPERT);
+      const uint64_t* peer = (const uint64_t*)a.peerBases;
+      for (int d = 0; d < W; ++d)
+        if (d != me)
+          signal((uint64_t*)(__ldg(peer + d) + a.combineSignalOff + slot * a.combineSignalSlot + (uint64_t)me * 8u),
+                 call | EP_ABORT_BIT);
+    }
+    return;
+  }
+  if (blockIdx.x == 0) {
+    int* splits = (int*)a.recvSplits;
+    for (int le = tid; le < EPR; le += blockDim.x)
+      ((int*)a.expertCounts)[le] = R.preT[(le + 1) * W] - R.preT[le * W];
+    for (int q = tid; q < E; q += blockDim.x) {
+      const int s = q / EPR;
+      splits[s * a.splitsPerPeer + (q - s * EPR)] = R.pre[q + 1] - R.pre[q];
+    }
+    for (int s = tid; s < W; s += blockDim.x) splits[s * a.splitsPerPeer + EPR] = R.mst[s];
+  }
+  const int lane = tid & 31, warpsPerBlock = blockDim.x >> 5;
+  const uint64_t rowBytes = a.dispatchRowBytes;
+  const uint64_t VB = rowBytes % 16u == 0 ? 16u : 8u;
+  const int segs = (int)((rowBytes + 32u * SEG_VECS * VB - 1) / (32u * SEG_VECS * VB));
+  // per row: its segments, then one more item for its scales and (own rows) its pairDest
+  const uint32_t items = (uint32_t)R.pre[E] * (uint32_t)(segs + 1);
+  const char* inX = (const char*)(own + a.stageDataOff + slot * a.stageDataSlot);
+  const char* inS = (const char*)(own + a.stageScalesOff + slot * a.stageScalesSlot);
+  char* outX = (char*)(own + a.expertXOff);
+  char* outS = (char*)(own + a.expertScalesOff);
+  const uint64_t gpr = a.fp8 ? (uint64_t)a.groupsPerRow : 0u;
+  for (uint32_t it = blockIdx.x * warpsPerBlock + (tid >> 5); it < items; it += gridDim.x * warpsPerBlock) {
+    const int g = (int)(it / (uint32_t)(segs + 1)), seg = (int)(it % (uint32_t)(segs + 1));
+    const RowLoc l = locate(R, E, W, EPR, g);
+    const uint64_t srcRow = (uint64_t)l.s * a.stageRows + l.iSrc;
+    const uint64_t dstRow = (uint64_t)l.le * a.expertCapacity + l.pos;
+    if (seg < segs) {
+      if (VB == 16) copy_segment<16, true>(outX + dstRow * rowBytes, inX + srcRow * rowBytes, rowBytes, seg, lane);
+      else copy_segment<8, true>(outX + dstRow * rowBytes, inX + srcRow * rowBytes, rowBytes, seg, lane);
+      continue;
+    }
+    int self = -1;
+    if (l.s == me && lane == 0) self = ((const int*)a.selfPairs)[l.iSrc];  // loaded with the scales
+    for (uint64_t i0 = 0; i0 < gpr; i0 += 64) {  // two loads in flight per lane
+      const uint64_t i = i0 + lane, j = i + 32;
+      const uint32_t v0 = i < gpr ? ld_cg_u32(inS + (srcRow * gpr + i) * 4u) : 0u;
+      const uint32_t v1 = j < gpr ? ld_cg_u32(inS + (srcRow * gpr + j) * 4u) : 0u;
+      if (i < gpr) st_u32(outS + (dstRow * gpr + i) * 4u, v0);
+      if (j < gpr) st_u32(outS + (dstRow * gpr + j) * 4u, v1);
+    }
+    if (self >= 0) ((int*)a.pairDest)[self] = (int)dstRow;
+  }
+  __syncthreads();
+  if (tid == 0) stamp_latest(a, EP_STAMP_PACK_END);
 }
 
 // =============================================================================================
@@ -1203,15 +1476,18 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
   __shared__ RecvTables R;
   allow_dependents();
   wait_for_prior();  // may be launched as a programmatic dependent of the dispatch (GraphCall.step)
+  if (blockIdx.x == 0 && threadIdx.x == 0) stamp(a, EP_STAMP_COMBINE_BEGIN);
   EpState* st = state_of(a);
   const uint64_t call = read_calls(st);
+  const uint32_t code0 = read_err_code(st);  // (issued with the load above: one round trip)
   const uint64_t slot = call & 1u;
   if (host_abort(a) != 0 && blockIdx.x == 0 && threadIdx.x == 0) mark_host_abort(a);
-  if (read_err_code(st) == 0 && host_abort(a) == 0) {
+  if (code0 == 0 && host_abort(a) == 0) {
     build_tables(a, R);
     combine_send_rows<16>(a, slot, R);  // combineRowBytes = 2H, a multiple of 16
   }
   if (!finish_block(&st->doneBlocks[2], &R.flag)) return;
+  if (threadIdx.x == 0) stamp(a, EP_STAMP_COMBINE_TAIL);
 
   const uint32_t code = read_err_code(st);
   const bool aborted = code != 0 || host_abort(a) != 0;
@@ -1232,6 +1508,8 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
   // Otherwise wait even when aborting: when this returns, no peer writes into this slot any more.
   const uint64_t* mine = (const uint64_t*)(__ldg(peer + a.rank) + a.combineSignalOff + slot * a.combineSignalSlot);
   wait_for_sources(a, mine, -1, call, (uint32_t)slot, EP_ERR_PEER_ABORT_COMBINE, EP_ERR_TIMEOUT_COMBINE);
+  __syncthreads();
+  if (threadIdx.x == 0) stamp(a, EP_STAMP_COMBINE_ARRIVED);
 }
 
 // =============================================================================================
@@ -1245,8 +1523,10 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(c
   __shared__ int sN[2];
   wait_for_prior();  // may be launched as a programmatic dependent of combine send or the dispatch
   EpState* st = state_of(a);
-  if (read_err_code(st) != 0) return;
-  const uint64_t slot = read_calls(st) & 1u;
+  const uint32_t code = read_err_code(st);
+  const uint64_t slot = read_calls(st) & 1u;  // (issued with the load above: one round trip)
+  if (code != 0) return;
+  if (blockIdx.x == 0 && threadIdx.x == 0) stamp(a, EP_STAMP_REDUCE_BEGIN);
   const int B = blockDim.x, tid = threadIdx.x, k = a.topk;
   const int V = a.hidden / 8;
   const int chunks = (V + B - 1) / B;
@@ -1313,6 +1593,7 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(c
       }
       if (active) st_v4(y + ((uint64_t)t * V + v) * 16u, pack_bf16x8(acc));
     }
+    if (tid == 0) stamp_latest(a, EP_STAMP_REDUCE_END);
     return;
   }
   int buf = 0;
@@ -1364,6 +1645,7 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(c
     }
     st_v4(y + ((uint64_t)t * V + v) * 16u, pack_bf16x8(acc));
   }
+  if (tid == 0) stamp_latest(a, EP_STAMP_REDUCE_END);
 }
 
 // =============================================================================================
@@ -1389,4 +1671,103 @@ extern "C" __global__ void __launch_bounds__(1024) ep_copy_bench(const CopyArgs 
   }
   if (blockIdx.x == 0 && threadIdx.x == 0)
     for (uint64_t b = n * 16u; b < c.bytes; ++b) dst[b] = src[b];
+}
+
+// =============================================================================================
+// 7. ep_barrier: every rank of the group meets on the device (benchmarks align ranks with it before a
+// timed call, so that no rank's time holds a late peer's launch). Rank r's n-th barrier stores n into
+// every rank's word r (release), then waits until every word holds at least n (a peer may already be at
+// n + 1; it cannot be further, since its n + 1 waits for this rank). Between calls only: it shares no
+// state with dispatch or combine except the error word (EP_ERR_TIMEOUT_BARRIER, peer = the rank missing).
+extern "C" __global__ void __launch_bounds__(1024) ep_barrier(const __grid_constant__ EpArgs a) {
+  __shared__ unsigned long long sN;
+  EpState* st = state_of(a);
+  if (threadIdx.x == 0) {
+    sN = *(volatile unsigned long long*)&st->barrierCalls + 1;
+    st->barrierCalls = sN;
+  }
+  __syncthreads();
+  const uint64_t n = sN;
+  const int W = a.world, me = a.rank;
+  const uint64_t* peer = (const uint64_t*)a.peerBases;
+  for (int d = threadIdx.x; d < W; d += blockDim.x)
+    signal((uint64_t*)(__ldg(peer + d) + a.barrierSignalOff + (uint64_t)me * 8u), n);
+  const uint64_t* mine = (const uint64_t*)(__ldg(peer + me) + a.barrierSignalOff);
+  const uint64_t deadline = deadline_after(a.timeoutNs);
+  for (int s = threadIdx.x; s < W; s += blockDim.x) {
+    for (;;) {
+      const uint64_t v = ld_acquire_sys(mine + s);
+      if ((v & EP_ABORT_BIT) == 0 && v >= n) break;
+      if (globaltimer() > deadline) {
+        report_error(a, EP_ERR_TIMEOUT_BARRIER, (uint32_t)s, 0u, n, (int64_t)v, 0, 0u);
+        break;
+      }
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) stamp(a, EP_STAMP_BARRIER_END);
+}
+
+// =============================================================================================
+// 8. Floors for the benchmark (bench: "floors"), measured on the group's own heaps. FloorArgs by value.
+//   ep_floor_alltoall  every rank writes bytesPerPeer to every peer at once (each block takes chunks of
+//                      all peers in turn), into the peer's region at regionOff + rank * bytesPerPeer:
+//                      the all-to-all NVLink write rate that dispatch and combine can reach.
+//   ep_floor_pingpong  ranks 0 and 1, one thread each: `iters` round trips of a 64-bit flag (release store
+//                      into the peer, acquire poll of one's own); result[0] = ns for the last iters - 16.
+//   ep_floor_empty     does nothing: a graph of many of them gives the time between consecutive kernels.
+struct FloorArgs {
+  uint64_t peerBases;     // const uint64_t* [world]
+  uint64_t src;           // bytesPerPeer of local device memory
+  uint64_t regionOff;     // heap offset of a region of world * bytesPerPeer bytes
+  uint64_t bytesPerPeer;  // a multiple of 16 * blockDim * 4
+  uint64_t flagOff;       // heap offset of one u64 flag (pingpong)
+  uint64_t result;        // uint64_t* (pingpong)
+  uint64_t epoch;         // pingpong: flags hold epoch + i, so a run never sees an earlier run's value
+  int32_t rank, world, iters, reserved;
+};
+
+extern "C" __global__ void __launch_bounds__(1024) ep_floor_alltoall(const FloorArgs f) {
+  const int P = f.world - 1;
+  if (P < 1) return;
+  const uint64_t B = blockDim.x, chunkBytes = 16u * 4u * B;
+  const uint64_t chunks = f.bytesPerPeer / chunkBytes;
+  const uint64_t* peer = (const uint64_t*)f.peerBases;
+  for (uint64_t it = blockIdx.x; it < chunks * (uint64_t)P; it += gridDim.x) {
+    const int d = (f.rank + 1 + (int)(it % (uint64_t)P)) % f.world;
+    const uint64_t off = (it / (uint64_t)P) * chunkBytes;
+    const char* src = (const char*)f.src + off;
+    char* dst = (char*)(__ldg(peer + d) + f.regionOff + (uint64_t)f.rank * f.bytesPerPeer + off);
+    uint4 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) v[u] = ld_nc_v4(src + (u * B + threadIdx.x) * 16u);
+#pragma unroll
+    for (int u = 0; u < 4; ++u) st_v4(dst + (u * B + threadIdx.x) * 16u, v[u]);
+  }
+}
+
+extern "C" __global__ void ep_floor_pingpong(const FloorArgs f) {
+  if (threadIdx.x != 0 || blockIdx.x != 0 || f.rank > 1 || f.world < 2) return;
+  const uint64_t* peer = (const uint64_t*)f.peerBases;
+  uint64_t* theirs = (uint64_t*)(__ldg(peer + (f.rank ^ 1)) + f.flagOff);
+  const uint64_t* mine = (const uint64_t*)(__ldg(peer + f.rank) + f.flagOff);
+  const uint64_t deadline = globaltimer() + 2000000000ull;
+  uint64_t t0 = 0;
+  for (int i = 1; i <= f.iters; ++i) {
+    if (i == 17) t0 = globaltimer();  // the first round trips include the peer's late start
+    const uint64_t v = f.epoch + (uint64_t)i;
+    if (f.rank == 0) signal(theirs, v);
+    while (ld_acquire_sys(mine) != v)
+      if (globaltimer() > deadline) {
+        if (f.rank == 0) *(volatile uint64_t*)f.result = ~0ull;
+        return;
+      }
+    if (f.rank == 1) signal(theirs, v);
+  }
+  if (f.rank == 0) *(volatile uint64_t*)f.result = globaltimer() - t0;
+}
+
+extern "C" __global__ void ep_floor_empty(const FloorArgs) {
+  allow_dependents();
+  wait_for_prior();
 }

@@ -14,9 +14,29 @@
 #define EP_ERR_DUPLICATE 5u         // a = token, b = slot, aux = the expert named twice
 #define EP_ERR_PEER_ABORT_DISPATCH 6u  // peer: that rank aborted this dispatch (its own input was invalid)
 #define EP_ERR_PEER_ABORT_COMBINE 7u   // peer: that rank aborted this combine
+#define EP_ERR_TIMEOUT_BARRIER 8u      // peer, callCount (the barrier's count): ep_barrier did not see that rank in time
 
 // A signal word holds the call count; a rank that aborts a call writes callCount | EP_ABORT_BIT.
 #define EP_ABORT_BIT (1ull << 63)
+
+// Timestamps (%globaltimer, ns) the kernels write into EpArgs.stamps[] when it is set (benchmarks only):
+// where a call's time goes. "Begin" stamps are block 0's, "end" stamps the latest block's (atomicMax).
+#define EP_STAMP_DISPATCH_BEGIN 0    // the first dispatch kernel starts (ep_route, ep_stage_send)
+#define EP_STAMP_COUNTS_SENT 1       // ep_route: this rank's counts are on their way to every peer
+#define EP_STAMP_COUNTS_ARRIVED 2    // ep_route: every peer's counts have arrived
+#define EP_STAMP_ROUTE_END 3         // ep_route: every pair's destination row is known
+#define EP_STAMP_ROWS_BEGIN 4        // dispatch block 0 starts storing rows
+#define EP_STAMP_DISPATCH_TAIL 5     // the last dispatch block: every row of this rank stored and fenced
+#define EP_STAMP_DISPATCH_ARRIVED 6  // ... and every peer's rows have arrived
+#define EP_STAMP_PACK_BEGIN 7        // ep_stage_pack starts (after the send kernel)
+#define EP_STAMP_PACK_END 8          // ep_stage_pack: the last block ends
+#define EP_STAMP_COMBINE_BEGIN 9     // ep_combine_send starts
+#define EP_STAMP_COMBINE_TAIL 10     // ep_combine_send: every row sent back and fenced
+#define EP_STAMP_COMBINE_ARRIVED 11  // ep_combine_send: every peer's rows have come back
+#define EP_STAMP_REDUCE_BEGIN 12     // ep_combine_reduce starts
+#define EP_STAMP_REDUCE_END 13       // ep_combine_reduce: the last block ends
+#define EP_STAMP_BARRIER_END 14      // ep_barrier returns (every rank arrived)
+#define EP_STAMPS 16                 // slots in the stamps array
 
 // First error of a call, written by the device (first writer wins via atomicCAS on code).
 struct EpError {
@@ -34,7 +54,7 @@ struct EpError {
 struct EpState {
   uint64_t dispatchCalls;  // dispatches begun; the current call's call_count (1, 2, ...); slot = count & 1
   uint32_t doneBlocks[4];  // last-block-done counters: [0] dispatch, [2] combine send; reset by the last block
-  uint32_t pad[2];
+  uint64_t barrierCalls;   // ep_barrier calls on this rank (the value it signals)
   EpError err;             // this call's first error (device copy; mirrored to errHost)
 };
 
@@ -84,4 +104,13 @@ struct EpArgs {
   uint64_t recvSplits;   // int32_t* [W][EPR + 1]: rows each source sent me per local expert, then its m_st
   uint64_t state;        // EpState*
   uint64_t errHost;      // EpError* in host-mapped memory (device pointer), mirror of state->err
+  // the staged protocol (ep_stage_send / ep_stage_pack; W > 1 and small batches): heap regions [2 slots]
+  uint64_t stageSplitsOff, stageSplitsSlot;  // i32 [2][W][EPR + 1]: from each source, rows per local expert, then its m_st
+  uint64_t stageDataOff, stageDataSlot;      // u8 [2][W][stageRows][dispatchRowBytes]: rows each source sent me, expert-sorted
+  uint64_t stageScalesOff, stageScalesSlot;  // f32 [2][W][stageRows][H/G] (fp8 only)
+  uint64_t barrierSignalOff;  // u64 [W]: ep_barrier's words, one per source
+  uint64_t selfPairs;         // int32_t* [stageRows]: the pair (t*k+j) of each row this rank staged for itself
+  uint64_t stamps;            // uint64_t* [EP_STAMPS] or 0: phase timestamps (benchmarks)
+  int32_t stageRows;          // rows per source in the stage (0 when the group does not stage)
+  int32_t reserved;           // (zero)
 };

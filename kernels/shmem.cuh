@@ -41,6 +41,15 @@ __device__ __forceinline__ uint32_t dynamic_smem_bytes() {
 // through a barrier) before every later one, for observers on any GPU or the host.
 __device__ __forceinline__ void fence_sys() { asm volatile("fence.acq_rel.sys;" ::: "memory"); }
 
+// Atomic add with acquire and release semantics at system scope; returns the old value. The release
+// orders every store this thread made or observed (through a barrier) before the add, for observers on
+// any GPU; the acquire orders what other threads released through this word before what follows.
+__device__ __forceinline__ uint32_t atom_add_acq_rel_sys(uint32_t* p, uint32_t v) {
+  uint32_t old;
+  asm volatile("atom.acq_rel.sys.global.add.u32 %0, [%1], %2;" : "=r"(old) : "l"(p), "r"(v) : "memory");
+  return old;
+}
+
 // Programmatic dependent launch (sm_90): a kernel launched with the programmatic-serialization
 // attribute may start while the kernel before it on the stream still runs, once every block of that
 // kernel has called allow_dependents(). It must call wait_for_prior() before it reads anything the

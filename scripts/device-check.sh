@@ -3,11 +3,30 @@
 # compiled into .device/build/ by `npm run build:device`. Logs go to $OUT.
 # Usage: scripts/device-check.sh <step>...
 #   steps: driver smoke smoke2 conformance failures verify v3w1 long graph sanitizer bench bench2 probe launch profile
+#          deepep-build paths2 v3w2 long4 bench-w2 sanitizer2
+# FAILFAST=1 stops at the first step that fails. The steps ending in 2/4 want that many GPUs (ranks are
+# one process per GPU); deepep-build needs .peers/ (a copy of ../shared/peers) and runs in the background.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 cli="node dist/cli/main.js"
-run() { local name=$1; shift; echo "== $name: $*"; local t0=$(date +%s); "$@" > "$OUT/$name.log" 2>&1; local rc=$?; echo "   rc=$rc ($(( $(date +%s) - t0 )) s)"; tail -n "${TAIL:-6}" "$OUT/$name.log"; return 0; }
+run() {
+  local name=$1; shift; echo "== $name: $*"; local t0=$(date +%s)
+  "$@" > "$OUT/$name.log" 2>&1; local rc=$?
+  echo "   rc=$rc ($(( $(date +%s) - t0 )) s)"; tail -n "${TAIL:-6}" "$OUT/$name.log"
+  if [ $rc -ne 0 ] && [ "${FAILFAST:-0}" = 1 ]; then echo "FAILFAST: $name failed"; exit $rc; fi
+  return 0
+}
+# verify at W ranks with each dispatch path (the suite's small shapes; every scenario, T = 0, 1, 33, 128, 300)
+paths() {
+  local w=$1
+  for p in staged direct; do
+    for f in --fp8 --no-fp8; do
+      MOE_A2A_DISPATCH_PATH=$p run verify-w$w-$p$f timeout 240 $cli verify --transport cuda --world $w --experts 32 --hidden 512 \
+        --topk 4 --tokens 0,1,33,128,300 --scenario random,dropped,skewed,ragged $f --calls ${PATH_CALLS:-2}
+    done
+  done
+}
 # the bench's newest JSON + SVG (bench/results/ on this machine holds older runs too)
 newest_results() { mkdir -p "$OUT/results" && ls -t bench/results/*-cuda-* 2>/dev/null | head -2 | xargs -r cp -t "$OUT/results/"; }
 for step in "$@"; do
@@ -49,6 +68,28 @@ for step in "$@"; do
         -k regex:'^ep_(route|dispatch|combine)' --launch-skip 200 --launch-count 40 \
         --metrics gpu__time_duration.sum --csv \
         $cli bench --transport cuda --world 1 --tokens 128 --iters 40 --warmup 10 --no-baseline --no-json ;;
+    deepep-build)
+      # DeepEP (../shared/peers, copied into .peers/) built in the background; bench-w2 waits for it
+      ( STAGE=build OUT=$OUT/deepep bash .peers/deepep_build_bench.sh > "$OUT/deepep-build.log" 2>&1; echo done > /tmp/deepep.done ) &
+      echo "== deepep-build: started in the background" ;;
+    paths2) paths 2 ;;
+    paths4) paths 4 ;;
+    v3w2)
+      # the DeepSeek-V3 shape across two GPUs, both paths
+      for p in staged direct; do
+        MOE_A2A_DISPATCH_PATH=$p TAIL=8 run v3w2-$p timeout 300 $cli verify --transport cuda --world 2 --tokens 1,128 --scenario random,skewed --calls 1
+      done ;;
+    long4) MOE_A2A_DISPATCH_PATH=${LONG_PATH:-staged} run long4 timeout 400 $cli verify --transport cuda --world 4 --experts 16 --hidden 512 --topk 4 --tokens 16 --fp8 --scenario random --calls ${LONG_CALLS:-10000} ;;
+    sanitizer2)
+      for p in staged direct; do
+        MOE_A2A_DISPATCH_PATH=$p run memcheck2-$p compute-sanitizer --tool memcheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 256 --topk 4 --tokens 8
+        MOE_A2A_DISPATCH_PATH=$p run racecheck2-$p compute-sanitizer --tool racecheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 256 --topk 4 --tokens 8
+      done ;;
+    bench-w2)
+      for i in $(seq 1 ${DEEPEP_WAIT_S:-200}); do [ -f /tmp/deepep.done ] && break; sleep 1; done
+      dep=""; [ -f /tmp/deepep.done ] && ls /tmp/deepep_bench/DeepEP/deep_ep_cpp*.so >/dev/null 2>&1 && dep="--deepep /tmp/deepep_bench/DeepEP"
+      TAIL=80 run bench-w2 timeout ${BENCH_S:-480} $cli bench --transport cuda --world ${BENCH_W:-2} --tokens ${BENCH_T:-1,32,128,512,4096} --iters ${BENCH_ITERS:-200} --warmup 20 $dep
+      newest_results ;;
     *) echo "unknown step $step" ;;
   esac
 done

@@ -22,6 +22,15 @@ export interface GroupOptions extends EpConfigInput {
   timeoutMs?: number;
   /** cuda: the GPU ordinal; default LOCAL_RANK modulo the number of GPUs. */
   device?: number;
+  /**
+   * cuda, W > 1: how a dispatch moves rows between ranks. 'staged' (rows go to their owners at once and
+   * are packed expert-major there; needs maxTokensPerRank * topk <= 4096), 'direct' (per-expert counts
+   * all-gathered first, then each row stored straight into its final place), or 'auto' (the default:
+   * staged where allowed and measured faster). Every rank passes the same value; the outputs are the
+   * same bytes either way. MOE_A2A_DISPATCH_PATH is used when this is absent. The cpu transport always
+   * runs the staged protocol.
+   */
+  dispatchPath?: 'auto' | 'staged' | 'direct';
 }
 
 function pickTransport(requested: TransportName | undefined): 'cpu' | 'cuda' | 'auto' {

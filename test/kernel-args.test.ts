@@ -147,7 +147,7 @@ describe('EpArgs / EpError / EpState mirror (src/shmem/cuda/args.ts) against ker
   });
 
   test('fixed sizes the kernels and host rely on', () => {
-    assert.equal(A.EP_ARGS_BYTES, 288);
+    assert.equal(A.EP_ARGS_BYTES, 368);
     assert.equal(A.EP_ERROR_BYTES, 40);
     assert.equal(A.EP_STATE_BYTES, 72);
     assert.equal(A.EP_STATE_OFFSET.err, 32);
@@ -189,6 +189,7 @@ describe('constants mirrored from the C sources', () => {
       'EP_MAX_TOPK',
       'EP_MAX_PAIRS',
       'EP_LOCAL_MAX_PAIRS',
+      'EP_STAGE_MAX_PAIRS',
       'EP_ROUTE_THREADS',
       'EP_MAX_THREADS',
       'EP_CAPACITY_AUX_SEND',
@@ -197,6 +198,21 @@ describe('constants mirrored from the C sources', () => {
       const mirror = (A as unknown as Record<string, number>)[name];
       assert.equal(BigInt(mirror), d.get(name), name);
     }
+  });
+});
+
+describe('phase stamps', () => {
+  test('every EP_STAMP_* index of ep_args.h is mirrored, distinct and inside EP_STAMPS', () => {
+    const d = defines(headerText);
+    const names = [...d.keys()].filter((k) => k.startsWith('EP_STAMP_'));
+    assert.equal(names.length, Object.keys(A.EP_STAMP).length, `ep_args.h has ${names.join(', ')}`);
+    for (const name of names) {
+      const key = name.slice('EP_STAMP_'.length) as A.StampName;
+      assert.equal(BigInt(A.EP_STAMP[key]), d.get(name), name);
+      assert.ok(A.EP_STAMP[key] < A.EP_STAMPS, `${name} fits the stamps array`);
+    }
+    assert.equal(new Set(Object.values(A.EP_STAMP)).size, names.length, 'no two stamps share a slot');
+    assert.equal(BigInt(A.EP_STAMPS), d.get('EP_STAMPS'));
   });
 });
 

@@ -14,6 +14,7 @@ import {
   regionsOf,
   signalOffset,
   splitsOffset,
+  stagedRowsFor,
 } from '../src/ep/layout.js';
 import { rng } from './helpers/random.js';
 
@@ -275,16 +276,18 @@ describe('layout: properties on random configs', () => {
   });
 });
 
-describe('cuda (direct) layout: properties on random configs', () => {
+describe('cuda layout: properties on random configs', () => {
   const r = rng(101);
   const configs: EpConfig[] = [];
   for (let i = 0; i < 300; i++) configs.push(randomConfig(r));
   configs.push(resolveConfig({ world: 8, numExperts: 256, hidden: 7168, topk: 8, maxTokensPerRank: 4096 }));
 
   test('regions are aligned, in order, non-overlapping, sized from the config; expertX has one copy', () => {
-    for (const cfg of configs) {
-      const l = computeDirectLayout(cfg);
-      const what = JSON.stringify(cfg);
+    for (const [i, cfg] of configs.entries()) {
+      // every other config stages (W > 1): the stage regions are empty otherwise
+      const stageRows = i % 2 === 0 && cfg.world > 1 ? stagedRowsFor(cfg) : 0;
+      const l = computeDirectLayout(cfg, stageRows);
+      const what = JSON.stringify({ ...cfg, stageRows });
       const W = cfg.world;
       const rows = cfg.expertsPerRank * cfg.expertCapacity;
       const want: Record<string, [number, number]> = {
@@ -295,7 +298,12 @@ describe('cuda (direct) layout: properties on random configs', () => {
         combineRecv: [cfg.maxTokensPerRank * cfg.topk * cfg.combineRowBytes, 2],
         expertX: [rows * cfg.dispatchRowBytes, 1],
         expertScales: [cfg.fp8 ? rows * cfg.groupsPerRow * 4 : 0, 1],
+        barrierSignal: [W * 8, 1],
+        stageSplits: [stageRows > 0 ? W * (cfg.expertsPerRank + 1) * 4 : 0, 2],
+        stageData: [W * stageRows * cfg.dispatchRowBytes, 2],
+        stageScales: [cfg.fp8 ? W * stageRows * cfg.groupsPerRow * 4 : 0, 2],
       };
+      assert.equal(l.stageRows, stageRows);
       const regions = directRegionsOf(l);
       assert.deepEqual(
         regions.map(([n]) => n),
@@ -313,5 +321,20 @@ describe('cuda (direct) layout: properties on random configs', () => {
       assert.equal(l.totalBytes, end, `${what}: nothing after the last region`);
       assert.equal(l.combineRows, cfg.maxTokensPerRank * cfg.topk);
     }
+  });
+
+  test('a stage holds what one source can send one rank in a call', () => {
+    const cfg = resolveConfig({ world: 4, numExperts: 32, hidden: 256, topk: 4, maxTokensPerRank: 10 });
+    // default maxRowsPerPeer = T * min(k, E / W) = 40 = T * k
+    assert.equal(stagedRowsFor(cfg), 40);
+    const tight = resolveConfig({
+      world: 4,
+      numExperts: 32,
+      hidden: 256,
+      topk: 4,
+      maxTokensPerRank: 10,
+      maxRowsPerPeer: 12,
+    });
+    assert.equal(stagedRowsFor(tight), 12);
   });
 });

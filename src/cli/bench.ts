@@ -1,13 +1,31 @@
-import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { resolveConfig } from '../ep/config.js';
+import { EP_STAGE_MAX_PAIRS } from '../shmem/cuda/args.js';
+import { type DispatchPath, parseDispatchPath } from '../shmem/cuda/dispatch-path.js';
+import type { Floors } from '../shmem/cuda/floors.js';
 import type { ParsedFlags } from './args.js';
+import {
+  type DeepepRow,
+  deepepLowLatency,
+  type TorchNcclRow,
+  type TorchW1Row,
+  torchNccl,
+  torchW1,
+} from './bench-baselines.js';
+import { type CallBytes, callBytes } from './bench-bytes.js';
 import { DEEPSEEK_V3 } from './cases.js';
 import { machineInfo, percentile, resolveTransport, table } from './common.js';
 import { latencyPlotSvg, type PlotSeries } from './plot.js';
-import { type BenchRankResult, type BenchTask, benchTopk } from './rank-bench.js';
+import {
+  type BenchRankResult,
+  type BenchTask,
+  benchTopk,
+  type CudaBenchExtras,
+  type FloorsTask,
+} from './rank-bench.js';
 import { runTaskOnRanks } from './ranks.js';
+import { SEGMENT_MEANING, type StampSplit, stampSplit } from './stamps.js';
 
 interface Stats {
   median: number;
@@ -74,65 +92,38 @@ function sizeForInputs(world: number, numExperts: number, topk: number, tokens: 
  * them under uniform routing; a rank's own rows are read in place), then the reduction reads every
  * row and writes y.
  */
-export function kernelBytes(cfg: ReturnType<typeof resolveConfig>, tokens: number) {
+export function kernelBytes(
+  cfg: ReturnType<typeof resolveConfig>,
+  tokens: number,
+  path: DispatchPath = 'direct',
+) {
   const rows = tokens * cfg.topk;
-  const row = cfg.dispatchRowBytes + cfg.groupsPerRow * 4;
+  const row = cfg.dispatchRowBytes + (cfg.fp8 ? cfg.groupsPerRow * 4 : 0);
   const bf16Row = 2 * cfg.hidden;
   const remote = (cfg.world - 1) / cfg.world;
+  // staged (W > 1): the owner's pack reads every staged row and writes it into expertX (under uniform
+  // routing a rank receives as many rows as it sends)
+  const pack = path === 'staged' && cfg.world > 1 ? 2 * rows * row : 0;
   return {
-    dispatch: tokens * bf16Row + rows * row,
+    dispatch: tokens * bf16Row + rows * row + pack,
     combine: 2 * rows * bf16Row * remote + rows * bf16Row + tokens * bf16Row,
   };
 }
 
-interface TorchRow {
-  tokens: number;
-  variant: string;
-  median_us: number | null;
-  p10_us: number | null;
-  p90_us: number | null;
-  error?: string;
+/** The dispatch paths a cuda bench at this shape compares (every one the group can take). */
+function pathsFor(transport: 'cpu' | 'cuda', cfg: ReturnType<typeof resolveConfig>, flag: unknown) {
+  if (transport !== 'cuda' || cfg.world === 1) return [undefined];
+  if (flag !== undefined && flag !== 'both') return [parseDispatchPath(flag, '--path')];
+  return cfg.maxTokensPerRank * cfg.topk <= EP_STAGE_MAX_PAIRS
+    ? (['staged', 'direct'] as const)
+    : (['direct'] as const);
 }
 
-/** Runs bench/baselines/torch_w1.py (PyTorch doing the same W = 1 work) when python3 with torch is there. */
-function torchBaseline(
-  tokens: number[],
-  hidden: number,
-  topk: number,
-  experts: number,
-  iters: number,
-): TorchRow[] | string {
-  const script = 'bench/baselines/torch_w1.py';
-  if (!existsSync(script)) return `${script} not found`;
-  const r = spawnSync(
-    'python3',
-    [
-      script,
-      '--tokens',
-      tokens.join(','),
-      '--hidden',
-      String(hidden),
-      '--topk',
-      String(topk),
-      '--experts',
-      String(experts),
-      '--iters',
-      String(iters),
-    ],
-    { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], timeout: 600_000 },
-  );
-  if (r.error) return `python3 could not run: ${r.error.message}`;
-  const last = r.stdout.trim().split('\n').pop() ?? '';
-  try {
-    const parsed = JSON.parse(last) as { error?: string; results?: TorchRow[] };
-    if (parsed.error) return parsed.error;
-    return parsed.results ?? 'no results';
-  } catch {
-    return `unexpected output from ${script}: ${last.slice(0, 200)}`;
-  }
-}
+type Row = Record<string, unknown>;
+const fmt = (v: number | null | undefined, digits = 1) =>
+  v === null || v === undefined || Number.isNaN(v) ? '-' : v.toFixed(digits);
 
-/** `moe-a2a bench`: dispatch and combine latency per T; a table, JSON and an SVG plot under bench/results/. */
+/** `moe-a2a bench`: dispatch and combine latency per T; tables, JSON and an SVG plot under bench/results/. */
 export async function benchCommand(flags: ParsedFlags): Promise<number> {
   const transport = await resolveTransport(flags.transport);
   const world = (flags.world as number | undefined) ?? DEEPSEEK_V3.world;
@@ -144,13 +135,25 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
   const iters = (flags.iters as number | undefined) ?? 50;
   const warmup = (flags.warmup as number | undefined) ?? 5;
   const tokenList = (flags.tokens as number[] | undefined) ?? [DEEPSEEK_V3.tokens];
+  const stampTokens = (flags.stamps as number[] | undefined) ?? [1, 128];
+  const deepepPath = (flags.deepep as string | undefined) ?? process.env.MOE_A2A_DEEPEP;
+  const timeoutMs = (flags.timeout as number | undefined) ?? 30_000;
   const json = flags.json === true;
   const say = (line: string) => {
     if (!json) process.stderr.write(`${line}\n`);
   };
-  const rows: Record<string, unknown>[] = [];
+  const rows: Row[] = [];
   let copyGBs: number | undefined;
   let eagerLaunchMode: string | undefined;
+  let floors: Floors[] | undefined;
+  if (transport === 'cuda') {
+    say(`moe-a2a bench: floors on ${world} rank(s): all-to-all write rate, signal trip, kernel gap ...`);
+    const task: FloorsTask = { kind: 'floors', transport: 'cuda', timeoutMs, world };
+    floors = await runTaskOnRanks<Floors>('cuda', world, task);
+  }
+  const a2aGBs = floors
+    ? Math.min(...floors.map((f) => f.alltoallGBs ?? Number.POSITIVE_INFINITY))
+    : Number.NaN;
   for (const tokens of tokenList) {
     const config = {
       world,
@@ -163,76 +166,125 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
       ...sizeForInputs(world, numExperts, topk, tokens, seed),
     };
     const cfg = resolveConfig(config);
-    say(
-      `moe-a2a bench: ${transport}, W=${world} T=${tokens} ${fp8 ? 'fp8' : 'bf16'}, ${warmup} warm-up + ${iters} iterations`,
+    // bytes of one call, both ways, on the rank that moves the most (input set 0)
+    const perRankBytes = Array.from({ length: world }, (_, r) =>
+      callBytes(cfg, benchTopk(seed, 0, r, tokens, topk, numExperts), r),
     );
+    const most = (pick: (b: CallBytes) => number) => Math.max(...perRankBytes.map(pick));
+    const bytes = {
+      deepepDispatch: most((b) => b.deepepDispatch),
+      deepepCombine: most((b) => b.deepepCombine),
+      wireDispatch: most((b) => b.wireDispatch),
+      wireCombine: most((b) => b.wireCombine),
+    };
     const totalBytes = world * tokens * topk * cfg.dispatchRowBytes;
     const copyUs = transport === 'cpu' ? typedArrayCopyUs(totalBytes) : Number.NaN;
-    const task: BenchTask = {
-      kind: 'bench',
-      transport,
-      timeoutMs: (flags.timeout as number | undefined) ?? 30_000,
-      config,
-      tokens,
-      iters,
-      warmup,
-      seed,
-    };
-    const perRank = await runTaskOnRanks<BenchRankResult>(transport, world, task);
-    // a collective takes as long as its slowest rank: per iteration, the max over ranks
-    const slowest = (pick: (r: BenchRankResult) => number[]) =>
-      pick(perRank[0]).map((_, i) => Math.max(...perRank.map((r) => pick(r)[i])));
-    const bytes = kernelBytes(cfg, tokens);
-    const row: Record<string, unknown> = {
-      tokens,
-      variant: 'eager',
-      dispatch: stats(slowest((r) => r.dispatchUs)),
-      combine: stats(slowest((r) => r.combineUs)),
-      total: stats(slowest((r) => r.dispatchUs.map((d, i) => d + r.combineUs[i]))),
-      bytesDispatched: totalBytes,
-      kernelBytes: bytes,
-    };
-    if (transport === 'cpu') {
-      row.typedArrayCopyUs = copyUs;
-      row.dispatchOverCopy = (row.dispatch as Stats).median / copyUs;
-    }
-    rows.push(row);
-    const cuda = perRank.map((r) => r.cuda);
-    if (cuda.every((x) => x !== undefined)) {
-      const ex = cuda as NonNullable<BenchRankResult['cuda']>[];
-      copyGBs ??= ex[0].copyGBs;
-      eagerLaunchMode ??= ex[0].eagerLaunchMode;
-      const graphSlowest = (pick: (r: NonNullable<BenchRankResult['cuda']>) => number[]) =>
-        pick(ex[0]).map((_, i) => Math.max(...ex.map((r) => pick(r)[i])));
-      rows.push({
+    for (const path of pathsFor(transport, cfg, flags.path)) {
+      say(
+        `moe-a2a bench: ${transport}, W=${world} T=${tokens} ${fp8 ? 'fp8' : 'bf16'}${path ? `, ${path} dispatch` : ''}, ${warmup} warm-up + ${iters} iterations`,
+      );
+      const task: BenchTask = {
+        kind: 'bench',
+        transport,
+        timeoutMs,
+        config,
         tokens,
-        variant: 'graph',
-        dispatch: stats(graphSlowest((r) => r.graphDispatchUs)),
-        combine: stats(graphSlowest((r) => r.graphCombineUs)),
-        total: stats(graphSlowest((r) => r.graphDispatchUs.map((d, i) => d + r.graphCombineUs[i]))),
-        // dispatch + combine as one graph replay: the measurement the PyTorch graph baseline makes
-        step: stats(graphSlowest((r) => r.graphStepUs)),
-        bytesDispatched: totalBytes,
-        kernelBytes: bytes,
-      });
-      row.hostUs = {
-        dispatch: Math.max(...ex.map((r) => r.hostDispatchUs)),
-        combine: Math.max(...ex.map((r) => r.hostCombineUs)),
-        freshDispatch: Math.max(...ex.map((r) => r.hostFreshDispatchUs)),
-        freshCombine: Math.max(...ex.map((r) => r.hostFreshCombineUs)),
-        directDispatch: Math.max(...ex.map((r) => r.hostDirectDispatchUs)),
-        directCombine: Math.max(...ex.map((r) => r.hostDirectCombineUs)),
-        graphDispatch: Math.max(...ex.map((r) => r.hostGraphDispatchUs)),
-        graphCombine: Math.max(...ex.map((r) => r.hostGraphCombineUs)),
-        bareLaunch: Math.max(...ex.map((r) => r.hostBareLaunchUs)),
+        iters,
+        warmup,
+        seed,
+        dispatchPath: path,
+        stampIters: transport === 'cuda' && stampTokens.includes(tokens) ? 50 : 0,
       };
+      const perRank = await runTaskOnRanks<BenchRankResult>(transport, world, task);
+      // a collective takes as long as its slowest rank: per iteration, the max over ranks
+      const slowest = (pick: (r: BenchRankResult) => number[]) =>
+        pick(perRank[0]).map((_, i) => Math.max(...perRank.map((r) => pick(r)[i])));
+      const cuda = perRank.map((r) => r.cuda);
+      const ex = cuda.every((x) => x !== undefined) ? (cuda as CudaBenchExtras[]) : null;
+      const label = ex ? ex[0].dispatchPath : undefined;
+      const kb = kernelBytes(cfg, tokens, label ?? 'direct');
+      const row: Row = {
+        tokens,
+        variant: 'eager',
+        path: label,
+        dispatch: stats(slowest((r) => r.dispatchUs)),
+        combine: stats(slowest((r) => r.combineUs)),
+        total: stats(slowest((r) => r.dispatchUs.map((d, i) => d + r.combineUs[i]))),
+        bytesDispatched: totalBytes,
+        kernelBytes: kb,
+        callBytes: bytes,
+      };
+      if (transport === 'cpu') {
+        row.typedArrayCopyUs = copyUs;
+        row.dispatchOverCopy = (row.dispatch as Stats).median / copyUs;
+      }
+      rows.push(row);
+      if (ex) {
+        copyGBs ??= ex[0].copyGBs;
+        eagerLaunchMode ??= ex[0].eagerLaunchMode;
+        const graphSlowest = (pick: (r: CudaBenchExtras) => number[]) =>
+          pick(ex[0]).map((_, i) => Math.max(...ex.map((r) => pick(r)[i])));
+        const stamps = ex.every((r) => r.stamps)
+          ? stampSplit(ex.map((r) => r.stamps as number[][]))
+          : undefined;
+        rows.push({
+          tokens,
+          variant: 'graph',
+          path: label,
+          dispatch: stats(graphSlowest((r) => r.graphDispatchUs)),
+          combine: stats(graphSlowest((r) => r.graphCombineUs)),
+          total: stats(graphSlowest((r) => r.graphDispatchUs.map((d, i) => d + r.graphCombineUs[i]))),
+          // dispatch + combine as one graph replay: the measurement the PyTorch graph baseline makes
+          step: stats(graphSlowest((r) => r.graphStepUs)),
+          // the serving loop: mean per layer of back-to-back layers, the slowest rank
+          loop: {
+            graphUs: Math.max(...ex.map((r) => r.loopGraphUs)),
+            eagerUs: Math.max(...ex.map((r) => r.loopEagerUs)),
+            graphUsPerRank: ex.map((r) => r.loopGraphUs),
+            eagerUsPerRank: ex.map((r) => r.loopEagerUs),
+          },
+          heapBytes: Math.max(...ex.map((r) => r.heapBytes)),
+          stampSplit: stamps,
+          bytesDispatched: totalBytes,
+          kernelBytes: kb,
+          callBytes: bytes,
+        });
+        row.hostUs = {
+          dispatch: Math.max(...ex.map((r) => r.hostDispatchUs)),
+          combine: Math.max(...ex.map((r) => r.hostCombineUs)),
+          freshDispatch: Math.max(...ex.map((r) => r.hostFreshDispatchUs)),
+          freshCombine: Math.max(...ex.map((r) => r.hostFreshCombineUs)),
+          directDispatch: Math.max(...ex.map((r) => r.hostDirectDispatchUs)),
+          directCombine: Math.max(...ex.map((r) => r.hostDirectCombineUs)),
+          graphDispatch: Math.max(...ex.map((r) => r.hostGraphDispatchUs)),
+          graphCombine: Math.max(...ex.map((r) => r.hostGraphCombineUs)),
+          bareLaunch: Math.max(...ex.map((r) => r.hostBareLaunchUs)),
+        };
+      }
     }
   }
-  let torch: TorchRow[] | string | undefined;
+  const shape = { tokens: tokenList, hidden, topk, experts: numExperts, iters: Math.min(iters, 200), warmup };
+  let torch: TorchW1Row[] | string | undefined;
+  let torchNcclRows: TorchNcclRow[] | string | undefined;
+  let deepep: DeepepRow[] | string | undefined;
   if (transport === 'cuda' && world === 1 && flags.baseline !== false) {
     say('moe-a2a bench: PyTorch baseline (bench/baselines/torch_w1.py) ...');
-    torch = torchBaseline(tokenList, hidden, topk, numExperts, Math.min(iters, 100));
+    torch = torchW1({ ...shape, iters: Math.min(iters, 100) });
     if (typeof torch === 'string') say(`moe-a2a bench: no PyTorch baseline: ${torch}`);
+  }
+  if (transport === 'cuda' && world > 1 && flags.baseline !== false) {
+    say(`moe-a2a bench: PyTorch + NCCL baseline (bench/baselines/torch_nccl.py, ${world} processes) ...`);
+    torchNcclRows = torchNccl(world, { ...shape, iters: Math.min(iters, 50) }, fp8);
+    if (typeof torchNcclRows === 'string') say(`moe-a2a bench: no PyTorch + NCCL baseline: ${torchNcclRows}`);
+  }
+  if (transport === 'cuda' && world > 1 && deepepPath) {
+    // DeepEP's low-latency mode is for decode batches: its buffer grows with T
+    const small = tokenList.filter((t) => t >= 1 && t <= 512);
+    say(`moe-a2a bench: DeepEP low-latency (bench/baselines/deepep_ll.py, ${deepepPath}) ...`);
+    deepep = small.length
+      ? deepepLowLatency(deepepPath, world, { ...shape, tokens: small })
+      : 'no T in 1..512';
+    if (typeof deepep === 'string') say(`moe-a2a bench: no DeepEP baseline: ${deepep}`);
   }
   const date = new Date().toISOString();
   const result = {
@@ -244,30 +296,91 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
     config: { world, numExperts, hidden, topk, fp8, iters, warmup, seed },
     timing:
       transport === 'cuda'
-        ? 'CUDA events around each call on its stream (eager: launches included; graph: one replay each of the dispatch and the combine graph; step: one replay of both captured together, as the PyTorch graph baseline); per iteration the slowest rank; median/p10/p90'
-        : 'host clock around each call; per iteration the slowest rank; median/p10/p90 over iterations',
+        ? 'loop: mean us per layer of dispatch + combine issued back to back (graph: one step replay per layer; eager: dispatch() + combine()), ranks aligned once on the device, the slowest rank; eager/graph rows: CUDA events around each call (graph: one replay of the dispatch, combine or step graph), each right after a device barrier (ep_barrier), per iteration the slowest rank, median/p10/p90'
+        : 'host clock around each call after a host barrier; per iteration the slowest rank; median/p10/p90 over iterations',
     bytes:
-      'bytesDispatched = W * T * k rows * row bytes; kernelBytes = bytes our kernels read plus write on one rank (see kernelBytes in src/cli/bench.ts)',
+      'callBytes: one call on the rank that moves the most, counted as DeepEP does (deepep*: every selection, local included, FP8 row H + H/128*4 + 16) and as they cross NVLink (wire*: remote pairs, our row sizes); kernelBytes: bytes our kernels read plus write on one rank (see kernelBytes in src/cli/bench.ts)',
+    floors,
     deviceCopyGBs: copyGBs,
     // cuda: how the eager rows launched their kernels ('graph': cached graph replays; see LaunchMode)
     eagerLaunchMode,
     rows,
     torch,
+    torchNccl: torchNcclRows,
+    deepep,
   };
   mkdirSync('bench/results', { recursive: true });
   const stem = join('bench/results', `${date.replace(/[:.]/g, '-')}-${transport}-W${world}`);
   writeFileSync(`${stem}.json`, `${JSON.stringify(result, null, 2)}\n`);
-  const series: PlotSeries[] = ['eager', 'graph'].map((v) => ({
-    name: `moe-a2a ${v}`,
-    points: rows
-      .filter((r) => r.variant === v)
-      .map((r) => ({
-        tokens: r.tokens as number,
-        us: (r.total as Stats).median,
-        p10: (r.total as Stats).p10,
-        p90: (r.total as Stats).p90,
-      })),
-  }));
+  writeFileSync(
+    `${stem}.svg`,
+    plotOf(rows, torch, torchNcclRows, deepep, {
+      world,
+      hidden,
+      topk,
+      numExperts,
+      fp8,
+      iters,
+      transport,
+      device: result.device,
+      date,
+    }),
+  );
+  if (json) {
+    console.log(JSON.stringify(result, null, 2));
+    return 0;
+  }
+  printTables(rows, { transport, copyGBs, floors, a2aGBs, torch, torchNcclRows, deepep });
+  console.log(`results: ${stem}.json, ${stem}.svg`);
+  return 0;
+}
+
+function plotOf(
+  rows: Row[],
+  torch: TorchW1Row[] | string | undefined,
+  torchNcclRows: TorchNcclRow[] | string | undefined,
+  deepep: DeepepRow[] | string | undefined,
+  o: {
+    world: number;
+    hidden: number;
+    topk: number;
+    numExperts: number;
+    fp8: boolean;
+    iters: number;
+    transport: string;
+    device?: string;
+    date: string;
+  },
+): string {
+  const series: PlotSeries[] = [];
+  const paths = [...new Set(rows.map((r) => r.path as string | undefined))];
+  for (const path of paths) {
+    const mine = rows.filter((r) => r.path === path);
+    const name = (v: string) => `moe-a2a ${v}${path ? ` (${path})` : ''}`;
+    const loop = mine.filter((r) => r.loop);
+    if (loop.length) {
+      series.push({
+        name: name('graph loop'),
+        points: loop.map((r) => ({
+          tokens: r.tokens as number,
+          us: (r.loop as { graphUs: number }).graphUs,
+        })),
+      });
+    }
+    for (const v of loop.length ? ['eager'] : ['eager', 'graph']) {
+      series.push({
+        name: name(v),
+        points: mine
+          .filter((r) => r.variant === v)
+          .map((r) => ({
+            tokens: r.tokens as number,
+            us: (r.total as Stats).median,
+            p10: (r.total as Stats).p10,
+            p90: (r.total as Stats).p90,
+          })),
+      });
+    }
+  }
   if (Array.isArray(torch)) {
     for (const v of ['eager', 'graph', 'compile']) {
       series.push({
@@ -279,23 +392,82 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
       });
     }
   }
-  writeFileSync(
-    `${stem}.svg`,
-    latencyPlotSvg(series, {
-      title: `dispatch + combine, W=${world}, H=${hidden}, k=${topk}, E=${numExperts}, ${fp8 ? 'FP8' : 'bf16'} dispatch`,
-      subtitle: `${transport}${result.device ? ` on ${result.device}` : ''}, ${date.slice(0, 10)}; median (p10..p90) of ${iters} iterations`,
-    }),
-  );
-  if (json) {
-    console.log(JSON.stringify(result, null, 2));
-    return 0;
+  if (Array.isArray(torchNcclRows))
+    series.push({
+      name: 'PyTorch + NCCL (eager)',
+      dashed: true,
+      points: torchNcclRows.map((r) => ({ tokens: r.tokens, us: r.total_median_us })),
+    });
+  if (Array.isArray(deepep))
+    series.push({
+      name: 'DeepEP low-latency (graph loop)',
+      dashed: true,
+      points: deepep.map((r) => ({ tokens: r.tokens, us: r.loop_us })),
+    });
+  return latencyPlotSvg(series, {
+    title: `dispatch + combine, W=${o.world}, H=${o.hidden}, k=${o.topk}, E=${o.numExperts}, ${o.fp8 ? 'FP8' : 'bf16'} dispatch`,
+    subtitle: `${o.transport}${o.device ? ` on ${o.device}` : ''}, ${o.date.slice(0, 10)}; us per layer (loops: mean; others: median (p10..p90) of ${o.iters})`,
+  });
+}
+
+function printTables(
+  rows: Row[],
+  o: {
+    transport: string;
+    copyGBs?: number;
+    floors?: Floors[];
+    a2aGBs: number;
+    torch?: TorchW1Row[] | string;
+    torchNcclRows?: TorchNcclRow[] | string;
+    deepep?: DeepepRow[] | string;
+  },
+): void {
+  const loops = rows.filter((r) => r.loop);
+  const deepepAt = (t: number) =>
+    Array.isArray(o.deepep) ? o.deepep.find((d) => d.tokens === t) : undefined;
+  const ncclAt = (t: number) =>
+    Array.isArray(o.torchNcclRows) ? o.torchNcclRows.find((d) => d.tokens === t) : undefined;
+  if (loops.length) {
+    console.log('serving loop: us per layer (dispatch + combine), layers back to back, the slowest rank');
+    console.log(
+      table(
+        [
+          'T',
+          'dispatch path',
+          'graph loop',
+          'eager loop',
+          'DeepEP graph loop',
+          'x DeepEP',
+          'PyTorch+NCCL eager',
+          'heap MiB/rank',
+        ],
+        loops.map((r) => {
+          const l = r.loop as { graphUs: number; eagerUs: number };
+          const d = deepepAt(r.tokens as number);
+          const n = ncclAt(r.tokens as number);
+          return [
+            r.tokens as number,
+            (r.path as string) ?? '-',
+            fmt(l.graphUs),
+            fmt(l.eagerUs),
+            fmt(d?.loop_us),
+            d ? fmt(d.loop_us / l.graphUs, 2) : '-',
+            fmt(n?.total_median_us),
+            fmt((r.heapBytes as number) / 2 ** 20, 0),
+          ];
+        }),
+      ),
+    );
   }
-  const gbs = (b: number, us: number) => b / (us * 1e3);
+  console.log(
+    'per call: CUDA events around each call, ranks aligned on the device first; median of the slowest rank',
+  );
   console.log(
     table(
       [
         'T',
         'variant',
+        'path',
         'dispatch p50 us',
         'p10',
         'p90',
@@ -303,6 +475,7 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
         'p10',
         'p90',
         'total p50',
+        'one-graph step p50',
         'dispatch GB/s',
         'combine GB/s',
       ],
@@ -313,20 +486,92 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
         return [
           r.tokens as number,
           r.variant as string,
-          d.median,
-          d.p10,
-          d.p90,
-          c.median,
-          c.p10,
-          c.p90,
-          (r.total as Stats).median,
-          gbs(kb.dispatch, d.median),
-          gbs(kb.combine, c.median),
+          (r.path as string) ?? '-',
+          fmt(d.median),
+          fmt(d.p10),
+          fmt(d.p90),
+          fmt(c.median),
+          fmt(c.p10),
+          fmt(c.p90),
+          fmt((r.total as Stats).median),
+          fmt((r.step as Stats | undefined)?.median),
+          fmt(kb.dispatch / (d.median * 1e3), 0),
+          fmt(kb.combine / (c.median * 1e3), 0),
         ];
       }),
     ),
   );
-  if (transport === 'cpu') {
+  if (o.deepep !== undefined && Array.isArray(o.deepep)) {
+    console.log(
+      'DeepEP low-latency: one graph of dispatch + combine, replayed right after a device-side alignment (median of the slowest rank) and back to back',
+    );
+    console.log(
+      table(
+        ['T', 'one-graph step p50 us', 'graph loop us/layer', 'check'],
+        o.deepep.map((d) => [d.tokens, fmt(d.step_median_us), fmt(d.loop_us), d.check]),
+      ),
+    );
+  }
+  if (loops.length) {
+    console.log(
+      `bytes per call on the busiest rank, MB: counted as DeepEP does (every selection) and crossing NVLink; floor = NVLink bytes at the all-to-all rate ${fmt(o.a2aGBs, 0)} GB/s`,
+    );
+    console.log(
+      table(
+        ['T', 'path', 'DeepEP-counted d / c', 'NVLink d / c', 'NVLink floor us', 'graph loop / floor'],
+        loops.map((r) => {
+          const b = r.callBytes as {
+            deepepDispatch: number;
+            deepepCombine: number;
+            wireDispatch: number;
+            wireCombine: number;
+          };
+          const floorUs = (b.wireDispatch + b.wireCombine) / (o.a2aGBs * 1e3);
+          return [
+            r.tokens as number,
+            (r.path as string) ?? '-',
+            `${fmt(b.deepepDispatch / 1e6, 2)} / ${fmt(b.deepepCombine / 1e6, 2)}`,
+            `${fmt(b.wireDispatch / 1e6, 2)} / ${fmt(b.wireCombine / 1e6, 2)}`,
+            fmt(floorUs, 2),
+            fmt((r.loop as { graphUs: number }).graphUs / floorUs, 2),
+          ];
+        }),
+      ),
+    );
+  }
+  if (o.floors) {
+    const f0 = o.floors[0];
+    const a2a = o.floors.map((f) => fmt(f.alltoallGBs, 0)).join(' / ');
+    console.log(
+      `floors: all-to-all write rate per rank ${a2a} GB/s (${fmt(f0.bytesPerPeer / 2 ** 20, 0)} MiB to each peer), one pair ${fmt(f0.onePairGBs, 0)} GB/s; ` +
+        `signal one way ${fmt(f0.signalOneWayUs, 2)} us; graph kernel start-to-start ${fmt(f0.graphKernelUs, 2)} us (${fmt(f0.graphKernelPdlUs, 2)} with dependent launch)`,
+    );
+  }
+  for (const r of rows.filter((x) => x.stampSplit)) {
+    const sp = r.stampSplit as StampSplit;
+    console.log(
+      `where the time goes, T=${r.tokens as number}${r.path ? ` ${r.path as string}` : ''} (stamps, mean of 50 step replays after a device barrier; per segment the slowest rank; ` +
+        `GPU clock offsets ${sp.clockOffsetUs?.map((v) => fmt(v, 1)).join(' / ') ?? '-'} us, start skew ${fmt(sp.startSkewUs, 2)} us with them removed)`,
+    );
+    console.log(
+      table(
+        ['segment', 'us', 'per rank'],
+        [
+          ...sp.segments.map((s) => [
+            SEGMENT_MEANING[s.to],
+            fmt(s.us, 2),
+            s.perRank.map((v) => fmt(v, 2)).join(' '),
+          ]),
+          [
+            'whole call',
+            fmt(Math.max(...sp.totalPerRank), 2),
+            sp.totalPerRank.map((v) => fmt(v, 2)).join(' '),
+          ],
+        ],
+      ),
+    );
+  }
+  if (o.transport === 'cpu') {
     console.log(
       table(
         ['T', 'MB dispatched', '1-thread TypedArray.set us', 'dispatch / copy'],
@@ -339,14 +584,15 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
       ),
     );
   }
-  if (copyGBs !== undefined)
-    console.log(`device copy bandwidth (ep_copy_bench, 512 MiB, read + write): ${copyGBs.toFixed(0)} GB/s`);
+  if (o.copyGBs !== undefined)
+    console.log(`device copy bandwidth (ep_copy_bench, 512 MiB, read + write): ${o.copyGBs.toFixed(0)} GB/s`);
   const host = rows.filter((r) => r.hostUs);
   if (host.length > 0) {
     console.log(
       table(
         [
           'T',
+          'path',
           'host us: dispatch',
           'combine',
           'dispatch, new args',
@@ -361,21 +607,22 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
           const h = r.hostUs as Record<string, number>;
           return [
             r.tokens as number,
-            h.dispatch,
-            h.combine,
-            h.freshDispatch,
-            h.freshCombine,
-            h.directDispatch,
-            h.directCombine,
-            h.graphDispatch,
-            h.graphCombine,
-            h.bareLaunch,
+            (r.path as string) ?? '-',
+            fmt(h.dispatch),
+            fmt(h.combine),
+            fmt(h.freshDispatch),
+            fmt(h.freshCombine),
+            fmt(h.directDispatch),
+            fmt(h.directCombine),
+            fmt(h.graphDispatch),
+            fmt(h.graphCombine),
+            fmt(h.bareLaunch),
           ];
         }),
       ),
     );
   }
-  if (Array.isArray(torch)) {
+  if (Array.isArray(o.torch)) {
     console.log(
       table(
         [
@@ -388,26 +635,24 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
           'one-graph step p50',
           'speed-up (one graph each)',
         ],
-        torch.map((t) => {
+        o.torch.map((t) => {
           const ours = rows.find((r) => r.tokens === t.tokens && r.variant === 'graph');
           const us = ours ? (ours.total as Stats).median : Number.NaN;
           const step = (ours?.step as Stats | undefined)?.median ?? Number.NaN;
           return [
             t.tokens,
             t.variant,
-            t.median_us ?? Number.NaN,
-            t.p10_us ?? Number.NaN,
-            t.p90_us ?? Number.NaN,
-            us,
-            step,
-            (t.median_us ?? Number.NaN) / step,
+            fmt(t.median_us),
+            fmt(t.p10_us),
+            fmt(t.p90_us),
+            fmt(us),
+            fmt(step),
+            fmt((t.median_us ?? Number.NaN) / step, 2),
           ];
         }),
       ),
     );
   }
-  console.log(`results: ${stem}.json, ${stem}.svg`);
-  return 0;
 }
 
 async function gpuName(): Promise<string | undefined> {

@@ -67,30 +67,64 @@ Examples:
     run: (f) => verifyCommand(f),
   },
   bench: {
-    summary: 'time dispatch and combine (median, p10, p90)',
+    summary: 'time dispatch and combine: serving loop, per call, floors, peers',
     usage: 'moe-a2a bench [flags]',
-    about: `Times dispatch and combine after warm-up and prints median, p10 and p90 per token count (the
-slowest rank per iteration), with the bytes the kernels read and write and their GB/s. On cpu it also
-times one thread copying the same bytes with TypedArray.set, the yardstick for worker-thread copies.
-On cuda it times with CUDA events, eager and CUDA-graph replays, and reports the device's own copy
-bandwidth, the host's cost per call and, at W = 1 with --baseline, PyTorch doing the same work.
-Writes JSON (machine, date, transport, config) and an SVG plot under bench/results/. Defaults: the
-DeepSeek-V3 decode shape (H = 7168, k = 8, E = 256, 128 tokens per rank, FP8 dispatch) at W = 4.
+    about: `Times dispatch + combine per token count and prints, on cuda:
+  - the serving loop first: layers (dispatch + combine) issued back to back with no host barrier
+    between them, as one CUDA graph per layer and as eager calls; the mean per layer on the slowest
+    rank. At W > 1 each dispatch path (staged, direct) the shape allows, side by side;
+  - per call: dispatch, combine and both as one graph, each right after a barrier on the device (so no
+    rank's time holds a peer's late launch); median, p10, p90 of the slowest rank per iteration;
+  - the bytes of a call counted as DeepEP does and as they cross NVLink, against the floors measured in
+    the same run (all-to-all NVLink write rate, a signal's one-way trip, a graph's kernel-to-kernel gap);
+  - where the time goes (--stamps): the kernels' %globaltimer stamps per phase;
+  - peers in the same run: PyTorch (W = 1: bench/baselines/torch_w1.py; W > 1: PyTorch + NCCL,
+    torch_nccl.py) when python3 has torch, and DeepEP's low-latency kernels with --deepep;
+  - the host's cost per call.
+On cpu: per-call times (host clock, after a host barrier) and one thread copying the same bytes.
+Writes JSON (machine, date, transport, config, every figure) and an SVG plot under bench/results/.
+Defaults: the DeepSeek-V3 decode shape (H = 7168, k = 8, E = 256, 128 tokens per rank, FP8 dispatch)
+at W = 4.
 
 Examples:
   moe-a2a bench
   moe-a2a bench --tokens 128,4096 --no-fp8 --iters 20
-  moe-a2a bench --transport cuda --world 1 --tokens 1,32,128,512,4096 --iters 200 --warmup 20`,
+  moe-a2a bench --transport cuda --world 1 --tokens 1,32,128,512,4096 --iters 200 --warmup 20
+  moe-a2a bench --transport cuda --world 2 --tokens 1,32,128,512,4096 --iters 200 --deepep /tmp/deepep_bench/DeepEP`,
 
     flags: [
       ...SHAPE_FLAGS,
       { name: 'tokens', kind: 'ints', help: 'tokens per rank T (a list runs each)', default: '128' },
-      { name: 'iters', kind: 'int', help: 'timed iterations', default: '50' },
+      {
+        name: 'iters',
+        kind: 'int',
+        help: 'timed iterations (and layers in each serving loop)',
+        default: '50',
+      },
       { name: 'warmup', kind: 'int', help: 'untimed iterations first', default: '5' },
+      {
+        name: 'path',
+        kind: 'string',
+        meta: 'PATH',
+        help: 'cuda, W > 1: the dispatch path to time: staged, direct, auto, or both (each the shape allows)',
+        default: 'both',
+      },
+      {
+        name: 'stamps',
+        kind: 'ints',
+        help: 'cuda: token counts whose phase split (kernel stamps) is measured and printed',
+        default: '1,128',
+      },
+      {
+        name: 'deepep',
+        kind: 'string',
+        meta: 'DIR',
+        help: 'cuda, W > 1: a built DeepEP checkout (importable deep_ep) to time beside ours (bench/baselines/deepep_ll.py); or MOE_A2A_DEEPEP',
+      },
       {
         name: 'baseline',
         kind: 'bool',
-        help: 'cuda, W = 1: also run bench/baselines/torch_w1.py (PyTorch eager, graphed, compiled) when python3 has torch',
+        help: 'cuda: also run the PyTorch baseline (W = 1: torch_w1.py; W > 1: torch_nccl.py) when python3 has torch',
         default: 'on',
       },
       ...COMMON_FLAGS,

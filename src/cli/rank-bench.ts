@@ -4,6 +4,8 @@ import { type EpConfigInput, resolveConfig } from '../ep/config.js';
 import { mixSeed, Rng, randomBf16, randomTopk, randomWeights } from '../ep/random.js';
 import { hostTensor } from '../ep/tensor.js';
 import type { DeviceTensor } from '../shmem/cuda/device-tensor.js';
+import type { DispatchPath, DispatchPathRequest } from '../shmem/cuda/dispatch-path.js';
+import { type Floors, measureFloors } from '../shmem/cuda/floors.js';
 import { CudaEpGroup } from '../shmem/cuda/group.js';
 import { GRAPHS_PER_SEQUENCE, type LaunchMode } from '../shmem/cuda/launch-queue.js';
 import { groupIo } from './device-io.js';
@@ -17,14 +19,70 @@ export interface BenchTask {
   iters: number;
   warmup: number;
   seed: number;
+  /** cuda: the dispatch path to ask the group for (default 'auto'). */
+  dispatchPath?: DispatchPathRequest;
+  /** cuda: also record phase stamps over this many step replays (0: none). */
+  stampIters?: number;
+}
+
+/** `moe-a2a bench`'s floors (cuda, W ranks): measured once per run on a group sized for them. */
+export interface FloorsTask {
+  kind: 'floors';
+  transport: 'cuda';
+  timeoutMs: number;
+  world: number;
+}
+
+/**
+ * A group whose expertX region (the floors' scratch) holds 256 MiB per rank: one expert per rank of
+ * 16384 bf16 rows of 8192 values (the config must allow that many rows to reach one expert).
+ */
+export function floorsConfig(world: number): EpConfigInput {
+  return {
+    world,
+    numExperts: world,
+    hidden: 8192,
+    topk: 1,
+    maxTokensPerRank: 16384,
+    fp8: false,
+    maxRowsPerPeer: 16384,
+    maxRowsPerExpert: 16384,
+  };
+}
+
+export async function runFloorsRank(task: FloorsTask): Promise<Floors> {
+  const group = await createGroup({
+    ...floorsConfig(task.world),
+    transport: 'cuda',
+    timeoutMs: task.timeoutMs,
+  });
+  try {
+    return measureFloors(group);
+  } finally {
+    await group.close();
+  }
 }
 
 /** What only the cuda transport measures: graph replays, the host's own cost, the copy yardstick. */
 export interface CudaBenchExtras {
+  /** The group's dispatch path. */
+  dispatchPath: DispatchPath;
+  /** Bytes of this rank's symmetric heap. */
+  heapBytes: number;
+  /**
+   * The serving loop: microseconds per layer (dispatch + combine) on this rank, the mean over
+   * `iters` layers issued back to back with no host barrier between them (ranks aligned once, on the
+   * device, before the loop). Graph: GraphCall.step() replays; eager: dispatch() + combine() calls.
+   */
+  loopGraphUs: number;
+  loopEagerUs: number;
+  /** Graph replays of dispatch alone and combine alone, each right after a device barrier (ep_barrier). */
   graphDispatchUs: number[];
   graphCombineUs: number[];
-  /** Dispatch + combine replayed as one graph (GraphCall.step), as the PyTorch baseline's graph does. */
+  /** Dispatch + combine replayed as one graph (GraphCall.step) right after a device barrier. */
   graphStepUs: number[];
+  /** Per stamped step replay, the EP_STAMPS phase stamps (%globaltimer ns; 0 = not written). */
+  stamps?: number[][];
   /** Host time (us, CPU clock) of one call, median over many calls without waiting for the device. */
   hostDispatchUs: number;
   hostCombineUs: number;
@@ -88,6 +146,20 @@ function hostLoop(g: CudaEpGroup, first: (i: number) => () => void): { first: nu
   return { first: median(a), second: median(b) };
 }
 
+/**
+ * Mean device microseconds per layer of `layer()` issued `n` times back to back (after `warmup` untimed
+ * ones), the ranks aligned once on the device before the timed ones: what a serving loop sees.
+ */
+function servingLoopUs(g: CudaEpGroup, n: number, warmup: number, layer: (i: number) => void): number {
+  for (let i = 0; i < warmup; i++) layer(i);
+  g.deviceBarrier();
+  return (
+    g.timeOnDevice(() => {
+      for (let i = 0; i < n; i++) layer(i);
+    }) / n
+  );
+}
+
 async function cudaExtras(
   g: CudaEpGroup,
   sets: CudaSet[],
@@ -107,15 +179,46 @@ async function cudaExtras(
       g.copyInto(graph.x, set.x);
       g.copyInto(graph.topkIdx, set.idx);
       g.copyInto(graph.topkWeights, set.w);
-      await g.barrier();
+      // each timed replay starts right after a barrier on the device: no rank's time holds a peer's lateness
+      g.deviceBarrier();
       const d = g.timeOnDevice(() => graph.dispatch());
+      g.deviceBarrier();
       const c = g.timeOnDevice(() => graph.combine());
-      await g.barrier();
+      g.deviceBarrier();
       const s = g.timeOnDevice(() => graph.step());
       if (i >= task.warmup) {
         graphDispatchUs.push(d);
         graphCombineUs.push(c);
         graphStepUs.push(s);
+      }
+    }
+    // the serving loop: layers back to back (the graph's bound inputs hold the last set copied above)
+    const loopGraphUs = servingLoopUs(g, task.iters, task.warmup, () => graph.step());
+    const loopEagerUs = servingLoopUs(g, task.iters, task.warmup, (i) => {
+      const set = sets[i % sets.length];
+      const r = g.dispatch(set.x, set.idx, { topkWeights: set.w });
+      g.combine(expertOut, r.handle);
+    });
+    let stamps: number[][] | undefined;
+    if ((task.stampIters ?? 0) > 0) {
+      g.setStamps(true);
+      const stamped = g.captureGraph(task.tokens);
+      try {
+        g.copyInto(stamped.x, sets[0].x);
+        g.copyInto(stamped.topkIdx, sets[0].idx);
+        g.copyInto(stamped.topkWeights, sets[0].w);
+        g.copyInto(stamped.expertOut, expertOut);
+        stamps = [];
+        for (let i = 0; i < task.warmup + (task.stampIters ?? 0); i++) {
+          g.clearStamps();
+          g.deviceBarrier();
+          stamped.step();
+          const st = g.readStamps();
+          if (i >= task.warmup) stamps.push(st);
+        }
+      } finally {
+        g.setStamps(false);
+        stamped.close();
       }
     }
     // host cost: the CPU time of issuing calls, measured back to back without waiting for the device.
@@ -151,9 +254,14 @@ async function cudaExtras(
       return () => graph.combine();
     });
     return {
+      dispatchPath: g.dispatchPath,
+      heapBytes: g.heapBytes,
+      loopGraphUs,
+      loopEagerUs,
       graphDispatchUs,
       graphCombineUs,
       graphStepUs,
+      stamps,
       hostDispatchUs: cached.first,
       hostCombineUs: cached.second,
       hostFreshDispatchUs: updated.first,
@@ -196,6 +304,7 @@ export async function runBenchRank(
     ...task.config,
     transport: task.transport,
     timeoutMs: task.timeoutMs,
+    dispatchPath: task.dispatchPath,
   });
   try {
     const io = groupIo;
@@ -231,14 +340,20 @@ export async function runBenchRank(
     const combineUs: number[] = [];
     let lastReport = performance.now();
     const total = task.warmup + task.iters;
+    // start every rank's call together, so that no rank's time includes waiting for a late peer: on the
+    // device where there is one (a host barrier would leave the ranks' launch skew in the time)
+    const align = async () => {
+      if (group instanceof CudaEpGroup) group.deviceBarrier();
+      else await group.barrier();
+    };
     for (let i = 0; i < total; i++) {
       const set = sets[i % INPUT_SETS];
-      // start every rank's dispatch together, so that no rank's time includes waiting for a late peer
-      await group.barrier();
+      await align();
       let handle: Parameters<typeof group.combine>[1] | undefined;
       const d = time(() => {
         handle = group.dispatch(set.x, set.idx, { topkWeights: set.w }).handle;
       });
+      await align();
       const c = time(() => group.combine(expertOut, handle!));
       if (i >= task.warmup) {
         dispatchUs.push(d);

@@ -85,6 +85,14 @@ export function peerTimeoutError(
   );
 }
 
+/** A device barrier (benchmarks align ranks with one) that a rank did not reach in time. */
+export function barrierTimeoutError(peer: number, count: number): PeerTimeoutError {
+  return new PeerTimeoutError(
+    `rank ${peer} did not reach device barrier ${count} within the timeout; is that rank running and making the same calls?`,
+    { peer, callCount: count, phase: 'barrier' },
+  );
+}
+
 export function peerAbortedError(peer: number, phase: Phase, callCount: number): PeerFailedError {
   return new PeerFailedError(
     `rank ${peer} abandoned ${phase} call ${callCount}: it rejected its input or failed (see that rank's error); ` +

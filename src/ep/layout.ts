@@ -110,10 +110,13 @@ export function combineRowOffset(l: HeapLayout, cfg: EpConfig, slot: number, row
 }
 
 /**
- * The cuda transport's heap. Its dispatch stores every row straight into its final place in the
+ * The cuda transport's heap. Its direct dispatch stores every row straight into its final place in the
  * owner's expertX, which therefore lives in the heap (one copy: the count exchange of the next call
  * orders a rank's reads of it before any peer writes it again). Instead of receive buffers there is
  * an all-gather of per-expert counts, from which every rank computes where each of its rows goes.
+ * A group that stages (W > 1, small batches: the cpu transport's protocol, no count exchange) also has
+ * the stage: per source, its rows for this rank and their split record, [2] slots like the cpu's
+ * receive slots.
  */
 export interface DirectHeapLayout {
   /** u64 [2][W]: countSignal[slot][src] == call_count once src's counts have landed. */
@@ -130,17 +133,32 @@ export interface DirectHeapLayout {
   readonly expertX: Region;
   /** f32 [EPR][expertCapacity][H/G]: its scales (FP8 only; zero bytes otherwise). */
   readonly expertScales: Region;
+  /** u64 [W]: barrierSignal[src] = the count of src's latest device barrier (one copy). */
+  readonly barrierSignal: Region;
+  /** i32 [2][W][EPR + 1]: from src, its rows per local expert, then its m_st (staged groups; else empty). */
+  readonly stageSplits: Region;
+  /** u8 [2][W][stageRows][dispatchRowBytes]: the rows src staged for me, expert-sorted. */
+  readonly stageData: Region;
+  /** f32 [2][W][stageRows][H/G]: their scales (FP8 only). */
+  readonly stageScales: Region;
+  /** Rows per source in the stage: 0 for a group that does not stage. */
+  readonly stageRows: number;
   /** Total bytes of one rank's heap. */
   readonly totalBytes: number;
   /** Rows of the combine receive buffer per slot (maxTokensPerRank * k). */
   readonly combineRows: number;
 }
 
-export function computeDirectLayout(cfg: EpConfig): DirectHeapLayout {
+/**
+ * `stageRows`: rows per source in the stage, 0 for a group that does not stage (stagedRowsFor gives
+ * the rows a staged group needs).
+ */
+export function computeDirectLayout(cfg: EpConfig, stageRows = 0): DirectHeapLayout {
   const heap = new RegionCursor();
   const W = cfg.world;
   const rows = cfg.expertsPerRank * cfg.expertCapacity;
   const combineRows = cfg.maxTokensPerRank * cfg.topk;
+  const staged = stageRows > 0;
   const out = {
     countSignal: heap.region(W * 8),
     dispatchSignal: heap.region(W * 8),
@@ -149,9 +167,21 @@ export function computeDirectLayout(cfg: EpConfig): DirectHeapLayout {
     combineRecv: heap.region(combineRows * cfg.combineRowBytes),
     expertX: heap.region(rows * cfg.dispatchRowBytes, 1),
     expertScales: heap.region(cfg.fp8 ? rows * cfg.groupsPerRow * 4 : 0, 1),
+    barrierSignal: heap.region(W * 8, 1),
+    stageSplits: heap.region(staged ? W * (cfg.expertsPerRank + 1) * 4 : 0),
+    stageData: heap.region(W * stageRows * cfg.dispatchRowBytes),
+    stageScales: heap.region(cfg.fp8 ? W * stageRows * cfg.groupsPerRow * 4 : 0),
   };
   checkHeapSize(heap.end);
-  return { ...out, totalBytes: heap.end, combineRows };
+  return { ...out, stageRows, totalBytes: heap.end, combineRows };
+}
+
+/**
+ * Rows per source a staged group's stage holds: what one source may send one rank in a call,
+ * min(maxRowsPerPeer, maxTokensPerRank * topk).
+ */
+export function stagedRowsFor(cfg: EpConfig): number {
+  return Math.min(cfg.maxRowsPerPeer, cfg.maxTokensPerRank * cfg.topk);
 }
 
 /** Lays regions out one after another from offset 0, every slot a multiple of ALIGN. */
@@ -183,6 +213,10 @@ export function directRegionsOf(l: DirectHeapLayout): Array<[string, Region]> {
     ['combineRecv', l.combineRecv],
     ['expertX', l.expertX],
     ['expertScales', l.expertScales],
+    ['barrierSignal', l.barrierSignal],
+    ['stageSplits', l.stageSplits],
+    ['stageData', l.stageData],
+    ['stageScales', l.stageScales],
   ];
 }
 

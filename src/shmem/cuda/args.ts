@@ -65,7 +65,7 @@ const epState = layout(
   [
     ['dispatchCalls', 'u64'],
     ['doneBlocks', 'u32[4]'],
-    ['pad', 'u32[2]'],
+    ['barrierCalls', 'u64'],
     ['err', 'EpError'],
   ],
   { EpError: { size: EP_ERROR_BYTES, align: 8 } },
@@ -119,12 +119,23 @@ const EP_ARGS_SPEC = [
   ['recvSplits', 'u64'],
   ['state', 'u64'],
   ['errHost', 'u64'],
+  ['stageSplitsOff', 'u64'],
+  ['stageSplitsSlot', 'u64'],
+  ['stageDataOff', 'u64'],
+  ['stageDataSlot', 'u64'],
+  ['stageScalesOff', 'u64'],
+  ['stageScalesSlot', 'u64'],
+  ['barrierSignalOff', 'u64'],
+  ['selfPairs', 'u64'],
+  ['stamps', 'u64'],
+  ['stageRows', 'i32'],
+  ['reserved', 'i32'],
 ] as const;
 const epArgs = layout(EP_ARGS_SPEC);
 
 /** struct EpArgs: the single by-value argument of every kernel. */
 export const EP_ARGS_FIELDS: readonly FieldSpec[] = epArgs.fields;
-export const EP_ARGS_BYTES: number = epArgs.bytes; // 288
+export const EP_ARGS_BYTES: number = epArgs.bytes; // 368
 
 function offsets<N extends string>(fields: readonly FieldSpec[]): Readonly<Record<N, number>> {
   return Object.freeze(Object.fromEntries(fields.map((f) => [f.name, f.offset]))) as Record<N, number>;
@@ -140,7 +151,9 @@ export const EP_ERROR_OFFSET = offsets<'code' | 'peer' | 'slot' | 'aux' | 'callC
   EP_ERROR_FIELDS,
 );
 /** Byte offset of each EpState field (err is an EpError at EP_STATE_OFFSET.err). */
-export const EP_STATE_OFFSET = offsets<'dispatchCalls' | 'doneBlocks' | 'pad' | 'err'>(EP_STATE_FIELDS);
+export const EP_STATE_OFFSET = offsets<'dispatchCalls' | 'doneBlocks' | 'barrierCalls' | 'err'>(
+  EP_STATE_FIELDS,
+);
 
 // ---------------------------------------------------------------------------------------------
 // Error codes (kernels/ep_args.h) and the kernels' own constants (kernels/ep.cu)
@@ -164,8 +177,35 @@ export const EP_ERR_DUPLICATE = 5;
 export const EP_ERR_PEER_ABORT_DISPATCH = 6;
 /** peer: that rank aborted this combine. */
 export const EP_ERR_PEER_ABORT_COMBINE = 7;
+/** peer, callCount (the barrier's count): ep_barrier did not see that rank in time (a = the last value seen). */
+export const EP_ERR_TIMEOUT_BARRIER = 8;
 /** A signal word holds the call count; an aborting rank writes callCount | EP_ABORT_BIT. */
 export const EP_ABORT_BIT = 1n << 63n;
+
+/**
+ * Where the kernels write %globaltimer stamps (ns) into EpArgs.stamps[] (benchmarks only): see
+ * EP_STAMP_* in kernels/ep_args.h. "Begin" stamps are block 0's, "end" stamps the latest block's.
+ */
+export const EP_STAMP = Object.freeze({
+  DISPATCH_BEGIN: 0,
+  COUNTS_SENT: 1,
+  COUNTS_ARRIVED: 2,
+  ROUTE_END: 3,
+  ROWS_BEGIN: 4,
+  DISPATCH_TAIL: 5,
+  DISPATCH_ARRIVED: 6,
+  PACK_BEGIN: 7,
+  PACK_END: 8,
+  COMBINE_BEGIN: 9,
+  COMBINE_TAIL: 10,
+  COMBINE_ARRIVED: 11,
+  REDUCE_BEGIN: 12,
+  REDUCE_END: 13,
+  BARRIER_END: 14,
+});
+export type StampName = keyof typeof EP_STAMP;
+/** Slots in the stamps array. */
+export const EP_STAMPS = 16;
 
 /** EpError.aux of EP_ERR_CAPACITY raised by ep_route (send side, per destination rank). */
 export const EP_CAPACITY_AUX_SEND = 0;
@@ -179,6 +219,8 @@ export const EP_MAX_PAIRS = 32768;
 export const EP_ROUTE_THREADS = 1024;
 /** Largest T * topk that ep_dispatch_local routes inside each block (one rank only). */
 export const EP_LOCAL_MAX_PAIRS = 2048;
+/** Largest T * topk that ep_stage_send routes inside each block (the staged protocol, W > 1). */
+export const EP_STAGE_MAX_PAIRS = 4096;
 /** Largest block the other kernels accept (__launch_bounds__). */
 export const EP_MAX_THREADS = 512;
 
@@ -374,6 +416,40 @@ export class EpArgsWriter {
   }
   set errHost(v: bigint) {
     this.u64('errHost', v);
+  }
+  set stageSplitsOff(v: bigint | number) {
+    this.u64('stageSplitsOff', v);
+  }
+  set stageSplitsSlot(v: bigint | number) {
+    this.u64('stageSplitsSlot', v);
+  }
+  set stageDataOff(v: bigint | number) {
+    this.u64('stageDataOff', v);
+  }
+  set stageDataSlot(v: bigint | number) {
+    this.u64('stageDataSlot', v);
+  }
+  set stageScalesOff(v: bigint | number) {
+    this.u64('stageScalesOff', v);
+  }
+  set stageScalesSlot(v: bigint | number) {
+    this.u64('stageScalesSlot', v);
+  }
+  set barrierSignalOff(v: bigint | number) {
+    this.u64('barrierSignalOff', v);
+  }
+  set selfPairs(v: bigint) {
+    this.u64('selfPairs', v);
+  }
+  /** Device pointer to EP_STAMPS u64 timestamps, or 0n (off). */
+  set stamps(v: bigint) {
+    this.u64('stamps', v);
+  }
+  set stageRows(v: number) {
+    this.i32('stageRows', v);
+  }
+  set reserved(v: number) {
+    this.i32('reserved', v);
   }
 }
 

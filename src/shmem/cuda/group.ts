@@ -8,6 +8,7 @@ import type {
   SourceMajorRecv,
 } from '../../ep/api.js';
 import {
+  barrierTimeoutError,
   checkUsable,
   duplicateExpertError,
   expertCapacityError,
@@ -20,7 +21,7 @@ import {
 } from '../../ep/call-errors.js';
 import type { EpConfig } from '../../ep/config.js';
 import { type CombineHandle, HandleRegistry, withAbandoned } from '../../ep/handle.js';
-import { computeDirectLayout, type DirectHeapLayout, signalOffset } from '../../ep/layout.js';
+import { computeDirectLayout, type DirectHeapLayout, signalOffset, stagedRowsFor } from '../../ep/layout.js';
 import { type DType, type HostTensor, hostTensor, numel } from '../../ep/tensor.js';
 import {
   ClosedError,
@@ -41,12 +42,14 @@ import {
   EP_ERR_NONE,
   EP_ERR_PEER_ABORT_COMBINE,
   EP_ERR_PEER_ABORT_DISPATCH,
+  EP_ERR_TIMEOUT_BARRIER,
   EP_ERR_TIMEOUT_COMBINE,
   EP_ERR_TIMEOUT_DISPATCH,
   EP_LOCAL_MAX_PAIRS,
   EP_MAX_EXPERTS,
   EP_MAX_PAIRS,
   EP_ROUTE_THREADS,
+  EP_STAMPS,
   EP_STATE_BYTES,
   EpArgsWriter,
   type EpErrorRecord,
@@ -55,6 +58,7 @@ import {
 } from './args.js';
 import { fatbinPath } from './available.js';
 import { DeviceTensor, elementBytes } from './device-tensor.js';
+import { chooseDispatchPath, type DispatchPath, parseDispatchPath } from './dispatch-path.js';
 import {
   type CudaDriver,
   type CuEvent,
@@ -74,6 +78,9 @@ const KERNELS = [
   'ep_recv_view',
   'ep_combine_send',
   'ep_combine_reduce',
+  'ep_stage_send',
+  'ep_stage_pack',
+  'ep_barrier',
 ] as const;
 type KernelName = (typeof KERNELS)[number];
 const CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
@@ -92,12 +99,14 @@ function rowBlock(vectors: number): number {
 }
 
 /**
- * The cuda transport's group: a fixed set of kernel launches on one stream (route -> dispatch, or
- * ep_dispatch_local alone for one rank and a small batch; combine_send -> combine_reduce), peers'
- * heaps mapped through CUDA IPC. Routing all-gathers the per-expert counts, so dispatch stores each
- * row straight into its place in the owner's expertX (kernels/ep.cu tells the protocol). No host synchronisation sits inside a dispatch or combine: routing and capacity errors
- * are found on the device and reported through a small host-mapped error word, read at checkpoints
- * (synchronize(), download(), and the start of the next call).
+ * The cuda transport's group: a fixed set of kernel launches on one stream, peers' heaps mapped through
+ * CUDA IPC. Dispatch is stage_send -> stage_pack (the staged path: rows go to their owners' stages at
+ * once, the owner packs them expert-major), or route -> dispatch (the direct path: counts all-gathered
+ * first, each row stored straight into its place in the owner's expertX), or ep_dispatch_local alone for
+ * one rank and a small batch; combine is combine_send -> combine_reduce (kernels/ep.cu tells the
+ * protocol; DispatchPath which path a group takes). No host synchronisation sits inside a dispatch or
+ * combine: routing and capacity errors are found on the device and reported through a small host-mapped
+ * error word, read at checkpoints (synchronize(), download(), and the start of the next call).
  *
  * Outputs (expertX, expertScales, expertCounts, combine's y) are views of buffers the group owns:
  * valid until the next dispatch (y: the next combine).
@@ -126,6 +135,14 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   private readonly dependentLaunches = process.env.MOE_A2A_DEPENDENT_LAUNCH !== '0';
   private readonly copyKernel: ReturnType<CudaDriver['moduleGetFunction']>;
   private readonly queue: LaunchQueue;
+  /** How this group's dispatch moves rows between ranks (the same on every rank; see DispatchPath). */
+  readonly dispatchPath: DispatchPath;
+  /** Bytes of this rank's symmetric heap (every rank has one of this size, mapped by its peers). */
+  get heapBytes(): number {
+    return this.layout.totalBytes;
+  }
+  /** EP_STAMPS u64 of device memory once stamps were asked for (setStamps), else null. */
+  private stampBuffer: bigint | null = null;
 
   private constructor(
     readonly config: EpConfig,
@@ -135,11 +152,12 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     private readonly stream: CuStream,
     private readonly errWord: HostMappedBuffer,
     private readonly timeoutMs: number,
-    module: ReturnType<CudaDriver['moduleLoadData']>,
+    private readonly module: ReturnType<CudaDriver['moduleLoadData']>,
     ordinal: number,
   ) {
     const c = config;
     this.rank = heap.rank;
+    this.dispatchPath = layout.stageRows > 0 ? 'staged' : 'direct';
     this.smCount = drv.deviceAttribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, ordinal);
     const alloc = (bytes: number) => {
       const p = drv.memAlloc(Math.max(bytes, 16));
@@ -204,6 +222,12 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     a.set('recvSplits', this.recvSplits);
     a.set('state', state);
     a.set('errHost', errWord.devicePtr);
+    a.set('stageSplitsOff', L.stageSplits.offset).set('stageSplitsSlot', L.stageSplits.slotBytes);
+    a.set('stageDataOff', L.stageData.offset).set('stageDataSlot', L.stageData.slotBytes);
+    a.set('stageScalesOff', L.stageScales.offset).set('stageScalesSlot', L.stageScales.slotBytes);
+    a.set('barrierSignalOff', L.barrierSignal.offset);
+    a.set('stageRows', L.stageRows);
+    a.set('selfPairs', alloc(Math.max(1, L.stageRows) * 4));
     this.copyKernel = drv.moduleGetFunction(module, 'ep_copy_bench');
     this.launchers = Object.fromEntries(
       KERNELS.map((k) => [k, drv.prepareLaunch(drv.moduleGetFunction(module, k), a.bytes)]),
@@ -236,9 +260,11 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       BigInt(signalOffset(r, Number(call & 1n), this.rank)),
       call | EP_ABORT_BIT,
     ];
-    // the next call's counts, and every word of the current call a peer may still wait on
+    // the next call's counts (direct) or rows (staged), and every word of the current call a peer may
+    // still wait on
     const words = [
       word(L.countSignal, n + 1n),
+      word(L.dispatchSignal, n + 1n),
       word(L.countSignal, n),
       word(L.dispatchSignal, n),
       word(L.combineSignal, n),
@@ -275,8 +301,13 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     const localRank = Number(process.env.LOCAL_RANK ?? 0);
     const ordinal = options.device ?? localRank % drv.deviceCount;
     drv.useDevice(ordinal);
+    const requested = parseDispatchPath(
+      options.dispatchPath ?? process.env.MOE_A2A_DISPATCH_PATH ?? 'auto',
+      options.dispatchPath !== undefined ? 'dispatchPath' : 'MOE_A2A_DISPATCH_PATH',
+    );
+    const path = chooseDispatchPath(config, requested);
     const module = drv.moduleLoadData(readFileSync(fatbinPath()));
-    const layout = computeDirectLayout(config);
+    const layout = computeDirectLayout(config, path === 'staged' ? stagedRowsFor(config) : 0);
     const heap = await openCudaHeap(drv, config.world, layout.totalBytes, options.timeoutMs);
     const stream = drv.streamCreate({ nonBlocking: true });
     const errWord = drv.allocHostMapped(64);
@@ -501,7 +532,9 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   private abortDispatch(): void {
     this.args.set('hostAbort', 1);
     this.args.numTokens = 0;
-    this.launch('ep_route', 1, EP_ROUTE_THREADS, this.routeSmem); // its count signal carries the abort
+    // the first kernel of the group's dispatch: its count (direct) or row (staged) signal carries the abort
+    if (this.dispatchPath === 'staged') this.launch('ep_stage_send', 2, 32);
+    else this.launch('ep_route', 1, EP_ROUTE_THREADS, this.routeSmem);
     this.args.set('hostAbort', 0);
   }
 
@@ -555,9 +588,9 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   }
 
   /**
-   * The launches of one dispatch (eager, or recorded into a graph): route -> dispatch; or, with one
-   * rank and a small batch, ep_dispatch_local alone (each block routes its own tokens: no routing
-   * block to wait for).
+   * The launches of one dispatch (eager, or recorded into a graph): stage_send -> stage_pack (staged),
+   * route -> dispatch (direct); or, with one rank and a small batch, ep_dispatch_local alone (each block
+   * routes its own tokens: no routing block to wait for).
    */
   private launchDispatch(x: DeviceTensor, topkIdx: DeviceTensor, w: DeviceTensor | null, T: number): void {
     const a = this.args;
@@ -575,6 +608,11 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       this.launch('ep_dispatch_local', grid + 1, block); // + the block that keeps the books
       return;
     }
+    if (this.dispatchPath === 'staged') {
+      this.launch('ep_stage_send', grid + 1, block); // + the block that keeps the books
+      this.launch('ep_stage_pack', this.packGrid(), 256, 0, true);
+      return;
+    }
     // half a block routes small batches faster (fewer warps at each barrier; measured on an H100)
     const routeThreads = T * c.topk <= 4096 ? EP_ROUTE_THREADS / 2 : EP_ROUTE_THREADS;
     this.launch('ep_route', 1, routeThreads, this.routeSmem);
@@ -589,6 +627,14 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   private rowGrid(): number {
     const c = this.config;
     return Math.min(4 * this.smCount, Math.max(1, Math.ceil((c.world * c.maxRowsPerPeer) / 8)));
+  }
+
+  /** ep_stage_pack: a warp per (staged row, 2 KiB segment), 8 warps a block, at most 4 blocks per SM. */
+  private packGrid(): number {
+    const c = this.config;
+    const segments = Math.ceil(c.dispatchRowBytes / 2048);
+    const items = c.world * this.layout.stageRows * segments;
+    return Math.min(4 * this.smCount, Math.max(1, Math.ceil(items / 8)));
   }
 
   /**
@@ -773,6 +819,62 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     this.synchronize();
     await this.heap.barrier(`user${++this.barriers}`, this.timeoutMs);
   }
+
+  /**
+   * Enqueues a barrier of every rank on the device (ep_barrier) and returns at once: what is enqueued
+   * after it starts on every rank within about one NVLink signal of the others, with no host in the
+   * loop. For timing one call across ranks (a host barrier leaves the ranks' launch skew in the time).
+   * Collective; between calls only. A rank that does not come is reported as PeerTimeoutError.
+   */
+  deviceBarrier(): void {
+    this.usable();
+    this.launchers.ep_barrier.launch([1, 1, 1], [32, 1, 1], 0, this.stream);
+  }
+
+  /**
+   * Benchmarks: from now on the kernels write phase stamps (EP_STAMP, %globaltimer ns) into a small
+   * device buffer, in eager calls and in graphs captured after this (a graph keeps what it captured).
+   * `false` stops it for later calls and captures.
+   */
+  setStamps(on: boolean): void {
+    if (on && this.stampBuffer === null) {
+      this.stampBuffer = this.drv.memAlloc(EP_STAMPS * 8);
+      this.owned.push(this.stampBuffer);
+    }
+    this.args.set('stamps', on && this.stampBuffer !== null ? this.stampBuffer : 0n);
+    if (on) this.clearStamps();
+  }
+
+  /** Zeroes the stamps (on the stream: before the next call's kernels write them). */
+  clearStamps(): void {
+    if (this.stampBuffer !== null) this.drv.memsetD8Async(this.stampBuffer, 0, EP_STAMPS * 8, this.stream);
+  }
+
+  /** Waits for the stream and returns the stamps (ns; 0 = not written since the last clear). */
+  readStamps(): number[] {
+    this.synchronize();
+    if (this.stampBuffer === null) return new Array(EP_STAMPS).fill(0);
+    const out = new BigUint64Array(EP_STAMPS);
+    this.drv.memcpyDtoH(out, this.stampBuffer, EP_STAMPS * 8);
+    return Array.from(out, Number);
+  }
+
+  /**
+   * What the benchmark's floor kernels (src/shmem/cuda/floors.ts) need from this group: the driver, its
+   * stream and module, the device array of heap bases, and a heap region they may overwrite (expertX:
+   * no call may be in flight, and the next dispatch rewrites it anyway). Not for other uses.
+   */
+  benchContext() {
+    return {
+      drv: this.drv,
+      stream: this.stream,
+      module: this.module,
+      peerBases: this.args.get('peerBases') as bigint,
+      smCount: this.smCount,
+      scratch: this.layout.expertX,
+      timeOnDevice: (fn: () => void) => this.timeOnDevice(fn),
+    };
+  }
   private barriers = 0;
   private readonly graphs = new Set<GraphCall>();
 
@@ -824,6 +926,8 @@ export function deviceError(e: EpErrorRecord, c: EpConfig): MoeA2aError {
       return peerAbortedError(e.peer, 'dispatch', call);
     case EP_ERR_PEER_ABORT_COMBINE:
       return peerAbortedError(e.peer, 'combine', call);
+    case EP_ERR_TIMEOUT_BARRIER:
+      return barrierTimeoutError(e.peer, call);
     default:
       return new CudaError(`a kernel reported an unknown error code ${e.code}`, { code: e.code });
   }

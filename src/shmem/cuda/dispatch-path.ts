@@ -1,0 +1,46 @@
+import type { EpConfig } from '../../ep/config.js';
+import { ConfigError } from '../../errors.js';
+import { EP_STAGE_MAX_PAIRS } from './args.js';
+
+/**
+ * How a cuda group moves a dispatch's rows between ranks (kernels/ep.cu, "The protocol"):
+ * - 'staged': each row goes into its owner's stage at once (every dispatch block routes its own tokens)
+ *   and the owner packs it expert-major after one signal round: no count exchange before the rows move.
+ *   The cpu transport's protocol. W > 1 and maxTokensPerRank * topk <= EP_STAGE_MAX_PAIRS.
+ * - 'direct': the ranks all-gather their per-expert counts first, then each row is stored once, straight
+ *   into its final place in the owner's expertX: no stage and no pack, one more signal round.
+ * With one rank nothing crosses, and the group uses its one-rank kernels whatever is asked.
+ * Every rank of a group must use the same path: it follows from the config (and an explicit request),
+ * never from a call's own token count.
+ */
+export type DispatchPath = 'staged' | 'direct';
+export type DispatchPathRequest = DispatchPath | 'auto';
+
+/**
+ * The largest maxTokensPerRank * topk for which 'auto' stages. Measured on 2 x H200 at the DeepSeek-V3
+ * shape (bench/NOTES.md v7, serving loop): staged is faster at T = 1 (24.5 against 27.9 us) and T = 32
+ * (33.9 against 34.9), direct at T = 128 (63.6 against 67.7) and T = 512 (174 against 197): the pack's
+ * local copy of every row costs more than the count round trip it saves once rows are many.
+ */
+export const STAGED_AUTO_MAX_PAIRS = 256;
+
+export function parseDispatchPath(v: unknown, from: string): DispatchPathRequest {
+  if (v === 'auto' || v === 'staged' || v === 'direct') return v;
+  throw new ConfigError(`${from} must be 'auto', 'staged' or 'direct', got '${String(v)}'`, {
+    fields: 'dispatchPath',
+  });
+}
+
+/** The path a group with this config takes for `requested` (throws ConfigError when it cannot take it). */
+export function chooseDispatchPath(cfg: EpConfig, requested: DispatchPathRequest = 'auto'): DispatchPath {
+  if (cfg.world === 1) return 'direct';
+  const pairs = cfg.maxTokensPerRank * cfg.topk;
+  if (requested === 'staged' && pairs > EP_STAGE_MAX_PAIRS) {
+    throw new ConfigError(
+      `dispatchPath 'staged' needs maxTokensPerRank * topk <= ${EP_STAGE_MAX_PAIRS}, got ${pairs}; use 'direct' or 'auto'`,
+      { fields: 'dispatchPath,maxTokensPerRank,topk' },
+    );
+  }
+  if (requested !== 'auto') return requested;
+  return pairs <= Math.min(STAGED_AUTO_MAX_PAIRS, EP_STAGE_MAX_PAIRS) ? 'staged' : 'direct';
+}

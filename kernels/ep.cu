@@ -1677,8 +1677,10 @@ extern "C" __global__ void __launch_bounds__(1024) ep_copy_bench(const CopyArgs 
 // 7. ep_barrier: every rank of the group meets on the device (benchmarks align ranks with it before a
 // timed call, so that no rank's time holds a late peer's launch). Rank r's n-th barrier stores n into
 // every rank's word r (release), then waits until every word holds at least n (a peer may already be at
-// n + 1; it cannot be further, since its n + 1 waits for this rank). Between calls only: it shares no
-// state with dispatch or combine except the error word (EP_ERR_TIMEOUT_BARRIER, peer = the rank missing).
+// n + 1; it cannot be further, since its n + 1 waits for this rank). Not inside a kernel sequence of a
+// call (between calls, or between a dispatch and its combine): it shares no state with dispatch or
+// combine except the error word (EP_ERR_TIMEOUT_BARRIER, peer = the rank missing; first writer wins, so
+// after a call that already failed the barrier's timeout is not reported separately).
 extern "C" __global__ void __launch_bounds__(1024) ep_barrier(const __grid_constant__ EpArgs a) {
   __shared__ unsigned long long sN;
   EpState* st = state_of(a);

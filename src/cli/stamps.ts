@@ -3,7 +3,8 @@ import { EP_STAMP, type StampName } from '../shmem/cuda/args.js';
 /**
  * Where a dispatch + combine spends its time, from the phase stamps the kernels write (EP_STAMP,
  * %globaltimer ns): the stamps a call wrote, in protocol order, and the time between each and the one
- * before it, so the segments add up to the whole call.
+ * before it, so one rank's segments add up to its whole call (the slowest rank per segment, as
+ * reported, may add up to a little more).
  */
 export const STAMP_ORDER: readonly StampName[] = [
   'DISPATCH_BEGIN',
@@ -59,7 +60,8 @@ export interface StampSplit {
   /**
    * Per rank, the mean of its device barrier's end (the barrier before each call) minus rank 0's, us.
    * The barrier releases every rank within about one signal trip, so this is the offset between the
-   * GPUs' %globaltimer clocks (they are not one clock: tens of microseconds apart were seen on one host).
+   * GPUs' %globaltimer clocks, give or take one trip (they are not one clock: tens of microseconds to a
+   * millisecond apart were seen on one host). Skews below are good to about one trip (1.3 us).
    */
   clockOffsetUs: number[] | null;
   /** Mean over calls of max - min over ranks of the barrier's end, offsets removed, us. */

@@ -308,7 +308,13 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     const path = chooseDispatchPath(config, requested);
     const module = drv.moduleLoadData(readFileSync(fatbinPath()));
     const layout = computeDirectLayout(config, path === 'staged' ? stagedRowsFor(config) : 0);
-    const heap = await openCudaHeap(drv, config.world, layout.totalBytes, options.timeoutMs);
+    const heap = await openCudaHeap(
+      drv,
+      config.world,
+      layout.totalBytes,
+      options.timeoutMs,
+      `${path} dispatch, ${layout.totalBytes} bytes`,
+    );
     const stream = drv.streamCreate({ nonBlocking: true });
     const errWord = drv.allocHostMapped(64);
     errWord.view.fill(0);

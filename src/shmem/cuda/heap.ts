@@ -25,6 +25,8 @@ export async function openCudaHeap(
   world: number,
   bytes: number,
   timeoutMs: number,
+  /** What decides the heap's layout (config, dispatch path): every rank must open the same one. */
+  layoutKey = `${bytes} bytes`,
 ): Promise<CudaHeap> {
   const env = readRankEnv();
   const rank = env?.rank ?? 0;
@@ -51,9 +53,18 @@ export async function openCudaHeap(
   try {
     if (world > 1 && env) {
       store = await storeFromEnv(env, timeoutMs);
+      await store.set(`moe-a2a/heap${seq}/${rank}/layout`, layoutKey);
       await store.set(`moe-a2a/heap${seq}/${rank}`, drv.ipcGetMemHandle(local));
       for (let r = 0; r < world; r++) {
         if (r === rank) continue;
+        // a peer with another layout would write past this heap or wait on other signal words
+        const theirs = await store.getString(`moe-a2a/heap${seq}/${r}/layout`, { timeoutMs });
+        if (theirs !== layoutKey) {
+          throw new ConfigError(
+            `rank ${r} laid out its heap as "${theirs}" and rank ${rank} as "${layoutKey}": every rank must pass the same config and dispatchPath (or MOE_A2A_DISPATCH_PATH)`,
+            { fields: 'dispatchPath', peer: r },
+          );
+        }
         const handle = await store.get(`moe-a2a/heap${seq}/${r}`, { timeoutMs });
         peers[r] = drv.ipcOpenMemHandle(handle);
         opened.push(peers[r]);

@@ -120,6 +120,12 @@ function pathsFor(transport: 'cpu' | 'cuda', cfg: ReturnType<typeof resolveConfi
 }
 
 type Row = Record<string, unknown>;
+
+// A collective takes as long as its slowest rank: the largest of a figure over ranks, and, for a
+// figure per iteration, per iteration the largest over ranks.
+const maxOver = <T>(items: readonly T[], pick: (x: T) => number) => Math.max(...items.map(pick));
+const slowestPerIteration = <T>(items: readonly T[], pick: (x: T) => number[]) =>
+  pick(items[0]).map((_, i) => maxOver(items, (x) => pick(x)[i]));
 const fmt = (v: number | null | undefined, digits = 1) =>
   v === null || v === undefined || Number.isNaN(v) ? '-' : v.toFixed(digits);
 
@@ -170,7 +176,7 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
     const perRankBytes = Array.from({ length: world }, (_, r) =>
       callBytes(cfg, benchTopk(seed, 0, r, tokens, topk, numExperts), r),
     );
-    const most = (pick: (b: CallBytes) => number) => Math.max(...perRankBytes.map(pick));
+    const most = (pick: (b: CallBytes) => number) => maxOver(perRankBytes, pick);
     const bytes = {
       deepepDispatch: most((b) => b.deepepDispatch),
       deepepCombine: most((b) => b.deepepCombine),
@@ -196,9 +202,7 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
         stampIters: transport === 'cuda' && stampTokens.includes(tokens) ? 50 : 0,
       };
       const perRank = await runTaskOnRanks<BenchRankResult>(transport, world, task);
-      // a collective takes as long as its slowest rank: per iteration, the max over ranks
-      const slowest = (pick: (r: BenchRankResult) => number[]) =>
-        pick(perRank[0]).map((_, i) => Math.max(...perRank.map((r) => pick(r)[i])));
+      const slowest = (pick: (r: BenchRankResult) => number[]) => slowestPerIteration(perRank, pick);
       const cuda = perRank.map((r) => r.cuda);
       const ex = cuda.every((x) => x !== undefined) ? (cuda as CudaBenchExtras[]) : null;
       const label = ex ? ex[0].dispatchPath : undefined;
@@ -222,8 +226,8 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
       if (ex) {
         copyGBs ??= ex[0].copyGBs;
         eagerLaunchMode ??= ex[0].eagerLaunchMode;
-        const graphSlowest = (pick: (r: CudaBenchExtras) => number[]) =>
-          pick(ex[0]).map((_, i) => Math.max(...ex.map((r) => pick(r)[i])));
+        const graphSlowest = (pick: (r: CudaBenchExtras) => number[]) => slowestPerIteration(ex, pick);
+        const most = (pick: (r: CudaBenchExtras) => number) => maxOver(ex, pick);
         const stamps = ex.every((r) => r.stamps)
           ? stampSplit(ex.map((r) => r.stamps as number[][]))
           : undefined;
@@ -238,27 +242,27 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
           step: stats(graphSlowest((r) => r.graphStepUs)),
           // the serving loop: mean per layer of back-to-back layers, the slowest rank
           loop: {
-            graphUs: Math.max(...ex.map((r) => r.loopGraphUs)),
-            eagerUs: Math.max(...ex.map((r) => r.loopEagerUs)),
+            graphUs: most((r) => r.loopGraphUs),
+            eagerUs: most((r) => r.loopEagerUs),
             graphUsPerRank: ex.map((r) => r.loopGraphUs),
             eagerUsPerRank: ex.map((r) => r.loopEagerUs),
           },
-          heapBytes: Math.max(...ex.map((r) => r.heapBytes)),
+          heapBytes: most((r) => r.heapBytes),
           stampSplit: stamps,
           bytesDispatched: totalBytes,
           kernelBytes: kb,
           callBytes: bytes,
         });
         row.hostUs = {
-          dispatch: Math.max(...ex.map((r) => r.hostDispatchUs)),
-          combine: Math.max(...ex.map((r) => r.hostCombineUs)),
-          freshDispatch: Math.max(...ex.map((r) => r.hostFreshDispatchUs)),
-          freshCombine: Math.max(...ex.map((r) => r.hostFreshCombineUs)),
-          directDispatch: Math.max(...ex.map((r) => r.hostDirectDispatchUs)),
-          directCombine: Math.max(...ex.map((r) => r.hostDirectCombineUs)),
-          graphDispatch: Math.max(...ex.map((r) => r.hostGraphDispatchUs)),
-          graphCombine: Math.max(...ex.map((r) => r.hostGraphCombineUs)),
-          bareLaunch: Math.max(...ex.map((r) => r.hostBareLaunchUs)),
+          dispatch: most((r) => r.hostDispatchUs),
+          combine: most((r) => r.hostCombineUs),
+          freshDispatch: most((r) => r.hostFreshDispatchUs),
+          freshCombine: most((r) => r.hostFreshCombineUs),
+          directDispatch: most((r) => r.hostDirectDispatchUs),
+          directCombine: most((r) => r.hostDirectCombineUs),
+          graphDispatch: most((r) => r.hostGraphDispatchUs),
+          graphCombine: most((r) => r.hostGraphCombineUs),
+          bareLaunch: most((r) => r.hostBareLaunchUs),
         };
       }
     }

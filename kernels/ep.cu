@@ -95,6 +95,14 @@
 // Combine is the same for both: ep_combine_send returns each row to its origin at m_st + its index in the
 // origin's rows for this rank (the origin's own expert-sorted order), and ep_combine_reduce sums them.
 //
+// dedup (EpArgs.dedup, staged only, k <= 32; README, "De-duplication"): a token's row goes to each owner
+// once, at its carrier row (the row of its first slot naming that owner); the sender also writes, for every
+// row, its carrier (stageCarrier) and, per carrier, a record (the origin's combine row t*k + carrier slot,
+// then per slot the row for this owner or -1, and the weight). ep_stage_pack copies each row from its
+// carrier and lists the carriers (carrierList, EpState.carriers); ep_combine_send sums each carrier's
+// token over this rank's experts (f32, slot order, weighted), rounds once to bf16 and returns that one
+// partial to the origin's row t*k + carrier slot; ep_combine_reduce adds the partials in slot order.
+//
 // Call numbering: ep_route (and ep_dispatch_local's bookkeeping block) increments state->dispatchCalls
 // (call = the new value, slot = call & 1) and clears state->err; ep_stage_send's blocks all compute
 // call = dispatchCalls + 1 at their start (its row blocks need the slot) and its last block stores it
@@ -771,6 +779,47 @@ __device__ void stage_bookkeeping(const EpArgs& a, LocalTables& S, uint64_t call
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// De-duplication (EpArgs.dedup, staged only, k <= 32): a token crosses to each owner once. Of a token's
+// slots naming experts of one owner, the first (its carrier slot) carries the row; the owner's stage
+// learns, for every row, the row that carries its data (stageCarrier) and, for every carrier row, a
+// record: the origin's combine row (t*k + carrier slot), then per slot the row in this rank's order for
+// that owner (or -1) and the router weight, from which the owner pre-reduces the token's outputs.
+
+// The lowest lane (< k) whose key equals mine: the carrier slot of my owner. Keys of lanes without a row
+// are unique (-1 - lane), so such a lane leads itself. Every lane of the warp must call it (it shuffles
+// over the full warp: a lane that skips it leaves the others waiting forever).
+__device__ __forceinline__ int carrier_lane(int key, int k) {
+  int lead = threadIdx.x & 31;
+  for (int u = 0; u < k; ++u) {
+    const int other = __shfl_sync(FULL_MASK, key, u);
+    if (other == key && u < lead) lead = u;
+  }
+  return lead;
+}
+
+// Warp 0 of a staged row block, once per token (lane = slot j): every stored row's carrier, and every
+// carrier's record, into the owners' stages. `base` is owner d's heap, r my row for d, r0 its carrier's.
+__device__ __forceinline__ void dedup_books(const EpArgs& a, int t0, uint64_t slot, uint64_t base, int d, int r,
+                                            int r0, bool valid, bool carrier) {
+  const int lane = threadIdx.x & 31, K = a.topk;
+  const uint64_t me = (uint64_t)a.rank * a.stageRows;
+  const float w = lane < K ? __ldg((const float*)a.topkWeights + t0 + lane) : 0.0f;
+  if (valid) st_u32((char*)(base + a.stageCarrierOff + slot * a.stageCarrierSlot + (me + r) * 4u), (uint32_t)r0);
+  for (uint32_t cars = __ballot_sync(FULL_MASK, valid && carrier); cars != 0; cars &= cars - 1) {
+    const int c = __ffs(cars) - 1;
+    const int dc = __shfl_sync(FULL_MASK, d, c);
+    const uint64_t rec = __shfl_sync(FULL_MASK, base, c) + a.stageRecordsOff + slot * a.stageRecordsSlot +
+                         (me + (uint64_t)__shfl_sync(FULL_MASK, r0, c)) * (uint64_t)a.recordBytes;
+    const bool ours = valid && d == dc;
+    if (lane == c) st_u32((char*)rec, (uint32_t)(t0 + c));
+    if (lane < K) {
+      st_u32((char*)rec + 4u + 4u * lane, (uint32_t)(ours ? r : -1));
+      st_u32((char*)rec + 4u + 4u * (K + lane), __float_as_uint(ours ? w : 0.0f));
+    }
+  }
+}
+
 // Where a row block learns the destinations of its tokens by routing them itself (see above). Staged:
 // the block's histogram prefix is built once, in go(), which also reads the call count (the stage slot).
 template <bool Staged>
@@ -857,7 +906,7 @@ struct InBlockDests {
       const int e = j < K ? S.ids[t0 + j] : -1;
       const bool mine = e >= 0 && S.slotOf[e] == j;  // (a slot repeating an expert stores nothing)
       uint64_t row = 0, sc = 0;
-      bool valid = false;
+      bool valid = false;  // this slot's row is stored (dedup: only the token's carrier row for its owner)
       if (!Staged) {
         int r = -1;
         if (mine && S.before[j] + S.from[j] <= a.expertCapacity) r = e * a.expertCapacity + S.before[j];
@@ -867,15 +916,22 @@ struct InBlockDests {
         sc = S.base + a.expertScalesOff + (uint64_t)r * (uint64_t)a.groupsPerRow * 4u;
       } else {
         const int d = mine ? e / a.expertsPerRank : 0;
-        const int r = mine ? S.hist[e] - S.hist[d * a.expertsPerRank] + S.before[j] : -1;
+        int r = mine ? S.hist[e] - S.hist[d * a.expertsPerRank] + S.before[j] : -1;
         valid = mine && r < a.stageRows;
+        const uint64_t slot = call & 1u;
+        const uint64_t base = __ldg((const uint64_t*)a.peerBases + d);
         if (firstChunk && j < K) {
           ((int*)a.pairRow)[t0 + j] = valid ? S.hist[e] + S.before[j] : -1;
-          if (valid && d == a.rank) ((int*)a.selfPairs)[r] = t0 + j;
+          if (valid && d == a.rank && !a.dedup) ((int*)a.selfPairs)[r] = t0 + j;
+        }
+        if (a.dedup) {  // (k <= 32: this is the only pass)
+          const int lead = carrier_lane(valid ? d : -1 - lane, K);
+          const int r0 = __shfl_sync(FULL_MASK, r, lead);
+          if (firstChunk) dedup_books(a, t0, slot, base, d, r, r0, valid, lead == lane);
+          valid = valid && lead == lane;
         }
         if (valid) {
-          const uint64_t slot = call & 1u, src = (uint64_t)a.rank * a.stageRows + r;
-          const uint64_t base = __ldg((const uint64_t*)a.peerBases + d);
+          const uint64_t src = (uint64_t)a.rank * a.stageRows + r;
           row = base + a.stageDataOff + slot * a.stageDataSlot + src * a.dispatchRowBytes;
           sc = base + a.stageScalesOff + slot * a.stageScalesSlot + src * (uint64_t)a.groupsPerRow * 4u;
         }
@@ -993,6 +1049,91 @@ __device__ void combine_send_rows(const EpArgs& a, uint64_t slot, const RecvTabl
     const uint64_t dstRow = (uint64_t)R.mst[l.s] + l.iSrc;  // the row in s's own expert-sorted order
     char* dst = (char*)(__ldg(peer + l.s) + a.combineRecvOff + slot * a.combineRecvSlot);
     copy_segment<VB, false>(dst + dstRow * rowBytes, expertOut + srcRow * rowBytes, rowBytes, seg, lane);
+  }
+}
+
+// dedup: for each carrier row the pack listed (source s, row r0), the token's outputs from this rank's
+// experts, weighted and summed in f32 in slot order (the record's rows and weights), rounded to bf16 once
+// and stored into s's combine buffer at the record's row (t*k + carrier slot); a token from this rank
+// itself included (stored locally). One warp per (carrier, 2 KiB segment of the output row).
+__device__ void combine_send_partials(const EpArgs& a, uint64_t slot, const RecvTables& R, uint32_t carriers) {
+  const int E = a.numExperts, W = a.world, EPR = a.expertsPerRank, K = a.topk;
+  const int lane = threadIdx.x & 31;
+  const int warpsPerBlock = blockDim.x >> 5;
+  const uint64_t rowBytes = a.combineRowBytes;
+  constexpr uint64_t SEG = 32u * SEG_VECS * 16u;
+  const int segs = (int)((rowBytes + SEG - 1) / SEG);
+  const uint32_t items = carriers * (uint32_t)segs;
+  const uint64_t* peer = (const uint64_t*)a.peerBases;
+  const uint64_t own = __ldg(peer + a.rank);
+  const char* records = (const char*)(own + a.stageRecordsOff + slot * a.stageRecordsSlot);
+  const char* expertOut = (const char*)a.expertOut;
+  for (uint32_t it = blockIdx.x * warpsPerBlock + (threadIdx.x >> 5); it < items;
+       it += gridDim.x * warpsPerBlock) {
+    const int ci = (int)(it / (uint32_t)segs), seg = (int)(it % (uint32_t)segs);
+    const int row = __ldg((const int*)a.carrierList + ci);  // s * stageRows + r0
+    const int s = row / a.stageRows;
+    const char* rec = records + (uint64_t)row * (uint64_t)a.recordBytes;
+    // lane j: slot j's row for this rank (or -1) and its weight; lane 0 also the origin's row
+    int rj = -1, back = 0;
+    float wj = 0.0f;
+    if (lane < K) {
+      rj = (int)ld_cg_u32(rec + 4u + 4u * lane);
+      wj = __uint_as_float(ld_cg_u32(rec + 4u + 4u * (K + lane)));
+    }
+    if (lane == 0) back = (int)ld_cg_u32(rec);
+    back = __shfl_sync(FULL_MASK, back, 0);
+    uint64_t src = 0;
+    if (rj >= 0) {
+      const RowLoc l = locate(R, E, W, EPR, R.pre[s * EPR] + rj);
+      src = (uint64_t)expertOut + ((uint64_t)l.le * a.expertCapacity + l.pos) * rowBytes;
+    }
+    const uint64_t base = (uint64_t)seg * SEG;
+    float acc[SEG_VECS][8];
+#pragma unroll
+    for (int u = 0; u < SEG_VECS; ++u)
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[u][i] = 0.0f;
+    // the slots in order (the reduction order), two rows' loads in flight
+    for (uint32_t left = __ballot_sync(FULL_MASK, rj >= 0); left != 0;) {
+      uint4 v[2][SEG_VECS];
+      float w[2];
+      uint32_t has = 0;
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        const int j = left ? __ffs(left) - 1 : 0;
+        const uint64_t p = __shfl_sync(FULL_MASK, src, j);
+        w[q] = __shfl_sync(FULL_MASK, wj, j);
+        if (left) {
+          has |= 1u << q;
+#pragma unroll
+          for (int u = 0; u < SEG_VECS; ++u) {
+            const uint64_t off = base + (uint64_t)(u * 32 + lane) * 16u;
+            if (off < rowBytes) v[q][u] = ld_nc_v4((const char*)p + off);
+          }
+        }
+        left &= left - 1;
+      }
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        if (!(has >> q & 1u)) continue;
+#pragma unroll
+        for (int u = 0; u < SEG_VECS; ++u) {
+          const uint64_t off = base + (uint64_t)(u * 32 + lane) * 16u;
+          if (off >= rowBytes) continue;
+          float x[8];
+          bf16x8_to_f32(v[q][u], x);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) acc[u][i] = __fadd_rn(acc[u][i], __fmul_rn(w[q], x[i]));
+        }
+      }
+    }
+    char* dst = (char*)(__ldg(peer + s) + a.combineRecvOff + slot * a.combineRecvSlot) + (uint64_t)back * rowBytes;
+#pragma unroll
+    for (int u = 0; u < SEG_VECS; ++u) {
+      const uint64_t off = base + (uint64_t)(u * 32 + lane) * 16u;
+      if (off < rowBytes) st_v4(dst + off, pack_bf16x8(acc[u]));
+    }
   }
 }
 
@@ -1326,7 +1467,8 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_send(const
   __shared__ LocalTables S;
   __shared__ int sLast;
   allow_dependents();
-  if (gridDim.x < 2 || a.world < 2 || a.numTokens * a.topk > EP_STAGE_MAX_PAIRS || a.numTokens > 0 && a.stageRows < 1)
+  if (gridDim.x < 2 || a.world < 2 || a.numTokens * a.topk > EP_STAGE_MAX_PAIRS || a.numTokens > 0 && a.stageRows < 1 ||
+      a.dedup && a.topk > 32)
     __trap();  // host errors
   if (blockIdx.x == 0 && threadIdx.x == 0) stamp(a, EP_STAMP_DISPATCH_BEGIN);
   EpState* st = state_of(a);
@@ -1342,6 +1484,7 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_send(const
   const uint64_t call = read_calls(st) + 1;  // (unchanged until the store below)
   if (threadIdx.x == 0) {
     st->dispatchCalls = call;
+    st->carriers = 0u;  // ep_stage_pack counts this call's carrier rows (dedup)
     stamp(a, EP_STAMP_DISPATCH_TAIL);
   }
   // Wait even when this rank's call is off: when this returns, no peer writes into this slot any more.
@@ -1408,18 +1551,23 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_pack(const
   char* outX = (char*)(own + a.expertXOff);
   char* outS = (char*)(own + a.expertScalesOff);
   const uint64_t gpr = a.fp8 ? (uint64_t)a.groupsPerRow : 0u;
+  const char* carrierOf = (const char*)(own + a.stageCarrierOff + slot * a.stageCarrierSlot);
   for (uint32_t it = blockIdx.x * warpsPerBlock + (tid >> 5); it < items; it += gridDim.x * warpsPerBlock) {
     const int g = (int)(it / (uint32_t)(segs + 1)), seg = (int)(it % (uint32_t)(segs + 1));
     const RowLoc l = locate(R, E, W, EPR, g);
-    const uint64_t srcRow = (uint64_t)l.s * a.stageRows + l.iSrc;
+    const uint64_t row = (uint64_t)l.s * a.stageRows + l.iSrc;
+    // dedup: the row's data sits at its carrier row (the token's first row for this rank)
+    const uint64_t srcRow = a.dedup ? (uint64_t)l.s * a.stageRows + ld_cg_u32(carrierOf + row * 4u) : row;
     const uint64_t dstRow = (uint64_t)l.le * a.expertCapacity + l.pos;
     if (seg < segs) {
       if (VB == 16) copy_segment<16, true>(outX + dstRow * rowBytes, inX + srcRow * rowBytes, rowBytes, seg, lane);
       else copy_segment<8, true>(outX + dstRow * rowBytes, inX + srcRow * rowBytes, rowBytes, seg, lane);
       continue;
     }
+    if (a.dedup && lane == 0 && srcRow == row)  // a carrier: the combine pre-reduces its token from here
+      ((int*)a.carrierList)[atomicAdd(&st->carriers, 1u)] = (int)row;
     int self = -1;
-    if (l.s == me && lane == 0) self = ((const int*)a.selfPairs)[l.iSrc];  // loaded with the scales
+    if (l.s == me && lane == 0 && !a.dedup) self = ((const int*)a.selfPairs)[l.iSrc];  // loaded with the scales
     for (uint64_t i0 = 0; i0 < gpr; i0 += 64) {  // two loads in flight per lane
       const uint64_t i = i0 + lane, j = i + 32;
       const uint32_t v0 = i < gpr ? ld_cg_u32(inS + (srcRow * gpr + i) * 4u) : 0u;
@@ -1480,11 +1628,13 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
   EpState* st = state_of(a);
   const uint64_t call = read_calls(st);
   const uint32_t code0 = read_err_code(st);  // (issued with the load above: one round trip)
+  const uint32_t carriers = a.dedup ? *(volatile uint32_t*)&st->carriers : 0u;
   const uint64_t slot = call & 1u;
   if (host_abort(a) != 0 && blockIdx.x == 0 && threadIdx.x == 0) mark_host_abort(a);
   if (code0 == 0 && host_abort(a) == 0) {
     build_tables(a, R);
-    combine_send_rows<16>(a, slot, R);  // combineRowBytes = 2H, a multiple of 16
+    if (a.dedup) combine_send_partials(a, slot, R, carriers);
+    else combine_send_rows<16>(a, slot, R);  // combineRowBytes = 2H, a multiple of 16
   }
   if (!finish_block(&st->doneBlocks[2], &R.flag)) return;
   if (threadIdx.x == 0) stamp(a, EP_STAMP_COMBINE_TAIL);
@@ -1514,7 +1664,8 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
 
 // =============================================================================================
 // 5. ep_combine_reduce: y[t] = bf16(sum over valid j in order of f32(w[t,j] * out[t,j])), f32 accumulate,
-// two roundings per step (__fmul_rn, __fadd_rn; the build also passes -fmad=false).
+// two roundings per step (__fmul_rn, __fadd_rn; the build also passes -fmad=false). dedup: y[t] = bf16 of
+// the f32 sum, in slot order, of the partials at the token's carrier slots (the first taken as it is).
 // Item = (token, chunk of blockDim vectors of 8 values); the k rows of a token are loaded 8 at a time.
 // With k <= 32 every warp gathers its token's slots itself (shuffles), else warp 0 lists them in shared memory.
 extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(const __grid_constant__ EpArgs a) {
@@ -1537,6 +1688,8 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(c
   const int* pairDest = (const int*)a.pairDest;
   const float* weights = (const float*)a.topkWeights;
   const int EPR = a.expertsPerRank;
+  const bool dedup = a.dedup != 0 && a.world > 1;  // (one rank: the one partial is the whole sum, read in place)
+  if (dedup && k > 32) __trap();  // host error
   char* y = (char*)a.y;
   // A row of my own expert is still in expertOut, at the row routing gave its pair in my expertX; every
   // other row came back from its owner (ep_combine_send) to my send order.
@@ -1555,18 +1708,27 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(c
       float w = 0.0f;
       if (lane < k) {
         e = __ldg(topk + p);
-        dest = __ldg(pairDest + p);
-        back = a.world > 1 ? __ldg(pairRow + p) : 0;  // (one rank: unused, and ep_dispatch_local leaves it unwritten)
-        w = __ldg(weights + p);
+        if (!dedup) {
+          dest = __ldg(pairDest + p);
+          back = a.world > 1 ? __ldg(pairRow + p) : 0;  // (one rank: unused, and ep_dispatch_local leaves it unwritten)
+          w = __ldg(weights + p);
+        }
       }
-      const uint64_t row = e >= 0 ? rowOf(e, dest, back) : 0;
+      uint64_t row = e >= 0 ? rowOf(e, dest, back) : 0;
+      bool take = e >= 0;
+      if (dedup) {  // the partials of the token's carrier slots, each owner's at its first slot
+        const int lead = carrier_lane(e >= 0 ? e / EPR : -1 - lane, k);  // (every lane: it shuffles)
+        take = take && lead == lane;
+        row = recv + (uint64_t)p * a.combineRowBytes;
+      }
       const int v = c * B + tid;
       const bool active = v < V;
       float acc[8];
 #pragma unroll
       for (int i = 0; i < 8; ++i) acc[i] = 0.0f;
+      bool started = false;  // dedup: the first partial is taken as it is
       // valid slots in slot order (the reduction order), 8 loads in flight; `left` is warp-uniform
-      for (uint32_t left = __ballot_sync(FULL_MASK, e >= 0); left != 0;) {
+      for (uint32_t left = __ballot_sync(FULL_MASK, take); left != 0;) {
         uint4 r[8];
         float ws[8];
         uint32_t has = 0;
@@ -1586,8 +1748,14 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(c
           if (active && (has >> u & 1u)) {
             float x[8];
             bf16x8_to_f32(r[u], x);
+            if (!dedup) {
 #pragma unroll
-            for (int i = 0; i < 8; ++i) acc[i] = __fadd_rn(acc[i], __fmul_rn(ws[u], x[i]));
+              for (int i = 0; i < 8; ++i) acc[i] = __fadd_rn(acc[i], __fmul_rn(ws[u], x[i]));
+            } else {
+#pragma unroll
+              for (int i = 0; i < 8; ++i) acc[i] = started ? __fadd_rn(acc[i], x[i]) : x[i];
+              started = true;
+            }
           }
         }
       }

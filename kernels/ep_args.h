@@ -55,6 +55,8 @@ struct EpState {
   uint64_t dispatchCalls;  // dispatches begun; the current call's call_count (1, 2, ...); slot = count & 1
   uint32_t doneBlocks[4];  // last-block-done counters: [0] dispatch, [2] combine send; reset by the last block
   uint64_t barrierCalls;   // ep_barrier calls on this rank (the value it signals)
+  uint32_t carriers;       // dedup: entries of carrierList this call (ep_stage_send's tail zeroes it, ep_stage_pack counts)
+  uint32_t reserved;
   EpError err;             // this call's first error (device copy; mirrored to errHost)
 };
 
@@ -112,5 +114,11 @@ struct EpArgs {
   uint64_t selfPairs;         // int32_t* [stageRows]: the pair (t*k+j) of each row this rank staged for itself
   uint64_t stamps;            // uint64_t* [EP_STAMPS] or 0: phase timestamps (benchmarks)
   int32_t stageRows;          // rows per source in the stage (0 when the group does not stage)
+  int32_t dedup;              // 1: the de-duplicated staged protocol (a token crosses to each rank once)
+  // dedup only (heap regions [2 slots], zero bytes otherwise):
+  uint64_t stageCarrierOff, stageCarrierSlot;  // i32 [2][W][stageRows]: the carrier row of each staged row
+  uint64_t stageRecordsOff, stageRecordsSlot;  // [2][W][stageRows][recordBytes]: per carrier row: back, rows[k], w[k]
+  int32_t recordBytes;        // bytes of one record: alignUp(4 * (1 + 2k), 16)
   int32_t reserved;           // (zero)
+  uint64_t carrierList;       // dedup: int32_t* [W * stageRows]: s * stageRows + r of each carrier row received (any order)
 };

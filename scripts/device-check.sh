@@ -21,9 +21,11 @@ run() {
 paths() {
   local w=$1
   for p in staged direct; do
+    # dedup rides on the stage: staged runs every case with and without it, direct without
+    local d=""; [ $p = direct ] && d=--no-dedup
     for f in --fp8 --no-fp8; do
       MOE_A2A_DISPATCH_PATH=$p run verify-w$w-$p$f timeout 240 $cli verify --transport cuda --world $w --experts 32 --hidden 512 \
-        --topk 4 --tokens 0,1,33,128,300 --scenario random,dropped,skewed,ragged $f --calls ${PATH_CALLS:-2}
+        --topk 4 --tokens 0,1,33,128,300 --scenario random,dropped,skewed,ragged $f $d --calls ${PATH_CALLS:-2}
     done
   done
 }
@@ -77,13 +79,15 @@ for step in "$@"; do
     v3w2)
       # the DeepSeek-V3 shape across two GPUs, both paths
       for p in staged direct; do
-        MOE_A2A_DISPATCH_PATH=$p TAIL=8 run v3w2-$p timeout 300 $cli verify --transport cuda --world 2 --tokens 1,128 --scenario random,skewed --calls 1
+        d=""; [ $p = direct ] && d=--no-dedup
+        MOE_A2A_DISPATCH_PATH=$p TAIL=8 run v3w2-$p timeout 300 $cli verify --transport cuda --world 2 --tokens 1,128 --scenario random,skewed --calls 1 $d
       done ;;
-    long4) MOE_A2A_DISPATCH_PATH=${LONG_PATH:-staged} run long4 timeout 400 $cli verify --transport cuda --world 4 --experts 16 --hidden 512 --topk 4 --tokens 16 --fp8 --scenario random --calls ${LONG_CALLS:-10000} ;;
+    long4) MOE_A2A_DISPATCH_PATH=${LONG_PATH:-staged} run long4 timeout 400 $cli verify --transport cuda --world 4 --experts 16 --hidden 512 --topk 4 --tokens 16 --fp8 --scenario random --calls ${LONG_CALLS:-10000} ${LONG_DEDUP:---no-dedup} ;;
     sanitizer2)
-      for p in staged direct; do
-        MOE_A2A_DISPATCH_PATH=$p run memcheck2-$p compute-sanitizer --tool memcheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 256 --topk 4 --tokens 8
-        MOE_A2A_DISPATCH_PATH=$p run racecheck2-$p compute-sanitizer --tool racecheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 256 --topk 4 --tokens 8
+      for p in staged direct dedup; do
+        e=$p; d=--no-dedup; [ $p = dedup ] && e=staged && d=--dedup
+        MOE_A2A_DISPATCH_PATH=$e run memcheck2-$p compute-sanitizer --tool memcheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 256 --topk 4 --tokens 8 $d
+        MOE_A2A_DISPATCH_PATH=$e run racecheck2-$p compute-sanitizer --tool racecheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 256 --topk 4 --tokens 8 $d
       done ;;
     bench-w2)
       for i in $(seq 1 ${DEEPEP_WAIT_S:-200}); do [ -f /tmp/deepep.done ] && break; sleep 1; done

@@ -123,6 +123,24 @@ describe('resolveConfig: bad configurations', () => {
     assert.equal(resolveConfig({ ...base, maxRowsPerPeer: 32 }).maxRowsPerPeer, 32);
   });
 
+  test('dedup needs topk <= 32; without dedup topk may go to 64', () => {
+    const big = { ...base, world: 1, numExperts: 64 };
+    const e = rejects({ ...big, topk: 33, dedup: true }, ['topk', 'dedup']);
+    assert.match(e.message, /33/);
+    assert.match(e.message, /at most 32/);
+    assert.equal(e.details.topk, 33);
+    rejects({ ...big, topk: 64, dedup: true }, ['topk', 'dedup']);
+    assert.equal(resolveConfig({ ...big, topk: 32, dedup: true }).topk, 32);
+    assert.equal(resolveConfig({ ...big, topk: 33, dedup: false }).topk, 33);
+    assert.equal(resolveConfig({ ...big, topk: 64 }).dedup, false);
+  });
+
+  test('dedup not a boolean', () => {
+    for (const bad of [1, 0, 'yes', 'true', {}]) {
+      rejects({ ...base, dedup: bad }, ['dedup'], `dedup = ${JSON.stringify(bad)}`);
+    }
+  });
+
   test('fp8 not a boolean', () => {
     for (const bad of [1, 0, 'yes', 'false', {}]) {
       rejects({ ...base, fp8: bad }, ['fp8'], `fp8 = ${JSON.stringify(bad)}`);
@@ -144,6 +162,16 @@ describe('resolveConfig: defaults and derived sizes', () => {
     assert.equal(cfg.groupsPerRow, 2);
     assert.equal(cfg.dispatchRowBytes, 256);
     assert.equal(cfg.combineRowBytes, 512);
+  });
+
+  test('dedup defaults to false and echoes true', () => {
+    assert.equal(resolveConfig(base).dedup, false);
+    assert.equal(resolveConfig({ ...base, dedup: undefined }).dedup, false);
+    assert.equal(resolveConfig({ ...base, dedup: true }).dedup, true);
+    // the sizes do not depend on it
+    const { dedup: _a, ...plain } = resolveConfig(base);
+    const { dedup: _b, ...withDedup } = resolveConfig({ ...base, dedup: true });
+    assert.deepEqual(withDedup, plain);
   });
 
   test('bf16 dispatch rows are 2H bytes, combine rows always 2H', () => {

@@ -35,6 +35,25 @@ describe('the dispatch path of a cuda group', () => {
     );
   });
 
+  test('dedup rides on the stage: staged whatever auto would pick, direct refused, large batches refused', () => {
+    const at = (maxTokensPerRank: number, requested: 'auto' | 'staged' | 'direct' = 'auto') =>
+      chooseDispatchPath(resolveConfig({ ...shape, world: 2, maxTokensPerRank, dedup: true }), requested);
+    assert.equal(at(1), 'staged');
+    assert.equal(at(EP_STAGE_MAX_PAIRS / 8), 'staged', 'auto would go direct here without dedup');
+    assert.equal(at(16, 'staged'), 'staged');
+    assert.throws(() => at(16, 'direct'), {
+      code: 'MOE_CONFIG',
+      message: /dedup needs dispatchPath 'staged'/,
+    });
+    assert.throws(() => at(EP_STAGE_MAX_PAIRS / 8 + 1), {
+      code: 'MOE_CONFIG',
+      message: /dedup on the cuda transport needs maxTokensPerRank \* topk <= 4096, got 4104/,
+    });
+    // one rank: nothing to de-duplicate, its own kernels
+    const one = resolveConfig({ ...shape, world: 1, maxTokensPerRank: 4, dedup: true });
+    assert.equal(chooseDispatchPath(one, 'auto'), 'direct');
+  });
+
   test('parseDispatchPath names where a bad value came from', () => {
     assert.equal(parseDispatchPath('staged', 'x'), 'staged');
     assert.throws(() => parseDispatchPath('fast', 'MOE_A2A_DISPATCH_PATH'), {

@@ -9,6 +9,9 @@ import {
   computeLayout,
   directRegionsOf,
   type Region,
+  recordBytes,
+  recvCarrierOffset,
+  recvRecordOffset,
   recvRowOffset,
   recvScaleOffset,
   regionsOf,
@@ -37,6 +40,9 @@ describe('layout: hand-worked W = 2, E = 4, H = 256, k = 2, T = 4, fp8 G = 128',
     assert.deepEqual(l.recvData, { offset: 1536, slotBytes: 4096, bytes: 8192 });
     assert.deepEqual(l.recvScales, { offset: 9728, slotBytes: 256, bytes: 512 });
     assert.deepEqual(l.combineRecv, { offset: 10240, slotBytes: 4096, bytes: 8192 });
+    // dedup is off: its regions are empty, after everything else
+    assert.deepEqual(l.recvCarrier, { offset: 18432, slotBytes: 0, bytes: 0 });
+    assert.deepEqual(l.recvRecords, { offset: 18432, slotBytes: 0, bytes: 0 });
     assert.equal(l.totalBytes, 18432);
     assert.equal(l.splitsPerPeer, 3);
     assert.equal(l.combineRows, 8);
@@ -55,6 +61,50 @@ describe('layout: hand-worked W = 2, E = 4, H = 256, k = 2, T = 4, fp8 G = 128',
     assert.equal(recvScaleOffset(l, cfg, 1, 1, 7), 9728 + 256 + 15 * 8);
     assert.equal(combineRowOffset(l, cfg, 0, 1), 10240 + 512);
     assert.equal(combineRowOffset(l, cfg, 1, 7), 10240 + 4096 + 7 * 512);
+  });
+
+  test('the same config with dedup: carrier and record regions after combineRecv, nothing else moves', () => {
+    // recordBytes = alignUp(4 * (1 + 2 * 2), 16) = 32
+    //   recvCarrier: 2 * 8 * 4 = 64 B    -> slot 256, offset 18432, bytes 512
+    //   recvRecords: 2 * 8 * 32 = 512 B  -> slot 512, offset 18944, bytes 1024
+    //   total 19968
+    const c = resolveConfig({
+      world: 2,
+      numExperts: 4,
+      hidden: 256,
+      topk: 2,
+      maxTokensPerRank: 4,
+      dedup: true,
+    });
+    const m = computeLayout(c);
+    assert.equal(recordBytes(c), 32);
+    for (const name of [
+      'dispatchSignal',
+      'combineSignal',
+      'recvSplits',
+      'recvData',
+      'recvScales',
+      'combineRecv',
+    ] as const) {
+      assert.deepEqual(m[name], l[name], name);
+    }
+    assert.deepEqual(m.recvCarrier, { offset: 18432, slotBytes: 256, bytes: 512 });
+    assert.deepEqual(m.recvRecords, { offset: 18944, slotBytes: 512, bytes: 1024 });
+    assert.equal(m.totalBytes, 19968);
+    assert.equal(recvCarrierOffset(m, c, 0, 0, 0), 18432);
+    assert.equal(recvCarrierOffset(m, c, 0, 1, 0), 18432 + 8 * 4);
+    assert.equal(recvCarrierOffset(m, c, 1, 1, 7), 18432 + 256 + 15 * 4);
+    assert.equal(recvRecordOffset(m, c, 0, 0, 1), 18944 + 32);
+    assert.equal(recvRecordOffset(m, c, 1, 1, 7), 18944 + 512 + 15 * 32);
+  });
+
+  test('recordBytes: i32 back, k i32 rows, k f32 weights, padded to 16 bytes', () => {
+    const k = (topk: number) =>
+      resolveConfig({ world: 1, numExperts: 64, hidden: 8, topk, maxTokensPerRank: 1, fp8: false });
+    assert.equal(recordBytes(k(1)), 16); // 12 -> 16
+    assert.equal(recordBytes(k(2)), 32); // 20 -> 32
+    assert.equal(recordBytes(k(8)), 80); // 68 -> 80
+    assert.equal(recordBytes(k(32)), 272); // 260 -> 272
   });
 
   test('the same config with fp8 off: bf16 rows, an empty recvScales', () => {
@@ -94,6 +144,8 @@ function docSlotBytes(cfg: EpConfig): Record<string, number> {
     recvData: W * cfg.maxRowsPerPeer * cfg.dispatchRowBytes,
     recvScales: cfg.fp8 ? W * cfg.maxRowsPerPeer * (cfg.hidden / cfg.fp8GroupSize) * 4 : 0,
     combineRecv: cfg.maxTokensPerRank * cfg.topk * 2 * cfg.hidden,
+    recvCarrier: cfg.dedup ? W * cfg.maxRowsPerPeer * 4 : 0,
+    recvRecords: cfg.dedup ? W * cfg.maxRowsPerPeer * Math.ceil((4 + 8 * cfg.topk) / 16) * 16 : 0,
   };
 }
 
@@ -114,7 +166,9 @@ function randomConfig(r: ReturnType<typeof rng>): EpConfig {
   const maxTokensPerRank = 1 + r.int(300);
   const full = maxTokensPerRank * Math.min(topk, numExperts / world);
   const maxRowsPerPeer = r.next() < 0.3 ? 1 + r.int(full) : undefined;
+  const dedup = r.next() < 0.5;
   return resolveConfig({
+    dedup,
     world,
     numExperts,
     hidden,
@@ -143,7 +197,16 @@ describe('layout: properties on random configs', () => {
       const regions = regionsOf(l);
       assert.deepEqual(
         regions.map(([n]) => n),
-        ['dispatchSignal', 'combineSignal', 'recvSplits', 'recvData', 'recvScales', 'combineRecv'],
+        [
+          'dispatchSignal',
+          'combineSignal',
+          'recvSplits',
+          'recvData',
+          'recvScales',
+          'combineRecv',
+          'recvCarrier',
+          'recvRecords',
+        ],
       );
       const doc = docSlotBytes(cfg);
       let end = 0;
@@ -164,6 +227,30 @@ describe('layout: properties on random configs', () => {
         assert.equal(l.recvScales.bytes, 0, `${what}: recvScales empty when fp8 is off`);
         assert.equal(l.recvScales.slotBytes, 0);
       }
+      if (!cfg.dedup) {
+        for (const reg of [l.recvCarrier, l.recvRecords]) {
+          assert.equal(reg.bytes, 0, `${what}: dedup regions empty when dedup is off`);
+          assert.equal(reg.slotBytes, 0);
+        }
+      }
+    }
+  });
+
+  test('dedup adds its regions after the others: a heap without dedup keeps its layout and size', () => {
+    for (const cfg of configs) {
+      const off = computeLayout({ ...cfg, dedup: false });
+      const on = computeLayout({ ...cfg, dedup: true });
+      const what = JSON.stringify(cfg);
+      const end = off.combineRecv.offset + off.combineRecv.bytes;
+      assert.equal(off.totalBytes, end, `${what}: nothing after combineRecv without dedup`);
+      const regionsOn = regionsOf(on);
+      for (const [i, [name, reg]] of regionsOf(off).entries()) {
+        if (name === 'recvCarrier' || name === 'recvRecords') continue;
+        assert.deepEqual(regionsOn[i][1], reg, `${what}: ${name} does not move with dedup`);
+      }
+      assert.equal(on.recvCarrier.offset, end);
+      assert.equal(on.recvRecords.offset, on.recvCarrier.offset + on.recvCarrier.bytes);
+      assert.equal(on.totalBytes, on.recvRecords.offset + on.recvRecords.bytes);
     }
   });
 
@@ -217,6 +304,35 @@ describe('layout: properties on random configs', () => {
           );
         }
 
+        if (cfg.dedup) {
+          inSlot(l.recvCarrier, slot, recvCarrierOffset(l, cfg, slot, 0, 0), 4, `${what} carrier first`);
+          inSlot(
+            l.recvCarrier,
+            slot,
+            recvCarrierOffset(l, cfg, slot, W - 1, M - 1),
+            4,
+            `${what} carrier last`,
+          );
+          assert.equal(
+            recvCarrierOffset(l, cfg, slot, W - 1, M),
+            l.recvCarrier.offset + slot * l.recvCarrier.slotBytes + doc.recvCarrier,
+          );
+          const rb = recordBytes(cfg);
+          inSlot(l.recvRecords, slot, recvRecordOffset(l, cfg, slot, 0, 0), rb, `${what} record first`);
+          inSlot(
+            l.recvRecords,
+            slot,
+            recvRecordOffset(l, cfg, slot, W - 1, M - 1),
+            rb,
+            `${what} record last`,
+          );
+          assert.equal(
+            recvRecordOffset(l, cfg, slot, W - 1, M),
+            l.recvRecords.offset + slot * l.recvRecords.slotBytes + doc.recvRecords,
+          );
+          assert.equal(recvRecordOffset(l, cfg, slot, 0, 0) % 16, 0, `${what} records 16-byte aligned`);
+        }
+
         const cb = cfg.combineRowBytes;
         inSlot(l.combineRecv, slot, combineRowOffset(l, cfg, slot, 0), cb, `${what} combine first`);
         inSlot(
@@ -237,43 +353,55 @@ describe('layout: properties on random configs', () => {
       assert.ok(recvRowOffset(l, cfg, 2, 0, 0) >= l.recvData.offset + l.recvData.bytes);
       assert.ok(combineRowOffset(l, cfg, 2, 0) >= l.combineRecv.offset + l.combineRecv.bytes);
       if (cfg.fp8) assert.ok(recvScaleOffset(l, cfg, 2, 0, 0) >= l.recvScales.offset + l.recvScales.bytes);
+      if (cfg.dedup) {
+        assert.ok(recvCarrierOffset(l, cfg, 2, 0, 0) >= l.recvCarrier.offset + l.recvCarrier.bytes);
+        assert.ok(recvRecordOffset(l, cfg, 2, 0, 0) >= l.recvRecords.offset + l.recvRecords.bytes);
+      }
     }
   });
 
-  test('every element of a small config maps to a distinct byte range (no two elements overlap)', () => {
-    const cfg = resolveConfig({
-      world: 3,
-      numExperts: 6,
-      hidden: 16,
-      topk: 2,
-      maxTokensPerRank: 3,
-      fp8GroupSize: 8,
-    });
-    const l = computeLayout(cfg);
-    const owner = new Int32Array(l.totalBytes).fill(-1);
-    let id = 0;
-    const claim = (start: number, size: number) => {
-      for (let b = start; b < start + size; b++) {
-        assert.equal(owner[b], -1, `byte ${b} claimed twice`);
-        owner[b] = id;
-      }
-      id++;
-    };
-    for (let slot = 0; slot < 2; slot++) {
-      for (let s = 0; s < cfg.world; s++) {
-        claim(signalOffset(l.dispatchSignal, slot, s), 8);
-        claim(signalOffset(l.combineSignal, slot, s), 8);
-        claim(splitsOffset(l, slot, s), l.splitsPerPeer * 4);
-        for (let row = 0; row < cfg.maxRowsPerPeer; row++) {
-          claim(recvRowOffset(l, cfg, slot, s, row), cfg.dispatchRowBytes);
-          claim(recvScaleOffset(l, cfg, slot, s, row), cfg.groupsPerRow * 4);
+  for (const dedup of [false, true]) {
+    test(`every element of a small config maps to a distinct byte range (no two elements overlap)${dedup ? ', dedup' : ''}`, () => {
+      const cfg = resolveConfig({
+        world: 3,
+        numExperts: 6,
+        hidden: 16,
+        topk: 2,
+        maxTokensPerRank: 3,
+        fp8GroupSize: 8,
+        dedup,
+      });
+      const l = computeLayout(cfg);
+      const owner = new Int32Array(l.totalBytes).fill(-1);
+      let id = 0;
+      const claim = (start: number, size: number) => {
+        assert.ok(start >= 0 && start + size <= l.totalBytes, `[${start}, +${size}) inside the heap`);
+        for (let b = start; b < start + size; b++) {
+          assert.equal(owner[b], -1, `byte ${b} claimed twice`);
+          owner[b] = id;
         }
+        id++;
+      };
+      for (let slot = 0; slot < 2; slot++) {
+        for (let s = 0; s < cfg.world; s++) {
+          claim(signalOffset(l.dispatchSignal, slot, s), 8);
+          claim(signalOffset(l.combineSignal, slot, s), 8);
+          claim(splitsOffset(l, slot, s), l.splitsPerPeer * 4);
+          for (let row = 0; row < cfg.maxRowsPerPeer; row++) {
+            claim(recvRowOffset(l, cfg, slot, s, row), cfg.dispatchRowBytes);
+            claim(recvScaleOffset(l, cfg, slot, s, row), cfg.groupsPerRow * 4);
+            if (dedup) {
+              claim(recvCarrierOffset(l, cfg, slot, s, row), 4);
+              claim(recvRecordOffset(l, cfg, slot, s, row), recordBytes(cfg));
+            }
+          }
+        }
+        for (let row = 0; row < l.combineRows; row++)
+          claim(combineRowOffset(l, cfg, slot, row), cfg.combineRowBytes);
       }
-      for (let row = 0; row < l.combineRows; row++)
-        claim(combineRowOffset(l, cfg, slot, row), cfg.combineRowBytes);
-    }
-    assert.ok(id > 0);
-  });
+      assert.ok(id > 0);
+    });
+  }
 });
 
 describe('cuda layout: properties on random configs', () => {
@@ -283,9 +411,11 @@ describe('cuda layout: properties on random configs', () => {
   configs.push(resolveConfig({ world: 8, numExperts: 256, hidden: 7168, topk: 8, maxTokensPerRank: 4096 }));
 
   test('regions are aligned, in order, non-overlapping, sized from the config; expertX has one copy', () => {
-    for (const [i, cfg] of configs.entries()) {
-      // every other config stages (W > 1): the stage regions are empty otherwise
+    for (const [i, base] of configs.entries()) {
+      // every other config stages (W > 1): the stage regions are empty otherwise; every fourth dedups
+      const cfg = { ...base, dedup: i % 4 === 0 && base.topk <= 32 };
       const stageRows = i % 2 === 0 && cfg.world > 1 ? stagedRowsFor(cfg) : 0;
+      const dedup = stageRows > 0 && cfg.dedup;
       const l = computeDirectLayout(cfg, stageRows);
       const what = JSON.stringify({ ...cfg, stageRows });
       const W = cfg.world;
@@ -302,6 +432,8 @@ describe('cuda layout: properties on random configs', () => {
         stageSplits: [stageRows > 0 ? W * (cfg.expertsPerRank + 1) * 4 : 0, 2],
         stageData: [W * stageRows * cfg.dispatchRowBytes, 2],
         stageScales: [cfg.fp8 ? W * stageRows * cfg.groupsPerRow * 4 : 0, 2],
+        stageCarrier: [dedup ? W * stageRows * 4 : 0, 2],
+        stageRecords: [dedup ? W * stageRows * alignUp(4 * (1 + 2 * cfg.topk), 16) : 0, 2],
       };
       assert.equal(l.stageRows, stageRows);
       const regions = directRegionsOf(l);

@@ -314,3 +314,168 @@ describe('oracle: FP8 dispatch', () => {
     assert.equal(zeroRowsSeen, kept);
   });
 });
+
+describe('oracle: dedup combine', () => {
+  /** expertOutOf over a table of random rows, one per (src, token, expert), as the owners hold them. */
+  function tableOutputs(cfg: EpConfig, inputs: OracleRankInput[], seed: number) {
+    const r = rng(seed);
+    const H = cfg.hidden;
+    const table = inputs.map((inp) =>
+      Array.from({ length: inp.numTokens * cfg.numExperts }, () =>
+        r.bf16Array(H, { minExp: -12, maxExp: 12 }),
+      ),
+    );
+    const disp = Array.from({ length: cfg.world }, (_, d) => oracleDispatch(cfg, inputs, d));
+    return (owner: number, le: number, row: number) => {
+      const g = disp[owner].expertOrigin[le][row];
+      return { data: table[g.src][g.token * cfg.numExperts + g.expert], offset: 0 };
+    };
+  }
+
+  test('hand-worked W = 2, k = 3: the partial of rank 0 rounds to bf16 before rank 1 is added', () => {
+    // rank 0 (experts 0, 1) and rank 1 (experts 2, 3); rank 0 has one token -> experts [0, 2, 1], so
+    // slots 0 and 2 sit on rank 0 and slot 1 on rank 1; rank 1 has no tokens. Weights [0.5, 0.25, 2].
+    // Per channel h the three expert outputs (o0, o1, o2) and the products p = w * o (all exact):
+    //   h0: (2, 2^-6, 2^-9)          p = (1, 2^-8, 2^-8)
+    //       without dedup: ((1 + 2^-8) + 2^-8) = 1 + 2^-7           -> bf16 0x3f81
+    //       with dedup: P0 = bf16(1 + 2^-8) = 1 (a tie, to even); P1 = 2^-8; bf16(1 + 2^-8) = 1 -> 0x3f80
+    //   h1: (2 + 2^-6, -2^-6, 2^-9)  p = (1 + 2^-7, -2^-8, 2^-8)
+    //       without: ((1 + 2^-7 - 2^-8) + 2^-8) = 1 + 2^-7                     -> 0x3f81
+    //       with: P0 = bf16(1 + 2^-7 + 2^-8) = 1 + 2^-6 (tie, to even); P1 = -2^-8;
+    //             1 + 2^-6 - 2^-8 = 1 + 3 * 2^-8, a tie between 0x3f81 and 0x3f82 -> 0x3f82
+    //   h2: the negation of h0                                      -> 0xbf81 / 0xbf80
+    //   h3: (2, 2^-7, 3 * 2^-10)     p = (1, 2^-9, 3 * 2^-9)
+    //       without: 1 + 2^-9 + 3 * 2^-9 = 1 + 2^-7                             -> 0x3f81
+    //       with: P0 = bf16(1 + 3 * 2^-9) = 1 + 2^-7; + 2^-9 -> bf16 1 + 2^-7  -> 0x3f81
+    //   h4: (4, 0, 0) -> 2 (0x4000);  h5: (0, 4, 0) -> 1 (0x3f80);  h6: (0, 0, 1) -> 2 (0x4000);  h7: 0
+    const base = { world: 2, numExperts: 4, hidden: 8, topk: 3, maxTokensPerRank: 1, fp8: false };
+    const plain = resolveConfig(base);
+    const dedup = resolveConfig({ ...base, dedup: true });
+    const inputs: OracleRankInput[] = [
+      {
+        numTokens: 1,
+        x: new Uint16Array(8),
+        topkIdx: Int32Array.from([0, 2, 1]),
+        topkWeights: Float32Array.from([0.5, 0.25, 2]),
+      },
+      { numTokens: 0, x: new Uint16Array(0), topkIdx: new Int32Array(0), topkWeights: new Float32Array(0) },
+    ];
+    const o = [
+      [2, 2 + 2 ** -6, -2, 2, 4, 0, 0, 0], // expert 0 (slot 0)
+      [2 ** -6, -(2 ** -6), -(2 ** -6), 2 ** -7, 0, 4, 0, 0], // expert 2 (slot 1)
+      [2 ** -9, 2 ** -9, -(2 ** -9), 3 * 2 ** -10, 0, 0, 1, 0], // expert 1 (slot 2)
+    ];
+    const slotOf = [0, 2, 1, -1]; // expert -> its slot in the token
+    const disp = [0, 1].map((d) => oracleDispatch(plain, inputs, d));
+    const outOf = (owner: number, le: number, row: number) => {
+      const g = disp[owner].expertOrigin[le][row];
+      const vals = o[slotOf[g.expert]];
+      return { data: Uint16Array.from(vals, (v) => f32ToBf16(v)), offset: 0 };
+    };
+    for (const v of o.flat()) assert.equal(bf16ToF32(f32ToBf16(v)), v, `${v} is exact in bf16`);
+    const without = oracleCombine(plain, inputs, 0, outOf);
+    const withDedup = oracleCombine(dedup, inputs, 0, outOf);
+    const hex = (y: Uint16Array) => [...y].map((b) => `0x${b.toString(16).padStart(4, '0')}`);
+    assert.deepEqual(hex(without), [
+      '0x3f81',
+      '0x3f81',
+      '0xbf81',
+      '0x3f81',
+      '0x4000',
+      '0x3f80',
+      '0x4000',
+      '0x0000',
+    ]);
+    assert.deepEqual(hex(withDedup), [
+      '0x3f80',
+      '0x3f82',
+      '0xbf80',
+      '0x3f81',
+      '0x4000',
+      '0x3f80',
+      '0x4000',
+      '0x0000',
+    ]);
+    assert.equal(oracleCombine(dedup, inputs, 1, outOf).length, 0);
+  });
+
+  test('a token whose valid slots all sit on one rank gets exactly the result without dedup', () => {
+    // W = 3, EPR = 4, k = 3: each token picks its experts on one random rank (some slots dropped);
+    // wide exponents so that any difference in rounding would show
+    const base = { world: 3, numExperts: 12, hidden: 16, topk: 3, maxTokensPerRank: 9, fp8: false };
+    const plain = resolveConfig(base);
+    const dedup = resolveConfig({ ...base, dedup: true });
+    const r = rng(2024);
+    const inputs: OracleRankInput[] = [9, 4, 7].map((T) => {
+      const idx = new Int32Array(T * 3);
+      for (let t = 0; t < T; t++) {
+        const owner = r.int(3);
+        const local = r.topkIdx(1, 3, 4, 0.3);
+        for (let j = 0; j < 3; j++) idx[t * 3 + j] = local[j] < 0 ? -1 : owner * 4 + local[j];
+      }
+      return { numTokens: T, x: r.bf16Array(T * 16), topkIdx: idx, topkWeights: r.weights(T * 3) };
+    });
+    const outOf = tableOutputs(plain, inputs, 7);
+    for (let src = 0; src < 3; src++) {
+      assert.deepEqual(oracleCombine(dedup, inputs, src, outOf), oracleCombine(plain, inputs, src, outOf));
+    }
+  });
+
+  test('random routing: single-rank tokens agree, and some token spread over ranks differs', () => {
+    const base = { world: 4, numExperts: 16, hidden: 32, topk: 5, maxTokensPerRank: 12, fp8: false };
+    const plain = resolveConfig(base);
+    const dedup = resolveConfig({ ...base, dedup: true });
+    const inputs = makeInputs(plain, 31, [12, 12, 5, 0], 0.2);
+    const outOf = tableOutputs(plain, inputs, 32);
+    let differs = 0;
+    for (let src = 0; src < 4; src++) {
+      const a = oracleCombine(plain, inputs, src, outOf);
+      const b = oracleCombine(dedup, inputs, src, outOf);
+      for (let t = 0; t < inputs[src].numTokens; t++) {
+        const owners = new Set<number>();
+        for (let j = 0; j < 5; j++) {
+          const e = inputs[src].topkIdx[t * 5 + j];
+          if (e >= 0) owners.add(Math.floor(e / 4));
+        }
+        const same = a.subarray(t * 32, (t + 1) * 32).every((v, h) => v === b[t * 32 + h]);
+        if (owners.size <= 1) assert.ok(same, `rank ${src} token ${t} sits on one rank`);
+        if (!same) differs++;
+      }
+    }
+    assert.ok(differs > 0, 'the seed gives some token whose result rounds differently');
+  });
+
+  test('W = 1 with dedup equals W = 1 without, FP8 and bf16', () => {
+    for (const fp8 of [true, false]) {
+      const base = {
+        world: 1,
+        numExperts: 8,
+        hidden: 128,
+        topk: 6,
+        maxTokensPerRank: 10,
+        fp8,
+        fp8GroupSize: 32,
+      };
+      const plain = resolveConfig(base);
+      const dedup = resolveConfig({ ...base, dedup: true });
+      const inputs = makeInputs(plain, fp8 ? 5 : 6, [10], 0.25);
+      const outOf = tableOutputs(plain, inputs, 8);
+      const y = oracleCombine(plain, inputs, 0, outOf);
+      assert.deepEqual(oracleCombine(dedup, inputs, 0, outOf), y);
+      assert.ok(y.some((v) => v !== 0));
+    }
+  });
+
+  test('a token with every slot dropped is +0 with dedup too; dispatch is the same', () => {
+    const base = { world: 2, numExperts: 4, hidden: 8, topk: 2, maxTokensPerRank: 2, fp8: false };
+    const plain = resolveConfig(base);
+    const dedup = resolveConfig({ ...base, dedup: true });
+    const inputs = makeInputs(plain, 9, [2, 2], 0.3);
+    inputs[0].topkIdx.fill(-1, 0, 2);
+    const outOf = tableOutputs(plain, inputs, 10);
+    const y = oracleCombine(dedup, inputs, 0, outOf);
+    assert.deepEqual([...y.subarray(0, 8)], Array(8).fill(0));
+    for (const d of [0, 1])
+      assert.deepEqual(oracleDispatch(dedup, inputs, d), oracleDispatch(plain, inputs, d));
+  });
+});

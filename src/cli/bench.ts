@@ -2,7 +2,11 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { resolveConfig } from '../ep/config.js';
 import { EP_STAGE_MAX_PAIRS } from '../shmem/cuda/args.js';
-import { type DispatchPath, parseDispatchPath } from '../shmem/cuda/dispatch-path.js';
+import {
+  type DispatchPath,
+  type DispatchPathRequest,
+  parseDispatchPath,
+} from '../shmem/cuda/dispatch-path.js';
 import type { Floors } from '../shmem/cuda/floors.js';
 import type { ParsedFlags } from './args.js';
 import {
@@ -110,13 +114,19 @@ export function kernelBytes(
   };
 }
 
+/** What a cuda bench row runs: a dispatch path (or 'auto'), or 'dedup' (the staged path, de-duplicated). */
+type BenchPath = DispatchPathRequest | 'dedup';
+
 /** The dispatch paths a cuda bench at this shape compares (every one the group can take). */
-function pathsFor(transport: 'cpu' | 'cuda', cfg: ReturnType<typeof resolveConfig>, flag: unknown) {
+function pathsFor(
+  transport: 'cpu' | 'cuda',
+  cfg: ReturnType<typeof resolveConfig>,
+  flag: unknown,
+): readonly (BenchPath | undefined)[] {
   if (transport !== 'cuda' || cfg.world === 1) return [undefined];
-  if (flag !== undefined && flag !== 'both') return [parseDispatchPath(flag, '--path')];
-  return cfg.maxTokensPerRank * cfg.topk <= EP_STAGE_MAX_PAIRS
-    ? (['staged', 'direct'] as const)
-    : (['direct'] as const);
+  if (flag === 'dedup') return ['dedup'];
+  if (flag !== undefined && flag !== 'all') return [parseDispatchPath(flag, '--path')];
+  return cfg.maxTokensPerRank * cfg.topk <= EP_STAGE_MAX_PAIRS ? ['dedup', 'staged', 'direct'] : ['direct'];
 }
 
 type Row = Record<string, unknown>;
@@ -182,6 +192,8 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
       deepepCombine: most((b) => b.deepepCombine),
       wireDispatch: most((b) => b.wireDispatch),
       wireCombine: most((b) => b.wireCombine),
+      wireDispatchDedup: most((b) => b.wireDispatchDedup),
+      wireCombineDedup: most((b) => b.wireCombineDedup),
     };
     const totalBytes = world * tokens * topk * cfg.dispatchRowBytes;
     const copyUs = transport === 'cpu' ? typedArrayCopyUs(totalBytes) : Number.NaN;
@@ -189,24 +201,29 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
       say(
         `moe-a2a bench: ${transport}, W=${world} T=${tokens} ${fp8 ? 'fp8' : 'bf16'}${path ? `, ${path} dispatch` : ''}, ${warmup} warm-up + ${iters} iterations`,
       );
+      const dedup = path === 'dedup';
       const task: BenchTask = {
         kind: 'bench',
         transport,
         timeoutMs,
-        config,
+        config: dedup ? { ...config, dedup } : config,
         tokens,
         iters,
         warmup,
         seed,
-        dispatchPath: path,
+        dispatchPath: dedup ? 'staged' : path,
         stampIters: transport === 'cuda' && stampTokens.includes(tokens) ? 50 : 0,
       };
       const perRank = await runTaskOnRanks<BenchRankResult>(transport, world, task);
       const slowest = (pick: (r: BenchRankResult) => number[]) => slowestPerIteration(perRank, pick);
       const cuda = perRank.map((r) => r.cuda);
       const ex = cuda.every((x) => x !== undefined) ? (cuda as CudaBenchExtras[]) : null;
-      const label = ex ? ex[0].dispatchPath : undefined;
-      const kb = kernelBytes(cfg, tokens, label ?? 'direct');
+      const label: DispatchPath | 'dedup' | undefined = ex
+        ? dedup
+          ? 'dedup'
+          : ex[0].dispatchPath
+        : undefined;
+      const kb = kernelBytes(cfg, tokens, label === 'dedup' ? 'staged' : (label ?? 'direct'));
       const row: Row = {
         tokens,
         variant: 'eager',
@@ -524,18 +541,24 @@ function printTables(
       table(
         ['T', 'path', 'DeepEP-counted d / c', 'NVLink d / c', 'NVLink floor us', 'graph loop / floor'],
         loops.map((r) => {
-          const b = r.callBytes as {
-            deepepDispatch: number;
-            deepepCombine: number;
-            wireDispatch: number;
-            wireCombine: number;
-          };
-          const floorUs = (b.wireDispatch + b.wireCombine) / (o.a2aGBs * 1e3);
+          const b = r.callBytes as Pick<
+            CallBytes,
+            | 'deepepDispatch'
+            | 'deepepCombine'
+            | 'wireDispatch'
+            | 'wireCombine'
+            | 'wireDispatchDedup'
+            | 'wireCombineDedup'
+          >;
+          const dd = r.path === 'dedup';
+          const wd = dd ? b.wireDispatchDedup : b.wireDispatch;
+          const wc = dd ? b.wireCombineDedup : b.wireCombine;
+          const floorUs = (wd + wc) / (o.a2aGBs * 1e3);
           return [
             r.tokens as number,
             (r.path as string) ?? '-',
             `${fmt(b.deepepDispatch / 1e6, 2)} / ${fmt(b.deepepCombine / 1e6, 2)}`,
-            `${fmt(b.wireDispatch / 1e6, 2)} / ${fmt(b.wireCombine / 1e6, 2)}`,
+            `${fmt(wd / 1e6, 2)} / ${fmt(wc / 1e6, 2)}`,
             fmt(floorUs, 2),
             fmt((r.loop as { graphUs: number }).graphUs / floorUs, 2),
           ];

@@ -47,7 +47,8 @@ export const DEEPSEEK_V3 = { numExperts: 256, hidden: 7168, topk: 8, tokens: 128
 
 /**
  * The default verify suite: a sweep of small shapes over W, FP8 and every scenario, one rank with FP8
- * groups of 8, then the DeepSeek-V3 shape.
+ * groups of 8, then the DeepSeek-V3 shape; then every one of those cases again with the de-duplicated
+ * protocol (config.dedup, named `... dedup`).
  */
 export function defaultSuite(seed: number, calls: number): VerifyCase[] {
   const cases: VerifyCase[] = [];
@@ -97,7 +98,12 @@ export function defaultSuite(seed: number, calls: number): VerifyCase[] {
       seed,
     });
   }
-  return cases;
+  return [...cases, ...cases.map(withDedup)];
+}
+
+/** The same case with the de-duplicated protocol on. */
+export function withDedup(kase: VerifyCase): VerifyCase {
+  return { ...kase, name: `${kase.name} dedup`, config: { ...kase.config, dedup: true } };
 }
 
 function smallCase(

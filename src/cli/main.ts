@@ -28,7 +28,7 @@ PASS/FAIL line per case and exits non-zero on any FAIL.
 
 With no shape flags it runs the suite: W in {1, 2, 3, 4, 8}, FP8 on and off, random, mostly-dropped,
 skewed (every pair on one rank's experts, each expert filled to capacity) and ragged routing, T = 0
-and T = 1, one rank with FP8 groups of 8 at H = 7168, then the DeepSeek-V3 shape (H = 7168, k = 8,
+and T = 1, with and without de-duplication (dedup), one rank with FP8 groups of 8 at H = 7168, then the DeepSeek-V3 shape (H = 7168, k = 8,
 E = 256, T = 128 per rank, W = 4). With any
 shape flag it runs that shape with random, dropped and skewed routing (or those --scenario names).
 
@@ -56,6 +56,11 @@ Examples:
         help: 'cuda: run each call as a replay of one captured CUDA graph per case',
       },
       {
+        name: 'dedup',
+        kind: 'bool',
+        help: 'only cases with (--dedup) or without (--no-dedup) rank-level de-duplication; default both',
+      },
+      {
         name: 'scenario',
         kind: 'string',
         meta: 'NAME[,NAME...]',
@@ -72,7 +77,7 @@ Examples:
     about: `Times dispatch + combine per token count and prints, on cuda:
   - the serving loop first: layers (dispatch + combine) issued back to back with no host barrier
     between them, as one CUDA graph per layer and as eager calls; the mean per layer on the slowest
-    rank. At W > 1 each dispatch path (staged, direct) the shape allows, side by side;
+    rank. At W > 1 each dispatch path (dedup, staged, direct) the shape allows, side by side;
   - per call: dispatch, combine and both as one graph, each right after a barrier on the device (so no
     rank's time holds a peer's late launch); median, p10, p90 of the slowest rank per iteration;
   - the bytes of a call counted as DeepEP does and as they cross NVLink, against the floors measured in
@@ -106,8 +111,8 @@ Examples:
         name: 'path',
         kind: 'string',
         meta: 'PATH',
-        help: 'cuda, W > 1: the dispatch path to time: staged, direct, auto, or both (each the shape allows)',
-        default: 'both',
+        help: 'cuda, W > 1: what to time: staged, direct, dedup (staged, de-duplicated), auto, or all (each the shape allows)',
+        default: 'all',
       },
       {
         name: 'stamps',

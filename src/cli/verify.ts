@@ -26,7 +26,9 @@ export function verifyCases(flags: ParsedFlags): VerifyCase[] {
     // the suite, narrowed by --fp8/--no-fp8 and --scenario where given
     return defaultSuite(seed, calls).filter(
       (c) =>
-        (flags.fp8 === undefined || c.config.fp8 === flags.fp8) && (!named || named.includes(c.scenario)),
+        (flags.fp8 === undefined || c.config.fp8 === flags.fp8) &&
+        (flags.dedup === undefined || (c.config.dedup ?? false) === flags.dedup) &&
+        (!named || named.includes(c.scenario)),
     );
   }
   const world = (flags.world as number | undefined) ?? 4;
@@ -36,26 +38,30 @@ export function verifyCases(flags: ParsedFlags): VerifyCase[] {
   const tokenList = (flags.tokens as number[] | undefined) ?? [128];
   const fp8s = flags.fp8 === undefined ? [true, false] : [flags.fp8 as boolean];
   const scenarios = named ?? SCENARIOS;
+  const dedups = flags.dedup === undefined ? [false, true] : [flags.dedup as boolean];
   const cases: VerifyCase[] = [];
   for (const tokens of tokenList) {
     for (const fp8 of fp8s) {
-      for (const scenario of scenarios) {
-        cases.push({
-          name: `W=${world} E=${numExperts} H=${hidden} k=${topk} T=${tokens} ${fp8 ? 'fp8' : 'bf16'} ${scenario}`,
-          config: {
-            world,
-            numExperts,
-            hidden,
-            topk,
-            maxTokensPerRank: Math.max(tokens, 1),
-            fp8,
-            fp8GroupSize: (flags['group-size'] as number | undefined) ?? 128,
-          },
-          scenario,
-          tokens,
-          calls,
-          seed,
-        });
+      for (const dedup of dedups) {
+        for (const scenario of scenarios) {
+          cases.push({
+            name: `W=${world} E=${numExperts} H=${hidden} k=${topk} T=${tokens} ${fp8 ? 'fp8' : 'bf16'} ${scenario}${dedup ? ' dedup' : ''}`,
+            config: {
+              world,
+              numExperts,
+              hidden,
+              topk,
+              maxTokensPerRank: Math.max(tokens, 1),
+              fp8,
+              fp8GroupSize: (flags['group-size'] as number | undefined) ?? 128,
+              dedup,
+            },
+            scenario,
+            tokens,
+            calls,
+            seed,
+          });
+        }
       }
     }
   }

@@ -72,6 +72,22 @@ export function missingWeightsError(): ShapeError {
   });
 }
 
+/** Dispatch of a dedup group without topkWeights: the weights travel with the tokens. */
+export function dedupDispatchWeightsError(): ShapeError {
+  return new ShapeError(
+    'dispatch needs topkWeights f32 [T, k] with dedup: the router weights travel with the tokens',
+    { argument: 'topkWeights' },
+  );
+}
+
+/** combine of a dedup group given topkWeights: the owners already applied those sent with dispatch. */
+export function dedupCombineWeightsError(): ShapeError {
+  return new ShapeError(
+    'with dedup the router weights travel with dispatch: pass topkWeights to dispatch, not to combine',
+    { argument: 'topkWeights' },
+  );
+}
+
 export function peerTimeoutError(
   peer: number,
   phase: Phase,

@@ -29,6 +29,19 @@ export interface EpConfigInput {
    * one expert more rows throws CapacityError on the receiving rank.
    */
   maxRowsPerExpert?: number;
+  /**
+   * De-duplicated protocol. Default false. A token crosses to each rank once, however many of that
+   * rank's experts it picked: dispatch sends its row to each owner once (the router weights travel
+   * with it, so dispatch needs topkWeights and combine refuses them), and in combine each owner
+   * pre-reduces its experts' outputs for the token (f32, in slot order) and returns one bf16 partial
+   * per (token, rank), which the origin sums in slot order. expertX, expertScales, expertCounts and the
+   * source-major receive view are the same bytes as without it; combine's result rounds differently
+   * (a partial is rounded to bf16 before the origin adds it), as the README's protocol section defines:
+   * a token whose experts all live on one rank, and any W = 1 group, get exactly the result without
+   * dedup. Needs topk <= 32. Every rank passes the same value (it changes combine's rounding and the
+   * heap layout).
+   */
+  dedup?: boolean;
 }
 
 /** A validated configuration with every derived size. */
@@ -50,7 +63,12 @@ export interface EpConfig {
   readonly dispatchRowBytes: number;
   /** Bytes of one combined row: 2H (bf16). */
   readonly combineRowBytes: number;
+  /** The de-duplicated protocol (see EpConfigInput.dedup). */
+  readonly dedup: boolean;
 }
+
+/** The largest topk the de-duplicated protocol takes (one warp lane per slot on the GPU). */
+export const MAX_DEDUP_TOPK = 32;
 
 function checkInt(name: string, v: unknown, min: number, max = 2 ** 31 - 1): number {
   if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
@@ -73,6 +91,9 @@ export function resolveConfig(input: EpConfigInput): EpConfig {
   const fp8 = input.fp8 ?? true;
   if (typeof fp8 !== 'boolean')
     throw new ConfigError(`fp8 must be a boolean, got ${String(fp8)}`, { fields: 'fp8' });
+  const dedup = input.dedup ?? false;
+  if (typeof dedup !== 'boolean')
+    throw new ConfigError(`dedup must be a boolean, got ${String(dedup)}`, { fields: 'dedup' });
   const fp8GroupSize = checkInt('fp8GroupSize', input.fp8GroupSize ?? 128, 1);
   if (numExperts % world !== 0) {
     throw new ConfigError(
@@ -86,6 +107,12 @@ export function resolveConfig(input: EpConfigInput): EpConfig {
       topk,
       numExperts,
     });
+  }
+  if (dedup && topk > MAX_DEDUP_TOPK) {
+    throw new ConfigError(
+      `topk (${topk}) must be at most ${MAX_DEDUP_TOPK} with dedup: the kernels give each slot of a token one warp lane`,
+      { fields: 'topk,dedup', topk, dedup },
+    );
   }
   if (hidden % 8 !== 0) {
     throw new ConfigError(
@@ -137,5 +164,6 @@ export function resolveConfig(input: EpConfigInput): EpConfig {
     expertCapacity,
     dispatchRowBytes: fp8 ? hidden : 2 * hidden,
     combineRowBytes: 2 * hidden,
+    dedup,
   };
 }

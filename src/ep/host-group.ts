@@ -1,13 +1,23 @@
 import type { MoeA2aError } from '../errors.js';
 import { ABORT_BIT, type SymmetricTransport } from '../shmem/transport.js';
 import type { CombineOptions, DispatchOptions, DispatchResult, EpGroup, SourceMajorRecv } from './api.js';
-import { checkUsable, missingWeightsError, peerAbortedError, tooManyTokensError } from './call-errors.js';
-import { quantizeRowsFp8, weightedSumBf16 } from './codec.js';
+import {
+  checkUsable,
+  dedupCombineWeightsError,
+  dedupDispatchWeightsError,
+  missingWeightsError,
+  peerAbortedError,
+  tooManyTokensError,
+} from './call-errors.js';
+import { BF16_DECODE, f32BitsToBf16, quantizeRowsFp8, weightedSumBf16 } from './codec.js';
 import type { EpConfig } from './config.js';
 import { type CombineHandle, HandleRegistry, withAbandoned } from './handle.js';
 import {
   combineRowOffset,
   type HeapLayout,
+  recordBytes,
+  recvCarrierOffset,
+  recvRecordOffset,
   recvRowOffset,
   recvScaleOffset,
   signalOffset,
@@ -23,6 +33,8 @@ interface HandleState {
   weights: Float32Array | null;
   /** i32 [W][EPR + 1] as received: counts per local expert from each source, then its m_st. */
   splits: Int32Array;
+  /** dedup: u8 [T * k], 1 where (t, j) is a carrier slot (valid, the first of t's slots on its owner). */
+  carriers: Uint8Array | null;
 }
 
 /**
@@ -32,6 +44,12 @@ interface HandleState {
  * Outputs (expertX, expertScales, expertCounts) live in buffers the group owns and rewrites on every
  * dispatch; they are handed out only after the call has fully succeeded, so a caller never sees a
  * half-written result.
+ *
+ * With config.dedup a token's row crosses to each owner once (at its carrier row, the token's first
+ * row for that owner), with a carrier index for every row and a record per carrier row (the token's
+ * rows on that owner and their weights, and where the partial goes back); the receiver unpacks rows
+ * from their carriers, so every dispatch output is the same as without dedup. In combine the owner
+ * sends back one pre-reduced bf16 partial per (token, rank), which the origin sums.
  */
 export class HostEpGroup implements EpGroup<HostTensor> {
   readonly transport = 'cpu' as const;
@@ -126,6 +144,8 @@ export class HostEpGroup implements EpGroup<HostTensor> {
       if (options.topkWeights !== undefined) {
         checkTensor('topkWeights', options.topkWeights, 'f32', [T, c.topk]);
         weights = Float32Array.from(options.topkWeights.data as Float32Array);
+      } else if (c.dedup) {
+        throw dedupDispatchWeightsError();
       }
       plan = planRouting(c, topkIdx.data as Int32Array, T);
     } catch (err) {
@@ -146,24 +166,29 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     const epr = c.expertsPerRank;
     const k = c.topk;
     const peers = Array.from({ length: c.world }, (_, d) => this.shmem.mapped(d));
-    // Token order, not row order: each token's row is read once (it stays in cache) and written to
-    // each of its destinations; the rows land at the same places as in the protocol's row order.
-    for (let t = 0; t < T; t++) {
-      const rowSrc = src.subarray(t * rowBytes, (t + 1) * rowBytes);
-      const sc = c.fp8 ? new Uint8Array(this.quantScales.buffer, t * G * 4, G * 4) : null;
-      for (let j = 0; j < k; j++) {
-        const row = plan.pairRow[t * k + j];
-        if (row < 0) continue;
-        const d = (idxData[t * k + j] / epr) | 0;
-        const r = row - plan.destRowStart[d];
-        const off = recvRowOffset(this.layout, c, slot, this.rank, r);
-        const peer = peers[d];
-        if (peer) peer.set(rowSrc, off);
-        else this.shmem.put(d, off, rowSrc);
-        if (sc) {
-          const sOff = recvScaleOffset(this.layout, c, slot, this.rank, r);
-          if (peer) peer.set(sc, sOff);
-          else this.shmem.put(d, sOff, sc);
+    let carriers: Uint8Array | null = null;
+    if (c.dedup) {
+      carriers = this.sendDedup(src, T, idxData, weights as Float32Array, plan, slot, peers);
+    } else {
+      // Token order, not row order: each token's row is read once (it stays in cache) and written to
+      // each of its destinations; the rows land at the same places as in the protocol's row order.
+      for (let t = 0; t < T; t++) {
+        const rowSrc = src.subarray(t * rowBytes, (t + 1) * rowBytes);
+        const sc = c.fp8 ? new Uint8Array(this.quantScales.buffer, t * G * 4, G * 4) : null;
+        for (let j = 0; j < k; j++) {
+          const row = plan.pairRow[t * k + j];
+          if (row < 0) continue;
+          const d = (idxData[t * k + j] / epr) | 0;
+          const r = row - plan.destRowStart[d];
+          const off = recvRowOffset(this.layout, c, slot, this.rank, r);
+          const peer = peers[d];
+          if (peer) peer.set(rowSrc, off);
+          else this.shmem.put(d, off, rowSrc);
+          if (sc) {
+            const sOff = recvScaleOffset(this.layout, c, slot, this.rank, r);
+            if (peer) peer.set(sc, sOff);
+            else this.shmem.put(d, sOff, sc);
+          }
         }
       }
     }
@@ -190,7 +215,7 @@ export class HostEpGroup implements EpGroup<HostTensor> {
       throw err;
     }
     this.repack(slot, splits);
-    const state: HandleState = { slot, numTokens: T, pairRow: plan.pairRow, weights, splits };
+    const state: HandleState = { slot, numTokens: T, pairRow: plan.pairRow, weights, splits, carriers };
     const handle = this.handles.issue(this, call, T, this.rank, state);
     return {
       expertX: this.expertXTensor(),
@@ -201,6 +226,90 @@ export class HostEpGroup implements EpGroup<HostTensor> {
       handle,
       recv: options.returnRecv ? this.copyRecv(slot, splits) : null,
     };
+  }
+
+  /**
+   * Dedup send (s -> d for every owner d): per (token, owner) the row and its scales once, at the
+   * carrier row r0 (the row of the token's first slot on d); the record at r0 (back = t * k + j0, the
+   * row of each slot on d or -1, its weight or 0); then every row's carrier index, one block per
+   * owner. Returns the carrier-slot mask the origin reduces over in combine.
+   */
+  private sendDedup(
+    src: Uint8Array,
+    T: number,
+    idxData: Int32Array,
+    weights: Float32Array,
+    plan: ReturnType<typeof planRouting>,
+    slot: number,
+    peers: (Uint8Array | null)[],
+  ): Uint8Array {
+    const c = this.config;
+    const k = c.topk;
+    const epr = c.expertsPerRank;
+    const rowBytes = c.dispatchRowBytes;
+    const G = c.groupsPerRow;
+    const carriers = new Uint8Array(T * k);
+    const carrierOf = new Int32Array(plan.numRows); // per row in send order: its carrier's row r0
+    const owner = new Int32Array(k);
+    const record = new ArrayBuffer(recordBytes(c));
+    const recI32 = new Int32Array(record);
+    const recF32 = new Float32Array(record);
+    const recBytes = new Uint8Array(record);
+    const put = (d: number, off: number, bytes: Uint8Array) => {
+      const peer = peers[d];
+      if (peer) peer.set(bytes, off);
+      else this.shmem.put(d, off, bytes);
+    };
+    for (let t = 0; t < T; t++) {
+      for (let j = 0; j < k; j++) {
+        owner[j] = plan.pairRow[t * k + j] < 0 ? -1 : (idxData[t * k + j] / epr) | 0;
+      }
+      for (let j0 = 0; j0 < k; j0++) {
+        const d = owner[j0];
+        if (d < 0) continue;
+        let first = true; // j0 is t's first slot on d: its carrier slot
+        for (let q = 0; q < j0 && first; q++) first = owner[q] !== d;
+        if (!first) continue;
+        carriers[t * k + j0] = 1;
+        const start = plan.destRowStart[d];
+        const r0 = plan.pairRow[t * k + j0] - start;
+        recI32[0] = t * k + j0;
+        for (let j = 0; j < k; j++) {
+          if (owner[j] === d) {
+            const row = plan.pairRow[t * k + j];
+            carrierOf[row] = r0;
+            recI32[1 + j] = row - start;
+            recF32[1 + k + j] = weights[t * k + j];
+          } else {
+            recI32[1 + j] = -1;
+            recF32[1 + k + j] = 0;
+          }
+        }
+        put(
+          d,
+          recvRowOffset(this.layout, c, slot, this.rank, r0),
+          src.subarray(t * rowBytes, (t + 1) * rowBytes),
+        );
+        if (c.fp8) {
+          const sc = new Uint8Array(this.quantScales.buffer, t * G * 4, G * 4);
+          put(d, recvScaleOffset(this.layout, c, slot, this.rank, r0), sc);
+        }
+        put(d, recvRecordOffset(this.layout, c, slot, this.rank, r0), recBytes);
+      }
+    }
+    for (let d = 0; d < c.world; d++) {
+      const block = carrierOf.subarray(plan.destRowStart[d], plan.destRowStart[d + 1]);
+      if (block.length === 0) continue;
+      const bytes = new Uint8Array(block.buffer, block.byteOffset, block.byteLength);
+      put(d, recvCarrierOffset(this.layout, c, slot, this.rank, 0), bytes);
+    }
+    return carriers;
+  }
+
+  /** dedup: i32 [count] carrier index of each row of block [slot][s] (a view of this rank's heap). */
+  private carrierBlock(slot: number, s: number, count: number): Int32Array {
+    const start = recvCarrierOffset(this.layout, this.config, slot, s, 0) / 4;
+    return this.heapI32.subarray(start, start + count);
   }
 
   private expertXTensor(): HostTensor {
@@ -220,6 +329,10 @@ export class HostEpGroup implements EpGroup<HostTensor> {
   /** Source-major receive slot -> expert-major output: rows of (expert e, source s) after those of sources < s. */
   private repack(slot: number, splits: Int32Array): void {
     const c = this.config;
+    if (c.dedup) {
+      this.repackDedup(slot, splits);
+      return;
+    }
     const epr = c.expertsPerRank;
     const spp = this.layout.splitsPerPeer;
     const local = this.shmem.local();
@@ -243,6 +356,36 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     }
   }
 
+  /** repack under dedup: the expert-major row of (s, r) is a copy of s's carrier row carrier[r]. */
+  private repackDedup(slot: number, splits: Int32Array): void {
+    const c = this.config;
+    const epr = c.expertsPerRank;
+    const spp = this.layout.splitsPerPeer;
+    const local = this.shmem.local();
+    const rowBytes = c.dispatchRowBytes;
+    const G = c.groupsPerRow;
+    this.expertCounts.fill(0);
+    for (let s = 0; s < c.world; s++) {
+      let count = 0;
+      for (let e = 0; e < epr; e++) count += splits[s * spp + e];
+      const carrier = this.carrierBlock(slot, s, count);
+      let row = 0;
+      for (let e = 0; e < epr; e++) {
+        const n = splits[s * spp + e];
+        for (let i = 0; i < n; i++, row++) {
+          const dstRow = e * c.expertCapacity + this.expertCounts[e] + i;
+          const from = recvRowOffset(this.layout, c, slot, s, carrier[row]);
+          this.expertX.set(local.subarray(from, from + rowBytes), dstRow * rowBytes);
+          if (this.expertScales) {
+            const sFrom = recvScaleOffset(this.layout, c, slot, s, carrier[row]) / 4;
+            this.expertScales.set(this.heapF32.subarray(sFrom, sFrom + G), dstRow * G);
+          }
+        }
+        this.expertCounts[e] += n;
+      }
+    }
+  }
+
   private copyRecv(slot: number, splits: Int32Array): SourceMajorRecv<HostTensor> {
     const c = this.config;
     const local = this.shmem.local();
@@ -262,7 +405,40 @@ export class HostEpGroup implements EpGroup<HostTensor> {
         this.heapF32.slice(sFrom, sFrom + n),
       );
     }
+    if (c.dedup) this.fillFromCarriers(slot, splits, bytes, scales?.data as Float32Array | undefined);
     return { x, scales, splits: hostTensor('i32', [c.world, this.layout.splitsPerPeer], splits.slice()) };
+  }
+
+  /**
+   * dedup: makes the copied source-major view show, at row r of block s, the data of s's carrier row
+   * carrier[r] (only carrier rows were written), so that it equals the view without dedup.
+   */
+  private fillFromCarriers(
+    slot: number,
+    splits: Int32Array,
+    bytes: Uint8Array,
+    scales: Float32Array | undefined,
+  ): void {
+    const c = this.config;
+    const spp = this.layout.splitsPerPeer;
+    const local = this.shmem.local();
+    const rb = c.dispatchRowBytes;
+    const G = c.groupsPerRow;
+    for (let s = 0; s < c.world; s++) {
+      let count = 0;
+      for (let e = 0; e < c.expertsPerRank; e++) count += splits[s * spp + e];
+      const carrier = this.carrierBlock(slot, s, count);
+      for (let r = 0; r < count; r++) {
+        if (carrier[r] === r) continue;
+        const to = s * c.maxRowsPerPeer + r;
+        const from = recvRowOffset(this.layout, c, slot, s, carrier[r]);
+        bytes.set(local.subarray(from, from + rb), to * rb);
+        if (scales) {
+          const sFrom = recvScaleOffset(this.layout, c, slot, s, carrier[r]) / 4;
+          scales.set(this.heapF32.subarray(sFrom, sFrom + G), to * G);
+        }
+      }
+    }
   }
 
   combine(
@@ -283,10 +459,12 @@ export class HostEpGroup implements EpGroup<HostTensor> {
       this.abort('combineSignal', call);
       throw withAbandoned(err, call);
     }
-    let weights: Float32Array;
+    let weights: Float32Array | null = null;
     try {
       checkTensor('expertOut', expertOut, 'bf16', [c.expertsPerRank, c.expertCapacity, c.hidden]);
-      if (options.topkWeights !== undefined) {
+      if (c.dedup) {
+        if (options.topkWeights !== undefined) throw dedupCombineWeightsError();
+      } else if (options.topkWeights !== undefined) {
         checkTensor('topkWeights', options.topkWeights, 'f32', [st.numTokens, c.topk]);
         weights = options.topkWeights.data as Float32Array;
       } else if (st.weights) {
@@ -304,6 +482,11 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     const epr = c.expertsPerRank;
     const spp = this.layout.splitsPerPeer;
     const out = expertOut.data as Uint16Array;
+    if (c.dedup) {
+      this.sendPartials(st, out, call);
+      this.waitAll('combineSignal', call);
+      return this.reduceDedup(st);
+    }
     const outBytes = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
     const rowBytes = c.combineRowBytes;
     const expertBase = new Int32Array(epr); // rows of each expert taken by sources before s
@@ -326,7 +509,93 @@ export class HostEpGroup implements EpGroup<HostTensor> {
       this.shmem.signal(s, signalOffset(this.layout.combineSignal, slot, this.rank), BigInt(call));
     }
     this.waitAll('combineSignal', call);
-    return this.reduce(st, weights);
+    return this.reduce(st, weights as Float32Array);
+  }
+
+  /**
+   * dedup combine, owner side: for each source s (in rank order) and each of its carrier rows r0, the
+   * partial bf16(sum over the record's slots j with rows[j] >= 0, in j order, of f32(w[j] * out row of
+   * (s, rows[j]))), written to s's combineRecv at row `back`; then fence and signal s.
+   */
+  private sendPartials(st: HandleState, out: Uint16Array, call: number): void {
+    const c = this.config;
+    const k = c.topk;
+    const H = c.hidden;
+    const epr = c.expertsPerRank;
+    const spp = this.layout.splitsPerPeer;
+    const expertBase = new Int32Array(epr); // rows of each expert taken by sources before s
+    const packed = new Int32Array(c.maxRowsPerPeer); // expert-major row of each row of s
+    const partial = new Uint16Array(H);
+    const partialBytes = new Uint8Array(partial.buffer);
+    const rows: Uint16Array[] = [];
+    const offs: number[] = [];
+    const ws: number[] = [];
+    for (let s = 0; s < c.world; s++) {
+      let count = 0;
+      for (let e = 0; e < epr; e++) {
+        const n = st.splits[s * spp + e];
+        for (let i = 0; i < n; i++) packed[count++] = e * c.expertCapacity + expertBase[e] + i;
+        expertBase[e] += n;
+      }
+      const carrier = this.carrierBlock(st.slot, s, count);
+      const peer = this.shmem.mapped(s);
+      const peer16 =
+        peer && peer.byteOffset % 2 === 0
+          ? new Uint16Array(peer.buffer, peer.byteOffset, peer.byteLength >> 1)
+          : null;
+      for (let r0 = 0; r0 < count; r0++) {
+        if (carrier[r0] !== r0) continue;
+        const rec = recvRecordOffset(this.layout, c, st.slot, s, r0) / 4;
+        rows.length = 0;
+        offs.length = 0;
+        ws.length = 0;
+        for (let j = 0; j < k; j++) {
+          const r = this.heapI32[rec + 1 + j];
+          if (r < 0) continue;
+          rows.push(out);
+          offs.push(packed[r] * H);
+          ws.push(this.heapF32[rec + 1 + k + j]);
+        }
+        const off = combineRowOffset(this.layout, c, st.slot, this.heapI32[rec]);
+        if (peer16) {
+          weightedSumBf16(rows, offs, ws, H, peer16, off / 2);
+        } else {
+          weightedSumBf16(rows, offs, ws, H, partial, 0);
+          this.shmem.put(s, off, partialBytes);
+        }
+      }
+      this.shmem.fence();
+      this.shmem.signal(s, signalOffset(this.layout.combineSignal, st.slot, this.rank), BigInt(call));
+    }
+  }
+
+  /**
+   * dedup combine, origin side: y[t] = bf16(S), S = the partial at t's first carrier slot, then
+   * S = f32(S + partial) for each next carrier slot in increasing j; +0 for a token with none.
+   */
+  private reduceDedup(st: HandleState): HostTensor {
+    const c = this.config;
+    const k = c.topk;
+    const H = c.hidden;
+    const carriers = st.carriers as Uint8Array;
+    const local = this.shmem.local();
+    const base = combineRowOffset(this.layout, c, st.slot, 0);
+    const recv = new Uint16Array(local.buffer, local.byteOffset + base, this.layout.combineRows * H);
+    const y = new Uint16Array(st.numTokens * H);
+    const acc = new Float32Array(H); // a store into it rounds the double sum of two f32 to f32 once
+    const bits = new Uint32Array(acc.buffer);
+    for (let t = 0; t < st.numTokens; t++) {
+      let first = true;
+      for (let j = 0; j < k; j++) {
+        if (!carriers[t * k + j]) continue;
+        const from = (t * k + j) * H;
+        if (first) for (let h = 0; h < H; h++) acc[h] = BF16_DECODE[recv[from + h]];
+        else for (let h = 0; h < H; h++) acc[h] += BF16_DECODE[recv[from + h]];
+        first = false;
+      }
+      if (!first) for (let h = 0; h < H; h++) y[t * H + h] = f32BitsToBf16(bits[h]);
+    }
+    return hostTensor('bf16', [st.numTokens, H], y);
   }
 
   private reduce(st: HandleState, weights: Float32Array): HostTensor {

@@ -33,8 +33,22 @@ export interface HeapLayout {
   readonly recvData: Region;
   /** f32 [2][W][MAX_M][H/G]: scales of those rows (FP8 only; zero bytes otherwise). */
   readonly recvScales: Region;
-  /** bf16 [2][maxTokensPerRank * k][H]: expert outputs returned to me, in my expert-sorted row order. */
+  /**
+   * bf16 [2][maxTokensPerRank * k][H]: expert outputs returned to me, in my expert-sorted row order;
+   * with dedup, each owner's partial for token t at row t * k + j0 (j0: t's first slot on that owner).
+   */
   readonly combineRecv: Region;
+  /**
+   * dedup only (zero bytes otherwise): i32 [2][W][MAX_M]: for each row src sent me, the row of the
+   * same token that carries its data (the token's first row for this rank).
+   */
+  readonly recvCarrier: Region;
+  /**
+   * dedup only (zero bytes otherwise): [2][W][MAX_M][recordBytes]: at each carrier row, the token's
+   * record: i32 back (= t * k + j0, where my partial goes), i32 rows[k] (row of each slot on me, or
+   * -1), f32 w[k] (its weight, or 0).
+   */
+  readonly recvRecords: Region;
   /** Total bytes of one rank's heap. */
   readonly totalBytes: number;
   /** Elements per split record (EPR + 1). */
@@ -58,6 +72,9 @@ export function computeLayout(cfg: EpConfig): HeapLayout {
   const recvData = heap.region(W * cfg.maxRowsPerPeer * cfg.dispatchRowBytes);
   const recvScales = heap.region(cfg.fp8 ? W * cfg.maxRowsPerPeer * cfg.groupsPerRow * 4 : 0);
   const combineRecv = heap.region(combineRows * cfg.combineRowBytes);
+  // last, so that a heap without dedup is laid out (and sized) exactly as before dedup existed
+  const recvCarrier = heap.region(cfg.dedup ? W * cfg.maxRowsPerPeer * 4 : 0);
+  const recvRecords = heap.region(cfg.dedup ? W * cfg.maxRowsPerPeer * recordBytes(cfg) : 0);
   checkHeapSize(heap.end);
   return {
     dispatchSignal,
@@ -66,6 +83,8 @@ export function computeLayout(cfg: EpConfig): HeapLayout {
     recvData,
     recvScales,
     combineRecv,
+    recvCarrier,
+    recvRecords,
     totalBytes: heap.end,
     splitsPerPeer,
     combineRows,
@@ -109,6 +128,35 @@ export function combineRowOffset(l: HeapLayout, cfg: EpConfig, slot: number, row
   return l.combineRecv.offset + slot * l.combineRecv.slotBytes + row * cfg.combineRowBytes;
 }
 
+/** Byte offset of the carrier index (i32) of row `row` of block [slot][src] (dedup only). */
+export function recvCarrierOffset(
+  l: HeapLayout,
+  cfg: EpConfig,
+  slot: number,
+  src: number,
+  row: number,
+): number {
+  return l.recvCarrier.offset + slot * l.recvCarrier.slotBytes + (src * cfg.maxRowsPerPeer + row) * 4;
+}
+
+/**
+ * Byte offset of the token record at row `row` of block [slot][src] (dedup only; written at carrier
+ * rows). Inside it: back at +0, rows[j] at +4 + 4j, w[j] at +4 + 4k + 4j.
+ */
+export function recvRecordOffset(
+  l: HeapLayout,
+  cfg: EpConfig,
+  slot: number,
+  src: number,
+  row: number,
+): number {
+  return (
+    l.recvRecords.offset +
+    slot * l.recvRecords.slotBytes +
+    (src * cfg.maxRowsPerPeer + row) * recordBytes(cfg)
+  );
+}
+
 /**
  * The cuda transport's heap. Its direct dispatch stores every row straight into its final place in the
  * owner's expertX, which therefore lives in the heap (one copy: the count exchange of the next call
@@ -141,6 +189,10 @@ export interface DirectHeapLayout {
   readonly stageData: Region;
   /** f32 [2][W][stageRows][H/G]: their scales (FP8 only). */
   readonly stageScales: Region;
+  /** dedup: i32 [2][W][stageRows]: the carrier row (the one holding the data) of each staged row. */
+  readonly stageCarrier: Region;
+  /** dedup: [2][W][stageRows][recordBytes]: per carrier row, its token's record (recordBytes). */
+  readonly stageRecords: Region;
   /** Rows per source in the stage: 0 for a group that does not stage. */
   readonly stageRows: number;
   /** Total bytes of one rank's heap. */
@@ -159,6 +211,7 @@ export function computeDirectLayout(cfg: EpConfig, stageRows = 0): DirectHeapLay
   const rows = cfg.expertsPerRank * cfg.expertCapacity;
   const combineRows = cfg.maxTokensPerRank * cfg.topk;
   const staged = stageRows > 0;
+  const dedup = staged && cfg.dedup === true; // (de-duplication rides on the stage)
   const out = {
     countSignal: heap.region(W * 8),
     dispatchSignal: heap.region(W * 8),
@@ -171,9 +224,20 @@ export function computeDirectLayout(cfg: EpConfig, stageRows = 0): DirectHeapLay
     stageSplits: heap.region(staged ? W * (cfg.expertsPerRank + 1) * 4 : 0),
     stageData: heap.region(W * stageRows * cfg.dispatchRowBytes),
     stageScales: heap.region(cfg.fp8 ? W * stageRows * cfg.groupsPerRow * 4 : 0),
+    stageCarrier: heap.region(dedup ? W * stageRows * 4 : 0),
+    stageRecords: heap.region(dedup ? W * stageRows * recordBytes(cfg) : 0),
   };
   checkHeapSize(heap.end);
   return { ...out, stageRows, totalBytes: heap.end, combineRows };
+}
+
+/**
+ * Bytes of one dedup record (see the README's protocol): the origin's combine row (i32), then per slot
+ * the row in the source's order for this owner (i32, -1 for none) and the router weight (f32), padded
+ * to 16 bytes.
+ */
+export function recordBytes(cfg: EpConfig): number {
+  return alignUp(4 * (1 + 2 * cfg.topk), 16);
 }
 
 /**
@@ -217,6 +281,8 @@ export function directRegionsOf(l: DirectHeapLayout): Array<[string, Region]> {
     ['stageSplits', l.stageSplits],
     ['stageData', l.stageData],
     ['stageScales', l.stageScales],
+    ['stageCarrier', l.stageCarrier],
+    ['stageRecords', l.stageRecords],
   ];
 }
 
@@ -229,5 +295,7 @@ export function regionsOf(l: HeapLayout): Array<[string, Region]> {
     ['recvData', l.recvData],
     ['recvScales', l.recvScales],
     ['combineRecv', l.combineRecv],
+    ['recvCarrier', l.recvCarrier],
+    ['recvRecords', l.recvRecords],
   ];
 }

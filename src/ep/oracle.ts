@@ -157,6 +157,11 @@ export function oracleDispatch(
  * where out[t,j] is the row that the owner of expert topkIdx[t,j] produced for this pair.
  * `expertOutOf(owner, localExpert, row)` gives that owner's bf16 output row (an array and offset):
  * rows are numbered as in the oracle's expert-major order.
+ *
+ * With cfg.dedup, each owner d of token t first reduces its own slots: P_d = bf16(sum over valid j
+ * with owner d, in order, of f32(w[t,j] * out[t,j])), the f32 sum starting from 0; then
+ * y[t] = bf16(S), S = P of t's first owner (by its first slot), then S = f32(S + P) for each next owner
+ * in the order of their first slots; y[t] = +0 when t has no valid slot.
  */
 export function oracleCombine(
   cfg: EpConfig,
@@ -176,6 +181,41 @@ export function oracleCombine(
       for (let p = 0; p < other.numTokens * k; p++) if (other.topkIdx[p] === expert) base++;
     }
     for (let p = 0; p < inp.numTokens * k; p++) if (inp.topkIdx[p] === expert) pairPos[p] = base++;
+  }
+  if (cfg.dedup) {
+    for (let t = 0; t < inp.numTokens; t++) {
+      // carrier slots: each owner's first valid slot of this token, in increasing j
+      const carriers: number[] = [];
+      for (let j = 0; j < k; j++) {
+        const e = inp.topkIdx[t * k + j];
+        if (e < 0) continue;
+        let first = true;
+        for (let q = 0; q < j; q++) {
+          const f = inp.topkIdx[t * k + q];
+          if (f >= 0 && Math.floor(f / EPR) === Math.floor(e / EPR)) first = false;
+        }
+        if (first) carriers.push(j);
+      }
+      for (let h = 0; h < H; h++) {
+        let sum = 0;
+        for (const [i, j0] of carriers.entries()) {
+          const owner = Math.floor(inp.topkIdx[t * k + j0] / EPR);
+          let acc = 0;
+          for (let j = j0; j < k; j++) {
+            const e = inp.topkIdx[t * k + j];
+            if (e < 0 || Math.floor(e / EPR) !== owner) continue;
+            const r = expertOutOf(owner, e % EPR, pairPos[t * k + j]);
+            acc = Math.fround(
+              acc + Math.fround(inp.topkWeights[t * k + j] * BF16_DECODE[r.data[r.offset + h]]),
+            );
+          }
+          const partial = BF16_DECODE[f32ToBf16(acc)];
+          sum = i === 0 ? partial : Math.fround(sum + partial);
+        }
+        y[t * H + h] = f32ToBf16(sum);
+      }
+    }
+    return y;
   }
   for (let t = 0; t < inp.numTokens; t++) {
     for (let h = 0; h < H; h++) {

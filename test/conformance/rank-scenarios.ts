@@ -15,7 +15,7 @@ import { hostTensor } from '../../src/ep/tensor.js';
 import { type ErrorDetails, errorToWire } from '../../src/errors.js';
 
 export interface ScenarioTask {
-  scenario: 'errors' | 'silent-rank' | 'throwing-rank';
+  scenario: 'errors' | 'dedup-weights' | 'silent-rank' | 'throwing-rank';
   transport: 'cpu' | 'cuda';
   world: number;
   timeoutMs: number;
@@ -233,6 +233,59 @@ async function errorSteps(task: ScenarioTask, rank: number): Promise<Observation
   return obs;
 }
 
+/**
+ * Weights under dedup: they travel with dispatch, so a dispatch without them and a combine given them
+ * are refused on the rank at fault, and its peers abandon that call at once; the next call is correct.
+ */
+async function dedupWeightSteps(task: ScenarioTask, rank: number): Promise<Observation[]> {
+  const obs: Observation[] = [];
+  const kase: VerifyCase = { ...small(task.world, { dedup: true }), name: 'conformance dedup' };
+  const { g, cfg } = await openGroup(task, kase);
+  let call = 0;
+  const correct = (after: string) => {
+    const mismatch = verifyCall(g, cfg, kase, call++, rank, io);
+    obs.push({ step: `correct call after ${after}`, code: 'ok', mismatch });
+  };
+  const T = 8;
+  const H = cfg.hidden;
+  const k = cfg.topk;
+  const x = () => io.upload(g, hostTensor('bf16', [T, H]));
+  const idx = () => {
+    // each token's slots on two ranks (one when W = 1), so that dedup has tokens to merge
+    const ids = new Int32Array(T * k);
+    for (let i = 0; i < ids.length; i++) {
+      const owner = (Math.floor(i / k) + (i % k >= 2 ? 1 : 0)) % task.world;
+      ids[i] = owner * cfg.expertsPerRank + (i % k);
+    }
+    return io.upload(g, hostTensor('i32', [T, k], ids));
+  };
+  const w = () => io.upload(g, hostTensor('f32', [T, k], new Float32Array(T * k).fill(0.5)));
+  const out = () => io.upload(g, hostTensor('bf16', [cfg.expertsPerRank, cfg.expertCapacity, H]));
+  correct('group open');
+  // 1. rank 0 dispatches without topkWeights; its peers pass them
+  obs.push(
+    await observe('dispatch without weights', () =>
+      g.dispatch(x(), idx(), rank === 0 ? {} : { topkWeights: w() }),
+    ),
+  );
+  correct('dispatch without weights');
+  // 2. no rank passes them
+  obs.push(await observe('no weights anywhere', () => g.dispatch(x(), idx())));
+  correct('no weights anywhere');
+  // 3. rank 0 passes topkWeights to combine as well: refused there, abandoned on every rank
+  const d = g.dispatch(x(), idx(), { topkWeights: w() });
+  obs.push(
+    await observe('combine with weights', () =>
+      g.combine(out(), d.handle, rank === 0 ? { topkWeights: w() } : {}),
+    ),
+  );
+  obs.push(await observe('combine after refusal', () => g.combine(out(), d.handle)));
+  correct('combine with weights');
+  await g.close();
+  current = null;
+  return obs;
+}
+
 async function silentOrThrowing(task: ScenarioTask, rank: number): Promise<Observation[]> {
   const kase = small(task.world);
   const { g, cfg } = await openGroup(task, kase);
@@ -250,6 +303,8 @@ async function silentOrThrowing(task: ScenarioTask, rank: number): Promise<Obser
   return [obs];
 }
 
-await rankMain<ScenarioTask, Observation[]>((task, rank) =>
-  task.scenario === 'errors' ? errorSteps(task, rank) : silentOrThrowing(task, rank),
-);
+await rankMain<ScenarioTask, Observation[]>((task, rank) => {
+  if (task.scenario === 'errors') return errorSteps(task, rank);
+  if (task.scenario === 'dedup-weights') return dedupWeightSteps(task, rank);
+  return silentOrThrowing(task, rank);
+});

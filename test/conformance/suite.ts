@@ -43,19 +43,77 @@ function step(obs: Observation[], name: string): Observation {
 
 export function conformanceSuite(transport: 'cpu' | 'cuda', skip: string | false): void {
   describe(`conformance: ${transport} transport`, { skip }, () => {
-    it('matches the oracle bit for bit over W, FP8 and every routing scenario (small shapes)', async () => {
-      const cases = defaultSuite(11, 3).filter((c) => c.config.hidden === 256 && c.config.world <= 4);
-      assert.ok(cases.length >= 40);
-      await verifyAll(transport, cases);
-    });
+    // every verify-based test runs with the plain protocol and with de-duplication (config.dedup)
+    for (const dedup of [false, true]) {
+      const tag = dedup ? ', dedup' : '';
+      const ofKind = (c: VerifyCase) => (c.config.dedup ?? false) === dedup;
 
-    it('stays bit-exact over 200 consecutive calls with fresh data (W = 4)', async () => {
-      const base = defaultSuite(5, 200).find(
-        (c) => c.config.world === 4 && c.scenario === 'random' && c.config.fp8,
-      );
-      assert.ok(base);
-      await verifyAll(transport, [base, { ...base, config: { ...base.config, fp8: false }, calls: 50 }]);
-    });
+      it(`matches the oracle bit for bit over W, FP8 and every routing scenario (small shapes${tag})`, async () => {
+        const cases = defaultSuite(11, 3).filter(
+          (c) => c.config.hidden === 256 && c.config.world <= 4 && ofKind(c),
+        );
+        assert.ok(cases.length >= 40);
+        for (const c of cases) assert.equal(c.name.endsWith(' dedup'), dedup, c.name);
+        await verifyAll(transport, cases);
+      });
+
+      it(`stays bit-exact over 200 consecutive calls with fresh data (W = 4${tag})`, async () => {
+        const base = defaultSuite(5, 200).find(
+          (c) => c.config.world === 4 && c.scenario === 'random' && c.config.fp8 && ofKind(c),
+        );
+        assert.ok(base);
+        const bf16 = {
+          ...base,
+          name: `${base.name} (bf16)`,
+          config: { ...base.config, fp8: false },
+          calls: 50,
+        };
+        await verifyAll(transport, [base, bf16]);
+      });
+    }
+
+    for (const world of [1, 3]) {
+      it(`dedup: dispatch without topkWeights or combine with them is refused on that rank, its peers fail the call at once, the next call is correct (W = ${world})`, async () => {
+        const settled = await scenario(transport, { scenario: 'dedup-weights', world, timeoutMs: 10_000 });
+        const all = settled.map((s, r) => `rank ${r}: ${JSON.stringify(s.report ?? s.died)}`).join('\n');
+        for (const [rank, s] of settled.entries()) {
+          assert.ok(s.report?.ok, all);
+          const obs = s.report.result;
+          const corrects = obs.filter((x) => x.step.startsWith('correct call'));
+          assert.equal(corrects.length, 4);
+          for (const o of corrects)
+            assert.equal(o.mismatch, undefined, `rank ${rank} ${o.step}: ${o.mismatch}`);
+          const noW = step(obs, 'dispatch without weights');
+          if (rank === 0) {
+            assert.equal(noW.code, 'MOE_SHAPE', noW.message);
+            assert.equal(noW.details?.argument, 'topkWeights');
+            assert.match(noW.message ?? '', /dispatch needs topkWeights f32 \[T, k\] with dedup/);
+          } else {
+            assert.equal(noW.code, 'MOE_PEER_FAILED', noW.message);
+            assert.equal(noW.details?.peer, 0);
+            assert.match(noW.message ?? '', /rank 0 abandoned dispatch call \d+/);
+            assert.ok((noW.ms ?? 0) < 5000, `the peer learned it after ${noW.ms} ms`);
+          }
+          const none = step(obs, 'no weights anywhere');
+          assert.equal(none.code, 'MOE_SHAPE', none.message);
+          assert.match(none.message ?? '', /with dedup/);
+          const withW = step(obs, 'combine with weights');
+          if (rank === 0) {
+            assert.equal(withW.code, 'MOE_SHAPE', withW.message);
+            assert.equal(withW.details?.argument, 'topkWeights');
+            assert.match(withW.message ?? '', /with dedup the router weights travel with dispatch/);
+          } else {
+            assert.equal(withW.code, 'MOE_PEER_FAILED', withW.message);
+            assert.equal(withW.details?.peer, 0);
+            assert.match(withW.message ?? '', /rank 0 abandoned combine call \d+/);
+            assert.ok((withW.ms ?? 0) < 5000, `the peer learned it after ${withW.ms} ms`);
+          }
+          // the refused call is over on every rank: its handle cannot combine any more
+          const again = step(obs, 'combine after refusal');
+          assert.equal(again.code, 'MOE_HANDLE', again.message);
+        }
+      });
+    }
 
     for (const world of [1, 2]) {
       it(`rejects bad inputs with named errors, and the next call on the same group is correct (W = ${world})`, async () => {

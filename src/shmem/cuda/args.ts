@@ -66,13 +66,15 @@ const epState = layout(
     ['dispatchCalls', 'u64'],
     ['doneBlocks', 'u32[4]'],
     ['barrierCalls', 'u64'],
+    ['carriers', 'u32'],
+    ['reserved', 'u32'],
     ['err', 'EpError'],
   ],
   { EpError: { size: EP_ERROR_BYTES, align: 8 } },
 );
 /** struct EpState: per-group device state (zero it at creation). */
 export const EP_STATE_FIELDS: readonly FieldSpec[] = epState.fields;
-export const EP_STATE_BYTES: number = epState.bytes; // 72
+export const EP_STATE_BYTES: number = epState.bytes; // 80
 
 const EP_ARGS_SPEC = [
   ['rank', 'i32'],
@@ -129,13 +131,20 @@ const EP_ARGS_SPEC = [
   ['selfPairs', 'u64'],
   ['stamps', 'u64'],
   ['stageRows', 'i32'],
+  ['dedup', 'i32'],
+  ['stageCarrierOff', 'u64'],
+  ['stageCarrierSlot', 'u64'],
+  ['stageRecordsOff', 'u64'],
+  ['stageRecordsSlot', 'u64'],
+  ['recordBytes', 'i32'],
   ['reserved', 'i32'],
+  ['carrierList', 'u64'],
 ] as const;
 const epArgs = layout(EP_ARGS_SPEC);
 
 /** struct EpArgs: the single by-value argument of every kernel. */
 export const EP_ARGS_FIELDS: readonly FieldSpec[] = epArgs.fields;
-export const EP_ARGS_BYTES: number = epArgs.bytes; // 368
+export const EP_ARGS_BYTES: number = epArgs.bytes; // 416
 
 function offsets<N extends string>(fields: readonly FieldSpec[]): Readonly<Record<N, number>> {
   return Object.freeze(Object.fromEntries(fields.map((f) => [f.name, f.offset]))) as Record<N, number>;
@@ -151,9 +160,9 @@ export const EP_ERROR_OFFSET = offsets<'code' | 'peer' | 'slot' | 'aux' | 'callC
   EP_ERROR_FIELDS,
 );
 /** Byte offset of each EpState field (err is an EpError at EP_STATE_OFFSET.err). */
-export const EP_STATE_OFFSET = offsets<'dispatchCalls' | 'doneBlocks' | 'barrierCalls' | 'err'>(
-  EP_STATE_FIELDS,
-);
+export const EP_STATE_OFFSET = offsets<
+  'dispatchCalls' | 'doneBlocks' | 'barrierCalls' | 'carriers' | 'reserved' | 'err'
+>(EP_STATE_FIELDS);
 
 // ---------------------------------------------------------------------------------------------
 // Error codes (kernels/ep_args.h) and the kernels' own constants (kernels/ep.cu)
@@ -447,6 +456,29 @@ export class EpArgsWriter {
   }
   set stageRows(v: number) {
     this.i32('stageRows', v);
+  }
+  /** 1: the de-duplicated staged protocol. */
+  set dedup(v: number) {
+    this.i32('dedup', v);
+  }
+  set stageCarrierOff(v: bigint | number) {
+    this.u64('stageCarrierOff', v);
+  }
+  set stageCarrierSlot(v: bigint | number) {
+    this.u64('stageCarrierSlot', v);
+  }
+  set stageRecordsOff(v: bigint | number) {
+    this.u64('stageRecordsOff', v);
+  }
+  set stageRecordsSlot(v: bigint | number) {
+    this.u64('stageRecordsSlot', v);
+  }
+  /** dedup: device int32 [W * stageRows], the carrier rows ep_stage_pack found. */
+  set carrierList(v: bigint) {
+    this.u64('carrierList', v);
+  }
+  set recordBytes(v: number) {
+    this.i32('recordBytes', v);
   }
   set reserved(v: number) {
     this.i32('reserved', v);

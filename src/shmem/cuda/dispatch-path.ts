@@ -10,6 +10,7 @@ import { EP_STAGE_MAX_PAIRS } from './args.js';
  * - 'direct': the ranks all-gather their per-expert counts first, then each row is stored once, straight
  *   into its final place in the owner's expertX: no stage and no pack, one more signal round.
  * With one rank nothing crosses, and the group uses its one-rank kernels whatever is asked.
+ * A group with `dedup` stages (de-duplication rides on the stage).
  * Every rank of a group must use the same path: it follows from the config (and an explicit request),
  * never from a call's own token count.
  */
@@ -35,6 +36,21 @@ export function parseDispatchPath(v: unknown, from: string): DispatchPathRequest
 export function chooseDispatchPath(cfg: EpConfig, requested: DispatchPathRequest = 'auto'): DispatchPath {
   if (cfg.world === 1) return 'direct';
   const pairs = cfg.maxTokensPerRank * cfg.topk;
+  if (cfg.dedup) {
+    // de-duplication rides on the stage: a token's row is staged once per owner, which fans it out
+    if (requested === 'direct') {
+      throw new ConfigError("dedup needs dispatchPath 'staged' (or 'auto'), got 'direct'", {
+        fields: 'dedup,dispatchPath',
+      });
+    }
+    if (pairs > EP_STAGE_MAX_PAIRS) {
+      throw new ConfigError(
+        `dedup on the cuda transport needs maxTokensPerRank * topk <= ${EP_STAGE_MAX_PAIRS}, got ${pairs}; turn dedup off for larger batches`,
+        { fields: 'dedup,maxTokensPerRank,topk' },
+      );
+    }
+    return 'staged';
+  }
   if (requested === 'staged' && pairs > EP_STAGE_MAX_PAIRS) {
     throw new ConfigError(
       `dispatchPath 'staged' needs maxTokensPerRank * topk <= ${EP_STAGE_MAX_PAIRS}, got ${pairs}; use 'direct' or 'auto'`,

@@ -10,6 +10,8 @@ import type {
 import {
   barrierTimeoutError,
   checkUsable,
+  dedupCombineWeightsError,
+  dedupDispatchWeightsError,
   duplicateExpertError,
   expertCapacityError,
   expertIdError,
@@ -21,7 +23,13 @@ import {
 } from '../../ep/call-errors.js';
 import type { EpConfig } from '../../ep/config.js';
 import { type CombineHandle, HandleRegistry, withAbandoned } from '../../ep/handle.js';
-import { computeDirectLayout, type DirectHeapLayout, signalOffset, stagedRowsFor } from '../../ep/layout.js';
+import {
+  computeDirectLayout,
+  type DirectHeapLayout,
+  recordBytes,
+  signalOffset,
+  stagedRowsFor,
+} from '../../ep/layout.js';
 import { type DType, type HostTensor, hostTensor, numel } from '../../ep/tensor.js';
 import {
   ClosedError,
@@ -228,6 +236,14 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     a.set('barrierSignalOff', L.barrierSignal.offset);
     a.set('stageRows', L.stageRows);
     a.set('selfPairs', alloc(Math.max(1, L.stageRows) * 4));
+    // de-duplication rides on the stage (a one-rank group has nothing to de-duplicate: its one partial
+    // per token is the whole sum, the same result)
+    const dedup = L.stageRecords.bytes > 0;
+    a.set('dedup', dedup ? 1 : 0);
+    a.set('stageCarrierOff', L.stageCarrier.offset).set('stageCarrierSlot', L.stageCarrier.slotBytes);
+    a.set('stageRecordsOff', L.stageRecords.offset).set('stageRecordsSlot', L.stageRecords.slotBytes);
+    a.set('recordBytes', dedup ? recordBytes(c) : 0);
+    a.set('carrierList', dedup ? alloc(c.world * L.stageRows * 4) : 0n);
     this.copyKernel = drv.moduleGetFunction(module, 'ep_copy_bench');
     this.launchers = Object.fromEntries(
       KERNELS.map((k) => [k, drv.prepareLaunch(drv.moduleGetFunction(module, k), a.bytes)]),
@@ -313,7 +329,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       config.world,
       layout.totalBytes,
       options.timeoutMs,
-      `${path} dispatch, ${layout.totalBytes} bytes`,
+      `${path} dispatch${config.dedup && path === 'staged' ? ' with dedup' : ''}, ${layout.totalBytes} bytes`,
     );
     const stream = drv.streamCreate({ nonBlocking: true });
     const errWord = drv.allocHostMapped(64);
@@ -570,6 +586,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       this.check('topkIdx', topkIdx, 'i32', [T, c.topk]);
       if (options.topkWeights !== undefined)
         w = this.check('topkWeights', options.topkWeights, 'f32', [T, c.topk]);
+      else if (c.dedup) throw dedupDispatchWeightsError();
     } catch (err) {
       this.abortDispatch();
       throw err;
@@ -712,9 +729,10 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     let w: DeviceTensor;
     try {
       this.check('expertOut', expertOut, 'bf16', [c.expertsPerRank, c.expertCapacity, c.hidden]);
-      if (options.topkWeights !== undefined)
+      if (options.topkWeights !== undefined) {
+        if (c.dedup) throw dedupCombineWeightsError();
         w = this.check('topkWeights', options.topkWeights, 'f32', [st.numTokens, c.topk]);
-      else if (st.weights) w = st.weights;
+      } else if (st.weights) w = st.weights;
       else throw missingWeightsError();
     } catch (err) {
       this.handles.abandonTaken(handle);

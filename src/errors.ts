@@ -16,6 +16,8 @@ export const ErrorCodes = {
   cuda: 'MOE_CUDA',
   transportUnavailable: 'MOE_TRANSPORT_UNAVAILABLE',
   launch: 'MOE_LAUNCH',
+  argument: 'MOE_ARGUMENT',
+  internal: 'MOE_INTERNAL',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
@@ -23,11 +25,16 @@ export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
 /** Structured facts about a failure (which field, rank, slot, ...), kept when the error crosses a boundary. */
 export type ErrorDetails = Record<string, string | number | boolean | null>;
 
+/** `cause`: the error this one wraps (kept, as ES2022's Error cause; it also crosses the wire). */
+export interface MoeErrorOptions {
+  cause?: unknown;
+}
+
 export class MoeA2aError extends Error {
   readonly code: ErrorCode;
   readonly details: ErrorDetails;
-  constructor(code: ErrorCode, message: string, details: ErrorDetails = {}) {
-    super(message);
+  constructor(code: ErrorCode, message: string, details: ErrorDetails = {}, options?: MoeErrorOptions) {
+    super(message, options);
     this.code = code;
     this.details = details;
     this.name = new.target.name;
@@ -36,82 +43,98 @@ export class MoeA2aError extends Error {
 
 /** An invalid group configuration (sizes, divisibility, limits). `details.fields` names the fields. */
 export class ConfigError extends MoeA2aError {
-  constructor(message: string, details: ErrorDetails = {}) {
-    super(ErrorCodes.config, message, details);
+  constructor(message: string, details: ErrorDetails = {}, options?: MoeErrorOptions) {
+    super(ErrorCodes.config, message, details, options);
   }
 }
 
 /** A tensor with the wrong shape, dtype or length. */
 export class ShapeError extends MoeA2aError {
-  constructor(message: string, details: ErrorDetails = {}) {
-    super(ErrorCodes.shape, message, details);
+  constructor(message: string, details: ErrorDetails = {}, options?: MoeErrorOptions) {
+    super(ErrorCodes.shape, message, details, options);
   }
 }
 
 /** A routing input that names no valid expert (`details.token`, `details.slot`, `details.expert`). */
 export class RoutingError extends MoeA2aError {
-  constructor(message: string, details: ErrorDetails = {}) {
-    super(ErrorCodes.routing, message, details);
+  constructor(message: string, details: ErrorDetails = {}, options?: MoeErrorOptions) {
+    super(ErrorCodes.routing, message, details, options);
   }
 }
 
 /** More rows for one destination than the per-peer capacity (`details.destination/count/limit`). */
 export class CapacityError extends MoeA2aError {
-  constructor(message: string, details: ErrorDetails = {}) {
-    super(ErrorCodes.capacity, message, details);
+  constructor(message: string, details: ErrorDetails = {}, options?: MoeErrorOptions) {
+    super(ErrorCodes.capacity, message, details, options);
   }
 }
 
 /** A peer did not signal in time (`details.peer`, `details.slot`, `details.callCount`). */
 export class PeerTimeoutError extends MoeA2aError {
-  constructor(message: string, details: ErrorDetails = {}) {
-    super(ErrorCodes.peerTimeout, message, details);
+  constructor(message: string, details: ErrorDetails = {}, options?: MoeErrorOptions) {
+    super(ErrorCodes.peerTimeout, message, details, options);
   }
 }
 
 /** A peer rank failed (threw, exited, or its worker died): `details.peer`. */
 export class PeerFailedError extends MoeA2aError {
-  constructor(message: string, details: ErrorDetails = {}) {
-    super(ErrorCodes.peerFailed, message, details);
+  constructor(message: string, details: ErrorDetails = {}, options?: MoeErrorOptions) {
+    super(ErrorCodes.peerFailed, message, details, options);
   }
 }
 
 /** A combine handle that is stale (a later dispatch happened), already used, or from another group. */
 export class HandleError extends MoeA2aError {
-  constructor(message: string, details: ErrorDetails = {}) {
-    super(ErrorCodes.handle, message, details);
+  constructor(message: string, details: ErrorDetails = {}, options?: MoeErrorOptions) {
+    super(ErrorCodes.handle, message, details, options);
   }
 }
 
 /** A call on a group that was closed. */
 export class ClosedError extends MoeA2aError {
-  constructor(message: string, details: ErrorDetails = {}) {
-    super(ErrorCodes.closed, message, details);
+  constructor(message: string, details: ErrorDetails = {}, options?: MoeErrorOptions) {
+    super(ErrorCodes.closed, message, details, options);
   }
 }
 
 /** A CUDA driver call failed (`details.call`, `details.result` the CUresult name), or a kernel reported an error. */
 export class CudaError extends MoeA2aError {
-  constructor(message: string, details: ErrorDetails = {}) {
-    super(ErrorCodes.cuda, message, details);
+  constructor(message: string, details: ErrorDetails = {}, options?: MoeErrorOptions) {
+    super(ErrorCodes.cuda, message, details, options);
   }
 }
 
 /** The asked-for transport cannot run here (no driver, no GPU). */
 export class TransportUnavailableError extends MoeA2aError {
-  constructor(message: string, details: ErrorDetails = {}) {
-    super(ErrorCodes.transportUnavailable, message, details);
+  constructor(message: string, details: ErrorDetails = {}, options?: MoeErrorOptions) {
+    super(ErrorCodes.transportUnavailable, message, details, options);
   }
 }
 
 /** The launcher or its rendezvous store failed (a rank exited, the store was unreachable). */
 export class LaunchError extends MoeA2aError {
-  constructor(message: string, details: ErrorDetails = {}) {
-    super(ErrorCodes.launch, message, details);
+  constructor(message: string, details: ErrorDetails = {}, options?: MoeErrorOptions) {
+    super(ErrorCodes.launch, message, details, options);
   }
 }
 
-const classByCode: Record<ErrorCode, new (m: string, d?: ErrorDetails) => MoeA2aError> = {
+/** A call the API does not allow as made: a wrong kind of argument, an option out of its set. */
+export class ArgumentError extends MoeA2aError {
+  constructor(message: string, details: ErrorDetails = {}, options?: MoeErrorOptions) {
+    super(ErrorCodes.argument, message, details, options);
+  }
+}
+
+/** A fault inside this library (a broken invariant), not the caller's doing: please report it. */
+export class InternalError extends MoeA2aError {
+  constructor(message: string, details: ErrorDetails = {}, options?: MoeErrorOptions) {
+    super(ErrorCodes.internal, message, details, options);
+  }
+}
+
+type ErrorClass = new (m: string, d?: ErrorDetails, o?: MoeErrorOptions) => MoeA2aError;
+
+const classByCode: Record<ErrorCode, ErrorClass> = {
   MOE_CONFIG: ConfigError,
   MOE_SHAPE: ShapeError,
   MOE_ROUTING: RoutingError,
@@ -123,6 +146,8 @@ const classByCode: Record<ErrorCode, new (m: string, d?: ErrorDetails) => MoeA2a
   MOE_CUDA: CudaError,
   MOE_TRANSPORT_UNAVAILABLE: TransportUnavailableError,
   MOE_LAUNCH: LaunchError,
+  MOE_ARGUMENT: ArgumentError,
+  MOE_INTERNAL: InternalError,
 };
 
 /** The plain-object form of an error, safe to post to a worker or write as JSON. */
@@ -132,22 +157,32 @@ export interface WireError {
   message: string;
   details: ErrorDetails;
   stack?: string;
+  /** The wrapped error's wire form (a few levels deep at most). */
+  cause?: WireError;
 }
 
-export function errorToWire(err: unknown): WireError {
+const WIRE_CAUSE_DEPTH = 4;
+
+export function errorToWire(err: unknown, depth = 0): WireError {
+  let w: WireError;
   if (err instanceof MoeA2aError) {
-    return { code: err.code, name: err.name, message: err.message, details: err.details, stack: err.stack };
+    w = { code: err.code, name: err.name, message: err.message, details: err.details, stack: err.stack };
+  } else if (err instanceof Error) {
+    w = { code: 'ERR_UNKNOWN', name: err.name, message: err.message, details: {}, stack: err.stack };
+  } else {
+    return { code: 'ERR_UNKNOWN', name: 'Error', message: String(err), details: {} };
   }
-  if (err instanceof Error) {
-    return { code: 'ERR_UNKNOWN', name: err.name, message: err.message, details: {}, stack: err.stack };
-  }
-  return { code: 'ERR_UNKNOWN', name: 'Error', message: String(err), details: {} };
+  if (err.cause !== undefined && depth < WIRE_CAUSE_DEPTH) w.cause = errorToWire(err.cause, depth + 1);
+  return w;
 }
 
-/** Rebuilds the error class from its code on this side of the boundary. */
+/** Rebuilds the error class from its code on this side of the boundary (its cause too). */
 export function errorFromWire(w: WireError): Error {
   const cls = classByCode[w.code as ErrorCode];
-  const err = cls ? new cls(w.message, w.details) : Object.assign(new Error(w.message), { name: w.name });
+  const options = w.cause ? { cause: errorFromWire(w.cause) } : undefined;
+  const err = cls
+    ? new cls(w.message, w.details, options)
+    : Object.assign(new Error(w.message, options), { name: w.name });
   if (w.stack) err.stack = w.stack;
   return err;
 }

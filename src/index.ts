@@ -12,6 +12,7 @@ export type { CombineHandle } from './ep/handle.js';
 export type { DType, HostTensor } from './ep/tensor.js';
 export { hostTensor } from './ep/tensor.js';
 export {
+  ArgumentError,
   CapacityError,
   ClosedError,
   ConfigError,
@@ -19,8 +20,10 @@ export {
   type ErrorCode,
   ErrorCodes,
   HandleError,
+  InternalError,
   LaunchError,
   MoeA2aError,
+  type MoeErrorOptions,
   PeerFailedError,
   PeerTimeoutError,
   RoutingError,

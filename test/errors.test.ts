@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import {
+  ArgumentError,
   CapacityError,
   ClosedError,
   ConfigError,
@@ -10,6 +11,7 @@ import {
   errorFromWire,
   errorToWire,
   HandleError,
+  InternalError,
   isMoeA2aError,
   LaunchError,
   MoeA2aError,
@@ -35,6 +37,8 @@ const classes: Array<[Ctor, string, string]> = [
   [CudaError, 'CudaError', 'MOE_CUDA'],
   [TransportUnavailableError, 'TransportUnavailableError', 'MOE_TRANSPORT_UNAVAILABLE'],
   [LaunchError, 'LaunchError', 'MOE_LAUNCH'],
+  [ArgumentError, 'ArgumentError', 'MOE_ARGUMENT'],
+  [InternalError, 'InternalError', 'MOE_INTERNAL'],
 ];
 
 describe('error classes', () => {
@@ -66,6 +70,40 @@ describe('error classes', () => {
     assert.equal(isMoeA2aError(new Error('x')), false);
     assert.equal(isMoeA2aError({ code: 'MOE_CONFIG', message: 'x' }), false);
     assert.equal(isMoeA2aError(null), false);
+  });
+});
+
+describe('a wrapped error keeps its cause', () => {
+  test('on the error, through the wire form, and through JSON', () => {
+    const root = new TypeError('koffi said no');
+    const mid = new CudaError('cuModuleGetFunction failed', { call: 'cuModuleGetFunction' }, { cause: root });
+    const top = new TransportUnavailableError('no usable driver', {}, { cause: mid });
+    assert.equal(top.cause, mid);
+    assert.equal(mid.cause, root);
+    const back = errorFromWire(JSON.parse(JSON.stringify(errorToWire(top)))) as MoeA2aError;
+    assert.ok(back instanceof TransportUnavailableError);
+    const c1 = back.cause as MoeA2aError;
+    assert.ok(c1 instanceof CudaError, 'the cause is rebuilt as its class');
+    assert.equal(c1.message, 'cuModuleGetFunction failed');
+    assert.deepEqual(c1.details, { call: 'cuModuleGetFunction' });
+    const c2 = c1.cause as Error;
+    assert.equal(c2.name, 'TypeError');
+    assert.equal(c2.message, 'koffi said no');
+    // no cause: none on the wire
+    assert.equal('cause' in errorToWire(new ConfigError('x')), false);
+  });
+
+  test('a cycle of causes ends on the wire after a few levels', () => {
+    const a = new Error('a');
+    const b = new Error('b', { cause: a });
+    (a as { cause?: unknown }).cause = b;
+    let w: { cause?: unknown } | undefined = errorToWire(b);
+    let depth = 0;
+    while (w?.cause) {
+      w = w.cause as { cause?: unknown };
+      depth++;
+    }
+    assert.ok(depth > 0 && depth <= 4, `depth ${depth}`);
   });
 });
 

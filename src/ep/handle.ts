@@ -128,5 +128,6 @@ export function withAbandoned(err: unknown, call: number): unknown {
   return new HandleError(
     `${err.message}; call ${call}, which was waiting for its combine, was abandoned on every rank: dispatch again`,
     { ...err.details, abandoned: call },
+    { cause: err },
   );
 }

@@ -331,11 +331,13 @@ export function cudaAvailable(): boolean {
 function unavailable(
   what: string,
   details: { missing: string } & Record<string, string | number>,
+  cause?: unknown,
 ): TransportUnavailableError {
   return new TransportUnavailableError(
     `The cuda transport needs an NVIDIA driver and GPU, but ${what}. ` +
       `Use --transport cpu (or transport: 'cpu') to run without a GPU.`,
     details,
+    cause === undefined ? undefined : { cause },
   );
 }
 
@@ -366,9 +368,11 @@ function openDriver(): CudaDriver {
   try {
     koffi = createRequire(import.meta.url)('koffi') as Koffi;
   } catch (err) {
-    throw unavailable(`the koffi native module could not be loaded (${errorMessage(err)})`, {
-      missing: 'koffi',
-    });
+    throw unavailable(
+      `the koffi native module could not be loaded (${errorMessage(err)})`,
+      { missing: 'koffi' },
+      err,
+    );
   }
   // koffi.address() on a Buffer/typed array (used to pre-build launch argument arrays) is new in
   // koffi 2.16; koffi.view() in 2.11.
@@ -384,9 +388,11 @@ function openDriver(): CudaDriver {
   try {
     lib = koffi.load(LIBCUDA);
   } catch (err) {
-    throw unavailable(`${LIBCUDA} (the NVIDIA driver library) was not found (${errorMessage(err)})`, {
-      missing: 'library',
-    });
+    throw unavailable(
+      `${LIBCUDA} (the NVIDIA driver library) was not found (${errorMessage(err)})`,
+      { missing: 'library' },
+      err,
+    );
   }
   let fns: Fns;
   try {
@@ -395,9 +401,8 @@ function openDriver(): CudaDriver {
   } catch (err) {
     throw unavailable(
       `${LIBCUDA} lacks a function this library needs; the driver is too old? (${errorMessage(err)})`,
-      {
-        missing: 'symbol',
-      },
+      { missing: 'symbol' },
+      err,
     );
   }
   const names = makeErrorNames(fns);
@@ -1089,10 +1094,11 @@ function makeDriver(
         return handle<CuFunction>('cuModuleGetFunction', (out) => fns.cuModuleGetFunction(out, mod, name));
       } catch (err) {
         if (err instanceof CudaError) {
-          throw new CudaError(`${err.message} (kernel '${name}'; is it extern "C" and in this fatbin?)`, {
-            ...err.details,
-            kernel: name,
-          });
+          throw new CudaError(
+            `${err.message} (kernel '${name}'; is it extern "C" and in this fatbin?)`,
+            { ...err.details, kernel: name },
+            { cause: err },
+          );
         }
         throw err;
       }

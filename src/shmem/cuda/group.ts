@@ -32,10 +32,11 @@ import {
 } from '../../ep/layout.js';
 import { type DType, type HostTensor, hostTensor, numel } from '../../ep/tensor.js';
 import {
+  ArgumentError,
   ClosedError,
   ConfigError,
-  CudaError,
   HandleError,
+  InternalError,
   type MoeA2aError,
   PeerTimeoutError,
   ShapeError,
@@ -98,6 +99,40 @@ interface HandleState {
   numTokens: number;
   topkIdx: DeviceTensor;
   weights: DeviceTensor | null;
+}
+
+/**
+ * What a group takes from outside itself: the driver, the symmetric heap and the kernel image. The
+ * defaults are the real ones; tests pass a recording fake driver and a heap in host-visible memory.
+ */
+export interface CudaGroupDeps {
+  driver(): CudaDriver;
+  openHeap: typeof openCudaHeap;
+  moduleImage(): Uint8Array;
+}
+
+const realDeps: CudaGroupDeps = {
+  driver: loadDriver,
+  openHeap: openCudaHeap,
+  moduleImage: () => readFileSync(fatbinPath()),
+};
+
+type CuModuleHandle = ReturnType<CudaDriver['moduleLoadData']>;
+/** The kernel module, loaded once per driver and device: every group of the process shares it. */
+const modules = new WeakMap<CudaDriver, Map<number, CuModuleHandle>>();
+
+function moduleFor(drv: CudaDriver, ordinal: number, image: () => Uint8Array): CuModuleHandle {
+  let byDevice = modules.get(drv);
+  if (!byDevice) {
+    byDevice = new Map();
+    modules.set(drv, byDevice);
+  }
+  let m = byDevice.get(ordinal);
+  if (m === undefined) {
+    m = drv.moduleLoadData(image());
+    byDevice.set(ordinal, m);
+  }
+  return m;
 }
 
 /** Threads for a kernel that walks a row of `vectors` 16-byte vectors: a multiple of 32 near 256. */
@@ -163,103 +198,116 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     private readonly module: ReturnType<CudaDriver['moduleLoadData']>,
     ordinal: number,
   ) {
-    const c = config;
-    this.rank = heap.rank;
-    this.dispatchPath = layout.stageRows > 0 ? 'staged' : 'direct';
-    this.smCount = drv.deviceAttribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, ordinal);
-    const alloc = (bytes: number) => {
-      const p = drv.memAlloc(Math.max(bytes, 16));
-      this.owned.push(p);
-      return p;
-    };
-    const epr = c.expertsPerRank;
-    const xDtype: DType = c.fp8 ? 'fp8_e4m3' : 'bf16';
-    // expertX and its scales live in the heap: peers store their rows straight into them
-    const inHeap = (offset: number) => heap.local + BigInt(offset);
-    this.expertX = new DeviceTensor(
-      xDtype,
-      [epr, c.expertCapacity, c.hidden],
-      inHeap(layout.expertX.offset),
-      null,
-    );
-    this.expertScales = c.fp8
-      ? new DeviceTensor(
-          'f32',
-          [epr, c.expertCapacity, c.groupsPerRow],
-          inHeap(layout.expertScales.offset),
-          null,
-        )
-      : null;
-    this.recvSplits = alloc(c.world * (epr + 1) * 4);
-    this.expertCounts = new DeviceTensor('i32', [epr], alloc(epr * 4), null);
-    this.y = alloc(c.maxTokensPerRank * c.hidden * 2);
-    const peerBases = alloc(8 * c.world);
-    drv.memcpyHtoD(peerBases, BigUint64Array.from(heap.peers));
-    const state = alloc(EP_STATE_BYTES);
-    drv.memsetD8(state, 0, EP_STATE_BYTES);
-    // the copy and memset above run on the legacy stream, which does not order with this group's
-    // non-blocking stream: finish them before any kernel reads them
-    drv.synchronizeContext();
-    const a = this.args;
-    a.rank = this.rank;
-    a.world = c.world;
-    a.numExperts = c.numExperts;
-    a.expertsPerRank = epr;
-    a.hidden = c.hidden;
-    a.topk = c.topk;
-    a.maxRowsPerPeer = c.maxRowsPerPeer;
-    a.expertCapacity = c.expertCapacity;
-    a.groupSize = c.fp8GroupSize;
-    a.groupsPerRow = c.groupsPerRow;
-    a.set('fp8', c.fp8 ? 1 : 0);
-    a.set('splitsPerPeer', epr + 1);
-    a.set('timeoutNs', BigInt(Math.round(timeoutMs * 1e6)));
-    const L = layout;
-    a.set('countSignalOff', L.countSignal.offset).set('countSignalSlot', L.countSignal.slotBytes);
-    a.set('dispatchSignalOff', L.dispatchSignal.offset).set('dispatchSignalSlot', L.dispatchSignal.slotBytes);
-    a.set('combineSignalOff', L.combineSignal.offset).set('combineSignalSlot', L.combineSignal.slotBytes);
-    a.set('countsOff', L.counts.offset).set('countsSlot', L.counts.slotBytes);
-    a.set('combineRecvOff', L.combineRecv.offset).set('combineRecvSlot', L.combineRecv.slotBytes);
-    a.set('expertXOff', L.expertX.offset).set('expertScalesOff', L.expertScales.offset);
-    a.set('dispatchRowBytes', c.dispatchRowBytes).set('combineRowBytes', c.combineRowBytes);
-    a.set('peerBases', peerBases);
-    a.set('expertCounts', this.expertCounts.devicePtr);
-    a.set('y', this.y);
-    a.set('pairRow', alloc(c.maxTokensPerRank * c.topk * 4));
-    a.set('pairDest', alloc(c.maxTokensPerRank * c.topk * 4));
-    a.set('recvSplits', this.recvSplits);
-    a.set('state', state);
-    a.set('errHost', errWord.devicePtr);
-    a.set('stageSplitsOff', L.stageSplits.offset).set('stageSplitsSlot', L.stageSplits.slotBytes);
-    a.set('stageDataOff', L.stageData.offset).set('stageDataSlot', L.stageData.slotBytes);
-    a.set('stageScalesOff', L.stageScales.offset).set('stageScalesSlot', L.stageScales.slotBytes);
-    a.set('barrierSignalOff', L.barrierSignal.offset);
-    a.set('stageRows', L.stageRows);
-    a.set('selfPairs', alloc(Math.max(1, L.stageRows) * 4));
-    // de-duplication rides on the stage (a one-rank group has nothing to de-duplicate: its one partial
-    // per token is the whole sum, the same result)
-    const dedup = L.stageRecords.bytes > 0;
-    a.set('dedup', dedup ? 1 : 0);
-    a.set('stageCarrierOff', L.stageCarrier.offset).set('stageCarrierSlot', L.stageCarrier.slotBytes);
-    a.set('stageRecordsOff', L.stageRecords.offset).set('stageRecordsSlot', L.stageRecords.slotBytes);
-    a.set('recordBytes', dedup ? recordBytes(c) : 0);
-    a.set('carrierList', dedup ? alloc(c.world * L.stageRows * 4) : 0n);
-    this.copyKernel = drv.moduleGetFunction(module, 'ep_copy_bench');
-    this.launchers = Object.fromEntries(
-      KERNELS.map((k) => [k, drv.prepareLaunch(drv.moduleGetFunction(module, k), a.bytes)]),
-    ) as Record<KernelName, KernelLauncher>;
-    this.queue = new LaunchQueue(drv, stream, a.bytes);
-    if (process.env.MOE_A2A_EAGER_GRAPHS === '0') this.queue.mode = 'direct';
-    // one routing shared-memory size for every call (and every captured graph): sized for maxTokensPerRank
-    this.routeSmem = routeSharedBytes(c.numExperts, c.maxTokensPerRank * c.topk);
-    // opt in always: the kernel's static shared memory counts towards the 48 KiB default limit too
-    drv.funcSetAttribute(
-      this.launchers.ep_route.fn,
-      CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-      this.routeSmem,
-    );
-    if (EP_ARGS_BYTES !== a.bytes.length) throw new CudaError('kernel argument buffer has the wrong size');
-    process.on('exit', this.onExit);
+    try {
+      const c = config;
+      this.rank = heap.rank;
+      this.dispatchPath = layout.stageRows > 0 ? 'staged' : 'direct';
+      this.smCount = drv.deviceAttribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, ordinal);
+      const alloc = (bytes: number) => {
+        const p = drv.memAlloc(Math.max(bytes, 16));
+        this.owned.push(p);
+        return p;
+      };
+      const epr = c.expertsPerRank;
+      const xDtype: DType = c.fp8 ? 'fp8_e4m3' : 'bf16';
+      // expertX and its scales live in the heap: peers store their rows straight into them
+      const inHeap = (offset: number) => heap.local + BigInt(offset);
+      this.expertX = new DeviceTensor(
+        xDtype,
+        [epr, c.expertCapacity, c.hidden],
+        inHeap(layout.expertX.offset),
+        null,
+      );
+      this.expertScales = c.fp8
+        ? new DeviceTensor(
+            'f32',
+            [epr, c.expertCapacity, c.groupsPerRow],
+            inHeap(layout.expertScales.offset),
+            null,
+          )
+        : null;
+      this.recvSplits = alloc(c.world * (epr + 1) * 4);
+      this.expertCounts = new DeviceTensor('i32', [epr], alloc(epr * 4), null);
+      this.y = alloc(c.maxTokensPerRank * c.hidden * 2);
+      const peerBases = alloc(8 * c.world);
+      drv.memcpyHtoD(peerBases, BigUint64Array.from(heap.peers));
+      const state = alloc(EP_STATE_BYTES);
+      drv.memsetD8(state, 0, EP_STATE_BYTES);
+      // the copy and memset above run on the legacy stream, which does not order with this group's
+      // non-blocking stream: finish them before any kernel reads them
+      drv.synchronizeContext();
+      const a = this.args;
+      a.rank = this.rank;
+      a.world = c.world;
+      a.numExperts = c.numExperts;
+      a.expertsPerRank = epr;
+      a.hidden = c.hidden;
+      a.topk = c.topk;
+      a.maxRowsPerPeer = c.maxRowsPerPeer;
+      a.expertCapacity = c.expertCapacity;
+      a.groupSize = c.fp8GroupSize;
+      a.groupsPerRow = c.groupsPerRow;
+      a.set('fp8', c.fp8 ? 1 : 0);
+      a.set('splitsPerPeer', epr + 1);
+      a.set('timeoutNs', BigInt(Math.round(timeoutMs * 1e6)));
+      const L = layout;
+      a.set('countSignalOff', L.countSignal.offset).set('countSignalSlot', L.countSignal.slotBytes);
+      a.set('dispatchSignalOff', L.dispatchSignal.offset).set(
+        'dispatchSignalSlot',
+        L.dispatchSignal.slotBytes,
+      );
+      a.set('combineSignalOff', L.combineSignal.offset).set('combineSignalSlot', L.combineSignal.slotBytes);
+      a.set('countsOff', L.counts.offset).set('countsSlot', L.counts.slotBytes);
+      a.set('combineRecvOff', L.combineRecv.offset).set('combineRecvSlot', L.combineRecv.slotBytes);
+      a.set('expertXOff', L.expertX.offset).set('expertScalesOff', L.expertScales.offset);
+      a.set('dispatchRowBytes', c.dispatchRowBytes).set('combineRowBytes', c.combineRowBytes);
+      a.set('peerBases', peerBases);
+      a.set('expertCounts', this.expertCounts.devicePtr);
+      a.set('y', this.y);
+      a.set('pairRow', alloc(c.maxTokensPerRank * c.topk * 4));
+      a.set('pairDest', alloc(c.maxTokensPerRank * c.topk * 4));
+      a.set('recvSplits', this.recvSplits);
+      a.set('state', state);
+      a.set('errHost', errWord.devicePtr);
+      a.set('stageSplitsOff', L.stageSplits.offset).set('stageSplitsSlot', L.stageSplits.slotBytes);
+      a.set('stageDataOff', L.stageData.offset).set('stageDataSlot', L.stageData.slotBytes);
+      a.set('stageScalesOff', L.stageScales.offset).set('stageScalesSlot', L.stageScales.slotBytes);
+      a.set('barrierSignalOff', L.barrierSignal.offset);
+      a.set('stageRows', L.stageRows);
+      a.set('selfPairs', alloc(Math.max(1, L.stageRows) * 4));
+      // de-duplication rides on the stage (a one-rank group has nothing to de-duplicate: its one partial
+      // per token is the whole sum, the same result)
+      const dedup = L.stageRecords.bytes > 0;
+      a.set('dedup', dedup ? 1 : 0);
+      a.set('stageCarrierOff', L.stageCarrier.offset).set('stageCarrierSlot', L.stageCarrier.slotBytes);
+      a.set('stageRecordsOff', L.stageRecords.offset).set('stageRecordsSlot', L.stageRecords.slotBytes);
+      a.set('recordBytes', dedup ? recordBytes(c) : 0);
+      a.set('carrierList', dedup ? alloc(c.world * L.stageRows * 4) : 0n);
+      this.copyKernel = drv.moduleGetFunction(module, 'ep_copy_bench');
+      this.launchers = Object.fromEntries(
+        KERNELS.map((k) => [k, drv.prepareLaunch(drv.moduleGetFunction(module, k), a.bytes)]),
+      ) as Record<KernelName, KernelLauncher>;
+      this.queue = new LaunchQueue(drv, stream, a.bytes);
+      if (process.env.MOE_A2A_EAGER_GRAPHS === '0') this.queue.mode = 'direct';
+      // one routing shared-memory size for every call (and every captured graph): sized for maxTokensPerRank
+      this.routeSmem = routeSharedBytes(c.numExperts, c.maxTokensPerRank * c.topk);
+      // opt in always: the kernel's static shared memory counts towards the 48 KiB default limit too
+      drv.funcSetAttribute(
+        this.launchers.ep_route.fn,
+        CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+        this.routeSmem,
+      );
+      if (EP_ARGS_BYTES !== a.bytes.length) {
+        throw new InternalError(
+          `the kernel argument buffer is ${a.bytes.length} bytes, EpArgs ${EP_ARGS_BYTES}`,
+        );
+      }
+      process.on('exit', this.onExit);
+    } catch (err) {
+      // nothing of a group that was never made may stay allocated
+      for (const p of this.owned) drv.memFree(p);
+      throw err;
+    }
   }
 
   /**
@@ -297,7 +345,11 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     }
   };
 
-  static async create(config: EpConfig, options: GroupOptions & { timeoutMs: number }) {
+  static async create(
+    config: EpConfig,
+    options: GroupOptions & { timeoutMs: number },
+    deps: CudaGroupDeps = realDeps,
+  ) {
     // the routing kernel runs in one block: its shared memory bounds E and T * k
     if (config.numExperts > EP_MAX_EXPERTS) {
       throw new ConfigError(
@@ -313,7 +365,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
         { fields: 'maxTokensPerRank,topk' },
       );
     }
-    const drv = loadDriver();
+    const drv = deps.driver();
     const localRank = Number(process.env.LOCAL_RANK ?? 0);
     const ordinal = options.device ?? localRank % drv.deviceCount;
     drv.useDevice(ordinal);
@@ -322,19 +374,29 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       options.dispatchPath !== undefined ? 'dispatchPath' : 'MOE_A2A_DISPATCH_PATH',
     );
     const path = chooseDispatchPath(config, requested);
-    const module = drv.moduleLoadData(readFileSync(fatbinPath()));
+    const module = moduleFor(drv, ordinal, deps.moduleImage);
     const layout = computeDirectLayout(config, path === 'staged' ? stagedRowsFor(config) : 0);
-    const heap = await openCudaHeap(
+    const heap = await deps.openHeap(
       drv,
       config.world,
       layout.totalBytes,
       options.timeoutMs,
       `${path} dispatch${config.dedup && path === 'staged' ? ' with dedup' : ''}, ${layout.totalBytes} bytes`,
     );
-    const stream = drv.streamCreate({ nonBlocking: true });
-    const errWord = drv.allocHostMapped(64);
-    errWord.view.fill(0);
-    return new CudaEpGroup(config, layout, drv, heap, stream, errWord, options.timeoutMs, module, ordinal);
+    // what creation took goes back if a later step fails (the constructor frees its own allocations)
+    let stream: CuStream | null = null;
+    let errWord: HostMappedBuffer | null = null;
+    try {
+      stream = drv.streamCreate({ nonBlocking: true });
+      errWord = drv.allocHostMapped(64);
+      errWord.view.fill(0);
+      return new CudaEpGroup(config, layout, drv, heap, stream, errWord, options.timeoutMs, module, ordinal);
+    } catch (err) {
+      errWord?.free();
+      if (stream !== null) drv.streamDestroy(stream);
+      await heap.close(options.timeoutMs).catch(() => {});
+      throw err;
+    }
   }
 
   // ------------------------------------------------------------------ tensors in and out
@@ -523,7 +585,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   }
   set launchMode(mode: LaunchMode) {
     if (mode !== 'graph' && mode !== 'direct') {
-      throw new ShapeError(`launchMode must be 'graph' or 'direct', got ${String(mode)}`, {
+      throw new ArgumentError(`launchMode must be 'graph' or 'direct', got ${String(mode)}`, {
         argument: 'launchMode',
       });
     }
@@ -532,7 +594,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
 
   private check(name: string, t: unknown, dtype: DType, dims: (number | undefined)[]): DeviceTensor {
     if (!(t instanceof DeviceTensor)) {
-      throw new ShapeError(`${name} must be a DeviceTensor (use group.upload() for host data)`, {
+      throw new ArgumentError(`${name} must be a DeviceTensor (use group.upload() for host data)`, {
         argument: name,
       });
     }
@@ -762,10 +824,16 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       });
     }
     const T = numTokens;
-    const x = this.upload(hostTensor('bf16', [T, c.hidden]));
-    const topkIdx = this.upload(hostTensor('i32', [T, c.topk], new Int32Array(T * c.topk).fill(-1)));
-    const topkWeights = this.upload(hostTensor('f32', [T, c.topk]));
-    const expertOut = this.upload(hostTensor('bf16', [c.expertsPerRank, c.expertCapacity, c.hidden]));
+    // the bound inputs, filled on the device (no host copy of what may be gigabytes of expertOut)
+    const filled = (dtype: DType, shape: number[], byte: number) => {
+      const t = this.newTensor(dtype, shape);
+      if (t.bytes > 0) this.drv.memsetD8Async(t.devicePtr, byte, t.bytes, this.stream);
+      return t;
+    };
+    const x = filled('bf16', [T, c.hidden], 0);
+    const topkIdx = filled('i32', [T, c.topk], 0xff); // every id -1 (dropped) until the caller writes some
+    const topkWeights = filled('f32', [T, c.topk], 0);
+    const expertOut = filled('bf16', [c.expertsPerRank, c.expertCapacity, c.hidden], 0);
     const drv = this.drv;
     const capture = (fn: () => void) => {
       drv.streamBeginCapture(this.stream, 'thread-local');
@@ -953,7 +1021,7 @@ export function deviceError(e: EpErrorRecord, c: EpConfig): MoeA2aError {
     case EP_ERR_TIMEOUT_BARRIER:
       return barrierTimeoutError(e.peer, call);
     default:
-      return new CudaError(`a kernel reported an unknown error code ${e.code}`, { code: e.code });
+      return new InternalError(`a kernel reported an unknown error code ${e.code}`, { code: e.code });
   }
 }
 

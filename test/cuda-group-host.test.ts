@@ -1,0 +1,219 @@
+/**
+ * The cuda group's host logic against a recording fake driver (no GPU): which kernels a call launches
+ * and with which arguments, how a call the host refuses still tells the peers (hostAbort), the graph
+ * replay rules, what capture allocates, one module per process, and what a failed creation frees.
+ */
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { type EpConfigInput, resolveConfig } from '../src/ep/config.js';
+import { hostTensor } from '../src/ep/tensor.js';
+import { CudaEpGroup } from '../src/shmem/cuda/group.js';
+import { argOf, FakeDriver } from './helpers/fake-driver.js';
+
+const small = { world: 2, numExperts: 8, hidden: 64, topk: 2, maxTokensPerRank: 4, fp8: false };
+
+async function groupOn(
+  fake: FakeDriver,
+  input: EpConfigInput,
+  options: { dispatchPath?: 'staged' | 'direct' } = {},
+  log: string[] = [],
+) {
+  const g = await CudaEpGroup.create(
+    resolveConfig(input),
+    { ...input, timeoutMs: 1000, ...options },
+    { driver: () => fake.asDriver(), openHeap: fake.heapOpener(log), moduleImage: () => new Uint8Array(16) },
+  );
+  g.launchMode = 'direct'; // every launch recorded as made (the launch queue's graphs have tests of their own)
+  return g;
+}
+
+function inputs(g: CudaEpGroup, T: number, ids: number[]) {
+  const c = g.config;
+  return {
+    x: g.upload(hostTensor('bf16', [T, c.hidden])),
+    idx: g.upload(hostTensor('i32', [T, c.topk], Int32Array.from(ids))),
+    w: g.upload(hostTensor('f32', [T, c.topk], new Float32Array(T * c.topk).fill(0.5))),
+    out: g.upload(hostTensor('bf16', [c.expertsPerRank, c.expertCapacity, c.hidden])),
+  };
+}
+
+describe('cuda group host logic (fake driver)', () => {
+  test('a dispatch the host refuses still launches the first kernel, with hostAbort and no tokens', async () => {
+    for (const [path, first] of [
+      ['staged', 'ep_stage_send'],
+      ['direct', 'ep_route'],
+    ] as const) {
+      const fake = new FakeDriver();
+      const g = await groupOn(fake, small, { dispatchPath: path });
+      const { x, idx, w } = inputs(g, 2, [0, 5, 1, 6]);
+      const bad = g.upload(hostTensor('bf16', [2, 32]));
+      const before = fake.launches.length;
+      assert.throws(() => g.dispatch(bad, idx, { topkWeights: w }), { code: 'MOE_SHAPE' });
+      const sent = fake.launches.slice(before);
+      assert.deepEqual(
+        sent.map((l) => l.kernel),
+        [first],
+        `${path}: only the kernel whose signal carries the abort`,
+      );
+      assert.equal(argOf(sent[0], 'hostAbort'), 1);
+      assert.equal(argOf(sent[0], 'numTokens'), 0);
+      // the next call is an ordinary one: hostAbort back to 0
+      g.dispatch(x, idx, { topkWeights: w });
+      const next = fake.launches.slice(before + 1);
+      assert.equal(next[0].kernel, first);
+      assert.ok(next.every((l) => argOf(l, 'hostAbort') === 0));
+      assert.equal(argOf(next[0], 'numTokens'), 2);
+      await g.close();
+    }
+  });
+
+  test('a refused combine tells the peers through ep_combine_send alone, with hostAbort', async () => {
+    const fake = new FakeDriver();
+    const g = await groupOn(fake, small);
+    const { x, idx, w, out } = inputs(g, 2, [0, 5, 1, 6]);
+    const first = g.dispatch(x, idx, { topkWeights: w });
+    g.dispatch(x, idx, { topkWeights: w }); // the first handle is stale now
+    const before = fake.launches.length;
+    assert.throws(() => g.combine(out, first.handle), { code: 'MOE_HANDLE' });
+    const sent = fake.launches.slice(before);
+    assert.deepEqual(
+      sent.map((l) => [l.kernel, l.grid, argOf(l, 'hostAbort')]),
+      [['ep_combine_send', 1, 1]],
+    );
+    await g.close();
+  });
+
+  test('every pointer a kernel of the call does not read is zero (equal calls, equal argument bytes)', async () => {
+    const fake = new FakeDriver();
+    const g = await groupOn(fake, small);
+    const { x, idx, w, out } = inputs(g, 3, [0, 5, 1, 6, 2, 7]);
+    const before = fake.launches.length;
+    const r = g.dispatch(x, idx, { topkWeights: w });
+    const mid = fake.launches.length;
+    g.combine(out, r.handle);
+    const dispatch = fake.launches.slice(before, mid);
+    const combine = fake.launches.slice(mid);
+    assert.deepEqual(
+      dispatch.map((l) => l.kernel),
+      ['ep_stage_send', 'ep_stage_pack'],
+    );
+    assert.deepEqual(
+      combine.map((l) => l.kernel),
+      ['ep_combine_send', 'ep_combine_reduce'],
+    );
+    for (const l of dispatch) {
+      assert.equal(argOf(l, 'expertOut'), 0n, `${l.kernel}: expertOut`);
+      assert.equal(argOf(l, 'x'), x.devicePtr);
+    }
+    for (const l of combine) {
+      assert.equal(argOf(l, 'x'), 0n, `${l.kernel}: x`);
+      assert.equal(argOf(l, 'expertOut'), out.devicePtr);
+    }
+    // the pack and the reduce follow a kernel of the same call: programmatic dependents
+    assert.deepEqual(
+      [...dispatch, ...combine].map((l) => l.dependent),
+      [false, true, false, true],
+    );
+    await g.close();
+  });
+
+  test('dedup: the group stages, takes the weights at dispatch and refuses them at combine', async () => {
+    const fake = new FakeDriver();
+    const g = await groupOn(fake, { ...small, dedup: true });
+    assert.equal(g.dispatchPath, 'staged');
+    const { x, idx, w, out } = inputs(g, 2, [0, 1, 4, 6]);
+    let before = fake.launches.length;
+    assert.throws(() => g.dispatch(x, idx), { code: 'MOE_SHAPE', message: /dedup/ });
+    assert.deepEqual(
+      fake.launches.slice(before).map((l) => [l.kernel, argOf(l, 'hostAbort')]),
+      [['ep_stage_send', 1]],
+    );
+    before = fake.launches.length;
+    const r = g.dispatch(x, idx, { topkWeights: w });
+    const send = fake.launches[before];
+    assert.equal(argOf(send, 'dedup'), 1);
+    assert.equal(argOf(send, 'topkWeights'), w.devicePtr);
+    assert.ok((argOf(send, 'carrierList') as bigint) !== 0n);
+    assert.equal(argOf(send, 'recordBytes'), 32); // 4 * (1 + 2k) = 20 bytes, padded to 16
+    assert.throws(() => g.combine(out, r.handle, { topkWeights: w }), {
+      code: 'MOE_SHAPE',
+      message: /dedup/,
+    });
+    await g.close();
+  });
+
+  test('graph replays follow the protocol: a combine right after its own dispatch, once', async () => {
+    const fake = new FakeDriver();
+    const g = await groupOn(fake, small);
+    const graph = g.captureGraph(3);
+    assert.throws(() => graph.combine(), { code: 'MOE_HANDLE' }, 'no dispatch yet');
+    graph.dispatch();
+    graph.combine();
+    assert.throws(() => graph.combine(), { code: 'MOE_HANDLE' }, 'combined already');
+    graph.step();
+    assert.throws(() => graph.combine(), { code: 'MOE_HANDLE' }, 'step() combined its dispatch');
+    const other = g.captureGraph(3);
+    graph.dispatch();
+    assert.throws(() => other.combine(), { code: 'MOE_HANDLE' }, "another graph's dispatch");
+    graph.combine();
+    const replayed = fake.launches.filter((l) => l.fromGraph).map((l) => l.kernel);
+    assert.deepEqual(replayed, [
+      ...['ep_stage_send', 'ep_stage_pack', 'ep_combine_send', 'ep_combine_reduce'],
+      ...['ep_stage_send', 'ep_stage_pack', 'ep_combine_send', 'ep_combine_reduce'],
+      ...['ep_stage_send', 'ep_stage_pack', 'ep_combine_send', 'ep_combine_reduce'],
+    ]);
+    other.close();
+    graph.close();
+    await g.close();
+  });
+
+  test('captureGraph fills its bound inputs on the device: no host copy of expertOut', async () => {
+    const fake = new FakeDriver();
+    const big = { ...small, hidden: 1024, maxTokensPerRank: 64 };
+    const g = await groupOn(fake, big);
+    const c = g.config;
+    const copiesBefore = fake.copiesToDevice.length;
+    const graph = g.captureGraph(64);
+    assert.equal(fake.copiesToDevice.length, copiesBefore, 'nothing copied from the host');
+    const outBytes = c.expertsPerRank * c.expertCapacity * c.hidden * 2;
+    assert.ok(fake.memsets.some((m) => m.ptr === graph.expertOut.devicePtr && m.bytes === outBytes));
+    assert.ok(
+      fake.memsets.some((m) => m.ptr === graph.topkIdx.devicePtr && m.value === 0xff),
+      'ids start as -1 (every slot dropped)',
+    );
+    graph.close();
+    await g.close();
+  });
+
+  test('one kernel module per driver and device, however many groups', async () => {
+    const fake = new FakeDriver();
+    const a = await groupOn(fake, small);
+    const b = await groupOn(fake, { ...small, world: 4, numExperts: 16 });
+    assert.equal(fake.modulesLoaded, 1);
+    await a.close();
+    await b.close();
+  });
+
+  test('a creation that fails half-way gives back all it took', async () => {
+    const fake = new FakeDriver();
+    fake.failFuncSetAttribute = true;
+    const log: string[] = [];
+    await assert.rejects(groupOn(fake, small, {}, log), /cuFuncSetAttribute failed/);
+    assert.equal(fake.live.size, 0, `device allocations left: ${[...fake.live.values()].join(', ')}`);
+    assert.equal(fake.streamsLive, 0);
+    assert.equal(fake.hostMappedLive, 0);
+    assert.ok(log.includes('heap closed'));
+  });
+
+  test('close gives back every allocation, the caller-uploaded tensors included', async () => {
+    const fake = new FakeDriver();
+    const g = await groupOn(fake, small);
+    const { x, idx, w, out } = inputs(g, 2, [0, 5, 1, 6]);
+    g.combine(out, g.dispatch(x, idx, { topkWeights: w }).handle);
+    g.captureGraph(2); // left open: close() closes it
+    await g.close();
+    assert.equal(fake.live.size, 0);
+    assert.equal(fake.streamsLive, 0);
+    assert.equal(fake.hostMappedLive, 0);
+  });
+});

@@ -14,15 +14,9 @@ export interface DeviceIo {
   free(t: unknown): void;
 }
 
-interface WithIo {
-  upload?(t: HostTensor): unknown;
-  download?(t: unknown): HostTensor;
-  poisonOutputs?(byte: number): void;
-}
-
 export const groupIo: DeviceIo = {
-  upload: (g, t) => ((g as WithIo).upload ? (g as WithIo).upload!(t) : t),
-  download: (g, t) => ((g as WithIo).download ? (g as WithIo).download!(t) : (t as HostTensor)),
-  poisonOutputs: (g, byte) => (g as WithIo).poisonOutputs?.(byte),
+  upload: (g, t) => g.upload(t),
+  download: (g, t) => g.download(t),
+  poisonOutputs: (g, byte) => g.poisonOutputs(byte),
   free: (t) => (t as { free?: () => void } | null)?.free?.(),
 };

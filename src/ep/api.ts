@@ -71,6 +71,19 @@ export interface EpGroup<T = HostTensor> {
   combine(expertOut: T, handle: CombineHandle, options?: CombineOptions<T>): T;
   /** Collective: every rank arrives before any returns (to align ranks, e.g. between timed iterations). */
   barrier(): Promise<void>;
+  /**
+   * A host tensor as a tensor this group's calls take: on cpu the same tensor; on cuda a copy in new
+   * device memory (give it back with its free(), or close() does).
+   */
+  upload(t: HostTensor): T;
+  /** A tensor as host memory: on cpu the same tensor; on cuda it waits for the group's work, then copies. */
+  download(t: T): HostTensor;
+  /** Waits for every call made so far and throws the first error one left (cpu: calls are synchronous). */
+  synchronize(): void;
+  /** Microseconds the work `fn` issues takes: CUDA events on the group's stream (cuda), the host clock (cpu). */
+  timeOnDevice(fn: () => void): number;
+  /** Fills the group's output buffers with `byte`, so that a check can tell an element no call wrote (tests). */
+  poisonOutputs(byte: number): void;
   /** Frees the heap. Collective: every rank closes. */
   close(): Promise<void>;
 }

@@ -625,6 +625,30 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     return hostTensor('bf16', [st.numTokens, H], y);
   }
 
+  upload(t: HostTensor): HostTensor {
+    return t; // host memory is what this transport's calls take
+  }
+
+  download(t: HostTensor): HostTensor {
+    return t;
+  }
+
+  synchronize(): void {
+    this.usable(); // every call finished before it returned: only a broken or closed group to report
+  }
+
+  timeOnDevice(fn: () => void): number {
+    const t0 = performance.now();
+    fn();
+    return (performance.now() - t0) * 1000;
+  }
+
+  poisonOutputs(byte: number): void {
+    this.expertX.fill(byte);
+    if (this.expertScales) new Uint8Array(this.expertScales.buffer).fill(byte);
+    new Uint8Array(this.expertCounts.buffer).fill(byte);
+  }
+
   async barrier(): Promise<void> {
     this.usable();
     try {

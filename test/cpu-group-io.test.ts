@@ -1,0 +1,40 @@
+// What every EpGroup offers besides the collectives (upload, download, synchronize, a timer, poisoning),
+// as the cpu transport gives it: host memory in and out as it is, the host clock.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { resolveConfig } from '../src/ep/config.js';
+import { HostEpGroup } from '../src/ep/host-group.js';
+import { computeLayout } from '../src/ep/layout.js';
+import { hostTensor } from '../src/ep/tensor.js';
+import { CpuTransport } from '../src/shmem/cpu/heap.js';
+
+test('cpu group: upload and download pass host tensors through, the timer counts, poison shows in the outputs', async () => {
+  const cfg = resolveConfig({ world: 1, numExperts: 4, hidden: 8, topk: 2, maxTokensPerRank: 2, fp8: false });
+  const layout = computeLayout(cfg);
+  const group = new HostEpGroup(
+    cfg,
+    layout,
+    new CpuTransport(0, 1, [new SharedArrayBuffer(layout.totalBytes)], null),
+    1000,
+  );
+  const x = hostTensor('bf16', [2, 8]);
+  assert.equal(group.upload(x), x);
+  assert.equal(group.download(x), x);
+  group.synchronize();
+  let ran = 0;
+  const us = group.timeOnDevice(() => {
+    ran++;
+    const until = performance.now() + 2;
+    while (performance.now() < until);
+  });
+  assert.equal(ran, 1);
+  assert.ok(us >= 1500 && us < 1e6, `${us} us for a 2 ms busy wait`);
+  const r = group.dispatch(x, hostTensor('i32', [2, 2], Int32Array.of(0, 1, 1, 3)), {
+    topkWeights: hostTensor('f32', [2, 2]),
+  });
+  group.poisonOutputs(0x5a);
+  assert.ok(new Uint8Array((r.expertX.data as Uint16Array).buffer).every((b) => b === 0x5a));
+  assert.ok(new Uint8Array((r.expertCounts.data as Int32Array).buffer).every((b) => b === 0x5a));
+  await group.close();
+  assert.throws(() => group.synchronize(), { code: 'MOE_CLOSED' });
+});

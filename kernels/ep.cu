@@ -5,6 +5,8 @@
 // except ep_copy_bench (CopyArgs). Build: scripts/build-kernels.mjs (-O3 -fmad=false, sm_90/sm_90a).
 //
 // ============================== LAUNCH CONFIGURATION (the host follows this) ==============================
+// src/shmem/cuda/launch-sizes.ts computes these sizes for the group (test/launch-sizes.test.ts holds it to
+// them); bench/micro/kernel_probe.cu repeats them for its host-free timings.
 // Notation: T = numTokens of the call, k = topk, E = numExperts, W = world, EPR = E / W, H = hidden,
 // G = groupSize, SMs = multiprocessor count, roundup32(n) = n rounded up to a multiple of 32.
 // All kernels run on one stream, in this order, with the same EpArgs bytes (numTokens and the tensor

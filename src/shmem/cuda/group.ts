@@ -57,13 +57,11 @@ import {
   EP_LOCAL_MAX_PAIRS,
   EP_MAX_EXPERTS,
   EP_MAX_PAIRS,
-  EP_ROUTE_THREADS,
   EP_STAMPS,
   EP_STATE_BYTES,
   EpArgsWriter,
   type EpErrorRecord,
   readEpError,
-  routeSharedBytes,
 } from './args.js';
 import { fatbinPath } from './available.js';
 import { DeviceTensor, elementBytes } from './device-tensor.js';
@@ -79,6 +77,17 @@ import {
 import type { GraphCall } from './graph.js';
 import { type CudaHeap, openCudaHeap } from './heap.js';
 import { type LaunchMode, LaunchQueue } from './launch-queue.js';
+import {
+  ABORT_COMBINE_SEND,
+  ABORT_STAGE_SEND,
+  abortRouteSize,
+  dispatchSize,
+  type LaunchSize,
+  reduceSize,
+  routeSize,
+  rowWalkSize,
+  stagePackSize,
+} from './launch-sizes.js';
 
 const KERNELS = [
   'ep_route',
@@ -135,12 +144,6 @@ function moduleFor(drv: CudaDriver, ordinal: number, image: () => Uint8Array): C
   return m;
 }
 
-/** Threads for a kernel that walks a row of `vectors` 16-byte vectors: a multiple of 32 near 256. */
-function rowBlock(vectors: number): number {
-  const per = Math.ceil(vectors / Math.ceil(vectors / 256));
-  return Math.min(512, Math.max(32, Math.ceil(per / 32) * 32));
-}
-
 /**
  * The cuda transport's group: a fixed set of kernel launches on one stream, peers' heaps mapped through
  * CUDA IPC. Dispatch is stage_send -> stage_pack (the staged path: rows go to their owners' stages at
@@ -173,7 +176,6 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   private readonly recvSplits: bigint;
   private readonly y: bigint;
   private readonly smCount: number;
-  private readonly routeSmem: number;
   /** Programmatic dependent launches between a call's own kernels; MOE_A2A_DEPENDENT_LAUNCH=0 turns them off. */
   private readonly dependentLaunches = process.env.MOE_A2A_DEPENDENT_LAUNCH !== '0';
   private readonly copyKernel: ReturnType<CudaDriver['moduleGetFunction']>;
@@ -289,13 +291,12 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       ) as Record<KernelName, KernelLauncher>;
       this.queue = new LaunchQueue(drv, stream, a.bytes);
       if (process.env.MOE_A2A_EAGER_GRAPHS === '0') this.queue.mode = 'direct';
-      // one routing shared-memory size for every call (and every captured graph): sized for maxTokensPerRank
-      this.routeSmem = routeSharedBytes(c.numExperts, c.maxTokensPerRank * c.topk);
       // opt in always: the kernel's static shared memory counts towards the 48 KiB default limit too
+      // (routeSize gives every call, and every captured graph, the size for maxTokensPerRank)
       drv.funcSetAttribute(
         this.launchers.ep_route.fn,
         CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-        this.routeSmem,
+        routeSize(c, c.maxTokensPerRank).sharedBytes,
       );
       if (EP_ARGS_BYTES !== a.bytes.length) {
         throw new InternalError(
@@ -564,13 +565,13 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
    * launched as a programmatic dependent (it starts while that kernel drains and waits on the device;
    * every kernel that can be launched so begins with griddepcontrol.wait). Never after a caller's work.
    */
-  private launch(name: KernelName, grid: number, block: number, smem = 0, afterOurs = false): void {
+  private launch(name: KernelName, size: LaunchSize, afterOurs = false): void {
     this.queue.add(
       KERNELS.indexOf(name),
       this.launchers[name],
-      grid,
-      block,
-      smem,
+      size.grid,
+      size.block,
+      size.sharedBytes,
       afterOurs && this.dependentLaunches,
     );
   }
@@ -617,15 +618,15 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     this.args.set('hostAbort', 1);
     this.args.numTokens = 0;
     // the first kernel of the group's dispatch: its count (direct) or row (staged) signal carries the abort
-    if (this.dispatchPath === 'staged') this.launch('ep_stage_send', 2, 32);
-    else this.launch('ep_route', 1, EP_ROUTE_THREADS, this.routeSmem);
+    if (this.dispatchPath === 'staged') this.launch('ep_stage_send', ABORT_STAGE_SEND);
+    else this.launch('ep_route', abortRouteSize(this.config));
     this.args.set('hostAbort', 0);
   }
 
   /** A combine this rank refuses still signals every peer (with the abort bit), so none waits. */
   private abortCombine(): void {
     this.args.set('hostAbort', 1);
-    this.launch('ep_combine_send', 1, 32);
+    this.launch('ep_combine_send', ABORT_COMBINE_SEND);
     this.args.set('hostAbort', 0);
   }
 
@@ -686,40 +687,18 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       .set('topkIdx', topkIdx.devicePtr)
       .set('topkWeights', w?.devicePtr ?? 0n)
       .set('expertOut', 0n);
-    const units = c.hidden / 16; // ep_dispatch: one thread per 16 values of a row
-    const block = rowBlock(units);
-    const grid = Math.min(8 * this.smCount, Math.max(1, T * Math.ceil(units / block)));
+    const sms = this.smCount;
     if (c.world === 1 && T * c.topk <= EP_LOCAL_MAX_PAIRS) {
-      this.launch('ep_dispatch_local', grid + 1, block); // + the block that keeps the books
+      this.launch('ep_dispatch_local', dispatchSize(c, T, sms, true));
       return;
     }
     if (this.dispatchPath === 'staged') {
-      this.launch('ep_stage_send', grid + 1, block); // + the block that keeps the books
-      this.launch('ep_stage_pack', this.packGrid(), 256, 0, true);
+      this.launch('ep_stage_send', dispatchSize(c, T, sms, true));
+      this.launch('ep_stage_pack', stagePackSize(c, this.layout.stageRows, sms), true);
       return;
     }
-    // half a block routes small batches faster (fewer warps at each barrier; measured on an H100)
-    const routeThreads = T * c.topk <= 4096 ? EP_ROUTE_THREADS / 2 : EP_ROUTE_THREADS;
-    this.launch('ep_route', 1, routeThreads, this.routeSmem);
-    this.launch('ep_dispatch', grid, block, 0, true);
-  }
-
-  /**
-   * Blocks for the kernels that walk received rows (recv view, combine send): no more than the rows
-   * that can exist (W * maxRowsPerPeer, a warp each, 8 warps a block) and no more than 4 per SM. Idle
-   * blocks are not free: each one still joins the last-block-done count with a system-scope fence.
-   */
-  private rowGrid(): number {
-    const c = this.config;
-    return Math.min(4 * this.smCount, Math.max(1, Math.ceil((c.world * c.maxRowsPerPeer) / 8)));
-  }
-
-  /** ep_stage_pack: a warp per (staged row, 2 KiB segment), 8 warps a block, at most 4 blocks per SM. */
-  private packGrid(): number {
-    const c = this.config;
-    const segments = Math.ceil(c.dispatchRowBytes / 2048);
-    const items = c.world * this.layout.stageRows * segments;
-    return Math.min(4 * this.smCount, Math.max(1, Math.ceil(items / 8)));
+    this.launch('ep_route', routeSize(c, T));
+    this.launch('ep_dispatch', dispatchSize(c, T, sms, false), true);
   }
 
   /**
@@ -739,18 +718,10 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       .set('topkIdx', topkIdx.devicePtr)
       .set('topkWeights', w.devicePtr)
       .set('expertOut', expertOut.devicePtr);
-    const vectors = this.config.hidden / 8;
-    const block = rowBlock(vectors);
     // a rank's own rows are read in place by the reduction: with one rank nothing travels
     const send = this.config.world > 1;
-    if (send) this.launch('ep_combine_send', this.rowGrid(), 256, 0, afterDispatch);
-    this.launch(
-      'ep_combine_reduce',
-      Math.min(8 * this.smCount, Math.max(1, T * Math.ceil(vectors / block))),
-      block,
-      0,
-      send || afterDispatch,
-    );
+    if (send) this.launch('ep_combine_send', rowWalkSize(this.config, this.smCount), afterDispatch);
+    this.launch('ep_combine_reduce', reduceSize(this.config, T, this.smCount), send || afterDispatch);
   }
 
   /**
@@ -763,7 +734,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     const scales = c.fp8 ? this.newTensor('f32', [c.world, c.maxRowsPerPeer, c.groupsPerRow]) : null;
     const splits = this.newTensor('i32', [c.world, c.expertsPerRank + 1]);
     this.args.set('viewX', x.devicePtr).set('viewScales', scales?.devicePtr ?? 0n);
-    this.launch('ep_recv_view', this.rowGrid(), 256, 0, true);
+    this.launch('ep_recv_view', rowWalkSize(this.config, this.smCount), true);
     this.args.set('viewX', 0n).set('viewScales', 0n);
     this.queue.submit(); // the kernels above, before the copy below
     this.drv.memcpyDtoDAsync(splits.devicePtr, this.recvSplits, splits.bytes, this.stream);

@@ -1,0 +1,75 @@
+import type { EpConfig } from '../../ep/config.js';
+import { EP_ROUTE_THREADS, routeSharedBytes } from './args.js';
+
+/**
+ * Every kernel's grid, block and dynamic shared memory, in one place: what kernels/ep.cu's LAUNCH
+ * CONFIGURATION block says, as functions of the config, the call's token count and the device's SM
+ * count. The group launches with these; test/launch-sizes.test.ts holds them to the kernels' limits.
+ */
+export interface LaunchSize {
+  grid: number;
+  block: number;
+  sharedBytes: number;
+}
+
+/** The kernels' largest block (EP_MAX_THREADS in kernels/ep.cu). */
+export const MAX_BLOCK = 512;
+
+/** Threads for a kernel that walks a row of `vectors` 16-byte vectors: a multiple of 32 near 256. */
+export function rowBlock(vectors: number): number {
+  const per = Math.ceil(vectors / Math.ceil(vectors / 256));
+  return Math.min(MAX_BLOCK, Math.max(32, Math.ceil(per / 32) * 32));
+}
+
+/**
+ * ep_dispatch: one thread per 16 values of a row, a block per (token, chunk of the row), at most 8 per
+ * SM. ep_dispatch_local and ep_stage_send take one more block, which keeps the books and stores no rows.
+ */
+export function dispatchSize(cfg: EpConfig, tokens: number, sms: number, bookkeeping: boolean): LaunchSize {
+  const units = cfg.hidden / 16;
+  const block = rowBlock(units);
+  const grid = Math.min(8 * sms, Math.max(1, tokens * Math.ceil(units / block)));
+  return { grid: grid + (bookkeeping ? 1 : 0), block, sharedBytes: 0 };
+}
+
+/**
+ * ep_route: one block; half of one routes small batches faster (fewer warps at each barrier; measured
+ * on an H100). Its shared memory is sized for maxTokensPerRank, so one value serves every call.
+ */
+export function routeSize(cfg: EpConfig, tokens: number): LaunchSize {
+  const block = tokens * cfg.topk <= 4096 ? EP_ROUTE_THREADS / 2 : EP_ROUTE_THREADS;
+  return { grid: 1, block, sharedBytes: routeSharedBytes(cfg.numExperts, cfg.maxTokensPerRank * cfg.topk) };
+}
+
+/** ep_stage_pack: a warp per (staged row, 2 KiB segment), 8 warps a block, at most 4 blocks per SM. */
+export function stagePackSize(cfg: EpConfig, stageRows: number, sms: number): LaunchSize {
+  const items = cfg.world * stageRows * Math.ceil(cfg.dispatchRowBytes / 2048);
+  return { grid: Math.min(4 * sms, Math.max(1, Math.ceil(items / 8))), block: 256, sharedBytes: 0 };
+}
+
+/**
+ * The kernels that walk received rows (ep_recv_view, ep_combine_send): no more blocks than the rows that
+ * can exist (W * maxRowsPerPeer, a warp each, 8 warps a block) and no more than 4 per SM. Idle blocks are
+ * not free: each still joins the last-block-done count with a system-scope atomic.
+ */
+export function rowWalkSize(cfg: EpConfig, sms: number): LaunchSize {
+  const grid = Math.min(4 * sms, Math.max(1, Math.ceil((cfg.world * cfg.maxRowsPerPeer) / 8)));
+  return { grid, block: 256, sharedBytes: 0 };
+}
+
+/** ep_combine_reduce: one thread per 8 values of a row, a block per (token, chunk), at most 8 per SM. */
+export function reduceSize(cfg: EpConfig, tokens: number, sms: number): LaunchSize {
+  const vectors = cfg.hidden / 8;
+  const block = rowBlock(vectors);
+  return { grid: Math.min(8 * sms, Math.max(1, tokens * Math.ceil(vectors / block))), block, sharedBytes: 0 };
+}
+
+/**
+ * The launches a host abort makes (no tokens: the kernel only signals the abort): the first kernel of the
+ * dispatch, or ep_combine_send, with as few threads as each allows.
+ */
+export const ABORT_STAGE_SEND: LaunchSize = { grid: 2, block: 32, sharedBytes: 0 };
+export const ABORT_COMBINE_SEND: LaunchSize = { grid: 1, block: 32, sharedBytes: 0 };
+export function abortRouteSize(cfg: EpConfig): LaunchSize {
+  return { ...routeSize(cfg, cfg.maxTokensPerRank), grid: 1, block: EP_ROUTE_THREADS };
+}

@@ -1,0 +1,89 @@
+// Every kernel's launch size (src/shmem/cuda/launch-sizes.ts) against what kernels/ep.cu's LAUNCH
+// CONFIGURATION block requires of it, over random shapes, batches and SM counts.
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { resolveConfig } from '../src/ep/config.js';
+import { stagedRowsFor } from '../src/ep/layout.js';
+import { EP_ROUTE_THREADS, routeSharedBytes } from '../src/shmem/cuda/args.js';
+import {
+  ABORT_COMBINE_SEND,
+  ABORT_STAGE_SEND,
+  abortRouteSize,
+  dispatchSize,
+  MAX_BLOCK,
+  reduceSize,
+  routeSize,
+  rowBlock,
+  rowWalkSize,
+  stagePackSize,
+} from '../src/shmem/cuda/launch-sizes.js';
+import { rng } from './helpers/random.js';
+
+const blockOk = (b: number) => b % 32 === 0 && b >= 32 && b <= MAX_BLOCK;
+
+describe('kernel launch sizes', () => {
+  test('the DeepSeek-V3 row (H = 7168) takes 224 threads in dispatch and reduce, as the kernels document', () => {
+    const cfg = resolveConfig({ world: 2, numExperts: 256, hidden: 7168, topk: 8, maxTokensPerRank: 128 });
+    assert.equal(rowBlock(7168 / 16), 224);
+    assert.equal(dispatchSize(cfg, 128, 132, false).block, 224);
+    assert.equal(reduceSize(cfg, 128, 132).block, 224);
+    // a block per (token, chunk of 224 x 16 values: two per row) up to 8 per SM
+    assert.equal(dispatchSize(cfg, 128, 132, false).grid, 256);
+    assert.equal(dispatchSize(cfg, 4096, 132, false).grid, 8 * 132);
+    assert.equal(dispatchSize(cfg, 4096, 132, true).grid, 8 * 132 + 1, 'plus the bookkeeping block');
+  });
+
+  test('every size within the kernels limits, for random shapes, batches and SM counts', () => {
+    const r = rng(7);
+    for (let i = 0; i < 2000; i++) {
+      const world = [1, 2, 4, 8][r.int(4)];
+      const numExperts = world * (1 + r.int(32));
+      const cfg = resolveConfig({
+        world,
+        numExperts,
+        hidden: 8 * (1 + r.int(2048)),
+        topk: 1 + r.int(Math.min(8, numExperts)),
+        maxTokensPerRank: 1 + r.int(4096),
+        fp8: false,
+      });
+      const T = r.int(cfg.maxTokensPerRank + 1);
+      const sms = [1, 78, 132][r.int(3)];
+      const what = JSON.stringify({ H: cfg.hidden, T, sms, world });
+      for (const books of [false, true]) {
+        const d = dispatchSize(cfg, T, sms, books);
+        assert.ok(blockOk(d.block), `${what}: dispatch block ${d.block}`);
+        assert.ok(
+          d.grid >= (books ? 2 : 1) && d.grid <= 8 * sms + (books ? 1 : 0),
+          `${what}: dispatch grid ${d.grid}`,
+        );
+        assert.equal(d.sharedBytes, 0);
+      }
+      const red = reduceSize(cfg, T, sms);
+      assert.ok(
+        blockOk(red.block) && red.grid >= 1 && red.grid <= 8 * sms,
+        `${what}: reduce ${JSON.stringify(red)}`,
+      );
+      // one block per (token, chunk) until the grid cap: the kernels grid-stride beyond it
+      const chunks = Math.ceil(cfg.hidden / 8 / red.block);
+      assert.equal(red.grid, Math.min(8 * sms, Math.max(1, T * chunks)));
+      for (const s of [rowWalkSize(cfg, sms), stagePackSize(cfg, stagedRowsFor(cfg), sms)]) {
+        assert.ok(s.block === 256 && s.grid >= 1 && s.grid <= 4 * sms, `${what}: ${JSON.stringify(s)}`);
+      }
+      const route = routeSize(cfg, T);
+      assert.equal(route.grid, 1);
+      assert.equal(route.block, T * cfg.topk <= 4096 ? EP_ROUTE_THREADS / 2 : EP_ROUTE_THREADS);
+      // one shared-memory size for every call of the group (a captured graph keeps it)
+      assert.equal(route.sharedBytes, routeSharedBytes(cfg.numExperts, cfg.maxTokensPerRank * cfg.topk));
+      assert.deepEqual(abortRouteSize(cfg), {
+        grid: 1,
+        block: EP_ROUTE_THREADS,
+        sharedBytes: route.sharedBytes,
+      });
+    }
+  });
+
+  test('an abort launches the fewest threads each kernel allows (ep_stage_send needs two blocks)', () => {
+    assert.deepEqual(ABORT_STAGE_SEND, { grid: 2, block: 32, sharedBytes: 0 });
+    assert.deepEqual(ABORT_COMBINE_SEND, { grid: 1, block: 32, sharedBytes: 0 });
+  });
+});

@@ -5,7 +5,7 @@ import { mixSeed, Rng, randomBf16, randomTopk, randomWeights } from '../ep/rando
 import { hostTensor } from '../ep/tensor.js';
 import type { DeviceTensor } from '../shmem/cuda/device-tensor.js';
 import type { DispatchPath, DispatchPathRequest } from '../shmem/cuda/dispatch-path.js';
-import { type Floors, measureFloors } from '../shmem/cuda/floors.js';
+import { bareLaunchUs, copyBandwidth, type Floors, measureFloors, median } from '../shmem/cuda/floors.js';
 import { CudaEpGroup } from '../shmem/cuda/group.js';
 import { GRAPHS_PER_SEQUENCE, type LaunchMode } from '../shmem/cuda/launch-queue.js';
 import { groupIo } from './device-io.js';
@@ -118,11 +118,6 @@ interface CudaSet {
   x: DeviceTensor;
   idx: DeviceTensor;
   w: DeviceTensor;
-}
-
-function median(v: number[]): number {
-  const s = [...v].sort((a, b) => a - b);
-  return s[s.length >> 1];
 }
 
 /**
@@ -270,9 +265,9 @@ async function cudaExtras(
       hostDirectCombineUs: direct.second,
       hostGraphDispatchUs: replay.first,
       hostGraphCombineUs: replay.second,
-      hostBareLaunchUs: g.bareLaunchUs(),
+      hostBareLaunchUs: bareLaunchUs(g),
       eagerLaunchMode,
-      copyGBs: rank === 0 ? g.copyBandwidth(512 * 1024 * 1024) : undefined,
+      copyGBs: rank === 0 ? copyBandwidth(g, 512 * 1024 * 1024) : undefined,
     };
   } finally {
     g.launchMode = eagerLaunchMode;

@@ -64,7 +64,8 @@ function floorArgs(f: {
   return b;
 }
 
-function median(v: number[]): number {
+/** The middle value (the upper one of an even count). */
+export function median(v: readonly number[]): number {
   const s = [...v].sort((a, b) => a - b);
   return s[s.length >> 1];
 }
@@ -176,4 +177,49 @@ export function measureFloors(g: CudaEpGroup, reps = 10): Floors {
     drv.memFree(src);
     drv.memFree(result);
   }
+}
+
+/**
+ * The device's own copy bandwidth (GB/s counting bytes read plus bytes written) for `bytes`-sized
+ * buffers: the yardstick for the kernels' bandwidth. Median of `reps` copies by ep_copy_bench.
+ */
+export function copyBandwidth(g: CudaEpGroup, bytes: number, reps = 20): number {
+  const { drv, stream, module, smCount, timeOnDevice } = g.benchContext();
+  const src = drv.memAlloc(bytes);
+  const dst = drv.memAlloc(bytes);
+  try {
+    drv.memsetD8Async(src, 1, bytes, stream);
+    const args = Buffer.alloc(24); // CopyArgs: dst, src, bytes
+    args.writeBigUInt64LE(dst, 0);
+    args.writeBigUInt64LE(src, 8);
+    args.writeBigUInt64LE(BigInt(bytes), 16);
+    const launcher = drv.prepareLaunch(drv.moduleGetFunction(module, 'ep_copy_bench'), args);
+    const times: number[] = [];
+    for (let i = 0; i < reps + 2; i++) {
+      const us = timeOnDevice(() => launcher.launch([8 * smCount, 1, 1], [256, 1, 1], 0, stream));
+      if (i >= 2) times.push(us);
+    }
+    return (2 * bytes) / (median(times) * 1e3);
+  } finally {
+    drv.memFree(src);
+    drv.memFree(dst);
+  }
+}
+
+/**
+ * The host's cost of one bare kernel launch through the FFI (an empty ep_copy_bench), median over `n`
+ * launches in microseconds: the floor under the host cost of every eager call.
+ */
+export function bareLaunchUs(g: CudaEpGroup, n = 200): number {
+  const { drv, stream, module } = g.benchContext();
+  const launcher = drv.prepareLaunch(drv.moduleGetFunction(module, 'ep_copy_bench'), Buffer.alloc(24));
+  const times: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const t0 = performance.now();
+    launcher.launch([1, 1, 1], [32, 1, 1], 0, stream);
+    times.push((performance.now() - t0) * 1000);
+    if (i % 16 === 15) g.synchronize(); // keep the launch queue short
+  }
+  g.synchronize();
+  return median(times);
 }

@@ -8,17 +8,10 @@ import type {
   SourceMajorRecv,
 } from '../../ep/api.js';
 import {
-  barrierTimeoutError,
   checkUsable,
   dedupCombineWeightsError,
   dedupDispatchWeightsError,
-  duplicateExpertError,
-  expertCapacityError,
-  expertIdError,
   missingWeightsError,
-  peerAbortedError,
-  peerCapacityError,
-  peerTimeoutError,
   tooManyTokensError,
 } from '../../ep/call-errors.js';
 import type { EpConfig } from '../../ep/config.js';
@@ -44,26 +37,17 @@ import {
 import {
   EP_ABORT_BIT,
   EP_ARGS_BYTES,
-  EP_CAPACITY_AUX_SEND,
-  EP_ERR_CAPACITY,
-  EP_ERR_DUPLICATE,
-  EP_ERR_EXPERT_ID,
   EP_ERR_NONE,
-  EP_ERR_PEER_ABORT_COMBINE,
-  EP_ERR_PEER_ABORT_DISPATCH,
-  EP_ERR_TIMEOUT_BARRIER,
-  EP_ERR_TIMEOUT_COMBINE,
-  EP_ERR_TIMEOUT_DISPATCH,
   EP_LOCAL_MAX_PAIRS,
   EP_MAX_EXPERTS,
   EP_MAX_PAIRS,
   EP_STAMPS,
   EP_STATE_BYTES,
   EpArgsWriter,
-  type EpErrorRecord,
   readEpError,
 } from './args.js';
 import { fatbinPath } from './available.js';
+import { deviceError } from './device-errors.js';
 import { DeviceTensor, elementBytes } from './device-tensor.js';
 import { chooseDispatchPath, type DispatchPath, parseDispatchPath } from './dispatch-path.js';
 import {
@@ -178,7 +162,6 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   private readonly smCount: number;
   /** Programmatic dependent launches between a call's own kernels; MOE_A2A_DEPENDENT_LAUNCH=0 turns them off. */
   private readonly dependentLaunches = process.env.MOE_A2A_DEPENDENT_LAUNCH !== '0';
-  private readonly copyKernel: ReturnType<CudaDriver['moduleGetFunction']>;
   private readonly queue: LaunchQueue;
   /** How this group's dispatch moves rows between ranks (the same on every rank; see DispatchPath). */
   readonly dispatchPath: DispatchPath;
@@ -285,7 +268,6 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       a.set('stageRecordsOff', L.stageRecords.offset).set('stageRecordsSlot', L.stageRecords.slotBytes);
       a.set('recordBytes', dedup ? recordBytes(c) : 0);
       a.set('carrierList', dedup ? alloc(c.world * L.stageRows * 4) : 0n);
-      this.copyKernel = drv.moduleGetFunction(module, 'ep_copy_bench');
       this.launchers = Object.fromEntries(
         KERNELS.map((k) => [k, drv.prepareLaunch(drv.moduleGetFunction(module, k), a.bytes)]),
       ) as Record<KernelName, KernelLauncher>;
@@ -449,54 +431,6 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   private copyFromHost(dst: bigint, src: HostTensor['data'], bytes: number): void {
     this.drv.memcpyHtoD(dst, src, bytes);
     this.drv.synchronizeContext();
-  }
-
-  /**
-   * The device's own copy bandwidth (GB/s counting bytes read plus bytes written) for `bytes`-sized
-   * buffers: the yardstick for the kernels' bandwidth. Median of `reps` copies by ep_copy_bench.
-   */
-  copyBandwidth(bytes: number, reps = 20): number {
-    const drv = this.drv;
-    const src = drv.memAlloc(bytes);
-    const dst = drv.memAlloc(bytes);
-    try {
-      drv.memsetD8Async(src, 1, bytes, this.stream);
-      const args = Buffer.alloc(24);
-      args.writeBigUInt64LE(dst, 0);
-      args.writeBigUInt64LE(src, 8);
-      args.writeBigUInt64LE(BigInt(bytes), 16);
-      const launcher = drv.prepareLaunch(this.copyKernel, args);
-      const times: number[] = [];
-      for (let i = 0; i < reps + 2; i++) {
-        const us = this.timeOnDevice(() =>
-          launcher.launch([8 * this.smCount, 1, 1], [256, 1, 1], 0, this.stream),
-        );
-        if (i >= 2) times.push(us);
-      }
-      times.sort((a, b) => a - b);
-      return (2 * bytes) / (times[times.length >> 1] * 1e3);
-    } finally {
-      drv.memFree(src);
-      drv.memFree(dst);
-    }
-  }
-
-  /**
-   * The host's cost of one bare kernel launch through the FFI (an empty ep_copy_bench), median over
-   * `n` launches in microseconds: the floor under the host cost of every eager call.
-   */
-  bareLaunchUs(n = 200): number {
-    const launcher = this.drv.prepareLaunch(this.copyKernel, Buffer.alloc(24));
-    const times: number[] = [];
-    for (let i = 0; i < n; i++) {
-      const t0 = performance.now();
-      launcher.launch([1, 1, 1], [32, 1, 1], 0, this.stream);
-      times.push((performance.now() - t0) * 1000);
-      if (i % 16 === 15) this.synchronize(); // keep the launch queue short
-    }
-    this.synchronize();
-    times.sort((a, b) => a - b);
-    return times[times.length >> 1];
   }
 
   /** Waits for the stream, reports any device error, and copies `t` to a new host tensor. */
@@ -966,33 +900,6 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       this.drv.streamDestroy(this.stream);
       this.errWord.free();
     }
-  }
-}
-
-/** The named error for a record the device wrote. */
-export function deviceError(e: EpErrorRecord, c: EpConfig): MoeA2aError {
-  const call = Number(e.callCount);
-  switch (e.code) {
-    case EP_ERR_TIMEOUT_DISPATCH:
-      return peerTimeoutError(e.peer, 'dispatch', e.slot, call);
-    case EP_ERR_TIMEOUT_COMBINE:
-      return peerTimeoutError(e.peer, 'combine', e.slot, call);
-    case EP_ERR_CAPACITY:
-      return e.aux === EP_CAPACITY_AUX_SEND
-        ? peerCapacityError(Number(e.a), Number(e.b), c.maxRowsPerPeer)
-        : expertCapacityError(Number(e.a), Number(e.b), c.expertCapacity);
-    case EP_ERR_EXPERT_ID:
-      return expertIdError(Number(e.a), Number(e.b), e.aux | 0, c.numExperts);
-    case EP_ERR_DUPLICATE:
-      return duplicateExpertError(Number(e.a), Number(e.b), e.aux);
-    case EP_ERR_PEER_ABORT_DISPATCH:
-      return peerAbortedError(e.peer, 'dispatch', call);
-    case EP_ERR_PEER_ABORT_COMBINE:
-      return peerAbortedError(e.peer, 'combine', call);
-    case EP_ERR_TIMEOUT_BARRIER:
-      return barrierTimeoutError(e.peer, call);
-    default:
-      return new InternalError(`a kernel reported an unknown error code ${e.code}`, { code: e.code });
   }
 }
 

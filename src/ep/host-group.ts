@@ -1,17 +1,11 @@
 import type { MoeA2aError } from '../errors.js';
 import { ABORT_BIT, type SymmetricTransport } from '../shmem/transport.js';
 import type { CombineOptions, DispatchOptions, DispatchResult, EpGroup, SourceMajorRecv } from './api.js';
-import {
-  checkUsable,
-  dedupCombineWeightsError,
-  dedupDispatchWeightsError,
-  missingWeightsError,
-  peerAbortedError,
-  tooManyTokensError,
-} from './call-errors.js';
+import { checkUsable, peerAbortedError } from './call-errors.js';
+import { CallSequence, checkCombineInputs, checkDispatchInputs } from './call-sequence.js';
 import { BF16_DECODE, f32BitsToBf16, quantizeRowsFp8, weightedSumBf16 } from './codec.js';
 import type { EpConfig } from './config.js';
-import { type CombineHandle, HandleRegistry, withAbandoned } from './handle.js';
+import type { CombineHandle } from './handle.js';
 import {
   combineRowOffset,
   type HeapLayout,
@@ -54,11 +48,10 @@ interface HandleState {
 export class HostEpGroup implements EpGroup<HostTensor> {
   readonly transport = 'cpu' as const;
   readonly rank: number;
-  private calls = 0;
   private closed = false;
   /** Set once a peer timed out or died: the heap may still receive that peer's late writes. */
   private broken: MoeA2aError | null = null;
-  private readonly handles = new HandleRegistry<HandleState>();
+  private readonly sequence: CallSequence<HandleState>;
   private readonly expertX: Uint8Array;
   private readonly expertScales: Float32Array | null;
   private readonly expertCounts: Int32Array;
@@ -76,6 +69,10 @@ export class HostEpGroup implements EpGroup<HostTensor> {
   ) {
     const c = config;
     this.rank = shmem.rank;
+    this.sequence = new CallSequence<HandleState>(this, this.rank, {
+      abortDispatch: (call) => this.abort('dispatchSignal', call),
+      abortCombine: (call) => this.abort('combineSignal', call),
+    });
     const rows = c.expertsPerRank * c.expertCapacity;
     this.expertX = new Uint8Array(rows * c.dispatchRowBytes);
     this.expertScales = c.fp8 ? new Float32Array(rows * c.groupsPerRow) : null;
@@ -129,29 +126,14 @@ export class HostEpGroup implements EpGroup<HostTensor> {
   ): DispatchResult<HostTensor> {
     this.usable();
     const c = this.config;
-    const call = ++this.calls;
-    this.handles.abandonPending(); // a new dispatch ends the previous call's chance to combine
+    const { call, checked } = this.sequence.beginDispatch(() => {
+      const T = checkDispatchInputs(c, checkTensor, x, topkIdx, options.topkWeights);
+      // routing errors are found here, on the host: refused like a bad shape
+      return { T, plan: planRouting(c, topkIdx.data as Int32Array, T) };
+    });
+    const { T, plan } = checked;
     const slot = call & 1;
-    let plan: ReturnType<typeof planRouting>;
-    let weights: Float32Array | null = null;
-    let T: number;
-    try {
-      [T] = checkTensor('x', x, 'bf16', [undefined, c.hidden]);
-      if (T > c.maxTokensPerRank) {
-        throw tooManyTokensError(T, c.maxTokensPerRank);
-      }
-      checkTensor('topkIdx', topkIdx, 'i32', [T, c.topk]);
-      if (options.topkWeights !== undefined) {
-        checkTensor('topkWeights', options.topkWeights, 'f32', [T, c.topk]);
-        weights = Float32Array.from(options.topkWeights.data as Float32Array);
-      } else if (c.dedup) {
-        throw dedupDispatchWeightsError();
-      }
-      plan = planRouting(c, topkIdx.data as Int32Array, T);
-    } catch (err) {
-      this.abort('dispatchSignal', call);
-      throw err;
-    }
+    const weights = options.topkWeights ? Float32Array.from(options.topkWeights.data as Float32Array) : null;
     const xs = x.data as Uint16Array;
     const idxData = topkIdx.data as Int32Array;
     const rowBytes = c.dispatchRowBytes;
@@ -216,7 +198,7 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     }
     this.repack(slot, splits);
     const state: HandleState = { slot, numTokens: T, pairRow: plan.pairRow, weights, splits, carriers };
-    const handle = this.handles.issue(this, call, T, this.rank, state);
+    const handle = this.sequence.issue(call, T, state);
     return {
       expertX: this.expertXTensor(),
       expertScales: this.expertScales
@@ -448,36 +430,21 @@ export class HostEpGroup implements EpGroup<HostTensor> {
   ): HostTensor {
     this.usable();
     const c = this.config;
-    const call = this.calls;
-    let st: HandleState;
-    try {
-      st = this.handles.take(this, handle, call);
-    } catch (err) {
-      // a refused handle: if the latest dispatch still waits for its combine, its peers are (or will
-      // be) waiting in that combine, so abandon it on every rank rather than leave them to time out
-      if (!this.handles.abandonPending()) throw err;
-      this.abort('combineSignal', call);
-      throw withAbandoned(err, call);
-    }
-    let weights: Float32Array | null = null;
-    try {
-      checkTensor('expertOut', expertOut, 'bf16', [c.expertsPerRank, c.expertCapacity, c.hidden]);
-      if (c.dedup) {
-        if (options.topkWeights !== undefined) throw dedupCombineWeightsError();
-      } else if (options.topkWeights !== undefined) {
-        checkTensor('topkWeights', options.topkWeights, 'f32', [st.numTokens, c.topk]);
-        weights = options.topkWeights.data as Float32Array;
-      } else if (st.weights) {
-        weights = st.weights;
-      } else {
-        throw missingWeightsError();
-      }
-    } catch (err) {
-      // the peers are (or will be) in this combine: tell them, so every rank abandons it together
-      this.handles.abandonTaken(handle);
-      this.abort('combineSignal', call);
-      throw err;
-    }
+    const {
+      call,
+      state: st,
+      checked: from,
+    } = this.sequence.beginCombine(handle, (state) =>
+      checkCombineInputs(
+        c,
+        checkTensor,
+        expertOut,
+        options.topkWeights,
+        state.numTokens,
+        state.weights !== null,
+      ),
+    );
+    const weights = from === 'given' ? (options.topkWeights?.data as Float32Array) : st.weights;
     const slot = st.slot;
     const epr = c.expertsPerRank;
     const spp = this.layout.splitsPerPeer;

@@ -7,15 +7,10 @@ import type {
   EpGroup,
   SourceMajorRecv,
 } from '../../ep/api.js';
-import {
-  checkUsable,
-  dedupCombineWeightsError,
-  dedupDispatchWeightsError,
-  missingWeightsError,
-  tooManyTokensError,
-} from '../../ep/call-errors.js';
+import { checkUsable } from '../../ep/call-errors.js';
+import { CallSequence, checkCombineInputs, checkDispatchInputs } from '../../ep/call-sequence.js';
 import type { EpConfig } from '../../ep/config.js';
-import { type CombineHandle, HandleRegistry, withAbandoned } from '../../ep/handle.js';
+import type { CombineHandle } from '../../ep/handle.js';
 import {
   computeDirectLayout,
   type DirectHeapLayout,
@@ -144,12 +139,12 @@ function moduleFor(drv: CudaDriver, ordinal: number, image: () => Uint8Array): C
 export class CudaEpGroup implements EpGroup<DeviceTensor> {
   readonly transport = 'cuda' as const;
   readonly rank: number;
-  private calls = 0;
   private closed = false;
   /** Who made the latest dispatch ('eager' or a graph), and whether it was combined: the graph rules. */
   private lastDispatch: { by: object | 'eager'; combined: boolean } = { by: 'eager', combined: true };
   private broken: MoeA2aError | null = null;
-  private readonly handles = new HandleRegistry<HandleState>();
+  /** The order of calls and their handles; a call refused here is aborted on every rank. */
+  private readonly sequence: CallSequence<HandleState>;
   private readonly args = new EpArgsWriter();
   private readonly launchers: Record<KernelName, KernelLauncher>;
   private readonly owned: bigint[] = [];
@@ -186,6 +181,13 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     try {
       const c = config;
       this.rank = heap.rank;
+      this.sequence = new CallSequence<HandleState>(this, this.rank, {
+        abortDispatch: () => this.abortDispatch(),
+        abortCombine: () => {
+          this.lastDispatch.combined = true; // (the graph rules: that call is over)
+          this.abortCombine();
+        },
+      });
       this.dispatchPath = layout.stageRows > 0 ? 'staged' : 'direct';
       this.smCount = drv.deviceAttribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, ordinal);
       const alloc = (bytes: number) => {
@@ -300,7 +302,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
    */
   private readonly onExit = () => {
     if (this.closed) return;
-    const n = BigInt(this.calls);
+    const n = BigInt(this.sequence.calls);
     const c = this.config;
     const L = this.layout;
     const word = (r: typeof L.countSignal, call: bigint): [bigint, bigint] => [
@@ -527,6 +529,14 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     this.queue.mode = mode;
   }
 
+  /** check() as the shared input checks take it (src/ep/call-sequence.ts). */
+  private readonly shapeOf = (
+    name: string,
+    t: unknown,
+    dtype: DType,
+    dims: readonly (number | undefined)[],
+  ): readonly number[] => this.check(name, t, dtype, [...dims]).shape;
+
   private check(name: string, t: unknown, dtype: DType, dims: (number | undefined)[]): DeviceTensor {
     if (!(t instanceof DeviceTensor)) {
       throw new ArgumentError(`${name} must be a DeviceTensor (use group.upload() for host data)`, {
@@ -570,24 +580,10 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     options: DispatchOptions<DeviceTensor> = {},
   ): DispatchResult<DeviceTensor> {
     this.usable();
-    const c = this.config;
-    const call = ++this.calls;
-    this.handles.abandonPending(); // a new dispatch ends the previous call's chance to combine
-    let T: number;
-    let w: DeviceTensor | null = null;
-    try {
-      T = this.check('x', x, 'bf16', [undefined, c.hidden]).shape[0];
-      if (T > c.maxTokensPerRank) {
-        throw tooManyTokensError(T, c.maxTokensPerRank);
-      }
-      this.check('topkIdx', topkIdx, 'i32', [T, c.topk]);
-      if (options.topkWeights !== undefined)
-        w = this.check('topkWeights', options.topkWeights, 'f32', [T, c.topk]);
-      else if (c.dedup) throw dedupDispatchWeightsError();
-    } catch (err) {
-      this.abortDispatch();
-      throw err;
-    }
+    const { call, checked: T } = this.sequence.beginDispatch(() =>
+      checkDispatchInputs(this.config, this.shapeOf, x, topkIdx, options.topkWeights),
+    );
+    const w = options.topkWeights ?? null;
     let recv: SourceMajorRecv<DeviceTensor> | null = null;
     this.queue.begin();
     try {
@@ -596,7 +592,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     } finally {
       this.queue.submit();
     }
-    const handle = this.handles.issue(this, call, T, this.rank, { numTokens: T, topkIdx, weights: w });
+    const handle = this.sequence.issue(call, T, { numTokens: T, topkIdx, weights: w });
     this.lastDispatch = { by: 'eager', combined: false };
     return {
       expertX: this.expertX,
@@ -682,30 +678,19 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   ): DeviceTensor {
     this.usable();
     const c = this.config;
-    let st: HandleState;
-    try {
-      st = this.handles.take(this, handle, this.calls);
-    } catch (err) {
-      // as on the cpu transport: abandon a dispatch still waiting for its combine on every rank
-      if (!this.handles.abandonPending()) throw err;
-      this.lastDispatch.combined = true;
-      this.abortCombine();
-      throw withAbandoned(err, this.calls);
-    }
+    const { state: st, checked: from } = this.sequence.beginCombine(handle, (state) =>
+      checkCombineInputs(
+        c,
+        this.shapeOf,
+        expertOut,
+        options.topkWeights,
+        state.numTokens,
+        state.weights !== null,
+      ),
+    );
     this.lastDispatch.combined = true;
-    let w: DeviceTensor;
-    try {
-      this.check('expertOut', expertOut, 'bf16', [c.expertsPerRank, c.expertCapacity, c.hidden]);
-      if (options.topkWeights !== undefined) {
-        if (c.dedup) throw dedupCombineWeightsError();
-        w = this.check('topkWeights', options.topkWeights, 'f32', [st.numTokens, c.topk]);
-      } else if (st.weights) w = st.weights;
-      else throw missingWeightsError();
-    } catch (err) {
-      this.handles.abandonTaken(handle);
-      this.abortCombine();
-      throw err;
-    }
+    // (checked: 'given' means this combine's weights, 'dispatch' those dispatch kept)
+    const w = (from === 'given' ? options.topkWeights : st.weights) as DeviceTensor;
     this.queue.begin();
     try {
       this.launchCombine(expertOut, st.topkIdx, w, st.numTokens);
@@ -769,8 +754,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     // a replay that begins a call (the dispatch graph, or the step that also combines it)
     const replayDispatch = (exec: typeof dispatchExec, combined: boolean) => {
       live();
-      this.calls++;
-      this.handles.abandonPending();
+      this.sequence.begin();
       this.lastDispatch = { by: owner, combined };
       drv.graphLaunch(exec, this.stream);
     };

@@ -81,7 +81,7 @@
 // its combine of call n, so no peer writes into its expertX while it may still read the previous call's.
 // It costs a signal round trip before the first row moves, and one block routes the whole batch.
 //
-// staged (the cpu transport's protocol, src/ep/host-group.ts): no count exchange before the rows move.
+// staged (the cpu transport's protocol, src/shmem/cpu/group.ts): no count exchange before the rows move.
 // Every ep_stage_send block routes its own tokens from all of this rank's ids (a block-wide histogram
 // gives where each destination's rows start in this rank's expert-sorted order), and stores each row into
 // the owner's stage, source-major: row r of source s at stage[s][r], r = its place among this rank's rows

@@ -1,9 +1,9 @@
 import type { EpGroup } from './ep/api.js';
 import { type EpConfigInput, resolveConfig } from './ep/config.js';
-import { HostEpGroup } from './ep/host-group.js';
 import { computeLayout } from './ep/layout.js';
 import type { HostTensor } from './ep/tensor.js';
 import { ConfigError } from './errors.js';
+import { HostEpGroup } from './shmem/cpu/group.js';
 import { openCpuTransport } from './shmem/cpu/world.js';
 import type { CudaEpGroup } from './shmem/cuda/group.js';
 

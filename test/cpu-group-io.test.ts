@@ -3,9 +3,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { resolveConfig } from '../src/ep/config.js';
-import { HostEpGroup } from '../src/ep/host-group.js';
 import { computeLayout } from '../src/ep/layout.js';
 import { hostTensor } from '../src/ep/tensor.js';
+import { HostEpGroup } from '../src/shmem/cpu/group.js';
 import { CpuTransport } from '../src/shmem/cpu/heap.js';
 
 test('cpu group: upload and download pass host tensors through, the timer counts, poison shows in the outputs', async () => {

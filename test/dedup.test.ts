@@ -4,7 +4,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { resolveConfig } from '../src/ep/config.js';
-import { HostEpGroup } from '../src/ep/host-group.js';
 import {
   combineRowOffset,
   computeLayout,
@@ -16,6 +15,7 @@ import {
 import { oracleCombine, oracleDispatch } from '../src/ep/oracle.js';
 import { hostTensor } from '../src/ep/tensor.js';
 import { HandleError, ShapeError } from '../src/errors.js';
+import { HostEpGroup } from '../src/shmem/cpu/group.js';
 import { CpuTransport } from '../src/shmem/cpu/heap.js';
 import { rng } from './helpers/random.js';
 

@@ -1,11 +1,15 @@
-import type { MoeA2aError } from '../errors.js';
-import { ABORT_BIT, type SymmetricTransport } from '../shmem/transport.js';
-import type { CombineOptions, DispatchOptions, DispatchResult, EpGroup, SourceMajorRecv } from './api.js';
-import { checkUsable, peerAbortedError } from './call-errors.js';
-import { CallSequence, checkCombineInputs, checkDispatchInputs } from './call-sequence.js';
-import { BF16_DECODE, f32BitsToBf16, quantizeRowsFp8, weightedSumBf16 } from './codec.js';
-import type { EpConfig } from './config.js';
-import type { CombineHandle } from './handle.js';
+import type {
+  CombineOptions,
+  DispatchOptions,
+  DispatchResult,
+  EpGroup,
+  SourceMajorRecv,
+} from '../../ep/api.js';
+import { checkUsable, peerAbortedError } from '../../ep/call-errors.js';
+import { CallSequence, checkCombineInputs, checkDispatchInputs } from '../../ep/call-sequence.js';
+import { BF16_DECODE, f32BitsToBf16, quantizeRowsFp8, weightedSumBf16 } from '../../ep/codec.js';
+import type { EpConfig } from '../../ep/config.js';
+import type { CombineHandle } from '../../ep/handle.js';
 import {
   combineRowOffset,
   type HeapLayout,
@@ -16,9 +20,11 @@ import {
   recvScaleOffset,
   signalOffset,
   splitsOffset,
-} from './layout.js';
-import { checkExpertCapacity, planRouting } from './routing.js';
-import { checkTensor, type HostTensor, hostTensor } from './tensor.js';
+} from '../../ep/layout.js';
+import { checkExpertCapacity, planRouting } from '../../ep/routing.js';
+import { checkTensor, type HostTensor, hostTensor } from '../../ep/tensor.js';
+import type { MoeA2aError } from '../../errors.js';
+import { ABORT_BIT, type SymmetricTransport } from '../transport.js';
 
 interface HandleState {
   slot: number;

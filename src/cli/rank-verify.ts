@@ -34,6 +34,8 @@ export interface CaseOutcome {
   ms: number;
   /** The first mismatch or error, naming the call. */
   message?: string;
+  /** Bytes of this rank's symmetric heap (0 when the group was not created). */
+  heapBytes?: number;
   error?: WireError;
 }
 
@@ -70,7 +72,14 @@ export async function runVerify(
         }
       }
       graph?.close();
-      outcomes.push({ name: kase.name, pass: !message, calls, ms: performance.now() - t0, message });
+      outcomes.push({
+        name: kase.name,
+        pass: !message,
+        calls,
+        ms: performance.now() - t0,
+        message,
+        heapBytes: group.heapBytes,
+      });
     } catch (err) {
       const w = errorToWire(err);
       outcomes.push({

@@ -68,6 +68,12 @@ export function verifyCases(flags: ParsedFlags): VerifyCase[] {
   return cases;
 }
 
+/** Bytes as MiB with two significant digits or more, e.g. "0.21 MiB", "7.5 MiB", "1536 MiB". */
+function mib(bytes: number): string {
+  const m = bytes / 2 ** 20;
+  return `${m >= 10 ? m.toFixed(0) : m >= 1 ? m.toFixed(1) : m.toFixed(2)} MiB`;
+}
+
 /** `moe-a2a verify`: every case on every rank, bit for bit against the oracle. Returns the exit code. */
 export async function verifyCommand(flags: ParsedFlags): Promise<number> {
   const transport = await resolveTransport(flags.transport);
@@ -88,6 +94,8 @@ export async function verifyCommand(flags: ParsedFlags): Promise<number> {
     calls: number;
     ms: number;
     message?: string;
+    /** The largest rank's symmetric heap. */
+    heapBytes?: number;
   }[] = [];
   for (const [world, list] of byWorld) {
     const task: VerifyTask = {
@@ -118,12 +126,13 @@ export async function verifyCommand(flags: ParsedFlags): Promise<number> {
         calls: Math.min(...outs.map((o) => o.calls)),
         ms: Math.max(...outs.map((o) => o.ms)),
         message: bad === -1 ? undefined : `rank ${bad}: ${outs[bad].message}`,
+        heapBytes: Math.max(...outs.map((o) => o.heapBytes ?? 0)),
       };
       summary.push(row);
       if (!json) {
         console.log(
           row.pass
-            ? `PASS  ${c.name}  (${row.calls} call${row.calls === 1 ? '' : 's'}, ${(row.ms / 1000).toFixed(2)} s)`
+            ? `PASS  ${c.name}  (${row.calls} call${row.calls === 1 ? '' : 's'}, ${(row.ms / 1000).toFixed(2)} s, heap ${mib(row.heapBytes)}/rank)`
             : `FAIL  ${c.name}: ${row.message}`,
         );
       }

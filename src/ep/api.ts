@@ -56,6 +56,8 @@ export interface EpGroup<T = HostTensor> {
   readonly config: EpConfig;
   readonly rank: number;
   readonly transport: 'cpu' | 'cuda';
+  /** Bytes of this rank's symmetric heap (every rank of the group has one of this size). */
+  readonly heapBytes: number;
   /**
    * Sends each token to the ranks owning its experts.
    * @param x bf16 [T, H], T <= maxTokensPerRank (T may be 0).

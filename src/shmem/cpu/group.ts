@@ -598,6 +598,10 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     return hostTensor('bf16', [st.numTokens, H], y);
   }
 
+  get heapBytes(): number {
+    return this.layout.totalBytes;
+  }
+
   upload(t: HostTensor): HostTensor {
     return t; // host memory is what this transport's calls take
   }

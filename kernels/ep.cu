@@ -34,8 +34,8 @@
 //  ep_dispatch        block B = roundup32(ceil(U / ceil(U / 256))) with U = H/16  (H = 7168 -> 224);
 //                     grid = min(8 * SMs, max(1, T * ceil(H / (16 * B))));  dynamic smem 0.  B <= 512.
 //  ep_dispatch_local  block as ep_dispatch, grid = ep_dispatch's + 1 (the last block keeps the books and
-//                     stores no rows; grid >= 2); W = 1 and T*k <= EP_LOCAL_MAX_PAIRS only (it traps otherwise).
-//  ep_stage_send      block and grid as ep_dispatch_local; W > 1 and T*k <= EP_STAGE_MAX_PAIRS (it traps otherwise).
+//                     stores no rows; grid >= 2); W = 1 and T*k <= EP_LOCAL_MAX_PAIRS only (it stops with a device assert naming the requirement otherwise).
+//  ep_stage_send      block and grid as ep_dispatch_local; W > 1 and T*k <= EP_STAGE_MAX_PAIRS (it stops with a device assert otherwise).
 //  ep_stage_pack      block 256, grid = min(4 * SMs, max(1, ceil(W * stageRows * ceil(rowBytes / 2048) / 8))).
 //  ep_recv_view       block 256, grid 4 * SMs;  dynamic smem 0.  B <= 512.
 //  ep_combine_send    block 256, grid 4 * SMs;  dynamic smem 0.  B <= 512.
@@ -47,7 +47,7 @@
 //
 // ep_route needs cuFuncSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes) whenever its
 // dynamic plus its ~8.4 KiB of static shared memory exceed 48 KiB (the host always sets it). Dynamic:
-// T*k = 32768, E = 256: 99,332 bytes; E = 1024: 200,708 bytes; an H100 block may opt into 232,448. It checks %dynamic_smem_size itself and traps if given too little.
+// T*k = 32768, E = 256: 99,332 bytes; E = 1024: 200,708 bytes; an H100 block may opt into 232,448. It checks %dynamic_smem_size itself and stops with a device assert if given too little.
 //
 // LIMITS: E <= 1024 (EP_MAX_EXPERTS), k <= 64 (EP_MAX_TOPK), T*k <= 32768 (EP_MAX_PAIRS: ep_route keeps the
 // ids in shared memory; a larger batch needs a multi-block router), W <= E. Sizes as src/ep/config.ts
@@ -113,6 +113,7 @@
 // call | EP_ABORT_BIT) and are never cleared: a stale value can never equal a later call. A rank whose
 // routing failed signals with the abort bit (direct: its counts; staged: its row signal), so every rank
 // learns that the call is off.
+#include <assert.h>
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 #include <limits.h>
@@ -134,6 +135,11 @@
 //   aux = EP_CAPACITY_AUX_EXPERT (1): ep_route, a = global expert id of this rank, b = rows it would hold (> expertCapacity)
 #define EP_CAPACITY_AUX_SEND 0u
 #define EP_CAPACITY_AUX_EXPERT 1u
+
+// A launch the host must never make (a programming error of the host, not a user's input): say which
+// requirement failed, then stop the kernel. Device-side assert prints the message (with this file and
+// line) when the kernel ends, and the host then sees CUDA_ERROR_ASSERT.
+#define host_requires(cond, what) assert((cond) && what)
 
 // Device-internal err.code for a call the host aborted (see host_abort): set in state->err only, never
 // mirrored to errHost (the host already knows), and it makes every later kernel of the call abort.
@@ -649,7 +655,8 @@ struct LocalTables {
 // (INT_MAX if none) and counts its pairs with an expert into *rows. The caller's barrier publishes S.
 __device__ int load_ids(const EpArgs& a, LocalTables& S, int* rows) {
   const int N = a.numTokens * a.topk;
-  if (N > EP_STAGE_MAX_PAIRS || a.numExperts > EP_MAX_EXPERTS || a.topk > EP_MAX_TOPK) __trap();  // host error
+  host_requires(N <= EP_STAGE_MAX_PAIRS && a.numExperts <= EP_MAX_EXPERTS && a.topk <= EP_MAX_TOPK,
+                "load_ids: T*k <= EP_STAGE_MAX_PAIRS, E <= EP_MAX_EXPERTS, k <= EP_MAX_TOPK");
   if (threadIdx.x == 0) S.base = __ldg((const uint64_t*)a.peerBases + a.rank);
   *rows = 0;
   return stage_ids((const int*)a.topkIdx, N, a.numExperts, S.ids, rows);
@@ -1182,8 +1189,8 @@ extern "C" __global__ void __launch_bounds__(EP_ROUTE_THREADS, 1) ep_route(const
   // A host that passed too little shared memory, or sizes beyond the limits, is a programming
   // error of the host, not a user input error: stop loudly instead of corrupting memory.
   const uint64_t need = 4ull * ((uint64_t)NW * E + E + 1) + 2ull * (uint64_t)N;
-  if (need > dynamic_smem_bytes() || E > EP_MAX_EXPERTS || K > EP_MAX_TOPK || N > EP_MAX_PAIRS || (B & 31))
-    __trap();
+  host_requires(need <= dynamic_smem_bytes() && E <= EP_MAX_EXPERTS && K <= EP_MAX_TOPK && N <= EP_MAX_PAIRS && !(B & 31),
+                "ep_route: dynamic smem >= the ids and histograms, E, k, T*k within limits, block a multiple of 32");
 
   int* hist = dyn;
   int* off = hist + NW * E;
@@ -1447,7 +1454,8 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_dispatch_local(c
   __shared__ LocalTables S;
   allow_dependents();
   // host errors: one block would keep the books and store no rows; the tables hold EP_LOCAL_MAX_PAIRS
-  if (gridDim.x < 2 || a.world != 1 || a.numTokens * a.topk > EP_LOCAL_MAX_PAIRS) __trap();
+  host_requires(gridDim.x >= 2 && a.world == 1 && a.numTokens * a.topk <= EP_LOCAL_MAX_PAIRS,
+                "ep_dispatch_local: grid >= 2, W = 1, T*k <= EP_LOCAL_MAX_PAIRS");
   if (blockIdx.x == 0 && threadIdx.x == 0) stamp(a, EP_STAMP_DISPATCH_BEGIN);
   if (blockIdx.x == gridDim.x - 1) {
     local_bookkeeping(a, S);
@@ -1469,9 +1477,9 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_send(const
   __shared__ LocalTables S;
   __shared__ int sLast;
   allow_dependents();
-  if (gridDim.x < 2 || a.world < 2 || a.numTokens * a.topk > EP_STAGE_MAX_PAIRS || a.numTokens > 0 && a.stageRows < 1 ||
-      a.dedup && a.topk > 32)
-    __trap();  // host errors
+  host_requires(gridDim.x >= 2 && a.world >= 2 && a.numTokens * a.topk <= EP_STAGE_MAX_PAIRS &&
+                    (a.numTokens == 0 || a.stageRows >= 1) && (!a.dedup || a.topk <= 32),
+                "ep_stage_send: grid >= 2, W > 1, T*k <= EP_STAGE_MAX_PAIRS, a stage, k <= 32 with dedup");
   if (blockIdx.x == 0 && threadIdx.x == 0) stamp(a, EP_STAMP_DISPATCH_BEGIN);
   EpState* st = state_of(a);
   if (blockIdx.x == gridDim.x - 1) {
@@ -1691,7 +1699,7 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(c
   const float* weights = (const float*)a.topkWeights;
   const int EPR = a.expertsPerRank;
   const bool dedup = a.dedup != 0 && a.world > 1;  // (one rank: the one partial is the whole sum, read in place)
-  if (dedup && k > 32) __trap();  // host error
+  host_requires(!dedup || k <= 32, "ep_combine_reduce: k <= 32 with dedup");
   char* y = (char*)a.y;
   // A row of my own expert is still in expertOut, at the row routing gave its pair in my expertX; every
   // other row came back from its owner (ep_combine_send) to my send order.

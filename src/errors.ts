@@ -150,6 +150,11 @@ const classByCode: Record<ErrorCode, ErrorClass> = {
   MOE_INTERNAL: InternalError,
 };
 
+/** A new error of `err`'s class and code, with its details and another message (e.g. to wrap it). */
+export function sameKind(err: MoeA2aError, message: string, options?: MoeErrorOptions): MoeA2aError {
+  return new classByCode[err.code](message, err.details, options);
+}
+
 /** The plain-object form of an error, safe to post to a worker or write as JSON. */
 export interface WireError {
   code: string;

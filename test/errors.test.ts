@@ -178,3 +178,27 @@ describe('errorToWire / errorFromWire', () => {
     assert.equal(typeof back.stack, 'string');
   });
 });
+
+describe('a broken group says what broke it', () => {
+  test('a peer that timed out: PeerFailedError naming it; a local fault: its own kind; the first failure as cause', async () => {
+    const { checkUsable } = await import('../src/ep/call-errors.js');
+    const timeout = new PeerTimeoutError('rank 2 did not signal', { peer: 2, slot: 0 });
+    assert.throws(
+      () => checkUsable(false, timeout),
+      (e: MoeA2aError) => e.code === 'MOE_PEER_FAILED' && e.details.peer === 2 && e.cause === timeout,
+    );
+    const fault = new CudaError('cuStreamSynchronize failed: CUDA_ERROR_ILLEGAL_ADDRESS', {
+      call: 'cuStreamSynchronize',
+    });
+    assert.throws(
+      () => checkUsable(false, fault),
+      (e: MoeA2aError) =>
+        e instanceof CudaError &&
+        e.details.call === 'cuStreamSynchronize' &&
+        e.cause === fault &&
+        /stopped after an earlier failure \(cuStreamSynchronize failed/.test(e.message),
+    );
+    assert.throws(() => checkUsable(true, null), { code: 'MOE_CLOSED' });
+    checkUsable(false, null);
+  });
+});

@@ -1,11 +1,14 @@
 import {
   CapacityError,
   ClosedError,
-  type ErrorDetails,
+  InternalError,
+  isMoeA2aError,
+  type MoeA2aError,
   PeerFailedError,
   PeerTimeoutError,
   RoutingError,
   ShapeError,
+  sameKind,
 } from '../errors.js';
 
 /**
@@ -117,16 +120,19 @@ export function peerAbortedError(peer: number, phase: Phase, callCount: number):
   );
 }
 
-/** Throws when a group cannot take another call: it was closed, or an earlier peer failure broke it. */
-export function checkUsable(
-  closed: boolean,
-  broken: { message: string; details?: ErrorDetails } | null,
-): void {
+/**
+ * Throws when a group cannot take another call: it was closed, or an earlier failure broke it. A peer
+ * that timed out or died is reported as PeerFailedError naming it; a fault of this rank's own (the
+ * driver, the device) as what it was, with the same code. The first failure is the cause.
+ */
+export function checkUsable(closed: boolean, broken: MoeA2aError | null): void {
   if (closed) throw new ClosedError('this group was closed; create a new one');
   if (broken) {
-    throw new PeerFailedError(
-      `this group stopped after an earlier failure (${broken.message}); close it and create a new one`,
-      { peer: Number(broken.details?.peer ?? -1) },
-    );
+    const message = `this group stopped after an earlier failure (${broken.message}); close it and create a new one`;
+    const peer = broken.details?.peer;
+    if (typeof peer === 'number') throw new PeerFailedError(message, { peer }, { cause: broken });
+    throw isMoeA2aError(broken)
+      ? sameKind(broken, message, { cause: broken })
+      : new InternalError(message, {}, { cause: broken });
   }
 }

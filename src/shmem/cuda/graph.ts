@@ -1,4 +1,6 @@
+import { ClosedError, HandleError } from '../../errors.js';
 import type { DeviceTensor } from './device-tensor.js';
+import type { CudaDriver, CuStream } from './driver.js';
 
 /**
  * A dispatch, a combine, and both together (step) captured as CUDA graphs for a fixed token count T.
@@ -43,4 +45,96 @@ export interface GraphCall {
   step(): void;
   /** Frees the graphs and the bound inputs. */
   close(): void;
+}
+
+/** What capture takes from its group: the stream, the launches of one call, and the group's call order. */
+export interface GraphHost {
+  readonly drv: CudaDriver;
+  readonly stream: CuStream;
+  /** Makes the launches of the graph's dispatch (on the stream, which is capturing). */
+  recordDispatch(): void;
+  /** ... of its combine; `afterDispatch`: right after the dispatch, in the step graph. */
+  recordCombine(afterDispatch: boolean): void;
+  /** Throws when the group cannot take a call (closed, broken). */
+  usable(): void;
+  /** A replay begins a call (`by`: the graph; `combined`: a step, which combines it too). */
+  beginCall(by: object, combined: boolean): void;
+  /** The combine replay's rule: true (and the call marked combined) when `by` made the waiting dispatch. */
+  takeCombine(by: object): boolean;
+  /** The graph is being closed: the group lets go of it and waits for its replays. */
+  closing(call: GraphCall): void;
+}
+
+/** The tensors a GraphCall binds and shows (the inputs are the graph's: close() frees them). */
+type Bound = Pick<
+  GraphCall,
+  | 'numTokens'
+  | 'x'
+  | 'topkIdx'
+  | 'topkWeights'
+  | 'expertOut'
+  | 'expertX'
+  | 'expertScales'
+  | 'expertCounts'
+  | 'y'
+>;
+
+/** Captures the dispatch, combine and step graphs of one token count and returns them as a GraphCall. */
+export function captureGraphCall(host: GraphHost, bound: Bound): GraphCall {
+  const { drv, stream } = host;
+  const capture = (record: () => void) => {
+    drv.streamBeginCapture(stream, 'thread-local');
+    let graph: ReturnType<CudaDriver['streamEndCapture']>;
+    try {
+      record();
+    } finally {
+      graph = drv.streamEndCapture(stream);
+    }
+    const exec = drv.graphInstantiate(graph);
+    drv.graphDestroy(graph);
+    return exec;
+  };
+  // the captured launches must not change the host's call count or handles: raw launches only
+  const dispatchExec = capture(() => host.recordDispatch());
+  const combineExec = capture(() => host.recordCombine(false));
+  const stepExec = capture(() => {
+    host.recordDispatch();
+    host.recordCombine(true);
+  });
+  const owner = {};
+  let closed = false;
+  const live = () => {
+    if (closed) throw new ClosedError('this graph was closed');
+    host.usable();
+  };
+  // a replay that begins a call (the dispatch graph, or the step that also combines it)
+  const replayDispatch = (exec: typeof dispatchExec, combined: boolean) => {
+    live();
+    host.beginCall(owner, combined);
+    drv.graphLaunch(exec, stream);
+  };
+  const call: GraphCall = {
+    ...bound,
+    dispatch: () => replayDispatch(dispatchExec, false),
+    combine: () => {
+      live();
+      if (!host.takeCombine(owner)) {
+        throw new HandleError(
+          'a combine graph replays only right after its own dispatch graph, once: another dispatch ran in between, or this one was already combined',
+        );
+      }
+      drv.graphLaunch(combineExec, stream);
+    },
+    step: () => replayDispatch(stepExec, true),
+    close: () => {
+      if (closed) return;
+      closed = true;
+      host.closing(call);
+      drv.graphExecDestroy(dispatchExec);
+      drv.graphExecDestroy(combineExec);
+      drv.graphExecDestroy(stepExec);
+      for (const t of [bound.x, bound.topkIdx, bound.topkWeights, bound.expertOut]) t.free();
+    },
+  };
+  return call;
 }

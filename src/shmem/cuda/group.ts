@@ -21,9 +21,7 @@ import {
 import { type DType, type HostTensor, hostTensor, numel } from '../../ep/tensor.js';
 import {
   ArgumentError,
-  ClosedError,
   ConfigError,
-  HandleError,
   InternalError,
   type MoeA2aError,
   PeerTimeoutError,
@@ -53,7 +51,7 @@ import {
   type KernelLauncher,
   loadDriver,
 } from './driver.js';
-import type { GraphCall } from './graph.js';
+import { captureGraphCall, type GraphCall } from './graph.js';
 import { type CudaHeap, openCudaHeap } from './heap.js';
 import { type LaunchMode, LaunchQueue } from './launch-queue.js';
 import {
@@ -724,74 +722,41 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     const topkIdx = filled('i32', [T, c.topk], 0xff); // every id -1 (dropped) until the caller writes some
     const topkWeights = filled('f32', [T, c.topk], 0);
     const expertOut = filled('bf16', [c.expertsPerRank, c.expertCapacity, c.hidden], 0);
-    const drv = this.drv;
-    const capture = (fn: () => void) => {
-      drv.streamBeginCapture(this.stream, 'thread-local');
-      let graph: ReturnType<CudaDriver['streamEndCapture']>;
-      try {
-        fn();
-      } finally {
-        graph = drv.streamEndCapture(this.stream);
-      }
-      const exec = drv.graphInstantiate(graph);
-      drv.graphDestroy(graph);
-      return exec;
-    };
-    // the captured launches must not change the host's call count or handles: capture raw launches
-    const dispatchExec = capture(() => this.launchDispatch(x, topkIdx, topkWeights, T));
-    const combineExec = capture(() => this.launchCombine(expertOut, topkIdx, topkWeights, T));
-    const stepExec = capture(() => {
-      this.launchDispatch(x, topkIdx, topkWeights, T);
-      this.launchCombine(expertOut, topkIdx, topkWeights, T, true);
-    });
-    const owner = {};
-    let closed = false;
-    const graphs = this.graphs;
-    const live = () => {
-      if (closed) throw new ClosedError('this graph was closed');
-      this.usable();
-    };
-    // a replay that begins a call (the dispatch graph, or the step that also combines it)
-    const replayDispatch = (exec: typeof dispatchExec, combined: boolean) => {
-      live();
-      this.sequence.begin();
-      this.lastDispatch = { by: owner, combined };
-      drv.graphLaunch(exec, this.stream);
-    };
-    const call: GraphCall = {
-      numTokens: T,
-      x,
-      topkIdx,
-      topkWeights,
-      expertOut,
-      expertX: this.expertX,
-      expertScales: this.expertScales,
-      expertCounts: this.expertCounts,
-      y: new DeviceTensor('bf16', [T, c.hidden], this.y, null),
-      dispatch: () => replayDispatch(dispatchExec, false),
-      combine: () => {
-        live();
-        if (this.lastDispatch.by !== owner || this.lastDispatch.combined) {
-          throw new HandleError(
-            'a combine graph replays only right after its own dispatch graph, once: another dispatch ran in between, or this one was already combined',
-          );
-        }
-        this.lastDispatch.combined = true;
-        drv.graphLaunch(combineExec, this.stream);
+    const call = captureGraphCall(
+      {
+        drv: this.drv,
+        stream: this.stream,
+        recordDispatch: () => this.launchDispatch(x, topkIdx, topkWeights, T),
+        recordCombine: (afterDispatch) =>
+          this.launchCombine(expertOut, topkIdx, topkWeights, T, afterDispatch),
+        usable: () => this.usable(),
+        beginCall: (by, combined) => {
+          this.sequence.begin();
+          this.lastDispatch = { by, combined };
+        },
+        takeCombine: (by) => {
+          if (this.lastDispatch.by !== by || this.lastDispatch.combined) return false;
+          this.lastDispatch.combined = true;
+          return true;
+        },
+        closing: (g) => {
+          this.graphs.delete(g);
+          if (!this.closed) this.synchronize();
+        },
       },
-      step: () => replayDispatch(stepExec, true),
-      close: () => {
-        if (closed) return;
-        closed = true;
-        graphs.delete(call);
-        if (!this.closed) this.synchronize();
-        drv.graphExecDestroy(dispatchExec);
-        drv.graphExecDestroy(combineExec);
-        drv.graphExecDestroy(stepExec);
-        for (const t of [x, topkIdx, topkWeights, expertOut]) t.free();
+      {
+        numTokens: T,
+        x,
+        topkIdx,
+        topkWeights,
+        expertOut,
+        expertX: this.expertX,
+        expertScales: this.expertScales,
+        expertCounts: this.expertCounts,
+        y: new DeviceTensor('bf16', [T, c.hidden], this.y, null),
       },
-    };
-    graphs.add(call);
+    );
+    this.graphs.add(call);
     return call;
   }
 

@@ -34,8 +34,8 @@ newest_results() { mkdir -p "$OUT/results" && ls -t bench/results/*-cuda-* 2>/de
 for step in "$@"; do
   case $step in
     driver) run driver timeout 120 node --test .device/build/test/cuda-driver.test.js ;;
-    smoke) run smoke $cli verify --transport cuda --world 1 --experts 8 --hidden 256 --topk 4 --tokens 8 ;;
-    smoke2) run smoke2 $cli verify --transport cuda --world 2 --experts 8 --hidden 256 --topk 4 --tokens 8 ;;
+    smoke) run smoke timeout 120 $cli verify --transport cuda --world 1 --experts 8 --hidden 256 --topk 4 --tokens 8 ;;
+    smoke2) run smoke2 timeout 120 $cli verify --transport cuda --world 2 --experts 8 --hidden 256 --topk 4 --tokens 8 ;;
     conformance) run conformance timeout 400 node --test .device/build/test/cuda.conformance.test.js ;;
     failures) MOE_A2A_TRACE=1 run failures timeout 300 node --test --test-name-pattern "rejects|never calls|throws" .device/build/test/cuda.conformance.test.js ;;
     verify) TAIL=80 run verify timeout 300 $cli verify --transport cuda ;;
@@ -46,10 +46,10 @@ for step in "$@"; do
       TAIL=6 run v3w1graph timeout 160 $cli verify --transport cuda --graph --world 1 --tokens 128 --scenario random,skewed --calls 8 ;;
     long) run long timeout 280 $cli verify --transport cuda --world 2 --experts 16 --hidden 512 --topk 4 --tokens 16 --fp8 --scenario random --calls 10000 ;;
     sanitizer)
-      run memcheck1 compute-sanitizer --tool memcheck --target-processes all $cli verify --transport cuda --world 1 --experts 8 --hidden 256 --topk 4 --tokens 8
-      run racecheck1 compute-sanitizer --tool racecheck --target-processes all $cli verify --transport cuda --world 1 --experts 8 --hidden 256 --topk 4 --tokens 8
-      run memcheck2 compute-sanitizer --tool memcheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 256 --topk 4 --tokens 8
-      run racecheck2 compute-sanitizer --tool racecheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 256 --topk 4 --tokens 8 ;;
+      run memcheck1 timeout 300 compute-sanitizer --tool memcheck --target-processes all $cli verify --transport cuda --world 1 --experts 8 --hidden 256 --topk 4 --tokens 8
+      run racecheck1 timeout 300 compute-sanitizer --tool racecheck --target-processes all $cli verify --transport cuda --world 1 --experts 8 --hidden 256 --topk 4 --tokens 8
+      run memcheck2 timeout 300 compute-sanitizer --tool memcheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 256 --topk 4 --tokens 8
+      run racecheck2 timeout 300 compute-sanitizer --tool racecheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 256 --topk 4 --tokens 8 ;;
     graph)
       run graph1 timeout 200 $cli verify --transport cuda --graph --world 1 --experts 16 --hidden 512 --topk 4 --tokens 32 --scenario random --calls 1000
       run graph2 timeout 200 $cli verify --transport cuda --graph --world 2 --experts 16 --hidden 512 --topk 4 --tokens 32 --scenario random,skewed --calls 200 ;;
@@ -86,8 +86,8 @@ for step in "$@"; do
     sanitizer2)
       for p in staged direct dedup; do
         e=$p; d=--no-dedup; [ $p = dedup ] && e=staged && d=--dedup
-        MOE_A2A_DISPATCH_PATH=$e run memcheck2-$p compute-sanitizer --tool memcheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 256 --topk 4 --tokens 8 $d
-        MOE_A2A_DISPATCH_PATH=$e run racecheck2-$p compute-sanitizer --tool racecheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 256 --topk 4 --tokens 8 $d
+        MOE_A2A_DISPATCH_PATH=$e run memcheck2-$p timeout 300 compute-sanitizer --tool memcheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 256 --topk 4 --tokens 8 $d
+        MOE_A2A_DISPATCH_PATH=$e run racecheck2-$p timeout 300 compute-sanitizer --tool racecheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 256 --topk 4 --tokens 8 $d
       done ;;
     bench-w2)
       for i in $(seq 1 ${DEEPEP_WAIT_S:-200}); do [ -f /tmp/deepep.done ] && break; sleep 1; done

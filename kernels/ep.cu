@@ -1505,7 +1505,8 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_send(const
 // 2d. ep_stage_pack (after ep_stage_send): the staged rows of every source into expert-major expertX (for
 // each local expert, sources in rank order, each source's rows in its order) with their scales; expertCounts
 // and recvSplits (for ep_combine_send and ep_recv_view); and, for the rows this rank staged for itself,
-// pairDest (the expertX row ep_combine_reduce reads in place). An expert over maxRowsPerExpert fails the
+// pairDest (the expertX row ep_combine_reduce reads in place; with dedup instead each row is copied from its
+// carrier and the carriers are listed for ep_combine_send). An expert over maxRowsPerExpert fails the
 // call here, as ep_route does: nothing is copied, and every peer learns at once that this rank will not
 // combine. One warp per (row, 2 KiB segment), as ep_recv_view.
 extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_pack(const __grid_constant__ EpArgs a) {

@@ -111,7 +111,7 @@ struct EpArgs {
   uint64_t stageDataOff, stageDataSlot;      // u8 [2][W][stageRows][dispatchRowBytes]: rows each source sent me, expert-sorted
   uint64_t stageScalesOff, stageScalesSlot;  // f32 [2][W][stageRows][H/G] (fp8 only)
   uint64_t barrierSignalOff;  // u64 [W]: ep_barrier's words, one per source
-  uint64_t selfPairs;         // int32_t* [stageRows]: the pair (t*k+j) of each row this rank staged for itself
+  uint64_t selfPairs;         // int32_t* [stageRows]: the pair (t*k+j) of each row this rank staged for itself (not with dedup)
   uint64_t stamps;            // uint64_t* [EP_STAMPS] or 0: phase timestamps (benchmarks)
   int32_t stageRows;          // rows per source in the stage (0 when the group does not stage)
   int32_t dedup;              // 1: the de-duplicated staged protocol (a token crosses to each rank once)

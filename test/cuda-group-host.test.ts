@@ -167,6 +167,29 @@ describe('cuda group host logic (fake driver)', () => {
     await g.close();
   });
 
+  test('a refused eager dispatch ends the graph call before it: that graph may not combine', async () => {
+    const fake = new FakeDriver();
+    const g = await groupOn(fake, small);
+    const graph = g.captureGraph(2);
+    graph.dispatch();
+    const { idx } = inputs(g, 2, [0, 5, 1, 6]);
+    assert.throws(() => g.dispatch(g.upload(hostTensor('bf16', [2, 8])), idx), { code: 'MOE_SHAPE' });
+    assert.throws(() => graph.combine(), { code: 'MOE_HANDLE' });
+    graph.dispatch();
+    graph.combine();
+    await g.close();
+  });
+
+  test('a copy from the host waits for the group stream first (a fill or a replay may still be on it)', async () => {
+    const fake = new FakeDriver();
+    const g = await groupOn(fake, small);
+    const graph = g.captureGraph(2);
+    fake.order.length = 0;
+    g.copyInto(graph.x, hostTensor('bf16', [2, small.hidden]));
+    assert.deepEqual(fake.order.slice(0, 2), ['stream sync', 'copy in']);
+    await g.close();
+  });
+
   test('captureGraph fills its bound inputs on the device: no host copy of expertOut', async () => {
     const fake = new FakeDriver();
     const big = { ...small, hidden: 1024, maxTokensPerRank: 64 };

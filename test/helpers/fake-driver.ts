@@ -26,6 +26,8 @@ export class FakeDriver {
   readonly launches: Launch[] = [];
   readonly memsets: Array<{ ptr: bigint; value: number; bytes: number }> = [];
   readonly copiesToDevice: number[] = [];
+  /** The stream-ordering calls in the order made: 'memset' (async, on a stream), 'stream sync', 'copy in'. */
+  readonly order: string[] = [];
   /** Live device allocations: address -> bytes. */
   readonly live = new Map<bigint, number>();
   modulesLoaded = 0;
@@ -52,9 +54,11 @@ export class FakeDriver {
   }
   memsetD8Async(ptr: bigint, value: number, bytes: number): void {
     this.memsets.push({ ptr, value, bytes });
+    this.order.push('memset');
   }
   memcpyHtoD(_dst: bigint, src: ArrayBufferView, bytes?: number): void {
     this.copiesToDevice.push(bytes ?? src.byteLength);
+    this.order.push('copy in');
   }
   memcpyDtoH(dst: ArrayBufferView, _src: bigint, bytes?: number): void {
     new Uint8Array(dst.buffer, dst.byteOffset, bytes ?? dst.byteLength).fill(0);
@@ -119,7 +123,9 @@ export class FakeDriver {
   streamDestroy(): void {
     this.streamsLive--;
   }
-  streamSynchronize(): void {}
+  streamSynchronize(): void {
+    this.order.push('stream sync');
+  }
   eventCreate(): object {
     return { event: ++this.handles };
   }

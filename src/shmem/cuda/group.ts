@@ -180,7 +180,10 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       const c = config;
       this.rank = heap.rank;
       this.sequence = new CallSequence<HandleState>(this, this.rank, {
-        abortDispatch: () => this.abortDispatch(),
+        abortDispatch: () => {
+          this.lastDispatch = { by: 'eager', combined: true }; // (no graph's combine may follow it)
+          this.abortDispatch();
+        },
         abortCombine: () => {
           this.lastDispatch.combined = true; // (the graph rules: that call is over)
           this.abortCombine();
@@ -429,6 +432,9 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
    * (An async copy on the stream would let the driver read the JavaScript memory after the call.)
    */
   private copyFromHost(dst: bigint, src: HostTensor['data'], bytes: number): void {
+    // the legacy-stream copy is not ordered with this group's stream either: finish what is queued
+    // there first (a replay may still read `dst`, a memset may still fill it)
+    this.drv.streamSynchronize(this.stream);
     this.drv.memcpyHtoD(dst, src, bytes);
     this.drv.synchronizeContext();
   }

@@ -314,63 +314,41 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     return this.heapI32.slice(start, start + n);
   }
 
-  /** Source-major receive slot -> expert-major output: rows of (expert e, source s) after those of sources < s. */
+  /**
+   * Source-major receive slot -> expert-major output: rows of (expert e, source s) after those of
+   * sources < s. With dedup each row is copied from its carrier (the row that holds its token's data).
+   */
   private repack(slot: number, splits: Int32Array): void {
     const c = this.config;
-    if (c.dedup) {
-      this.repackDedup(slot, splits);
-      return;
-    }
     const epr = c.expertsPerRank;
     const spp = this.layout.splitsPerPeer;
-    const local = this.shmem.local();
-    const rowBytes = c.dispatchRowBytes;
-    const G = c.groupsPerRow;
     this.expertCounts.fill(0);
     for (let s = 0; s < c.world; s++) {
+      let rows = 0;
+      for (let e = 0; e < epr; e++) rows += splits[s * spp + e];
+      const carrier = c.dedup ? this.carrierBlock(slot, s, rows) : null;
       let row = 0;
       for (let e = 0; e < epr; e++) {
-        const count = splits[s * spp + e];
+        const n = splits[s * spp + e];
         const dstRow = e * c.expertCapacity + this.expertCounts[e];
-        const from = recvRowOffset(this.layout, c, slot, s, row);
-        this.expertX.set(local.subarray(from, from + count * rowBytes), dstRow * rowBytes);
-        if (this.expertScales) {
-          const sFrom = recvScaleOffset(this.layout, c, slot, s, row) / 4;
-          this.expertScales.set(this.heapF32.subarray(sFrom, sFrom + count * G), dstRow * G);
-        }
-        this.expertCounts[e] += count;
-        row += count;
+        if (!carrier) this.copyRows(slot, s, row, dstRow, n);
+        else for (let i = 0; i < n; i++) this.copyRows(slot, s, carrier[row + i], dstRow + i, 1);
+        this.expertCounts[e] += n;
+        row += n;
       }
     }
   }
 
-  /** repack under dedup: the expert-major row of (s, r) is a copy of s's carrier row carrier[r]. */
-  private repackDedup(slot: number, splits: Int32Array): void {
+  /** `n` received rows of source s from row `from` on (and their scales) into expertX from row `to` on. */
+  private copyRows(slot: number, s: number, from: number, to: number, n: number): void {
     const c = this.config;
-    const epr = c.expertsPerRank;
-    const spp = this.layout.splitsPerPeer;
-    const local = this.shmem.local();
     const rowBytes = c.dispatchRowBytes;
-    const G = c.groupsPerRow;
-    this.expertCounts.fill(0);
-    for (let s = 0; s < c.world; s++) {
-      let count = 0;
-      for (let e = 0; e < epr; e++) count += splits[s * spp + e];
-      const carrier = this.carrierBlock(slot, s, count);
-      let row = 0;
-      for (let e = 0; e < epr; e++) {
-        const n = splits[s * spp + e];
-        for (let i = 0; i < n; i++, row++) {
-          const dstRow = e * c.expertCapacity + this.expertCounts[e] + i;
-          const from = recvRowOffset(this.layout, c, slot, s, carrier[row]);
-          this.expertX.set(local.subarray(from, from + rowBytes), dstRow * rowBytes);
-          if (this.expertScales) {
-            const sFrom = recvScaleOffset(this.layout, c, slot, s, carrier[row]) / 4;
-            this.expertScales.set(this.heapF32.subarray(sFrom, sFrom + G), dstRow * G);
-          }
-        }
-        this.expertCounts[e] += n;
-      }
+    const at = recvRowOffset(this.layout, c, slot, s, from);
+    this.expertX.set(this.shmem.local().subarray(at, at + n * rowBytes), to * rowBytes);
+    if (this.expertScales) {
+      const G = c.groupsPerRow;
+      const sAt = recvScaleOffset(this.layout, c, slot, s, from) / 4;
+      this.expertScales.set(this.heapF32.subarray(sAt, sAt + n * G), to * G);
     }
   }
 

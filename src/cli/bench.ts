@@ -123,8 +123,9 @@ function pathsFor(
   cfg: ReturnType<typeof resolveConfig>,
   flag: unknown,
 ): readonly (BenchPath | undefined)[] {
-  if (transport !== 'cuda' || cfg.world === 1) return [undefined];
+  if (cfg.world === 1) return [undefined]; // (one rank: nothing to de-duplicate)
   if (flag === 'dedup') return ['dedup'];
+  if (transport !== 'cuda') return [undefined, 'dedup']; // the cpu transport has one path, with or without dedup
   if (flag !== undefined && flag !== 'all') return [parseDispatchPath(flag, '--path')];
   return cfg.maxTokensPerRank * cfg.topk <= EP_STAGE_MAX_PAIRS ? ['dedup', 'staged', 'direct'] : ['direct'];
 }
@@ -218,11 +219,7 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
       const slowest = (pick: (r: BenchRankResult) => number[]) => slowestPerIteration(perRank, pick);
       const cuda = perRank.map((r) => r.cuda);
       const ex = cuda.every((x) => x !== undefined) ? (cuda as CudaBenchExtras[]) : null;
-      const label: DispatchPath | 'dedup' | undefined = ex
-        ? dedup
-          ? 'dedup'
-          : ex[0].dispatchPath
-        : undefined;
+      const label: DispatchPath | 'dedup' | undefined = dedup ? 'dedup' : ex?.[0].dispatchPath;
       const kb = kernelBytes(cfg, tokens, label === 'dedup' ? 'staged' : (label ?? 'direct'));
       const row: Row = {
         tokens,
@@ -481,7 +478,9 @@ function printTables(
     );
   }
   console.log(
-    'per call: CUDA events around each call, ranks aligned on the device first; median of the slowest rank',
+    o.transport === 'cuda'
+      ? 'per call: CUDA events around each call, ranks aligned on the device first; median of the slowest rank'
+      : 'per call: the host clock around each call, ranks aligned by a barrier first; median of the slowest rank',
   );
   console.log(
     table(

@@ -111,7 +111,7 @@ Examples:
         name: 'path',
         kind: 'string',
         meta: 'PATH',
-        help: 'cuda, W > 1: what to time: staged, direct, dedup (staged, de-duplicated), auto, or all (each the shape allows)',
+        help: 'W > 1, what to time: staged, direct, dedup (staged, de-duplicated), auto, or all (each the shape allows; cpu: all or dedup)',
         default: 'all',
       },
       {

@@ -18,6 +18,7 @@ import {
   torchW1,
 } from './bench-baselines.js';
 import { type CallBytes, callBytes } from './bench-bytes.js';
+import { type HopBytes, hopBytes } from './bench-hops.js';
 import { DEEPSEEK_V3 } from './cases.js';
 import { machineInfo, percentile, resolveTransport, table } from './common.js';
 import { latencyPlotSvg, type PlotSeries } from './plot.js';
@@ -304,6 +305,20 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
       : 'no T in 1..512';
     if (typeof deepep === 'string') say(`moe-a2a bench: no DeepEP baseline: ${deepep}`);
   }
+  // beyond one host, computed from the same routing (8 GPUs a host, rail-aligned, de-duplicated)
+  const hops = [16, 32, 64]
+    .filter((ep) => numExperts % ep === 0)
+    .flatMap((ep) =>
+      tokenList.map((tokens) => ({
+        tokens,
+        ...hopBytes(
+          resolveConfig({ world: ep, numExperts, hidden, topk, fp8, maxTokensPerRank: Math.max(1, tokens) }),
+          8,
+          benchTopk(seed, 0, 0, tokens, topk, numExperts),
+          tokens,
+        ),
+      })),
+    );
   const date = new Date().toISOString();
   const result = {
     tool: 'moe-a2a bench',
@@ -326,6 +341,8 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
     torch,
     torchNccl: torchNcclRows,
     deepep,
+    // computed, not measured: what one GPU would move per call at EP 16/32/64 (src/cli/bench-hops.ts)
+    hops,
   };
   mkdirSync('bench/results', { recursive: true });
   const stem = join('bench/results', `${date.replace(/[:.]/g, '-')}-${transport}-W${world}`);
@@ -348,7 +365,7 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
     console.log(JSON.stringify(result, null, 2));
     return 0;
   }
-  printTables(rows, { transport, copyGBs, floors, a2aGBs, torch, torchNcclRows, deepep });
+  printTables(rows, { transport, copyGBs, floors, a2aGBs, torch, torchNcclRows, deepep, hops });
   console.log(`results: ${stem}.json, ${stem}.svg`);
   return 0;
 }
@@ -438,6 +455,7 @@ function printTables(
     torch?: TorchW1Row[] | string;
     torchNcclRows?: TorchNcclRow[] | string;
     deepep?: DeepepRow[] | string;
+    hops: Array<HopBytes & { tokens: number }>;
   },
 ): void {
   const loops = rows.filter((r) => r.loop);
@@ -606,6 +624,23 @@ function printTables(
           (r.bytesDispatched as number) / 1e6,
           r.typedArrayCopyUs as number,
           r.dispatchOverCopy as number,
+        ]),
+      ),
+    );
+  }
+  if (o.hops.length) {
+    console.log(
+      'beyond one host, computed from the same routing: one GPU per call, 8 GPUs a host, rail-aligned (a token crosses to each host once, then NVLink), de-duplicated; MB',
+    );
+    console.log(
+      table(
+        ['T', 'EP', 'across hosts d / c', 'padded capacity d', 'NVLink d / c'],
+        o.hops.map((h) => [
+          h.tokens,
+          h.world,
+          `${fmt(h.interDispatch / 1e6, 2)} / ${fmt(h.interCombine / 1e6, 2)}`,
+          fmt(h.interPadded / 1e6, 2),
+          `${fmt(h.nvlinkDispatch / 1e6, 2)} / ${fmt(h.nvlinkCombine / 1e6, 2)}`,
         ]),
       ),
     );

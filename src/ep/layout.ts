@@ -101,11 +101,24 @@ export function splitsOffset(l: HeapLayout, slot: number, src: number): number {
   return l.recvSplits.offset + slot * l.recvSplits.slotBytes + src * l.splitsPerPeer * 4;
 }
 
+/**
+ * Byte offset of entry `row` of block [slot][src] in a region laid out [2][W][maxRowsPerPeer] entries of
+ * `entryBytes` each: the receive buffer's rows, their scales, carriers and records.
+ */
+function sourceRowOffset(
+  r: Region,
+  cfg: EpConfig,
+  slot: number,
+  src: number,
+  row: number,
+  entryBytes: number,
+) {
+  return r.offset + slot * r.slotBytes + (src * cfg.maxRowsPerPeer + row) * entryBytes;
+}
+
 /** Byte offset of row `row` of block [slot][src] in the dispatch receive buffer. */
 export function recvRowOffset(l: HeapLayout, cfg: EpConfig, slot: number, src: number, row: number): number {
-  return (
-    l.recvData.offset + slot * l.recvData.slotBytes + (src * cfg.maxRowsPerPeer + row) * cfg.dispatchRowBytes
-  );
+  return sourceRowOffset(l.recvData, cfg, slot, src, row, cfg.dispatchRowBytes);
 }
 
 /** Byte offset of the scales of row `row` of block [slot][src] (FP8 only). */
@@ -116,11 +129,7 @@ export function recvScaleOffset(
   src: number,
   row: number,
 ): number {
-  return (
-    l.recvScales.offset +
-    slot * l.recvScales.slotBytes +
-    (src * cfg.maxRowsPerPeer + row) * cfg.groupsPerRow * 4
-  );
+  return sourceRowOffset(l.recvScales, cfg, slot, src, row, cfg.groupsPerRow * 4);
 }
 
 /** Byte offset of row `row` (my expert-sorted order) in the combine receive buffer. */
@@ -136,7 +145,7 @@ export function recvCarrierOffset(
   src: number,
   row: number,
 ): number {
-  return l.recvCarrier.offset + slot * l.recvCarrier.slotBytes + (src * cfg.maxRowsPerPeer + row) * 4;
+  return sourceRowOffset(l.recvCarrier, cfg, slot, src, row, 4);
 }
 
 /**
@@ -150,11 +159,7 @@ export function recvRecordOffset(
   src: number,
   row: number,
 ): number {
-  return (
-    l.recvRecords.offset +
-    slot * l.recvRecords.slotBytes +
-    (src * cfg.maxRowsPerPeer + row) * recordBytes(cfg)
-  );
+  return sourceRowOffset(l.recvRecords, cfg, slot, src, row, recordBytes(cfg));
 }
 
 /**

@@ -533,15 +533,13 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     this.queue.mode = mode;
   }
 
-  /** check() as the shared input checks take it (src/ep/call-sequence.ts). */
+  /** A device tensor of this dtype and shape, or the error that says why not; its shape (a TensorCheck). */
   private readonly shapeOf = (
     name: string,
     t: unknown,
     dtype: DType,
     dims: readonly (number | undefined)[],
-  ): readonly number[] => this.check(name, t, dtype, [...dims]).shape;
-
-  private check(name: string, t: unknown, dtype: DType, dims: (number | undefined)[]): DeviceTensor {
+  ): readonly number[] => {
     if (!(t instanceof DeviceTensor)) {
       throw new ArgumentError(`${name} must be a DeviceTensor (use group.upload() for host data)`, {
         argument: name,
@@ -555,8 +553,8 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
         { argument: name },
       );
     }
-    return t;
-  }
+    return t.shape;
+  };
 
   /**
    * A call whose input the host rejected still runs its kernels with hostAbort set, so that every

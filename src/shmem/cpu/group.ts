@@ -295,7 +295,10 @@ export class HostEpGroup implements EpGroup<HostTensor> {
   }
 
   /** dedup: i32 [count] carrier index of each row of block [slot][s] (a view of this rank's heap). */
-  private carrierBlock(slot: number, s: number, count: number): Int32Array {
+  private carrierBlock(slot: number, s: number, splits: Int32Array): Int32Array {
+    const spp = this.layout.splitsPerPeer;
+    let count = 0; // the rows s sent this rank: its split record's counts
+    for (let e = 0; e < this.config.expertsPerRank; e++) count += splits[s * spp + e];
     const start = recvCarrierOffset(this.layout, this.config, slot, s, 0) / 4;
     return this.heapI32.subarray(start, start + count);
   }
@@ -324,9 +327,7 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     const spp = this.layout.splitsPerPeer;
     this.expertCounts.fill(0);
     for (let s = 0; s < c.world; s++) {
-      let rows = 0;
-      for (let e = 0; e < epr; e++) rows += splits[s * spp + e];
-      const carrier = c.dedup ? this.carrierBlock(slot, s, rows) : null;
+      const carrier = c.dedup ? this.carrierBlock(slot, s, splits) : null;
       let row = 0;
       for (let e = 0; e < epr; e++) {
         const n = splits[s * spp + e];
@@ -386,15 +387,12 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     scales: Float32Array | undefined,
   ): void {
     const c = this.config;
-    const spp = this.layout.splitsPerPeer;
     const local = this.shmem.local();
     const rb = c.dispatchRowBytes;
     const G = c.groupsPerRow;
     for (let s = 0; s < c.world; s++) {
-      let count = 0;
-      for (let e = 0; e < c.expertsPerRank; e++) count += splits[s * spp + e];
-      const carrier = this.carrierBlock(slot, s, count);
-      for (let r = 0; r < count; r++) {
+      const carrier = this.carrierBlock(slot, s, splits);
+      for (let r = 0; r < carrier.length; r++) {
         if (carrier[r] === r) continue;
         const to = s * c.maxRowsPerPeer + r;
         const from = recvRowOffset(this.layout, c, slot, s, carrier[r]);
@@ -488,7 +486,7 @@ export class HostEpGroup implements EpGroup<HostTensor> {
         for (let i = 0; i < n; i++) packed[count++] = e * c.expertCapacity + expertBase[e] + i;
         expertBase[e] += n;
       }
-      const carrier = this.carrierBlock(st.slot, s, count);
+      const carrier = this.carrierBlock(st.slot, s, st.splits);
       const peer = this.shmem.mapped(s);
       const peer16 =
         peer && peer.byteOffset % 2 === 0

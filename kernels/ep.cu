@@ -13,7 +13,7 @@
 // pointers of the call filled in; combine kernels need x/topkIdx/topkWeights/expertOut/y as relevant):
 //   dispatch, one of three sequences, fixed per group (every rank of a group uses the same one):
 //     direct:  ep_route -> ep_dispatch [-> ep_recv_view]           (counts all-gathered, rows stored in place)
-//     staged:  ep_stage_send -> ep_stage_pack [-> ep_recv_view]    (W > 1, maxTokensPerRank*k <= EP_STAGE_MAX_PAIRS)
+//     staged:  ep_stage_send -> ep_stage_pack [-> ep_recv_view]    (W > 1)
 //     local:   ep_dispatch_local [-> ep_recv_view]                 (W = 1 and T*k <= EP_LOCAL_MAX_PAIRS)
 //   combine:  [ep_combine_send ->] ep_combine_reduce
 // ep_recv_view runs only when the caller asks for the source-major receive buffer (viewX/viewScales set).
@@ -35,7 +35,7 @@
 //                     grid = min(8 * SMs, max(1, T * ceil(H / (16 * B))));  dynamic smem 0.  B <= 512.
 //  ep_dispatch_local  block as ep_dispatch, grid = ep_dispatch's + 1 (the last block keeps the books and
 //                     stores no rows; grid >= 2); W = 1 and T*k <= EP_LOCAL_MAX_PAIRS only (it stops with a device assert naming the requirement otherwise).
-//  ep_stage_send      block and grid as ep_dispatch_local; W > 1 and T*k <= EP_STAGE_MAX_PAIRS (it stops with a device assert otherwise).
+//  ep_stage_send      block and grid as ep_dispatch_local; W > 1 (it stops with a device assert otherwise).
 //  ep_stage_pack      block 256, grid = min(4 * SMs, max(1, ceil(W * stageRows * ceil(rowBytes / 2048) / 8))).
 //  ep_recv_view       block 256, grid 4 * SMs;  dynamic smem 0.  B <= 512.
 //  ep_combine_send    block 256, grid 4 * SMs;  dynamic smem 0.  B <= 512.
@@ -126,7 +126,7 @@
 #define EP_MAX_TOPK 64
 #define EP_MAX_PAIRS 32768
 #define EP_LOCAL_MAX_PAIRS 2048  // ep_dispatch_local: T*k it routes inside each block
-#define EP_STAGE_MAX_PAIRS 4096  // ep_stage_send: T*k it routes inside each block (the ids live in shared memory)
+#define EP_STAGE_SMEM_PAIRS 4096  // in-block routing keeps T*k ids up to this in shared memory (beyond: read from L2)
 #define EP_ROUTE_THREADS 1024
 #define EP_MAX_THREADS 512
 
@@ -243,7 +243,7 @@ __device__ __forceinline__ int stage_ids(const int* topk, int N, int E, int16_t*
       if (p < N) {
         const bool valid = v[u] >= -1 && v[u] < E;
         if (!valid) bad = min(bad, p);
-        dst[p] = (int16_t)(valid ? v[u] : -1);
+        if (dst != nullptr) dst[p] = (int16_t)(valid ? v[u] : -1);
         n += valid && v[u] >= 0;
       }
     }
@@ -626,8 +626,11 @@ __device__ void dispatch_rows(const EpArgs& a, DestList& L, Dests& D) {
 
 // ---------------------------------------------------------------------------------------------
 // Routing inside each block: ep_dispatch_local (one rank, T*k <= EP_LOCAL_MAX_PAIRS) and ep_stage_send
-// (W > 1, T*k <= EP_STAGE_MAX_PAIRS). Every row block reads all T*k ids (a few KiB, from L2 after the first
-// block) and counts, for its own token, the pairs of each of its experts in earlier tokens; the last block
+// (W > 1, T*k <= EP_MAX_PAIRS). Every row block reads all T*k ids (at most 128 KiB, from L2 after the first
+// block; kept in shared memory up to EP_STAGE_SMEM_PAIRS) and counts, for its own tokens, the pairs of each
+// of their experts in earlier tokens (local: per token, against its marked slots; staged: a running
+// per-expert count the block advances from one of its tokens to the next, so it reads each id twice in
+// all, once for the histogram and once for the counts, however many tokens it takes); the last block
 // of the grid stores no rows and keeps the books alone (validation and the error report, and the counts),
 // off the rows' critical path. Row blocks do not wait for its verdict: a call that fails may leave rows
 // behind (every store stays inside its region: bad ids never match, a repeated expert keeps one slot,
@@ -639,9 +642,10 @@ __device__ void dispatch_rows(const EpArgs& a, DestList& L, Dests& D) {
 //           rank's own expert-sorted order (pairRow, where combine returns it) is (pairs of experts < e) +
 //           (pairs of e before p).
 struct LocalTables {
-  int16_t ids[EP_STAGE_MAX_PAIRS];  // topkIdx; ids out of range as -1
-  int8_t slotOf[EP_MAX_EXPERTS];    // the current token's slot naming each expert, or -1
-  int hist[EP_MAX_EXPERTS + 1];     // pairs per expert (bookkeeping), or their exclusive prefix (staged rows)
+  int16_t ids[EP_STAGE_SMEM_PAIRS];  // topkIdx (T*k <= EP_STAGE_SMEM_PAIRS only); ids out of range as -1
+  int8_t slotOf[EP_MAX_EXPERTS];     // local: the current token's slot naming each expert, or -1
+  int hist[EP_MAX_EXPERTS + 1];      // pairs per expert (bookkeeping), or their exclusive prefix (staged rows)
+  int run[EP_MAX_EXPERTS];           // staged: pairs per expert in the tokens before InBlockDests::cursor
   int before[EP_MAX_TOPK];          // per slot of the current token: pairs of its expert in earlier tokens
   int from[EP_MAX_TOPK];            // ... and from this token on (the pair itself included)
   int scratch[33];                  // block_exclusive_scan
@@ -651,25 +655,46 @@ struct LocalTables {
   uint64_t base;                    // this rank's heap
 };
 
-// topkIdx into S.ids (8 loads in flight per thread); returns this thread's first pair out of range
-// (INT_MAX if none) and counts its pairs with an expert into *rows. The caller's barrier publishes S.
-__device__ int load_ids(const EpArgs& a, LocalTables& S, int* rows) {
-  const int N = a.numTokens * a.topk;
-  host_requires(N <= EP_STAGE_MAX_PAIRS && a.numExperts <= EP_MAX_EXPERTS && a.topk <= EP_MAX_TOPK,
-                "load_ids: T*k <= EP_STAGE_MAX_PAIRS, E <= EP_MAX_EXPERTS, k <= EP_MAX_TOPK");
-  if (threadIdx.x == 0) S.base = __ldg((const uint64_t*)a.peerBases + a.rank);
-  *rows = 0;
-  return stage_ids((const int*)a.topkIdx, N, a.numExperts, S.ids, rows);
+// Whether this call's ids live in S.ids (T*k <= EP_STAGE_SMEM_PAIRS); larger batches read topkIdx each
+// time (L1/L2-resident: T*k <= EP_MAX_PAIRS is at most 128 KiB).
+__device__ __forceinline__ bool ids_in_smem(const EpArgs& a) { return a.numTokens * a.topk <= EP_STAGE_SMEM_PAIRS; }
+
+// Pair p's expert, -1 for none or an id out of range (S.ids' convention).
+__device__ __forceinline__ int pair_expert(const EpArgs& a, const LocalTables& S, int p) {
+  if (ids_in_smem(a)) return S.ids[p];
+  const int v = __ldg((const int*)a.topkIdx + p);
+  return v >= 0 && v < a.numExperts ? v : -1;
 }
 
-// The per-expert pair counts of the ids in S.ids, into S.hist[0..E) (every thread calls it; it ends with a
+// f(p, e) for every pair p in [lo, hi) with an expert e, the block's threads striding (8 loads in flight).
+template <class F>
+__device__ __forceinline__ void each_pair_expert(const EpArgs& a, const LocalTables& S, int lo, int hi, F f) {
+  const int B = blockDim.x;
+  for (int p0 = lo + threadIdx.x; p0 < hi; p0 += 8 * B) {
+    int e[8];
+#pragma unroll
+    for (int u = 0; u < 8; ++u) e[u] = p0 + u * B < hi ? pair_expert(a, S, p0 + u * B) : -1;
+#pragma unroll
+    for (int u = 0; u < 8; ++u)
+      if (e[u] >= 0) f(p0 + u * B, e[u]);
+  }
+}
+
+// topkIdx into S.ids when they fit (8 loads in flight per thread); returns this thread's first pair out of
+// range (INT_MAX if none) and counts its pairs with an expert into *rows. The caller's barrier publishes S.
+__device__ int load_ids(const EpArgs& a, LocalTables& S, int* rows) {
+  const int N = a.numTokens * a.topk;
+  host_requires(N <= EP_MAX_PAIRS && a.numExperts <= EP_MAX_EXPERTS && a.topk <= EP_MAX_TOPK,
+                "load_ids: T*k <= EP_MAX_PAIRS, E <= EP_MAX_EXPERTS, k <= EP_MAX_TOPK");
+  if (threadIdx.x == 0) S.base = __ldg((const uint64_t*)a.peerBases + a.rank);
+  *rows = 0;
+  return stage_ids((const int*)a.topkIdx, N, a.numExperts, ids_in_smem(a) ? S.ids : nullptr, rows);
+}
+
+// The per-expert pair counts of the call's ids, into S.hist[0..E) (every thread calls it; it ends with a
 // barrier). S.hist must have been zeroed before the barrier that published S.ids.
 __device__ __forceinline__ void count_experts(const EpArgs& a, LocalTables& S) {
-  const int N = a.numTokens * a.topk;
-  for (int p = threadIdx.x; p < N; p += blockDim.x) {
-    const int e = S.ids[p];
-    if (e >= 0) atomicAdd(&S.hist[e], 1);
-  }
+  each_pair_expert(a, S, 0, a.numTokens * a.topk, [&](int, int e) { atomicAdd(&S.hist[e], 1); });
   __syncthreads();
 }
 
@@ -692,10 +717,10 @@ __device__ bool check_ids(const EpArgs& a, LocalTables& S, uint64_t* call, bool 
   int bad = load_ids(a, S, &rows);
   __syncthreads();
   for (int p = tid; p < N; p += B) {  // an expert an earlier slot of the same token named
-    const int e = S.ids[p];
+    const int e = pair_expert(a, S, p);
     if (e < 0) continue;
     for (int q = p - p % K; q < p; ++q)
-      if (S.ids[q] == e) {
+      if (pair_expert(a, S, q) == e) {
         bad = min(bad, p);
         break;
       }
@@ -836,9 +861,12 @@ struct InBlockDests {
   LocalTables& S;
   uint64_t call;  // staged: this call's count (its parity is the stage slot), from go()
   int state;      // -1: ids not loaded yet; then 1 (rows are stored) or 0 (the host aborted the call)
-  int marked;     // the token whose slots slotOf holds, or -1
-  int counted;    // the token whose pairs before/from hold, or -1 (a block may take several chunks of one token)
-  __device__ explicit InBlockDests(LocalTables& s) : S(s), call(0), state(-1), marked(-1), counted(-1) {}
+  int marked;     // local: the token whose slots slotOf holds, or -1
+  int counted;    // the token whose pairs before/from (local) or run (staged) hold, or -1 (a block may take
+                  // several chunks of one token)
+  int cursor;     // staged: S.run counts the pairs of the tokens before this one (a block's tokens only grow)
+  __device__ explicit InBlockDests(LocalTables& s)
+      : S(s), call(0), state(-1), marked(-1), counted(-1), cursor(0) {}
   __device__ __forceinline__ int stride() const { return gridDim.x - 1; }  // the last block keeps the books
   // Slots 0..7 of token t straight from topkIdx (the same bytes in every thread: L1 broadcasts), -1 past k.
   __device__ __forceinline__ static void first_ids(const EpArgs& a, int t, int (&v)[8]) {
@@ -872,12 +900,14 @@ struct InBlockDests {
       wait_for_prior();  // (a no-op unless launched as a programmatic dependent)
       if (Staged) call = read_calls(state_of(a)) + 1;
       int first[8];
-      first_ids(a, t, first);  // these loads and load_ids' go out together; one barrier publishes both
-      if (Staged)
+      if (!Staged) first_ids(a, t, first);  // these loads and load_ids' go out together; one barrier publishes both
+      if (Staged) {
         for (int e = threadIdx.x; e <= a.numExperts; e += blockDim.x) S.hist[e] = 0;
+        for (int e = threadIdx.x; e < a.numExperts; e += blockDim.x) S.run[e] = 0;
+      }
       int rows;
       load_ids(a, S, &rows);
-      mark(a, t, first);
+      if (!Staged) mark(a, t, first);
       __syncthreads();
       if (Staged) {
         count_experts(a, S);
@@ -888,11 +918,18 @@ struct InBlockDests {
     }
     return state != 0;
   }
-  // Token t's rows: every pair of the call counted against t's marked slots (one shared atomic per
-  // match), then warp 0 turns the counts into rows (and pairDest or pairRow, by the block of the first chunk).
+  // Token t's rows, then warp 0 turns the counts into rows (and pairDest or pairRow, by the block of the
+  // first chunk). Local: every pair of the call counted against t's marked slots (one shared atomic per
+  // match). Staged: S.run brought up to t, adding the pairs since the block's last token (the loop's
+  // barrier ordered warp 0's reads of the last token's counts), so a block reads each id once.
   __device__ void dests(const EpArgs& a, int t, bool firstChunk, DestList& L, int buf) {
     const int tid = threadIdx.x, K = a.topk, N = a.numTokens * K, t0 = t * K;
-    if (counted != t) {
+    if (Staged && counted != t) {
+      each_pair_expert(a, S, cursor * K, t0, [&](int, int e) { atomicAdd(&S.run[e], 1); });
+      __syncthreads();
+      cursor = counted = t;
+    }
+    if (!Staged && counted != t) {
       if (marked != t) {  // a later token of this block (the loop's barrier ordered the last one's reads)
         int first[8];
         first_ids(a, t, first);
@@ -912,8 +949,10 @@ struct InBlockDests {
     int n = 0;
     for (int j0 = 0; j0 < K; j0 += 32) {
       const int j = j0 + lane;
-      const int e = j < K ? S.ids[t0 + j] : -1;
-      const bool mine = e >= 0 && S.slotOf[e] == j;  // (a slot repeating an expert stores nothing)
+      const int e = j < K ? pair_expert(a, S, t0 + j) : -1;
+      // local: a slot repeating an expert stores nothing; staged: such a call fails (the bookkeeping block
+      // reports it), and both slots' rows land in the same place, inside the stage
+      const bool mine = e >= 0 && (Staged || S.slotOf[e] == j);
       uint64_t row = 0, sc = 0;
       bool valid = false;  // this slot's row is stored (dedup: only the token's carrier row for its owner)
       if (!Staged) {
@@ -925,12 +964,13 @@ struct InBlockDests {
         sc = S.base + a.expertScalesOff + (uint64_t)r * (uint64_t)a.groupsPerRow * 4u;
       } else {
         const int d = mine ? e / a.expertsPerRank : 0;
-        int r = mine ? S.hist[e] - S.hist[d * a.expertsPerRank] + S.before[j] : -1;
+        const int before = mine ? S.run[e] : 0;
+        int r = mine ? S.hist[e] - S.hist[d * a.expertsPerRank] + before : -1;
         valid = mine && r < a.stageRows;
         const uint64_t slot = call & 1u;
         const uint64_t base = __ldg((const uint64_t*)a.peerBases + d);
         if (firstChunk && j < K) {
-          ((int*)a.pairRow)[t0 + j] = valid ? S.hist[e] + S.before[j] : -1;
+          ((int*)a.pairRow)[t0 + j] = valid ? S.hist[e] + before : -1;
           if (valid && d == a.rank && !a.dedup) ((int*)a.selfPairs)[r] = t0 + j;
         }
         if (a.dedup) {  // (k <= 32: this is the only pass)
@@ -1466,7 +1506,7 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_dispatch_local(c
 }
 
 // =============================================================================================
-// 2c. ep_stage_send (the staged protocol, W > 1, T*k <= EP_STAGE_MAX_PAIRS): each row block routes its own
+// 2c. ep_stage_send (the staged protocol, W > 1): each row block routes its own
 // tokens and stores their rows (FP8-quantised or bf16) into the owners' stages, source-major; the last
 // block keeps the books (validation, maxRowsPerPeer, the split records). The last block to finish signals
 // every peer (call, or call | EP_ABORT_BIT when this rank's input was rejected) and waits for every peer.
@@ -1477,9 +1517,9 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_send(const
   __shared__ LocalTables S;
   __shared__ int sLast;
   allow_dependents();
-  host_requires(gridDim.x >= 2 && a.world >= 2 && a.numTokens * a.topk <= EP_STAGE_MAX_PAIRS &&
+  host_requires(gridDim.x >= 2 && a.world >= 2 && a.numTokens * a.topk <= EP_MAX_PAIRS &&
                     (a.numTokens == 0 || a.stageRows >= 1) && (!a.dedup || a.topk <= 32),
-                "ep_stage_send: grid >= 2, W > 1, T*k <= EP_STAGE_MAX_PAIRS, a stage, k <= 32 with dedup");
+                "ep_stage_send: grid >= 2, W > 1, T*k <= EP_MAX_PAIRS, a stage, k <= 32 with dedup");
   if (blockIdx.x == 0 && threadIdx.x == 0) stamp(a, EP_STAMP_DISPATCH_BEGIN);
   EpState* st = state_of(a);
   if (blockIdx.x == gridDim.x - 1) {

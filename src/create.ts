@@ -24,7 +24,7 @@ export interface GroupOptions extends EpConfigInput {
   device?: number;
   /**
    * cuda, W > 1: how a dispatch moves rows between ranks. 'staged' (rows go to their owners at once and
-   * are packed expert-major there; needs maxTokensPerRank * topk <= 4096), 'direct' (per-expert counts
+   * are packed expert-major there), 'direct' (per-expert counts
    * all-gathered first, then each row stored straight into its final place), or 'auto' (the default:
    * staged where allowed and measured faster). Every rank passes the same value; the outputs are the
    * same bytes either way. MOE_A2A_DISPATCH_PATH is used when this is absent. The cpu transport always

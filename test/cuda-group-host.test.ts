@@ -67,6 +67,20 @@ describe('cuda group host logic (fake driver)', () => {
     }
   });
 
+  test('tensor I/O and waits on a closed group throw ClosedError, not a driver error', async () => {
+    const fake = new FakeDriver();
+    const g = await groupOn(fake, small);
+    const { x } = inputs(g, 1, [0, 5]);
+    await g.close();
+    const closed = { code: 'MOE_CLOSED' };
+    assert.throws(() => g.upload(hostTensor('bf16', [1, 64])), closed);
+    assert.throws(() => g.download(x), closed);
+    assert.throws(() => g.copyInto(x, hostTensor('bf16', [1, 64])), closed);
+    assert.throws(() => g.synchronize(), closed);
+    assert.throws(() => g.poisonOutputs(0xff), closed);
+    assert.throws(() => g.timeOnDevice(() => {}), closed);
+  });
+
   test('a refused combine tells the peers through ep_combine_send alone, with hostAbort', async () => {
     const fake = new FakeDriver();
     const g = await groupOn(fake, small);

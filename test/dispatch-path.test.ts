@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { resolveConfig } from '../src/ep/config.js';
-import { EP_STAGE_MAX_PAIRS } from '../src/shmem/cuda/args.js';
 import {
   chooseDispatchPath,
   parseDispatchPath,
@@ -21,13 +20,12 @@ describe('the dispatch path of a cuda group', () => {
     assert.equal(at(1, 1), 'direct', 'one rank: its own kernels');
   });
 
-  test('an explicit request is kept where the kernels allow it, and refused with ConfigError where not', () => {
-    const small = resolveConfig({ ...shape, world: 2, maxTokensPerRank: 128 });
-    assert.equal(chooseDispatchPath(small, 'staged'), 'staged');
-    assert.equal(chooseDispatchPath(small, 'direct'), 'direct');
-    const big = resolveConfig({ ...shape, world: 2, maxTokensPerRank: EP_STAGE_MAX_PAIRS / 8 + 1 });
-    assert.throws(() => chooseDispatchPath(big, 'staged'), { code: 'MOE_CONFIG', message: /'staged' needs/ });
-    assert.equal(chooseDispatchPath(big, 'direct'), 'direct');
+  test('an explicit request is kept, at every batch size the transport takes', () => {
+    for (const maxTokensPerRank of [128, 4096]) {
+      const cfg = resolveConfig({ ...shape, world: 2, maxTokensPerRank });
+      assert.equal(chooseDispatchPath(cfg, 'staged'), 'staged');
+      assert.equal(chooseDispatchPath(cfg, 'direct'), 'direct');
+    }
     // one rank never stages, whatever is asked (nothing crosses)
     assert.equal(
       chooseDispatchPath(resolveConfig({ ...shape, world: 1, maxTokensPerRank: 4 }), 'staged'),
@@ -35,19 +33,15 @@ describe('the dispatch path of a cuda group', () => {
     );
   });
 
-  test('dedup rides on the stage: staged whatever auto would pick, direct refused, large batches refused', () => {
+  test('dedup rides on the stage: staged whatever auto would pick, at every batch size; direct refused', () => {
     const at = (maxTokensPerRank: number, requested: 'auto' | 'staged' | 'direct' = 'auto') =>
       chooseDispatchPath(resolveConfig({ ...shape, world: 2, maxTokensPerRank, dedup: true }), requested);
     assert.equal(at(1), 'staged');
-    assert.equal(at(EP_STAGE_MAX_PAIRS / 8), 'staged', 'auto would go direct here without dedup');
+    assert.equal(at(4096), 'staged', 'auto would go direct here without dedup');
     assert.equal(at(16, 'staged'), 'staged');
     assert.throws(() => at(16, 'direct'), {
       code: 'MOE_CONFIG',
       message: /dedup needs dispatchPath 'staged'/,
-    });
-    assert.throws(() => at(EP_STAGE_MAX_PAIRS / 8 + 1), {
-      code: 'MOE_CONFIG',
-      message: /dedup on the cuda transport needs maxTokensPerRank \* topk <= 4096, got 4104/,
     });
     // one rank: nothing to de-duplicate, its own kernels
     const one = resolveConfig({ ...shape, world: 1, maxTokensPerRank: 4, dedup: true });

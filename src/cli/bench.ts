@@ -1,7 +1,6 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { resolveConfig } from '../ep/config.js';
-import { EP_STAGE_MAX_PAIRS } from '../shmem/cuda/args.js';
 import {
   type DispatchPath,
   type DispatchPathRequest,
@@ -128,7 +127,7 @@ function pathsFor(
   if (flag === 'dedup') return ['dedup'];
   if (transport !== 'cuda') return [undefined, 'dedup']; // the cpu transport has one path, with or without dedup
   if (flag !== undefined && flag !== 'all') return [parseDispatchPath(flag, '--path')];
-  return cfg.maxTokensPerRank * cfg.topk <= EP_STAGE_MAX_PAIRS ? ['dedup', 'staged', 'direct'] : ['direct'];
+  return ['dedup', 'staged', 'direct'];
 }
 
 type Row = Record<string, unknown>;

@@ -228,8 +228,6 @@ export const EP_MAX_PAIRS = 32768;
 export const EP_ROUTE_THREADS = 1024;
 /** Largest T * topk that ep_dispatch_local routes inside each block (one rank only). */
 export const EP_LOCAL_MAX_PAIRS = 2048;
-/** Largest T * topk that ep_stage_send routes inside each block (the staged protocol, W > 1). */
-export const EP_STAGE_MAX_PAIRS = 4096;
 /** Largest block the other kernels accept (__launch_bounds__). */
 export const EP_MAX_THREADS = 512;
 

@@ -1,12 +1,11 @@
 import type { EpConfig } from '../../ep/config.js';
 import { ConfigError } from '../../errors.js';
-import { EP_STAGE_MAX_PAIRS } from './args.js';
 
 /**
  * How a cuda group moves a dispatch's rows between ranks (kernels/ep.cu, "The protocol"):
  * - 'staged': each row goes into its owner's stage at once (every dispatch block routes its own tokens)
  *   and the owner packs it expert-major after one signal round: no count exchange before the rows move.
- *   The cpu transport's protocol. W > 1 and maxTokensPerRank * topk <= EP_STAGE_MAX_PAIRS.
+ *   The cpu transport's protocol. W > 1.
  * - 'direct': the ranks all-gather their per-expert counts first, then each row is stored once, straight
  *   into its final place in the owner's expertX: no stage and no pack, one more signal round.
  * With one rank nothing crosses, and the group uses its one-rank kernels whatever is asked.
@@ -35,7 +34,6 @@ export function parseDispatchPath(v: unknown, from: string): DispatchPathRequest
 /** The path a group with this config takes for `requested` (throws ConfigError when it cannot take it). */
 export function chooseDispatchPath(cfg: EpConfig, requested: DispatchPathRequest = 'auto'): DispatchPath {
   if (cfg.world === 1) return 'direct';
-  const pairs = cfg.maxTokensPerRank * cfg.topk;
   if (cfg.dedup) {
     // de-duplication rides on the stage: a token's row is staged once per owner, which fans it out
     if (requested === 'direct') {
@@ -43,20 +41,8 @@ export function chooseDispatchPath(cfg: EpConfig, requested: DispatchPathRequest
         fields: 'dedup,dispatchPath',
       });
     }
-    if (pairs > EP_STAGE_MAX_PAIRS) {
-      throw new ConfigError(
-        `dedup on the cuda transport needs maxTokensPerRank * topk <= ${EP_STAGE_MAX_PAIRS}, got ${pairs}; turn dedup off for larger batches`,
-        { fields: 'dedup,maxTokensPerRank,topk' },
-      );
-    }
     return 'staged';
   }
-  if (requested === 'staged' && pairs > EP_STAGE_MAX_PAIRS) {
-    throw new ConfigError(
-      `dispatchPath 'staged' needs maxTokensPerRank * topk <= ${EP_STAGE_MAX_PAIRS}, got ${pairs}; use 'direct' or 'auto'`,
-      { fields: 'dispatchPath,maxTokensPerRank,topk' },
-    );
-  }
   if (requested !== 'auto') return requested;
-  return pairs <= Math.min(STAGED_AUTO_MAX_PAIRS, EP_STAGE_MAX_PAIRS) ? 'staged' : 'direct';
+  return cfg.maxTokensPerRank * cfg.topk <= STAGED_AUTO_MAX_PAIRS ? 'staged' : 'direct';
 }

@@ -389,6 +389,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
 
   /** Copies a host tensor to new device memory (the caller frees it with free()). */
   upload(t: HostTensor): DeviceTensor {
+    this.notClosed();
     const bytes = t.data.byteLength;
     const d = this.newTensor(t.dtype, t.shape, bytes);
     if (bytes > 0) this.copyFromHost(d.devicePtr, t.data, bytes);
@@ -413,6 +414,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
    * tensor at once, waiting until its bytes are on the device (so it also waits for queued work).
    */
   copyInto(dst: DeviceTensor, src: HostTensor | DeviceTensor): void {
+    this.notClosed();
     const bytes = src instanceof DeviceTensor ? src.bytes : src.data.byteLength;
     if (src.dtype !== dst.dtype || bytes !== dst.bytes) {
       throw new ShapeError(
@@ -449,6 +451,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
 
   /** Fills the group's output buffers with `byte` (for checks that every element gets written). */
   poisonOutputs(byte: number): void {
+    this.notClosed();
     for (const t of [this.expertX, this.expertScales, this.expertCounts]) {
       if (t) this.drv.memsetD8Async(t.devicePtr, byte, t.bytes, this.stream);
     }
@@ -460,6 +463,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
    * for it. For benchmarks: the host's own cost is not in it.
    */
   timeOnDevice(fn: () => void): number {
+    this.notClosed();
     this.events ??= [this.drv.eventCreate(), this.drv.eventCreate()];
     const [start, end] = this.events;
     this.drv.eventRecord(start, this.stream);
@@ -473,6 +477,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
 
   /** Waits until every launched call has finished; throws the first error a kernel reported. */
   synchronize(): void {
+    this.notClosed();
     try {
       this.drv.streamSynchronize(this.stream);
     } catch (err) {
@@ -480,6 +485,12 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       throw err;
     }
     this.throwDeviceError();
+  }
+
+  // Tensor I/O and waits need the group's stream and context: after close(), a ClosedError, not a
+  // driver error about a destroyed stream.
+  private notClosed(): void {
+    checkUsable(this.closed, null);
   }
 
   private throwDeviceError(): void {

@@ -101,7 +101,8 @@
 // once, at its carrier row (the row of its first slot naming that owner); the sender also writes, for every
 // row, its carrier (stageCarrier) and, per carrier, a record (the origin's combine row t*k + carrier slot,
 // then per slot the row for this owner or -1, and the weight). ep_stage_pack copies each row from its
-// carrier and lists the carriers (carrierList, EpState.carriers); ep_combine_send sums each carrier's
+// carrier and writes one plan per carrier (carrierPlans, EpState.carriers: the source, the origin's row, and
+// per slot the expertOut row or -1 and the weight); ep_combine_send sums each carrier's
 // token over this rank's experts (f32, slot order, weighted), rounds once to bf16 and returns that one
 // partial to the origin's row t*k + carrier slot; ep_combine_reduce adds the partials in slot order.
 //
@@ -1101,12 +1102,13 @@ __device__ void combine_send_rows(const EpArgs& a, uint64_t slot, const RecvTabl
   }
 }
 
-// dedup: for each carrier row the pack listed (source s, row r0), the token's outputs from this rank's
-// experts, weighted and summed in f32 in slot order (the record's rows and weights), rounded to bf16 once
-// and stored into s's combine buffer at the record's row (t*k + carrier slot); a token from this rank
-// itself included (stored locally). One warp per (carrier, 2 KiB segment of the output row).
-__device__ void combine_send_partials(const EpArgs& a, uint64_t slot, const RecvTables& R, uint32_t carriers) {
-  const int E = a.numExperts, W = a.world, EPR = a.expertsPerRank, K = a.topk;
+// dedup: for each carrier plan the pack wrote, the token's outputs from this rank's experts, weighted and
+// summed in f32 in slot order (the plan's rows and weights), rounded to bf16 once and stored into the
+// source's combine buffer at the origin's row (t*k + carrier slot); a token from this rank itself included
+// (stored locally). One warp per (carrier, 2 KiB segment of the output row); the plan names expertOut rows
+// directly, so a warp's loads wait on one load of the plan, and up to four rows' loads are in flight.
+__device__ void combine_send_partials(const EpArgs& a, uint64_t slot, uint32_t carriers) {
+  const int K = a.topk;
   const int lane = threadIdx.x & 31;
   const int warpsPerBlock = blockDim.x >> 5;
   const uint64_t rowBytes = a.combineRowBytes;
@@ -1114,42 +1116,35 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t slot, const Recv
   const int segs = (int)((rowBytes + SEG - 1) / SEG);
   const uint32_t items = carriers * (uint32_t)segs;
   const uint64_t* peer = (const uint64_t*)a.peerBases;
-  const uint64_t own = __ldg(peer + a.rank);
-  const char* records = (const char*)(own + a.stageRecordsOff + slot * a.stageRecordsSlot);
   const char* expertOut = (const char*)a.expertOut;
   for (uint32_t it = blockIdx.x * warpsPerBlock + (threadIdx.x >> 5); it < items;
        it += gridDim.x * warpsPerBlock) {
     const int ci = (int)(it / (uint32_t)segs), seg = (int)(it % (uint32_t)segs);
-    const int row = __ldg((const int*)a.carrierList + ci);  // s * stageRows + r0
-    const int s = row / a.stageRows;
-    const char* rec = records + (uint64_t)row * (uint64_t)a.recordBytes;
-    // lane j: slot j's row for this rank (or -1) and its weight; lane 0 also the origin's row
-    int rj = -1, back = 0;
+    const char* plan = (const char*)a.carrierPlans + (uint64_t)ci * (uint64_t)a.recordBytes;
+    // lane j: slot j's expertOut row (or -1) and its weight; lane 0 also the source, lane 1 the origin's row
+    int rj = -1, head = 0;
     float wj = 0.0f;
     if (lane < K) {
-      rj = (int)ld_cg_u32(rec + 4u + 4u * lane);
-      wj = __uint_as_float(ld_cg_u32(rec + 4u + 4u * (K + lane)));
+      rj = __ldg((const int*)(plan + 8u + 4u * lane));
+      wj = __ldg((const float*)(plan + 8u + 4u * (K + lane)));
     }
-    if (lane == 0) back = (int)ld_cg_u32(rec);
-    back = __shfl_sync(FULL_MASK, back, 0);
-    uint64_t src = 0;
-    if (rj >= 0) {
-      const RowLoc l = locate(R, E, W, EPR, R.pre[s * EPR] + rj);
-      src = (uint64_t)expertOut + ((uint64_t)l.le * a.expertCapacity + l.pos) * rowBytes;
-    }
+    if (lane < 2) head = __ldg((const int*)plan + lane);
+    const int s = __shfl_sync(FULL_MASK, head, 0), back = __shfl_sync(FULL_MASK, head, 1);
+    const uint64_t src = rj >= 0 ? (uint64_t)expertOut + (uint64_t)rj * rowBytes : 0u;
     const uint64_t base = (uint64_t)seg * SEG;
     float acc[SEG_VECS][8];
 #pragma unroll
     for (int u = 0; u < SEG_VECS; ++u)
 #pragma unroll
       for (int i = 0; i < 8; ++i) acc[u][i] = 0.0f;
-    // the slots in order (the reduction order), two rows' loads in flight
+    // the slots in order (the reduction order), four rows' loads in flight
+    constexpr int ROWS = 4;
     for (uint32_t left = __ballot_sync(FULL_MASK, rj >= 0); left != 0;) {
-      uint4 v[2][SEG_VECS];
-      float w[2];
+      uint4 v[ROWS][SEG_VECS];
+      float w[ROWS];
       uint32_t has = 0;
 #pragma unroll
-      for (int q = 0; q < 2; ++q) {
+      for (int q = 0; q < ROWS; ++q) {
         const int j = left ? __ffs(left) - 1 : 0;
         const uint64_t p = __shfl_sync(FULL_MASK, src, j);
         w[q] = __shfl_sync(FULL_MASK, wj, j);
@@ -1164,7 +1159,7 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t slot, const Recv
         left &= left - 1;
       }
 #pragma unroll
-      for (int q = 0; q < 2; ++q) {
+      for (int q = 0; q < ROWS; ++q) {
         if (!(has >> q & 1u)) continue;
 #pragma unroll
         for (int u = 0; u < SEG_VECS; ++u) {
@@ -1186,7 +1181,36 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t slot, const Recv
   }
 }
 
+// dedup, ep_stage_pack (one warp, every lane): carrier row `row` of source s (in this call's stage slot)
+// gets the next plan for ep_combine_send: s, the origin's row, then per slot the expertOut row of the
+// token's row for this rank (its expertX row: locate() through this call's tables), or -1, and the weight.
+// A plan takes 4 * (2 + 2k) bytes, at most recordBytes = alignUp(4 * (1 + 2k), 16): plans use that stride.
+__device__ void write_plan(const EpArgs& a, const RecvTables& R, uint64_t own, int s, uint64_t row, uint64_t slot) {
+  const int lane = threadIdx.x & 31, K = a.topk, EPR = a.expertsPerRank;
+  const char* rec = (const char*)(own + a.stageRecordsOff + slot * a.stageRecordsSlot) + row * (uint64_t)a.recordBytes;
+  uint32_t ci = 0;
+  if (lane == 0) ci = atomicAdd(&state_of(a)->carriers, 1u);
+  ci = __shfl_sync(FULL_MASK, ci, 0);
+  char* plan = (char*)a.carrierPlans + (uint64_t)ci * (uint64_t)a.recordBytes;
+  if (lane < K) {  // (k <= 32 with dedup)
+    const int r = (int)ld_cg_u32(rec + 4u + 4u * lane);  // the sender's record: read at L2
+    const uint32_t w = ld_cg_u32(rec + 4u + 4u * (K + lane));
+    int x = -1;
+    if (r >= 0) {
+      const RowLoc l = locate(R, a.numExperts, a.world, EPR, R.pre[s * EPR] + r);
+      x = l.le * a.expertCapacity + l.pos;
+    }
+    ((int*)(plan + 8u))[lane] = x;
+    ((uint32_t*)(plan + 8u))[K + lane] = w;
+  }
+  if (lane == 0) {
+    ((int*)plan)[0] = s;
+    ((int*)plan)[1] = (int)ld_cg_u32(rec);
+  }
+}
+
 }  // namespace
+
 
 // =============================================================================================
 // 1. ep_route: validate topkIdx, count pairs per expert, prefix-sum, stable pair -> row, capacity; send
@@ -1615,8 +1639,7 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_pack(const
       else copy_segment<8, true>(outX + dstRow * rowBytes, inX + srcRow * rowBytes, rowBytes, seg, lane);
       continue;
     }
-    if (a.dedup && lane == 0 && srcRow == row)  // a carrier: the combine pre-reduces its token from here
-      ((int*)a.carrierList)[atomicAdd(&st->carriers, 1u)] = (int)row;
+    if (a.dedup && srcRow == row) write_plan(a, R, own, l.s, row, slot);  // (srcRow, row: the same in every lane)
     int self = -1;
     if (l.s == me && lane == 0 && !a.dedup) self = ((const int*)a.selfPairs)[l.iSrc];  // loaded with the scales
     for (uint64_t i0 = 0; i0 < gpr; i0 += 64) {  // two loads in flight per lane
@@ -1683,9 +1706,12 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
   const uint64_t slot = call & 1u;
   if (host_abort(a) != 0 && blockIdx.x == 0 && threadIdx.x == 0) mark_host_abort(a);
   if (code0 == 0 && host_abort(a) == 0) {
-    build_tables(a, R);
-    if (a.dedup) combine_send_partials(a, slot, R, carriers);
-    else combine_send_rows<16>(a, slot, R);  // combineRowBytes = 2H, a multiple of 16
+    if (a.dedup) {
+      combine_send_partials(a, slot, carriers);
+    } else {
+      build_tables(a, R);
+      combine_send_rows<16>(a, slot, R);  // combineRowBytes = 2H, a multiple of 16
+    }
   }
   if (!finish_block(&st->doneBlocks[2], &R.flag)) return;
   if (threadIdx.x == 0) stamp(a, EP_STAMP_COMBINE_TAIL);

@@ -3,7 +3,7 @@
 # compiled into .device/build/ by `npm run build:device`. Logs go to $OUT.
 # Usage: scripts/device-check.sh <step>...
 #   steps: driver smoke smoke2 conformance failures verify v3w1 long graph sanitizer bench bench2 probe launch profile
-#          deepep-build paths2 large2 v3w2 long4 bench-w2 sanitizer2
+#          deepep-build paths2 paths4 large2 large4 v3w2 long4 bench-w2 sanitizer2
 # FAILFAST=1 stops at the first step that fails. The steps ending in 2/4 want that many GPUs (ranks are
 # one process per GPU); deepep-build needs .peers/ (a copy of ../shared/peers) and runs in the background.
 set -uo pipefail
@@ -26,6 +26,18 @@ paths() {
     for f in --fp8 --no-fp8; do
       MOE_A2A_DISPATCH_PATH=$p run verify-w$w-$p$f timeout 240 $cli verify --transport cuda --world $w --experts 32 --hidden 512 \
         --topk 4 --tokens 0,1,33,128,300 --scenario random,dropped,skewed,ragged $f $d --calls ${PATH_CALLS:-2}
+    done
+  done
+}
+# batches past the stage's shared-memory ids (T*k > 4096: the send blocks read topkIdx from L2) at W ranks,
+# both paths, dedup on and off on the stage
+large() {
+  local w=$1
+  for p in staged direct; do
+    for d in --dedup --no-dedup; do
+      [ $p = direct ] && [ $d = --dedup ] && continue
+      MOE_A2A_DISPATCH_PATH=$p run large$w-$p$d timeout 300 $cli verify --transport cuda --world $w --experts 32 --hidden 256 \
+        --topk 8 --tokens 513,2048 --scenario random,dropped,skewed,ragged --fp8 $d --calls 2
     done
   done
 }
@@ -75,16 +87,8 @@ for step in "$@"; do
       ( STAGE=build OUT=$OUT/deepep bash .peers/deepep_build_bench.sh > "$OUT/deepep-build.log" 2>&1; echo done > /tmp/deepep.done ) &
       echo "== deepep-build: started in the background" ;;
     paths2) paths 2 ;;
-    large2)
-      # batches past the stage's shared-memory ids (T*k > 4096: the send blocks read topkIdx from L2), both
-      # paths, dedup on and off on the stage
-      for p in staged direct; do
-        for d in --dedup --no-dedup; do
-          [ $p = direct ] && [ $d = --dedup ] && continue
-          MOE_A2A_DISPATCH_PATH=$p run large2-$p$d timeout 300 $cli verify --transport cuda --world 2 --experts 32 --hidden 256 \
-            --topk 8 --tokens 513,2048 --scenario random,dropped,skewed,ragged --fp8 $d --calls 2
-        done
-      done ;;
+    large2) large 2 ;;
+    large4) large 4 ;;
     paths4) paths 4 ;;
     v3w2)
       # the DeepSeek-V3 shape across two GPUs, both paths

@@ -147,7 +147,7 @@ describe('cuda group host logic (fake driver)', () => {
     const send = fake.launches[before];
     assert.equal(argOf(send, 'dedup'), 1);
     assert.equal(argOf(send, 'topkWeights'), w.devicePtr);
-    assert.ok((argOf(send, 'carrierList') as bigint) !== 0n);
+    assert.ok((argOf(send, 'carrierPlans') as bigint) !== 0n);
     assert.equal(argOf(send, 'recordBytes'), 32); // 4 * (1 + 2k) = 20 bytes, padded to 16
     assert.throws(() => g.combine(out, r.handle, { topkWeights: w }), {
       code: 'MOE_SHAPE',

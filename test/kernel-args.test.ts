@@ -189,7 +189,6 @@ describe('constants mirrored from the C sources', () => {
       'EP_MAX_TOPK',
       'EP_MAX_PAIRS',
       'EP_LOCAL_MAX_PAIRS',
-      'EP_STAGE_MAX_PAIRS',
       'EP_ROUTE_THREADS',
       'EP_MAX_THREADS',
       'EP_CAPACITY_AUX_SEND',

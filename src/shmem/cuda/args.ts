@@ -138,7 +138,7 @@ const EP_ARGS_SPEC = [
   ['stageRecordsSlot', 'u64'],
   ['recordBytes', 'i32'],
   ['reserved', 'i32'],
-  ['carrierList', 'u64'],
+  ['carrierPlans', 'u64'],
 ] as const;
 const epArgs = layout(EP_ARGS_SPEC);
 
@@ -471,9 +471,9 @@ export class EpArgsWriter {
   set stageRecordsSlot(v: bigint | number) {
     this.u64('stageRecordsSlot', v);
   }
-  /** dedup: device int32 [W * stageRows], the carrier rows ep_stage_pack found. */
-  set carrierList(v: bigint) {
-    this.u64('carrierList', v);
+  /** dedup: device [W * stageRows][recordBytes], the plans ep_stage_pack writes for ep_combine_send. */
+  set carrierPlans(v: bigint) {
+    this.u64('carrierPlans', v);
   }
   set recordBytes(v: number) {
     this.i32('recordBytes', v);

@@ -106,7 +106,7 @@ for step in "$@"; do
     bench-w2)
       for i in $(seq 1 ${DEEPEP_WAIT_S:-200}); do [ -f /tmp/deepep.done ] && break; sleep 1; done
       dep=""; [ -f /tmp/deepep.done ] && ls /tmp/deepep_bench/DeepEP/deep_ep_cpp*.so >/dev/null 2>&1 && dep="--deepep /tmp/deepep_bench/DeepEP"
-      TAIL=80 run bench-w2 timeout ${BENCH_S:-480} $cli bench --transport cuda --world ${BENCH_W:-2} --tokens ${BENCH_T:-1,32,128,512,4096} --iters ${BENCH_ITERS:-200} --warmup 20 $dep
+      TAIL=80 run bench-w2 timeout ${BENCH_S:-480} $cli bench --transport cuda --world ${BENCH_W:-2} --tokens ${BENCH_T:-1,32,128,512,4096} --iters ${BENCH_ITERS:-200} --warmup 20 $dep ${BENCH_ARGS:-}
       newest_results ;;
     *) echo "unknown step $step" ;;
   esac

@@ -101,8 +101,8 @@
 // once, at its carrier row (the row of its first slot naming that owner); the sender also writes, for every
 // row, its carrier (stageCarrier) and, per carrier, a record (the origin's combine row t*k + carrier slot,
 // then per slot the row for this owner or -1, and the weight). ep_stage_pack copies each row from its
-// carrier and writes one plan per carrier (carrierPlans, EpState.carriers: the source, the origin's row, and
-// per slot the expertOut row or -1 and the weight); ep_combine_send sums each carrier's
+// carrier and writes one plan per carrier (carrierPlans, by source: the source, the origin's row, and per
+// slot the expertOut row or -1 and the weight); ep_combine_send sums each carrier's
 // token over this rank's experts (f32, slot order, weighted), rounds once to bf16 and returns that one
 // partial to the origin's row t*k + carrier slot; ep_combine_reduce adds the partials in slot order.
 //
@@ -906,8 +906,12 @@ struct InBlockDests {
         for (int e = threadIdx.x; e <= a.numExperts; e += blockDim.x) S.hist[e] = 0;
         for (int e = threadIdx.x; e < a.numExperts; e += blockDim.x) S.run[e] = 0;
       }
-      int rows;
-      load_ids(a, S, &rows);
+      if (ids_in_smem(a)) {
+        int rows;
+        load_ids(a, S, &rows);
+      } else if (threadIdx.x == 0) {  // (the ids stay in L2; the bookkeeping block validates them)
+        S.base = __ldg((const uint64_t*)a.peerBases + a.rank);
+      }
       if (!Staged) mark(a, t, first);
       __syncthreads();
       if (Staged) {
@@ -1091,7 +1095,9 @@ __device__ void combine_send_rows(const EpArgs& a, uint64_t slot, const RecvTabl
   const char* expertOut = (const char*)a.expertOut;
   for (uint32_t it = blockIdx.x * warpsPerBlock + (threadIdx.x >> 5); it < items;
        it += gridDim.x * warpsPerBlock) {
-    int g = (int)(it / (uint32_t)segs);
+    // from source rank + 1 on (the rows after this rank's own), so the ranks write to different peers at once
+    int g = (int)(it / (uint32_t)segs) + selfLo;
+    if (g >= rows) g -= rows;
     const int seg = (int)(it % (uint32_t)segs);
     if (g >= selfLo) g += selfRows;
     const RowLoc l = locate(R, E, W, EPR, g);
@@ -1102,14 +1108,56 @@ __device__ void combine_send_rows(const EpArgs& a, uint64_t slot, const RecvTabl
   }
 }
 
+// carrierPlans (dedup): u32 counts[W] (padded to 16 bytes; ep_stage_send's tail zeroes them, ep_stage_pack
+// counts), then [W][stageRows] plans of recordBytes: source s's carriers in region s, in any order.
+// A plan takes 4 * (2 + 2k) bytes, at most recordBytes = alignUp(4 * (1 + 2k), 16): plans use that stride.
+__device__ __forceinline__ uint32_t* plan_counts(const EpArgs& a) { return (uint32_t*)a.carrierPlans; }
+__device__ __forceinline__ char* plan_at(const EpArgs& a, int s, uint32_t i) {
+  const uint64_t head = ((uint64_t)a.world * 4u + 15u) & ~(uint64_t)15u;
+  return (char*)a.carrierPlans + head + ((uint64_t)s * a.stageRows + i) * (uint64_t)a.recordBytes;
+}
+
+// dedup, ep_stage_pack (one warp, every lane): carrier row `row` of source s (in this call's stage slot)
+// gets the next plan of s for ep_combine_send: s, the origin's row, then per slot the expertOut row of the
+// token's row for this rank (its expertX row: locate() through this call's tables), or -1, and the weight.
+__device__ void write_plan(const EpArgs& a, const RecvTables& R, uint64_t own, int s, uint64_t row, uint64_t slot) {
+  const int lane = threadIdx.x & 31, K = a.topk, EPR = a.expertsPerRank;
+  const char* rec = (const char*)(own + a.stageRecordsOff + slot * a.stageRecordsSlot) + row * (uint64_t)a.recordBytes;
+  uint32_t ci = 0;
+  if (lane == 0) ci = atomicAdd(plan_counts(a) + s, 1u);
+  ci = __shfl_sync(FULL_MASK, ci, 0);
+  char* plan = plan_at(a, s, ci);
+  if (lane < K) {  // (k <= 32 with dedup)
+    const int r = (int)ld_cg_u32(rec + 4u + 4u * lane);  // the sender's record: read at L2
+    const uint32_t w = ld_cg_u32(rec + 4u + 4u * (K + lane));
+    int x = -1;
+    if (r >= 0) {
+      const RowLoc l = locate(R, a.numExperts, a.world, EPR, R.pre[s * EPR] + r);
+      x = l.le * a.expertCapacity + l.pos;
+    }
+    ((int*)(plan + 8u))[lane] = x;
+    ((uint32_t*)(plan + 8u))[K + lane] = w;
+  }
+  if (lane == 0) {
+    ((int*)plan)[0] = s;
+    ((int*)plan)[1] = (int)ld_cg_u32(rec);
+  }
+}
+
 // dedup: for each carrier plan the pack wrote, the token's outputs from this rank's experts, weighted and
 // summed in f32 in slot order (the plan's rows and weights), rounded to bf16 once and stored into the
 // source's combine buffer at the origin's row (t*k + carrier slot); a token from this rank itself included
 // (stored locally). One warp per (carrier, 2 KiB segment of the output row); the plan names expertOut rows
 // directly, so a warp's loads wait on one load of the plan, and up to four rows' loads are in flight.
-__device__ void combine_send_partials(const EpArgs& a, uint64_t slot, uint32_t carriers) {
-  const int K = a.topk;
+// Sources are taken from this rank + 1 on (this rank last), so that the ranks write to different peers at
+// any moment instead of all to source 0 first. Every thread of the block calls it (R.pre: scratch).
+__device__ void combine_send_partials(const EpArgs& a, uint64_t slot, RecvTables& R) {
+  const int K = a.topk, W = a.world;
   const int lane = threadIdx.x & 31;
+  // R.pre[i]: where the carriers of source (rank + 1 + i) % W start in the order this rank sends them
+  for (int i = threadIdx.x; i < W; i += blockDim.x) R.pre[i] = (int)plan_counts(a)[(a.rank + 1 + i) % W];
+  block_exclusive_scan(R.pre, W, R.scratch);
+  const uint32_t carriers = (uint32_t)R.pre[W];
   const int warpsPerBlock = blockDim.x >> 5;
   const uint64_t rowBytes = a.combineRowBytes;
   constexpr uint64_t SEG = 32u * SEG_VECS * 16u;
@@ -1120,7 +1168,13 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t slot, uint32_t c
   for (uint32_t it = blockIdx.x * warpsPerBlock + (threadIdx.x >> 5); it < items;
        it += gridDim.x * warpsPerBlock) {
     const int ci = (int)(it / (uint32_t)segs), seg = (int)(it % (uint32_t)segs);
-    const char* plan = (const char*)a.carrierPlans + (uint64_t)ci * (uint64_t)a.recordBytes;
+    int lo = 0, hi = W;  // R.pre[lo] <= ci < R.pre[hi]
+    while (hi - lo > 1) {
+      const int mid = (lo + hi) >> 1;
+      if (R.pre[mid] <= ci) lo = mid;
+      else hi = mid;
+    }
+    const char* plan = plan_at(a, (a.rank + 1 + lo) % W, (uint32_t)(ci - R.pre[lo]));
     // lane j: slot j's expertOut row (or -1) and its weight; lane 0 also the source, lane 1 the origin's row
     int rj = -1, head = 0;
     float wj = 0.0f;
@@ -1178,34 +1232,6 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t slot, uint32_t c
       const uint64_t off = base + (uint64_t)(u * 32 + lane) * 16u;
       if (off < rowBytes) st_v4(dst + off, pack_bf16x8(acc[u]));
     }
-  }
-}
-
-// dedup, ep_stage_pack (one warp, every lane): carrier row `row` of source s (in this call's stage slot)
-// gets the next plan for ep_combine_send: s, the origin's row, then per slot the expertOut row of the
-// token's row for this rank (its expertX row: locate() through this call's tables), or -1, and the weight.
-// A plan takes 4 * (2 + 2k) bytes, at most recordBytes = alignUp(4 * (1 + 2k), 16): plans use that stride.
-__device__ void write_plan(const EpArgs& a, const RecvTables& R, uint64_t own, int s, uint64_t row, uint64_t slot) {
-  const int lane = threadIdx.x & 31, K = a.topk, EPR = a.expertsPerRank;
-  const char* rec = (const char*)(own + a.stageRecordsOff + slot * a.stageRecordsSlot) + row * (uint64_t)a.recordBytes;
-  uint32_t ci = 0;
-  if (lane == 0) ci = atomicAdd(&state_of(a)->carriers, 1u);
-  ci = __shfl_sync(FULL_MASK, ci, 0);
-  char* plan = (char*)a.carrierPlans + (uint64_t)ci * (uint64_t)a.recordBytes;
-  if (lane < K) {  // (k <= 32 with dedup)
-    const int r = (int)ld_cg_u32(rec + 4u + 4u * lane);  // the sender's record: read at L2
-    const uint32_t w = ld_cg_u32(rec + 4u + 4u * (K + lane));
-    int x = -1;
-    if (r >= 0) {
-      const RowLoc l = locate(R, a.numExperts, a.world, EPR, R.pre[s * EPR] + r);
-      x = l.le * a.expertCapacity + l.pos;
-    }
-    ((int*)(plan + 8u))[lane] = x;
-    ((uint32_t*)(plan + 8u))[K + lane] = w;
-  }
-  if (lane == 0) {
-    ((int*)plan)[0] = s;
-    ((int*)plan)[1] = (int)ld_cg_u32(rec);
   }
 }
 
@@ -1558,9 +1584,10 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_send(const
   const uint64_t call = read_calls(st) + 1;  // (unchanged until the store below)
   if (threadIdx.x == 0) {
     st->dispatchCalls = call;
-    st->carriers = 0u;  // ep_stage_pack counts this call's carrier rows (dedup)
     stamp(a, EP_STAMP_DISPATCH_TAIL);
   }
+  if (a.dedup)  // ep_stage_pack counts this call's carriers per source
+    for (int s = threadIdx.x; s < a.world; s += blockDim.x) plan_counts(a)[s] = 0u;
   // Wait even when this rank's call is off: when this returns, no peer writes into this slot any more.
   signal_and_wait_rows(a, call, read_err_code(st) != 0 ? (call | EP_ABORT_BIT) : call);
 }
@@ -1702,12 +1729,11 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
   EpState* st = state_of(a);
   const uint64_t call = read_calls(st);
   const uint32_t code0 = read_err_code(st);  // (issued with the load above: one round trip)
-  const uint32_t carriers = a.dedup ? *(volatile uint32_t*)&st->carriers : 0u;
   const uint64_t slot = call & 1u;
   if (host_abort(a) != 0 && blockIdx.x == 0 && threadIdx.x == 0) mark_host_abort(a);
   if (code0 == 0 && host_abort(a) == 0) {
     if (a.dedup) {
-      combine_send_partials(a, slot, carriers);
+      combine_send_partials(a, slot, R);
     } else {
       build_tables(a, R);
       combine_send_rows<16>(a, slot, R);  // combineRowBytes = 2H, a multiple of 16

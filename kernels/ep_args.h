@@ -55,8 +55,8 @@ struct EpState {
   uint64_t dispatchCalls;  // dispatches begun; the current call's call_count (1, 2, ...); slot = count & 1
   uint32_t doneBlocks[4];  // last-block-done counters: [0] dispatch, [2] combine send; reset by the last block
   uint64_t barrierCalls;   // ep_barrier calls on this rank (the value it signals)
-  uint32_t carriers;       // dedup: plans in carrierPlans this call (ep_stage_send's tail zeroes it, ep_stage_pack counts)
-  uint32_t reserved;
+  uint32_t reserved0;
+  uint32_t reserved1;
   EpError err;             // this call's first error (device copy; mirrored to errHost)
 };
 
@@ -120,6 +120,7 @@ struct EpArgs {
   uint64_t stageRecordsOff, stageRecordsSlot;  // [2][W][stageRows][recordBytes]: per carrier row: back, rows[k], w[k]
   int32_t recordBytes;        // bytes of one record: alignUp(4 * (1 + 2k), 16)
   int32_t reserved;           // (zero)
-  uint64_t carrierPlans;      // dedup: [W * stageRows][recordBytes]: per carrier row received (any order), what
-                              // ep_combine_send reads: source, origin's row, per slot expertOut row (or -1), weight
+  uint64_t carrierPlans;      // dedup: u32 counts[W] (16-byte padded), then [W][stageRows][recordBytes]: per carrier
+                              // row received, by source, what ep_combine_send reads: source, origin's row, per slot
+                              // the expertOut row (or -1) and the weight (ep.cu, plan_at)
 };

@@ -66,8 +66,8 @@ const epState = layout(
     ['dispatchCalls', 'u64'],
     ['doneBlocks', 'u32[4]'],
     ['barrierCalls', 'u64'],
-    ['carriers', 'u32'],
-    ['reserved', 'u32'],
+    ['reserved0', 'u32'],
+    ['reserved1', 'u32'],
     ['err', 'EpError'],
   ],
   { EpError: { size: EP_ERROR_BYTES, align: 8 } },
@@ -161,7 +161,7 @@ export const EP_ERROR_OFFSET = offsets<'code' | 'peer' | 'slot' | 'aux' | 'callC
 );
 /** Byte offset of each EpState field (err is an EpError at EP_STATE_OFFSET.err). */
 export const EP_STATE_OFFSET = offsets<
-  'dispatchCalls' | 'doneBlocks' | 'barrierCalls' | 'carriers' | 'reserved' | 'err'
+  'dispatchCalls' | 'doneBlocks' | 'barrierCalls' | 'reserved0' | 'reserved1' | 'err'
 >(EP_STATE_FIELDS);
 
 // ---------------------------------------------------------------------------------------------
@@ -471,7 +471,7 @@ export class EpArgsWriter {
   set stageRecordsSlot(v: bigint | number) {
     this.u64('stageRecordsSlot', v);
   }
-  /** dedup: device [W * stageRows][recordBytes], the plans ep_stage_pack writes for ep_combine_send. */
+  /** dedup: device u32 counts[W] (16-byte padded), then [W][stageRows][recordBytes] plans (ep_stage_pack -> ep_combine_send). */
   set carrierPlans(v: bigint) {
     this.u64('carrierPlans', v);
   }

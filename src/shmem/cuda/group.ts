@@ -270,7 +270,9 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       a.set('stageCarrierOff', L.stageCarrier.offset).set('stageCarrierSlot', L.stageCarrier.slotBytes);
       a.set('stageRecordsOff', L.stageRecords.offset).set('stageRecordsSlot', L.stageRecords.slotBytes);
       a.set('recordBytes', dedup ? recordBytes(c) : 0);
-      a.set('carrierPlans', dedup ? alloc(c.world * L.stageRows * recordBytes(c)) : 0n);
+      // per source: a count, then its carriers' plans (kernels/ep_args.h)
+      const plansBytes = Math.ceil((c.world * 4) / 16) * 16 + c.world * L.stageRows * recordBytes(c);
+      a.set('carrierPlans', dedup ? alloc(plansBytes) : 0n);
       this.launchers = Object.fromEntries(
         KERNELS.map((k) => [k, drv.prepareLaunch(drv.moduleGetFunction(module, k), a.bytes)]),
       ) as Record<KernelName, KernelLauncher>;

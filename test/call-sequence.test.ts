@@ -67,7 +67,15 @@ describe('the call sequence', () => {
 });
 
 describe('the input checks every transport shares', () => {
-  const c = resolveConfig({ world: 2, numExperts: 8, hidden: 16, topk: 2, maxTokensPerRank: 4, fp8: false });
+  const c = resolveConfig({
+    world: 2,
+    numExperts: 8,
+    hidden: 16,
+    topk: 2,
+    maxTokensPerRank: 4,
+    fp8: false,
+    dedup: false,
+  });
   const x = hostTensor('bf16', [3, 16]);
   const idx = hostTensor('i32', [3, 2]);
   const w = hostTensor('f32', [3, 2]);

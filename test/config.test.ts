@@ -164,12 +164,14 @@ describe('resolveConfig: defaults and derived sizes', () => {
     assert.equal(cfg.combineRowBytes, 512);
   });
 
-  test('dedup defaults to false and echoes true', () => {
-    assert.equal(resolveConfig(base).dedup, false);
-    assert.equal(resolveConfig({ ...base, dedup: undefined }).dedup, false);
-    assert.equal(resolveConfig({ ...base, dedup: true }).dedup, true);
+  test('dedup defaults to true where topk <= 32 and to false above, and echoes what is given', () => {
+    assert.equal(resolveConfig(base).dedup, true);
+    assert.equal(resolveConfig({ ...base, dedup: undefined }).dedup, true);
+    assert.equal(resolveConfig({ ...base, dedup: false }).dedup, false);
+    assert.equal(resolveConfig({ ...base, numExperts: 64, topk: 32 }).dedup, true);
+    assert.equal(resolveConfig({ ...base, numExperts: 64, topk: 33 }).dedup, false);
     // the sizes do not depend on it
-    const { dedup: _a, ...plain } = resolveConfig(base);
+    const { dedup: _a, ...plain } = resolveConfig({ ...base, dedup: false });
     const { dedup: _b, ...withDedup } = resolveConfig({ ...base, dedup: true });
     assert.deepEqual(withDedup, plain);
   });

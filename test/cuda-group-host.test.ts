@@ -10,7 +10,7 @@ import { hostTensor } from '../src/ep/tensor.js';
 import { CudaEpGroup } from '../src/shmem/cuda/group.js';
 import { argOf, FakeDriver } from './helpers/fake-driver.js';
 
-const small = { world: 2, numExperts: 8, hidden: 64, topk: 2, maxTokensPerRank: 4, fp8: false };
+const small = { world: 2, numExperts: 8, hidden: 64, topk: 2, maxTokensPerRank: 4, fp8: false, dedup: false };
 
 async function groupOn(
   fake: FakeDriver,

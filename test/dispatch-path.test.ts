@@ -7,7 +7,7 @@ import {
   STAGED_AUTO_MAX_PAIRS,
 } from '../src/shmem/cuda/dispatch-path.js';
 
-const shape = { numExperts: 256, hidden: 7168, topk: 8 };
+const shape = { numExperts: 256, hidden: 7168, topk: 8, dedup: false };
 
 describe('the dispatch path of a cuda group', () => {
   test('auto stages small batches across ranks and goes direct for large ones', () => {
@@ -41,7 +41,7 @@ describe('the dispatch path of a cuda group', () => {
     assert.equal(at(16, 'staged'), 'staged');
     assert.throws(() => at(16, 'direct'), {
       code: 'MOE_CONFIG',
-      message: /dedup needs dispatchPath 'staged'/,
+      message: /dedup \(on by default\) needs dispatchPath 'staged'.*pass dedup: false/,
     });
     // one rank: nothing to de-duplicate, its own kernels
     const one = resolveConfig({ ...shape, world: 1, maxTokensPerRank: 4, dedup: true });

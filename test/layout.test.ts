@@ -30,7 +30,14 @@ describe('layout: hand-worked W = 2, E = 4, H = 256, k = 2, T = 4, fp8 G = 128',
   //   recvScales:     2 * 8 * 2 * 4 = 128 -> slot 256, offset 9728, bytes 512
   //   combineRecv:    8 rows * 512 = 4096 -> slot 4096, offset 10240, bytes 8192
   //   total 18432
-  const cfg = resolveConfig({ world: 2, numExperts: 4, hidden: 256, topk: 2, maxTokensPerRank: 4 });
+  const cfg = resolveConfig({
+    world: 2,
+    numExperts: 4,
+    hidden: 256,
+    topk: 2,
+    maxTokensPerRank: 4,
+    dedup: false,
+  });
   const l = computeLayout(cfg);
 
   test('regions', () => {
@@ -116,6 +123,7 @@ describe('layout: hand-worked W = 2, E = 4, H = 256, k = 2, T = 4, fp8 G = 128',
       topk: 2,
       maxTokensPerRank: 4,
       fp8: false,
+      dedup: false,
     });
     const m = computeLayout(c);
     assert.deepEqual(m.recvData, { offset: 1536, slotBytes: 8192, bytes: 16384 });

@@ -165,6 +165,7 @@ describe('oracle: random cases', () => {
         topk: k,
         maxTokensPerRank: 9,
         fp8: false,
+        dedup: false,
       });
       const tokens = Array.from({ length: W }, (_, i) => [0, 1, 5, 9][(i + seed) % 4]);
       const inputs = makeInputs(cfg, seed, tokens, 0.2);
@@ -218,6 +219,7 @@ describe('oracle: random cases', () => {
       topk: 3,
       maxTokensPerRank: 7,
       fp8: false,
+      dedup: false,
     });
     const H = cfg.hidden;
     const tokens = [7, 0, 4];
@@ -349,7 +351,7 @@ describe('oracle: dedup combine', () => {
     //       with: P0 = bf16(1 + 3 * 2^-9) = 1 + 2^-7; + 2^-9 -> bf16 1 + 2^-7  -> 0x3f81
     //   h4: (4, 0, 0) -> 2 (0x4000);  h5: (0, 4, 0) -> 1 (0x3f80);  h6: (0, 0, 1) -> 2 (0x4000);  h7: 0
     const base = { world: 2, numExperts: 4, hidden: 8, topk: 3, maxTokensPerRank: 1, fp8: false };
-    const plain = resolveConfig(base);
+    const plain = resolveConfig({ ...base, dedup: false });
     const dedup = resolveConfig({ ...base, dedup: true });
     const inputs: OracleRankInput[] = [
       {
@@ -403,7 +405,7 @@ describe('oracle: dedup combine', () => {
     // W = 3, EPR = 4, k = 3: each token picks its experts on one random rank (some slots dropped);
     // wide exponents so that any difference in rounding would show
     const base = { world: 3, numExperts: 12, hidden: 16, topk: 3, maxTokensPerRank: 9, fp8: false };
-    const plain = resolveConfig(base);
+    const plain = resolveConfig({ ...base, dedup: false });
     const dedup = resolveConfig({ ...base, dedup: true });
     const r = rng(2024);
     const inputs: OracleRankInput[] = [9, 4, 7].map((T) => {
@@ -423,7 +425,7 @@ describe('oracle: dedup combine', () => {
 
   test('random routing: single-rank tokens agree, and some token spread over ranks differs', () => {
     const base = { world: 4, numExperts: 16, hidden: 32, topk: 5, maxTokensPerRank: 12, fp8: false };
-    const plain = resolveConfig(base);
+    const plain = resolveConfig({ ...base, dedup: false });
     const dedup = resolveConfig({ ...base, dedup: true });
     const inputs = makeInputs(plain, 31, [12, 12, 5, 0], 0.2);
     const outOf = tableOutputs(plain, inputs, 32);
@@ -456,7 +458,7 @@ describe('oracle: dedup combine', () => {
         fp8,
         fp8GroupSize: 32,
       };
-      const plain = resolveConfig(base);
+      const plain = resolveConfig({ ...base, dedup: false });
       const dedup = resolveConfig({ ...base, dedup: true });
       const inputs = makeInputs(plain, fp8 ? 5 : 6, [10], 0.25);
       const outOf = tableOutputs(plain, inputs, 8);
@@ -468,7 +470,7 @@ describe('oracle: dedup combine', () => {
 
   test('a token with every slot dropped is +0 with dedup too; dispatch is the same', () => {
     const base = { world: 2, numExperts: 4, hidden: 8, topk: 2, maxTokensPerRank: 2, fp8: false };
-    const plain = resolveConfig(base);
+    const plain = resolveConfig({ ...base, dedup: false });
     const dedup = resolveConfig({ ...base, dedup: true });
     const inputs = makeInputs(plain, 9, [2, 2], 0.3);
     inputs[0].topkIdx.fill(-1, 0, 2);

@@ -207,7 +207,7 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
         kind: 'bench',
         transport,
         timeoutMs,
-        config: dedup ? { ...config, dedup } : config,
+        config: { ...config, dedup },
         tokens,
         iters,
         warmup,

@@ -78,6 +78,7 @@ export function defaultSuite(seed: number, calls: number): VerifyCase[] {
         hidden: 7168,
         topk: 4,
         fp8: true,
+        dedup: false,
         fp8GroupSize: 8,
         maxTokensPerRank: T,
       },
@@ -91,7 +92,7 @@ export function defaultSuite(seed: number, calls: number): VerifyCase[] {
     const { tokens, ...shape } = DEEPSEEK_V3;
     cases.push({
       name: `DeepSeek-V3 W=${shape.world} E=${shape.numExperts} H=${shape.hidden} k=${shape.topk} T=${tokens} ${fp8 ? 'fp8' : 'bf16'}`,
-      config: { ...shape, maxTokensPerRank: tokens, fp8 },
+      config: { ...shape, maxTokensPerRank: tokens, fp8, dedup: false },
       scenario: 'random',
       tokens,
       calls,
@@ -115,7 +116,7 @@ function smallCase(
 ): VerifyCase {
   return {
     name: `W=${base.world} E=${base.numExperts} H=${base.hidden} k=${base.topk} T=${tokens} ${base.fp8 ? 'fp8' : 'bf16'} ${scenario}`,
-    config: { ...base, maxTokensPerRank: Math.max(tokens, 1) },
+    config: { ...base, maxTokensPerRank: Math.max(tokens, 1), dedup: false },
     scenario,
     tokens,
     calls,

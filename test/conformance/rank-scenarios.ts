@@ -40,7 +40,16 @@ const io = groupIo;
 function small(world: number, extra: Partial<VerifyCase['config']> = {}): VerifyCase {
   return {
     name: 'conformance',
-    config: { world, numExperts: 4 * world, hidden: 256, topk: 4, maxTokensPerRank: 16, fp8: true, ...extra },
+    config: {
+      world,
+      numExperts: 4 * world,
+      hidden: 256,
+      topk: 4,
+      maxTokensPerRank: 16,
+      fp8: true,
+      dedup: false,
+      ...extra,
+    },
     scenario: 'random',
     tokens: 8,
     calls: 1,

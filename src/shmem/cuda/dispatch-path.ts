@@ -37,9 +37,12 @@ export function chooseDispatchPath(cfg: EpConfig, requested: DispatchPathRequest
   if (cfg.dedup) {
     // de-duplication rides on the stage: a token's row is staged once per owner, which fans it out
     if (requested === 'direct') {
-      throw new ConfigError("dedup needs dispatchPath 'staged' (or 'auto'), got 'direct'", {
-        fields: 'dedup,dispatchPath',
-      });
+      throw new ConfigError(
+        "dedup (on by default) needs dispatchPath 'staged' (or 'auto'), got 'direct'; pass dedup: false to go direct",
+        {
+          fields: 'dedup,dispatchPath',
+        },
+      );
     }
     return 'staged';
   }

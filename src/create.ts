@@ -1,6 +1,6 @@
 import type { EpGroup } from './ep/api.js';
 import { type EpConfigInput, resolveConfig } from './ep/config.js';
-import { computeLayout } from './ep/layout.js';
+import { computeLayout, stagedRowsFor } from './ep/layout.js';
 import type { HostTensor } from './ep/tensor.js';
 import { ConfigError } from './errors.js';
 import { HostEpGroup } from './shmem/cpu/group.js';
@@ -69,7 +69,7 @@ export async function createGroup(options: GroupOptions): Promise<EpGroup<unknow
     const { createCudaGroup } = await import('./shmem/cuda/group.js');
     return (await createCudaGroup(config, { ...options, timeoutMs })) as EpGroup<unknown>;
   }
-  const layout = computeLayout(config);
+  const layout = computeLayout(config, stagedRowsFor(config)); // the cpu transport always stages
   const shmem = await openCpuTransport(config.world, layout.totalBytes, timeoutMs, options.rank);
   return new HostEpGroup(config, layout, shmem, timeoutMs) as EpGroup<unknown>;
 }

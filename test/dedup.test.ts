@@ -8,9 +8,10 @@ import {
   combineRowOffset,
   computeLayout,
   recordBytes,
-  recvCarrierOffset,
-  recvRecordOffset,
-  recvRowOffset,
+  stageCarrierOffset,
+  stagedRowsFor,
+  stageRecordOffset,
+  stageRowOffset,
 } from '../src/ep/layout.js';
 import { oracleCombine, oracleDispatch } from '../src/ep/oracle.js';
 import { hostTensor } from '../src/ep/tensor.js';
@@ -32,7 +33,7 @@ function openGroup(dedup: boolean) {
     fp8: false,
     dedup,
   });
-  const layout = computeLayout(cfg);
+  const layout = computeLayout(cfg, stagedRowsFor(cfg));
   const heap = new SharedArrayBuffer(layout.totalBytes);
   const group = new HostEpGroup(cfg, layout, new CpuTransport(0, 1, [heap], null), 1000);
   return { cfg, layout, heap, group, bytes: new Uint8Array(heap) };
@@ -58,11 +59,11 @@ describe('dedup on the cpu transport: the heap, step by step (W = 1)', () => {
     const slot = 1; // call 1
     const i32 = new Int32Array(bytes.buffer);
     const f32 = new Float32Array(bytes.buffer);
-    const carrier = [...i32.subarray(recvCarrierOffset(layout, cfg, slot, 0, 0) / 4).subarray(0, 7)];
+    const carrier = [...i32.subarray(stageCarrierOffset(layout, slot, 0, 0) / 4).subarray(0, 7)];
     assert.deepEqual(carrier, [4, 2, 2, 6, 4, 2, 6]);
     // row data: the token's bf16 row at rows 4 (t0), 2 (t1), 6 (t2); the others not written
     const rowAt = (r: number) => {
-      const off = recvRowOffset(layout, cfg, slot, 0, r);
+      const off = stageRowOffset(layout, cfg, slot, 0, r);
       return bytes.subarray(off, off + 2 * H);
     };
     const tokenRow = (t: number) => new Uint8Array(x.buffer, t * 2 * H, 2 * H);
@@ -76,7 +77,7 @@ describe('dedup on the cpu transport: the heap, step by step (W = 1)', () => {
       );
     // records: back = t * k + j0, rows[j] (or -1), w[j] (or 0); non-carrier rows have none
     const record = (r: number) => {
-      const o = recvRecordOffset(layout, cfg, slot, 0, r) / 4;
+      const o = stageRecordOffset(layout, cfg, slot, 0, r) / 4;
       return { back: i32[o], rows: [...i32.subarray(o + 1, o + 4)], w: [...f32.subarray(o + 4, o + 7)] };
     };
     assert.deepEqual(record(4), { back: 0, rows: [4, 0, -1], w: [0.5, 0.25, 0] });
@@ -84,7 +85,7 @@ describe('dedup on the cpu transport: the heap, step by step (W = 1)', () => {
     assert.deepEqual(record(6), { back: 6, rows: [6, -1, 3], w: [2, 0, 0.0625] });
     assert.equal(recordBytes(cfg), 32);
     for (const r of [0, 1, 3, 5]) {
-      const o = recvRecordOffset(layout, cfg, slot, 0, r);
+      const o = stageRecordOffset(layout, cfg, slot, 0, r);
       assert.ok(
         bytes.subarray(o, o + recordBytes(cfg)).every((b) => b === POISON),
         `no record at row ${r}`,
@@ -93,7 +94,8 @@ describe('dedup on the cpu transport: the heap, step by step (W = 1)', () => {
     // the outputs are those of the plain protocol (the oracle's), the source-major view included
     const want = oracleDispatch(cfg, [{ numTokens: 3, x, topkIdx: idx, topkWeights: w }], 0);
     assert.deepEqual([...(res.expertCounts.data as Int32Array)], [...want.expertCounts]);
-    const ex = new Uint8Array((res.expertX.data as Uint16Array).buffer);
+    const xs = res.expertX.data as Uint16Array; // (a view of the heap's expertX region)
+    const ex = new Uint8Array(xs.buffer, xs.byteOffset, xs.byteLength);
     for (let e = 0; e < 4; e++) {
       const n = want.expertCounts[e];
       const from = e * cfg.expertCapacity * 2 * H;

@@ -5,31 +5,36 @@ import {
   ALIGN,
   alignUp,
   combineRowOffset,
-  computeDirectLayout,
   computeLayout,
-  directRegionsOf,
+  type HeapLayout,
   type Region,
   recordBytes,
-  recvCarrierOffset,
-  recvRecordOffset,
-  recvRowOffset,
-  recvScaleOffset,
   regionsOf,
   signalOffset,
   splitsOffset,
+  stageCarrierOffset,
   stagedRowsFor,
+  stageRecordOffset,
+  stageRowOffset,
+  stageScaleOffset,
 } from '../src/ep/layout.js';
 import { rng } from './helpers/random.js';
 
-describe('layout: hand-worked W = 2, E = 4, H = 256, k = 2, T = 4, fp8 G = 128', () => {
-  // EPR 2; maxRowsPerPeer = 4 * min(2, 2) = 8; groupsPerRow 2; dispatch row 256 B; combine row 512 B.
-  //   dispatchSignal: 2 * 8 = 16 B       -> slot 256, offset 0,     bytes 512
-  //   combineSignal:  16 B               -> slot 256, offset 512,   bytes 512
-  //   recvSplits:     2 * 3 * 4 = 24 B   -> slot 256, offset 1024,  bytes 512
-  //   recvData:       2 * 8 * 256 = 4096 -> slot 4096, offset 1536, bytes 8192
-  //   recvScales:     2 * 8 * 2 * 4 = 128 -> slot 256, offset 9728, bytes 512
-  //   combineRecv:    8 rows * 512 = 4096 -> slot 4096, offset 10240, bytes 8192
-  //   total 18432
+describe('layout: hand-worked W = 2, E = 4, H = 256, k = 2, T = 4, fp8 G = 128, staged', () => {
+  // EPR 2; maxRowsPerPeer = 4 * min(2, 2) = 8; expertCapacity = 2 * min(4, 8) = 8; stageRows =
+  // min(8, 4 * 2) = 8; groupsPerRow 2; dispatch row 256 B; combine row 512 B.
+  //   countSignal:    2 * 8 = 16 B          -> slot 256,  offset 0,     bytes 512
+  //   dispatchSignal: 16 B                  -> slot 256,  offset 512,   bytes 512
+  //   combineSignal:  16 B                  -> slot 256,  offset 1024,  bytes 512
+  //   counts:         2 * 4 * 4 = 32 B      -> slot 256,  offset 1536,  bytes 512
+  //   combineRecv:    8 rows * 512 = 4096   -> slot 4096, offset 2048,  bytes 8192
+  //   expertX:        16 rows * 256 = 4096  -> one copy,  offset 10240, bytes 4096
+  //   expertScales:   16 * 2 * 4 = 128      -> one copy,  offset 14336, bytes 256
+  //   barrierSignal:  16 B                  -> one copy,  offset 14592, bytes 256
+  //   stageSplits:    2 * 3 * 4 = 24 B      -> slot 256,  offset 14848, bytes 512
+  //   stageData:      2 * 8 * 256 = 4096    -> slot 4096, offset 15360, bytes 8192
+  //   stageScales:    2 * 8 * 2 * 4 = 128   -> slot 256,  offset 23552, bytes 512
+  //   stageCarrier, stageRecords: empty (no dedup) at 24064; total 24064
   const cfg = resolveConfig({
     world: 2,
     numExperts: 4,
@@ -38,43 +43,49 @@ describe('layout: hand-worked W = 2, E = 4, H = 256, k = 2, T = 4, fp8 G = 128',
     maxTokensPerRank: 4,
     dedup: false,
   });
-  const l = computeLayout(cfg);
+  const l = computeLayout(cfg, stagedRowsFor(cfg));
 
   test('regions', () => {
-    assert.deepEqual(l.dispatchSignal, { offset: 0, slotBytes: 256, bytes: 512 });
-    assert.deepEqual(l.combineSignal, { offset: 512, slotBytes: 256, bytes: 512 });
-    assert.deepEqual(l.recvSplits, { offset: 1024, slotBytes: 256, bytes: 512 });
-    assert.deepEqual(l.recvData, { offset: 1536, slotBytes: 4096, bytes: 8192 });
-    assert.deepEqual(l.recvScales, { offset: 9728, slotBytes: 256, bytes: 512 });
-    assert.deepEqual(l.combineRecv, { offset: 10240, slotBytes: 4096, bytes: 8192 });
+    assert.equal(l.stageRows, 8);
+    assert.deepEqual(l.countSignal, { offset: 0, slotBytes: 256, bytes: 512 });
+    assert.deepEqual(l.dispatchSignal, { offset: 512, slotBytes: 256, bytes: 512 });
+    assert.deepEqual(l.combineSignal, { offset: 1024, slotBytes: 256, bytes: 512 });
+    assert.deepEqual(l.counts, { offset: 1536, slotBytes: 256, bytes: 512 });
+    assert.deepEqual(l.combineRecv, { offset: 2048, slotBytes: 4096, bytes: 8192 });
+    assert.deepEqual(l.expertX, { offset: 10240, slotBytes: 4096, bytes: 4096 });
+    assert.deepEqual(l.expertScales, { offset: 14336, slotBytes: 256, bytes: 256 });
+    assert.deepEqual(l.barrierSignal, { offset: 14592, slotBytes: 256, bytes: 256 });
+    assert.deepEqual(l.stageSplits, { offset: 14848, slotBytes: 256, bytes: 512 });
+    assert.deepEqual(l.stageData, { offset: 15360, slotBytes: 4096, bytes: 8192 });
+    assert.deepEqual(l.stageScales, { offset: 23552, slotBytes: 256, bytes: 512 });
     // dedup is off: its regions are empty, after everything else
-    assert.deepEqual(l.recvCarrier, { offset: 18432, slotBytes: 0, bytes: 0 });
-    assert.deepEqual(l.recvRecords, { offset: 18432, slotBytes: 0, bytes: 0 });
-    assert.equal(l.totalBytes, 18432);
+    assert.deepEqual(l.stageCarrier, { offset: 24064, slotBytes: 0, bytes: 0 });
+    assert.deepEqual(l.stageRecords, { offset: 24064, slotBytes: 0, bytes: 0 });
+    assert.equal(l.totalBytes, 24064);
     assert.equal(l.splitsPerPeer, 3);
     assert.equal(l.combineRows, 8);
   });
 
   test('offset helpers at hand-picked indices', () => {
-    assert.equal(signalOffset(l.dispatchSignal, 0, 0), 0);
-    assert.equal(signalOffset(l.dispatchSignal, 1, 1), 256 + 8);
-    assert.equal(signalOffset(l.combineSignal, 1, 1), 512 + 256 + 8);
-    assert.equal(splitsOffset(l, 0, 1), 1024 + 12);
-    assert.equal(splitsOffset(l, 1, 1), 1024 + 256 + 12);
-    assert.equal(recvRowOffset(l, cfg, 0, 0, 0), 1536);
-    assert.equal(recvRowOffset(l, cfg, 0, 1, 0), 1536 + 8 * 256);
-    assert.equal(recvRowOffset(l, cfg, 1, 1, 7), 1536 + 4096 + 15 * 256);
-    assert.equal(recvScaleOffset(l, cfg, 0, 0, 1), 9728 + 8);
-    assert.equal(recvScaleOffset(l, cfg, 1, 1, 7), 9728 + 256 + 15 * 8);
-    assert.equal(combineRowOffset(l, cfg, 0, 1), 10240 + 512);
-    assert.equal(combineRowOffset(l, cfg, 1, 7), 10240 + 4096 + 7 * 512);
+    assert.equal(signalOffset(l.dispatchSignal, 0, 0), 512);
+    assert.equal(signalOffset(l.dispatchSignal, 1, 1), 512 + 256 + 8);
+    assert.equal(signalOffset(l.combineSignal, 1, 1), 1024 + 256 + 8);
+    assert.equal(splitsOffset(l, 0, 1), 14848 + 12);
+    assert.equal(splitsOffset(l, 1, 1), 14848 + 256 + 12);
+    assert.equal(stageRowOffset(l, cfg, 0, 0, 0), 15360);
+    assert.equal(stageRowOffset(l, cfg, 0, 1, 0), 15360 + 8 * 256);
+    assert.equal(stageRowOffset(l, cfg, 1, 1, 7), 15360 + 4096 + 15 * 256);
+    assert.equal(stageScaleOffset(l, cfg, 0, 0, 1), 23552 + 8);
+    assert.equal(stageScaleOffset(l, cfg, 1, 1, 7), 23552 + 256 + 15 * 8);
+    assert.equal(combineRowOffset(l, cfg, 0, 1), 2048 + 512);
+    assert.equal(combineRowOffset(l, cfg, 1, 7), 2048 + 4096 + 7 * 512);
   });
 
-  test('the same config with dedup: carrier and record regions after combineRecv, nothing else moves', () => {
+  test('the same config with dedup: carrier and record regions last, nothing else moves', () => {
     // recordBytes = alignUp(4 * (1 + 2 * 2), 16) = 32
-    //   recvCarrier: 2 * 8 * 4 = 64 B    -> slot 256, offset 18432, bytes 512
-    //   recvRecords: 2 * 8 * 32 = 512 B  -> slot 512, offset 18944, bytes 1024
-    //   total 19968
+    //   stageCarrier: 2 * 8 * 4 = 64 B    -> slot 256, offset 24064, bytes 512
+    //   stageRecords: 2 * 8 * 32 = 512 B  -> slot 512, offset 24576, bytes 1024
+    //   total 25600
     const c = resolveConfig({
       world: 2,
       numExperts: 4,
@@ -83,26 +94,19 @@ describe('layout: hand-worked W = 2, E = 4, H = 256, k = 2, T = 4, fp8 G = 128',
       maxTokensPerRank: 4,
       dedup: true,
     });
-    const m = computeLayout(c);
+    const m = computeLayout(c, stagedRowsFor(c));
     assert.equal(recordBytes(c), 32);
-    for (const name of [
-      'dispatchSignal',
-      'combineSignal',
-      'recvSplits',
-      'recvData',
-      'recvScales',
-      'combineRecv',
-    ] as const) {
-      assert.deepEqual(m[name], l[name], name);
+    for (const [i, [name, reg]] of regionsOf(l).entries()) {
+      if (name !== 'stageCarrier' && name !== 'stageRecords') assert.deepEqual(regionsOf(m)[i][1], reg, name);
     }
-    assert.deepEqual(m.recvCarrier, { offset: 18432, slotBytes: 256, bytes: 512 });
-    assert.deepEqual(m.recvRecords, { offset: 18944, slotBytes: 512, bytes: 1024 });
-    assert.equal(m.totalBytes, 19968);
-    assert.equal(recvCarrierOffset(m, c, 0, 0, 0), 18432);
-    assert.equal(recvCarrierOffset(m, c, 0, 1, 0), 18432 + 8 * 4);
-    assert.equal(recvCarrierOffset(m, c, 1, 1, 7), 18432 + 256 + 15 * 4);
-    assert.equal(recvRecordOffset(m, c, 0, 0, 1), 18944 + 32);
-    assert.equal(recvRecordOffset(m, c, 1, 1, 7), 18944 + 512 + 15 * 32);
+    assert.deepEqual(m.stageCarrier, { offset: 24064, slotBytes: 256, bytes: 512 });
+    assert.deepEqual(m.stageRecords, { offset: 24576, slotBytes: 512, bytes: 1024 });
+    assert.equal(m.totalBytes, 25600);
+    assert.equal(stageCarrierOffset(m, 0, 0, 0), 24064);
+    assert.equal(stageCarrierOffset(m, 0, 1, 0), 24064 + 8 * 4);
+    assert.equal(stageCarrierOffset(m, 1, 1, 7), 24064 + 256 + 15 * 4);
+    assert.equal(stageRecordOffset(m, c, 0, 0, 1), 24576 + 32);
+    assert.equal(stageRecordOffset(m, c, 1, 1, 7), 24576 + 512 + 15 * 32);
   });
 
   test('recordBytes: i32 back, k i32 rows, k f32 weights, padded to 16 bytes', () => {
@@ -114,8 +118,9 @@ describe('layout: hand-worked W = 2, E = 4, H = 256, k = 2, T = 4, fp8 G = 128',
     assert.equal(recordBytes(k(32)), 272); // 260 -> 272
   });
 
-  test('the same config with fp8 off: bf16 rows, an empty recvScales', () => {
-    // recvData 2 * 8 * 512 = 8192 -> offset 1536, bytes 16384; recvScales 0 at 17920; combineRecv at 17920
+  test('the same config with fp8 off: bf16 rows, empty scale regions', () => {
+    // expertX 16 * 512 = 8192 at 10240; expertScales empty at 18432; barrierSignal 18432 (256);
+    // stageSplits 18688 (512); stageData 2 * 8 * 512 = 8192 at 19200, bytes 16384; stageScales empty at 35584
     const c = resolveConfig({
       world: 2,
       numExperts: 4,
@@ -125,11 +130,20 @@ describe('layout: hand-worked W = 2, E = 4, H = 256, k = 2, T = 4, fp8 G = 128',
       fp8: false,
       dedup: false,
     });
-    const m = computeLayout(c);
-    assert.deepEqual(m.recvData, { offset: 1536, slotBytes: 8192, bytes: 16384 });
-    assert.deepEqual(m.recvScales, { offset: 17920, slotBytes: 0, bytes: 0 });
-    assert.deepEqual(m.combineRecv, { offset: 17920, slotBytes: 4096, bytes: 8192 });
-    assert.equal(m.totalBytes, 26112);
+    const m = computeLayout(c, stagedRowsFor(c));
+    assert.deepEqual(m.expertX, { offset: 10240, slotBytes: 8192, bytes: 8192 });
+    assert.deepEqual(m.expertScales, { offset: 18432, slotBytes: 0, bytes: 0 });
+    assert.deepEqual(m.stageData, { offset: 19200, slotBytes: 8192, bytes: 16384 });
+    assert.deepEqual(m.stageScales, { offset: 35584, slotBytes: 0, bytes: 0 });
+    assert.equal(m.totalBytes, 35584);
+  });
+
+  test('a group that does not stage (the cuda direct path, or W = 1 there) has empty stage regions', () => {
+    const m = computeLayout(cfg, 0);
+    for (const name of ['stageSplits', 'stageData', 'stageScales', 'stageCarrier', 'stageRecords'] as const)
+      assert.equal(m[name].bytes, 0, name);
+    assert.deepEqual(m.barrierSignal, l.barrierSignal);
+    assert.equal(m.totalBytes, l.stageSplits.offset);
   });
 });
 
@@ -141,21 +155,6 @@ test('alignUp', () => {
   assert.equal(alignUp(257), 512);
   assert.equal(alignUp(17, 16), 32);
 });
-
-/** The bytes of one slot as each region's doc comment describes it. */
-function docSlotBytes(cfg: EpConfig): Record<string, number> {
-  const W = cfg.world;
-  return {
-    dispatchSignal: W * 8,
-    combineSignal: W * 8,
-    recvSplits: W * (cfg.expertsPerRank + 1) * 4,
-    recvData: W * cfg.maxRowsPerPeer * cfg.dispatchRowBytes,
-    recvScales: cfg.fp8 ? W * cfg.maxRowsPerPeer * (cfg.hidden / cfg.fp8GroupSize) * 4 : 0,
-    combineRecv: cfg.maxTokensPerRank * cfg.topk * 2 * cfg.hidden,
-    recvCarrier: cfg.dedup ? W * cfg.maxRowsPerPeer * 4 : 0,
-    recvRecords: cfg.dedup ? W * cfg.maxRowsPerPeer * Math.ceil((4 + 8 * cfg.topk) / 16) * 16 : 0,
-  };
-}
 
 /** [start, start + size) lies inside slot `slot` of region r, and inside r. */
 function inSlot(r: Region, slot: number, start: number, size: number, what: string): void {
@@ -188,6 +187,14 @@ function randomConfig(r: ReturnType<typeof rng>): EpConfig {
   });
 }
 
+/** Every other config stages (as the cpu transport always does), the rest do not (the cuda direct path). */
+function layoutsOf(configs: EpConfig[]): Array<[EpConfig, HeapLayout, string]> {
+  return configs.map((cfg, i) => {
+    const stageRows = i % 2 === 0 ? stagedRowsFor(cfg) : 0;
+    return [cfg, computeLayout(cfg, stageRows), JSON.stringify({ ...cfg, stageRows })];
+  });
+}
+
 describe('layout: properties on random configs', () => {
   const r = rng(99);
   const configs: EpConfig[] = [];
@@ -197,235 +204,12 @@ describe('layout: properties on random configs', () => {
     resolveConfig({ world: 1, numExperts: 1, hidden: 8, topk: 1, maxTokensPerRank: 1, fp8: false }),
   );
   configs.push(resolveConfig({ world: 8, numExperts: 256, hidden: 7168, topk: 8, maxTokensPerRank: 4096 }));
-
-  test('regions are aligned, in order, non-overlapping, inside totalBytes, two slots each, big enough', () => {
-    for (const cfg of configs) {
-      const l = computeLayout(cfg);
-      const what = JSON.stringify(cfg);
-      const regions = regionsOf(l);
-      assert.deepEqual(
-        regions.map(([n]) => n),
-        [
-          'dispatchSignal',
-          'combineSignal',
-          'recvSplits',
-          'recvData',
-          'recvScales',
-          'combineRecv',
-          'recvCarrier',
-          'recvRecords',
-        ],
-      );
-      const doc = docSlotBytes(cfg);
-      let end = 0;
-      for (const [name, reg] of regions) {
-        assert.equal(reg.offset % ALIGN, 0, `${what}: ${name} offset aligned`);
-        assert.equal(reg.slotBytes % ALIGN, 0, `${what}: ${name} slot aligned`);
-        assert.equal(reg.bytes, 2 * reg.slotBytes, `${what}: ${name} two slots`);
-        assert.ok(reg.slotBytes >= doc[name], `${what}: ${name} slot ${reg.slotBytes} >= ${doc[name]}`);
-        assert.ok(reg.slotBytes < doc[name] + ALIGN, `${what}: ${name} padded by less than ALIGN`);
-        assert.ok(reg.offset >= end, `${what}: ${name} starts after the region before it`);
-        end = reg.offset + reg.bytes;
-      }
-      assert.ok(end <= l.totalBytes, `${what}: inside totalBytes`);
-      assert.equal(l.totalBytes % ALIGN, 0);
-      assert.equal(l.splitsPerPeer, cfg.expertsPerRank + 1);
-      assert.equal(l.combineRows, cfg.maxTokensPerRank * cfg.topk);
-      if (!cfg.fp8) {
-        assert.equal(l.recvScales.bytes, 0, `${what}: recvScales empty when fp8 is off`);
-        assert.equal(l.recvScales.slotBytes, 0);
-      }
-      if (!cfg.dedup) {
-        for (const reg of [l.recvCarrier, l.recvRecords]) {
-          assert.equal(reg.bytes, 0, `${what}: dedup regions empty when dedup is off`);
-          assert.equal(reg.slotBytes, 0);
-        }
-      }
-    }
-  });
-
-  test('dedup adds its regions after the others: a heap without dedup keeps its layout and size', () => {
-    for (const cfg of configs) {
-      const off = computeLayout({ ...cfg, dedup: false });
-      const on = computeLayout({ ...cfg, dedup: true });
-      const what = JSON.stringify(cfg);
-      const end = off.combineRecv.offset + off.combineRecv.bytes;
-      assert.equal(off.totalBytes, end, `${what}: nothing after combineRecv without dedup`);
-      const regionsOn = regionsOf(on);
-      for (const [i, [name, reg]] of regionsOf(off).entries()) {
-        if (name === 'recvCarrier' || name === 'recvRecords') continue;
-        assert.deepEqual(regionsOn[i][1], reg, `${what}: ${name} does not move with dedup`);
-      }
-      assert.equal(on.recvCarrier.offset, end);
-      assert.equal(on.recvRecords.offset, on.recvCarrier.offset + on.recvCarrier.bytes);
-      assert.equal(on.totalBytes, on.recvRecords.offset + on.recvRecords.bytes);
-    }
-  });
-
-  test('offset helpers stay inside their region at the extreme indices; one past the last leaves it', () => {
-    for (const cfg of configs) {
-      const l = computeLayout(cfg);
-      const what = JSON.stringify(cfg);
-      const W = cfg.world;
-      const M = cfg.maxRowsPerPeer;
-      const doc = docSlotBytes(cfg);
-      for (const slot of [0, 1]) {
-        for (const [name, reg] of [
-          ['dispatchSignal', l.dispatchSignal],
-          ['combineSignal', l.combineSignal],
-        ] as const) {
-          inSlot(reg, slot, signalOffset(reg, slot, 0), 8, `${what} ${name}`);
-          inSlot(reg, slot, signalOffset(reg, slot, W - 1), 8, `${what} ${name}`);
-          // the word after the last src is just past the described slot contents
-          assert.equal(signalOffset(reg, slot, W), reg.offset + slot * reg.slotBytes + doc[name]);
-        }
-        const splitBytes = l.splitsPerPeer * 4;
-        inSlot(l.recvSplits, slot, splitsOffset(l, slot, W - 1), splitBytes, `${what} splits`);
-        assert.equal(
-          splitsOffset(l, slot, W),
-          l.recvSplits.offset + slot * l.recvSplits.slotBytes + doc.recvSplits,
-        );
-
-        const rowBytes = cfg.dispatchRowBytes;
-        inSlot(l.recvData, slot, recvRowOffset(l, cfg, slot, 0, 0), rowBytes, `${what} recvData first`);
-        inSlot(
-          l.recvData,
-          slot,
-          recvRowOffset(l, cfg, slot, W - 1, M - 1),
-          rowBytes,
-          `${what} recvData last`,
-        );
-        // blocks are contiguous: row M of src s is row 0 of src s + 1
-        if (W > 1) assert.equal(recvRowOffset(l, cfg, slot, 0, M), recvRowOffset(l, cfg, slot, 1, 0));
-        assert.equal(
-          recvRowOffset(l, cfg, slot, W - 1, M),
-          l.recvData.offset + slot * l.recvData.slotBytes + doc.recvData,
-        );
-
-        if (cfg.fp8) {
-          const sb = cfg.groupsPerRow * 4;
-          inSlot(l.recvScales, slot, recvScaleOffset(l, cfg, slot, 0, 0), sb, `${what} scales first`);
-          inSlot(l.recvScales, slot, recvScaleOffset(l, cfg, slot, W - 1, M - 1), sb, `${what} scales last`);
-          assert.equal(
-            recvScaleOffset(l, cfg, slot, W - 1, M),
-            l.recvScales.offset + slot * l.recvScales.slotBytes + doc.recvScales,
-          );
-        }
-
-        if (cfg.dedup) {
-          inSlot(l.recvCarrier, slot, recvCarrierOffset(l, cfg, slot, 0, 0), 4, `${what} carrier first`);
-          inSlot(
-            l.recvCarrier,
-            slot,
-            recvCarrierOffset(l, cfg, slot, W - 1, M - 1),
-            4,
-            `${what} carrier last`,
-          );
-          assert.equal(
-            recvCarrierOffset(l, cfg, slot, W - 1, M),
-            l.recvCarrier.offset + slot * l.recvCarrier.slotBytes + doc.recvCarrier,
-          );
-          const rb = recordBytes(cfg);
-          inSlot(l.recvRecords, slot, recvRecordOffset(l, cfg, slot, 0, 0), rb, `${what} record first`);
-          inSlot(
-            l.recvRecords,
-            slot,
-            recvRecordOffset(l, cfg, slot, W - 1, M - 1),
-            rb,
-            `${what} record last`,
-          );
-          assert.equal(
-            recvRecordOffset(l, cfg, slot, W - 1, M),
-            l.recvRecords.offset + slot * l.recvRecords.slotBytes + doc.recvRecords,
-          );
-          assert.equal(recvRecordOffset(l, cfg, slot, 0, 0) % 16, 0, `${what} records 16-byte aligned`);
-        }
-
-        const cb = cfg.combineRowBytes;
-        inSlot(l.combineRecv, slot, combineRowOffset(l, cfg, slot, 0), cb, `${what} combine first`);
-        inSlot(
-          l.combineRecv,
-          slot,
-          combineRowOffset(l, cfg, slot, l.combineRows - 1),
-          cb,
-          `${what} combine last`,
-        );
-        assert.equal(
-          combineRowOffset(l, cfg, slot, l.combineRows),
-          l.combineRecv.offset + slot * l.combineRecv.slotBytes + doc.combineRecv,
-        );
-      }
-      // slot 2 does not exist: its first element would be past the region's end
-      assert.ok(signalOffset(l.dispatchSignal, 2, 0) >= l.dispatchSignal.offset + l.dispatchSignal.bytes);
-      assert.ok(splitsOffset(l, 2, 0) >= l.recvSplits.offset + l.recvSplits.bytes);
-      assert.ok(recvRowOffset(l, cfg, 2, 0, 0) >= l.recvData.offset + l.recvData.bytes);
-      assert.ok(combineRowOffset(l, cfg, 2, 0) >= l.combineRecv.offset + l.combineRecv.bytes);
-      if (cfg.fp8) assert.ok(recvScaleOffset(l, cfg, 2, 0, 0) >= l.recvScales.offset + l.recvScales.bytes);
-      if (cfg.dedup) {
-        assert.ok(recvCarrierOffset(l, cfg, 2, 0, 0) >= l.recvCarrier.offset + l.recvCarrier.bytes);
-        assert.ok(recvRecordOffset(l, cfg, 2, 0, 0) >= l.recvRecords.offset + l.recvRecords.bytes);
-      }
-    }
-  });
-
-  for (const dedup of [false, true]) {
-    test(`every element of a small config maps to a distinct byte range (no two elements overlap)${dedup ? ', dedup' : ''}`, () => {
-      const cfg = resolveConfig({
-        world: 3,
-        numExperts: 6,
-        hidden: 16,
-        topk: 2,
-        maxTokensPerRank: 3,
-        fp8GroupSize: 8,
-        dedup,
-      });
-      const l = computeLayout(cfg);
-      const owner = new Int32Array(l.totalBytes).fill(-1);
-      let id = 0;
-      const claim = (start: number, size: number) => {
-        assert.ok(start >= 0 && start + size <= l.totalBytes, `[${start}, +${size}) inside the heap`);
-        for (let b = start; b < start + size; b++) {
-          assert.equal(owner[b], -1, `byte ${b} claimed twice`);
-          owner[b] = id;
-        }
-        id++;
-      };
-      for (let slot = 0; slot < 2; slot++) {
-        for (let s = 0; s < cfg.world; s++) {
-          claim(signalOffset(l.dispatchSignal, slot, s), 8);
-          claim(signalOffset(l.combineSignal, slot, s), 8);
-          claim(splitsOffset(l, slot, s), l.splitsPerPeer * 4);
-          for (let row = 0; row < cfg.maxRowsPerPeer; row++) {
-            claim(recvRowOffset(l, cfg, slot, s, row), cfg.dispatchRowBytes);
-            claim(recvScaleOffset(l, cfg, slot, s, row), cfg.groupsPerRow * 4);
-            if (dedup) {
-              claim(recvCarrierOffset(l, cfg, slot, s, row), 4);
-              claim(recvRecordOffset(l, cfg, slot, s, row), recordBytes(cfg));
-            }
-          }
-        }
-        for (let row = 0; row < l.combineRows; row++)
-          claim(combineRowOffset(l, cfg, slot, row), cfg.combineRowBytes);
-      }
-      assert.ok(id > 0);
-    });
-  }
-});
-
-describe('cuda layout: properties on random configs', () => {
-  const r = rng(101);
-  const configs: EpConfig[] = [];
-  for (let i = 0; i < 300; i++) configs.push(randomConfig(r));
-  configs.push(resolveConfig({ world: 8, numExperts: 256, hidden: 7168, topk: 8, maxTokensPerRank: 4096 }));
+  const layouts = layoutsOf(configs);
 
   test('regions are aligned, in order, non-overlapping, sized from the config; expertX has one copy', () => {
-    for (const [i, base] of configs.entries()) {
-      // every other config stages (W > 1): the stage regions are empty otherwise; every fourth dedups
-      const cfg = { ...base, dedup: i % 4 === 0 && base.topk <= 32 };
-      const stageRows = i % 2 === 0 && cfg.world > 1 ? stagedRowsFor(cfg) : 0;
+    for (const [cfg, l, what] of layouts) {
+      const stageRows = l.stageRows;
       const dedup = stageRows > 0 && cfg.dedup;
-      const l = computeDirectLayout(cfg, stageRows);
-      const what = JSON.stringify({ ...cfg, stageRows });
       const W = cfg.world;
       const rows = cfg.expertsPerRank * cfg.expertCapacity;
       const want: Record<string, [number, number]> = {
@@ -443,8 +227,7 @@ describe('cuda layout: properties on random configs', () => {
         stageCarrier: [dedup ? W * stageRows * 4 : 0, 2],
         stageRecords: [dedup ? W * stageRows * alignUp(4 * (1 + 2 * cfg.topk), 16) : 0, 2],
       };
-      assert.equal(l.stageRows, stageRows);
-      const regions = directRegionsOf(l);
+      const regions = regionsOf(l);
       assert.deepEqual(
         regions.map(([n]) => n),
         Object.keys(want),
@@ -459,9 +242,154 @@ describe('cuda layout: properties on random configs', () => {
         end = reg.offset + reg.bytes;
       }
       assert.equal(l.totalBytes, end, `${what}: nothing after the last region`);
+      assert.equal(l.totalBytes % ALIGN, 0);
+      assert.equal(l.splitsPerPeer, cfg.expertsPerRank + 1);
       assert.equal(l.combineRows, cfg.maxTokensPerRank * cfg.topk);
     }
   });
+
+  test('dedup adds its regions last: a heap without dedup keeps its layout and size', () => {
+    for (const [cfg, l] of layouts) {
+      if (l.stageRows === 0) continue;
+      const off = computeLayout({ ...cfg, dedup: false }, l.stageRows);
+      const on = computeLayout({ ...cfg, dedup: true }, l.stageRows);
+      const what = JSON.stringify(cfg);
+      const end = off.stageScales.offset + off.stageScales.bytes;
+      assert.equal(off.totalBytes, end, `${what}: nothing after stageScales without dedup`);
+      const regionsOn = regionsOf(on);
+      for (const [i, [name, reg]] of regionsOf(off).entries()) {
+        if (name === 'stageCarrier' || name === 'stageRecords') continue;
+        assert.deepEqual(regionsOn[i][1], reg, `${what}: ${name} does not move with dedup`);
+      }
+      assert.equal(on.stageCarrier.offset, end);
+      assert.equal(on.stageRecords.offset, on.stageCarrier.offset + on.stageCarrier.bytes);
+      assert.equal(on.totalBytes, on.stageRecords.offset + on.stageRecords.bytes);
+    }
+  });
+
+  test('offset helpers stay inside their region at the extreme indices; one past the last leaves it', () => {
+    for (const [cfg, l, what] of layouts) {
+      const W = cfg.world;
+      const M = l.stageRows;
+      const staged = M > 0;
+      for (const slot of [0, 1]) {
+        for (const [name, reg] of [
+          ['dispatchSignal', l.dispatchSignal],
+          ['combineSignal', l.combineSignal],
+          ['countSignal', l.countSignal],
+        ] as const) {
+          inSlot(reg, slot, signalOffset(reg, slot, 0), 8, `${what} ${name}`);
+          inSlot(reg, slot, signalOffset(reg, slot, W - 1), 8, `${what} ${name}`);
+          // the word after the last src is just past the described slot contents
+          assert.equal(signalOffset(reg, slot, W), reg.offset + slot * reg.slotBytes + W * 8);
+        }
+        const cb = cfg.combineRowBytes;
+        inSlot(l.combineRecv, slot, combineRowOffset(l, cfg, slot, 0), cb, `${what} combine first`);
+        inSlot(
+          l.combineRecv,
+          slot,
+          combineRowOffset(l, cfg, slot, l.combineRows - 1),
+          cb,
+          `${what} combine last`,
+        );
+        assert.equal(
+          combineRowOffset(l, cfg, slot, l.combineRows),
+          l.combineRecv.offset + slot * l.combineRecv.slotBytes + l.combineRows * cb,
+        );
+        if (!staged) continue;
+
+        const splitBytes = l.splitsPerPeer * 4;
+        inSlot(l.stageSplits, slot, splitsOffset(l, slot, W - 1), splitBytes, `${what} splits`);
+        assert.equal(
+          splitsOffset(l, slot, W),
+          l.stageSplits.offset + slot * l.stageSplits.slotBytes + W * splitBytes,
+        );
+        // per entry kind: first and last inside the slot, blocks contiguous, one past the last at the end
+        const kinds: Array<[string, Region, number, (s: number, row: number) => number]> = [
+          ['stageData', l.stageData, cfg.dispatchRowBytes, (s, row) => stageRowOffset(l, cfg, slot, s, row)],
+        ];
+        if (cfg.fp8)
+          kinds.push([
+            'stageScales',
+            l.stageScales,
+            cfg.groupsPerRow * 4,
+            (s, row) => stageScaleOffset(l, cfg, slot, s, row),
+          ]);
+        if (cfg.dedup) {
+          kinds.push(['stageCarrier', l.stageCarrier, 4, (s, row) => stageCarrierOffset(l, slot, s, row)]);
+          kinds.push([
+            'stageRecords',
+            l.stageRecords,
+            recordBytes(cfg),
+            (s, row) => stageRecordOffset(l, cfg, slot, s, row),
+          ]);
+        }
+        for (const [name, reg, size, at] of kinds) {
+          inSlot(reg, slot, at(0, 0), size, `${what} ${name} first`);
+          inSlot(reg, slot, at(W - 1, M - 1), size, `${what} ${name} last`);
+          if (W > 1) assert.equal(at(0, M), at(1, 0), `${what} ${name}: row M of src 0 is row 0 of src 1`);
+          assert.equal(at(W - 1, M), reg.offset + slot * reg.slotBytes + W * M * size, `${what} ${name} end`);
+        }
+        if (cfg.dedup)
+          assert.equal(stageRecordOffset(l, cfg, slot, 0, 0) % 16, 0, `${what} records 16-byte aligned`);
+      }
+      // slot 2 does not exist: its first element would be past the region's end
+      assert.ok(signalOffset(l.dispatchSignal, 2, 0) >= l.dispatchSignal.offset + l.dispatchSignal.bytes);
+      assert.ok(combineRowOffset(l, cfg, 2, 0) >= l.combineRecv.offset + l.combineRecv.bytes);
+      if (staged) {
+        assert.ok(splitsOffset(l, 2, 0) >= l.stageSplits.offset + l.stageSplits.bytes);
+        assert.ok(stageRowOffset(l, cfg, 2, 0, 0) >= l.stageData.offset + l.stageData.bytes);
+      }
+    }
+  });
+
+  for (const dedup of [false, true]) {
+    test(`every element of a small staged config maps to a distinct byte range (no two elements overlap)${dedup ? ', dedup' : ''}`, () => {
+      const cfg = resolveConfig({
+        world: 3,
+        numExperts: 6,
+        hidden: 16,
+        topk: 2,
+        maxTokensPerRank: 3,
+        fp8GroupSize: 8,
+        dedup,
+      });
+      const l = computeLayout(cfg, stagedRowsFor(cfg));
+      const owner = new Int32Array(l.totalBytes).fill(-1);
+      let id = 0;
+      const claim = (start: number, size: number) => {
+        assert.ok(start >= 0 && start + size <= l.totalBytes, `[${start}, +${size}) inside the heap`);
+        for (let b = start; b < start + size; b++) {
+          assert.equal(owner[b], -1, `byte ${b} claimed twice`);
+          owner[b] = id;
+        }
+        id++;
+      };
+      claim(l.expertX.offset, cfg.expertsPerRank * cfg.expertCapacity * cfg.dispatchRowBytes);
+      claim(l.expertScales.offset, cfg.expertsPerRank * cfg.expertCapacity * cfg.groupsPerRow * 4);
+      for (let s = 0; s < cfg.world; s++) claim(signalOffset(l.barrierSignal, 0, s), 8);
+      for (let slot = 0; slot < 2; slot++) {
+        for (let s = 0; s < cfg.world; s++) {
+          claim(signalOffset(l.countSignal, slot, s), 8);
+          claim(signalOffset(l.dispatchSignal, slot, s), 8);
+          claim(signalOffset(l.combineSignal, slot, s), 8);
+          claim(l.counts.offset + slot * l.counts.slotBytes + s * cfg.numExperts * 4, cfg.numExperts * 4);
+          claim(splitsOffset(l, slot, s), l.splitsPerPeer * 4);
+          for (let row = 0; row < l.stageRows; row++) {
+            claim(stageRowOffset(l, cfg, slot, s, row), cfg.dispatchRowBytes);
+            claim(stageScaleOffset(l, cfg, slot, s, row), cfg.groupsPerRow * 4);
+            if (dedup) {
+              claim(stageCarrierOffset(l, slot, s, row), 4);
+              claim(stageRecordOffset(l, cfg, slot, s, row), recordBytes(cfg));
+            }
+          }
+        }
+        for (let row = 0; row < l.combineRows; row++)
+          claim(combineRowOffset(l, cfg, slot, row), cfg.combineRowBytes);
+      }
+      assert.ok(id > 0);
+    });
+  }
 
   test('a stage holds what one source can send one rank in a call', () => {
     const cfg = resolveConfig({ world: 4, numExperts: 32, hidden: 256, topk: 4, maxTokensPerRank: 10 });

@@ -14,12 +14,12 @@ import {
   combineRowOffset,
   type HeapLayout,
   recordBytes,
-  recvCarrierOffset,
-  recvRecordOffset,
-  recvRowOffset,
-  recvScaleOffset,
   signalOffset,
   splitsOffset,
+  stageCarrierOffset,
+  stageRecordOffset,
+  stageRowOffset,
+  stageScaleOffset,
 } from '../../ep/layout.js';
 import { checkExpertCapacity, planRouting } from '../../ep/routing.js';
 import { checkTensor, type HostTensor, hostTensor } from '../../ep/tensor.js';
@@ -41,9 +41,9 @@ interface HandleState {
  * The protocol of DESIGN.md on host memory, over any SymmetricTransport (the cpu transport today).
  * Rows are written straight into the peer's heap where the transport maps it (no staging copy).
  *
- * Outputs (expertX, expertScales, expertCounts) live in buffers the group owns and rewrites on every
- * dispatch; they are handed out only after the call has fully succeeded, so a caller never sees a
- * half-written result.
+ * Outputs (expertX, expertScales, expertCounts) live in buffers the group owns (expertX and its scales in
+ * the heap's regions, the layout both transports share) and rewrites on every dispatch; they are handed
+ * out only after the call has fully succeeded, so a caller never sees a half-written result.
  *
  * With config.dedup a token's row crosses to each owner once (at its carrier row, the token's first
  * row for that owner), with a carrier index for every row and a record per carrier row (the token's
@@ -80,12 +80,15 @@ export class HostEpGroup implements EpGroup<HostTensor> {
       abortCombine: (call) => this.abort('combineSignal', call),
     });
     const rows = c.expertsPerRank * c.expertCapacity;
-    this.expertX = new Uint8Array(rows * c.dispatchRowBytes);
-    this.expertScales = c.fp8 ? new Float32Array(rows * c.groupsPerRow) : null;
+    const local = shmem.local();
+    // the outputs live in the heap's expertX region, as on cuda (peers never write it on this protocol)
+    const at = local.byteOffset + layout.expertX.offset;
+    this.expertX = new Uint8Array(local.buffer, at, rows * c.dispatchRowBytes);
+    const scalesAt = local.byteOffset + layout.expertScales.offset;
+    this.expertScales = c.fp8 ? new Float32Array(local.buffer, scalesAt, rows * c.groupsPerRow) : null;
     this.expertCounts = new Int32Array(c.expertsPerRank);
     this.quantRows = new Uint8Array(c.fp8 ? c.maxTokensPerRank * c.hidden : 0);
     this.quantScales = new Float32Array(c.fp8 ? c.maxTokensPerRank * c.groupsPerRow : 0);
-    const local = shmem.local();
     this.heapI32 = new Int32Array(local.buffer, local.byteOffset, local.byteLength / 4);
     this.heapF32 = new Float32Array(local.buffer, local.byteOffset, local.byteLength / 4);
   }
@@ -168,12 +171,12 @@ export class HostEpGroup implements EpGroup<HostTensor> {
           if (row < 0) continue;
           const d = (idxData[t * k + j] / epr) | 0;
           const r = row - plan.destRowStart[d];
-          const off = recvRowOffset(this.layout, c, slot, this.rank, r);
+          const off = stageRowOffset(this.layout, c, slot, this.rank, r);
           const peer = peers[d];
           if (peer) peer.set(rowSrc, off);
           else this.shmem.put(d, off, rowSrc);
           if (sc) {
-            const sOff = recvScaleOffset(this.layout, c, slot, this.rank, r);
+            const sOff = stageScaleOffset(this.layout, c, slot, this.rank, r);
             if (peer) peer.set(sc, sOff);
             else this.shmem.put(d, sOff, sc);
           }
@@ -275,21 +278,21 @@ export class HostEpGroup implements EpGroup<HostTensor> {
         }
         put(
           d,
-          recvRowOffset(this.layout, c, slot, this.rank, r0),
+          stageRowOffset(this.layout, c, slot, this.rank, r0),
           src.subarray(t * rowBytes, (t + 1) * rowBytes),
         );
         if (c.fp8) {
           const sc = new Uint8Array(this.quantScales.buffer, t * G * 4, G * 4);
-          put(d, recvScaleOffset(this.layout, c, slot, this.rank, r0), sc);
+          put(d, stageScaleOffset(this.layout, c, slot, this.rank, r0), sc);
         }
-        put(d, recvRecordOffset(this.layout, c, slot, this.rank, r0), recBytes);
+        put(d, stageRecordOffset(this.layout, c, slot, this.rank, r0), recBytes);
       }
     }
     for (let d = 0; d < c.world; d++) {
       const block = carrierOf.subarray(plan.destRowStart[d], plan.destRowStart[d + 1]);
       if (block.length === 0) continue;
       const bytes = new Uint8Array(block.buffer, block.byteOffset, block.byteLength);
-      put(d, recvCarrierOffset(this.layout, c, slot, this.rank, 0), bytes);
+      put(d, stageCarrierOffset(this.layout, slot, this.rank, 0), bytes);
     }
     return carriers;
   }
@@ -299,15 +302,21 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     const spp = this.layout.splitsPerPeer;
     let count = 0; // the rows s sent this rank: its split record's counts
     for (let e = 0; e < this.config.expertsPerRank; e++) count += splits[s * spp + e];
-    const start = recvCarrierOffset(this.layout, this.config, slot, s, 0) / 4;
+    const start = stageCarrierOffset(this.layout, slot, s, 0) / 4;
     return this.heapI32.subarray(start, start + count);
+  }
+
+  private expertScalesBytes(): Uint8Array {
+    const sc = this.expertScales as Float32Array;
+    return new Uint8Array(sc.buffer, sc.byteOffset, sc.byteLength);
   }
 
   private expertXTensor(): HostTensor {
     const c = this.config;
     const shape = [c.expertsPerRank, c.expertCapacity, c.hidden];
     if (c.fp8) return hostTensor('fp8_e4m3', shape, this.expertX);
-    return hostTensor('bf16', shape, new Uint16Array(this.expertX.buffer));
+    const x = this.expertX;
+    return hostTensor('bf16', shape, new Uint16Array(x.buffer, x.byteOffset, x.byteLength / 2));
   }
 
   private readSplits(slot: number): Int32Array {
@@ -344,34 +353,41 @@ export class HostEpGroup implements EpGroup<HostTensor> {
   private copyRows(slot: number, s: number, from: number, to: number, n: number): void {
     const c = this.config;
     const rowBytes = c.dispatchRowBytes;
-    const at = recvRowOffset(this.layout, c, slot, s, from);
+    const at = stageRowOffset(this.layout, c, slot, s, from);
     this.expertX.set(this.shmem.local().subarray(at, at + n * rowBytes), to * rowBytes);
     if (this.expertScales) {
       const G = c.groupsPerRow;
-      const sAt = recvScaleOffset(this.layout, c, slot, s, from) / 4;
+      const sAt = stageScaleOffset(this.layout, c, slot, s, from) / 4;
       this.expertScales.set(this.heapF32.subarray(sAt, sAt + n * G), to * G);
     }
   }
 
+  /**
+   * The source-major view [W][maxRowsPerPeer] from the stage ([W][stageRows], stageRows <= maxRowsPerPeer):
+   * each source's block copied to its place.
+   */
   private copyRecv(slot: number, splits: Int32Array): SourceMajorRecv<HostTensor> {
     const c = this.config;
     const local = this.shmem.local();
-    const from = recvRowOffset(this.layout, c, slot, 0, 0);
-    const bytes = local.slice(from, from + c.world * c.maxRowsPerPeer * c.dispatchRowBytes);
-    const shape = [c.world, c.maxRowsPerPeer, c.hidden];
+    const M = c.maxRowsPerPeer;
+    const n = this.layout.stageRows;
+    const rb = c.dispatchRowBytes;
+    const G = c.groupsPerRow;
+    const bytes = new Uint8Array(c.world * M * rb);
+    const scaleData = c.fp8 ? new Float32Array(c.world * M * G) : null;
+    for (let s = 0; s < c.world; s++) {
+      const from = stageRowOffset(this.layout, c, slot, s, 0);
+      bytes.set(local.subarray(from, from + n * rb), s * M * rb);
+      if (scaleData) {
+        const sFrom = stageScaleOffset(this.layout, c, slot, s, 0) / 4;
+        scaleData.set(this.heapF32.subarray(sFrom, sFrom + n * G), s * M * G);
+      }
+    }
+    const shape = [c.world, M, c.hidden];
     const x = c.fp8
       ? hostTensor('fp8_e4m3', shape, bytes)
       : hostTensor('bf16', shape, new Uint16Array(bytes.buffer));
-    let scales: HostTensor | null = null;
-    if (c.fp8) {
-      const sFrom = recvScaleOffset(this.layout, c, slot, 0, 0) / 4;
-      const n = c.world * c.maxRowsPerPeer * c.groupsPerRow;
-      scales = hostTensor(
-        'f32',
-        [c.world, c.maxRowsPerPeer, c.groupsPerRow],
-        this.heapF32.slice(sFrom, sFrom + n),
-      );
-    }
+    const scales = scaleData ? hostTensor('f32', [c.world, M, G], scaleData) : null;
     if (c.dedup) this.fillFromCarriers(slot, splits, bytes, scales?.data as Float32Array | undefined);
     return { x, scales, splits: hostTensor('i32', [c.world, this.layout.splitsPerPeer], splits.slice()) };
   }
@@ -395,10 +411,10 @@ export class HostEpGroup implements EpGroup<HostTensor> {
       for (let r = 0; r < carrier.length; r++) {
         if (carrier[r] === r) continue;
         const to = s * c.maxRowsPerPeer + r;
-        const from = recvRowOffset(this.layout, c, slot, s, carrier[r]);
+        const from = stageRowOffset(this.layout, c, slot, s, carrier[r]);
         bytes.set(local.subarray(from, from + rb), to * rb);
         if (scales) {
-          const sFrom = recvScaleOffset(this.layout, c, slot, s, carrier[r]) / 4;
+          const sFrom = stageScaleOffset(this.layout, c, slot, s, carrier[r]) / 4;
           scales.set(this.heapF32.subarray(sFrom, sFrom + G), to * G);
         }
       }
@@ -494,7 +510,7 @@ export class HostEpGroup implements EpGroup<HostTensor> {
           : null;
       for (let r0 = 0; r0 < count; r0++) {
         if (carrier[r0] !== r0) continue;
-        const rec = recvRecordOffset(this.layout, c, st.slot, s, r0) / 4;
+        const rec = stageRecordOffset(this.layout, c, st.slot, s, r0) / 4;
         rows.length = 0;
         offs.length = 0;
         ws.length = 0;
@@ -598,7 +614,7 @@ export class HostEpGroup implements EpGroup<HostTensor> {
 
   poisonOutputs(byte: number): void {
     this.expertX.fill(byte);
-    if (this.expertScales) new Uint8Array(this.expertScales.buffer).fill(byte);
+    if (this.expertScales) this.expertScalesBytes().fill(byte);
     new Uint8Array(this.expertCounts.buffer).fill(byte);
   }
 

@@ -11,13 +11,7 @@ import { checkUsable } from '../../ep/call-errors.js';
 import { CallSequence, checkCombineInputs, checkDispatchInputs } from '../../ep/call-sequence.js';
 import type { EpConfig } from '../../ep/config.js';
 import type { CombineHandle } from '../../ep/handle.js';
-import {
-  computeDirectLayout,
-  type DirectHeapLayout,
-  recordBytes,
-  signalOffset,
-  stagedRowsFor,
-} from '../../ep/layout.js';
+import { computeLayout, type HeapLayout, recordBytes, signalOffset, stagedRowsFor } from '../../ep/layout.js';
 import { type DType, type HostTensor, hostTensor, numel } from '../../ep/tensor.js';
 import {
   ArgumentError,
@@ -167,7 +161,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
 
   private constructor(
     readonly config: EpConfig,
-    private readonly layout: DirectHeapLayout,
+    private readonly layout: HeapLayout,
     private readonly drv: CudaDriver,
     private readonly heap: CudaHeap,
     private readonly stream: CuStream,
@@ -363,7 +357,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     );
     const path = chooseDispatchPath(config, requested);
     const module = moduleFor(drv, ordinal, deps.moduleImage);
-    const layout = computeDirectLayout(config, path === 'staged' ? stagedRowsFor(config) : 0);
+    const layout = computeLayout(config, path === 'staged' ? stagedRowsFor(config) : 0);
     const heap = await deps.openHeap(
       drv,
       config.world,

@@ -1,5 +1,6 @@
 import type { EpGroup } from './ep/api.js';
 import { type EpConfigInput, resolveConfig } from './ep/config.js';
+import { chooseCpuDispatchPath, requestedDispatchPath } from './ep/dispatch-path.js';
 import { computeLayout, stagedRowsFor } from './ep/layout.js';
 import type { HostTensor } from './ep/tensor.js';
 import { ConfigError } from './errors.js';
@@ -23,12 +24,12 @@ export interface GroupOptions extends EpConfigInput {
   /** cuda: the GPU ordinal; default LOCAL_RANK modulo the number of GPUs. */
   device?: number;
   /**
-   * cuda, W > 1: how a dispatch moves rows between ranks. 'staged' (rows go to their owners at once and
-   * are packed expert-major there), 'direct' (per-expert counts
-   * all-gathered first, then each row stored straight into its final place), or 'auto' (the default:
-   * staged where allowed and measured faster). Every rank passes the same value; the outputs are the
-   * same bytes either way. MOE_A2A_DISPATCH_PATH is used when this is absent. The cpu transport always
-   * runs the staged protocol.
+   * How a dispatch moves rows between ranks. 'staged' (rows go to their owners at once and are packed
+   * expert-major there), 'direct' (per-expert counts all-gathered first, then each row stored straight
+   * into its final place; not with dedup), or 'auto' (the default: cuda stages with dedup and where
+   * measured faster; the cpu transport stages). Every rank passes the same value; the outputs are the
+   * same bytes either way. MOE_A2A_DISPATCH_PATH is used when this is absent. The cpu transport runs
+   * either protocol, at any W; cuda with one rank uses its one-rank kernels whatever is asked.
    */
   dispatchPath?: 'auto' | 'staged' | 'direct';
 }
@@ -69,7 +70,8 @@ export async function createGroup(options: GroupOptions): Promise<EpGroup<unknow
     const { createCudaGroup } = await import('./shmem/cuda/group.js');
     return (await createCudaGroup(config, { ...options, timeoutMs })) as EpGroup<unknown>;
   }
-  const layout = computeLayout(config, stagedRowsFor(config)); // the cpu transport always stages
+  const path = chooseCpuDispatchPath(config, requestedDispatchPath(options.dispatchPath));
+  const layout = computeLayout(config, path === 'staged' ? stagedRowsFor(config) : 0);
   const shmem = await openCpuTransport(config.world, layout.totalBytes, timeoutMs, options.rank);
-  return new HostEpGroup(config, layout, shmem, timeoutMs) as EpGroup<unknown>;
+  return new HostEpGroup(config, layout, shmem, timeoutMs, path) as EpGroup<unknown>;
 }

@@ -1,11 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { resolveConfig } from '../src/ep/config.js';
-import {
-  chooseDispatchPath,
-  parseDispatchPath,
-  STAGED_AUTO_MAX_PAIRS,
-} from '../src/shmem/cuda/dispatch-path.js';
+import { chooseDispatchPath, parseDispatchPath, STAGED_AUTO_MAX_PAIRS } from '../src/ep/dispatch-path.js';
 
 const shape = { numExperts: 256, hidden: 7168, topk: 8, dedup: false };
 

@@ -1,11 +1,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { resolveConfig } from '../ep/config.js';
-import {
-  type DispatchPath,
-  type DispatchPathRequest,
-  parseDispatchPath,
-} from '../shmem/cuda/dispatch-path.js';
+import { type DispatchPath, type DispatchPathRequest, parseDispatchPath } from '../ep/dispatch-path.js';
 import type { Floors } from '../shmem/cuda/floors.js';
 import type { ParsedFlags } from './args.js';
 import {

@@ -19,6 +19,8 @@ export interface VerifyCase {
   tokens: number;
   calls: number;
   seed: number;
+  /** The dispatch path to ask the group for (src/ep/dispatch-path.ts); default: the group's own choice. */
+  dispatchPath?: 'staged' | 'direct';
 }
 
 /** Every rank's inputs for call `call` of a case: the same on every rank, so each can run the oracle. */

@@ -1,10 +1,10 @@
 import { createGroup, type TransportName } from '../create.js';
 import type { EpGroup } from '../ep/api.js';
 import { type EpConfigInput, resolveConfig } from '../ep/config.js';
+import type { DispatchPath, DispatchPathRequest } from '../ep/dispatch-path.js';
 import { mixSeed, Rng, randomBf16, randomTopk, randomWeights } from '../ep/random.js';
 import { hostTensor } from '../ep/tensor.js';
 import type { DeviceTensor } from '../shmem/cuda/device-tensor.js';
-import type { DispatchPath, DispatchPathRequest } from '../shmem/cuda/dispatch-path.js';
 import { bareLaunchUs, copyBandwidth, type Floors, measureFloors, median } from '../shmem/cuda/floors.js';
 import { CudaEpGroup } from '../shmem/cuda/group.js';
 import { GRAPHS_PER_SEQUENCE, type LaunchMode } from '../shmem/cuda/launch-queue.js';

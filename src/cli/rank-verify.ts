@@ -54,7 +54,12 @@ export async function runVerify(
     let lastReport = t0;
     try {
       const cfg = resolveConfig(kase.config);
-      group = await createGroup({ ...kase.config, transport: task.transport, timeoutMs: task.timeoutMs });
+      group = await createGroup({
+        ...kase.config,
+        transport: task.transport,
+        timeoutMs: task.timeoutMs,
+        ...(kase.dispatchPath ? { dispatchPath: kase.dispatchPath } : {}),
+      });
       let message: string | undefined;
       const graph = task.graph && group instanceof CudaEpGroup ? group.captureGraph(kase.tokens) : null;
       // every call runs even after a mismatch, so that the ranks stay in step; the first one is reported

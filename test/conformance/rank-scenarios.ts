@@ -21,6 +21,8 @@ export interface ScenarioTask {
   timeoutMs: number;
   /** silent-rank / throwing-rank: the rank that misbehaves. */
   culprit?: number;
+  /** The dispatch path the groups ask for (errors: the refusals reach peers through either protocol). */
+  dispatchPath?: 'staged' | 'direct';
 }
 
 export interface Observation {
@@ -70,6 +72,7 @@ async function openGroup(task: ScenarioTask, kase: VerifyCase) {
     ...kase.config,
     transport: task.transport,
     timeoutMs: task.timeoutMs,
+    ...(task.dispatchPath && kase.config.dedup !== true ? { dispatchPath: task.dispatchPath } : {}),
   });
   current = g;
   return { g, cfg: resolveConfig(kase.config) };

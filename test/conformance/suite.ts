@@ -57,6 +57,16 @@ export function conformanceSuite(transport: 'cpu' | 'cuda', skip: string | false
         await verifyAll(transport, cases);
       });
 
+      if (!dedup) {
+        it('matches the oracle bit for bit over the direct protocol too (count exchange, rows straight into expertX)', async () => {
+          const cases = defaultSuite(13, 2)
+            .filter((c) => c.config.hidden === 256 && c.config.world <= 4 && ofKind(c))
+            .map((c) => ({ ...c, name: `${c.name} direct`, dispatchPath: 'direct' as const }));
+          assert.ok(cases.length >= 40);
+          await verifyAll(transport, cases);
+        });
+      }
+
       it(`stays bit-exact over 200 consecutive calls with fresh data (W = 4${tag})`, async () => {
         const base = defaultSuite(5, 200).find(
           (c) => c.config.world === 4 && c.scenario === 'random' && c.config.fp8 && ofKind(c),
@@ -115,9 +125,19 @@ export function conformanceSuite(transport: 'cpu' | 'cuda', skip: string | false
       });
     }
 
-    for (const world of [1, 2]) {
-      it(`rejects bad inputs with named errors, and the next call on the same group is correct (W = ${world})`, async () => {
-        const settled = await scenario(transport, { scenario: 'errors', world, timeoutMs: 10_000 });
+    for (const [world, dispatchPath] of [
+      [1, undefined],
+      [2, undefined],
+      [2, 'direct'],
+    ] as const) {
+      const tag = dispatchPath ? `, ${dispatchPath}` : '';
+      it(`rejects bad inputs with named errors, and the next call on the same group is correct (W = ${world}${tag})`, async () => {
+        const settled = await scenario(transport, {
+          scenario: 'errors',
+          world,
+          timeoutMs: 10_000,
+          dispatchPath,
+        });
         const all = settled.map((s, r) => `rank ${r}: ${JSON.stringify(s.report ?? s.died)}`).join('\n');
         for (const [rank, s] of settled.entries()) {
           assert.ok(s.report?.ok, all);

@@ -9,6 +9,7 @@ import { checkUsable, peerAbortedError } from '../../ep/call-errors.js';
 import { CallSequence, checkCombineInputs, checkDispatchInputs } from '../../ep/call-sequence.js';
 import { BF16_DECODE, f32BitsToBf16, quantizeRowsFp8, weightedSumBf16 } from '../../ep/codec.js';
 import type { EpConfig } from '../../ep/config.js';
+import type { DispatchPath } from '../../ep/dispatch-path.js';
 import type { CombineHandle } from '../../ep/handle.js';
 import {
   combineRowOffset,
@@ -25,6 +26,8 @@ import { checkExpertCapacity, planRouting } from '../../ep/routing.js';
 import { checkTensor, type HostTensor, hostTensor } from '../../ep/tensor.js';
 import type { MoeA2aError } from '../../errors.js';
 import { ABORT_BIT, type SymmetricTransport } from '../transport.js';
+
+type SignalRegion = 'countSignal' | 'dispatchSignal' | 'combineSignal';
 
 interface HandleState {
   slot: number;
@@ -72,11 +75,14 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     private readonly layout: HeapLayout,
     private readonly shmem: SymmetricTransport,
     private readonly timeoutMs: number,
+    /** How dispatch moves rows (src/ep/dispatch-path.ts); 'direct' needs a layout without a stage. */
+    readonly dispatchPath: DispatchPath = 'staged',
   ) {
     const c = config;
     this.rank = shmem.rank;
     this.sequence = new CallSequence<HandleState>(this, this.rank, {
-      abortDispatch: (call) => this.abort('dispatchSignal', call),
+      // direct: peers wait for the counts first, so that is where they must learn of the abort
+      abortDispatch: (call) => this.abort(dispatchPath === 'direct' ? 'countSignal' : 'dispatchSignal', call),
       abortCombine: (call) => this.abort('combineSignal', call),
     });
     const rows = c.expertsPerRank * c.expertCapacity;
@@ -98,16 +104,16 @@ export class HostEpGroup implements EpGroup<HostTensor> {
   }
 
   /** Tells every peer that this rank abandons call `call` (its input was invalid), so none waits for it. */
-  private abort(region: 'dispatchSignal' | 'combineSignal', call: number): void {
+  private abort(region: SignalRegion, call: number): void {
     const off = signalOffset(this.layout[region], call & 1, this.rank);
     for (let d = 0; d < this.config.world; d++) this.shmem.signal(d, off, BigInt(call) | ABORT_BIT);
   }
 
   /** Waits for every peer's signal of this call; an abort from a peer becomes PeerFailedError. */
-  private waitAll(region: 'dispatchSignal' | 'combineSignal', call: number): void {
+  private waitAll(region: SignalRegion, call: number): void {
     const slot = call & 1;
     const deadline = performance.now() + this.timeoutMs;
-    const phase = region === 'dispatchSignal' ? 'dispatch' : 'combine';
+    const phase = region === 'combineSignal' ? 'combine' : 'dispatch';
     for (let s = 0; s < this.config.world; s++) {
       const peer = (this.rank + s) % this.config.world;
       let r: string;
@@ -145,7 +151,6 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     const weights = options.topkWeights ? Float32Array.from(options.topkWeights.data as Float32Array) : null;
     const xs = x.data as Uint16Array;
     const idxData = topkIdx.data as Int32Array;
-    const rowBytes = c.dispatchRowBytes;
     const G = c.groupsPerRow;
     let src: Uint8Array;
     if (c.fp8) {
@@ -155,59 +160,44 @@ export class HostEpGroup implements EpGroup<HostTensor> {
       src = new Uint8Array(xs.buffer, xs.byteOffset, xs.byteLength);
     }
     const epr = c.expertsPerRank;
-    const k = c.topk;
     const peers = Array.from({ length: c.world }, (_, d) => this.shmem.mapped(d));
     let carriers: Uint8Array | null = null;
-    if (c.dedup) {
-      carriers = this.sendDedup(src, T, idxData, weights as Float32Array, plan, slot, peers);
+    let splits: Int32Array;
+    if (this.dispatchPath === 'direct') {
+      splits = this.sendDirect(src, T, idxData, plan, slot, call, peers);
     } else {
-      // Token order, not row order: each token's row is read once (it stays in cache) and written to
-      // each of its destinations; the rows land at the same places as in the protocol's row order.
-      for (let t = 0; t < T; t++) {
-        const rowSrc = src.subarray(t * rowBytes, (t + 1) * rowBytes);
-        const sc = c.fp8 ? new Uint8Array(this.quantScales.buffer, t * G * 4, G * 4) : null;
-        for (let j = 0; j < k; j++) {
-          const row = plan.pairRow[t * k + j];
-          if (row < 0) continue;
-          const d = (idxData[t * k + j] / epr) | 0;
-          const r = row - plan.destRowStart[d];
-          const off = stageRowOffset(this.layout, c, slot, this.rank, r);
-          const peer = peers[d];
-          if (peer) peer.set(rowSrc, off);
-          else this.shmem.put(d, off, rowSrc);
-          if (sc) {
-            const sOff = stageScaleOffset(this.layout, c, slot, this.rank, r);
-            if (peer) peer.set(sc, sOff);
-            else this.shmem.put(d, sOff, sc);
-          }
-        }
+      if (c.dedup) carriers = this.sendDedup(src, T, idxData, weights as Float32Array, plan, slot, peers);
+      else this.sendStaged(src, T, idxData, plan, slot, peers);
+      this.shmem.fence();
+      for (let i = 1; i <= c.world; i++) {
+        const d = (this.rank + i) % c.world; // start with the next rank so senders spread over receivers
+        const rec = new Int32Array(epr + 1);
+        for (let e = 0; e < epr; e++) rec[e] = plan.expertCounts[d * epr + e];
+        rec[epr] = plan.destRowStart[d];
+        this.shmem.putWithSignal(
+          d,
+          splitsOffset(this.layout, slot, this.rank),
+          new Uint8Array(rec.buffer),
+          signalOffset(this.layout.dispatchSignal, slot, this.rank),
+          BigInt(call),
+        );
       }
+      this.waitAll('dispatchSignal', call);
+      splits = this.readSplits(slot);
     }
-    this.shmem.fence();
-    for (let i = 1; i <= c.world; i++) {
-      const d = (this.rank + i) % c.world; // start with the next rank so senders spread over receivers
-      const rec = new Int32Array(epr + 1);
-      for (let e = 0; e < epr; e++) rec[e] = plan.expertCounts[d * epr + e];
-      rec[epr] = plan.destRowStart[d];
-      this.shmem.putWithSignal(
-        d,
-        splitsOffset(this.layout, slot, this.rank),
-        new Uint8Array(rec.buffer),
-        signalOffset(this.layout.dispatchSignal, slot, this.rank),
-        BigInt(call),
-      );
-    }
-    this.waitAll('dispatchSignal', call);
-    const splits = this.readSplits(slot);
     try {
       checkExpertCapacity(c, this.rank, splits, this.layout.splitsPerPeer);
     } catch (err) {
       this.abort('combineSignal', call); // peers will not wait in combine for a rank that cannot combine
       throw err;
     }
-    this.repack(slot, splits);
+    if (this.dispatchPath === 'direct') this.countRows(splits);
+    else this.repack(slot, splits);
     const state: HandleState = { slot, numTokens: T, pairRow: plan.pairRow, weights, splits, carriers };
     const handle = this.sequence.issue(call, T, state);
+    let recv: SourceMajorRecv<HostTensor> | null = null;
+    if (options.returnRecv)
+      recv = this.dispatchPath === 'direct' ? this.viewFromExpertX(splits) : this.copyRecv(slot, splits);
     return {
       expertX: this.expertXTensor(),
       expertScales: this.expertScales
@@ -215,8 +205,168 @@ export class HostEpGroup implements EpGroup<HostTensor> {
         : null,
       expertCounts: hostTensor('i32', [epr], this.expertCounts),
       handle,
-      recv: options.returnRecv ? this.copyRecv(slot, splits) : null,
+      recv,
     };
+  }
+
+  /** Staged send, without dedup: each row and its scales into its owner's stage, at its row for that owner. */
+  private sendStaged(
+    src: Uint8Array,
+    T: number,
+    idxData: Int32Array,
+    plan: ReturnType<typeof planRouting>,
+    slot: number,
+    peers: (Uint8Array | null)[],
+  ): void {
+    const c = this.config;
+    const k = c.topk;
+    const epr = c.expertsPerRank;
+    const rowBytes = c.dispatchRowBytes;
+    const G = c.groupsPerRow;
+    // Token order, not row order: each token's row is read once (it stays in cache) and written to
+    // each of its destinations; the rows land at the same places as in the protocol's row order.
+    for (let t = 0; t < T; t++) {
+      const rowSrc = src.subarray(t * rowBytes, (t + 1) * rowBytes);
+      const sc = c.fp8 ? new Uint8Array(this.quantScales.buffer, t * G * 4, G * 4) : null;
+      for (let j = 0; j < k; j++) {
+        const row = plan.pairRow[t * k + j];
+        if (row < 0) continue;
+        const d = (idxData[t * k + j] / epr) | 0;
+        const r = row - plan.destRowStart[d];
+        const off = stageRowOffset(this.layout, c, slot, this.rank, r);
+        const peer = peers[d];
+        if (peer) peer.set(rowSrc, off);
+        else this.shmem.put(d, off, rowSrc);
+        if (sc) {
+          const sOff = stageScaleOffset(this.layout, c, slot, this.rank, r);
+          if (peer) peer.set(sc, sOff);
+          else this.shmem.put(d, sOff, sc);
+        }
+      }
+    }
+  }
+
+  /**
+   * Direct send (the cuda transport's ep_route + ep_dispatch): this rank's per-expert counts to every
+   * rank (counts[slot][me], then countSignal), and once every rank's counts are in, each row straight
+   * into its final place in its owner's expertX: local expert le of owner d, after the rows of the
+   * sources before this rank, in this rank's order. Rows of an expert over capacity are not stored (its
+   * owner fails the call). Then dispatchSignal to every rank and a wait for every rank's. Returns the
+   * split records the staged protocol would have received (per source: rows per local expert, m_st).
+   */
+  private sendDirect(
+    src: Uint8Array,
+    T: number,
+    idxData: Int32Array,
+    plan: ReturnType<typeof planRouting>,
+    slot: number,
+    call: number,
+    peers: (Uint8Array | null)[],
+  ): Int32Array {
+    const c = this.config;
+    const { numExperts: E, world: W, topk: k, expertsPerRank: epr, expertCapacity: cap } = c;
+    const rowBytes = c.dispatchRowBytes;
+    const G = c.groupsPerRow;
+    const L = this.layout;
+    const countsAt = (s: number) => L.counts.offset + slot * L.counts.slotBytes + s * E * 4;
+    const mine = new Uint8Array(plan.expertCounts.buffer, plan.expertCounts.byteOffset, E * 4);
+    for (let i = 1; i <= W; i++) {
+      const d = (this.rank + i) % W;
+      this.shmem.putWithSignal(
+        d,
+        countsAt(this.rank),
+        mine,
+        signalOffset(L.countSignal, slot, this.rank),
+        BigInt(call),
+      );
+    }
+    this.waitAll('countSignal', call);
+    const counts = this.heapI32.slice(countsAt(0) / 4, countsAt(0) / 4 + W * E); // [W][E]
+    const before = new Int32Array(E); // rows of each expert from the sources before this rank
+    const total = new Int32Array(E);
+    for (let s = 0; s < W; s++) {
+      for (let e = 0; e < E; e++) {
+        if (s < this.rank) before[e] += counts[s * E + e];
+        total[e] += counts[s * E + e];
+      }
+    }
+    const put = (d: number, off: number, bytes: Uint8Array) => {
+      const peer = peers[d];
+      if (peer) peer.set(bytes, off);
+      else this.shmem.put(d, off, bytes);
+    };
+    for (let t = 0; t < T; t++) {
+      const rowSrc = src.subarray(t * rowBytes, (t + 1) * rowBytes);
+      const sc = c.fp8 ? new Uint8Array(this.quantScales.buffer, t * G * 4, G * 4) : null;
+      for (let j = 0; j < k; j++) {
+        const p = t * k + j;
+        const row = plan.pairRow[p];
+        const e = idxData[p];
+        if (row < 0 || total[e] > cap) continue;
+        const d = (e / epr) | 0;
+        const r = (e - d * epr) * cap + before[e] + (row - plan.expertOffsets[e]);
+        put(d, L.expertX.offset + r * rowBytes, rowSrc);
+        if (sc) put(d, L.expertScales.offset + r * G * 4, sc);
+      }
+    }
+    this.shmem.fence();
+    for (let i = 1; i <= W; i++) {
+      const d = (this.rank + i) % W;
+      this.shmem.signal(d, signalOffset(L.dispatchSignal, slot, this.rank), BigInt(call));
+    }
+    this.waitAll('dispatchSignal', call);
+    const spp = L.splitsPerPeer;
+    const splits = new Int32Array(W * spp);
+    const first = this.rank * epr; // this rank's first expert
+    for (let s = 0; s < W; s++) {
+      for (let le = 0; le < epr; le++) splits[s * spp + le] = counts[s * E + first + le];
+      let mSt = 0; // s's rows for experts before this rank's: where its rows for me start in its order
+      for (let e = 0; e < first; e++) mSt += counts[s * E + e];
+      splits[s * spp + epr] = mSt;
+    }
+    return splits;
+  }
+
+  /** Direct: the rows are in place already; expertCounts from the split records. */
+  private countRows(splits: Int32Array): void {
+    const c = this.config;
+    const spp = this.layout.splitsPerPeer;
+    this.expertCounts.fill(0);
+    for (let s = 0; s < c.world; s++)
+      for (let e = 0; e < c.expertsPerRank; e++) this.expertCounts[e] += splits[s * spp + e];
+  }
+
+  /**
+   * Direct: the source-major view [W][maxRowsPerPeer] rebuilt from expertX (what ep_recv_view does):
+   * row m of source s is its m-th row for this rank in its own (expert-sorted) order.
+   */
+  private viewFromExpertX(splits: Int32Array): SourceMajorRecv<HostTensor> {
+    const c = this.config;
+    const { world: W, expertsPerRank: epr, expertCapacity: cap, maxRowsPerPeer: M } = c;
+    const rb = c.dispatchRowBytes;
+    const G = c.groupsPerRow;
+    const spp = this.layout.splitsPerPeer;
+    const bytes = new Uint8Array(W * M * rb);
+    const scaleData = this.expertScales ? new Float32Array(W * M * G) : null;
+    const base = new Int32Array(epr); // rows of each expert taken by sources before s
+    for (let s = 0; s < W; s++) {
+      let m = 0;
+      for (let e = 0; e < epr; e++) {
+        const n = splits[s * spp + e];
+        const from = e * cap + base[e];
+        bytes.set(this.expertX.subarray(from * rb, (from + n) * rb), (s * M + m) * rb);
+        if (scaleData && this.expertScales)
+          scaleData.set(this.expertScales.subarray(from * G, (from + n) * G), (s * M + m) * G);
+        base[e] += n;
+        m += n;
+      }
+    }
+    const shape = [W, M, c.hidden];
+    const x = c.fp8
+      ? hostTensor('fp8_e4m3', shape, bytes)
+      : hostTensor('bf16', shape, new Uint16Array(bytes.buffer));
+    const scales = scaleData ? hostTensor('f32', [W, M, G], scaleData) : null;
+    return { x, scales, splits: hostTensor('i32', [W, spp], splits.slice()) };
   }
 
   /**

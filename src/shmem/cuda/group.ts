@@ -10,6 +10,7 @@ import type {
 import { checkUsable } from '../../ep/call-errors.js';
 import { CallSequence, checkCombineInputs, checkDispatchInputs } from '../../ep/call-sequence.js';
 import type { EpConfig } from '../../ep/config.js';
+import { chooseDispatchPath, type DispatchPath, requestedDispatchPath } from '../../ep/dispatch-path.js';
 import type { CombineHandle } from '../../ep/handle.js';
 import { computeLayout, type HeapLayout, recordBytes, signalOffset, stagedRowsFor } from '../../ep/layout.js';
 import { type DType, type HostTensor, hostTensor, numel } from '../../ep/tensor.js';
@@ -36,7 +37,6 @@ import {
 import { fatbinPath } from './available.js';
 import { deviceError } from './device-errors.js';
 import { DeviceTensor, elementBytes } from './device-tensor.js';
-import { chooseDispatchPath, type DispatchPath, parseDispatchPath } from './dispatch-path.js';
 import {
   type CudaDriver,
   type CuEvent,
@@ -351,11 +351,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     const localRank = Number(process.env.LOCAL_RANK ?? 0);
     const ordinal = options.device ?? localRank % drv.deviceCount;
     drv.useDevice(ordinal);
-    const requested = parseDispatchPath(
-      options.dispatchPath ?? process.env.MOE_A2A_DISPATCH_PATH ?? 'auto',
-      options.dispatchPath !== undefined ? 'dispatchPath' : 'MOE_A2A_DISPATCH_PATH',
-    );
-    const path = chooseDispatchPath(config, requested);
+    const path = chooseDispatchPath(config, requestedDispatchPath(options.dispatchPath));
     const module = moduleFor(drv, ordinal, deps.moduleImage);
     const layout = computeLayout(config, path === 'staged' ? stagedRowsFor(config) : 0);
     const heap = await deps.openHeap(

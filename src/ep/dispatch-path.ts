@@ -1,5 +1,5 @@
-import type { EpConfig } from '../../ep/config.js';
-import { ConfigError } from '../../errors.js';
+import { ConfigError } from '../errors.js';
+import type { EpConfig } from './config.js';
 
 /**
  * How a cuda group moves a dispatch's rows between ranks (kernels/ep.cu, "The protocol"):
@@ -36,16 +36,34 @@ export function chooseDispatchPath(cfg: EpConfig, requested: DispatchPathRequest
   if (cfg.world === 1) return 'direct';
   if (cfg.dedup) {
     // de-duplication rides on the stage: a token's row is staged once per owner, which fans it out
-    if (requested === 'direct') {
-      throw new ConfigError(
-        "dedup (on by default) needs dispatchPath 'staged' (or 'auto'), got 'direct'; pass dedup: false to go direct",
-        {
-          fields: 'dedup,dispatchPath',
-        },
-      );
-    }
+    if (requested === 'direct') throw dedupDirectError();
     return 'staged';
   }
   if (requested !== 'auto') return requested;
   return cfg.maxTokensPerRank * cfg.topk <= STAGED_AUTO_MAX_PAIRS ? 'staged' : 'direct';
+}
+
+/**
+ * The cpu transport runs either protocol at any W, as the executable specification of both: 'direct'
+ * when asked for (not with dedup), else staged.
+ */
+export function chooseCpuDispatchPath(cfg: EpConfig, requested: DispatchPathRequest = 'auto'): DispatchPath {
+  if (requested !== 'direct') return 'staged';
+  if (cfg.dedup) throw dedupDirectError();
+  return 'direct';
+}
+
+/** The path a group's options ask for: `option`, else MOE_A2A_DISPATCH_PATH, else 'auto'. */
+export function requestedDispatchPath(option: unknown): DispatchPathRequest {
+  return parseDispatchPath(
+    option ?? process.env.MOE_A2A_DISPATCH_PATH ?? 'auto',
+    option !== undefined ? 'dispatchPath' : 'MOE_A2A_DISPATCH_PATH',
+  );
+}
+
+function dedupDirectError(): ConfigError {
+  return new ConfigError(
+    "dedup (on by default) needs dispatchPath 'staged' (or 'auto'), got 'direct'; pass dedup: false to go direct",
+    { fields: 'dedup,dispatchPath' },
+  );
 }

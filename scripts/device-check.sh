@@ -3,7 +3,7 @@
 # compiled into .device/build/ by `npm run build:device`. Logs go to $OUT.
 # Usage: scripts/device-check.sh <step>...
 #   steps: driver smoke smoke2 conformance failures verify v3w1 long graph sanitizer bench bench2 probe launch profile
-#          deepep-build paths2 paths4 large2 large4 v3w2 long4 bench-w2 sanitizer2
+#          deepep-build paths2 paths4 large2 large4 v3w2 long4 bench-w2 sanitizer2 ep (EP_W ranks, default 8)
 # FAILFAST=1 stops at the first step that fails. The steps ending in 2/4 want that many GPUs (ranks are
 # one process per GPU); deepep-build needs .peers/ (a copy of ../shared/peers) and runs in the background.
 set -uo pipefail
@@ -40,6 +40,13 @@ large() {
         --topk 8 --tokens 513,2048 --scenario random,dropped,skewed,ragged --fp8 $d --calls 2
     done
   done
+}
+# the bench at BENCH_W ranks beside DeepEP when deepep-build built it (waits for it up to DEEPEP_WAIT_S)
+bench_ranks() {
+  for i in $(seq 1 ${DEEPEP_WAIT_S:-200}); do [ -f /tmp/deepep.done ] && break; sleep 1; done
+  local dep=""; [ -f /tmp/deepep.done ] && ls /tmp/deepep_bench/DeepEP/deep_ep_cpp*.so >/dev/null 2>&1 && dep="--deepep /tmp/deepep_bench/DeepEP"
+  TAIL=80 run bench-w${BENCH_W:-2} timeout ${BENCH_S:-480} $cli bench --transport cuda --world ${BENCH_W:-2} --tokens ${BENCH_T:-1,32,128,512,4096} --iters ${BENCH_ITERS:-200} --warmup 20 $dep ${BENCH_ARGS:-}
+  newest_results
 }
 # the bench's newest JSON + SVG (bench/results/ on this machine holds older runs too)
 newest_results() { mkdir -p "$OUT/results" && ls -t bench/results/*-cuda-* 2>/dev/null | head -2 | xargs -r cp -t "$OUT/results/"; }
@@ -86,6 +93,17 @@ for step in "$@"; do
       # DeepEP (../shared/peers, copied into .peers/) built in the background; bench-w2 waits for it
       ( STAGE=build OUT=$OUT/deepep bash .peers/deepep_build_bench.sh > "$OUT/deepep-build.log" 2>&1; echo done > /tmp/deepep.done ) &
       echo "== deepep-build: started in the background" ;;
+    ep)
+      # one EP run at EP_W ranks (default 8, one GPU each), in one go: verify bit-exact (FP8 on and off,
+      # dedup on and off, every routing scenario; the DeepSeek-V3 shape), 10,000 consecutive calls, then the
+      # bench (serving loop, per phase, stamps) beside DeepEP (run deepep-build first) and PyTorch + NCCL
+      local_w=${EP_W:-8}
+      TAIL=4 run ep$local_w-verify timeout 500 $cli verify --transport cuda --world $local_w --experts $((local_w * 8)) --hidden 512 \
+        --topk 4 --tokens 0,1,33,128,300 --scenario random,dropped,skewed,ragged --calls 2
+      TAIL=6 run ep$local_w-v3 timeout 400 $cli verify --transport cuda --world $local_w --tokens 1,128 --scenario random,skewed --calls 1
+      TAIL=3 run ep$local_w-long timeout 500 $cli verify --transport cuda --world $local_w --experts $((local_w * 4)) --hidden 512 \
+        --topk 4 --tokens 16 --fp8 --scenario random --calls 10000 --dedup
+      BENCH_W=$local_w BENCH_ARGS="--stamps 1,128,4096 ${BENCH_ARGS:-}" bench_ranks ;;
     paths2) paths 2 ;;
     large2) large 2 ;;
     large4) large 4 ;;
@@ -103,11 +121,7 @@ for step in "$@"; do
         MOE_A2A_DISPATCH_PATH=$e run memcheck2-$p timeout 300 compute-sanitizer --tool memcheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 256 --topk 4 --tokens 8 $d
         MOE_A2A_DISPATCH_PATH=$e run racecheck2-$p timeout 300 compute-sanitizer --tool racecheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 256 --topk 4 --tokens 8 $d
       done ;;
-    bench-w2)
-      for i in $(seq 1 ${DEEPEP_WAIT_S:-200}); do [ -f /tmp/deepep.done ] && break; sleep 1; done
-      dep=""; [ -f /tmp/deepep.done ] && ls /tmp/deepep_bench/DeepEP/deep_ep_cpp*.so >/dev/null 2>&1 && dep="--deepep /tmp/deepep_bench/DeepEP"
-      TAIL=80 run bench-w2 timeout ${BENCH_S:-480} $cli bench --transport cuda --world ${BENCH_W:-2} --tokens ${BENCH_T:-1,32,128,512,4096} --iters ${BENCH_ITERS:-200} --warmup 20 $dep ${BENCH_ARGS:-}
-      newest_results ;;
+    bench-w2) bench_ranks ;;
     *) echo "unknown step $step" ;;
   esac
 done

@@ -1567,9 +1567,12 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_send(const
   __shared__ LocalTables S;
   __shared__ int sLast;
   allow_dependents();
+  // (the row blocks of a large batch skip load_ids, whose own check covers k and E)
   host_requires(gridDim.x >= 2 && a.world >= 2 && a.numTokens * a.topk <= EP_MAX_PAIRS &&
+                    a.topk <= EP_MAX_TOPK && a.numExperts <= EP_MAX_EXPERTS &&
                     (a.numTokens == 0 || a.stageRows >= 1) && (!a.dedup || a.topk <= 32),
-                "ep_stage_send: grid >= 2, W > 1, T*k <= EP_MAX_PAIRS, a stage, k <= 32 with dedup");
+                "ep_stage_send: grid >= 2, W > 1, T*k <= EP_MAX_PAIRS, k <= EP_MAX_TOPK, E <= EP_MAX_EXPERTS, a stage, "
+                "k <= 32 with dedup");
   if (blockIdx.x == 0 && threadIdx.x == 0) stamp(a, EP_STAMP_DISPATCH_BEGIN);
   EpState* st = state_of(a);
   if (blockIdx.x == gridDim.x - 1) {

@@ -122,8 +122,8 @@ for step in "$@"; do
         MOE_A2A_DISPATCH_PATH=$e run racecheck2-$p timeout 300 compute-sanitizer --tool racecheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 256 --topk 4 --tokens 8 $d
       done
       # T*k > 4096: the stage's send blocks read the ids from L2 (dedup on, the default)
-      run memcheck2-large timeout 400 compute-sanitizer --tool memcheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 64 --topk 4 --tokens 1100 --scenario random --calls 1 --dedup --fp8
-      run racecheck2-large timeout 400 compute-sanitizer --tool racecheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 64 --topk 4 --tokens 1100 --scenario random --calls 1 --dedup --fp8 ;;
+      run memcheck2-large timeout 400 compute-sanitizer --tool memcheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 128 --topk 4 --tokens 1100 --scenario random --calls 1 --dedup --fp8
+      run racecheck2-large timeout 400 compute-sanitizer --tool racecheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 128 --topk 4 --tokens 1100 --scenario random --calls 1 --dedup --fp8 ;;
     bench-w2) bench_ranks ;;
     *) echo "unknown step $step" ;;
   esac

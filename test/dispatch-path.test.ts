@@ -44,6 +44,38 @@ describe('the dispatch path of a cuda group', () => {
     assert.equal(chooseDispatchPath(one, 'auto'), 'direct');
   });
 
+  test('the cpu transport runs either protocol at any W: direct only when asked, and never with dedup', () => {
+    for (const world of [1, 2, 4]) {
+      const cfg = resolveConfig({ ...shape, world, maxTokensPerRank: 4096 });
+      assert.equal(chooseCpuDispatchPath(cfg, 'auto'), 'staged');
+      assert.equal(chooseCpuDispatchPath(cfg, 'staged'), 'staged');
+      assert.equal(chooseCpuDispatchPath(cfg, 'direct'), 'direct');
+      const dd = resolveConfig({ ...shape, world, maxTokensPerRank: 4, dedup: true });
+      assert.equal(chooseCpuDispatchPath(dd, 'auto'), 'staged');
+      assert.throws(() => chooseCpuDispatchPath(dd, 'direct'), {
+        code: 'MOE_CONFIG',
+        message: /pass dedup: false/,
+      });
+    }
+  });
+
+  test('the request: the option, else MOE_A2A_DISPATCH_PATH, else auto; a bad one names its source', () => {
+    const saved = process.env.MOE_A2A_DISPATCH_PATH;
+    try {
+      delete process.env.MOE_A2A_DISPATCH_PATH;
+      assert.equal(requestedDispatchPath(undefined), 'auto');
+      process.env.MOE_A2A_DISPATCH_PATH = 'direct';
+      assert.equal(requestedDispatchPath(undefined), 'direct');
+      assert.equal(requestedDispatchPath('staged'), 'staged', 'the option wins');
+      assert.throws(() => requestedDispatchPath('fast'), { message: /^dispatchPath must be/ });
+      process.env.MOE_A2A_DISPATCH_PATH = 'quick';
+      assert.throws(() => requestedDispatchPath(undefined), { message: /^MOE_A2A_DISPATCH_PATH must be/ });
+    } finally {
+      if (saved === undefined) delete process.env.MOE_A2A_DISPATCH_PATH;
+      else process.env.MOE_A2A_DISPATCH_PATH = saved;
+    }
+  });
+
   test('parseDispatchPath names where a bad value came from', () => {
     assert.equal(parseDispatchPath('staged', 'x'), 'staged');
     assert.throws(() => parseDispatchPath('fast', 'MOE_A2A_DISPATCH_PATH'), {

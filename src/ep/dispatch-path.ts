@@ -2,13 +2,14 @@ import { ConfigError } from '../errors.js';
 import type { EpConfig } from './config.js';
 
 /**
- * How a cuda group moves a dispatch's rows between ranks (kernels/ep.cu, "The protocol"):
- * - 'staged': each row goes into its owner's stage at once (every dispatch block routes its own tokens)
- *   and the owner packs it expert-major after one signal round: no count exchange before the rows move.
- *   The cpu transport's protocol. W > 1.
+ * How a group moves a dispatch's rows between ranks (README and kernels/ep.cu, "The protocol"):
+ * - 'staged': each row goes into its owner's stage at once (on cuda every dispatch block routes its own
+ *   tokens) and the owner packs it expert-major after one signal round: no count exchange before the
+ *   rows move.
  * - 'direct': the ranks all-gather their per-expert counts first, then each row is stored once, straight
  *   into its final place in the owner's expertX: no stage and no pack, one more signal round.
- * With one rank nothing crosses, and the group uses its one-rank kernels whatever is asked.
+ * The cpu transport runs either at any W (chooseCpuDispatchPath). A cuda group with one rank uses its
+ * one-rank kernels whatever is asked (chooseDispatchPath says 'direct' for it: no stage).
  * A group with `dedup` stages (de-duplication rides on the stage).
  * Every rank of a group must use the same path: it follows from the config (and an explicit request),
  * never from a call's own token count.

@@ -1,11 +1,17 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { resolveConfig } from '../src/ep/config.js';
-import { chooseDispatchPath, parseDispatchPath, STAGED_AUTO_MAX_PAIRS } from '../src/ep/dispatch-path.js';
+import {
+  chooseCpuDispatchPath,
+  chooseDispatchPath,
+  parseDispatchPath,
+  requestedDispatchPath,
+  STAGED_AUTO_MAX_PAIRS,
+} from '../src/ep/dispatch-path.js';
 
 const shape = { numExperts: 256, hidden: 7168, topk: 8, dedup: false };
 
-describe('the dispatch path of a cuda group', () => {
+describe('the dispatch path of a group', () => {
   test('auto stages small batches across ranks and goes direct for large ones', () => {
     const at = (world: number, maxTokensPerRank: number) =>
       chooseDispatchPath(resolveConfig({ ...shape, world, maxTokensPerRank }), 'auto');

@@ -79,6 +79,13 @@ describe('moe-a2a command line', () => {
     }
   });
 
+  it('launch across hosts needs processes: the cpu transport refuses --nnodes > 1 with a usage error', () => {
+    const r = cli('launch', '-n', '2', '--transport', 'cpu', '--nnodes', '2', '--node-rank', '1', 'rank.mjs');
+    assert.equal(r.status, 2);
+    assert.match(r.stderr, /--nnodes > 1 needs processes \(--transport cuda\)/);
+    assert.match(r.stderr, /--master-port N/, 'the help follows, with the host flags');
+  });
+
   it('verify on the cpu transport prints a PASS line per case and a summary', () => {
     const r = cli(
       'verify',

@@ -384,12 +384,75 @@ else { console.log('sleeping'); setInterval(() => {}, 1e9); }
     assert.match(result.message ?? '', /could not start .*ENOENT/);
   });
 
+  test('two hosts (two launchers on loopback): global ranks, one store on host 0, every rank sees all', async () => {
+    const script = path.join(tmp, 'hosts.mjs');
+    const envModule = new URL('../src/launch/env.ts', import.meta.url).href;
+    writeFileSync(
+      script,
+      `import { readRankEnv, storeFromEnv } from ${JSON.stringify(envModule)};
+const e = process.env;
+console.log('vars ' + JSON.stringify([e.RANK, e.WORLD_SIZE, e.LOCAL_RANK, e.LOCAL_WORLD_SIZE, e.GROUP_RANK]));
+const env = readRankEnv();
+const store = await storeFromEnv(env, 5000);
+await store.set('host/' + env.rank, e.GROUP_RANK);
+await store.barrier('seen', env.world);
+const hosts = [];
+for (let r = 0; r < env.world; r++) hosts.push(await store.getString('host/' + r));
+console.log('hosts ' + hosts.join(''));
+await store.barrier('end', env.world);
+await store.close();
+`,
+    );
+    const masterPort = await freePort();
+    const lines: { line: string; rank: number }[] = [];
+    const host = (nodeRank: number) =>
+      launchProcesses({
+        nprocs: 2,
+        nnodes: 2,
+        nodeRank,
+        masterAddr: '127.0.0.1',
+        masterPort,
+        command: [process.execPath, '--import', 'tsx', script],
+        cwd: repoRoot,
+        timeoutMs: 15000,
+        forwardSignals: false,
+        onLine: (line, { rank }) => lines.push({ line, rank }),
+      });
+    // host 1 first: its ranks wait for host 0's store to come up
+    const one = host(1);
+    const zero = host(0);
+    const [r0, r1] = await Promise.all([zero, one]);
+    assert.equal(r0.ok && r1.ok, true, JSON.stringify({ r0, r1, lines }));
+    assert.deepEqual(
+      r1.exits.map((x) => x.rank),
+      [2, 3],
+    );
+    for (let r = 0; r < 4; r++) {
+      const node = r >> 1;
+      const vars = lines.find((l) => l.rank === r && l.line.includes(' vars '));
+      assert.equal(
+        vars?.line,
+        `[rank ${r}] vars ${JSON.stringify([String(r), '4', String(r & 1), '2', String(node)])}`,
+      );
+      const hosts = lines.find((l) => l.rank === r && l.line.includes(' hosts '));
+      assert.equal(hosts?.line, `[rank ${r}] hosts 0011`);
+    }
+  });
+
   test('bad options reject with LaunchError', async () => {
     await rejectsWith(launchProcesses({ nprocs: 0, command: ['x'] }), (err) =>
       assert.equal(err.code, ErrorCodes.launch),
     );
     await rejectsWith(launchProcesses({ nprocs: 1, command: [] }), (err) =>
       assert.equal(err.code, ErrorCodes.launch),
+    );
+    // several hosts: a node rank inside the job, and the same named store port on every host
+    await rejectsWith(
+      launchProcesses({ nprocs: 1, nnodes: 2, nodeRank: 2, masterPort: 1234, command: ['x'] }),
+      (err) => assert.match(err.message, /nodeRank must be an integer in \[0, 1\]/),
+    );
+    await rejectsWith(launchProcesses({ nprocs: 1, nnodes: 2, nodeRank: 1, command: ['x'] }), (err) =>
+      assert.match(err.message, /every launcher must name the same store port/),
     );
   });
 });

@@ -138,15 +138,22 @@ Examples:
   },
   launch: {
     summary: 'start a script once per rank (threads on cpu, processes on cuda)',
-    usage: 'moe-a2a launch -n N [--transport T] <script> [args...]',
+    usage:
+      'moe-a2a launch -n N [--transport T] [--nnodes H --node-rank R --master-addr A --master-port P] <script> [args...]',
     about: `Starts <script> N times, once per rank, with torchrun's environment: RANK, WORLD_SIZE, LOCAL_RANK,
 LOCAL_WORLD_SIZE and MOE_A2A_TRANSPORT (and on cuda MASTER_ADDR and MASTER_PORT). On the cpu transport
 the ranks are worker threads of one process (they share memory); on cuda they are processes that meet
 through a TCP store the launcher runs. Arguments after the script are the script's own. If a rank fails, the others are told (cpu: at once; cuda: stopped after a
 grace period) and the launcher exits non-zero naming it.
 
-Example:
-  moe-a2a launch -n 4 examples/deepseek-all2all.mjs`,
+Several hosts (processes only, as torchrun): run one launcher per host with the same --nnodes,
+--master-addr (host 0's address) and --master-port, and each its own --node-rank; host 0's launcher
+serves the store there, and host h's ranks are h * N .. h * N + N - 1. A rank that fails on one host
+stops its host's ranks; the others learn of it through their group's timeout, which names the rank.
+
+Examples:
+  moe-a2a launch -n 4 examples/deepseek-all2all.mjs
+  moe-a2a launch -n 8 --nnodes 2 --node-rank 0 --master-addr 10.0.0.1 --master-port 29500 my-rank.mjs`,
     flags: [
       { name: 'n', kind: 'int', help: 'number of ranks', default: '1' },
       { name: 'nproc', kind: 'int', help: 'same as -n' },
@@ -156,6 +163,20 @@ Example:
         meta: 'auto|cpu|cuda',
         help: 'threads (cpu) or processes (cuda)',
         default: 'auto',
+      },
+      { name: 'nnodes', kind: 'int', help: 'hosts in the job, one launcher each', default: '1' },
+      { name: 'node-rank', kind: 'int', help: "this host's index in [0, nnodes)", default: '0' },
+      {
+        name: 'master-addr',
+        kind: 'string',
+        meta: 'ADDR',
+        help: "host 0's address, where the store listens",
+        default: '127.0.0.1',
+      },
+      {
+        name: 'master-port',
+        kind: 'int',
+        help: 'the store port, the same on every host (one host: a free one)',
       },
       { name: 'help', kind: 'bool', help: 'show this help' },
     ],

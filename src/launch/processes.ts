@@ -1,19 +1,22 @@
 /**
- * Starts one process per rank on this host, like `torchrun --standalone --nproc-per-node N`: the
- * launcher serves the rendezvous store itself (so it outlives any rank), hands each child torchrun's
- * variables, prefixes their output with the rank, and, when one rank fails, stops the others so that
- * nothing waits forever on a dead peer.
+ * Starts one process per rank on this host, like `torchrun --nproc-per-node N` (one host:
+ * `--standalone`; several: `--nnodes`, `--node-rank`, `--master-addr`, `--master-port`, one launcher per
+ * host): host 0's launcher serves the rendezvous store itself (so it outlives any rank), every launcher
+ * hands each child torchrun's variables, prefixes their output with the rank, and, when one of its ranks
+ * fails, stops the others on its host so that nothing waits forever on a dead peer. (Ranks on other
+ * hosts learn of it through their group's timeout, which names the rank.)
  *
  * Each child is started in its own process group (POSIX) and signals go to the whole group, so a rank
  * that is itself a wrapper (`npx tsx ...`, a shell script) is stopped along with what it started.
  * Because of that, a Ctrl-C in the terminal reaches the launcher only; the launcher forwards it.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
+import net from 'node:net';
 import os from 'node:os';
 import { StringDecoder } from 'node:string_decoder';
 import { LaunchError } from '../errors.js';
 import { STORE_OWNER_VAR, STORE_PORT_VAR } from './env.js';
-import { startStoreServer } from './store.js';
+import { connectStore, startStoreServer } from './store.js';
 
 export type OutputStream = 'stdout' | 'stderr';
 
@@ -28,8 +31,19 @@ export interface LaunchOptions {
   cwd?: string;
   /** Stop every rank when the job runs longer than this (ms). Default: no limit. */
   timeoutMs?: number;
-  /** MASTER_PORT for the store. Default 0: a free port. */
+  /** MASTER_PORT for the store. Default 0: a free port (one host only: every host must name the same). */
   masterPort?: number;
+  /** Hosts in the job (torchrun --nnodes). Default 1. */
+  nnodes?: number;
+  /** This host, in [0, nnodes) (--node-rank): its ranks are nodeRank * nprocs + 0 .. nprocs - 1. Default 0. */
+  nodeRank?: number;
+  /**
+   * Host 0's address, where its launcher serves the store (--master-addr). Default 127.0.0.1. Host 0
+   * listens on it when it is a loopback address, else on every interface.
+   */
+  masterAddr?: string;
+  /** Host 0: how long to wait, once its own ranks are done, for the other hosts' launchers to finish (ms). Default 10000. */
+  lingerMs?: number;
   /**
    * Receives every output line, already prefixed (`[rank 2] text`); `source.text` is the line without
    * the prefix. Default: stdout lines to process.stdout, stderr lines to process.stderr.
@@ -52,6 +66,7 @@ export interface LaunchOptions {
 
 /** How one rank ended. */
 export interface RankExit {
+  /** The rank in the job (nodeRank * nprocs + its index on this host). */
   rank: number;
   pid: number | undefined;
   /** Exit code, or null when killed by a signal or never started. */
@@ -82,9 +97,9 @@ export type StopCause =
 export interface LaunchResult {
   /** Every rank exited with code 0 and nothing was stopped. */
   ok: boolean;
-  /** Exit code of each rank, by rank (null: killed by a signal or never started). */
+  /** Exit code of each rank of this host, by its index here (null: killed by a signal or never started). */
   exitCodes: (number | null)[];
-  /** How each rank ended, by rank. */
+  /** How each rank of this host ended, by its index here. */
   exits: RankExit[];
   /** Why the launcher stopped ranks, or null when every rank ran to its end. */
   stop: StopCause | null;
@@ -102,7 +117,9 @@ export interface LaunchResult {
   masterPort: number;
 }
 
-const MASTER_ADDR = '127.0.0.1';
+const LOOPBACK = '127.0.0.1';
+/** The store key a launcher of host k > 0 sets once all its ranks have ended (host 0 waits for it). */
+const hostDoneKey = (node: number) => `moe-a2a/launch/host/${node}/done`;
 /** Longest partial line kept before it is emitted anyway. */
 const MAX_LINE_CHARS = 1 << 20;
 /** After a rank exits, how long its pipes may stay open (held by a process it left behind). */
@@ -191,13 +208,55 @@ export async function launchProcesses(options: LaunchOptions): Promise<LaunchRes
   checkMs('timeoutMs', options.timeoutMs, 1);
   checkMs('graceMs', options.graceMs, 0);
   checkMs('killAfterMs', options.killAfterMs, 0);
+  checkMs('lingerMs', options.lingerMs, 0);
+  const nnodes = options.nnodes ?? 1;
+  const nodeRank = options.nodeRank ?? 0;
+  if (!Number.isInteger(nnodes) || nnodes < 1 || nnodes * nprocs > 65536) {
+    throw new LaunchError(
+      `nnodes must be an integer >= 1 with nnodes * nprocs <= 65536, got ${String(nnodes)}`,
+      {
+        field: 'nnodes',
+      },
+    );
+  }
+  if (!Number.isInteger(nodeRank) || nodeRank < 0 || nodeRank >= nnodes) {
+    throw new LaunchError(`nodeRank must be an integer in [0, ${nnodes - 1}], got ${String(nodeRank)}`, {
+      field: 'nodeRank',
+    });
+  }
+  if (nnodes > 1 && !(Number.isInteger(options.masterPort) && (options.masterPort as number) > 0)) {
+    throw new LaunchError(
+      `with ${nnodes} hosts every launcher must name the same store port: set masterPort (--master-port), got ${String(options.masterPort)}`,
+      { field: 'masterPort' },
+    );
+  }
+  const addr = (options.masterAddr ?? LOOPBACK).trim();
+  const masterAddr = addr === 'localhost' ? LOOPBACK : addr;
+  if (masterAddr === '' || /\s/.test(masterAddr)) {
+    throw new LaunchError(
+      `masterAddr must be a host name or address, got ${JSON.stringify(options.masterAddr)}`,
+      {
+        field: 'masterAddr',
+      },
+    );
+  }
+  const lingerMs = options.lingerMs ?? 10000;
   const graceMs = options.graceMs ?? 1000;
   const killAfterMs = options.killAfterMs ?? 3000;
   const forwardSignals = options.forwardSignals ?? true;
   const groups = process.platform !== 'win32';
 
-  const server = await startStoreServer({ host: MASTER_ADDR, port: options.masterPort ?? 0 });
-  const masterPort = server.port;
+  // host 0 serves the store; the other hosts' ranks reach it at masterAddr
+  const loopback = masterAddr === '::1' || (net.isIPv4(masterAddr) && masterAddr.startsWith('127.'));
+  const server =
+    nodeRank === 0
+      ? await startStoreServer({
+          host: nnodes === 1 || loopback ? masterAddr : net.isIPv6(masterAddr) ? '::' : '0.0.0.0',
+          port: options.masterPort ?? 0,
+        })
+      : null;
+  const masterPort = server?.port ?? (options.masterPort as number);
+  const firstRank = nodeRank * nprocs;
 
   const baseEnv: Record<string, string> = {};
   for (const [k, v] of Object.entries({ ...process.env, ...options.env }))
@@ -231,7 +290,9 @@ export async function launchProcesses(options: LaunchOptions): Promise<LaunchRes
     timers.add(t);
   };
 
+  /** This host's ranks still running, by index here; `runningRanks` as ranks of the job (for messages). */
   const running = (): number[] => exits.flatMap((e, r) => (e === null ? [r] : []));
+  const runningRanks = (): number[] => running().map((r) => firstRank + r);
 
   const signalRank = (rank: number, sig: NodeJS.Signals): void => {
     const child = children[rank];
@@ -270,11 +331,11 @@ export async function launchProcesses(options: LaunchOptions): Promise<LaunchRes
       return;
     }
     signalAll(sig);
-    beginStop({ kind: 'signal', signal: sig, running: running() }, graceMs);
+    beginStop({ kind: 'signal', signal: sig, running: runningRanks() }, graceMs);
   };
   const onSigint = () => onSignal('SIGINT');
   const onSigterm = () => onSignal('SIGTERM');
-  const onAbort = () => beginStop({ kind: 'aborted', running: running() }, 0);
+  const onAbort = () => beginStop({ kind: 'aborted', running: runningRanks() }, 0);
   // If this process exits while ranks run (process.exit elsewhere), do not leave them behind.
   const onExit = () => signalAll('SIGKILL');
 
@@ -287,7 +348,7 @@ export async function launchProcesses(options: LaunchOptions): Promise<LaunchRes
   const finishRank = (rank: number, exit: Omit<RankExit, 'rank' | 'stoppedByLauncher' | 'durationMs'>) => {
     if (exits[rank] !== null) return;
     const e: RankExit = {
-      rank,
+      rank: firstRank + rank,
       ...exit,
       stoppedByLauncher: signalled[rank]!,
       durationMs: Date.now() - started,
@@ -324,7 +385,7 @@ export async function launchProcesses(options: LaunchOptions): Promise<LaunchRes
     const timeoutMs = options.timeoutMs;
     later(timeoutMs, () => {
       if (stop !== null) return;
-      beginStop({ kind: 'timeout', timeoutMs, running: running() }, 0);
+      beginStop({ kind: 'timeout', timeoutMs, running: runningRanks() }, 0);
     });
   }
 
@@ -343,11 +404,12 @@ export async function launchProcesses(options: LaunchOptions): Promise<LaunchRes
     }
     const env: Record<string, string> = {
       ...baseEnv,
-      RANK: String(rank),
-      WORLD_SIZE: String(nprocs),
+      RANK: String(firstRank + rank),
+      WORLD_SIZE: String(nnodes * nprocs),
       LOCAL_RANK: String(rank),
       LOCAL_WORLD_SIZE: String(nprocs),
-      MASTER_ADDR,
+      GROUP_RANK: String(nodeRank),
+      MASTER_ADDR: masterAddr,
       MASTER_PORT: String(masterPort),
       [STORE_OWNER_VAR]: 'launcher',
       [STORE_PORT_VAR]: String(masterPort),
@@ -359,9 +421,9 @@ export async function launchProcesses(options: LaunchOptions): Promise<LaunchRes
       detached: groups,
     });
     children.push(child);
-    const prefix = `[rank ${rank}] `;
+    const prefix = `[rank ${firstRank + rank}] `;
     const splitters = (['stdout', 'stderr'] as const).map((stream) => {
-      const s = lineSplitter((text) => write(prefix + text, { rank, stream, text }));
+      const s = lineSplitter((text) => write(prefix + text, { rank: firstRank + rank, stream, text }));
       child[stream]?.on('data', (chunk: Buffer) => s.write(chunk));
       return s;
     });
@@ -408,7 +470,8 @@ export async function launchProcesses(options: LaunchOptions): Promise<LaunchRes
     process.off('SIGTERM', onSigterm);
   }
   options.signal?.removeEventListener('abort', onAbort);
-  await server.close();
+  await settleHosts(nnodes, nodeRank, masterAddr, masterPort, lingerMs);
+  await server?.close();
 
   const finalExits = exits as RankExit[];
   const cause = stop;
@@ -427,7 +490,37 @@ export async function launchProcesses(options: LaunchOptions): Promise<LaunchRes
     firstFailure,
     message: cause ? stopMessage(cause) : null,
     exitCode,
-    masterAddr: MASTER_ADDR,
+    masterAddr,
     masterPort,
   };
+}
+
+/**
+ * With several hosts the store lives with host 0's launcher: the others tell it when their ranks have
+ * ended, and host 0 waits up to `lingerMs` for that before it closes the store under them. Best effort:
+ * a host that cannot be reached is not waited for longer.
+ */
+async function settleHosts(
+  nnodes: number,
+  nodeRank: number,
+  host: string,
+  port: number,
+  lingerMs: number,
+): Promise<void> {
+  if (nnodes === 1) return;
+  let store: Awaited<ReturnType<typeof connectStore>> | null = null;
+  try {
+    store = await connectStore({ host, port, timeoutMs: Math.max(1, lingerMs) });
+    if (nodeRank !== 0) {
+      await store.set(hostDoneKey(nodeRank), '1');
+      return;
+    }
+    const deadline = Date.now() + lingerMs;
+    for (let node = 1; node < nnodes; node++)
+      await store.get(hostDoneKey(node), { timeoutMs: Math.max(1, deadline - Date.now()) });
+  } catch {
+    // (a host that is gone or late: its ranks failed or will, through their own timeouts)
+  } finally {
+    await store?.close().catch(() => {});
+  }
 }

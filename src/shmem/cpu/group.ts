@@ -209,6 +209,13 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     };
   }
 
+  /** Writes `bytes` at `off` in rank d's heap: in place where the transport maps it, else a put. */
+  private putTo(peers: (Uint8Array | null)[], d: number, off: number, bytes: Uint8Array): void {
+    const peer = peers[d];
+    if (peer) peer.set(bytes, off);
+    else this.shmem.put(d, off, bytes);
+  }
+
   /** Staged send, without dedup: each row and its scales into its owner's stage, at its row for that owner. */
   private sendStaged(
     src: Uint8Array,
@@ -233,15 +240,8 @@ export class HostEpGroup implements EpGroup<HostTensor> {
         if (row < 0) continue;
         const d = (idxData[t * k + j] / epr) | 0;
         const r = row - plan.destRowStart[d];
-        const off = stageRowOffset(this.layout, c, slot, this.rank, r);
-        const peer = peers[d];
-        if (peer) peer.set(rowSrc, off);
-        else this.shmem.put(d, off, rowSrc);
-        if (sc) {
-          const sOff = stageScaleOffset(this.layout, c, slot, this.rank, r);
-          if (peer) peer.set(sc, sOff);
-          else this.shmem.put(d, sOff, sc);
-        }
+        this.putTo(peers, d, stageRowOffset(this.layout, c, slot, this.rank, r), rowSrc);
+        if (sc) this.putTo(peers, d, stageScaleOffset(this.layout, c, slot, this.rank, r), sc);
       }
     }
   }
@@ -290,11 +290,7 @@ export class HostEpGroup implements EpGroup<HostTensor> {
         total[e] += counts[s * E + e];
       }
     }
-    const put = (d: number, off: number, bytes: Uint8Array) => {
-      const peer = peers[d];
-      if (peer) peer.set(bytes, off);
-      else this.shmem.put(d, off, bytes);
-    };
+    const put = (d: number, off: number, bytes: Uint8Array) => this.putTo(peers, d, off, bytes);
     for (let t = 0; t < T; t++) {
       const rowSrc = src.subarray(t * rowBytes, (t + 1) * rowBytes);
       const sc = c.fp8 ? new Uint8Array(this.quantScales.buffer, t * G * 4, G * 4) : null;
@@ -396,11 +392,7 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     const recI32 = new Int32Array(record);
     const recF32 = new Float32Array(record);
     const recBytes = new Uint8Array(record);
-    const put = (d: number, off: number, bytes: Uint8Array) => {
-      const peer = peers[d];
-      if (peer) peer.set(bytes, off);
-      else this.shmem.put(d, off, bytes);
-    };
+    const put = (d: number, off: number, bytes: Uint8Array) => this.putTo(peers, d, off, bytes);
     for (let t = 0; t < T; t++) {
       for (let j = 0; j < k; j++) {
         owner[j] = plan.pairRow[t * k + j] < 0 ? -1 : (idxData[t * k + j] / epr) | 0;

@@ -113,15 +113,10 @@ export function kernelBytes(
 /** What a cuda bench row runs: a dispatch path (or 'auto'), or 'dedup' (the staged path, de-duplicated). */
 type BenchPath = DispatchPathRequest | 'dedup';
 
-/** The dispatch paths a cuda bench at this shape compares (every one the group can take). */
-function pathsFor(
-  transport: 'cpu' | 'cuda',
-  cfg: ReturnType<typeof resolveConfig>,
-  flag: unknown,
-): readonly (BenchPath | undefined)[] {
+/** The dispatch paths a bench at this shape compares (every one the group can take; both transports run all). */
+function pathsFor(cfg: ReturnType<typeof resolveConfig>, flag: unknown): readonly (BenchPath | undefined)[] {
   if (cfg.world === 1) return [undefined]; // (one rank: nothing to de-duplicate)
   if (flag === 'dedup') return ['dedup'];
-  if (transport !== 'cuda') return [undefined, 'dedup']; // the cpu transport has one path, with or without dedup
   if (flag !== undefined && flag !== 'all') return [parseDispatchPath(flag, '--path')];
   return ['dedup', 'staged', 'direct'];
 }
@@ -194,7 +189,7 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
     };
     const totalBytes = world * tokens * topk * cfg.dispatchRowBytes;
     const copyUs = transport === 'cpu' ? typedArrayCopyUs(totalBytes) : Number.NaN;
-    for (const path of pathsFor(transport, cfg, flags.path)) {
+    for (const path of pathsFor(cfg, flags.path)) {
       say(
         `moe-a2a bench: ${transport}, W=${world} T=${tokens} ${fp8 ? 'fp8' : 'bf16'}${path ? `, ${path} dispatch` : ''}, ${warmup} warm-up + ${iters} iterations`,
       );
@@ -215,7 +210,10 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
       const slowest = (pick: (r: BenchRankResult) => number[]) => slowestPerIteration(perRank, pick);
       const cuda = perRank.map((r) => r.cuda);
       const ex = cuda.every((x) => x !== undefined) ? (cuda as CudaBenchExtras[]) : null;
-      const label: DispatchPath | 'dedup' | undefined = dedup ? 'dedup' : ex?.[0].dispatchPath;
+      // (the cpu transport stages unless asked for direct)
+      const cpuPath: DispatchPath | undefined =
+        path === undefined ? undefined : path === 'direct' ? 'direct' : 'staged';
+      const label: DispatchPath | 'dedup' | undefined = dedup ? 'dedup' : (ex?.[0].dispatchPath ?? cpuPath);
       const kb = kernelBytes(cfg, tokens, label === 'dedup' ? 'staged' : (label ?? 'direct'));
       const row: Row = {
         tokens,

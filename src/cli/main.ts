@@ -111,7 +111,7 @@ Examples:
         name: 'path',
         kind: 'string',
         meta: 'PATH',
-        help: 'W > 1, what to time: dedup (the default settings: staged, de-duplicated), staged or direct (without dedup), auto, or all (cpu: all or dedup)',
+        help: 'W > 1, what to time: dedup (the default settings: staged, de-duplicated), staged or direct (without dedup), auto, or all',
         default: 'all',
       },
       {

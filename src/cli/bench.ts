@@ -210,10 +210,9 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
       const slowest = (pick: (r: BenchRankResult) => number[]) => slowestPerIteration(perRank, pick);
       const cuda = perRank.map((r) => r.cuda);
       const ex = cuda.every((x) => x !== undefined) ? (cuda as CudaBenchExtras[]) : null;
-      // (the cpu transport stages unless asked for direct)
-      const cpuPath: DispatchPath | undefined =
-        path === undefined ? undefined : path === 'direct' ? 'direct' : 'staged';
-      const label: DispatchPath | 'dedup' | undefined = dedup ? 'dedup' : (ex?.[0].dispatchPath ?? cpuPath);
+      // the path the groups took (a one-rank cpu row names none, as it compares none)
+      const taken = ex || path !== undefined ? perRank[0].dispatchPath : undefined;
+      const label: DispatchPath | 'dedup' | undefined = dedup ? 'dedup' : taken;
       const kb = kernelBytes(cfg, tokens, label === 'dedup' ? 'staged' : (label ?? 'direct'));
       const row: Row = {
         tokens,

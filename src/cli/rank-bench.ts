@@ -65,8 +65,6 @@ export async function runFloorsRank(task: FloorsTask): Promise<Floors> {
 
 /** What only the cuda transport measures: graph replays, the host's own cost, the copy yardstick. */
 export interface CudaBenchExtras {
-  /** The group's dispatch path. */
-  dispatchPath: DispatchPath;
   /** Bytes of this rank's symmetric heap. */
   heapBytes: number;
   /**
@@ -103,6 +101,8 @@ export interface CudaBenchExtras {
 
 export interface BenchRankResult {
   cuda?: CudaBenchExtras;
+  /** The path the group took. */
+  dispatchPath: DispatchPath;
   /** Per timed iteration, microseconds on this rank. */
   dispatchUs: number[];
   combineUs: number[];
@@ -249,7 +249,6 @@ async function cudaExtras(
       return () => graph.combine();
     });
     return {
-      dispatchPath: g.dispatchPath,
       heapBytes: g.heapBytes,
       loopGraphUs,
       loopEagerUs,
@@ -362,6 +361,7 @@ export async function runBenchRank(
     }
     const rowsSent = T * cfg.topk;
     const result: BenchRankResult = {
+      dispatchPath: group.dispatchPath,
       dispatchUs,
       combineUs,
       rowsSent,

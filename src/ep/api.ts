@@ -1,4 +1,5 @@
 import type { EpConfig } from './config.js';
+import type { DispatchPath } from './dispatch-path.js';
 import type { CombineHandle } from './handle.js';
 import type { HostTensor } from './tensor.js';
 
@@ -56,6 +57,8 @@ export interface EpGroup<T = HostTensor> {
   readonly config: EpConfig;
   readonly rank: number;
   readonly transport: 'cpu' | 'cuda';
+  /** How this group's dispatch moves rows (src/ep/dispatch-path.ts); cuda with one rank: 'direct'. */
+  readonly dispatchPath: DispatchPath;
   /** Bytes of this rank's symmetric heap (every rank of the group has one of this size). */
   readonly heapBytes: number;
   /**

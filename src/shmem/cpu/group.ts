@@ -342,8 +342,7 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     const rb = c.dispatchRowBytes;
     const G = c.groupsPerRow;
     const spp = this.layout.splitsPerPeer;
-    const bytes = new Uint8Array(W * M * rb);
-    const scaleData = this.expertScales ? new Float32Array(W * M * G) : null;
+    const { bytes, scaleData } = this.emptyView();
     const base = new Int32Array(epr); // rows of each expert taken by sources before s
     for (let s = 0; s < W; s++) {
       let m = 0;
@@ -357,12 +356,34 @@ export class HostEpGroup implements EpGroup<HostTensor> {
         m += n;
       }
     }
-    const shape = [W, M, c.hidden];
+    return this.viewTensors(bytes, scaleData, splits);
+  }
+
+  /** Zeroed buffers for the source-major view: rows [W][maxRowsPerPeer] and (FP8) their scales. */
+  private emptyView(): { bytes: Uint8Array; scaleData: Float32Array | null } {
+    const c = this.config;
+    const rows = c.world * c.maxRowsPerPeer;
+    return {
+      bytes: new Uint8Array(rows * c.dispatchRowBytes),
+      scaleData: c.fp8 ? new Float32Array(rows * c.groupsPerRow) : null,
+    };
+  }
+
+  /** The source-major view's tensors over filled buffers, with a copy of the split records. */
+  private viewTensors(
+    bytes: Uint8Array,
+    scaleData: Float32Array | null,
+    splits: Int32Array,
+  ): SourceMajorRecv<HostTensor> {
+    const c = this.config;
+    const shape = [c.world, c.maxRowsPerPeer, c.hidden];
     const x = c.fp8
       ? hostTensor('fp8_e4m3', shape, bytes)
       : hostTensor('bf16', shape, new Uint16Array(bytes.buffer));
-    const scales = scaleData ? hostTensor('f32', [W, M, G], scaleData) : null;
-    return { x, scales, splits: hostTensor('i32', [W, spp], splits.slice()) };
+    const scales = scaleData
+      ? hostTensor('f32', [c.world, c.maxRowsPerPeer, c.groupsPerRow], scaleData)
+      : null;
+    return { x, scales, splits: hostTensor('i32', [c.world, this.layout.splitsPerPeer], splits.slice()) };
   }
 
   /**
@@ -515,8 +536,7 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     const n = this.layout.stageRows;
     const rb = c.dispatchRowBytes;
     const G = c.groupsPerRow;
-    const bytes = new Uint8Array(c.world * M * rb);
-    const scaleData = c.fp8 ? new Float32Array(c.world * M * G) : null;
+    const { bytes, scaleData } = this.emptyView();
     for (let s = 0; s < c.world; s++) {
       const from = stageRowOffset(this.layout, c, slot, s, 0);
       bytes.set(local.subarray(from, from + n * rb), s * M * rb);
@@ -525,13 +545,8 @@ export class HostEpGroup implements EpGroup<HostTensor> {
         scaleData.set(this.heapF32.subarray(sFrom, sFrom + n * G), s * M * G);
       }
     }
-    const shape = [c.world, M, c.hidden];
-    const x = c.fp8
-      ? hostTensor('fp8_e4m3', shape, bytes)
-      : hostTensor('bf16', shape, new Uint16Array(bytes.buffer));
-    const scales = scaleData ? hostTensor('f32', [c.world, M, G], scaleData) : null;
-    if (c.dedup) this.fillFromCarriers(slot, splits, bytes, scales?.data as Float32Array | undefined);
-    return { x, scales, splits: hostTensor('i32', [c.world, this.layout.splitsPerPeer], splits.slice()) };
+    if (c.dedup) this.fillFromCarriers(slot, splits, bytes, scaleData ?? undefined);
+    return this.viewTensors(bytes, scaleData, splits);
   }
 
   /**

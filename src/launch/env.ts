@@ -132,8 +132,13 @@ export function readRankEnv(env: Env = process.env): RankEnv | null {
   };
 }
 
-function isLoopback(addr: string): boolean {
-  return addr === '::1' || (net.isIPv4(addr) && addr.startsWith('127.'));
+/**
+ * Where a store reached at `addr` listens: on `addr` itself when it is a loopback address (this host
+ * only), else on every interface (IPv6 or IPv4 by the address), like torch's TCPStore.
+ */
+export function storeListenHost(addr: string): string {
+  const loopback = addr === '::1' || (net.isIPv4(addr) && addr.startsWith('127.'));
+  return loopback ? addr : net.isIPv6(addr) ? '::' : '0.0.0.0';
 }
 
 /**
@@ -155,8 +160,7 @@ export async function storeFromEnv(env: RankEnv, timeoutMs: number): Promise<Sto
   if (env.storeOwner === 'launcher' || env.rank !== 0) {
     return connectStore({ host, port: env.storePort, timeoutMs, rank: env.rank });
   }
-  const bindHost = isLoopback(host) ? host : net.isIPv6(host) ? '::' : '0.0.0.0';
-  const server = await startStoreServer({ host: bindHost, port: env.storePort });
+  const server = await startStoreServer({ host: storeListenHost(host), port: env.storePort });
   try {
     return await connectStore({ host, port: server.port, timeoutMs, rank: env.rank, ownServer: server });
   } catch (err) {

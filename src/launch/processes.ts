@@ -11,11 +11,10 @@
  * Because of that, a Ctrl-C in the terminal reaches the launcher only; the launcher forwards it.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import net from 'node:net';
 import os from 'node:os';
 import { StringDecoder } from 'node:string_decoder';
 import { LaunchError } from '../errors.js';
-import { STORE_OWNER_VAR, STORE_PORT_VAR } from './env.js';
+import { STORE_OWNER_VAR, STORE_PORT_VAR, storeListenHost } from './env.js';
 import { connectStore, startStoreServer } from './store.js';
 
 export type OutputStream = 'stdout' | 'stderr';
@@ -247,11 +246,10 @@ export async function launchProcesses(options: LaunchOptions): Promise<LaunchRes
   const groups = process.platform !== 'win32';
 
   // host 0 serves the store; the other hosts' ranks reach it at masterAddr
-  const loopback = masterAddr === '::1' || (net.isIPv4(masterAddr) && masterAddr.startsWith('127.'));
   const server =
     nodeRank === 0
       ? await startStoreServer({
-          host: nnodes === 1 || loopback ? masterAddr : net.isIPv6(masterAddr) ? '::' : '0.0.0.0',
+          host: nnodes === 1 ? masterAddr : storeListenHost(masterAddr),
           port: options.masterPort ?? 0,
         })
       : null;

@@ -59,14 +59,16 @@ const res = group.dispatch(up(x), up(hostTensor('i32', [T, k], idx)), {
 const expertX = down(res.expertX);
 const scales = down(res.expertScales);
 const counts = down(res.expertCounts).data;
+const offsets = down(res.expertOffsets).data;
 
-// stand-in experts: each local expert e returns its rows dequantised and scaled by (e + 1) / 8
-const [epr, cap] = expertX.shape;
-const G = H / scales.shape[2];
-const out = hostTensor('bf16', [epr, cap, H]);
+// stand-in experts: each local expert e returns its rows (expertX rows offsets[e] .. + counts[e])
+// dequantised and scaled by (e + 1) / 8, in the same rows of expertOut
+const epr = counts.length;
+const G = H / scales.shape.at(-1);
+const out = hostTensor('bf16', [...expertX.shape.slice(0, -1), H]);
 for (let e = 0; e < epr; e++) {
   for (let i = 0; i < counts[e]; i++) {
-    const r = e * cap + i;
+    const r = offsets[e] + i;
     for (let h = 0; h < H; h++) {
       const v = fp8ToF32(expertX.data[r * H + h]) * scales.data[r * (H / G) + Math.floor(h / G)];
       out.data[r * H + h] = f32ToBf16((v * (e + 1)) / 8);

@@ -46,7 +46,7 @@
 //  ep_floor_*         benchmark floors (FloorArgs by value), see section 9.
 //
 // ep_route needs cuFuncSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes) whenever its
-// dynamic plus its ~8.4 KiB of static shared memory exceed 48 KiB (the host always sets it). Dynamic:
+// dynamic plus its ~12.2 KiB of static shared memory exceed 48 KiB (the host always sets it). Dynamic:
 // T*k = 32768, E = 256: 99,332 bytes; E = 1024: 200,708 bytes; an H100 block may opt into 232,448. It checks %dynamic_smem_size itself and stops with a device assert if given too little.
 //
 // LIMITS: E <= 1024 (EP_MAX_EXPERTS), k <= 64 (EP_MAX_TOPK), T*k <= 32768 (EP_MAX_PAIRS: ep_route keeps the
@@ -625,6 +625,12 @@ __device__ void dispatch_rows(const EpArgs& a, DestList& L, Dests& D) {
   }
 }
 
+// Where local expert le's rows start in expertX (and expertOut): its own block (padded), or right after the
+// rows of the experts before it (packed: `rowsBefore`, an exclusive prefix of the experts' counts).
+__device__ __forceinline__ uint64_t expert_start(const EpArgs& a, int le, int rowsBefore) {
+  return a.packedExperts ? (uint64_t)rowsBefore : (uint64_t)le * (uint64_t)a.expertCapacity;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Routing inside each block: ep_dispatch_local (one rank, T*k <= EP_LOCAL_MAX_PAIRS) and ep_stage_send
 // (W > 1, T*k <= EP_MAX_PAIRS). Every row block reads all T*k ids (at most 128 KiB, from L2 after the first
@@ -636,8 +642,8 @@ __device__ void dispatch_rows(const EpArgs& a, DestList& L, Dests& D) {
 // off the rows' critical path. Row blocks do not wait for its verdict: a call that fails may leave rows
 // behind (every store stays inside its region: bad ids never match, a repeated expert keeps one slot,
 // rows past a capacity are dropped), and a failed dispatch leaves its outputs unspecified, as the API says.
-//   local:  the row of pair p of expert e is e * expertCapacity + (pairs of e before p), in expertX: the
-//           stable order of planRouting and ep_route.
+//   local:  the row of pair p of expert e is expert_start(e) + (pairs of e before p), in expertX: the
+//           stable order of planRouting and ep_route (packed: the start from a block-wide histogram).
 //   staged: the row of pair p in its owner d's stage is r = (this rank's pairs of experts in
 //           [d*EPR, e)) + (pairs of e before p), from a block-wide histogram of the ids; its place in this
 //           rank's own expert-sorted order (pairRow, where combine returns it) is (pairs of experts < e) +
@@ -645,7 +651,7 @@ __device__ void dispatch_rows(const EpArgs& a, DestList& L, Dests& D) {
 struct LocalTables {
   int16_t ids[EP_STAGE_SMEM_PAIRS];  // topkIdx (T*k <= EP_STAGE_SMEM_PAIRS only); ids out of range as -1
   int8_t slotOf[EP_MAX_EXPERTS];     // local: the current token's slot naming each expert, or -1
-  int hist[EP_MAX_EXPERTS + 1];      // pairs per expert (bookkeeping), or their exclusive prefix (staged rows)
+  int hist[EP_MAX_EXPERTS + 1];      // pairs per expert (bookkeeping), or their exclusive prefix (staged, packed rows)
   int run[EP_MAX_EXPERTS];           // staged: pairs per expert in the tokens before InBlockDests::cursor
   int before[EP_MAX_TOPK];          // per slot of the current token: pairs of its expert in earlier tokens
   int from[EP_MAX_TOPK];            // ... and from this token on (the pair itself included)
@@ -778,6 +784,8 @@ __device__ void local_bookkeeping(const EpArgs& a, LocalTables& S) {
     // its rows are not stored (the row blocks drop them) and the combine of this call aborts
     report_error(a, EP_ERR_CAPACITY, 0u, (uint32_t)(call & 1u), call, S.capE, S.hist[S.capE], EP_CAPACITY_AUX_EXPERT);
   }
+  block_exclusive_scan(S.hist, E, S.scratch);  // (its first barrier orders the read of S.hist above)
+  for (int e = tid; e < E; e += B) ((int*)a.expertOffsets)[e] = (int)expert_start(a, e, S.hist[e]);
 }
 
 // ep_stage_send's bookkeeping block: the ids, then maxRowsPerPeer for every destination (the first one over
@@ -902,10 +910,12 @@ struct InBlockDests {
       if (Staged) call = read_calls(state_of(a)) + 1;
       int first[8];
       if (!Staged) first_ids(a, t, first);  // these loads and load_ids' go out together; one barrier publishes both
-      if (Staged) {
+      // staged, and one rank's packed experts: where each expert's rows start, from a histogram
+      const bool prefix = Staged || a.packedExperts;
+      if (prefix)
         for (int e = threadIdx.x; e <= a.numExperts; e += blockDim.x) S.hist[e] = 0;
+      if (Staged)
         for (int e = threadIdx.x; e < a.numExperts; e += blockDim.x) S.run[e] = 0;
-      }
       if (ids_in_smem(a)) {
         int rows;
         load_ids(a, S, &rows);
@@ -914,7 +924,7 @@ struct InBlockDests {
       }
       if (!Staged) mark(a, t, first);
       __syncthreads();
-      if (Staged) {
+      if (prefix) {
         count_experts(a, S);
         block_exclusive_scan(S.hist, a.numExperts, S.scratch);
       }
@@ -962,7 +972,7 @@ struct InBlockDests {
       bool valid = false;  // this slot's row is stored (dedup: only the token's carrier row for its owner)
       if (!Staged) {
         int r = -1;
-        if (mine && S.before[j] + S.from[j] <= a.expertCapacity) r = e * a.expertCapacity + S.before[j];
+        if (mine && S.before[j] + S.from[j] <= a.expertCapacity) r = (int)expert_start(a, e, a.packedExperts ? S.hist[e] : 0) + S.before[j];
         if (firstChunk && j < K) ((int*)a.pairDest)[t0 + j] = r;
         valid = r >= 0;
         row = S.base + a.expertXOff + (uint64_t)r * a.dispatchRowBytes;
@@ -1040,11 +1050,13 @@ __device__ void build_tables(const EpArgs& a, RecvTables& R) {
   build_tables_from(a, R, (const int*)a.recvSplits, false);
 }
 
-// Row g of the flat received order -> (source s, local expert le, index within s's rows, expert-major pos).
+// Row g of the flat received order -> (source s, local expert le, index within s's rows, its row in expertX).
 struct RowLoc {
-  int s, le, iSrc, pos;
+  int s, le, iSrc;
+  uint64_t row;
 };
-__device__ __forceinline__ RowLoc locate(const RecvTables& R, int E, int W, int EPR, int g) {
+__device__ __forceinline__ RowLoc locate(const RecvTables& R, const EpArgs& a, int g) {
+  const int E = a.numExperts, W = a.world, EPR = a.expertsPerRank;
   int lo = 0, hi = E;  // pre[lo] <= g < pre[hi]
   while (hi - lo > 1) {
     const int mid = (lo + hi) >> 1;
@@ -1055,7 +1067,7 @@ __device__ __forceinline__ RowLoc locate(const RecvTables& R, int E, int W, int 
   r.s = lo / EPR;
   r.le = lo - r.s * EPR;
   r.iSrc = g - R.pre[r.s * EPR];
-  r.pos = R.preT[r.le * W + r.s] - R.preT[r.le * W] + (g - R.pre[lo]);
+  r.row = expert_start(a, r.le, R.preT[r.le * W]) + (R.preT[r.le * W + r.s] - R.preT[r.le * W]) + (g - R.pre[lo]);
   return r;
 }
 
@@ -1080,7 +1092,7 @@ __device__ __forceinline__ void copy_segment(char* dst, const char* src, uint64_
 
 template <int VB>
 __device__ void combine_send_rows(const EpArgs& a, uint64_t slot, const RecvTables& R) {
-  const int E = a.numExperts, W = a.world, EPR = a.expertsPerRank;
+  const int E = a.numExperts, EPR = a.expertsPerRank;
   const int lane = threadIdx.x & 31;
   const int warpsPerBlock = blockDim.x >> 5;
   const uint64_t rowBytes = a.combineRowBytes;
@@ -1100,8 +1112,8 @@ __device__ void combine_send_rows(const EpArgs& a, uint64_t slot, const RecvTabl
     if (g >= rows) g -= rows;
     const int seg = (int)(it % (uint32_t)segs);
     if (g >= selfLo) g += selfRows;
-    const RowLoc l = locate(R, E, W, EPR, g);
-    const uint64_t srcRow = (uint64_t)l.le * a.expertCapacity + l.pos;
+    const RowLoc l = locate(R, a, g);
+    const uint64_t srcRow = l.row;
     const uint64_t dstRow = (uint64_t)R.mst[l.s] + l.iSrc;  // the row in s's own expert-sorted order
     char* dst = (char*)(__ldg(peer + l.s) + a.combineRecvOff + slot * a.combineRecvSlot);
     copy_segment<VB, false>(dst + dstRow * rowBytes, expertOut + srcRow * rowBytes, rowBytes, seg, lane);
@@ -1132,8 +1144,7 @@ __device__ void write_plan(const EpArgs& a, const RecvTables& R, uint64_t own, i
     const uint32_t w = ld_cg_u32(rec + 4u + 4u * (K + lane));
     int x = -1;
     if (r >= 0) {
-      const RowLoc l = locate(R, a.numExperts, a.world, EPR, R.pre[s * EPR] + r);
-      x = l.le * a.expertCapacity + l.pos;
+      x = (int)locate(R, a, R.pre[s * EPR] + r).row;
     }
     ((int*)(plan + 8u))[lane] = x;
     ((uint32_t*)(plan + 8u))[K + lane] = w;
@@ -1260,6 +1271,7 @@ extern "C" __global__ void __launch_bounds__(EP_ROUTE_THREADS, 1) ep_route(const
   __shared__ int sPeerErr;  // a count wait failed (and was reported): the call is off
   __shared__ int sMst[EP_MAX_EXPERTS];    // m_st of each source (W <= E)
   __shared__ int sDelta[EP_MAX_EXPERTS];  // per expert: destination row minus send row, or INT_MIN
+  __shared__ int sStart[EP_MAX_EXPERTS + 1];  // packed: rows of all experts before each one (its start, + the owner's)
   __shared__ unsigned long long sCall;
   EP_PROBE_AT(0);
   if (threadIdx.x == 0) stamp(a, EP_STAMP_DISPATCH_BEGIN);
@@ -1453,21 +1465,35 @@ extern "C" __global__ void __launch_bounds__(EP_ROUTE_THREADS, 1) ep_route(const
   int* delta = sDelta;
   int* mst = sMst;
   const char* counts = (const char*)(__ldg(peer + me) + a.countsOff + slot * a.countsSlot);
+  // rows of expert e from every source (written by peers before their release signal, which the waits
+  // above acquired: read at L2)
+  auto rowsFrom = [&](int s, int e) {
+    return s == me ? off[e + 1] - off[e] : (int)ld_cg_u32(counts + ((uint64_t)s * E + e) * 4u);
+  };
+  if (a.packedExperts) {  // each owner's experts back to back: a prefix of the totals
+    for (int e = tid; e < E; e += B) {
+      int total = 0;
+      for (int s = 0; s < W; ++s) total += rowsFrom(s, e);
+      sStart[e] = total;
+    }
+    block_exclusive_scan(sStart, E, sScratch);
+  }
   for (int e = tid; e < E; e += B) {
     const int owner = e / EPR, le = e - owner * EPR;
     int before = 0, total = 0;
     for (int s = 0; s < W; ++s) {
-      // written by peers before their release signal, which the waits above acquired: read at L2
-      const int c = s == me ? off[e + 1] - off[e] : (int)ld_cg_u32(counts + ((uint64_t)s * E + e) * 4u);
+      const int c = rowsFrom(s, e);
       before += s < me ? c : 0;
       total += c;
       if (owner == me) ((int*)a.recvSplits)[s * a.splitsPerPeer + le] = c;
       if (e < me * EPR && c != 0) atomicAdd(&mst[s], c);  // m_st of source s: its rows before my experts
     }
     const bool over = total > a.expertCapacity;
-    delta[e] = over ? INT_MIN : le * a.expertCapacity + before - off[e];
+    const int start = (int)expert_start(a, le, a.packedExperts ? sStart[e] - sStart[owner * EPR] : 0);
+    delta[e] = over ? INT_MIN : start + before - off[e];
     if (owner == me) {
       ((int*)a.expertCounts)[le] = total;
+      ((int*)a.expertOffsets)[le] = start;
       if (over) atomicMin(&sCapE, le);
     }
   }
@@ -1637,8 +1663,10 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_pack(const
   }
   if (blockIdx.x == 0) {
     int* splits = (int*)a.recvSplits;
-    for (int le = tid; le < EPR; le += blockDim.x)
+    for (int le = tid; le < EPR; le += blockDim.x) {
       ((int*)a.expertCounts)[le] = R.preT[(le + 1) * W] - R.preT[le * W];
+      ((int*)a.expertOffsets)[le] = (int)expert_start(a, le, R.preT[le * W]);
+    }
     for (int q = tid; q < E; q += blockDim.x) {
       const int s = q / EPR;
       splits[s * a.splitsPerPeer + (q - s * EPR)] = R.pre[q + 1] - R.pre[q];
@@ -1659,11 +1687,11 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_pack(const
   const char* carrierOf = (const char*)(own + a.stageCarrierOff + slot * a.stageCarrierSlot);
   for (uint32_t it = blockIdx.x * warpsPerBlock + (tid >> 5); it < items; it += gridDim.x * warpsPerBlock) {
     const int g = (int)(it / (uint32_t)(segs + 1)), seg = (int)(it % (uint32_t)(segs + 1));
-    const RowLoc l = locate(R, E, W, EPR, g);
+    const RowLoc l = locate(R, a, g);
     const uint64_t row = (uint64_t)l.s * a.stageRows + l.iSrc;
     // dedup: the row's data sits at its carrier row (the token's first row for this rank)
     const uint64_t srcRow = a.dedup ? (uint64_t)l.s * a.stageRows + ld_cg_u32(carrierOf + row * 4u) : row;
-    const uint64_t dstRow = (uint64_t)l.le * a.expertCapacity + l.pos;
+    const uint64_t dstRow = l.row;
     if (seg < segs) {
       if (VB == 16) copy_segment<16, true>(outX + dstRow * rowBytes, inX + srcRow * rowBytes, rowBytes, seg, lane);
       else copy_segment<8, true>(outX + dstRow * rowBytes, inX + srcRow * rowBytes, rowBytes, seg, lane);
@@ -1695,7 +1723,7 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_recv_view(const 
   EpState* st = state_of(a);
   if (read_err_code(st) != 0) return;  // this rank's dispatch failed: nothing to show
   build_tables(a, R);
-  const int E = a.numExperts, W = a.world, EPR = a.expertsPerRank;
+  const int E = a.numExperts;
   const int lane = threadIdx.x & 31, warpsPerBlock = blockDim.x >> 5;
   const uint64_t rowBytes = a.dispatchRowBytes;
   const uint64_t VB = rowBytes % 16u == 0 ? 16u : 8u;
@@ -1708,8 +1736,8 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_recv_view(const 
   for (uint32_t it = blockIdx.x * warpsPerBlock + (threadIdx.x >> 5); it < items;
        it += gridDim.x * warpsPerBlock) {
     const int g = (int)(it / (uint32_t)segs), seg = (int)(it % (uint32_t)segs);
-    const RowLoc l = locate(R, E, W, EPR, g);
-    const uint64_t srcRow = (uint64_t)l.le * a.expertCapacity + l.pos;
+    const RowLoc l = locate(R, a, g);
+    const uint64_t srcRow = l.row;
     const uint64_t dstRow = (uint64_t)l.s * a.maxRowsPerPeer + l.iSrc;
     char* dst = (char*)a.viewX + dstRow * rowBytes;
     if (VB == 16) copy_segment<16, true>(dst, inX + srcRow * rowBytes, rowBytes, seg, lane);

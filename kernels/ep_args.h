@@ -70,7 +70,7 @@ struct EpArgs {
   int32_t topk;
   int32_t numTokens;       // T of this call (<= maxTokensPerRank)
   int32_t maxRowsPerPeer;  // MAX_M
-  int32_t expertCapacity;  // rows per local expert in expertX / expertOut
+  int32_t expertCapacity;  // rows per local expert at most (padded: each expert's block in expertX / expertOut)
   int32_t groupSize;       // FP8 group size G
   int32_t groupsPerRow;    // H / G (0 when fp8 is off)
   int32_t fp8;             // 1: quantise dispatched rows to e4m3 + f32 scales
@@ -84,8 +84,8 @@ struct EpArgs {
   uint64_t combineSignalOff, combineSignalSlot;    // u64 [2][W]: combine rows from src landed
   uint64_t countsOff, countsSlot;                  // i32 [2][W][E]: every rank's per-expert pair counts
   uint64_t combineRecvOff, combineRecvSlot;        // bf16 [2][maxTokensPerRank * k][H]
-  uint64_t expertXOff;       // u8 [EPR][expertCapacity][dispatchRowBytes]: the dispatch output
-  uint64_t expertScalesOff;  // f32 [EPR][expertCapacity][H/G] (fp8 only)
+  uint64_t expertXOff;       // u8 [expertRows][dispatchRowBytes]: the dispatch output (see expert_row in ep.cu)
+  uint64_t expertScalesOff;  // f32 [expertRows][H/G] (fp8 only)
   uint64_t dispatchRowBytes;  // H (fp8) or 2H
   uint64_t combineRowBytes;   // 2H
   // heap bases: peerBases[r] is rank r's heap as mapped in this process (own rank: the local base)
@@ -94,7 +94,7 @@ struct EpArgs {
   uint64_t x;            // const uint16_t* bf16 [T, H]
   uint64_t topkIdx;      // const int32_t* [T, k]
   uint64_t topkWeights;  // const float* [T, k]
-  uint64_t expertOut;    // const uint16_t* bf16 [EPR][expertCapacity][H] (combine input)
+  uint64_t expertOut;    // const uint16_t* bf16 [expertRows][H] (combine input, rows as expertX's)
   // outputs (expertX and expertScales are heap regions, above)
   uint64_t expertCounts;  // int32_t* [EPR]
   uint64_t y;             // uint16_t* bf16 [T, H] (combine output)
@@ -119,8 +119,9 @@ struct EpArgs {
   uint64_t stageCarrierOff, stageCarrierSlot;  // i32 [2][W][stageRows]: the carrier row of each staged row
   uint64_t stageRecordsOff, stageRecordsSlot;  // [2][W][stageRows][recordBytes]: per carrier row: back, rows[k], w[k]
   int32_t recordBytes;        // bytes of one record: alignUp(4 * (1 + 2k), 16)
-  int32_t reserved;           // (zero)
+  int32_t packedExperts;      // 1: expertX / expertOut hold the experts' rows back to back (expertLayout 'packed')
   uint64_t carrierPlans;      // dedup: u32 counts[W] (16-byte padded), then [W][stageRows][recordBytes]: per carrier
                               // row received, by source, what ep_combine_send reads: source, origin's row, per slot
                               // the expertOut row (or -1) and the weight (ep.cu, plan_at)
+  uint64_t expertOffsets;     // int32_t* [EPR]: where each local expert's rows start in expertX (written with expertCounts)
 };

@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { CallSequence, checkCombineInputs, checkDispatchInputs } from '../src/ep/call-sequence.js';
 import { resolveConfig } from '../src/ep/config.js';
+import { expertShape } from '../src/ep/expert-layout.js';
 import { checkTensor, hostTensor } from '../src/ep/tensor.js';
 
 function sequence() {
@@ -79,7 +80,7 @@ describe('the input checks every transport shares', () => {
   const x = hostTensor('bf16', [3, 16]);
   const idx = hostTensor('i32', [3, 2]);
   const w = hostTensor('f32', [3, 2]);
-  const out = hostTensor('bf16', [c.expertsPerRank, c.expertCapacity, 16]);
+  const out = hostTensor('bf16', expertShape(c, 16));
 
   test('dispatch: shapes in order, then the token limit, then weights where dedup needs them', () => {
     assert.equal(checkDispatchInputs(c, checkTensor, x, idx, w), 3);

@@ -106,10 +106,11 @@ describe('moe-a2a command line', () => {
       'random,skewed',
     );
     assert.equal(r.status, 0, r.stderr);
-    // each scenario with and without de-duplication
-    assert.equal(r.stdout.match(/^PASS .* skewed dedup/gm)?.length, 1);
-    assert.equal(r.stdout.match(/^PASS /gm)?.length, 4);
-    assert.match(r.stdout, /^4 passed, 0 failed$/m);
+    // each scenario with and without de-duplication, each with both expert layouts
+    assert.equal(r.stdout.match(/^PASS .* skewed dedup packed/gm)?.length, 1);
+    assert.equal(r.stdout.match(/^PASS .* skewed padded/gm)?.length, 1);
+    assert.equal(r.stdout.match(/^PASS /gm)?.length, 8);
+    assert.match(r.stdout, /^8 passed, 0 failed$/m);
   });
 });
 

@@ -176,6 +176,27 @@ describe('resolveConfig: defaults and derived sizes', () => {
     assert.deepEqual(withDedup, plain);
   });
 
+  test('expertLayout: packed by default, holding what can arrive; padded holds EPR * maxRowsPerExpert rows', () => {
+    const v3 = { world: 4, numExperts: 256, hidden: 7168, topk: 8, maxTokensPerRank: 4096 };
+    assert.equal(resolveConfig(v3).expertLayout, 'packed');
+    const padded = resolveConfig({ ...v3, expertLayout: 'padded' });
+    assert.equal(padded.expertLayout, 'padded');
+    assert.equal(padded.expertRows, 64 * 4 * 4096); // every expert could take every token of every rank
+    const packed = resolveConfig(v3);
+    assert.equal(packed.expertLayout, 'packed');
+    // each source sends this rank at most maxRowsPerPeer = 4096 * 8 rows: 8x fewer rows than padded
+    assert.equal(packed.expertRows, 4 * 4096 * 8);
+    assert.equal(padded.expertRows / packed.expertRows, 8);
+    // a smaller maxRowsPerExpert bounds the packed rows too
+    const few = resolveConfig({ ...v3, expertLayout: 'packed', maxRowsPerExpert: 100 });
+    assert.equal(few.expertRows, 64 * 100);
+    // one expert per rank: both layouts hold the same rows
+    const one = { world: 2, numExperts: 2, hidden: 8, topk: 2, maxTokensPerRank: 5, fp8: false };
+    assert.equal(resolveConfig(one).expertRows, resolveConfig({ ...one, expertLayout: 'padded' }).expertRows);
+    for (const bad of ['Packed', 'compact', 1])
+      rejects({ ...base, expertLayout: bad }, ['expertLayout'], `expertLayout = ${JSON.stringify(bad)}`);
+  });
+
   test('bf16 dispatch rows are 2H bytes, combine rows always 2H', () => {
     const cfg = resolveConfig({ ...base, fp8: false, hidden: 7168 });
     assert.equal(cfg.dispatchRowBytes, 14336);

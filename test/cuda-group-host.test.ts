@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { type EpConfigInput, resolveConfig } from '../src/ep/config.js';
+import { expertShape } from '../src/ep/expert-layout.js';
 import { hostTensor } from '../src/ep/tensor.js';
 import { CudaEpGroup } from '../src/shmem/cuda/group.js';
 import { argOf, FakeDriver } from './helpers/fake-driver.js';
@@ -33,7 +34,7 @@ function inputs(g: CudaEpGroup, T: number, ids: number[]) {
     x: g.upload(hostTensor('bf16', [T, c.hidden])),
     idx: g.upload(hostTensor('i32', [T, c.topk], Int32Array.from(ids))),
     w: g.upload(hostTensor('f32', [T, c.topk], new Float32Array(T * c.topk).fill(0.5))),
-    out: g.upload(hostTensor('bf16', [c.expertsPerRank, c.expertCapacity, c.hidden])),
+    out: g.upload(hostTensor('bf16', expertShape(c, c.hidden))),
   };
 }
 
@@ -212,7 +213,7 @@ describe('cuda group host logic (fake driver)', () => {
     const copiesBefore = fake.copiesToDevice.length;
     const graph = g.captureGraph(64);
     assert.equal(fake.copiesToDevice.length, copiesBefore, 'nothing copied from the host');
-    const outBytes = c.expertsPerRank * c.expertCapacity * c.hidden * 2;
+    const outBytes = c.expertRows * c.hidden * 2;
     assert.ok(fake.memsets.some((m) => m.ptr === graph.expertOut.devicePtr && m.bytes === outBytes));
     assert.ok(
       fake.memsets.some((m) => m.ptr === graph.topkIdx.devicePtr && m.value === 0xff),

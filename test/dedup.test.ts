@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { resolveConfig } from '../src/ep/config.js';
+import { expertShape } from '../src/ep/expert-layout.js';
 import {
   combineRowOffset,
   computeLayout,
@@ -96,9 +97,10 @@ describe('dedup on the cpu transport: the heap, step by step (W = 1)', () => {
     assert.deepEqual([...(res.expertCounts.data as Int32Array)], [...want.expertCounts]);
     const xs = res.expertX.data as Uint16Array; // (a view of the heap's expertX region)
     const ex = new Uint8Array(xs.buffer, xs.byteOffset, xs.byteLength);
+    const offsets = res.expertOffsets.data as Int32Array;
     for (let e = 0; e < 4; e++) {
       const n = want.expertCounts[e];
-      const from = e * cfg.expertCapacity * 2 * H;
+      const from = offsets[e] * 2 * H;
       assert.deepEqual(ex.subarray(from, from + n * 2 * H), want.expertRows[e], `expert ${e}`);
     }
     assert.ok(res.recv);
@@ -114,13 +116,13 @@ describe('dedup on the cpu transport: the heap, step by step (W = 1)', () => {
       const res = group.dispatch(hostTensor('bf16', [3, H], x), hostTensor('i32', [3, 3], idx), {
         topkWeights: hostTensor('f32', [3, 3], w),
       });
-      const out = rng(6).bf16Array(4 * cfg.expertCapacity * H);
-      const y = group.combine(hostTensor('bf16', [4, cfg.expertCapacity, H], out), res.handle)
-        .data as Uint16Array;
+      const out = rng(6).bf16Array(cfg.expertRows * H);
+      const y = group.combine(hostTensor('bf16', expertShape(cfg, H), out), res.handle).data as Uint16Array;
       const inputs = [{ numTokens: 3, x, topkIdx: idx, topkWeights: w }];
+      const offsets = res.expertOffsets.data as Int32Array;
       const want = oracleCombine(cfg, inputs, 0, (_o, le, row) => ({
         data: out,
-        offset: (le * cfg.expertCapacity + row) * H,
+        offset: (offsets[le] + row) * H,
       }));
       assert.deepEqual([...y], [...want], `dedup ${dedup}`);
       if (!dedup) continue;
@@ -147,7 +149,7 @@ describe('dedup on the cpu transport: the heap, step by step (W = 1)', () => {
     const X = hostTensor('bf16', [3, H], x);
     const I = hostTensor('i32', [3, 3], idx);
     const W = hostTensor('f32', [3, 3], w);
-    const out = hostTensor('bf16', [4, cfg.expertCapacity, H]);
+    const out = hostTensor('bf16', expertShape(cfg, H));
     assert.throws(
       () => group.dispatch(X, I),
       (e: unknown) =>

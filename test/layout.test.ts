@@ -174,8 +174,10 @@ function randomConfig(r: ReturnType<typeof rng>): EpConfig {
   const full = maxTokensPerRank * Math.min(topk, numExperts / world);
   const maxRowsPerPeer = r.next() < 0.3 ? 1 + r.int(full) : undefined;
   const dedup = r.next() < 0.5;
+  const expertLayout = r.next() < 0.5 ? 'packed' : 'padded';
   return resolveConfig({
     dedup,
+    expertLayout,
     world,
     numExperts,
     hidden,
@@ -203,7 +205,8 @@ describe('layout: properties on random configs', () => {
   configs.push(
     resolveConfig({ world: 1, numExperts: 1, hidden: 8, topk: 1, maxTokensPerRank: 1, fp8: false }),
   );
-  configs.push(resolveConfig({ world: 8, numExperts: 256, hidden: 7168, topk: 8, maxTokensPerRank: 4096 }));
+  const v3 = { world: 8, numExperts: 256, hidden: 7168, topk: 8, maxTokensPerRank: 4096 };
+  configs.push(resolveConfig(v3), resolveConfig({ ...v3, expertLayout: 'packed' }));
   const layouts = layoutsOf(configs);
 
   test('regions are aligned, in order, non-overlapping, sized from the config; expertX has one copy', () => {
@@ -211,7 +214,9 @@ describe('layout: properties on random configs', () => {
       const stageRows = l.stageRows;
       const dedup = stageRows > 0 && cfg.dedup;
       const W = cfg.world;
-      const rows = cfg.expertsPerRank * cfg.expertCapacity;
+      // packed: what can arrive (every source's rows for this rank, at most maxRowsPerPeer each)
+      const padded = cfg.expertsPerRank * cfg.expertCapacity;
+      const rows = cfg.expertLayout === 'packed' ? Math.min(W * cfg.maxRowsPerPeer, padded) : padded;
       const want: Record<string, [number, number]> = {
         countSignal: [W * 8, 2],
         dispatchSignal: [W * 8, 2],

@@ -78,7 +78,7 @@ int main(int argc, char** argv) {
   a.peerBases = up(&base, 8);
   a.x = up(x.data(), x.size() * 2), a.topkIdx = up(idx.data(), idx.size() * 4);
   a.topkWeights = up(w.data(), w.size() * 4), a.expertOut = up(out.data(), out.size() * 2);
-  a.expertCounts = zeros(E * 4), a.y = zeros((size_t)T * H * 2);
+  a.expertCounts = zeros(E * 4), a.expertOffsets = zeros(E * 4), a.y = zeros((size_t)T * H * 2);
   a.pairRow = zeros((size_t)T * K * 4);
   a.pairDest = zeros((size_t)T * K * 4), a.recvSplits = zeros(W * (E / W + 1) * 4);
   a.state = zeros(sizeof(EpState)), a.errHost = 0;

@@ -1,6 +1,6 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { resolveConfig } from '../ep/config.js';
+import { type ExpertLayout, parseExpertLayout, resolveConfig } from '../ep/config.js';
 import { type DispatchPath, type DispatchPathRequest, parseDispatchPath } from '../ep/dispatch-path.js';
 import type { Floors } from '../shmem/cuda/floors.js';
 import type { ParsedFlags } from './args.js';
@@ -123,6 +123,19 @@ function pathsFor(cfg: ReturnType<typeof resolveConfig>, flag: unknown): readonl
 
 type Row = Record<string, unknown>;
 
+/** A row's variant as the tables name it: its dispatch path, and 'packed' for the packed expert layout. */
+function shownPath(r: Row): string {
+  const parts = [r.path, r.layout === 'packed' ? 'packed' : undefined].filter((p) => p !== undefined);
+  return parts.length ? parts.join(' ') : '-';
+}
+
+/** The expert layouts a bench compares: --expert-layout padded, packed or both (default: the config's default). */
+function layoutsFor(flag: unknown): readonly (ExpertLayout | undefined)[] {
+  if (flag === undefined) return [undefined];
+  if (flag === 'both') return ['padded', 'packed'];
+  return [parseExpertLayout(flag, '--expert-layout')];
+}
+
 // A collective takes as long as its slowest rank: the largest of a figure over ranks, and, for a
 // figure per iteration, per iteration the largest over ranks.
 const maxOver = <T>(items: readonly T[], pick: (x: T) => number) => Math.max(...items.map(pick));
@@ -189,16 +202,19 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
     };
     const totalBytes = world * tokens * topk * cfg.dispatchRowBytes;
     const copyUs = transport === 'cpu' ? typedArrayCopyUs(totalBytes) : Number.NaN;
-    for (const path of pathsFor(cfg, flags.path)) {
+    for (const [path, expertLayout] of pathsFor(cfg, flags.path).flatMap((p) =>
+      layoutsFor(flags['expert-layout']).map((l) => [p, l] as const),
+    )) {
       say(
-        `moe-a2a bench: ${transport}, W=${world} T=${tokens} ${fp8 ? 'fp8' : 'bf16'}${path ? `, ${path} dispatch` : ''}, ${warmup} warm-up + ${iters} iterations`,
+        `moe-a2a bench: ${transport}, W=${world} T=${tokens} ${fp8 ? 'fp8' : 'bf16'}${path ? `, ${path} dispatch` : ''}${expertLayout ? `, ${expertLayout} experts` : ''}, ${warmup} warm-up + ${iters} iterations`,
       );
       const dedup = path === 'dedup';
+      const layoutOf = resolveConfig({ ...config, expertLayout }).expertLayout;
       const task: BenchTask = {
         kind: 'bench',
         transport,
         timeoutMs,
-        config: { ...config, dedup },
+        config: { ...config, dedup, expertLayout },
         tokens,
         iters,
         warmup,
@@ -218,6 +234,7 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
         tokens,
         variant: 'eager',
         path: label,
+        layout: layoutOf,
         dispatch: stats(slowest((r) => r.dispatchUs)),
         combine: stats(slowest((r) => r.combineUs)),
         total: stats(slowest((r) => r.dispatchUs.map((d, i) => d + r.combineUs[i]))),
@@ -242,6 +259,7 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
           tokens,
           variant: 'graph',
           path: label,
+          layout: layoutOf,
           dispatch: stats(graphSlowest((r) => r.graphDispatchUs)),
           combine: stats(graphSlowest((r) => r.graphCombineUs)),
           total: stats(graphSlowest((r) => r.graphDispatchUs.map((d, i) => d + r.graphCombineUs[i]))),
@@ -380,10 +398,10 @@ function plotOf(
   },
 ): string {
   const series: PlotSeries[] = [];
-  const paths = [...new Set(rows.map((r) => r.path as string | undefined))];
+  const paths = [...new Set(rows.map(shownPath))];
   for (const path of paths) {
-    const mine = rows.filter((r) => r.path === path);
-    const name = (v: string) => `moe-a2a ${v}${path ? ` (${path})` : ''}`;
+    const mine = rows.filter((r) => shownPath(r) === path);
+    const name = (v: string) => `moe-a2a ${v}${path !== '-' ? ` (${path})` : ''}`;
     const loop = mine.filter((r) => r.loop);
     if (loop.length) {
       series.push({
@@ -475,7 +493,7 @@ function printTables(
           const n = ncclAt(r.tokens as number);
           return [
             r.tokens as number,
-            (r.path as string) ?? '-',
+            shownPath(r),
             fmt(l.graphUs),
             fmt(l.eagerUs),
             fmt(d?.loop_us),
@@ -516,7 +534,7 @@ function printTables(
         return [
           r.tokens as number,
           r.variant as string,
-          (r.path as string) ?? '-',
+          shownPath(r),
           fmt(d.median),
           fmt(d.p10),
           fmt(d.p90),
@@ -565,7 +583,7 @@ function printTables(
           const floorUs = (wd + wc) / (o.a2aGBs * 1e3);
           return [
             r.tokens as number,
-            (r.path as string) ?? '-',
+            shownPath(r),
             `${fmt(b.deepepDispatch / 1e6, 2)} / ${fmt(b.deepepCombine / 1e6, 2)}`,
             `${fmt(wd / 1e6, 2)} / ${fmt(wc / 1e6, 2)}`,
             fmt(floorUs, 2),
@@ -586,7 +604,7 @@ function printTables(
   for (const r of rows.filter((x) => x.stampSplit)) {
     const sp = r.stampSplit as StampSplit;
     console.log(
-      `where the time goes, T=${r.tokens as number}${r.path ? ` ${r.path as string}` : ''} (stamps, mean of 50 step replays after a device barrier; per segment the slowest rank; ` +
+      `where the time goes, T=${r.tokens as number}${r.path || r.layout === 'packed' ? ` ${shownPath(r)}` : ''} (stamps, mean of 50 step replays after a device barrier; per segment the slowest rank; ` +
         `GPU clock offsets ${sp.clockOffsetUs?.map((v) => fmt(v, 1)).join(' / ') ?? '-'} us, start skew ${fmt(sp.startSkewUs, 2)} us with them removed)`,
     );
     console.log(
@@ -660,7 +678,7 @@ function printTables(
           const h = r.hostUs as Record<string, number>;
           return [
             r.tokens as number,
-            (r.path as string) ?? '-',
+            shownPath(r),
             fmt(h.dispatch),
             fmt(h.combine),
             fmt(h.freshDispatch),

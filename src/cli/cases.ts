@@ -49,8 +49,8 @@ export const DEEPSEEK_V3 = { numExperts: 256, hidden: 7168, topk: 8, tokens: 128
 
 /**
  * The default verify suite: a sweep of small shapes over W, FP8 and every scenario, one rank with FP8
- * groups of 8, then the DeepSeek-V3 shape; then every one of those cases again with the de-duplicated
- * protocol (config.dedup, named `... dedup`).
+ * groups of 8, then the DeepSeek-V3 shape, all with the padded expert layout; then every one of those
+ * cases again with the de-duplicated protocol and the packed layout (named `... dedup packed`).
  */
 export function defaultSuite(seed: number, calls: number): VerifyCase[] {
   const cases: VerifyCase[] = [];
@@ -81,6 +81,7 @@ export function defaultSuite(seed: number, calls: number): VerifyCase[] {
         topk: 4,
         fp8: true,
         dedup: false,
+        expertLayout: 'padded',
         fp8GroupSize: 8,
         maxTokensPerRank: T,
       },
@@ -94,7 +95,7 @@ export function defaultSuite(seed: number, calls: number): VerifyCase[] {
     const { tokens, ...shape } = DEEPSEEK_V3;
     cases.push({
       name: `DeepSeek-V3 W=${shape.world} E=${shape.numExperts} H=${shape.hidden} k=${shape.topk} T=${tokens} ${fp8 ? 'fp8' : 'bf16'}`,
-      config: { ...shape, maxTokensPerRank: tokens, fp8, dedup: false },
+      config: { ...shape, maxTokensPerRank: tokens, fp8, dedup: false, expertLayout: 'padded' },
       scenario: 'random',
       tokens,
       calls,
@@ -104,9 +105,16 @@ export function defaultSuite(seed: number, calls: number): VerifyCase[] {
   return [...cases, ...cases.map(withDedup)];
 }
 
-/** The same case with the de-duplicated protocol on. */
+/**
+ * The same case with the de-duplicated protocol on, and the packed expert layout (the suite's first half
+ * runs the padded one), so that one run covers both settings of both without doubling its length.
+ */
 export function withDedup(kase: VerifyCase): VerifyCase {
-  return { ...kase, name: `${kase.name} dedup`, config: { ...kase.config, dedup: true } };
+  return {
+    ...kase,
+    name: `${kase.name} dedup packed`,
+    config: { ...kase.config, dedup: true, expertLayout: 'packed' },
+  };
 }
 
 function smallCase(
@@ -118,7 +126,7 @@ function smallCase(
 ): VerifyCase {
   return {
     name: `W=${base.world} E=${base.numExperts} H=${base.hidden} k=${base.topk} T=${tokens} ${base.fp8 ? 'fp8' : 'bf16'} ${scenario}`,
-    config: { ...base, maxTokensPerRank: Math.max(tokens, 1), dedup: false },
+    config: { ...base, maxTokensPerRank: Math.max(tokens, 1), dedup: false, expertLayout: 'padded' },
     scenario,
     tokens,
     calls,

@@ -28,8 +28,9 @@ PASS/FAIL line per case and exits non-zero on any FAIL.
 
 With no shape flags it runs the suite: W in {1, 2, 3, 4, 8}, FP8 on and off, random, mostly-dropped,
 skewed (every pair on one rank's experts, each expert filled to capacity) and ragged routing, T = 0
-and T = 1, with and without de-duplication (dedup), one rank with FP8 groups of 8 at H = 7168, then the DeepSeek-V3 shape (H = 7168, k = 8,
-E = 256, T = 128 per rank, W = 4). With any
+and T = 1, one rank with FP8 groups of 8 at H = 7168, then the DeepSeek-V3 shape (H = 7168, k = 8,
+E = 256, T = 128 per rank, W = 4), each case twice: as it is (padded expert layout) and with
+de-duplication and the packed layout (dedup packed). With any
 shape flag it runs that shape with random, dropped and skewed routing (or those --scenario names).
 
 Examples:
@@ -59,6 +60,13 @@ Examples:
         name: 'dedup',
         kind: 'bool',
         help: 'only cases with (--dedup) or without (--no-dedup) rank-level de-duplication; default both',
+      },
+      {
+        name: 'expert-layout',
+        kind: 'string',
+        meta: 'LAYOUT',
+        help: 'only cases whose expertX is padded (a fixed block per expert) or packed (rows back to back); default both',
+        default: 'both',
       },
       {
         name: 'scenario',
@@ -113,6 +121,13 @@ Examples:
         meta: 'PATH',
         help: 'W > 1, what to time: dedup (the default settings: staged, de-duplicated), staged or direct (without dedup), auto, or all',
         default: 'all',
+      },
+      {
+        name: 'expert-layout',
+        kind: 'string',
+        meta: 'LAYOUT',
+        help: "expertX's layout to time: padded, packed or both (side by side)",
+        default: 'the config default',
       },
       {
         name: 'stamps',

@@ -2,6 +2,7 @@ import { createGroup, type TransportName } from '../create.js';
 import type { EpGroup } from '../ep/api.js';
 import { type EpConfigInput, resolveConfig } from '../ep/config.js';
 import type { DispatchPath, DispatchPathRequest } from '../ep/dispatch-path.js';
+import { expertShape } from '../ep/expert-layout.js';
 import { mixSeed, Rng, randomBf16, randomTopk, randomWeights } from '../ep/random.js';
 import { hostTensor } from '../ep/tensor.js';
 import type { DeviceTensor } from '../shmem/cuda/device-tensor.js';
@@ -316,11 +317,7 @@ export async function runBenchRank(
     const outRng = new Rng(mixSeed(task.seed, rank, 3));
     const expertOut = io.upload(
       group,
-      hostTensor(
-        'bf16',
-        [cfg.expertsPerRank, cfg.expertCapacity, cfg.hidden],
-        randomBf16(outRng, cfg.expertsPerRank * cfg.expertCapacity * cfg.hidden),
-      ),
+      hostTensor('bf16', expertShape(cfg, cfg.hidden), randomBf16(outRng, cfg.expertRows * cfg.hidden)),
     );
     // device-event timing where the transport has it (cuda), else the host clock around a finished call
     const onDevice = (group as { timeOnDevice?: (fn: () => void) => number }).timeOnDevice?.bind(group);

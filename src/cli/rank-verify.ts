@@ -10,6 +10,7 @@ import {
   runStandInExperts,
 } from '../ep/check.js';
 import { type EpConfig, resolveConfig } from '../ep/config.js';
+import { expertShape } from '../ep/expert-layout.js';
 import { type OracleDispatch, type OracleRankInput, oracleCombine, oracleDispatch } from '../ep/oracle.js';
 import { type HostTensor, hostTensor } from '../ep/tensor.js';
 import { errorToWire, type WireError } from '../errors.js';
@@ -125,11 +126,12 @@ function verifyGraphCall(
     expertX: bytesOf(expertX),
     expertScales: scales ? (scales.data as Float32Array) : null,
     expertCounts: g.download(graph.expertCounts).data as Int32Array,
+    expertOffsets: g.download(graph.expertOffsets).data as Int32Array,
   };
   const expected = expectedDispatch(cfg, inputs);
   const bad = compareDispatch(cfg, actual, expected[rank]);
-  const out = runStandInExperts(cfg, rank, actual.expertX, actual.expertScales, actual.expertCounts);
-  g.copyInto(graph.expertOut, hostTensor('bf16', [cfg.expertsPerRank, cfg.expertCapacity, cfg.hidden], out));
+  const out = standIn(cfg, rank, actual);
+  g.copyInto(graph.expertOut, hostTensor('bf16', expertShape(cfg, cfg.hidden), out));
   graph.combine();
   const y = g.download(graph.y);
   // the same call again as one step() replay (dispatch + combine in one graph, expertOut already in
@@ -198,6 +200,7 @@ function checkCall(
     expertX: new Uint8Array(expertX.data.buffer, expertX.data.byteOffset, expertX.data.byteLength),
     expertScales: res.expertScales ? ((host(res.expertScales) as HostTensor).data as Float32Array) : null,
     expertCounts: (host(res.expertCounts) as HostTensor).data as Int32Array,
+    expertOffsets: (host(res.expertOffsets) as HostTensor).data as Int32Array,
   };
   if (res.recv) {
     const rx = host(res.recv.x) as HostTensor;
@@ -209,11 +212,8 @@ function checkCall(
   const expected = expectedDispatch(cfg, inputs);
   const bad = compareDispatch(cfg, actual, expected[rank]);
   // combine runs even after a dispatch mismatch: the peers are in this call too
-  const out = runStandInExperts(cfg, rank, actual.expertX, actual.expertScales, actual.expertCounts);
-  const outT = io.upload(
-    group,
-    hostTensor('bf16', [cfg.expertsPerRank, cfg.expertCapacity, cfg.hidden], out),
-  );
+  const out = standIn(cfg, rank, actual);
+  const outT = io.upload(group, hostTensor('bf16', expertShape(cfg, cfg.hidden), out));
   let y: HostTensor;
   try {
     y = host(group.combine(outT, res.handle)) as HostTensor;
@@ -223,6 +223,11 @@ function checkCall(
   if (bad) return `call ${call}: dispatch: ${bad}`;
   const badY = combineVerdict(cfg, inputs, rank, expected, y);
   return badY ? `call ${call}: combine: ${badY}` : undefined;
+}
+
+/** The stand-in experts' output for what this rank received (where they are). */
+function standIn(cfg: EpConfig, rank: number, a: ActualDispatch): Uint16Array {
+  return runStandInExperts(cfg, rank, a.expertX, a.expertScales, a.expertCounts, a.expertOffsets);
 }
 
 /** What every rank must hold after dispatch, by the oracle. */

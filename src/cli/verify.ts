@@ -1,3 +1,4 @@
+import { type ExpertLayout, parseExpertLayout } from '../ep/config.js';
 import { type ParsedFlags, UsageError } from './args.js';
 import { defaultSuite, type Scenario, type VerifyCase } from './cases.js';
 import { anyShapeFlag, resolveTransport } from './common.js';
@@ -22,12 +23,18 @@ export function verifyCases(flags: ParsedFlags): VerifyCase[] {
   const seed = (flags.seed as number | undefined) ?? 1;
   const calls = (flags.calls as number | undefined) ?? 2;
   const named = flags.scenario === undefined ? undefined : parseScenarios(flags.scenario as string);
+  const layoutFlag = flags['expert-layout'] as string | undefined;
+  const layouts: ExpertLayout[] =
+    layoutFlag === undefined || layoutFlag === 'both'
+      ? ['padded', 'packed']
+      : [parseExpertLayout(layoutFlag, '--expert-layout')];
   if (!anyShapeFlag(flags)) {
     // the suite, narrowed by --fp8/--no-fp8 and --scenario where given
     return defaultSuite(seed, calls).filter(
       (c) =>
         (flags.fp8 === undefined || c.config.fp8 === flags.fp8) &&
         (flags.dedup === undefined || (c.config.dedup ?? false) === flags.dedup) &&
+        (layouts.length === 2 || c.config.expertLayout === layouts[0]) &&
         (!named || named.includes(c.scenario)),
     );
   }
@@ -42,10 +49,10 @@ export function verifyCases(flags: ParsedFlags): VerifyCase[] {
   const cases: VerifyCase[] = [];
   for (const tokens of tokenList) {
     for (const fp8 of fp8s) {
-      for (const dedup of dedups) {
+      for (const [dedup, expertLayout] of dedups.flatMap((d) => layouts.map((l) => [d, l] as const))) {
         for (const scenario of scenarios) {
           cases.push({
-            name: `W=${world} E=${numExperts} H=${hidden} k=${topk} T=${tokens} ${fp8 ? 'fp8' : 'bf16'} ${scenario}${dedup ? ' dedup' : ''}`,
+            name: `W=${world} E=${numExperts} H=${hidden} k=${topk} T=${tokens} ${fp8 ? 'fp8' : 'bf16'} ${scenario}${dedup ? ' dedup' : ''} ${expertLayout}`,
             config: {
               world,
               numExperts,
@@ -55,6 +62,7 @@ export function verifyCases(flags: ParsedFlags): VerifyCase[] {
               fp8,
               fp8GroupSize: (flags['group-size'] as number | undefined) ?? 128,
               dedup,
+              expertLayout,
             },
             scenario,
             tokens,

@@ -18,16 +18,19 @@ export interface SourceMajorRecv<T> {
 
 export interface DispatchResult<T> {
   /**
-   * [EPR, expertCapacity, H]: for each local expert, its rows contiguous (sources in rank order, each
-   * source's tokens in order); fp8_e4m3 when the group quantises, else bf16. Rows past
-   * expertCounts[e] are unspecified. A view of the group's output buffer: valid until the next dispatch.
-   * After a dispatch that failed, the contents of expertX, expertScales and expertCounts are unspecified.
+   * The rows each local expert received (sources in rank order, each source's tokens in order), fp8_e4m3
+   * when the group quantises, else bf16: [EPR, expertCapacity, H] (expertLayout 'padded') or [expertRows,
+   * H] ('packed'); expert e's rows are rows expertOffsets[e] .. + expertCounts[e] of it viewed as
+   * [rows, H]. Other rows are unspecified. A view of the group's output buffer: valid until the next
+   * dispatch. After a dispatch that failed, the contents of every output are unspecified.
    */
   expertX: T;
-  /** f32 [EPR, expertCapacity, H/G]: per-group scales of expertX (FP8 only, else null). Same lifetime. */
+  /** f32 [..., H/G]: per-group scales of expertX's rows, same row order (FP8 only, else null). Same lifetime. */
   expertScales: T | null;
   /** i32 [EPR]: rows received per local expert. */
   expertCounts: T;
+  /** i32 [EPR]: the row where each local expert's rows start (padded: e * expertCapacity). Same lifetime. */
+  expertOffsets: T;
   /** Pass to combine(); valid until the next dispatch. */
   handle: CombineHandle;
   /** The source-major receive buffer, when asked for with { returnRecv: true }. */
@@ -70,7 +73,7 @@ export interface EpGroup<T = HostTensor> {
   /**
    * Returns the expert outputs to their tokens and reduces them: y[t] = sum_j w[t,j] * out[t,j]
    * (f32 accumulation in j order, bf16 result).
-   * @param expertOut bf16 [EPR, expertCapacity, H]: row i of expert e is the output for row i of expertX.
+   * @param expertOut bf16, expertX's shape with H columns: each row is the output for the same row of expertX.
    * @returns bf16 [T, H], a new tensor.
    */
   combine(expertOut: T, handle: CombineHandle, options?: CombineOptions<T>): T;

@@ -5,6 +5,7 @@ import {
   tooManyTokensError,
 } from './call-errors.js';
 import type { EpConfig } from './config.js';
+import { expertShape } from './expert-layout.js';
 import { type CombineHandle, HandleRegistry, withAbandoned } from './handle.js';
 import type { DType } from './tensor.js';
 
@@ -118,7 +119,7 @@ export function checkCombineInputs<T>(
   numTokens: number,
   dispatchHadWeights: boolean,
 ): 'given' | 'dispatch' {
-  check('expertOut', expertOut, 'bf16', [c.expertsPerRank, c.expertCapacity, c.hidden]);
+  check('expertOut', expertOut, 'bf16', expertShape(c, c.hidden));
   if (c.dedup) {
     if (topkWeights !== undefined) throw dedupCombineWeightsError();
     return 'dispatch';

@@ -40,19 +40,22 @@ export function standInExpert(
   }
 }
 
-/** Runs the stand-in expert over a rank's expert-major rows; rows past the counts are poisoned. */
+/** Runs the stand-in expert over a rank's expert-major rows; rows no expert holds are poisoned. */
 export function runStandInExperts(
   cfg: EpConfig,
   rank: number,
   expertX: Uint8Array,
   expertScales: Float32Array | null,
   expertCounts: Int32Array,
+  expertOffsets: Int32Array,
 ): Uint16Array {
-  const { hidden: H, expertCapacity: cap, dispatchRowBytes: rb, groupsPerRow: G } = cfg;
-  const out = new Uint16Array(cfg.expertsPerRank * cap * H).fill(POISON_BF16);
+  const { hidden: H, dispatchRowBytes: rb, groupsPerRow: G } = cfg;
+  const out = new Uint16Array(cfg.expertRows * H).fill(POISON_BF16);
   for (let e = 0; e < cfg.expertsPerRank; e++) {
-    for (let i = 0; i < expertCounts[e]; i++) {
-      const r = e * cap + i;
+    // (wrong counts or offsets are compareDispatch's to report: run only over rows that exist)
+    const n = Math.max(0, Math.min(expertCounts[e], cfg.expertRows - expertOffsets[e]));
+    for (let i = 0; i < (expertOffsets[e] >= 0 ? n : 0); i++) {
+      const r = expertOffsets[e] + i;
       standInExpert(
         cfg,
         rank * cfg.expertsPerRank + e,
@@ -113,6 +116,7 @@ export interface ActualDispatch {
   expertX: Uint8Array;
   expertScales: Float32Array | null;
   expertCounts: Int32Array;
+  expertOffsets: Int32Array;
   /** Source-major: splits [W][EPR+1], rows [W][MAX_M][rowBytes], scales [W][MAX_M][G]. */
   recvSplits?: Int32Array;
   recvX?: Uint8Array;
@@ -128,10 +132,19 @@ export function compareDispatch(
   actual: ActualDispatch,
   expected: OracleDispatch,
 ): string | null {
-  const { expertsPerRank: epr, expertCapacity: cap, dispatchRowBytes: rb, groupsPerRow: G } = cfg;
+  const { expertsPerRank: epr, dispatchRowBytes: rb, groupsPerRow: G } = cfg;
   for (let e = 0; e < epr; e++) {
     if (actual.expertCounts[e] !== expected.expertCounts[e]) {
       return `expertCounts[${e}] is ${actual.expertCounts[e]}, expected ${expected.expertCounts[e]}`;
+    }
+  }
+  // where each expert's rows must start: its fixed block (padded), or after the experts before it (packed)
+  let next = 0;
+  for (let e = 0; e < epr; e++) {
+    const want = cfg.expertLayout === 'packed' ? next : e * cfg.expertCapacity;
+    next += expected.expertCounts[e];
+    if (actual.expertOffsets[e] !== want) {
+      return `expertOffsets[${e}] is ${actual.expertOffsets[e]}, expected ${want} (${cfg.expertLayout} layout)`;
     }
   }
   // where each expected row's bytes live, to name a misplaced row by its origin
@@ -144,7 +157,7 @@ export function compareDispatch(
   }
   for (let e = 0; e < epr; e++) {
     for (let i = 0; i < expected.expertCounts[e]; i++) {
-      const r = e * cap + i;
+      const r = actual.expertOffsets[e] + i;
       const got = actual.expertX.subarray(r * rb, (r + 1) * rb);
       const want = expected.expertRows[e].subarray(i * rb, (i + 1) * rb);
       const origin = expected.expertOrigin[e][i];

@@ -43,6 +43,26 @@ export interface EpConfigInput {
    * heap layout).
    */
   dedup?: boolean;
+  /**
+   * How expertX (and combine's expertOut) hold each local expert's rows. 'padded': [EPR,
+   * maxRowsPerExpert, H], every expert a fixed block. 'packed': [expertRows, H], the experts' rows back to
+   * back (expertOffsets[e] is where expert e's start, what grouped GEMMs with offsets read), sized for the
+   * rows that can really arrive: min(world * maxRowsPerPeer, EPR * maxRowsPerExpert), several times smaller
+   * than 'padded' with many experts per rank (8x at the DeepSeek-V3 shape). Default 'packed' (measured
+   * as fast as 'padded' at every batch size: bench/NOTES.md v10).
+   */
+  expertLayout?: ExpertLayout;
+}
+
+/** See EpConfigInput.expertLayout. */
+export type ExpertLayout = 'padded' | 'packed';
+
+/** An expert layout's name, from an option (`from` names it in the ConfigError otherwise). */
+export function parseExpertLayout(v: unknown, from: string): ExpertLayout {
+  if (v === 'padded' || v === 'packed') return v;
+  throw new ConfigError(`${from} must be 'padded' or 'packed', got '${String(v)}'`, {
+    fields: 'expertLayout',
+  });
 }
 
 /** A validated configuration with every derived size. */
@@ -58,8 +78,12 @@ export interface EpConfig {
   /** H / G: scales per row (FP8 only, but always derived). */
   readonly groupsPerRow: number;
   readonly maxRowsPerPeer: number;
-  /** Rows per local expert in the expert-major output (maxRowsPerExpert). */
+  /** Rows per local expert in the expert-major output at most (maxRowsPerExpert). */
   readonly expertCapacity: number;
+  /** How expertX holds the experts' rows (see EpConfigInput.expertLayout). */
+  readonly expertLayout: ExpertLayout;
+  /** Rows of expertX and expertOut in all: EPR * expertCapacity (padded), or what can arrive (packed). */
+  readonly expertRows: number;
   /** Bytes of one dispatched row: H (FP8) or 2H (bf16). */
   readonly dispatchRowBytes: number;
   /** Bytes of one combined row: 2H (bf16). */
@@ -95,6 +119,7 @@ export function resolveConfig(input: EpConfigInput): EpConfig {
   const dedup = input.dedup ?? topk <= MAX_DEDUP_TOPK;
   if (typeof dedup !== 'boolean')
     throw new ConfigError(`dedup must be a boolean, got ${String(dedup)}`, { fields: 'dedup' });
+  const expertLayout = parseExpertLayout(input.expertLayout ?? 'packed', 'expertLayout');
   const fp8GroupSize = checkInt('fp8GroupSize', input.fp8GroupSize ?? 128, 1);
   if (numExperts % world !== 0) {
     throw new ConfigError(
@@ -163,6 +188,11 @@ export function resolveConfig(input: EpConfigInput): EpConfig {
     groupsPerRow: fp8 ? hidden / fp8GroupSize : 0,
     maxRowsPerPeer,
     expertCapacity,
+    expertLayout,
+    expertRows:
+      expertLayout === 'packed'
+        ? Math.min(world * maxRowsPerPeer, expertsPerRank * expertCapacity)
+        : expertsPerRank * expertCapacity,
     dispatchRowBytes: fp8 ? hidden : 2 * hidden,
     combineRowBytes: 2 * hidden,
     dedup,

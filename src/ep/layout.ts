@@ -46,9 +46,9 @@ export interface HeapLayout {
    * with dedup, each owner's partial for token t at row t * k + j0 (j0: t's first slot on that owner).
    */
   readonly combineRecv: Region;
-  /** u8 [EPR][expertCapacity][dispatchRowBytes]: the dispatch output (slotBytes = bytes: one copy). */
+  /** u8 [expertRows][dispatchRowBytes]: the dispatch output (slotBytes = bytes: one copy; src/ep/expert-layout.ts). */
   readonly expertX: Region;
-  /** f32 [EPR][expertCapacity][H/G]: its scales (FP8 only; zero bytes otherwise). */
+  /** f32 [expertRows][H/G]: its scales (FP8 only; zero bytes otherwise). */
   readonly expertScales: Region;
   /** u64 [W]: barrierSignal[src] = the count of src's latest device barrier (one copy). */
   readonly barrierSignal: Region;
@@ -86,7 +86,7 @@ export interface HeapLayout {
 export function computeLayout(cfg: EpConfig, stageRows: number): HeapLayout {
   const heap = new RegionCursor();
   const W = cfg.world;
-  const rows = cfg.expertsPerRank * cfg.expertCapacity;
+  const rows = cfg.expertRows;
   const combineRows = cfg.maxTokensPerRank * cfg.topk;
   const splitsPerPeer = cfg.expertsPerRank + 1;
   const staged = stageRows > 0;

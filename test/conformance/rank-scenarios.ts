@@ -11,6 +11,7 @@ import { verifyCall } from '../../src/cli/rank-verify.js';
 import { createGroup } from '../../src/create.js';
 import type { EpGroup } from '../../src/ep/api.js';
 import { resolveConfig } from '../../src/ep/config.js';
+import { expertShape } from '../../src/ep/expert-layout.js';
 import { hostTensor } from '../../src/ep/tensor.js';
 import { type ErrorDetails, errorToWire } from '../../src/errors.js';
 
@@ -157,7 +158,7 @@ async function errorSteps(task: ScenarioTask, rank: number): Promise<Observation
   await correct('too many tokens');
   // 5. handles: reusing one is refused locally; a stale one also abandons the call that still waits
   // for its combine, on every rank; a foreign one (nothing waiting) is refused locally
-  const out = () => io.upload(g, hostTensor('bf16', [cfg.expertsPerRank, cfg.expertCapacity, H]));
+  const out = () => io.upload(g, hostTensor('bf16', expertShape(cfg, H)));
   const done = g.dispatch(goodX(), goodIdx(), { topkWeights: w() });
   obs.push(await observe('combine', () => g.combine(out(), done.handle)));
   obs.push(await observe('handle reused', () => g.combine(out(), done.handle)));
@@ -232,10 +233,7 @@ async function errorSteps(task: ScenarioTask, rank: number): Promise<Observation
   obs.push(
     await observe('combine after expert capacity', () => {
       if (p && capObs.code === 'ok') {
-        eg.combine(
-          io.upload(eg, hostTensor('bf16', [expCfg.expertsPerRank, expCfg.expertCapacity, H])),
-          p.handle,
-        );
+        eg.combine(io.upload(eg, hostTensor('bf16', expertShape(expCfg, H))), p.handle);
       }
     }),
   );
@@ -272,7 +270,7 @@ async function dedupWeightSteps(task: ScenarioTask, rank: number): Promise<Obser
     return io.upload(g, hostTensor('i32', [T, k], ids));
   };
   const w = () => io.upload(g, hostTensor('f32', [T, k], new Float32Array(T * k).fill(0.5)));
-  const out = () => io.upload(g, hostTensor('bf16', [cfg.expertsPerRank, cfg.expertCapacity, H]));
+  const out = () => io.upload(g, hostTensor('bf16', expertShape(cfg, H)));
   correct('group open');
   // 1. rank 0 dispatches without topkWeights; its peers pass them
   obs.push(

@@ -53,16 +53,38 @@ export function conformanceSuite(transport: 'cpu' | 'cuda', skip: string | false
           (c) => c.config.hidden === 256 && c.config.world <= 4 && ofKind(c),
         );
         assert.ok(cases.length >= 40);
-        for (const c of cases) assert.equal(c.name.endsWith(' dedup'), dedup, c.name);
+        // (the suite pairs dedup with the packed expert layout, the plain protocol with the padded one)
+        for (const c of cases) assert.equal(c.name.endsWith(' dedup packed'), dedup, c.name);
+        for (const c of cases) assert.equal(c.config.expertLayout, dedup ? 'packed' : 'padded', c.name);
         await verifyAll(transport, cases);
       });
 
       if (!dedup) {
-        it('matches the oracle bit for bit over the direct protocol too (count exchange, rows straight into expertX)', async () => {
+        it('matches the oracle bit for bit over the direct protocol too (count exchange, rows straight into expertX), both expert layouts', async () => {
+          const seen = new Map<string, number>();
           const cases = defaultSuite(13, 2)
             .filter((c) => c.config.hidden === 256 && c.config.world <= 4 && ofKind(c))
-            .map((c) => ({ ...c, name: `${c.name} direct`, dispatchPath: 'direct' as const }));
+            .map((c) => {
+              // half the cases of each scenario packed, spread over W and FP8 (padded, packed, packed,
+              // padded, ...): rows stored straight into a packed expertX need every count first
+              const n = seen.get(c.scenario) ?? 0;
+              seen.set(c.scenario, n + 1);
+              const expertLayout = n % 4 === 1 || n % 4 === 2 ? ('packed' as const) : ('padded' as const);
+              const config = { ...c.config, expertLayout };
+              return {
+                ...c,
+                name: `${c.name} direct ${expertLayout}`,
+                config,
+                dispatchPath: 'direct' as const,
+              };
+            });
           assert.ok(cases.length >= 40);
+          for (const fp8 of [true, false])
+            assert.ok(
+              cases.some(
+                (c) => c.config.expertLayout === 'packed' && c.config.fp8 === fp8 && c.scenario === 'skewed',
+              ),
+            );
           await verifyAll(transport, cases);
         });
       }
@@ -216,7 +238,8 @@ export function conformanceSuite(transport: 'cpu' | 'cuda', skip: string | false
             assert.equal(outShape.code, 'MOE_SHAPE');
             assert.match(
               outShape.message ?? '',
-              new RegExp(`expertOut must have shape bf16 \\[4, ${16 * world}, 256\\], got \\[4, 1, 256\\]`),
+              // packed (the default): 4 experts of at most 16 rows from each of W ranks, back to back
+              new RegExp(`expertOut must have shape bf16 \\[${64 * world}, 256\\], got \\[4, 1, 256\\]`),
             );
           } else {
             assert.equal(outShape.code, 'MOE_PEER_FAILED');

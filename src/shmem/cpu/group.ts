@@ -10,6 +10,7 @@ import { CallSequence, checkCombineInputs, checkDispatchInputs } from '../../ep/
 import { BF16_DECODE, f32BitsToBf16, quantizeRowsFp8, weightedSumBf16 } from '../../ep/codec.js';
 import type { EpConfig } from '../../ep/config.js';
 import type { DispatchPath } from '../../ep/dispatch-path.js';
+import { expertOffsetsOf, expertShape } from '../../ep/expert-layout.js';
 import type { CombineHandle } from '../../ep/handle.js';
 import {
   combineRowOffset,
@@ -64,6 +65,8 @@ export class HostEpGroup implements EpGroup<HostTensor> {
   private readonly expertX: Uint8Array;
   private readonly expertScales: Float32Array | null;
   private readonly expertCounts: Int32Array;
+  /** Where each local expert's rows start in expertX (src/ep/expert-layout.ts); combine reads them too. */
+  private readonly expertOffsets: Int32Array;
   /** FP8: each token quantised once per call, then copied to each destination that wants it. */
   private readonly quantRows: Uint8Array;
   private readonly quantScales: Float32Array;
@@ -85,7 +88,7 @@ export class HostEpGroup implements EpGroup<HostTensor> {
       abortDispatch: (call) => this.abort(dispatchPath === 'direct' ? 'countSignal' : 'dispatchSignal', call),
       abortCombine: (call) => this.abort('combineSignal', call),
     });
-    const rows = c.expertsPerRank * c.expertCapacity;
+    const rows = c.expertRows;
     const local = shmem.local();
     // the outputs live in the heap's expertX region, as on cuda (peers never write it on this protocol)
     const at = local.byteOffset + layout.expertX.offset;
@@ -93,6 +96,7 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     const scalesAt = local.byteOffset + layout.expertScales.offset;
     this.expertScales = c.fp8 ? new Float32Array(local.buffer, scalesAt, rows * c.groupsPerRow) : null;
     this.expertCounts = new Int32Array(c.expertsPerRank);
+    this.expertOffsets = new Int32Array(c.expertsPerRank);
     this.quantRows = new Uint8Array(c.fp8 ? c.maxTokensPerRank * c.hidden : 0);
     this.quantScales = new Float32Array(c.fp8 ? c.maxTokensPerRank * c.groupsPerRow : 0);
     this.heapI32 = new Int32Array(local.buffer, local.byteOffset, local.byteLength / 4);
@@ -191,8 +195,8 @@ export class HostEpGroup implements EpGroup<HostTensor> {
       this.abort('combineSignal', call); // peers will not wait in combine for a rank that cannot combine
       throw err;
     }
-    if (this.dispatchPath === 'direct') this.countRows(splits);
-    else this.repack(slot, splits);
+    this.countRows(splits);
+    if (this.dispatchPath === 'staged') this.repack(slot, splits);
     const state: HandleState = { slot, numTokens: T, pairRow: plan.pairRow, weights, splits, carriers };
     const handle = this.sequence.issue(call, T, state);
     let recv: SourceMajorRecv<HostTensor> | null = null;
@@ -200,10 +204,9 @@ export class HostEpGroup implements EpGroup<HostTensor> {
       recv = this.dispatchPath === 'direct' ? this.viewFromExpertX(splits) : this.copyRecv(slot, splits);
     return {
       expertX: this.expertXTensor(),
-      expertScales: this.expertScales
-        ? hostTensor('f32', [epr, c.expertCapacity, G], this.expertScales)
-        : null,
+      expertScales: this.expertScales ? hostTensor('f32', expertShape(c, G), this.expertScales) : null,
       expertCounts: hostTensor('i32', [epr], this.expertCounts),
+      expertOffsets: hostTensor('i32', [epr], this.expertOffsets),
       handle,
       recv,
     };
@@ -249,8 +252,8 @@ export class HostEpGroup implements EpGroup<HostTensor> {
   /**
    * Direct send (the cuda transport's ep_route + ep_dispatch): this rank's per-expert counts to every
    * rank (counts[slot][me], then countSignal), and once every rank's counts are in, each row straight
-   * into its final place in its owner's expertX: local expert le of owner d, after the rows of the
-   * sources before this rank, in this rank's order. Rows of an expert over capacity are not stored (its
+   * into its final place in its owner's expertX: in local expert le's rows of owner d (whose start the
+   * counts give), after the rows of the sources before this rank, in this rank's order. Rows of an expert over capacity are not stored (its
    * owner fails the call). Then dispatchSignal to every rank and a wait for every rank's. Returns the
    * split records the staged protocol would have received (per source: rows per local expert, m_st).
    */
@@ -290,6 +293,10 @@ export class HostEpGroup implements EpGroup<HostTensor> {
         total[e] += counts[s * E + e];
       }
     }
+    // where each expert's rows start in its owner's expertX
+    const start = new Int32Array(E);
+    for (let d = 0; d < W; d++)
+      start.set(expertOffsetsOf(c, total.subarray(d * epr, (d + 1) * epr)), d * epr);
     const put = (d: number, off: number, bytes: Uint8Array) => this.putTo(peers, d, off, bytes);
     for (let t = 0; t < T; t++) {
       const rowSrc = src.subarray(t * rowBytes, (t + 1) * rowBytes);
@@ -300,7 +307,7 @@ export class HostEpGroup implements EpGroup<HostTensor> {
         const e = idxData[p];
         if (row < 0 || total[e] > cap) continue;
         const d = (e / epr) | 0;
-        const r = (e - d * epr) * cap + before[e] + (row - plan.expertOffsets[e]);
+        const r = start[e] + before[e] + (row - plan.expertOffsets[e]);
         put(d, L.expertX.offset + r * rowBytes, rowSrc);
         if (sc) put(d, L.expertScales.offset + r * G * 4, sc);
       }
@@ -323,13 +330,14 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     return splits;
   }
 
-  /** Direct: the rows are in place already; expertCounts from the split records. */
+  /** expertCounts from the split records, and from them where each expert's rows start. */
   private countRows(splits: Int32Array): void {
     const c = this.config;
     const spp = this.layout.splitsPerPeer;
     this.expertCounts.fill(0);
     for (let s = 0; s < c.world; s++)
       for (let e = 0; e < c.expertsPerRank; e++) this.expertCounts[e] += splits[s * spp + e];
+    this.expertOffsets.set(expertOffsetsOf(c, this.expertCounts));
   }
 
   /**
@@ -338,7 +346,7 @@ export class HostEpGroup implements EpGroup<HostTensor> {
    */
   private viewFromExpertX(splits: Int32Array): SourceMajorRecv<HostTensor> {
     const c = this.config;
-    const { world: W, expertsPerRank: epr, expertCapacity: cap, maxRowsPerPeer: M } = c;
+    const { world: W, expertsPerRank: epr, maxRowsPerPeer: M } = c;
     const rb = c.dispatchRowBytes;
     const G = c.groupsPerRow;
     const spp = this.layout.splitsPerPeer;
@@ -348,7 +356,7 @@ export class HostEpGroup implements EpGroup<HostTensor> {
       let m = 0;
       for (let e = 0; e < epr; e++) {
         const n = splits[s * spp + e];
-        const from = e * cap + base[e];
+        const from = this.expertOffsets[e] + base[e];
         bytes.set(this.expertX.subarray(from * rb, (from + n) * rb), (s * M + m) * rb);
         if (scaleData && this.expertScales)
           scaleData.set(this.expertScales.subarray(from * G, (from + n) * G), (s * M + m) * G);
@@ -476,7 +484,7 @@ export class HostEpGroup implements EpGroup<HostTensor> {
 
   private expertXTensor(): HostTensor {
     const c = this.config;
-    const shape = [c.expertsPerRank, c.expertCapacity, c.hidden];
+    const shape = expertShape(c, c.hidden);
     if (c.fp8) return hostTensor('fp8_e4m3', shape, this.expertX);
     const x = this.expertX;
     return hostTensor('bf16', shape, new Uint16Array(x.buffer, x.byteOffset, x.byteLength / 2));
@@ -497,16 +505,16 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     const c = this.config;
     const epr = c.expertsPerRank;
     const spp = this.layout.splitsPerPeer;
-    this.expertCounts.fill(0);
+    const filled = new Int32Array(epr); // rows of each expert taken by sources before s
     for (let s = 0; s < c.world; s++) {
       const carrier = c.dedup ? this.carrierBlock(slot, s, splits) : null;
       let row = 0;
       for (let e = 0; e < epr; e++) {
         const n = splits[s * spp + e];
-        const dstRow = e * c.expertCapacity + this.expertCounts[e];
+        const dstRow = this.expertOffsets[e] + filled[e];
         if (!carrier) this.copyRows(slot, s, row, dstRow, n);
         else for (let i = 0; i < n; i++) this.copyRows(slot, s, carrier[row + i], dstRow + i, 1);
-        this.expertCounts[e] += n;
+        filled[e] += n;
         row += n;
       }
     }
@@ -619,7 +627,7 @@ export class HostEpGroup implements EpGroup<HostTensor> {
       let row = mSt;
       for (let e = 0; e < epr; e++) {
         const count = st.splits[s * spp + e];
-        const from = (e * c.expertCapacity + expertBase[e]) * rowBytes;
+        const from = (this.expertOffsets[e] + expertBase[e]) * rowBytes;
         const rows = outBytes.subarray(from, from + count * rowBytes);
         const off = combineRowOffset(this.layout, c, slot, row);
         if (peer) peer.set(rows, off);
@@ -656,7 +664,7 @@ export class HostEpGroup implements EpGroup<HostTensor> {
       let count = 0;
       for (let e = 0; e < epr; e++) {
         const n = st.splits[s * spp + e];
-        for (let i = 0; i < n; i++) packed[count++] = e * c.expertCapacity + expertBase[e] + i;
+        for (let i = 0; i < n; i++) packed[count++] = this.expertOffsets[e] + expertBase[e] + i;
         expertBase[e] += n;
       }
       const carrier = this.carrierBlock(st.slot, s, st.splits);
@@ -773,6 +781,7 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     this.expertX.fill(byte);
     if (this.expertScales) this.expertScalesBytes().fill(byte);
     new Uint8Array(this.expertCounts.buffer).fill(byte);
+    new Uint8Array(this.expertOffsets.buffer).fill(byte);
   }
 
   async barrier(): Promise<void> {

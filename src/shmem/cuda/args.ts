@@ -137,14 +137,15 @@ const EP_ARGS_SPEC = [
   ['stageRecordsOff', 'u64'],
   ['stageRecordsSlot', 'u64'],
   ['recordBytes', 'i32'],
-  ['reserved', 'i32'],
+  ['packedExperts', 'i32'],
   ['carrierPlans', 'u64'],
+  ['expertOffsets', 'u64'],
 ] as const;
 const epArgs = layout(EP_ARGS_SPEC);
 
 /** struct EpArgs: the single by-value argument of every kernel. */
 export const EP_ARGS_FIELDS: readonly FieldSpec[] = epArgs.fields;
-export const EP_ARGS_BYTES: number = epArgs.bytes; // 416
+export const EP_ARGS_BYTES: number = epArgs.bytes; // 424
 
 function offsets<N extends string>(fields: readonly FieldSpec[]): Readonly<Record<N, number>> {
   return Object.freeze(Object.fromEntries(fields.map((f) => [f.name, f.offset]))) as Record<N, number>;
@@ -478,8 +479,13 @@ export class EpArgsWriter {
   set recordBytes(v: number) {
     this.i32('recordBytes', v);
   }
-  set reserved(v: number) {
-    this.i32('reserved', v);
+  /** 1: expertX packs the experts' rows back to back (expertLayout 'packed'); 0: padded blocks. */
+  set packedExperts(v: number) {
+    this.i32('packedExperts', v);
+  }
+  /** Device i32 [EPR]: where each local expert's rows start in expertX (written with expertCounts). */
+  set expertOffsets(v: bigint) {
+    this.u64('expertOffsets', v);
   }
 }
 

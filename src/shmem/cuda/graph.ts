@@ -25,12 +25,13 @@ export interface GraphCall {
   readonly topkIdx: DeviceTensor;
   /** f32 [T, k]. */
   readonly topkWeights: DeviceTensor;
-  /** bf16 [EPR, maxRowsPerExpert, H]: the expert outputs the combine graph reads. */
+  /** bf16, expertX's shape with H columns: the expert outputs the combine graph reads. */
   readonly expertOut: DeviceTensor;
   /** The dispatch outputs (the group's buffers, as eager dispatch returns them). */
   readonly expertX: DeviceTensor;
   readonly expertScales: DeviceTensor | null;
   readonly expertCounts: DeviceTensor;
+  readonly expertOffsets: DeviceTensor;
   /** bf16 [T, H]: where the combine graph writes y. */
   readonly y: DeviceTensor;
   /** Replays the dispatch graph (asynchronous; synchronize() or download() to wait and check). */
@@ -76,6 +77,7 @@ type Bound = Pick<
   | 'expertX'
   | 'expertScales'
   | 'expertCounts'
+  | 'expertOffsets'
   | 'y'
 >;
 

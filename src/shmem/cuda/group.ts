@@ -11,6 +11,7 @@ import { checkUsable } from '../../ep/call-errors.js';
 import { CallSequence, checkCombineInputs, checkDispatchInputs } from '../../ep/call-sequence.js';
 import type { EpConfig } from '../../ep/config.js';
 import { chooseDispatchPath, type DispatchPath, requestedDispatchPath } from '../../ep/dispatch-path.js';
+import { expertShape } from '../../ep/expert-layout.js';
 import type { CombineHandle } from '../../ep/handle.js';
 import { computeLayout, type HeapLayout, recordBytes, signalOffset, stagedRowsFor } from '../../ep/layout.js';
 import { type DType, type HostTensor, hostTensor, numel } from '../../ep/tensor.js';
@@ -144,6 +145,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   private readonly expertX: DeviceTensor;
   private readonly expertScales: DeviceTensor | null;
   private readonly expertCounts: DeviceTensor;
+  private readonly expertOffsets: DeviceTensor;
   private readonly recvSplits: bigint;
   private readonly y: bigint;
   private readonly smCount: number;
@@ -194,22 +196,13 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       const xDtype: DType = c.fp8 ? 'fp8_e4m3' : 'bf16';
       // expertX and its scales live in the heap: peers store their rows straight into them
       const inHeap = (offset: number) => heap.local + BigInt(offset);
-      this.expertX = new DeviceTensor(
-        xDtype,
-        [epr, c.expertCapacity, c.hidden],
-        inHeap(layout.expertX.offset),
-        null,
-      );
+      this.expertX = new DeviceTensor(xDtype, expertShape(c, c.hidden), inHeap(layout.expertX.offset), null);
       this.expertScales = c.fp8
-        ? new DeviceTensor(
-            'f32',
-            [epr, c.expertCapacity, c.groupsPerRow],
-            inHeap(layout.expertScales.offset),
-            null,
-          )
+        ? new DeviceTensor('f32', expertShape(c, c.groupsPerRow), inHeap(layout.expertScales.offset), null)
         : null;
       this.recvSplits = alloc(c.world * (epr + 1) * 4);
       this.expertCounts = new DeviceTensor('i32', [epr], alloc(epr * 4), null);
+      this.expertOffsets = new DeviceTensor('i32', [epr], alloc(epr * 4), null);
       this.y = alloc(c.maxTokensPerRank * c.hidden * 2);
       const peerBases = alloc(8 * c.world);
       drv.memcpyHtoD(peerBases, BigUint64Array.from(heap.peers));
@@ -245,6 +238,8 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       a.set('dispatchRowBytes', c.dispatchRowBytes).set('combineRowBytes', c.combineRowBytes);
       a.set('peerBases', peerBases);
       a.set('expertCounts', this.expertCounts.devicePtr);
+      a.set('expertOffsets', this.expertOffsets.devicePtr);
+      a.set('packedExperts', c.expertLayout === 'packed' ? 1 : 0);
       a.set('y', this.y);
       a.set('pairRow', alloc(c.maxTokensPerRank * c.topk * 4));
       a.set('pairDest', alloc(c.maxTokensPerRank * c.topk * 4));
@@ -444,7 +439,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   /** Fills the group's output buffers with `byte` (for checks that every element gets written). */
   poisonOutputs(byte: number): void {
     this.notClosed();
-    for (const t of [this.expertX, this.expertScales, this.expertCounts]) {
+    for (const t of [this.expertX, this.expertScales, this.expertCounts, this.expertOffsets]) {
       if (t) this.drv.memsetD8Async(t.devicePtr, byte, t.bytes, this.stream);
     }
     this.drv.memsetD8Async(this.y, byte, this.config.maxTokensPerRank * this.config.hidden * 2, this.stream);
@@ -603,6 +598,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       expertX: this.expertX,
       expertScales: this.expertScales,
       expertCounts: this.expertCounts,
+      expertOffsets: this.expertOffsets,
       handle,
       recv,
     };
@@ -728,7 +724,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     const x = filled('bf16', [T, c.hidden], 0);
     const topkIdx = filled('i32', [T, c.topk], 0xff); // every id -1 (dropped) until the caller writes some
     const topkWeights = filled('f32', [T, c.topk], 0);
-    const expertOut = filled('bf16', [c.expertsPerRank, c.expertCapacity, c.hidden], 0);
+    const expertOut = filled('bf16', expertShape(c, c.hidden), 0);
     const call = captureGraphCall(
       {
         drv: this.drv,
@@ -760,6 +756,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
         expertX: this.expertX,
         expertScales: this.expertScales,
         expertCounts: this.expertCounts,
+        expertOffsets: this.expertOffsets,
         y: new DeviceTensor('bf16', [T, c.hidden], this.y, null),
       },
     );

@@ -84,7 +84,7 @@ struct EpArgs {
   uint64_t combineSignalOff, combineSignalSlot;    // u64 [2][W]: combine rows from src landed
   uint64_t countsOff, countsSlot;                  // i32 [2][W][E]: every rank's per-expert pair counts
   uint64_t combineRecvOff, combineRecvSlot;        // bf16 [2][maxTokensPerRank * k][H]
-  uint64_t expertXOff;       // u8 [expertRows][dispatchRowBytes]: the dispatch output (see expert_row in ep.cu)
+  uint64_t expertXOff;       // u8 [expertRows][dispatchRowBytes]: the dispatch output (see expert_start in ep_rows.cuh)
   uint64_t expertScalesOff;  // f32 [expertRows][H/G] (fp8 only)
   uint64_t dispatchRowBytes;  // H (fp8) or 2H
   uint64_t combineRowBytes;   // 2H
@@ -122,6 +122,6 @@ struct EpArgs {
   int32_t packedExperts;      // 1: expertX / expertOut hold the experts' rows back to back (expertLayout 'packed')
   uint64_t carrierPlans;      // dedup: u32 counts[W] (16-byte padded), then [W][stageRows][recordBytes]: per carrier
                               // row received, by source, what ep_combine_send reads: source, origin's row, per slot
-                              // the expertOut row (or -1) and the weight (ep.cu, plan_at)
+                              // the expertOut row (or -1) and the weight (ep_recv.cuh, plan_at)
   uint64_t expertOffsets;     // int32_t* [EPR]: where each local expert's rows start in expertX (written with expertCounts)
 };

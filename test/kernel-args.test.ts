@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join, resolve } from 'node:path';
 import { after, describe, test } from 'node:test';
@@ -10,7 +10,12 @@ import * as A from '../src/shmem/cuda/args.js';
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const kernels = join(root, 'kernels');
 const headerText = readFileSync(join(kernels, 'ep_args.h'), 'utf8');
-const kernelText = readFileSync(join(kernels, 'ep.cu'), 'utf8');
+// The kernel sources: ep.cu (the one translation unit nvcc compiles) and the .cuh headers it includes
+// (its limits are in ep_limits.cuh), concatenated in name order.
+const kernelFiles = readdirSync(kernels)
+  .filter((f) => f.endsWith('.cu') || f.endsWith('.cuh'))
+  .sort();
+const kernelText = kernelFiles.map((f) => readFileSync(join(kernels, f), 'utf8')).join('\n');
 
 function isFile(p: string): boolean {
   try {
@@ -182,7 +187,8 @@ describe('constants mirrored from the C sources', () => {
     assert.equal(A.EP_ABORT_BIT, d.get('EP_ABORT_BIT'));
   });
 
-  test('kernel limits and capacity aux values match ep.cu', () => {
+  test('kernel limits and capacity aux values match the kernel sources (kernels/*.cu, *.cuh)', () => {
+    assert.ok(kernelFiles.includes('ep.cu'), `kernels/ep.cu is missing: ${kernelFiles.join(', ')}`);
     const d = defines(kernelText);
     for (const name of [
       'EP_MAX_EXPERTS',
@@ -196,6 +202,9 @@ describe('constants mirrored from the C sources', () => {
     ]) {
       const mirror = (A as unknown as Record<string, number>)[name];
       assert.equal(BigInt(mirror), d.get(name), name);
+      // one definition only: with several, the comparison above would check just the last one read
+      const count = [...kernelText.matchAll(new RegExp(`^#define\\s+${name}\\b`, 'gm'))].length;
+      assert.equal(count, 1, `${name} is defined ${count} times in the kernel sources`);
     }
   });
 });

@@ -1,0 +1,204 @@
+// Combine kernels: 4 ep_combine_send and 5 ep_combine_reduce.
+// Part of the ep.cu translation unit: included by kernels/ep.cu only, in its order.
+#pragma once
+
+// =============================================================================================
+// 4. ep_combine_send: expertOut rows go back to the rank that sent them, at m_st + their index in that
+// rank's expert-sorted order; the last block signals every rank and waits for every rank.
+extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(const __grid_constant__ EpArgs a) {
+  __shared__ RecvTables R;
+  allow_dependents();
+  wait_for_prior();  // may be launched as a programmatic dependent of the dispatch (GraphCall.step)
+  if (blockIdx.x == 0 && threadIdx.x == 0) stamp(a, EP_STAMP_COMBINE_BEGIN);
+  EpState* st = state_of(a);
+  const uint64_t call = read_calls(st);
+  const uint32_t code0 = read_err_code(st);  // (issued with the load above: one round trip)
+  const uint64_t slot = call & 1u;
+  if (host_abort(a) != 0 && blockIdx.x == 0 && threadIdx.x == 0) mark_host_abort(a);
+  if (code0 == 0 && host_abort(a) == 0) {
+    if (a.dedup) {
+      combine_send_partials(a, slot, R);
+    } else {
+      build_tables(a, R);
+      combine_send_rows<16>(a, slot, R);  // combineRowBytes = 2H, a multiple of 16
+    }
+  }
+  if (!finish_block(&st->doneBlocks[2], &R.flag)) return;
+  if (threadIdx.x == 0) stamp(a, EP_STAMP_COMBINE_TAIL);
+
+  const uint32_t code = read_err_code(st);
+  const bool aborted = code != 0 || host_abort(a) != 0;
+  const uint64_t value = aborted ? (call | EP_ABORT_BIT) : call;
+  const int W = a.world;
+  const uint64_t* peer = (const uint64_t*)a.peerBases;
+  for (int s = threadIdx.x; s < W; s += blockDim.x) {
+    // No per-thread data to order here: finish_block's fences ordered every block's rows.
+    signal((uint64_t*)(__ldg(peer + s) + a.combineSignalOff + slot * a.combineSignalSlot + (uint64_t)a.rank * 8u),
+           value);
+  }
+  // The dispatch of this call failed here (its error is still in err): a routing failure every rank
+  // saw (no rank sends combine rows for it, and the rank that caused it may never combine), or a
+  // timeout (the group is broken; waiting again would only double the delay). Nothing to wait for.
+  // With its own expert over capacity, or a combine the host refused, wait as usual.
+  const bool refusedHere = code == EP_INTERNAL_HOST_ABORT && host_abort(a) != 0;
+  if (code != 0 && !own_expert_over_capacity(st, code) && !refusedHere) return;
+  // Otherwise wait even when aborting: when this returns, no peer writes into this slot any more.
+  const uint64_t* mine = (const uint64_t*)(__ldg(peer + a.rank) + a.combineSignalOff + slot * a.combineSignalSlot);
+  wait_for_sources(a, mine, -1, call, (uint32_t)slot, EP_ERR_PEER_ABORT_COMBINE, EP_ERR_TIMEOUT_COMBINE);
+  __syncthreads();
+  if (threadIdx.x == 0) stamp(a, EP_STAMP_COMBINE_ARRIVED);
+}
+
+// =============================================================================================
+// 5. ep_combine_reduce: y[t] = bf16(sum over valid j in order of f32(w[t,j] * out[t,j])), f32 accumulate,
+// two roundings per step (__fmul_rn, __fadd_rn; the build also passes -fmad=false). dedup: y[t] = bf16 of
+// the f32 sum, in slot order, of the partials at the token's carrier slots (the first taken as it is).
+// Item = (token, chunk of blockDim vectors of 8 values); the k rows of a token are loaded 8 at a time.
+// With k <= 32 every warp gathers its token's slots itself (shuffles), else warp 0 lists them in shared memory.
+extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(const __grid_constant__ EpArgs a) {
+  __shared__ uint64_t sRow[2][EP_MAX_TOPK];
+  __shared__ float sW[2][EP_MAX_TOPK];
+  __shared__ int sN[2];
+  wait_for_prior();  // may be launched as a programmatic dependent of combine send or the dispatch
+  EpState* st = state_of(a);
+  const uint32_t code = read_err_code(st);
+  const uint64_t slot = read_calls(st) & 1u;  // (issued with the load above: one round trip)
+  if (code != 0) return;
+  if (blockIdx.x == 0 && threadIdx.x == 0) stamp(a, EP_STAMP_REDUCE_BEGIN);
+  const int B = blockDim.x, tid = threadIdx.x, k = a.topk;
+  const int V = a.hidden / 8;
+  const int chunks = (V + B - 1) / B;
+  const int items = a.numTokens * chunks;
+  const uint64_t recv = ((const uint64_t*)a.peerBases)[a.rank] + a.combineRecvOff + slot * a.combineRecvSlot;
+  const int* topk = (const int*)a.topkIdx;
+  const int* pairRow = (const int*)a.pairRow;
+  const int* pairDest = (const int*)a.pairDest;
+  const float* weights = (const float*)a.topkWeights;
+  const int EPR = a.expertsPerRank;
+  const bool dedup = a.dedup != 0 && a.world > 1;  // (one rank: the one partial is the whole sum, read in place)
+  host_requires(!dedup || k <= 32, "ep_combine_reduce: k <= 32 with dedup");
+  char* y = (char*)a.y;
+  // A row of my own expert is still in expertOut, at the row routing gave its pair in my expertX; every
+  // other row came back from its owner (ep_combine_send) to my send order.
+  auto rowOf = [&](int e, int dest, int back) -> uint64_t {
+    return e / EPR == a.rank ? (uint64_t)a.expertOut + (uint64_t)dest * a.combineRowBytes
+                             : recv + (uint64_t)back * a.combineRowBytes;
+  };
+  if (k <= 32) {
+    // Each warp reads token t's slots itself (lane j = slot j, the four loads in one round trip) and
+    // hands row addresses and weights round with shuffles: no shared memory and no barrier.
+    const int lane = tid & 31;
+    for (int it = blockIdx.x; it < items; it += gridDim.x) {
+      const int t = it / chunks, c = it % chunks;
+      const int p = t * k + lane;
+      int e = -1, dest = 0, back = 0;
+      float w = 0.0f;
+      if (lane < k) {
+        e = __ldg(topk + p);
+        if (!dedup) {
+          dest = __ldg(pairDest + p);
+          back = a.world > 1 ? __ldg(pairRow + p) : 0;  // (one rank: unused, and ep_dispatch_local leaves it unwritten)
+          w = __ldg(weights + p);
+        }
+      }
+      uint64_t row = e >= 0 ? rowOf(e, dest, back) : 0;
+      bool take = e >= 0;
+      if (dedup) {  // the partials of the token's carrier slots, each owner's at its first slot
+        const int lead = carrier_lane(e >= 0 ? e / EPR : -1 - lane, k);  // (every lane: it shuffles)
+        take = take && lead == lane;
+        row = recv + (uint64_t)p * a.combineRowBytes;
+      }
+      const int v = c * B + tid;
+      const bool active = v < V;
+      float acc[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[i] = 0.0f;
+      bool started = false;  // dedup: the first partial is taken as it is
+      // valid slots in slot order (the reduction order), 8 loads in flight; `left` is warp-uniform
+      for (uint32_t left = __ballot_sync(FULL_MASK, take); left != 0;) {
+        uint4 r[8];
+        float ws[8];
+        uint32_t has = 0;
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          const int j = left ? __ffs(left) - 1 : 0;
+          const uint64_t rj = __shfl_sync(FULL_MASK, row, j);
+          ws[u] = __shfl_sync(FULL_MASK, w, j);
+          if (left) {
+            has |= 1u << u;
+            if (active) r[u] = ld_cg_v4((const char*)rj + (uint64_t)v * 16u);
+          }
+          left &= left - 1;
+        }
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          if (active && (has >> u & 1u)) {
+            float x[8];
+            bf16x8_to_f32(r[u], x);
+            if (!dedup) {
+#pragma unroll
+              for (int i = 0; i < 8; ++i) acc[i] = __fadd_rn(acc[i], __fmul_rn(ws[u], x[i]));
+            } else {
+#pragma unroll
+              for (int i = 0; i < 8; ++i) acc[i] = started ? __fadd_rn(acc[i], x[i]) : x[i];
+              started = true;
+            }
+          }
+        }
+      }
+      if (active) st_v4(y + ((uint64_t)t * V + v) * 16u, pack_bf16x8(acc));
+    }
+    if (tid == 0) stamp_latest(a, EP_STAMP_REDUCE_END);
+    return;
+  }
+  int buf = 0;
+  for (int it = blockIdx.x; it < items; it += gridDim.x, buf ^= 1) {
+    const int t = it / chunks, c = it % chunks;
+    if (tid < 32) {
+      // Warp 0 (k > 32): the valid slots of token t in slot order (the reduction order), compacted.
+      int n = 0;
+      for (int j0 = 0; j0 < k; j0 += 32) {
+        const int j = j0 + tid, p = t * k + j;
+        // the three loads together: one round trip to memory instead of two
+        const int e = j < k ? __ldg(topk + p) : -1;
+        const int dest = j < k ? __ldg(pairDest + p) : 0;
+        const int back = j < k && a.world > 1 ? __ldg(pairRow + p) : 0;  // (one rank: unused, and ep_dispatch_local leaves it unwritten)
+        const bool valid = e >= 0;
+        const uint64_t row = valid ? rowOf(e, dest, back) : 0;
+        const uint32_t bal = __ballot_sync(FULL_MASK, valid);
+        if (valid) {
+          const int pos = n + __popc(bal & lanemask_lt());
+          sRow[buf][pos] = row;
+          sW[buf][pos] = __ldg(weights + p);
+        }
+        n += __popc(bal);
+      }
+      if (tid == 0) sN[buf] = n;
+    }
+    __syncthreads();  // list ready; double buffering makes one barrier per item enough
+    const int v = c * B + tid;
+    if (v >= V) continue;
+    const int n = sN[buf];
+    float acc[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[i] = 0.0f;
+    for (int j0 = 0; j0 < n; j0 += 8) {
+      uint4 r[8];
+#pragma unroll
+      for (int u = 0; u < 8; ++u)
+        if (j0 + u < n) r[u] = ld_cg_v4((const char*)sRow[buf][j0 + u] + (uint64_t)v * 16u);
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        if (j0 + u < n) {
+          const float w = sW[buf][j0 + u];
+          float x[8];
+          bf16x8_to_f32(r[u], x);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) acc[i] = __fadd_rn(acc[i], __fmul_rn(w, x[i]));
+        }
+      }
+    }
+    st_v4(y + ((uint64_t)t * V + v) * 16u, pack_bf16x8(acc));
+  }
+  if (tid == 0) stamp_latest(a, EP_STAMP_REDUCE_END);
+}

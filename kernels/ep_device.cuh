@@ -1,0 +1,146 @@
+// Block-wide device helpers: phase stamps, the host's abort, block_exclusive_scan, stage_ids,
+// match_keys / load_chunks (ep_route's lane matching), finish_block ("the last block finishes").
+// Part of the ep.cu translation unit: included by kernels/ep.cu only, in its order.
+#pragma once
+
+namespace {
+
+// Phase timestamps for benchmarks (EpArgs.stamps, see EP_STAMP_* in ep_args.h); one branch when off.
+// stamp(): one thread's time (call it from one thread); stamp_latest(): the latest of every caller's.
+__device__ __forceinline__ void stamp(const EpArgs& a, int i) {
+  if (a.stamps != 0) ((volatile uint64_t*)a.stamps)[i] = globaltimer();
+}
+__device__ __forceinline__ void stamp_latest(const EpArgs& a, int i) {
+  if (a.stamps != 0) atomicMax((unsigned long long*)a.stamps + i, (unsigned long long)globaltimer());
+}
+
+// EpArgs.hostAbort: when non-zero, ep_route marks the call aborted without routing and sends
+// call | EP_ABORT_BIT as its count signal to every peer (ep_dispatch then does nothing), and
+// ep_combine_send does the same for a combine.
+__device__ __forceinline__ int32_t host_abort(const EpArgs& a) { return a.hostAbort; }
+
+// Marks this call aborted in the device copy of the error only (first writer wins, like report_error).
+__device__ __forceinline__ void mark_host_abort(const EpArgs& a) {
+  atomicCAS(&state_of(a)->err.code, 0u, EP_INTERNAL_HOST_ABORT);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Block-wide helpers
+
+// In-place exclusive scan of data[0..n) (shared memory), data[n] = the total. Every thread of the
+// block calls it; it begins and ends with a barrier. scratch: 33 ints of shared memory.
+__device__ void block_exclusive_scan(int* data, int n, int* scratch) {
+  __syncthreads();
+  const int B = blockDim.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int per = (n + B - 1) / B;
+  const int lo = min(n, tid * per), hi = min(n, lo + per);
+  int sum = 0;
+  for (int i = lo; i < hi; ++i) sum += data[i];
+  int inc = sum;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int y = __shfl_up_sync(FULL_MASK, inc, o);
+    if (lane >= o) inc += y;
+  }
+  if (lane == 31) scratch[warp] = inc;
+  __syncthreads();
+  if (warp == 0) {
+    const int nw = B >> 5;
+    const int v = lane < nw ? scratch[lane] : 0;
+    int vi = v;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int y = __shfl_up_sync(FULL_MASK, vi, o);
+      if (lane >= o) vi += y;
+    }
+    if (lane < nw) scratch[lane] = vi - v;
+    if (lane == 31) scratch[32] = vi;
+  }
+  __syncthreads();
+  int run = scratch[warp] + inc - sum;
+  for (int i = lo; i < hi; ++i) {
+    const int c = data[i];
+    data[i] = run;
+    run += c;
+  }
+  if (tid == 0) data[n] = scratch[32];
+  __syncthreads();
+}
+
+// topkIdx[0..N) into dst as int16 (ids out of range as -1), 8 loads in flight per thread (every thread
+// of the block calls it). Returns this thread's first pair out of range (INT_MAX if none) and adds its
+// pairs that name an expert to *rows.
+__device__ __forceinline__ int stage_ids(const int* topk, int N, int E, int16_t* dst, int* rows) {
+  const int B = blockDim.x, tid = threadIdx.x;
+  int bad = INT_MAX, n = 0;
+  for (int p0 = 0; p0 < N; p0 += 8 * B) {
+    int v[8];
+#pragma unroll
+    for (int u = 0; u < 8; ++u) {
+      const int p = p0 + u * B + tid;
+      v[u] = p < N ? __ldg(topk + p) : -1;
+    }
+#pragma unroll
+    for (int u = 0; u < 8; ++u) {
+      const int p = p0 + u * B + tid;
+      if (p < N) {
+        const bool valid = v[u] >= -1 && v[u] < E;
+        if (!valid) bad = min(bad, p);
+        if (dst != nullptr) dst[p] = (int16_t)(valid ? v[u] : -1);
+        n += valid && v[u] >= 0;
+      }
+    }
+  }
+  *rows += n;
+  return bad;
+}
+
+// The lanes of this warp whose `key` equals mine (what __match_any_sync returns), from one ballot per
+// key bit: on Hopper match.any costs hundreds of cycles, this a few dozen. N chunks at once for ILP.
+template <int N>
+__device__ __forceinline__ void match_keys(const uint32_t (&key)[N], uint32_t (&m)[N], int bits) {
+#pragma unroll
+  for (int u = 0; u < N; ++u) m[u] = FULL_MASK;
+  for (int b = 0; b < bits; ++b) {
+#pragma unroll
+    for (int u = 0; u < N; ++u) {
+      const bool bit = (key[u] >> b) & 1u;
+      const uint32_t bal = __ballot_sync(FULL_MASK, bit);
+      m[u] &= bit ? bal : ~bal;
+    }
+  }
+}
+
+// ep_route's step over a warp's segment: the experts of pairs c0 + u*32 + lane (u < 4; -2 past segHi)
+// and, for each, the lanes holding the same expert.
+__device__ __forceinline__ void load_chunks(const int16_t* idx, int c0, int segHi, int lane, int keyBits,
+                                            int (&e)[4], uint32_t (&m)[4]) {
+  uint32_t key[4];
+#pragma unroll
+  for (int u = 0; u < 4; ++u) {
+    const int p = c0 + u * 32 + lane;
+    e[u] = p < segHi ? idx[p] : -2;
+    key[u] = (uint32_t)(e[u] + 2);
+  }
+  match_keys(key, m, keyBits);
+}
+
+// The end of a "last block finishes" kernel: every block orders its stores (local and peer) before
+// incrementing a local counter; the block that brings it to gridDim.x does the tail. Returns true
+// in every thread of that block. The counter is reset there for the next launch (stream order).
+__device__ bool finish_block(uint32_t* counter, int* sFlag) {
+  __syncthreads();  // all threads' stores of this block happen-before thread 0's atomic (cta barrier)
+  if (threadIdx.x == 0) {
+    // Release: this block's stores (made or observed via the barrier) are ordered before the
+    // increment, for any GPU (sys scope: they may target a peer's memory). Acquire: in the last
+    // block, every other block's stores are ordered before its signals. One atomic does both.
+    const uint32_t old = atom_add_acq_rel_sys(counter, 1u);
+    const bool last = old == gridDim.x - 1;
+    if (last) *(volatile uint32_t*)counter = 0u;
+    *sFlag = last ? 1 : 0;
+  }
+  __syncthreads();
+  return *(volatile int*)sFlag != 0;
+}
+
+}  // namespace

@@ -1,0 +1,218 @@
+// Dispatch kernels: 2 ep_dispatch, 2b ep_dispatch_local, 2c ep_stage_send, 2d ep_stage_pack, and
+// 3 ep_recv_view (the source-major view).
+// Part of the ep.cu translation unit: included by kernels/ep.cu only, in its order.
+#pragma once
+
+// =============================================================================================
+// 2. ep_dispatch: quantise (FP8) or copy (bf16) each token row once and store it straight into its row
+// of expertX (and expertScales) in the heap of every rank that owns one of its experts. With W > 1 the
+// last block signals every peer and waits for every peer's rows.
+extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_dispatch(const __grid_constant__ EpArgs a) {
+  __shared__ DestList L;
+  __shared__ int sLast;
+  allow_dependents();  // a kernel launched after this one as a programmatic dependent waits for it itself
+  // Nothing ep_route writes is read before D.go() (inside each path, after the first row's loads).
+  PlannedDests D;
+  dispatch_rows(a, L, D);
+  // Every block waits for ep_route (go() here too: a block without rows has not asked yet), so that a
+  // kernel launched as this one's programmatic dependent also finds ep_route's outputs. One rank: every
+  // row is local, and the kernel boundary orders it before the next kernel.
+  if (!D.go(a, 0) || a.world == 1) return;
+  EpState* st = state_of(a);
+  if (!finish_block(&st->doneBlocks[0], &sLast)) return;
+
+  // Tail (one block): tell every peer my rows have landed, then wait for theirs.
+  if (threadIdx.x == 0) stamp(a, EP_STAMP_DISPATCH_TAIL);
+  // (finish_block's atomic ordered every block's rows before these signals)
+  const uint64_t call = read_calls(st);
+  signal_and_wait_rows(a, call, call);
+}
+
+// =============================================================================================
+// 2b. ep_dispatch_local: ep_route and ep_dispatch in one kernel, for one rank (W = 1) and small batches
+// (T*k <= EP_LOCAL_MAX_PAIRS): each block routes its own tokens from all ids (InBlockDests, ep_inblock.cuh) instead
+// of waiting for a single routing block; the last block keeps the books. Same outputs as ep_route +
+// ep_dispatch, bit for bit, for a call that succeeds.
+extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_dispatch_local(const __grid_constant__ EpArgs a) {
+  __shared__ DestList L;
+  __shared__ LocalTables S;
+  allow_dependents();
+  // host errors: one block would keep the books and store no rows; the tables hold EP_LOCAL_MAX_PAIRS
+  host_requires(gridDim.x >= 2 && a.world == 1 && a.numTokens * a.topk <= EP_LOCAL_MAX_PAIRS,
+                "ep_dispatch_local: grid >= 2, W = 1, T*k <= EP_LOCAL_MAX_PAIRS");
+  if (blockIdx.x == 0 && threadIdx.x == 0) stamp(a, EP_STAMP_DISPATCH_BEGIN);
+  if (blockIdx.x == gridDim.x - 1) {
+    local_bookkeeping(a, S);
+    return;
+  }
+  InBlockDests<false> D(S);
+  dispatch_rows(a, L, D);
+}
+
+// =============================================================================================
+// 2c. ep_stage_send (the staged protocol, W > 1): each row block routes its own
+// tokens and stores their rows (FP8-quantised or bf16) into the owners' stages, source-major; the last
+// block keeps the books (validation, maxRowsPerPeer, the split records). The last block to finish signals
+// every peer (call, or call | EP_ABORT_BIT when this rank's input was rejected) and waits for every peer.
+// Every block takes the call count as dispatchCalls + 1 (nothing changes it before the end of this
+// kernel), and the finishing block stores it.
+extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_send(const __grid_constant__ EpArgs a) {
+  __shared__ DestList L;
+  __shared__ LocalTables S;
+  __shared__ int sLast;
+  allow_dependents();
+  // (the row blocks of a large batch skip load_ids, whose own check covers k and E)
+  host_requires(gridDim.x >= 2 && a.world >= 2 && a.numTokens * a.topk <= EP_MAX_PAIRS &&
+                    a.topk <= EP_MAX_TOPK && a.numExperts <= EP_MAX_EXPERTS &&
+                    (a.numTokens == 0 || a.stageRows >= 1) && (!a.dedup || a.topk <= 32),
+                "ep_stage_send: grid >= 2, W > 1, T*k <= EP_MAX_PAIRS, k <= EP_MAX_TOPK, E <= EP_MAX_EXPERTS, a stage, "
+                "k <= 32 with dedup");
+  if (blockIdx.x == 0 && threadIdx.x == 0) stamp(a, EP_STAMP_DISPATCH_BEGIN);
+  EpState* st = state_of(a);
+  if (blockIdx.x == gridDim.x - 1) {
+    stage_bookkeeping(a, S, read_calls(st) + 1);
+  } else {
+    InBlockDests<true> D(S);  // reads the call count with the ids, after the rows' first loads
+    dispatch_rows(a, L, D);
+  }
+  if (!finish_block(&st->doneBlocks[0], &sLast)) return;
+
+  // Tail (one block): every block's rows and the split records are fenced (finish_block).
+  const uint64_t call = read_calls(st) + 1;  // (unchanged until the store below)
+  if (threadIdx.x == 0) {
+    st->dispatchCalls = call;
+    stamp(a, EP_STAMP_DISPATCH_TAIL);
+  }
+  if (a.dedup)  // ep_stage_pack counts this call's carriers per source
+    for (int s = threadIdx.x; s < a.world; s += blockDim.x) plan_counts(a)[s] = 0u;
+  // Wait even when this rank's call is off: when this returns, no peer writes into this slot any more.
+  signal_and_wait_rows(a, call, read_err_code(st) != 0 ? (call | EP_ABORT_BIT) : call);
+}
+
+// =============================================================================================
+// 2d. ep_stage_pack (after ep_stage_send): the staged rows of every source into expert-major expertX (for
+// each local expert, sources in rank order, each source's rows in its order) with their scales; expertCounts
+// and recvSplits (for ep_combine_send and ep_recv_view); and, for the rows this rank staged for itself,
+// pairDest (the expertX row ep_combine_reduce reads in place; with dedup instead each row is copied from its
+// carrier and the carriers are listed for ep_combine_send). An expert over maxRowsPerExpert fails the
+// call here, as ep_route does: nothing is copied, and every peer learns at once that this rank will not
+// combine. One warp per (row, 2 KiB segment), as ep_recv_view.
+extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_pack(const __grid_constant__ EpArgs a) {
+  __shared__ RecvTables R;
+  __shared__ int sOver;
+  wait_for_prior();  // the send kernel, whose last block waited for every peer's rows
+  allow_dependents();
+  EpState* st = state_of(a);
+  const int E = a.numExperts, W = a.world, EPR = a.expertsPerRank, me = a.rank, tid = threadIdx.x;
+  // three independent loads in one round trip
+  const uint32_t code = read_err_code(st);
+  const uint64_t call = read_calls(st), slot = call & 1u;
+  const uint64_t own = __ldg((const uint64_t*)a.peerBases + me);
+  if (code != 0) return;  // the call is off here (an abort, a timeout, or this rank's input)
+  if (blockIdx.x == 0 && tid == 0) stamp(a, EP_STAMP_PACK_BEGIN);
+  build_tables_from(a, R, (const int*)(own + a.stageSplitsOff + slot * a.stageSplitsSlot), true);
+  if (tid == 0) sOver = INT_MAX;
+  __syncthreads();
+  for (int le = tid; le < EPR; le += blockDim.x)
+    if (R.preT[(le + 1) * W] - R.preT[le * W] > a.expertCapacity) atomicMin(&sOver, le);
+  __syncthreads();
+  if (sOver != INT_MAX) {
+    if (blockIdx.x == 0 && tid == 0) {
+      const int le = sOver;
+      report_error(a, EP_ERR_CAPACITY, (uint32_t)me, (uint32_t)slot, call, me * EPR + le,
+                   R.preT[(le + 1) * W] - R.preT[le * W], EP_CAPACITY_AUX_EXPERT);
+      const uint64_t* peer = (const uint64_t*)a.peerBases;
+      for (int d = 0; d < W; ++d)
+        if (d != me)
+          signal((uint64_t*)(__ldg(peer + d) + a.combineSignalOff + slot * a.combineSignalSlot + (uint64_t)me * 8u),
+                 call | EP_ABORT_BIT);
+    }
+    return;
+  }
+  if (blockIdx.x == 0) {
+    int* splits = (int*)a.recvSplits;
+    for (int le = tid; le < EPR; le += blockDim.x) {
+      ((int*)a.expertCounts)[le] = R.preT[(le + 1) * W] - R.preT[le * W];
+      ((int*)a.expertOffsets)[le] = (int)expert_start(a, le, R.preT[le * W]);
+    }
+    for (int q = tid; q < E; q += blockDim.x) {
+      const int s = q / EPR;
+      splits[s * a.splitsPerPeer + (q - s * EPR)] = R.pre[q + 1] - R.pre[q];
+    }
+    for (int s = tid; s < W; s += blockDim.x) splits[s * a.splitsPerPeer + EPR] = R.mst[s];
+  }
+  const int lane = tid & 31, warpsPerBlock = blockDim.x >> 5;
+  const uint64_t rowBytes = a.dispatchRowBytes;
+  const uint64_t VB = rowBytes % 16u == 0 ? 16u : 8u;
+  const int segs = (int)((rowBytes + 32u * SEG_VECS * VB - 1) / (32u * SEG_VECS * VB));
+  // per row: its segments, then one more item for its scales and (own rows) its pairDest
+  const uint32_t items = (uint32_t)R.pre[E] * (uint32_t)(segs + 1);
+  const char* inX = (const char*)(own + a.stageDataOff + slot * a.stageDataSlot);
+  const char* inS = (const char*)(own + a.stageScalesOff + slot * a.stageScalesSlot);
+  char* outX = (char*)(own + a.expertXOff);
+  char* outS = (char*)(own + a.expertScalesOff);
+  const uint64_t gpr = a.fp8 ? (uint64_t)a.groupsPerRow : 0u;
+  const char* carrierOf = (const char*)(own + a.stageCarrierOff + slot * a.stageCarrierSlot);
+  for (uint32_t it = blockIdx.x * warpsPerBlock + (tid >> 5); it < items; it += gridDim.x * warpsPerBlock) {
+    const int g = (int)(it / (uint32_t)(segs + 1)), seg = (int)(it % (uint32_t)(segs + 1));
+    const RowLoc l = locate(R, a, g);
+    const uint64_t row = (uint64_t)l.s * a.stageRows + l.iSrc;
+    // dedup: the row's data sits at its carrier row (the token's first row for this rank)
+    const uint64_t srcRow = a.dedup ? (uint64_t)l.s * a.stageRows + ld_cg_u32(carrierOf + row * 4u) : row;
+    const uint64_t dstRow = l.row;
+    if (seg < segs) {
+      if (VB == 16) copy_segment<16, true>(outX + dstRow * rowBytes, inX + srcRow * rowBytes, rowBytes, seg, lane);
+      else copy_segment<8, true>(outX + dstRow * rowBytes, inX + srcRow * rowBytes, rowBytes, seg, lane);
+      continue;
+    }
+    if (a.dedup && srcRow == row) write_plan(a, R, own, l.s, row, slot);  // (srcRow, row: the same in every lane)
+    int self = -1;
+    if (l.s == me && lane == 0 && !a.dedup) self = ((const int*)a.selfPairs)[l.iSrc];  // loaded with the scales
+    for (uint64_t i0 = 0; i0 < gpr; i0 += 64) {  // two loads in flight per lane
+      const uint64_t i = i0 + lane, j = i + 32;
+      const uint32_t v0 = i < gpr ? ld_cg_u32(inS + (srcRow * gpr + i) * 4u) : 0u;
+      const uint32_t v1 = j < gpr ? ld_cg_u32(inS + (srcRow * gpr + j) * 4u) : 0u;
+      if (i < gpr) st_u32(outS + (dstRow * gpr + i) * 4u, v0);
+      if (j < gpr) st_u32(outS + (dstRow * gpr + j) * 4u, v1);
+    }
+    if (self >= 0) ((int*)a.pairDest)[self] = (int)dstRow;
+  }
+  __syncthreads();
+  if (tid == 0) stamp_latest(a, EP_STAMP_PACK_END);
+}
+
+// =============================================================================================
+// 3. ep_recv_view (only when the caller asks for it): the source-major view of what this rank
+// received, rebuilt from expertX: viewX[s][i] = row i of the rows s sent me (in s's order, which is
+// expert-sorted), viewScales likewise. One warp per (row, 2 KiB segment).
+extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_recv_view(const __grid_constant__ EpArgs a) {
+  __shared__ RecvTables R;
+  wait_for_prior();  // launched as a programmatic dependent of the dispatch
+  EpState* st = state_of(a);
+  if (read_err_code(st) != 0) return;  // this rank's dispatch failed: nothing to show
+  build_tables(a, R);
+  const int E = a.numExperts;
+  const int lane = threadIdx.x & 31, warpsPerBlock = blockDim.x >> 5;
+  const uint64_t rowBytes = a.dispatchRowBytes;
+  const uint64_t VB = rowBytes % 16u == 0 ? 16u : 8u;
+  const int segs = (int)((rowBytes + 32u * SEG_VECS * VB - 1) / (32u * SEG_VECS * VB));
+  const uint32_t items = (uint32_t)R.pre[E] * (uint32_t)segs;
+  const uint64_t own = ((const uint64_t*)a.peerBases)[a.rank];
+  const char* inX = (const char*)(own + a.expertXOff);
+  const char* inS = (const char*)(own + a.expertScalesOff);
+  const uint64_t gpr = a.fp8 ? (uint64_t)a.groupsPerRow : 0u;
+  for (uint32_t it = blockIdx.x * warpsPerBlock + (threadIdx.x >> 5); it < items;
+       it += gridDim.x * warpsPerBlock) {
+    const int g = (int)(it / (uint32_t)segs), seg = (int)(it % (uint32_t)segs);
+    const RowLoc l = locate(R, a, g);
+    const uint64_t srcRow = l.row;
+    const uint64_t dstRow = (uint64_t)l.s * a.maxRowsPerPeer + l.iSrc;
+    char* dst = (char*)a.viewX + dstRow * rowBytes;
+    if (VB == 16) copy_segment<16, true>(dst, inX + srcRow * rowBytes, rowBytes, seg, lane);
+    else copy_segment<8, true>(dst, inX + srcRow * rowBytes, rowBytes, seg, lane);
+    if (seg == 0 && gpr != 0) {
+      for (uint64_t i = lane; i < gpr; i += 32)
+        st_u32((char*)a.viewScales + (dstRow * gpr + i) * 4u, ld_cg_u32(inS + (srcRow * gpr + i) * 4u));
+    }
+  }
+}

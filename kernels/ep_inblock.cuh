@@ -1,0 +1,389 @@
+// Routing inside the blocks (ep_dispatch_local, ep_stage_send): LocalTables, id loading and checks,
+// the bookkeeping blocks, de-duplication books, and InBlockDests.
+// Part of the ep.cu translation unit: included by kernels/ep.cu only, in its order.
+#pragma once
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Routing inside each block: ep_dispatch_local (one rank, T*k <= EP_LOCAL_MAX_PAIRS) and ep_stage_send
+// (W > 1, T*k <= EP_MAX_PAIRS). Every row block reads all T*k ids (at most 128 KiB, from L2 after the first
+// block; kept in shared memory up to EP_STAGE_SMEM_PAIRS) and counts, for its own tokens, the pairs of each
+// of their experts in earlier tokens (local: per token, against its marked slots; staged: a running
+// per-expert count the block advances from one of its tokens to the next, so it reads each id twice in
+// all, once for the histogram and once for the counts, however many tokens it takes); the last block
+// of the grid stores no rows and keeps the books alone (validation and the error report, and the counts),
+// off the rows' critical path. Row blocks do not wait for its verdict: a call that fails may leave rows
+// behind (every store stays inside its region: bad ids never match, a repeated expert keeps one slot,
+// rows past a capacity are dropped), and a failed dispatch leaves its outputs unspecified, as the API says.
+//   local:  the row of pair p of expert e is expert_start(e) + (pairs of e before p), in expertX: the
+//           stable order of planRouting and ep_route (packed: the start from a block-wide histogram).
+//   staged: the row of pair p in its owner d's stage is r = (this rank's pairs of experts in
+//           [d*EPR, e)) + (pairs of e before p), from a block-wide histogram of the ids; its place in this
+//           rank's own expert-sorted order (pairRow, where combine returns it) is (pairs of experts < e) +
+//           (pairs of e before p).
+struct LocalTables {
+  int16_t ids[EP_STAGE_SMEM_PAIRS];  // topkIdx (T*k <= EP_STAGE_SMEM_PAIRS only); ids out of range as -1
+  int8_t slotOf[EP_MAX_EXPERTS];     // local: the current token's slot naming each expert, or -1
+  int hist[EP_MAX_EXPERTS + 1];      // pairs per expert (bookkeeping), or their exclusive prefix (staged, packed rows)
+  int run[EP_MAX_EXPERTS];           // staged: pairs per expert in the tokens before InBlockDests::cursor
+  int before[EP_MAX_TOPK];          // per slot of the current token: pairs of its expert in earlier tokens
+  int from[EP_MAX_TOPK];            // ... and from this token on (the pair itself included)
+  int scratch[33];                  // block_exclusive_scan
+  int bad;                          // bookkeeping: first pair with a bad or repeated id, INT_MAX if none
+  int rows;                         // bookkeeping: pairs with an expert
+  int capE;                         // bookkeeping: first expert (one rank) or destination (staged) over capacity
+  uint64_t base;                    // this rank's heap
+};
+
+// Whether this call's ids live in S.ids (T*k <= EP_STAGE_SMEM_PAIRS); larger batches read topkIdx each
+// time (L1/L2-resident: T*k <= EP_MAX_PAIRS is at most 128 KiB).
+__device__ __forceinline__ bool ids_in_smem(const EpArgs& a) { return a.numTokens * a.topk <= EP_STAGE_SMEM_PAIRS; }
+
+// Pair p's expert, -1 for none or an id out of range (S.ids' convention).
+__device__ __forceinline__ int pair_expert(const EpArgs& a, const LocalTables& S, int p) {
+  if (ids_in_smem(a)) return S.ids[p];
+  const int v = __ldg((const int*)a.topkIdx + p);
+  return v >= 0 && v < a.numExperts ? v : -1;
+}
+
+// f(p, e) for every pair p in [lo, hi) with an expert e, the block's threads striding (8 loads in flight).
+template <class F>
+__device__ __forceinline__ void each_pair_expert(const EpArgs& a, const LocalTables& S, int lo, int hi, F f) {
+  const int B = blockDim.x;
+  for (int p0 = lo + threadIdx.x; p0 < hi; p0 += 8 * B) {
+    int e[8];
+#pragma unroll
+    for (int u = 0; u < 8; ++u) e[u] = p0 + u * B < hi ? pair_expert(a, S, p0 + u * B) : -1;
+#pragma unroll
+    for (int u = 0; u < 8; ++u)
+      if (e[u] >= 0) f(p0 + u * B, e[u]);
+  }
+}
+
+// topkIdx into S.ids when they fit (8 loads in flight per thread); returns this thread's first pair out of
+// range (INT_MAX if none) and counts its pairs with an expert into *rows. The caller's barrier publishes S.
+__device__ int load_ids(const EpArgs& a, LocalTables& S, int* rows) {
+  const int N = a.numTokens * a.topk;
+  host_requires(N <= EP_MAX_PAIRS && a.numExperts <= EP_MAX_EXPERTS && a.topk <= EP_MAX_TOPK,
+                "load_ids: T*k <= EP_MAX_PAIRS, E <= EP_MAX_EXPERTS, k <= EP_MAX_TOPK");
+  if (threadIdx.x == 0) S.base = __ldg((const uint64_t*)a.peerBases + a.rank);
+  *rows = 0;
+  return stage_ids((const int*)a.topkIdx, N, a.numExperts, ids_in_smem(a) ? S.ids : nullptr, rows);
+}
+
+// The per-expert pair counts of the call's ids, into S.hist[0..E) (every thread calls it; it ends with a
+// barrier). S.hist must have been zeroed before the barrier that published S.ids.
+__device__ __forceinline__ void count_experts(const EpArgs& a, LocalTables& S) {
+  each_pair_expert(a, S, 0, a.numTokens * a.topk, [&](int, int e) { atomicAdd(&S.hist[e], 1); });
+  __syncthreads();
+}
+
+// The bookkeeping block's first half, shared by both: loads and validates the ids (planRouting's order:
+// the first pair out of range, or naming an expert an earlier slot of its token named, decides) and reports
+// a bad one as the call's error. `call` is the call's count; begin: also begin it (begin_call: one rank).
+// Returns true in every thread when the call goes on (ids valid, the host did not abort it); then S.rows
+// holds the pairs with an expert and S.hist is zero, ready for count_experts.
+__device__ bool check_ids(const EpArgs& a, LocalTables& S, uint64_t* call, bool begin) {
+  wait_for_prior();  // (a no-op unless launched as a programmatic dependent)
+  const int tid = threadIdx.x, B = blockDim.x, lane = tid & 31;
+  const int E = a.numExperts, K = a.topk, N = a.numTokens * K;
+  if (tid == 0) {
+    S.bad = INT_MAX;
+    S.rows = 0;
+    S.capE = INT_MAX;
+  }
+  for (int e = tid; e <= E; e += B) S.hist[e] = 0;
+  int rows = 0;
+  int bad = load_ids(a, S, &rows);
+  __syncthreads();
+  for (int p = tid; p < N; p += B) {  // an expert an earlier slot of the same token named
+    const int e = pair_expert(a, S, p);
+    if (e < 0) continue;
+    for (int q = p - p % K; q < p; ++q)
+      if (pair_expert(a, S, q) == e) {
+        bad = min(bad, p);
+        break;
+      }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    bad = min(bad, __shfl_xor_sync(FULL_MASK, bad, o));
+    rows += __shfl_xor_sync(FULL_MASK, rows, o);
+  }
+  if (lane == 0) {
+    if (bad != INT_MAX) atomicMin(&S.bad, bad);
+    atomicAdd(&S.rows, rows);
+  }
+  __syncthreads();
+  bad = S.bad;
+  EpState* st = state_of(a);
+  if (tid == 0) {
+    if (begin) *call = begin_call(st);
+    const uint32_t slot = (uint32_t)(*call & 1u);
+    if (host_abort(a) != 0) {
+      mark_host_abort(a);
+    } else if (bad != INT_MAX) {
+      const int v = __ldg((const int*)a.topkIdx + bad);
+      const uint32_t code = (v < -1 || v >= E) ? EP_ERR_EXPERT_ID : EP_ERR_DUPLICATE;
+      report_error(a, code, (uint32_t)a.rank, slot, *call, bad / K, bad % K, (uint32_t)v);
+    }
+  }
+  return host_abort(a) == 0 && bad == INT_MAX;
+}
+
+// ep_dispatch_local's bookkeeping block: what ep_route does for one rank, in planRouting's order of errors
+// (ids, then the rows for the destination, then expert capacity).
+__device__ void local_bookkeeping(const EpArgs& a, LocalTables& S) {
+  const int tid = threadIdx.x, B = blockDim.x;
+  const int E = a.numExperts;
+  uint64_t call = 0;
+  if (!check_ids(a, S, &call, true)) return;  // the call is off
+  if (S.rows > a.maxRowsPerPeer) {
+    if (tid == 0) report_error(a, EP_ERR_CAPACITY, 0u, (uint32_t)(call & 1u), call, 0, S.rows, EP_CAPACITY_AUX_SEND);
+    return;
+  }
+  count_experts(a, S);
+  int* counts = (int*)a.expertCounts;
+  int* splits = (int*)a.recvSplits;  // [1][E + 1]: rows per expert, then m_st = 0
+  for (int e = tid; e < E; e += B) {
+    const int c = S.hist[e];
+    counts[e] = c;
+    splits[e] = c;
+    if (c > a.expertCapacity) atomicMin(&S.capE, e);
+  }
+  if (tid == 0) splits[E] = 0;
+  __syncthreads();
+  if (tid == 0 && S.capE != INT_MAX) {
+    // its rows are not stored (the row blocks drop them) and the combine of this call aborts
+    report_error(a, EP_ERR_CAPACITY, 0u, (uint32_t)(call & 1u), call, S.capE, S.hist[S.capE], EP_CAPACITY_AUX_EXPERT);
+  }
+  block_exclusive_scan(S.hist, E, S.scratch);  // (its first barrier orders the read of S.hist above)
+  for (int e = tid; e < E; e += B) ((int*)a.expertOffsets)[e] = (int)expert_start(a, e, S.hist[e]);
+}
+
+// ep_stage_send's bookkeeping block: the ids, then maxRowsPerPeer for every destination (the first one over
+// it is reported, as ep_route does), then each destination's split record (its local experts' counts, then
+// m_st) into its stage. On any error nothing is written to peers: the last block's signal carries the abort.
+__device__ void stage_bookkeeping(const EpArgs& a, LocalTables& S, uint64_t call) {
+  const int tid = threadIdx.x, B = blockDim.x, lane = tid & 31, warp = tid >> 5;
+  const int E = a.numExperts, W = a.world, EPR = a.expertsPerRank;
+  if (tid == 0) clear_error(state_of(a));  // (no other block reports before the last block's wait)
+  __syncthreads();
+  if (!check_ids(a, S, &call, false)) return;
+  count_experts(a, S);
+  block_exclusive_scan(S.hist, E, S.scratch);  // hist[e] = pairs of experts < e
+  for (int d = tid; d < W; d += B)
+    if (S.hist[(d + 1) * EPR] - S.hist[d * EPR] > a.maxRowsPerPeer) atomicMin(&S.capE, d);
+  __syncthreads();
+  const uint64_t slot = call & 1u;
+  if (S.capE != INT_MAX) {
+    if (tid == 0) {
+      const int d = S.capE;
+      report_error(a, EP_ERR_CAPACITY, (uint32_t)d, (uint32_t)slot, call, d, S.hist[(d + 1) * EPR] - S.hist[d * EPR],
+                   EP_CAPACITY_AUX_SEND);
+    }
+    return;
+  }
+  const uint64_t* peer = (const uint64_t*)a.peerBases;
+  const uint64_t recBytes = (uint64_t)(EPR + 1) * 4u;
+  for (int d = warp; d < W; d += B >> 5) {
+    char* rec = (char*)(__ldg(peer + d) + a.stageSplitsOff + slot * a.stageSplitsSlot + (uint64_t)a.rank * recBytes);
+    for (int le = lane; le <= EPR; le += 32) {
+      const int e = d * EPR + le;
+      st_u32(rec + (uint64_t)le * 4u, (uint32_t)(le < EPR ? S.hist[e + 1] - S.hist[e] : S.hist[d * EPR]));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// De-duplication (EpArgs.dedup, staged only, k <= 32): a token crosses to each owner once. Of a token's
+// slots naming experts of one owner, the first (its carrier slot) carries the row; the owner's stage
+// learns, for every row, the row that carries its data (stageCarrier) and, for every carrier row, a
+// record: the origin's combine row (t*k + carrier slot), then per slot the row in this rank's order for
+// that owner (or -1) and the router weight, from which the owner pre-reduces the token's outputs.
+
+// The lowest lane (< k) whose key equals mine: the carrier slot of my owner. Keys of lanes without a row
+// are unique (-1 - lane), so such a lane leads itself. Every lane of the warp must call it (it shuffles
+// over the full warp: a lane that skips it leaves the others waiting forever).
+__device__ __forceinline__ int carrier_lane(int key, int k) {
+  int lead = threadIdx.x & 31;
+  for (int u = 0; u < k; ++u) {
+    const int other = __shfl_sync(FULL_MASK, key, u);
+    if (other == key && u < lead) lead = u;
+  }
+  return lead;
+}
+
+// Warp 0 of a staged row block, once per token (lane = slot j): every stored row's carrier, and every
+// carrier's record, into the owners' stages. `base` is owner d's heap, r my row for d, r0 its carrier's.
+__device__ __forceinline__ void dedup_books(const EpArgs& a, int t0, uint64_t slot, uint64_t base, int d, int r,
+                                            int r0, bool valid, bool carrier) {
+  const int lane = threadIdx.x & 31, K = a.topk;
+  const uint64_t me = (uint64_t)a.rank * a.stageRows;
+  const float w = lane < K ? __ldg((const float*)a.topkWeights + t0 + lane) : 0.0f;
+  if (valid) st_u32((char*)(base + a.stageCarrierOff + slot * a.stageCarrierSlot + (me + r) * 4u), (uint32_t)r0);
+  for (uint32_t cars = __ballot_sync(FULL_MASK, valid && carrier); cars != 0; cars &= cars - 1) {
+    const int c = __ffs(cars) - 1;
+    const int dc = __shfl_sync(FULL_MASK, d, c);
+    const uint64_t rec = __shfl_sync(FULL_MASK, base, c) + a.stageRecordsOff + slot * a.stageRecordsSlot +
+                         (me + (uint64_t)__shfl_sync(FULL_MASK, r0, c)) * (uint64_t)a.recordBytes;
+    const bool ours = valid && d == dc;
+    if (lane == c) st_u32((char*)rec, (uint32_t)(t0 + c));
+    if (lane < K) {
+      st_u32((char*)rec + 4u + 4u * lane, (uint32_t)(ours ? r : -1));
+      st_u32((char*)rec + 4u + 4u * (K + lane), __float_as_uint(ours ? w : 0.0f));
+    }
+  }
+}
+
+// Where a row block learns the destinations of its tokens by routing them itself (see above). Staged:
+// the block's histogram prefix is built once, in go(), which also reads the call count (the stage slot).
+template <bool Staged>
+struct InBlockDests {
+  LocalTables& S;
+  uint64_t call;  // staged: this call's count (its parity is the stage slot), from go()
+  int state;      // -1: ids not loaded yet; then 1 (rows are stored) or 0 (the host aborted the call)
+  int marked;     // local: the token whose slots slotOf holds, or -1
+  int counted;    // the token whose pairs before/from (local) or run (staged) hold, or -1 (a block may take
+                  // several chunks of one token)
+  int cursor;     // staged: S.run counts the pairs of the tokens before this one (a block's tokens only grow)
+  __device__ explicit InBlockDests(LocalTables& s)
+      : S(s), call(0), state(-1), marked(-1), counted(-1), cursor(0) {}
+  __device__ __forceinline__ int stride() const { return gridDim.x - 1; }  // the last block keeps the books
+  // Slots 0..7 of token t straight from topkIdx (the same bytes in every thread: L1 broadcasts), -1 past k.
+  __device__ __forceinline__ static void first_ids(const EpArgs& a, int t, int (&v)[8]) {
+    const int* tok = (const int*)a.topkIdx + (uint64_t)t * a.topk;
+#pragma unroll
+    for (int u = 0; u < 8; ++u) v[u] = u < a.topk ? __ldg(tok + u) : -1;
+  }
+  // Every entry of slotOf rewritten for token t by the thread that owns it (e = tid + i*B): the slot of
+  // t naming e, the last one if t repeats e (the call then fails as DUPLICATE), else -1. No entry has
+  // two writers, so marking needs no barrier of its own; the caller's barrier publishes it. `first`
+  // holds slots 0..7 (first_ids, loaded by the caller); later slots are read 8 at a time.
+  __device__ __forceinline__ void mark(const EpArgs& a, int t, const int (&first)[8]) {
+    const int K = a.topk, E = a.numExperts;
+    const int* tok = (const int*)a.topkIdx + (uint64_t)t * K;
+    for (int j0 = 0; j0 < K; j0 += 8) {
+      int v[8];
+#pragma unroll
+      for (int u = 0; u < 8; ++u) v[u] = j0 == 0 ? first[u] : j0 + u < K ? __ldg(tok + j0 + u) : -1;
+      for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        int slot = j0 == 0 ? -1 : S.slotOf[e];
+#pragma unroll
+        for (int u = 0; u < 8; ++u) slot = v[u] == e ? j0 + u : slot;
+        S.slotOf[e] = (int8_t)slot;
+      }
+    }
+    for (int j = threadIdx.x; j < K; j += blockDim.x) S.before[j] = S.from[j] = 0;
+    marked = t;
+  }
+  __device__ __forceinline__ bool go(const EpArgs& a, int t) {
+    if (state < 0) {
+      wait_for_prior();  // (a no-op unless launched as a programmatic dependent)
+      if (Staged) call = read_calls(state_of(a)) + 1;
+      int first[8];
+      if (!Staged) first_ids(a, t, first);  // these loads and load_ids' go out together; one barrier publishes both
+      // staged, and one rank's packed experts: where each expert's rows start, from a histogram
+      const bool prefix = Staged || a.packedExperts;
+      if (prefix)
+        for (int e = threadIdx.x; e <= a.numExperts; e += blockDim.x) S.hist[e] = 0;
+      if (Staged)
+        for (int e = threadIdx.x; e < a.numExperts; e += blockDim.x) S.run[e] = 0;
+      if (ids_in_smem(a)) {
+        int rows;
+        load_ids(a, S, &rows);
+      } else if (threadIdx.x == 0) {  // (the ids stay in L2; the bookkeeping block validates them)
+        S.base = __ldg((const uint64_t*)a.peerBases + a.rank);
+      }
+      if (!Staged) mark(a, t, first);
+      __syncthreads();
+      if (prefix) {
+        count_experts(a, S);
+        block_exclusive_scan(S.hist, a.numExperts, S.scratch);
+      }
+      state = host_abort(a) == 0 ? 1 : 0;
+      if (blockIdx.x == 0 && threadIdx.x == 0 && state) stamp(a, EP_STAMP_ROWS_BEGIN);
+    }
+    return state != 0;
+  }
+  // Token t's rows, then warp 0 turns the counts into rows (and pairDest or pairRow, by the block of the
+  // first chunk). Local: every pair of the call counted against t's marked slots (one shared atomic per
+  // match). Staged: S.run brought up to t, adding the pairs since the block's last token (the loop's
+  // barrier ordered warp 0's reads of the last token's counts), so a block reads each id once.
+  __device__ void dests(const EpArgs& a, int t, bool firstChunk, DestList& L, int buf) {
+    const int tid = threadIdx.x, K = a.topk, N = a.numTokens * K, t0 = t * K;
+    if (Staged && counted != t) {
+      each_pair_expert(a, S, cursor * K, t0, [&](int, int e) { atomicAdd(&S.run[e], 1); });
+      __syncthreads();
+      cursor = counted = t;
+    }
+    if (!Staged && counted != t) {
+      if (marked != t) {  // a later token of this block (the loop's barrier ordered the last one's reads)
+        int first[8];
+        first_ids(a, t, first);
+        mark(a, t, first);
+        __syncthreads();
+      }
+      for (int p = tid; p < N; p += blockDim.x) {
+        const int e = S.ids[p];
+        const int j = e >= 0 ? S.slotOf[e] : -1;
+        if (j >= 0) atomicAdd(p < t0 ? &S.before[j] : &S.from[j], 1);
+      }
+      __syncthreads();
+      counted = t;
+    }  // (another chunk of the token counted last: its counts stand)
+    if (tid >= 32) return;
+    const int lane = tid;
+    int n = 0;
+    for (int j0 = 0; j0 < K; j0 += 32) {
+      const int j = j0 + lane;
+      const int e = j < K ? pair_expert(a, S, t0 + j) : -1;
+      // local: a slot repeating an expert stores nothing; staged: such a call fails (the bookkeeping block
+      // reports it), and both slots' rows land in the same place, inside the stage
+      const bool mine = e >= 0 && (Staged || S.slotOf[e] == j);
+      uint64_t row = 0, sc = 0;
+      bool valid = false;  // this slot's row is stored (dedup: only the token's carrier row for its owner)
+      if (!Staged) {
+        int r = -1;
+        if (mine && S.before[j] + S.from[j] <= a.expertCapacity) r = (int)expert_start(a, e, a.packedExperts ? S.hist[e] : 0) + S.before[j];
+        if (firstChunk && j < K) ((int*)a.pairDest)[t0 + j] = r;
+        valid = r >= 0;
+        row = S.base + a.expertXOff + (uint64_t)r * a.dispatchRowBytes;
+        sc = S.base + a.expertScalesOff + (uint64_t)r * (uint64_t)a.groupsPerRow * 4u;
+      } else {
+        const int d = mine ? e / a.expertsPerRank : 0;
+        const int before = mine ? S.run[e] : 0;
+        int r = mine ? S.hist[e] - S.hist[d * a.expertsPerRank] + before : -1;
+        valid = mine && r < a.stageRows;
+        const uint64_t slot = call & 1u;
+        const uint64_t base = __ldg((const uint64_t*)a.peerBases + d);
+        if (firstChunk && j < K) {
+          ((int*)a.pairRow)[t0 + j] = valid ? S.hist[e] + before : -1;
+          if (valid && d == a.rank && !a.dedup) ((int*)a.selfPairs)[r] = t0 + j;
+        }
+        if (a.dedup) {  // (k <= 32: this is the only pass)
+          const int lead = carrier_lane(valid ? d : -1 - lane, K);
+          const int r0 = __shfl_sync(FULL_MASK, r, lead);
+          if (firstChunk) dedup_books(a, t0, slot, base, d, r, r0, valid, lead == lane);
+          valid = valid && lead == lane;
+        }
+        if (valid) {
+          const uint64_t src = (uint64_t)a.rank * a.stageRows + r;
+          row = base + a.stageDataOff + slot * a.stageDataSlot + src * a.dispatchRowBytes;
+          sc = base + a.stageScalesOff + slot * a.stageScalesSlot + src * (uint64_t)a.groupsPerRow * 4u;
+        }
+      }
+      const uint32_t bal = __ballot_sync(FULL_MASK, valid);
+      if (valid) {
+        const int pos = n + __popc(bal & lanemask_lt());
+        L.row[buf][pos] = row;
+        L.scale[buf][pos] = sc;
+      }
+      n += __popc(bal);
+    }
+    if (lane == 0) L.n[buf] = n;
+  }
+};
+
+}  // namespace

@@ -1,0 +1,42 @@
+// The kernels' limits (EP_MAX_*), the EP_ERR_CAPACITY aux values, host_requires, the internal
+// host-abort code, and the EP_PROBE hook of bench/micro/kernel_probe.cu.
+// Part of the ep.cu translation unit: included by kernels/ep.cu only, in its order.
+#pragma once
+
+#define EP_MAX_EXPERTS 1024
+#define EP_MAX_TOPK 64
+#define EP_MAX_PAIRS 32768
+#define EP_LOCAL_MAX_PAIRS 2048  // ep_dispatch_local: T*k it routes inside each block
+#define EP_STAGE_SMEM_PAIRS 4096  // in-block routing keeps T*k ids up to this in shared memory (beyond: read from L2)
+#define EP_ROUTE_THREADS 1024
+#define EP_MAX_THREADS 512
+
+// EP_ERR_CAPACITY has two sources, told apart by EpError.aux (the header defines one code for both):
+//   aux = EP_CAPACITY_AUX_SEND (0):   ep_route, a = destination rank, b = rows it would get (> maxRowsPerPeer)
+//   aux = EP_CAPACITY_AUX_EXPERT (1): ep_route, a = global expert id of this rank, b = rows it would hold (> expertCapacity)
+#define EP_CAPACITY_AUX_SEND 0u
+#define EP_CAPACITY_AUX_EXPERT 1u
+
+// A launch the host must never make (a programming error of the host, not a user's input): say which
+// requirement failed, then stop the kernel. Device-side assert prints the message (with the file and
+// line of the call) when the kernel ends, and the host then sees CUDA_ERROR_ASSERT.
+#define host_requires(cond, what) assert((cond) && what)
+
+// Device-internal err.code for a call the host aborted (see host_abort): set in state->err only, never
+// mirrored to errHost (the host already knows), and it makes every later kernel of the call abort.
+#define EP_INTERNAL_HOST_ABORT 0xffffffffu
+
+using namespace ep;
+
+// Phase timestamps of ep_route for bench/micro/kernel_probe.cu (built with -DEP_PROBE); nothing otherwise.
+#ifdef EP_PROBE
+__device__ long long ep_probe[16];
+#define EP_PROBE_AT(i)                                 \
+  do {                                                 \
+    if (threadIdx.x == 0) ep_probe[i] = clock64();     \
+  } while (0)
+#else
+#define EP_PROBE_AT(i) \
+  do {                 \
+  } while (0)
+#endif

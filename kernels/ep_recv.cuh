@@ -1,0 +1,242 @@
+// Receive-side tables (RecvTables, build_tables, locate), copy_segment, and combine's send helpers:
+// combine_send_rows, the carrier plans (plan_at, write_plan) and combine_send_partials.
+// Part of the ep.cu translation unit: included by kernels/ep.cu only, in its order.
+#pragma once
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Receive-side tables (ep_recv_view, ep_combine_send), built by every block from recvSplits (the split
+// records ep_route derived from every rank's counts):
+//   pre[q]  (q = s*EPR + le): exclusive prefix of counts in source-major order; pre[E] = rows received.
+//           Rows from s are the flat range [pre[s*EPR], pre[(s+1)*EPR]), expert-sorted.
+//   preT[le*W + s]: exclusive prefix in expert-major order; the expert-major position of row i of
+//           (s, le) is preT[le*W + s] - preT[le*W] + i, and expertCounts[le] = preT[(le+1)*W] - preT[le*W].
+//   mst[s]: m_st of s (where its rows for me start in its own send order), computed by ep_route.
+struct RecvTables {
+  int pre[EP_MAX_EXPERTS + 1];
+  int preT[EP_MAX_EXPERTS + 1];
+  int mst[EP_MAX_EXPERTS];
+  int scratch[33];
+  int flag;
+};
+
+// From split records [W][splitsPerPeer] at `splits`: written by an earlier kernel of this rank on the
+// stream (recvSplits: plain loads), or by peers before the signals this rank acquired (the stage: `peerWritten`,
+// read at L2).
+__device__ void build_tables_from(const EpArgs& a, RecvTables& R, const int* splits, bool peerWritten) {
+  const int E = a.numExperts, W = a.world, EPR = a.expertsPerRank;
+  auto load = [&](int i) { return peerWritten ? (int)ld_cg_u32(splits + i) : splits[i]; };
+  for (int q = threadIdx.x; q < E; q += blockDim.x) {
+    const int s = q / EPR, le = q - s * EPR;
+    const int c = load(s * a.splitsPerPeer + le);
+    R.pre[q] = c;
+    R.preT[le * W + s] = c;
+  }
+  for (int s = threadIdx.x; s < W; s += blockDim.x) R.mst[s] = load(s * a.splitsPerPeer + EPR);
+  block_exclusive_scan(R.pre, E, R.scratch);
+  block_exclusive_scan(R.preT, E, R.scratch);
+}
+
+// From recvSplits, written by this call's ep_route or ep_stage_pack (an earlier kernel on the stream).
+__device__ void build_tables(const EpArgs& a, RecvTables& R) {
+  build_tables_from(a, R, (const int*)a.recvSplits, false);
+}
+
+// Row g of the flat received order -> (source s, local expert le, index within s's rows, its row in expertX).
+struct RowLoc {
+  int s, le, iSrc;
+  uint64_t row;
+};
+__device__ __forceinline__ RowLoc locate(const RecvTables& R, const EpArgs& a, int g) {
+  const int E = a.numExperts, W = a.world, EPR = a.expertsPerRank;
+  int lo = 0, hi = E;  // pre[lo] <= g < pre[hi]
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) >> 1;
+    if (R.pre[mid] <= g) lo = mid;
+    else hi = mid;
+  }
+  RowLoc r;
+  r.s = lo / EPR;
+  r.le = lo - r.s * EPR;
+  r.iSrc = g - R.pre[r.s * EPR];
+  r.row = expert_start(a, r.le, R.preT[r.le * W]) + (R.preT[r.le * W + r.s] - R.preT[r.le * W]) + (g - R.pre[lo]);
+  return r;
+}
+
+// One warp copies segment `seg` (32 lanes x SEG_VECS vectors) of a row; all loads before all stores.
+constexpr int SEG_VECS = 4;
+template <int VB, bool Coherent>
+__device__ __forceinline__ void copy_segment(char* dst, const char* src, uint64_t rowBytes, int seg, int lane) {
+  using V = Vec<VB>;
+  typename V::T v[SEG_VECS];
+  const uint64_t base = (uint64_t)seg * 32u * SEG_VECS * VB;
+#pragma unroll
+  for (int u = 0; u < SEG_VECS; ++u) {
+    const uint64_t off = base + (uint64_t)(u * 32 + lane) * VB;
+    if (off < rowBytes) v[u] = Coherent ? V::ld_cg(src + off) : V::ld_nc(src + off);
+  }
+#pragma unroll
+  for (int u = 0; u < SEG_VECS; ++u) {
+    const uint64_t off = base + (uint64_t)(u * 32 + lane) * VB;
+    if (off < rowBytes) V::st(dst + off, v[u]);
+  }
+}
+
+template <int VB>
+__device__ void combine_send_rows(const EpArgs& a, uint64_t slot, const RecvTables& R) {
+  const int E = a.numExperts, EPR = a.expertsPerRank;
+  const int lane = threadIdx.x & 31;
+  const int warpsPerBlock = blockDim.x >> 5;
+  const uint64_t rowBytes = a.combineRowBytes;
+  const int segs = (int)((rowBytes + 32u * SEG_VECS * VB - 1) / (32u * SEG_VECS * VB));
+  // Rows that came from this rank itself are not copied: ep_combine_reduce reads them straight from
+  // expertOut (same values, so the same result), which saves a round trip through HBM.
+  const int selfLo = R.pre[a.rank * EPR], selfRows = R.pre[(a.rank + 1) * EPR] - selfLo;
+  const int rows = R.pre[E] - selfRows;
+  // 32-bit: items <= rows received * segments, far below 2^31 for any heap that fits a GPU.
+  const uint32_t items = (uint32_t)rows * (uint32_t)segs;
+  const uint64_t* peer = (const uint64_t*)a.peerBases;
+  const char* expertOut = (const char*)a.expertOut;
+  for (uint32_t it = blockIdx.x * warpsPerBlock + (threadIdx.x >> 5); it < items;
+       it += gridDim.x * warpsPerBlock) {
+    // from source rank + 1 on (the rows after this rank's own), so the ranks write to different peers at once
+    int g = (int)(it / (uint32_t)segs) + selfLo;
+    if (g >= rows) g -= rows;
+    const int seg = (int)(it % (uint32_t)segs);
+    if (g >= selfLo) g += selfRows;
+    const RowLoc l = locate(R, a, g);
+    const uint64_t srcRow = l.row;
+    const uint64_t dstRow = (uint64_t)R.mst[l.s] + l.iSrc;  // the row in s's own expert-sorted order
+    char* dst = (char*)(__ldg(peer + l.s) + a.combineRecvOff + slot * a.combineRecvSlot);
+    copy_segment<VB, false>(dst + dstRow * rowBytes, expertOut + srcRow * rowBytes, rowBytes, seg, lane);
+  }
+}
+
+// carrierPlans (dedup): u32 counts[W] (padded to 16 bytes; ep_stage_send's tail zeroes them, ep_stage_pack
+// counts), then [W][stageRows] plans of recordBytes: source s's carriers in region s, in any order.
+// A plan takes 4 * (2 + 2k) bytes, at most recordBytes = alignUp(4 * (1 + 2k), 16): plans use that stride.
+__device__ __forceinline__ uint32_t* plan_counts(const EpArgs& a) { return (uint32_t*)a.carrierPlans; }
+__device__ __forceinline__ char* plan_at(const EpArgs& a, int s, uint32_t i) {
+  const uint64_t head = ((uint64_t)a.world * 4u + 15u) & ~(uint64_t)15u;
+  return (char*)a.carrierPlans + head + ((uint64_t)s * a.stageRows + i) * (uint64_t)a.recordBytes;
+}
+
+// dedup, ep_stage_pack (one warp, every lane): carrier row `row` of source s (in this call's stage slot)
+// gets the next plan of s for ep_combine_send: s, the origin's row, then per slot the expertOut row of the
+// token's row for this rank (its expertX row: locate() through this call's tables), or -1, and the weight.
+__device__ void write_plan(const EpArgs& a, const RecvTables& R, uint64_t own, int s, uint64_t row, uint64_t slot) {
+  const int lane = threadIdx.x & 31, K = a.topk, EPR = a.expertsPerRank;
+  const char* rec = (const char*)(own + a.stageRecordsOff + slot * a.stageRecordsSlot) + row * (uint64_t)a.recordBytes;
+  uint32_t ci = 0;
+  if (lane == 0) ci = atomicAdd(plan_counts(a) + s, 1u);
+  ci = __shfl_sync(FULL_MASK, ci, 0);
+  char* plan = plan_at(a, s, ci);
+  if (lane < K) {  // (k <= 32 with dedup)
+    const int r = (int)ld_cg_u32(rec + 4u + 4u * lane);  // the sender's record: read at L2
+    const uint32_t w = ld_cg_u32(rec + 4u + 4u * (K + lane));
+    int x = -1;
+    if (r >= 0) {
+      x = (int)locate(R, a, R.pre[s * EPR] + r).row;
+    }
+    ((int*)(plan + 8u))[lane] = x;
+    ((uint32_t*)(plan + 8u))[K + lane] = w;
+  }
+  if (lane == 0) {
+    ((int*)plan)[0] = s;
+    ((int*)plan)[1] = (int)ld_cg_u32(rec);
+  }
+}
+
+// dedup: for each carrier plan the pack wrote, the token's outputs from this rank's experts, weighted and
+// summed in f32 in slot order (the plan's rows and weights), rounded to bf16 once and stored into the
+// source's combine buffer at the origin's row (t*k + carrier slot); a token from this rank itself included
+// (stored locally). One warp per (carrier, 2 KiB segment of the output row); the plan names expertOut rows
+// directly, so a warp's loads wait on one load of the plan, and up to four rows' loads are in flight.
+// Sources are taken from this rank + 1 on (this rank last), so that the ranks write to different peers at
+// any moment instead of all to source 0 first. Every thread of the block calls it (R.pre: scratch).
+__device__ void combine_send_partials(const EpArgs& a, uint64_t slot, RecvTables& R) {
+  const int K = a.topk, W = a.world;
+  const int lane = threadIdx.x & 31;
+  // R.pre[i]: where the carriers of source (rank + 1 + i) % W start in the order this rank sends them
+  for (int i = threadIdx.x; i < W; i += blockDim.x) R.pre[i] = (int)plan_counts(a)[(a.rank + 1 + i) % W];
+  block_exclusive_scan(R.pre, W, R.scratch);
+  const uint32_t carriers = (uint32_t)R.pre[W];
+  const int warpsPerBlock = blockDim.x >> 5;
+  const uint64_t rowBytes = a.combineRowBytes;
+  constexpr uint64_t SEG = 32u * SEG_VECS * 16u;
+  const int segs = (int)((rowBytes + SEG - 1) / SEG);
+  const uint32_t items = carriers * (uint32_t)segs;
+  const uint64_t* peer = (const uint64_t*)a.peerBases;
+  const char* expertOut = (const char*)a.expertOut;
+  for (uint32_t it = blockIdx.x * warpsPerBlock + (threadIdx.x >> 5); it < items;
+       it += gridDim.x * warpsPerBlock) {
+    const int ci = (int)(it / (uint32_t)segs), seg = (int)(it % (uint32_t)segs);
+    int lo = 0, hi = W;  // R.pre[lo] <= ci < R.pre[hi]
+    while (hi - lo > 1) {
+      const int mid = (lo + hi) >> 1;
+      if (R.pre[mid] <= ci) lo = mid;
+      else hi = mid;
+    }
+    const char* plan = plan_at(a, (a.rank + 1 + lo) % W, (uint32_t)(ci - R.pre[lo]));
+    // lane j: slot j's expertOut row (or -1) and its weight; lane 0 also the source, lane 1 the origin's row
+    int rj = -1, head = 0;
+    float wj = 0.0f;
+    if (lane < K) {
+      rj = __ldg((const int*)(plan + 8u + 4u * lane));
+      wj = __ldg((const float*)(plan + 8u + 4u * (K + lane)));
+    }
+    if (lane < 2) head = __ldg((const int*)plan + lane);
+    const int s = __shfl_sync(FULL_MASK, head, 0), back = __shfl_sync(FULL_MASK, head, 1);
+    const uint64_t src = rj >= 0 ? (uint64_t)expertOut + (uint64_t)rj * rowBytes : 0u;
+    const uint64_t base = (uint64_t)seg * SEG;
+    float acc[SEG_VECS][8];
+#pragma unroll
+    for (int u = 0; u < SEG_VECS; ++u)
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[u][i] = 0.0f;
+    // the slots in order (the reduction order), four rows' loads in flight
+    constexpr int ROWS = 4;
+    for (uint32_t left = __ballot_sync(FULL_MASK, rj >= 0); left != 0;) {
+      uint4 v[ROWS][SEG_VECS];
+      float w[ROWS];
+      uint32_t has = 0;
+#pragma unroll
+      for (int q = 0; q < ROWS; ++q) {
+        const int j = left ? __ffs(left) - 1 : 0;
+        const uint64_t p = __shfl_sync(FULL_MASK, src, j);
+        w[q] = __shfl_sync(FULL_MASK, wj, j);
+        if (left) {
+          has |= 1u << q;
+#pragma unroll
+          for (int u = 0; u < SEG_VECS; ++u) {
+            const uint64_t off = base + (uint64_t)(u * 32 + lane) * 16u;
+            if (off < rowBytes) v[q][u] = ld_nc_v4((const char*)p + off);
+          }
+        }
+        left &= left - 1;
+      }
+#pragma unroll
+      for (int q = 0; q < ROWS; ++q) {
+        if (!(has >> q & 1u)) continue;
+#pragma unroll
+        for (int u = 0; u < SEG_VECS; ++u) {
+          const uint64_t off = base + (uint64_t)(u * 32 + lane) * 16u;
+          if (off >= rowBytes) continue;
+          float x[8];
+          bf16x8_to_f32(v[q][u], x);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) acc[u][i] = __fadd_rn(acc[u][i], __fmul_rn(w[q], x[i]));
+        }
+      }
+    }
+    char* dst = (char*)(__ldg(peer + s) + a.combineRecvOff + slot * a.combineRecvSlot) + (uint64_t)back * rowBytes;
+#pragma unroll
+    for (int u = 0; u < SEG_VECS; ++u) {
+      const uint64_t off = base + (uint64_t)(u * 32 + lane) * 16u;
+      if (off < rowBytes) st_v4(dst + off, pack_bf16x8(acc[u]));
+    }
+  }
+}
+
+}  // namespace

@@ -166,7 +166,7 @@ export const EP_STATE_OFFSET = offsets<
 >(EP_STATE_FIELDS);
 
 // ---------------------------------------------------------------------------------------------
-// Error codes (kernels/ep_args.h) and the kernels' own constants (kernels/ep.cu)
+// Error codes (kernels/ep_args.h) and the kernels' own constants (kernels/ep_limits.cuh)
 // ---------------------------------------------------------------------------------------------
 
 export const EP_ERR_NONE = 0;
@@ -222,7 +222,7 @@ export const EP_CAPACITY_AUX_SEND = 0;
 /** EpError.aux of EP_ERR_CAPACITY for this rank's own expert over capacity (receive side, found by ep_route). */
 export const EP_CAPACITY_AUX_EXPERT = 1;
 
-/** Kernel limits (kernels/ep.cu): numExperts, topk, maxTokensPerRank * topk, route block size. */
+/** Kernel limits (kernels/ep_limits.cuh): numExperts, topk, maxTokensPerRank * topk, route block size. */
 export const EP_MAX_EXPERTS = 1024;
 export const EP_MAX_TOPK = 64;
 export const EP_MAX_PAIRS = 32768;

@@ -14,12 +14,14 @@ import {
   EP_ERR_CAPACITY,
   EP_ERR_DUPLICATE,
   EP_ERR_EXPERT_ID,
+  EP_ERR_NONE,
   EP_ERR_PEER_ABORT_COMBINE,
   EP_ERR_PEER_ABORT_DISPATCH,
   EP_ERR_TIMEOUT_BARRIER,
   EP_ERR_TIMEOUT_COMBINE,
   EP_ERR_TIMEOUT_DISPATCH,
   type EpErrorRecord,
+  readEpError,
 } from './args.js';
 
 /**
@@ -50,4 +52,16 @@ export function deviceError(e: EpErrorRecord, c: EpConfig): MoeA2aError {
     default:
       return new InternalError(`a kernel reported an unknown error code ${e.code}`, { code: e.code });
   }
+}
+
+/**
+ * The error the kernels left in the host-mapped error word (an EpError), or null; clears the word,
+ * which the device never does.
+ */
+export function takeDeviceError(word: Uint8Array, c: EpConfig): MoeA2aError | null {
+  if (word[0] === 0 && word[1] === 0 && word[2] === 0 && word[3] === 0) return null;
+  const e = readEpError(word);
+  word.fill(0); // handled
+  if (e.code === EP_ERR_NONE) return null;
+  return deviceError(e, c);
 }

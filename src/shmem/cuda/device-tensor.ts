@@ -1,5 +1,6 @@
 import type { DType } from '../../ep/tensor.js';
 import { numel } from '../../ep/tensor.js';
+import { ArgumentError, ShapeError } from '../../errors.js';
 
 const ELEMENT_BYTES: Record<DType, number> = { bf16: 2, f32: 4, i32: 4, fp8_e4m3: 1 };
 
@@ -34,4 +35,27 @@ export class DeviceTensor<D extends DType = DType> {
 
 export function isDeviceTensor(t: unknown): t is DeviceTensor {
   return t instanceof DeviceTensor;
+}
+
+/** A device tensor of this dtype and shape, or the error that says why not; its shape (a TensorCheck). */
+export function deviceTensorShape(
+  name: string,
+  t: unknown,
+  dtype: DType,
+  dims: readonly (number | undefined)[],
+): readonly number[] {
+  if (!(t instanceof DeviceTensor)) {
+    throw new ArgumentError(`${name} must be a DeviceTensor (use group.upload() for host data)`, {
+      argument: name,
+    });
+  }
+  if (t.dtype !== dtype)
+    throw new ShapeError(`${name} must have dtype ${dtype}, got ${t.dtype}`, { argument: name });
+  if (t.shape.length !== dims.length || t.shape.some((d, i) => dims[i] !== undefined && d !== dims[i])) {
+    throw new ShapeError(
+      `${name} must have shape ${dtype} [${dims.map((d) => d ?? '?').join(', ')}], got [${t.shape.join(', ')}]`,
+      { argument: name },
+    );
+  }
+  return t.shape;
 }

@@ -1,7 +1,7 @@
 import type { CudaEpGroup } from './group.js';
 
 /**
- * The floors a dispatch + combine is measured against, on the group's own GPUs and heaps (kernels/ep.cu
+ * The floors a dispatch + combine is measured against, on the group's own GPUs and heaps (kernels/ep_bench.cuh
  * section 8), so that every figure of a bench run is a ratio on the same machine:
  * - the all-to-all write rate: every rank writes the same bytes to every peer at once (a one-pair copy
  *   overstates what an all-to-all gets, so it is measured too, for comparison);
@@ -25,7 +25,7 @@ export interface Floors {
   graphKernelPdlUs: number;
 }
 
-/** FloorArgs (kernels/ep.cu section 8): 7 u64, then rank, world, iters, reserved (i32). */
+/** FloorArgs (kernels/ep_bench.cuh, section 8): 7 u64, then rank, world, iters, reserved (i32). */
 const FLOOR_ARGS_BYTES = 72;
 const A2A_BLOCK = 512;
 const A2A_CHUNK = 16 * 4 * A2A_BLOCK; // bytes one block copies per step

@@ -12,7 +12,7 @@ export interface LaunchSize {
   sharedBytes: number;
 }
 
-/** The kernels' largest block (EP_MAX_THREADS in kernels/ep.cu). */
+/** The kernels' largest block (EP_MAX_THREADS in kernels/ep_limits.cuh). */
 export const MAX_BLOCK = 512;
 
 /** Threads for a kernel that walks a row of `vectors` 16-byte vectors: a multiple of 32 near 256. */

@@ -1,0 +1,191 @@
+import type { SourceMajorRecv } from '../../ep/api.js';
+import type { EpConfig } from '../../ep/config.js';
+import type { DispatchPath } from '../../ep/dispatch-path.js';
+import type { DType } from '../../ep/tensor.js';
+import { InternalError } from '../../errors.js';
+import { EP_ARGS_BYTES, EP_LOCAL_MAX_PAIRS, type EpArgsWriter } from './args.js';
+import type { DeviceTensor } from './device-tensor.js';
+import type { CudaDriver, CuModule, CuStream } from './driver.js';
+import { KERNELS, type KernelLaunchers, type KernelName, prepareLaunchers } from './kernel-module.js';
+import { LaunchQueue } from './launch-queue.js';
+import {
+  ABORT_COMBINE_SEND,
+  ABORT_STAGE_SEND,
+  abortRouteSize,
+  dispatchSize,
+  type LaunchSize,
+  reduceSize,
+  routeSize,
+  rowWalkSize,
+  stagePackSize,
+} from './launch-sizes.js';
+
+const CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
+
+/**
+ * The kernel launches of a group's calls: which kernels a dispatch or a combine runs, with which
+ * sizes and EpArgs, handed to the launch queue (eager) or to a capturing stream (graphs). Knows
+ * nothing of the call order or handles: the group decides when a call may run.
+ */
+export class CallLaunches {
+  /** How eager calls reach the driver (the caller brackets a call with begin() and submit()). */
+  readonly queue: LaunchQueue;
+  private readonly launchers: KernelLaunchers;
+  /** Programmatic dependent launches between a call's own kernels; MOE_A2A_DEPENDENT_LAUNCH=0 turns them off. */
+  private readonly dependentLaunches = process.env.MOE_A2A_DEPENDENT_LAUNCH !== '0';
+
+  private readonly config: EpConfig;
+  private readonly dispatchPath: DispatchPath;
+  private readonly stageRows: number;
+  private readonly smCount: number;
+  private readonly recvSplits: bigint;
+
+  constructor(
+    private readonly drv: CudaDriver,
+    private readonly stream: CuStream,
+    module: CuModule,
+    /** The group's EpArgs, every field of the group's life filled (fillGroupArgs). */
+    private readonly args: EpArgsWriter,
+    group: {
+      config: EpConfig;
+      dispatchPath: DispatchPath;
+      /** The heap layout's stageRows (stage_pack's launch size depends on it). */
+      stageRows: number;
+      smCount: number;
+      /** GroupBuffers.recvSplits: what recvView copies out as the view's splits. */
+      recvSplits: bigint;
+    },
+  ) {
+    const c = group.config;
+    this.config = c;
+    this.dispatchPath = group.dispatchPath;
+    this.stageRows = group.stageRows;
+    this.smCount = group.smCount;
+    this.recvSplits = group.recvSplits;
+    this.launchers = prepareLaunchers(drv, module, args.bytes);
+    this.queue = new LaunchQueue(drv, stream, args.bytes);
+    if (process.env.MOE_A2A_EAGER_GRAPHS === '0') this.queue.mode = 'direct';
+    // opt in always: the kernel's static shared memory counts towards the 48 KiB default limit too
+    // (routeSize gives every call, and every captured graph, the size for maxTokensPerRank)
+    drv.funcSetAttribute(
+      this.launchers.ep_route.fn,
+      CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+      routeSize(c, c.maxTokensPerRank).sharedBytes,
+    );
+    if (EP_ARGS_BYTES !== args.bytes.length) {
+      throw new InternalError(
+        `the kernel argument buffer is ${args.bytes.length} bytes, EpArgs ${EP_ARGS_BYTES}`,
+      );
+    }
+  }
+
+  /**
+   * `afterOurs`: the kernel before it on the stream is one of this group's, of the same call, so it is
+   * launched as a programmatic dependent (it starts while that kernel drains and waits on the device;
+   * every kernel that can be launched so begins with griddepcontrol.wait). Never after a caller's work.
+   */
+  private launch(name: KernelName, size: LaunchSize, afterOurs = false): void {
+    this.queue.add(
+      KERNELS.indexOf(name),
+      this.launchers[name],
+      size.grid,
+      size.block,
+      size.sharedBytes,
+      afterOurs && this.dependentLaunches,
+    );
+  }
+
+  /**
+   * A call whose input the host rejected still runs its kernels with hostAbort set, so that every
+   * peer receives this rank's abort signal for the call and none waits for a timeout.
+   */
+  abortDispatch(): void {
+    this.args.set('hostAbort', 1);
+    this.args.numTokens = 0;
+    // the first kernel of the group's dispatch: its count (direct) or row (staged) signal carries the abort
+    if (this.dispatchPath === 'staged') this.launch('ep_stage_send', ABORT_STAGE_SEND);
+    else this.launch('ep_route', abortRouteSize(this.config));
+    this.args.set('hostAbort', 0);
+  }
+
+  /** A combine this rank refuses still signals every peer (with the abort bit), so none waits. */
+  abortCombine(): void {
+    this.args.set('hostAbort', 1);
+    this.launch('ep_combine_send', ABORT_COMBINE_SEND);
+    this.args.set('hostAbort', 0);
+  }
+
+  /**
+   * The launches of one dispatch (eager, or recorded into a graph): stage_send -> stage_pack (staged),
+   * route -> dispatch (direct); or, with one rank and a small batch, ep_dispatch_local alone (each block
+   * routes its own tokens: no routing block to wait for).
+   */
+  dispatch(x: DeviceTensor, topkIdx: DeviceTensor, w: DeviceTensor | null, T: number): void {
+    const a = this.args;
+    const c = this.config;
+    a.numTokens = T;
+    // every field this call does not read is zero, so that equal calls have equal bytes (LaunchQueue)
+    a.set('x', x.devicePtr)
+      .set('topkIdx', topkIdx.devicePtr)
+      .set('topkWeights', w?.devicePtr ?? 0n)
+      .set('expertOut', 0n);
+    const sms = this.smCount;
+    if (c.world === 1 && T * c.topk <= EP_LOCAL_MAX_PAIRS) {
+      this.launch('ep_dispatch_local', dispatchSize(c, T, sms, true));
+      return;
+    }
+    if (this.dispatchPath === 'staged') {
+      this.launch('ep_stage_send', dispatchSize(c, T, sms, true));
+      this.launch('ep_stage_pack', stagePackSize(c, this.stageRows, sms), true);
+      return;
+    }
+    this.launch('ep_route', routeSize(c, T));
+    this.launch('ep_dispatch', dispatchSize(c, T, sms, false), true);
+  }
+
+  /**
+   * The launches of one combine: send -> reduce. `afterDispatch`: recorded right after this call's
+   * dispatch kernels (GraphCall.step), so its first kernel may be a programmatic dependent too.
+   */
+  combine(
+    expertOut: DeviceTensor,
+    topkIdx: DeviceTensor,
+    w: DeviceTensor,
+    T: number,
+    afterDispatch = false,
+  ): void {
+    const a = this.args;
+    a.numTokens = T;
+    a.set('x', 0n) // (unread here: equal calls have equal bytes)
+      .set('topkIdx', topkIdx.devicePtr)
+      .set('topkWeights', w.devicePtr)
+      .set('expertOut', expertOut.devicePtr);
+    // a rank's own rows are read in place by the reduction: with one rank nothing travels
+    const send = this.config.world > 1;
+    if (send) this.launch('ep_combine_send', rowWalkSize(this.config, this.smCount), afterDispatch);
+    this.launch('ep_combine_reduce', reduceSize(this.config, T, this.smCount), send || afterDispatch);
+  }
+
+  /**
+   * The source-major view of what this rank received (rows each source sent, in the source's order),
+   * rebuilt from expertX by ep_recv_view into new device tensors from `newTensor` (the caller frees
+   * them). Submits the queue: follows this call's dispatch launches.
+   */
+  recvView(newTensor: (dtype: DType, shape: number[]) => DeviceTensor): SourceMajorRecv<DeviceTensor> {
+    const c = this.config;
+    const x = newTensor(c.fp8 ? 'fp8_e4m3' : 'bf16', [c.world, c.maxRowsPerPeer, c.hidden]);
+    const scales = c.fp8 ? newTensor('f32', [c.world, c.maxRowsPerPeer, c.groupsPerRow]) : null;
+    const splits = newTensor('i32', [c.world, c.expertsPerRank + 1]);
+    this.args.set('viewX', x.devicePtr).set('viewScales', scales?.devicePtr ?? 0n);
+    this.launch('ep_recv_view', rowWalkSize(this.config, this.smCount), true);
+    this.args.set('viewX', 0n).set('viewScales', 0n);
+    this.queue.submit(); // the kernels above, before the copy below
+    this.drv.memcpyDtoDAsync(splits.devicePtr, this.recvSplits, splits.bytes, this.stream);
+    return { x, scales, splits };
+  }
+
+  /** ep_barrier, launched at once (see CudaEpGroup.deviceBarrier). */
+  deviceBarrier(): void {
+    this.launchers.ep_barrier.launch([1, 1, 1], [32, 1, 1], 0, this.stream);
+  }
+}

@@ -1,0 +1,44 @@
+import type { HeapLayout } from '../../ep/layout.js';
+import { signalOffset } from '../../ep/layout.js';
+import { EP_ABORT_BIT } from './args.js';
+import type { CudaDriver } from './driver.js';
+import type { CudaHeap } from './heap.js';
+
+/**
+ * What a rank process that exits with its group open does (it threw, or was stopped): it writes the
+ * abort value into every signal word a peer could be waiting on for it, so they fail at once with
+ * PeerFailedError naming it instead of waiting for the timeout. `calls`: the dispatches it has begun.
+ */
+export function abortPeersOnExit(
+  drv: CudaDriver,
+  heap: CudaHeap,
+  L: HeapLayout,
+  world: number,
+  calls: number,
+): void {
+  const n = BigInt(calls);
+  const rank = heap.rank;
+  const word = (r: typeof L.countSignal, call: bigint): [bigint, bigint] => [
+    BigInt(signalOffset(r, Number(call & 1n), rank)),
+    call | EP_ABORT_BIT,
+  ];
+  // the next call's counts (direct) or rows (staged), and every word of the current call a peer may
+  // still wait on
+  const words = [
+    word(L.countSignal, n + 1n),
+    word(L.dispatchSignal, n + 1n),
+    word(L.countSignal, n),
+    word(L.dispatchSignal, n),
+    word(L.combineSignal, n),
+  ];
+  for (let p = 0; p < world; p++) {
+    if (p === rank) continue;
+    for (const [off, v] of words) {
+      try {
+        drv.memcpyHtoD(heap.peers[p] + off, BigUint64Array.of(v), 8);
+      } catch {
+        // the process is going away; a peer that misses this still times out
+      }
+    }
+  }
+}

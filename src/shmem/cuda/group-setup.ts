@@ -1,0 +1,187 @@
+import { readFileSync } from 'node:fs';
+import type { GroupOptions } from '../../create.js';
+import type { EpConfig } from '../../ep/config.js';
+import { chooseDispatchPath, type DispatchPath, requestedDispatchPath } from '../../ep/dispatch-path.js';
+import { computeLayout, type HeapLayout, stagedRowsFor } from '../../ep/layout.js';
+import { ConfigError } from '../../errors.js';
+import { EP_MAX_EXPERTS, EP_MAX_PAIRS, EpArgsWriter } from './args.js';
+import { fatbinPath } from './available.js';
+import { DeviceTimer, PhaseStamps } from './bench-tools.js';
+import { CallLaunches } from './call-launches.js';
+import {
+  type CudaDriver,
+  type CuModule,
+  type CuStream,
+  type HostMappedBuffer,
+  loadDriver,
+} from './driver.js';
+import { fillGroupArgs } from './group-args.js';
+import { allocGroupBuffers, type GroupBuffers } from './group-buffers.js';
+import { type CudaHeap, openCudaHeap } from './heap.js';
+import { moduleFor } from './kernel-module.js';
+import { TensorIo } from './tensor-io.js';
+
+const CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16;
+
+/**
+ * What a group takes from outside itself: the driver, the symmetric heap and the kernel image. The
+ * defaults are the real ones; tests pass a recording fake driver and a heap in host-visible memory.
+ */
+export interface CudaGroupDeps {
+  driver(): CudaDriver;
+  openHeap: typeof openCudaHeap;
+  moduleImage(): Uint8Array;
+}
+
+export const realDeps: CudaGroupDeps = {
+  driver: loadDriver,
+  openHeap: openCudaHeap,
+  moduleImage: () => readFileSync(fatbinPath()),
+};
+
+/** Everything a cuda group holds: made by openGroupParts, given back by releaseGroupParts. */
+export interface GroupParts {
+  readonly config: EpConfig;
+  readonly layout: HeapLayout;
+  /** How dispatch moves rows between ranks (the same on every rank; see DispatchPath). */
+  readonly dispatchPath: DispatchPath;
+  readonly drv: CudaDriver;
+  readonly heap: CudaHeap;
+  /** The group's one stream: every launch and copy of the group is ordered on it. */
+  readonly stream: CuStream;
+  /** Host-mapped: where the kernels report an error (EpError), read at the group's checkpoints. */
+  readonly errWord: HostMappedBuffer;
+  readonly timeoutMs: number;
+  readonly module: CuModule;
+  readonly smCount: number;
+  /** The group's EpArgs, the one argument buffer every kernel launch reads. */
+  readonly args: EpArgsWriter;
+  readonly buffers: GroupBuffers;
+  readonly launches: CallLaunches;
+  readonly io: TensorIo;
+  readonly stamps: PhaseStamps;
+  readonly timer: DeviceTimer;
+  /** Device memory freed with the group (the caller's tensors are io's). */
+  readonly owned: bigint[];
+}
+
+/** The routing kernel runs in one block: its shared memory bounds E and T * k. */
+function checkKernelLimits(config: EpConfig): void {
+  if (config.numExperts > EP_MAX_EXPERTS) {
+    throw new ConfigError(
+      `the cuda transport supports numExperts up to ${EP_MAX_EXPERTS}, got ${config.numExperts}`,
+      {
+        fields: 'numExperts',
+      },
+    );
+  }
+  if (config.maxTokensPerRank * config.topk > EP_MAX_PAIRS) {
+    throw new ConfigError(
+      `the cuda transport supports maxTokensPerRank * topk up to ${EP_MAX_PAIRS}, got ${config.maxTokensPerRank * config.topk}`,
+      { fields: 'maxTokensPerRank,topk' },
+    );
+  }
+}
+
+/**
+ * Makes what a group of this config holds: picks the device, the dispatch path and the heap layout,
+ * opens the heap with the peers, and makes the stream, the error word, the buffers, the EpArgs and
+ * the kernel launchers. A step that fails gives back all the steps before it took.
+ */
+export async function openGroupParts(
+  config: EpConfig,
+  options: GroupOptions & { timeoutMs: number },
+  deps: CudaGroupDeps,
+): Promise<GroupParts> {
+  checkKernelLimits(config);
+  const drv = deps.driver();
+  const localRank = Number(process.env.LOCAL_RANK ?? 0);
+  const ordinal = options.device ?? localRank % drv.deviceCount;
+  drv.useDevice(ordinal);
+  const path = chooseDispatchPath(config, requestedDispatchPath(options.dispatchPath));
+  const module = moduleFor(drv, ordinal, deps.moduleImage);
+  const layout = computeLayout(config, path === 'staged' ? stagedRowsFor(config) : 0);
+  const timeoutMs = options.timeoutMs;
+  const heap = await deps.openHeap(
+    drv,
+    config.world,
+    layout.totalBytes,
+    timeoutMs,
+    `${path} dispatch${config.dedup && path === 'staged' ? ' with dedup' : ''}, ${layout.totalBytes} bytes`,
+  );
+  let stream: CuStream | null = null;
+  let errWord: HostMappedBuffer | null = null;
+  const owned: bigint[] = [];
+  try {
+    stream = drv.streamCreate({ nonBlocking: true });
+    errWord = drv.allocHostMapped(64);
+    errWord.view.fill(0);
+    const dispatchPath: DispatchPath = layout.stageRows > 0 ? 'staged' : 'direct';
+    const smCount = drv.deviceAttribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, ordinal);
+    const buffers = allocGroupBuffers(drv, config, layout, heap, (bytes) => {
+      const p = drv.memAlloc(Math.max(bytes, 16));
+      owned.push(p);
+      return p;
+    });
+    const args = new EpArgsWriter();
+    fillGroupArgs(args, config, layout, { rank: heap.rank, timeoutMs, errHost: errWord.devicePtr, buffers });
+    const launches = new CallLaunches(drv, stream, module, args, {
+      config,
+      dispatchPath,
+      stageRows: layout.stageRows,
+      smCount,
+      recvSplits: buffers.recvSplits,
+    });
+    return {
+      config,
+      layout,
+      dispatchPath,
+      drv,
+      heap,
+      stream,
+      errWord,
+      timeoutMs,
+      module,
+      smCount,
+      args,
+      buffers,
+      launches,
+      io: new TensorIo(drv, stream),
+      stamps: new PhaseStamps(drv, stream, args, (p) => owned.push(p)),
+      timer: new DeviceTimer(drv, stream),
+      owned,
+    };
+  } catch (err) {
+    for (const p of owned) drv.memFree(p);
+    errWord?.free();
+    if (stream !== null) drv.streamDestroy(stream);
+    await heap.close(timeoutMs).catch(() => {});
+    throw err;
+  }
+}
+
+/**
+ * Gives back all a group holds, the caller's tensors made by its io included: after its work on the
+ * stream has finished, and after every peer is done with the heap (CudaHeap.close waits for them).
+ */
+export async function releaseGroupParts(p: GroupParts): Promise<void> {
+  try {
+    p.drv.streamSynchronize(p.stream);
+  } catch {
+    // the heap is freed below either way
+  }
+  try {
+    p.launches.queue.close();
+  } catch {
+    // (a broken context): the stream and heap still go below
+  }
+  try {
+    await p.heap.close(p.timeoutMs);
+  } finally {
+    for (const ptr of p.owned) p.drv.memFree(ptr);
+    p.io.freeAll();
+    p.timer.destroy();
+    p.drv.streamDestroy(p.stream);
+    p.errWord.free();
+  }
+}

@@ -1,4 +1,4 @@
-import { ShapeError } from '../errors.js';
+import { ArgumentError, ShapeError } from '../errors.js';
 
 /** Element types. bf16 is stored as uint16 bit patterns, fp8_e4m3 as uint8 bit patterns. */
 export type DType = 'bf16' | 'f32' | 'i32' | 'fp8_e4m3';
@@ -30,6 +30,9 @@ export function numel(shape: readonly number[]): number {
   return n;
 }
 
+/** The most elements this library asks of one typed array (V8 in Node 20 refuses more than 2^32). */
+export const MAX_HOST_ELEMENTS = 2 ** 32 - 1;
+
 /** Makes a tensor; with no data, a zero-filled one. */
 export function hostTensor<D extends DType>(
   dtype: D,
@@ -37,6 +40,14 @@ export function hostTensor<D extends DType>(
   data?: StorageOf[D],
 ): HostTensor<D> {
   const n = numel(shape);
+  if (data === undefined && n > MAX_HOST_ELEMENTS) {
+    // (V8 would throw a bare RangeError: say what was too large, and what makes it smaller)
+    throw new ArgumentError(
+      `a host ${dtype} tensor of shape [${shape.join(', ')}] would hold ${n} elements, more than one JavaScript typed array can (${MAX_HOST_ELEMENTS}); ` +
+        "for a group's expert outputs use expertLayout 'packed' or a smaller maxRowsPerExpert, or copy a part",
+      { dtype, shape: shape.join(','), elements: n },
+    );
+  }
   const d = data ?? (new ctors[dtype](n) as StorageOf[D]);
   if (d.length !== n) {
     throw new ShapeError(

@@ -13,10 +13,12 @@ import {
   torchW1,
 } from './bench-baselines.js';
 import { type CallBytes, callBytes } from './bench-bytes.js';
-import { type HopBytes, hopBytes } from './bench-hops.js';
+import { hopBytes } from './bench-hops.js';
+import { plotOf } from './bench-plot.js';
+import { type Row, type Stats, stats } from './bench-rows.js';
+import { printTables } from './bench-tables.js';
 import { DEEPSEEK_V3 } from './cases.js';
-import { machineInfo, percentile, resolveTransport, table } from './common.js';
-import { latencyPlotSvg, type PlotSeries } from './plot.js';
+import { machineInfo, percentile, resolveTransport } from './common.js';
 import {
   type BenchRankResult,
   type BenchTask,
@@ -25,17 +27,7 @@ import {
   type FloorsTask,
 } from './rank-bench.js';
 import { runTaskOnRanks } from './ranks.js';
-import { SEGMENT_MEANING, type StampSplit, stampSplit } from './stamps.js';
-
-interface Stats {
-  median: number;
-  p10: number;
-  p90: number;
-}
-
-function stats(v: number[]): Stats {
-  return { median: percentile(v, 50), p10: percentile(v, 10), p90: percentile(v, 90) };
-}
+import { stampSplit } from './stamps.js';
 
 /**
  * The time one thread takes to copy `bytes` with TypedArray.set (median of several copies): the
@@ -121,14 +113,6 @@ function pathsFor(cfg: ReturnType<typeof resolveConfig>, flag: unknown): readonl
   return ['dedup', 'staged', 'direct'];
 }
 
-type Row = Record<string, unknown>;
-
-/** A row's variant as the tables name it: its dispatch path, and 'packed' for the packed expert layout. */
-function shownPath(r: Row): string {
-  const parts = [r.path, r.layout === 'packed' ? 'packed' : undefined].filter((p) => p !== undefined);
-  return parts.length ? parts.join(' ') : '-';
-}
-
 /** The expert layouts a bench compares: --expert-layout padded, packed or both (default: the config's default). */
 function layoutsFor(flag: unknown): readonly (ExpertLayout | undefined)[] {
   if (flag === undefined) return [undefined];
@@ -141,8 +125,6 @@ function layoutsFor(flag: unknown): readonly (ExpertLayout | undefined)[] {
 const maxOver = <T>(items: readonly T[], pick: (x: T) => number) => Math.max(...items.map(pick));
 const slowestPerIteration = <T>(items: readonly T[], pick: (x: T) => number[]) =>
   pick(items[0]).map((_, i) => maxOver(items, (x) => pick(x)[i]));
-const fmt = (v: number | null | undefined, digits = 1) =>
-  v === null || v === undefined || Number.isNaN(v) ? '-' : v.toFixed(digits);
 
 /** `moe-a2a bench`: dispatch and combine latency per T; tables, JSON and an SVG plot under bench/results/. */
 export async function benchCommand(flags: ParsedFlags): Promise<number> {
@@ -378,352 +360,6 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
   printTables(rows, { transport, copyGBs, floors, a2aGBs, torch, torchNcclRows, deepep, hops });
   console.log(`results: ${stem}.json, ${stem}.svg`);
   return 0;
-}
-
-function plotOf(
-  rows: Row[],
-  torch: TorchW1Row[] | string | undefined,
-  torchNcclRows: TorchNcclRow[] | string | undefined,
-  deepep: DeepepRow[] | string | undefined,
-  o: {
-    world: number;
-    hidden: number;
-    topk: number;
-    numExperts: number;
-    fp8: boolean;
-    iters: number;
-    transport: string;
-    device?: string;
-    date: string;
-  },
-): string {
-  const series: PlotSeries[] = [];
-  const paths = [...new Set(rows.map(shownPath))];
-  for (const path of paths) {
-    const mine = rows.filter((r) => shownPath(r) === path);
-    const name = (v: string) => `moe-a2a ${v}${path !== '-' ? ` (${path})` : ''}`;
-    const loop = mine.filter((r) => r.loop);
-    if (loop.length) {
-      series.push({
-        name: name('graph loop'),
-        points: loop.map((r) => ({
-          tokens: r.tokens as number,
-          us: (r.loop as { graphUs: number }).graphUs,
-        })),
-      });
-    }
-    for (const v of loop.length ? ['eager'] : ['eager', 'graph']) {
-      series.push({
-        name: name(v),
-        points: mine
-          .filter((r) => r.variant === v)
-          .map((r) => ({
-            tokens: r.tokens as number,
-            us: (r.total as Stats).median,
-            p10: (r.total as Stats).p10,
-            p90: (r.total as Stats).p90,
-          })),
-      });
-    }
-  }
-  if (Array.isArray(torch)) {
-    for (const v of ['eager', 'graph', 'compile']) {
-      series.push({
-        name: `PyTorch ${v}`,
-        dashed: true,
-        points: torch
-          .filter((r) => r.variant === v && r.median_us !== null)
-          .map((r) => ({ tokens: r.tokens, us: r.median_us as number })),
-      });
-    }
-  }
-  if (Array.isArray(torchNcclRows))
-    series.push({
-      name: 'PyTorch + NCCL (eager)',
-      dashed: true,
-      points: torchNcclRows.map((r) => ({ tokens: r.tokens, us: r.total_median_us })),
-    });
-  if (Array.isArray(deepep))
-    series.push({
-      name: 'DeepEP low-latency (graph loop)',
-      dashed: true,
-      points: deepep.map((r) => ({ tokens: r.tokens, us: r.loop_us })),
-    });
-  return latencyPlotSvg(series, {
-    title: `dispatch + combine, W=${o.world}, H=${o.hidden}, k=${o.topk}, E=${o.numExperts}, ${o.fp8 ? 'FP8' : 'bf16'} dispatch`,
-    subtitle: `${o.transport}${o.device ? ` on ${o.device}` : ''}, ${o.date.slice(0, 10)}; us per layer (loops: mean; others: median (p10..p90) of ${o.iters})`,
-  });
-}
-
-function printTables(
-  rows: Row[],
-  o: {
-    transport: string;
-    copyGBs?: number;
-    floors?: Floors[];
-    a2aGBs: number;
-    torch?: TorchW1Row[] | string;
-    torchNcclRows?: TorchNcclRow[] | string;
-    deepep?: DeepepRow[] | string;
-    hops: Array<HopBytes & { tokens: number }>;
-  },
-): void {
-  const loops = rows.filter((r) => r.loop);
-  const deepepAt = (t: number) =>
-    Array.isArray(o.deepep) ? o.deepep.find((d) => d.tokens === t) : undefined;
-  const ncclAt = (t: number) =>
-    Array.isArray(o.torchNcclRows) ? o.torchNcclRows.find((d) => d.tokens === t) : undefined;
-  if (loops.length) {
-    console.log('serving loop: us per layer (dispatch + combine), layers back to back, the slowest rank');
-    console.log(
-      table(
-        [
-          'T',
-          'dispatch path',
-          'graph loop',
-          'eager loop',
-          'DeepEP graph loop',
-          'x DeepEP',
-          'PyTorch+NCCL eager',
-          'heap MiB/rank',
-        ],
-        loops.map((r) => {
-          const l = r.loop as { graphUs: number; eagerUs: number };
-          const d = deepepAt(r.tokens as number);
-          const n = ncclAt(r.tokens as number);
-          return [
-            r.tokens as number,
-            shownPath(r),
-            fmt(l.graphUs),
-            fmt(l.eagerUs),
-            fmt(d?.loop_us),
-            d ? fmt(d.loop_us / l.graphUs, 2) : '-',
-            fmt(n?.total_median_us),
-            fmt((r.heapBytes as number) / 2 ** 20, 0),
-          ];
-        }),
-      ),
-    );
-  }
-  console.log(
-    o.transport === 'cuda'
-      ? 'per call: CUDA events around each call, ranks aligned on the device first; median of the slowest rank'
-      : 'per call: the host clock around each call, ranks aligned by a barrier first; median of the slowest rank',
-  );
-  console.log(
-    table(
-      [
-        'T',
-        'variant',
-        'path',
-        'dispatch p50 us',
-        'p10',
-        'p90',
-        'combine p50 us',
-        'p10',
-        'p90',
-        'total p50',
-        'one-graph step p50',
-        'dispatch GB/s',
-        'combine GB/s',
-      ],
-      rows.map((r) => {
-        const d = r.dispatch as Stats;
-        const c = r.combine as Stats;
-        const kb = r.kernelBytes as { dispatch: number; combine: number };
-        return [
-          r.tokens as number,
-          r.variant as string,
-          shownPath(r),
-          fmt(d.median),
-          fmt(d.p10),
-          fmt(d.p90),
-          fmt(c.median),
-          fmt(c.p10),
-          fmt(c.p90),
-          fmt((r.total as Stats).median),
-          fmt((r.step as Stats | undefined)?.median),
-          fmt(kb.dispatch / (d.median * 1e3), 0),
-          fmt(kb.combine / (c.median * 1e3), 0),
-        ];
-      }),
-    ),
-  );
-  if (o.deepep !== undefined && Array.isArray(o.deepep)) {
-    console.log(
-      'DeepEP low-latency: one graph of dispatch + combine, replayed right after a device-side alignment (median of the slowest rank) and back to back',
-    );
-    console.log(
-      table(
-        ['T', 'one-graph step p50 us', 'graph loop us/layer', 'check'],
-        o.deepep.map((d) => [d.tokens, fmt(d.step_median_us), fmt(d.loop_us), d.check]),
-      ),
-    );
-  }
-  if (loops.length) {
-    console.log(
-      `bytes per call on the busiest rank, MB: counted as DeepEP does (every selection) and crossing NVLink; floor = NVLink bytes at the all-to-all rate ${fmt(o.a2aGBs, 0)} GB/s`,
-    );
-    console.log(
-      table(
-        ['T', 'path', 'DeepEP-counted d / c', 'NVLink d / c', 'NVLink floor us', 'graph loop / floor'],
-        loops.map((r) => {
-          const b = r.callBytes as Pick<
-            CallBytes,
-            | 'deepepDispatch'
-            | 'deepepCombine'
-            | 'wireDispatch'
-            | 'wireCombine'
-            | 'wireDispatchDedup'
-            | 'wireCombineDedup'
-          >;
-          const dd = r.path === 'dedup';
-          const wd = dd ? b.wireDispatchDedup : b.wireDispatch;
-          const wc = dd ? b.wireCombineDedup : b.wireCombine;
-          const floorUs = (wd + wc) / (o.a2aGBs * 1e3);
-          return [
-            r.tokens as number,
-            shownPath(r),
-            `${fmt(b.deepepDispatch / 1e6, 2)} / ${fmt(b.deepepCombine / 1e6, 2)}`,
-            `${fmt(wd / 1e6, 2)} / ${fmt(wc / 1e6, 2)}`,
-            fmt(floorUs, 2),
-            fmt((r.loop as { graphUs: number }).graphUs / floorUs, 2),
-          ];
-        }),
-      ),
-    );
-  }
-  if (o.floors) {
-    const f0 = o.floors[0];
-    const a2a = o.floors.map((f) => fmt(f.alltoallGBs, 0)).join(' / ');
-    console.log(
-      `floors: all-to-all write rate per rank ${a2a} GB/s (${fmt(f0.bytesPerPeer / 2 ** 20, 0)} MiB to each peer), one pair ${fmt(f0.onePairGBs, 0)} GB/s; ` +
-        `signal one way ${fmt(f0.signalOneWayUs, 2)} us; graph kernel start-to-start ${fmt(f0.graphKernelUs, 2)} us (${fmt(f0.graphKernelPdlUs, 2)} with dependent launch)`,
-    );
-  }
-  for (const r of rows.filter((x) => x.stampSplit)) {
-    const sp = r.stampSplit as StampSplit;
-    console.log(
-      `where the time goes, T=${r.tokens as number}${r.path || r.layout === 'packed' ? ` ${shownPath(r)}` : ''} (stamps, mean of 50 step replays after a device barrier; per segment the slowest rank; ` +
-        `GPU clock offsets ${sp.clockOffsetUs?.map((v) => fmt(v, 1)).join(' / ') ?? '-'} us, start skew ${fmt(sp.startSkewUs, 2)} us with them removed)`,
-    );
-    console.log(
-      table(
-        ['segment', 'us', 'per rank'],
-        [
-          ...sp.segments.map((s) => [
-            SEGMENT_MEANING[s.to],
-            fmt(s.us, 2),
-            s.perRank.map((v) => fmt(v, 2)).join(' '),
-          ]),
-          [
-            'whole call',
-            fmt(Math.max(...sp.totalPerRank), 2),
-            sp.totalPerRank.map((v) => fmt(v, 2)).join(' '),
-          ],
-        ],
-      ),
-    );
-  }
-  if (o.transport === 'cpu') {
-    console.log(
-      table(
-        ['T', 'MB dispatched', '1-thread TypedArray.set us', 'dispatch / copy'],
-        rows.map((r) => [
-          r.tokens as number,
-          (r.bytesDispatched as number) / 1e6,
-          r.typedArrayCopyUs as number,
-          r.dispatchOverCopy as number,
-        ]),
-      ),
-    );
-  }
-  if (o.hops.length) {
-    console.log(
-      'beyond one host, computed from the same routing: one GPU per call, 8 GPUs a host, rail-aligned (a token crosses to each host once, then NVLink), de-duplicated; MB',
-    );
-    console.log(
-      table(
-        ['T', 'EP', 'across hosts d / c', 'padded capacity d', 'NVLink d / c'],
-        o.hops.map((h) => [
-          h.tokens,
-          h.world,
-          `${fmt(h.interDispatch / 1e6, 2)} / ${fmt(h.interCombine / 1e6, 2)}`,
-          fmt(h.interPadded / 1e6, 2),
-          `${fmt(h.nvlinkDispatch / 1e6, 2)} / ${fmt(h.nvlinkCombine / 1e6, 2)}`,
-        ]),
-      ),
-    );
-  }
-  if (o.copyGBs !== undefined)
-    console.log(`device copy bandwidth (ep_copy_bench, 512 MiB, read + write): ${o.copyGBs.toFixed(0)} GB/s`);
-  const host = rows.filter((r) => r.hostUs);
-  if (host.length > 0) {
-    console.log(
-      table(
-        [
-          'T',
-          'path',
-          'host us: dispatch',
-          'combine',
-          'dispatch, new args',
-          'combine, new args',
-          'dispatch, direct launches',
-          'combine, direct',
-          'graph dispatch replay',
-          'graph combine replay',
-          'one bare launch',
-        ],
-        host.map((r) => {
-          const h = r.hostUs as Record<string, number>;
-          return [
-            r.tokens as number,
-            shownPath(r),
-            fmt(h.dispatch),
-            fmt(h.combine),
-            fmt(h.freshDispatch),
-            fmt(h.freshCombine),
-            fmt(h.directDispatch),
-            fmt(h.directCombine),
-            fmt(h.graphDispatch),
-            fmt(h.graphCombine),
-            fmt(h.bareLaunch),
-          ];
-        }),
-      ),
-    );
-  }
-  if (Array.isArray(o.torch)) {
-    console.log(
-      table(
-        [
-          'T',
-          'PyTorch variant',
-          'p50 us',
-          'p10',
-          'p90',
-          'moe-a2a d + c graphs p50',
-          'one-graph step p50',
-          'speed-up (one graph each)',
-        ],
-        o.torch.map((t) => {
-          const ours = rows.find((r) => r.tokens === t.tokens && r.variant === 'graph');
-          const us = ours ? (ours.total as Stats).median : Number.NaN;
-          const step = (ours?.step as Stats | undefined)?.median ?? Number.NaN;
-          return [
-            t.tokens,
-            t.variant,
-            fmt(t.median_us),
-            fmt(t.p10_us),
-            fmt(t.p90_us),
-            fmt(us),
-            fmt(step),
-            fmt((t.median_us ?? Number.NaN) / step, 2),
-          ];
-        }),
-      ),
-    );
-  }
 }
 
 async function gpuName(): Promise<string | undefined> {

@@ -3,7 +3,7 @@
 # compiled into .device/build/ by `npm run build:device`. Logs go to $OUT.
 # Usage: scripts/device-check.sh <step>...
 #   steps: driver smoke smoke2 conformance failures verify v3w1 long graph sanitizer bench bench2 probe launch profile
-#          deepep-build paths2 paths4 large2 large4 v3w2 long4 bench-w2 sanitizer2 ep (EP_W ranks, default 8)
+#          deepep-build paths2 paths4 large2 large4 v3w2 long4 bench-w2 sanitizer2 ep (EP_W ranks, default 8) nccl
 # FAILFAST=1 stops at the first step that fails. The steps ending in 2/4 want that many GPUs (ranks are
 # one process per GPU); deepep-build needs .peers/ (a copy of ../shared/peers) and runs in the background.
 set -uo pipefail
@@ -56,6 +56,9 @@ for step in "$@"; do
     smoke) run smoke timeout 120 $cli verify --transport cuda --world 1 --experts 8 --hidden 256 --topk 4 --tokens 8 ;;
     smoke2) run smoke2 timeout 120 $cli verify --transport cuda --world 2 --experts 8 --hidden 256 --topk 4 --tokens 8 ;;
     conformance) run conformance timeout 400 node --test .device/build/test/cuda.conformance.test.js ;;
+    # NCCL through koffi (src/net/nccl.ts) on two GPUs: NVLink, two simulated hosts (sockets), a rank that never joins
+    nccl) MOE_A2A_NCCL_LIB=${MOE_A2A_NCCL_LIB:-$(ldconfig -p | grep -o '/[^ ]*libnccl.so.2$' | head -1)} \
+            run nccl timeout 200 node --test .device/build/test/nccl.test.js ;;
     failures) MOE_A2A_TRACE=1 run failures timeout 300 node --test --test-name-pattern "rejects|never calls|throws" .device/build/test/cuda.conformance.test.js ;;
     verify) TAIL=80 run verify timeout 300 $cli verify --transport cuda ;;
     v3w1)

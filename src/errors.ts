@@ -14,6 +14,7 @@ export const ErrorCodes = {
   handle: 'MOE_HANDLE',
   closed: 'MOE_CLOSED',
   cuda: 'MOE_CUDA',
+  nccl: 'MOE_NCCL',
   transportUnavailable: 'MOE_TRANSPORT_UNAVAILABLE',
   launch: 'MOE_LAUNCH',
   argument: 'MOE_ARGUMENT',
@@ -104,6 +105,16 @@ export class CudaError extends MoeA2aError {
   }
 }
 
+/**
+ * An NCCL call failed (`details.call`, `details.result` the ncclResult_t name, `details.lastError` NCCL's own
+ * message when it gave one), or a communicator's operation did not finish within its timeout.
+ */
+export class NcclError extends MoeA2aError {
+  constructor(message: string, details: ErrorDetails = {}, options?: MoeErrorOptions) {
+    super(ErrorCodes.nccl, message, details, options);
+  }
+}
+
 /** The asked-for transport cannot run here (no driver, no GPU). */
 export class TransportUnavailableError extends MoeA2aError {
   constructor(message: string, details: ErrorDetails = {}, options?: MoeErrorOptions) {
@@ -144,6 +155,7 @@ const classByCode: Record<ErrorCode, ErrorClass> = {
   MOE_HANDLE: HandleError,
   MOE_CLOSED: ClosedError,
   MOE_CUDA: CudaError,
+  MOE_NCCL: NcclError,
   MOE_TRANSPORT_UNAVAILABLE: TransportUnavailableError,
   MOE_LAUNCH: LaunchError,
   MOE_ARGUMENT: ArgumentError,

@@ -135,6 +135,35 @@ describe('resolveConfig: bad configurations', () => {
     assert.equal(resolveConfig({ ...big, topk: 64 }).dedup, false);
   });
 
+  test('nodes: 1 by default; it must divide world; the cpu transport stages across hosts, cuda stays on one', async () => {
+    assert.equal(resolveConfig(base).nodes, 1);
+    assert.equal(resolveConfig(base).ranksPerNode, 2);
+    const two = resolveConfig({ ...base, world: 4, numExperts: 8, nodes: 2 });
+    assert.equal(two.ranksPerNode, 2);
+    rejects({ ...base, world: 6, numExperts: 12, nodes: 4 }, ['world', 'nodes']);
+    rejects({ ...base, nodes: 3 }, ['nodes'], 'more hosts than ranks');
+    rejects({ ...base, nodes: 0 }, ['nodes']);
+    await assert.rejects(
+      createGroup({
+        ...base,
+        world: 4,
+        numExperts: 8,
+        nodes: 2,
+        transport: 'cpu',
+        rank: 0,
+        dispatchPath: 'direct',
+        dedup: false,
+      }),
+      (e: unknown) =>
+        e instanceof ConfigError && /nodes > 1 \(2\) needs dispatchPath 'staged'/.test(e.message),
+    );
+    await assert.rejects(
+      createGroup({ ...base, world: 4, numExperts: 8, nodes: 2, transport: 'cuda', rank: 0 }),
+      (e: unknown) =>
+        e instanceof ConfigError && /the cuda transport runs on one host so far/.test(e.message),
+    );
+  });
+
   test('dedup not a boolean', () => {
     for (const bad of [1, 0, 'yes', 'true', {}]) {
       rejects({ ...base, dedup: bad }, ['dedup'], `dedup = ${JSON.stringify(bad)}`);

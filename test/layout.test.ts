@@ -8,6 +8,7 @@ import {
   computeLayout,
   type HeapLayout,
   type Region,
+  railMessageLayout,
   recordBytes,
   regionsOf,
   signalOffset,
@@ -97,7 +98,9 @@ describe('layout: hand-worked W = 2, E = 4, H = 256, k = 2, T = 4, fp8 G = 128, 
     const m = computeLayout(c, stagedRowsFor(c));
     assert.equal(recordBytes(c), 32);
     for (const [i, [name, reg]] of regionsOf(l).entries()) {
-      if (name !== 'stageCarrier' && name !== 'stageRecords') assert.deepEqual(regionsOf(m)[i][1], reg, name);
+      // (the regions between hosts are empty on one host: they sit at the end, whatever it is)
+      if (name !== 'stageCarrier' && name !== 'stageRecords' && !name.startsWith('rail'))
+        assert.deepEqual(regionsOf(m)[i][1], reg, name);
     }
     assert.deepEqual(m.stageCarrier, { offset: 24064, slotBytes: 256, bytes: 512 });
     assert.deepEqual(m.stageRecords, { offset: 24576, slotBytes: 512, bytes: 1024 });
@@ -175,7 +178,9 @@ function randomConfig(r: ReturnType<typeof rng>): EpConfig {
   const maxRowsPerPeer = r.next() < 0.3 ? 1 + r.int(full) : undefined;
   const dedup = r.next() < 0.5;
   const expertLayout = r.next() < 0.5 ? 'packed' : 'padded';
+  const nodes = [1, 2, 4].filter((n) => world % n === 0)[r.int(3)] ?? 1;
   return resolveConfig({
+    nodes,
     dedup,
     expertLayout,
     world,
@@ -213,6 +218,7 @@ describe('layout: properties on random configs', () => {
     for (const [cfg, l, what] of layouts) {
       const stageRows = l.stageRows;
       const dedup = stageRows > 0 && cfg.dedup;
+      const rail = stageRows > 0 && cfg.nodes > 1;
       const W = cfg.world;
       // packed: what can arrive (every source's rows for this rank, at most maxRowsPerPeer each)
       const padded = cfg.expertsPerRank * cfg.expertCapacity;
@@ -231,6 +237,11 @@ describe('layout: properties on random configs', () => {
         stageScales: [cfg.fp8 ? W * stageRows * cfg.groupsPerRow * 4 : 0, 2],
         stageCarrier: [dedup ? W * stageRows * 4 : 0, 2],
         stageRecords: [dedup ? W * stageRows * alignUp(4 * (1 + 2 * cfg.topk), 16) : 0, 2],
+        // between hosts (staged groups over several hosts only): a message per other host, its rows back
+        railInbox: [rail ? cfg.nodes * railMessageLayout(cfg, stageRows).bytes : 0, 2],
+        railInboxSignal: [rail ? cfg.nodes * 8 : 0, 2],
+        railOutbox: [rail ? cfg.nodes * cfg.maxTokensPerRank * cfg.topk * cfg.combineRowBytes : 0, 2],
+        railOutboxSignal: [rail ? cfg.nodes * cfg.ranksPerNode * 8 : 0, 2],
       };
       const regions = regionsOf(l);
       assert.deepEqual(
@@ -255,7 +266,7 @@ describe('layout: properties on random configs', () => {
 
   test('dedup adds its regions last: a heap without dedup keeps its layout and size', () => {
     for (const [cfg, l] of layouts) {
-      if (l.stageRows === 0) continue;
+      if (l.stageRows === 0 || cfg.nodes > 1) continue; // (between hosts: the next test)
       const off = computeLayout({ ...cfg, dedup: false }, l.stageRows);
       const on = computeLayout({ ...cfg, dedup: true }, l.stageRows);
       const what = JSON.stringify(cfg);
@@ -263,13 +274,32 @@ describe('layout: properties on random configs', () => {
       assert.equal(off.totalBytes, end, `${what}: nothing after stageScales without dedup`);
       const regionsOn = regionsOf(on);
       for (const [i, [name, reg]] of regionsOf(off).entries()) {
-        if (name === 'stageCarrier' || name === 'stageRecords') continue;
+        if (name === 'stageCarrier' || name === 'stageRecords' || name.startsWith('rail')) continue;
         assert.deepEqual(regionsOn[i][1], reg, `${what}: ${name} does not move with dedup`);
       }
       assert.equal(on.stageCarrier.offset, end);
       assert.equal(on.stageRecords.offset, on.stageCarrier.offset + on.stageCarrier.bytes);
       assert.equal(on.totalBytes, on.stageRecords.offset + on.stageRecords.bytes);
     }
+  });
+
+  test('between hosts adds its regions last: a one-host heap of the same config is the prefix', () => {
+    let seen = 0;
+    for (const [cfg, l] of layouts) {
+      if (l.stageRows === 0 || cfg.nodes === 1) continue;
+      seen++;
+      const one = computeLayout(
+        resolveConfig({ ...cfg, maxRowsPerExpert: cfg.expertCapacity, nodes: 1 }),
+        l.stageRows,
+      );
+      const mine = regionsOf(l);
+      for (const [i, [name, reg]] of regionsOf(one).entries())
+        if (!name.startsWith('rail')) assert.deepEqual(mine[i][1], reg, name);
+      assert.equal(l.railInbox.offset, one.totalBytes);
+      assert.ok(l.railInbox.bytes > 0 && l.railOutbox.bytes > 0);
+      assert.equal(l.totalBytes, l.railOutboxSignal.offset + l.railOutboxSignal.bytes);
+    }
+    assert.ok(seen > 20, `${seen} configs over several hosts`);
   });
 
   test('offset helpers stay inside their region at the extreme indices; one past the last leaves it', () => {

@@ -73,7 +73,9 @@ export async function resolveTransport(flag: unknown): Promise<'cpu' | 'cuda'> {
 }
 
 export function anyShapeFlag(flags: ParsedFlags): boolean {
-  return ['world', 'experts', 'hidden', 'topk', 'tokens', 'group-size'].some((f) => flags[f] !== undefined);
+  return ['world', 'experts', 'hidden', 'topk', 'tokens', 'group-size', 'nodes'].some(
+    (f) => flags[f] !== undefined,
+  );
 }
 
 export function machineInfo() {

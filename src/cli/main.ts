@@ -36,6 +36,7 @@ shape flag it runs that shape with random, dropped and skewed routing (or those 
 Examples:
   moe-a2a verify
   moe-a2a verify --world 4 --experts 16 --hidden 256 --topk 4 --tokens 16 --calls 10000
+  moe-a2a verify --world 4 --nodes 2 --experts 16 --hidden 256 --topk 4 --tokens 16
   moe-a2a verify --transport cuda --world 2 --no-fp8`,
     flags: [
       ...SHAPE_FLAGS,
@@ -55,6 +56,12 @@ Examples:
         name: 'graph',
         kind: 'bool',
         help: 'cuda: run each call as a replay of one captured CUDA graph per case',
+      },
+      {
+        name: 'nodes',
+        kind: 'int',
+        help: 'with shape flags: hosts the ranks span (cpu: the protocol between hosts, README "Between hosts")',
+        default: '1',
       },
       {
         name: 'dedup',

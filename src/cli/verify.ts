@@ -46,13 +46,14 @@ export function verifyCases(flags: ParsedFlags): VerifyCase[] {
   const fp8s = flags.fp8 === undefined ? [true, false] : [flags.fp8 as boolean];
   const scenarios = named ?? SCENARIOS;
   const dedups = flags.dedup === undefined ? [false, true] : [flags.dedup as boolean];
+  const nodes = (flags.nodes as number | undefined) ?? 1;
   const cases: VerifyCase[] = [];
   for (const tokens of tokenList) {
     for (const fp8 of fp8s) {
       for (const [dedup, expertLayout] of dedups.flatMap((d) => layouts.map((l) => [d, l] as const))) {
         for (const scenario of scenarios) {
           cases.push({
-            name: `W=${world} E=${numExperts} H=${hidden} k=${topk} T=${tokens} ${fp8 ? 'fp8' : 'bf16'} ${scenario}${dedup ? ' dedup' : ''} ${expertLayout}`,
+            name: `W=${world}${nodes > 1 ? ` nodes=${nodes}` : ''} E=${numExperts} H=${hidden} k=${topk} T=${tokens} ${fp8 ? 'fp8' : 'bf16'} ${scenario}${dedup ? ' dedup' : ''} ${expertLayout}`,
             config: {
               world,
               numExperts,
@@ -63,6 +64,7 @@ export function verifyCases(flags: ParsedFlags): VerifyCase[] {
               fp8GroupSize: (flags['group-size'] as number | undefined) ?? 128,
               dedup,
               expertLayout,
+              nodes,
             },
             scenario,
             tokens,

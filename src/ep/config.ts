@@ -52,6 +52,13 @@ export interface EpConfigInput {
    * as fast as 'padded' at every batch size: bench/NOTES.md v10).
    */
   expertLayout?: ExpertLayout;
+  /**
+   * Hosts the ranks span (default 1). Ranks 0..G-1 are host 0, G..2G-1 host 1, ... (G = world / nodes).
+   * With more than one, a token crosses to each other host once, to its rail peer there (the rank of the
+   * same local index), which hands its rows to their owners on that host; combine comes back the same
+   * way (README, "Between hosts"). Every rank passes the same value; the results are the same bytes.
+   */
+  nodes?: number;
 }
 
 /** See EpConfigInput.expertLayout. */
@@ -90,6 +97,10 @@ export interface EpConfig {
   readonly combineRowBytes: number;
   /** The de-duplicated protocol (see EpConfigInput.dedup). */
   readonly dedup: boolean;
+  /** Hosts the ranks span (see EpConfigInput.nodes). */
+  readonly nodes: number;
+  /** Ranks per host: world / nodes. */
+  readonly ranksPerNode: number;
 }
 
 /** The largest topk the de-duplicated protocol takes (one warp lane per slot on the GPU). */
@@ -159,6 +170,17 @@ export function resolveConfig(input: EpConfigInput): EpConfig {
       fp8GroupSize,
     });
   }
+  const nodes = checkInt('nodes', input.nodes ?? 1, 1, world);
+  if (world % nodes !== 0) {
+    throw new ConfigError(
+      `world (${world}) must be divisible by nodes (${nodes}): every host holds as many ranks`,
+      {
+        fields: 'world,nodes',
+        world,
+        nodes,
+      },
+    );
+  }
   const expertsPerRank = numExperts / world;
   const defaultRows = maxTokensPerRank * Math.min(topk, expertsPerRank);
   const maxRowsPerPeer = checkInt('maxRowsPerPeer', input.maxRowsPerPeer ?? defaultRows, 1);
@@ -196,5 +218,7 @@ export function resolveConfig(input: EpConfigInput): EpConfig {
     dispatchRowBytes: fp8 ? hidden : 2 * hidden,
     combineRowBytes: 2 * hidden,
     dedup,
+    nodes,
+    ranksPerNode: world / nodes,
   };
 }

@@ -50,6 +50,11 @@ export function chooseDispatchPath(cfg: EpConfig, requested: DispatchPathRequest
  */
 export function chooseCpuDispatchPath(cfg: EpConfig, requested: DispatchPathRequest = 'auto'): DispatchPath {
   if (requested !== 'direct') return 'staged';
+  if (cfg.nodes > 1)
+    throw new ConfigError(
+      `nodes > 1 (${cfg.nodes}) needs dispatchPath 'staged' (or 'auto'), got 'direct': rows cross hosts to a rail peer, who hands them to their owners' stages`,
+      { fields: 'nodes,dispatchPath' },
+    );
   if (cfg.dedup) throw dedupDirectError();
   return 'direct';
 }

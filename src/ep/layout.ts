@@ -69,6 +69,20 @@ export interface HeapLayout {
    * -1), f32 w[k] (its weight, or 0).
    */
   readonly stageRecords: Region;
+  /**
+   * Between hosts (config.nodes > 1; zero bytes otherwise): u8 [2][nodes][railMessageBytes]: the dispatch
+   * message from this rank's rail peer on each other host (railMessageLayout).
+   */
+  readonly railInbox: Region;
+  /** u64 [2][nodes]: railInboxSignal[slot][host] == call_count once that host's message has landed. */
+  readonly railInboxSignal: Region;
+  /**
+   * bf16 [2][nodes][maxTokensPerRank * k][H]: combine rows (or dedup partials) this host's owners return
+   * to the rail peer on each other host, at that peer's combineRecv rows, for this rank to send on.
+   */
+  readonly railOutbox: Region;
+  /** u64 [2][nodes][ranksPerNode]: [slot][host][local owner] == call_count once that owner's rows are in. */
+  readonly railOutboxSignal: Region;
   /** Rows per source in the stage: 0 for a group that does not stage. */
   readonly stageRows: number;
   /** Elements per split record (EPR + 1). */
@@ -105,6 +119,7 @@ export function computeLayout(cfg: EpConfig, stageRows: number): HeapLayout {
     stageScales: heap.region(cfg.fp8 ? W * stageRows * cfg.groupsPerRow * 4 : 0),
     stageCarrier: heap.region(dedup ? W * stageRows * 4 : 0),
     stageRecords: heap.region(dedup ? W * stageRows * recordBytes(cfg) : 0),
+    ...railRegions(heap, cfg, staged && cfg.nodes > 1 ? stageRows : 0, combineRows),
   };
   checkHeapSize(heap.end);
   return { ...out, stageRows, splitsPerPeer, totalBytes: heap.end, combineRows };
@@ -192,6 +207,84 @@ export function stagedRowsFor(cfg: EpConfig): number {
   return Math.min(cfg.maxRowsPerPeer, cfg.maxTokensPerRank * cfg.topk);
 }
 
+/**
+ * One dispatch message between hosts (README, "Between hosts"), from a source to its rail peer on host h,
+ * for the ranksPerNode owners there (local order): per owner its split record and, per row of the source's
+ * stage for it, the token that row holds (an index into the message's tokens); with dedup the owner's
+ * carrier indices and records; then every token going to host h once, its row and its scales. Byte
+ * offsets, each part 16-byte aligned; `bytes` is the fixed size every message takes.
+ */
+export interface RailMessageLayout {
+  readonly splits: number;
+  readonly rowToken: number;
+  readonly carriers: number;
+  readonly records: number;
+  readonly rows: number;
+  readonly scales: number;
+  readonly bytes: number;
+}
+
+export function railMessageLayout(cfg: EpConfig, stageRows: number): RailMessageLayout {
+  const G = cfg.ranksPerNode;
+  const dedup = cfg.dedup;
+  let at = 16; // u32 tokens in the message, padded
+  const part = (bytes: number) => {
+    const start = at;
+    at = alignUp(at + bytes, 16);
+    return start;
+  };
+  const splits = part(G * (cfg.expertsPerRank + 1) * 4);
+  const rowToken = part(G * stageRows * 4);
+  const carriers = part(dedup ? G * stageRows * 4 : 0);
+  const records = part(dedup ? G * stageRows * recordBytes(cfg) : 0);
+  const rows = part(cfg.maxTokensPerRank * cfg.dispatchRowBytes);
+  const scales = part(cfg.fp8 ? cfg.maxTokensPerRank * cfg.groupsPerRow * 4 : 0);
+  return { splits, rowToken, carriers, records, rows, scales, bytes: at };
+}
+
+/** The regions between hosts: zero bytes unless `stageRows` > 0 (a staged group over several hosts). */
+function railRegions(heap: RegionCursor, cfg: EpConfig, stageRows: number, combineRows: number) {
+  const on = stageRows > 0;
+  const N = cfg.nodes;
+  return {
+    railInbox: heap.region(on ? N * railMessageLayout(cfg, stageRows).bytes : 0),
+    railInboxSignal: heap.region(on ? N * 8 : 0),
+    railOutbox: heap.region(on ? N * combineRows * cfg.combineRowBytes : 0),
+    railOutboxSignal: heap.region(on ? N * cfg.ranksPerNode * 8 : 0),
+  };
+}
+
+/** Byte offset of the message from host `host` in railInbox slot `slot`. */
+export function railInboxOffset(l: HeapLayout, cfg: EpConfig, slot: number, host: number): number {
+  return l.railInbox.offset + slot * l.railInbox.slotBytes + host * railMessageLayout(cfg, l.stageRows).bytes;
+}
+
+/** Byte offset of row `row` of the outbox for host `host`'s rail peer, slot `slot`. */
+export function railOutboxRowOffset(
+  l: HeapLayout,
+  cfg: EpConfig,
+  slot: number,
+  host: number,
+  row: number,
+): number {
+  return (
+    l.railOutbox.offset + slot * l.railOutbox.slotBytes + (host * l.combineRows + row) * cfg.combineRowBytes
+  );
+}
+
+/** Byte offset of railOutboxSignal[slot][host][local owner]. */
+export function railOutboxSignalOffset(
+  l: HeapLayout,
+  cfg: EpConfig,
+  slot: number,
+  host: number,
+  local: number,
+): number {
+  return (
+    l.railOutboxSignal.offset + slot * l.railOutboxSignal.slotBytes + (host * cfg.ranksPerNode + local) * 8
+  );
+}
+
 /** Lays regions out one after another from offset 0, every slot a multiple of ALIGN. */
 class RegionCursor {
   end = 0;
@@ -227,5 +320,9 @@ export function regionsOf(l: HeapLayout): Array<[string, Region]> {
     ['stageScales', l.stageScales],
     ['stageCarrier', l.stageCarrier],
     ['stageRecords', l.stageRecords],
+    ['railInbox', l.railInbox],
+    ['railInboxSignal', l.railInboxSignal],
+    ['railOutbox', l.railOutbox],
+    ['railOutboxSignal', l.railOutboxSignal],
   ];
 }

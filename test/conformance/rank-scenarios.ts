@@ -24,6 +24,8 @@ export interface ScenarioTask {
   culprit?: number;
   /** The dispatch path the groups ask for (errors: the refusals reach peers through either protocol). */
   dispatchPath?: 'staged' | 'direct';
+  /** Hosts the ranks span (errors: refusals reach other hosts through the rail peers). */
+  nodes?: number;
 }
 
 export interface Observation {
@@ -101,7 +103,7 @@ async function observe(step: string, fn: () => unknown): Promise<Observation> {
 
 async function errorSteps(task: ScenarioTask, rank: number): Promise<Observation[]> {
   const obs: Observation[] = [];
-  const kase = small(task.world);
+  const kase = small(task.world, task.nodes ? { nodes: task.nodes } : {});
   const { g, cfg } = await openGroup(task, kase);
   let call = 0;
   const correct = async (after: string) => {

@@ -104,6 +104,38 @@ export function conformanceSuite(transport: 'cpu' | 'cuda', skip: string | false
       });
     }
 
+    if (transport === 'cpu') {
+      // (the cuda transport runs on one host so far)
+      it('between hosts: matches the oracle bit for bit over W, hosts, FP8, dedup and every routing scenario', async () => {
+        const cases = defaultSuite(17, 2)
+          .filter((c) => c.config.hidden === 256 && (c.config.world === 2 || c.config.world === 4))
+          .flatMap((c) =>
+            [2, 4]
+              .filter((nodes) => c.config.world % nodes === 0)
+              .map((nodes) => ({ ...c, name: `${c.name} nodes=${nodes}`, config: { ...c.config, nodes } })),
+          );
+        assert.ok(cases.length >= 48);
+        assert.ok(cases.some((c) => c.config.nodes === 4 && c.config.dedup && c.scenario === 'skewed'));
+        await verifyAll(transport, cases);
+      });
+
+      it('between hosts: stays bit-exact over 200 consecutive calls (W = 4 on 2 hosts, dedup and without)', async () => {
+        const base = defaultSuite(19, 200).filter(
+          (c) =>
+            c.config.world === 4 &&
+            c.config.hidden === 256 &&
+            c.scenario === 'random' &&
+            c.config.fp8 &&
+            c.tokens > 1,
+        );
+        assert.equal(base.length, 2);
+        await verifyAll(
+          transport,
+          base.map((c) => ({ ...c, name: `${c.name} nodes=2`, config: { ...c.config, nodes: 2 } })),
+        );
+      });
+    }
+
     for (const world of [1, 3]) {
       it(`dedup: dispatch without topkWeights or combine with them is refused on that rank, its peers fail the call at once, the next call is correct (W = ${world})`, async () => {
         const settled = await scenario(transport, { scenario: 'dedup-weights', world, timeoutMs: 10_000 });
@@ -147,18 +179,21 @@ export function conformanceSuite(transport: 'cpu' | 'cuda', skip: string | false
       });
     }
 
-    for (const [world, dispatchPath] of [
-      [1, undefined],
-      [2, undefined],
-      [2, 'direct'],
+    for (const [world, dispatchPath, nodes] of [
+      [1, undefined, 1],
+      [2, undefined, 1],
+      [2, 'direct', 1],
+      // between hosts (cpu: the cuda transport runs on one host so far): refusals cross through rail peers
+      ...(transport === 'cpu' ? ([[4, undefined, 2]] as const) : []),
     ] as const) {
-      const tag = dispatchPath ? `, ${dispatchPath}` : '';
+      const tag = `${dispatchPath ? `, ${dispatchPath}` : ''}${nodes > 1 ? `, ${nodes} hosts` : ''}`;
       it(`rejects bad inputs with named errors, and the next call on the same group is correct (W = ${world}${tag})`, async () => {
         const settled = await scenario(transport, {
           scenario: 'errors',
           world,
           timeoutMs: 10_000,
           dispatchPath,
+          nodes,
         });
         const all = settled.map((s, r) => `rank ${r}: ${JSON.stringify(s.report ?? s.died)}`).join('\n');
         for (const [rank, s] of settled.entries()) {

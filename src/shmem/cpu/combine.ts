@@ -1,6 +1,7 @@
 import { BF16_DECODE, f32BitsToBf16, weightedSumBf16 } from '../../ep/codec.js';
-import { combineRowOffset, signalOffset, stageRecordOffset } from '../../ep/layout.js';
+import { combineRowOffset, stageRecordOffset } from '../../ep/layout.js';
 import { type HostTensor, hostTensor } from '../../ep/tensor.js';
+import { combineRoute } from './rail.js';
 import type { RankHeap } from './rank-heap.js';
 
 /**
@@ -33,20 +34,21 @@ export function sendRows(h: RankHeap, st: CombineState, out: Uint16Array, call: 
   const expertBase = new Int32Array(epr); // rows of each expert taken by sources before s
   for (let s = 0; s < c.world; s++) {
     // (expert-major order is by source, so sources go in order)
-    const peer = h.shmem.mapped(s);
+    const to = combineRoute(h, st.slot, s);
+    const peer = h.shmem.mapped(to.rank);
     let row = st.splits[s * spp + epr]; // m_st
     for (let e = 0; e < epr; e++) {
       const count = st.splits[s * spp + e];
       const from = (h.expertOffsets[e] + expertBase[e]) * rowBytes;
       const rows = outBytes.subarray(from, from + count * rowBytes);
-      const off = combineRowOffset(h.layout, c, st.slot, row);
+      const off = to.rowOffset(row);
       if (peer) peer.set(rows, off);
-      else h.shmem.put(s, off, rows);
+      else h.shmem.put(to.rank, off, rows);
       expertBase[e] += count;
       row += count;
     }
     h.shmem.fence();
-    h.shmem.signal(s, signalOffset(h.layout.combineSignal, st.slot, h.rank), BigInt(call));
+    h.shmem.signal(to.rank, to.signal, BigInt(call));
   }
 }
 
@@ -76,7 +78,8 @@ export function sendPartials(h: RankHeap, st: CombineState, out: Uint16Array, ca
       expertBase[e] += n;
     }
     const carrier = h.carrierBlock(st.slot, s, st.splits);
-    const peer = h.shmem.mapped(s);
+    const to = combineRoute(h, st.slot, s);
+    const peer = h.shmem.mapped(to.rank);
     const peer16 =
       peer && peer.byteOffset % 2 === 0
         ? new Uint16Array(peer.buffer, peer.byteOffset, peer.byteLength >> 1)
@@ -94,16 +97,16 @@ export function sendPartials(h: RankHeap, st: CombineState, out: Uint16Array, ca
         offs.push(packed[r] * H);
         ws.push(h.f32[rec + 1 + k + j]);
       }
-      const off = combineRowOffset(h.layout, c, st.slot, h.i32[rec]);
+      const off = to.rowOffset(h.i32[rec]);
       if (peer16) {
         weightedSumBf16(rows, offs, ws, H, peer16, off / 2);
       } else {
         weightedSumBf16(rows, offs, ws, H, partial, 0);
-        h.shmem.put(s, off, partialBytes);
+        h.shmem.put(to.rank, off, partialBytes);
       }
     }
     h.shmem.fence();
-    h.shmem.signal(s, signalOffset(h.layout.combineSignal, st.slot, h.rank), BigInt(call));
+    h.shmem.signal(to.rank, to.signal, BigInt(call));
   }
 }
 

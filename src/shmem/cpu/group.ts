@@ -17,6 +17,14 @@ import { checkTensor, type HostTensor } from '../../ep/tensor.js';
 import type { MoeA2aError } from '../../errors.js';
 import { ABORT_BIT, type SymmetricTransport } from '../transport.js';
 import { type CombineState, reduce, reduceDedup, sendPartials, sendRows } from './combine.js';
+import {
+  forwardRailCombine,
+  forwardRailMessages,
+  type RowsBack,
+  railAbort,
+  sameHost,
+  sendRailMessages,
+} from './rail.js';
 import { RankHeap } from './rank-heap.js';
 import { copyRecv, repack, viewFromExpertX } from './receive.js';
 import { type SendInput, sendDedup, sendDirect, sendSplits, sendStaged } from './send.js';
@@ -25,6 +33,8 @@ type SignalRegion = 'countSignal' | 'dispatchSignal' | 'combineSignal';
 
 interface HandleState extends CombineState {
   weights: Float32Array | null;
+  /** Between hosts: the rows this rank sends on, as rail peer, in this call's combine. */
+  rowsBack: RowsBack | null;
 }
 
 /**
@@ -51,6 +61,8 @@ export class HostEpGroup implements EpGroup<HostTensor> {
   private broken: MoeA2aError | null = null;
   private readonly sequence: CallSequence<HandleState>;
   private readonly heap: RankHeap;
+  /** Between hosts: what the latest dispatch's combine sends on as rail peer (see rail.ts). */
+  private railRows: RowsBack | null = null;
 
   constructor(
     readonly config: EpConfig,
@@ -75,9 +87,45 @@ export class HostEpGroup implements EpGroup<HostTensor> {
 
   /** Tells every peer that this rank abandons call `call` (its input was invalid), so none waits for it. */
   private abort(region: SignalRegion, call: number): void {
+    if (this.config.nodes > 1 && region !== 'countSignal') {
+      const dispatch = region === 'dispatchSignal';
+      railAbort(this.heap, dispatch ? 'dispatch' : 'combine', call);
+      // as rail peer, still pass on what others send through this rank (best effort: a peer that does
+      // not come leaves the group broken, and the caller gets the error that made this rank abandon)
+      try {
+        if (dispatch) this.railRows = forwardRailMessages(this.heap, call & 1, call, this.waitOne);
+        else if (this.railRows) forwardRailCombine(this.heap, call & 1, call, this.railRows, this.waitOne);
+      } catch {
+        // (waitOne marked the group broken)
+      }
+      return;
+    }
     const off = signalOffset(this.layout[region], call & 1, this.rank);
     for (let d = 0; d < this.config.world; d++) this.shmem.signal(d, off, BigInt(call) | ABORT_BIT);
   }
+
+  /** Waits for one signal word of this rank to reach `call`; true when it came with the abort bit. */
+  private readonly waitOne = (
+    offset: number,
+    call: number,
+    peer: number,
+    phase: 'dispatch' | 'combine',
+  ): boolean => {
+    try {
+      const deadline = performance.now() + this.timeoutMs;
+      return (
+        this.shmem.waitUntil(offset, BigInt(call), deadline, {
+          peer,
+          slot: call & 1,
+          callCount: call,
+          phase,
+        }) === 'aborted'
+      );
+    } catch (err) {
+      this.broken = err as MoeA2aError;
+      throw err;
+    }
+  };
 
   /** Waits for every peer's signal of this call; an abort from a peer becomes PeerFailedError. */
   private waitAll(region: SignalRegion, call: number): void {
@@ -128,16 +176,21 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     } else {
       src = new Uint8Array(xs.buffer, xs.byteOffset, xs.byteLength);
     }
-    const input: SendInput = { src, T, idx: topkIdx.data as Int32Array, plan, slot, peers: h.peers() };
+    const hosts = c.nodes > 1; // (then rows to other hosts go through their rail peers: rail.ts)
+    const to = hosts ? sameHost(h) : undefined;
+    const input: SendInput = { src, T, idx: topkIdx.data as Int32Array, plan, slot, peers: h.peers(), to };
     let carriers: Uint8Array | null = null;
+    let rowsBack: RowsBack | null = null;
     let splits: Int32Array;
     if (this.dispatchPath === 'direct') {
       splits = sendDirect(h, input, call, (region, n) => this.waitAll(region, n));
     } else {
       if (c.dedup) carriers = sendDedup(h, input, weights as Float32Array);
       else sendStaged(h, input);
+      if (hosts) sendRailMessages(h, input, weights, call);
       this.shmem.fence();
-      sendSplits(h, plan, slot, call);
+      sendSplits(h, plan, slot, call, to);
+      if (hosts) rowsBack = this.railRows = forwardRailMessages(h, slot, call, this.waitOne);
       this.waitAll('dispatchSignal', call);
       splits = h.readSplits(slot);
     }
@@ -149,7 +202,15 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     }
     h.countRows(splits);
     if (this.dispatchPath === 'staged') repack(h, slot, splits);
-    const state: HandleState = { slot, numTokens: T, pairRow: plan.pairRow, weights, splits, carriers };
+    const state: HandleState = {
+      slot,
+      numTokens: T,
+      pairRow: plan.pairRow,
+      weights,
+      splits,
+      carriers,
+      rowsBack,
+    };
     const handle = this.sequence.issue(call, T, state);
     let recv: SourceMajorRecv<HostTensor> | null = null;
     if (options.returnRecv)
@@ -179,14 +240,12 @@ export class HostEpGroup implements EpGroup<HostTensor> {
       ),
     );
     const out = expertOut.data as Uint16Array;
-    if (c.dedup) {
-      sendPartials(this.heap, st, out, call);
-      this.waitAll('combineSignal', call);
-      return reduceDedup(this.heap, st);
-    }
-    const weights = from === 'given' ? (options.topkWeights?.data as Float32Array) : st.weights;
-    sendRows(this.heap, st, out, call);
+    if (c.dedup) sendPartials(this.heap, st, out, call);
+    else sendRows(this.heap, st, out, call);
+    if (st.rowsBack) forwardRailCombine(this.heap, st.slot, call, st.rowsBack, this.waitOne);
     this.waitAll('combineSignal', call);
+    if (c.dedup) return reduceDedup(this.heap, st);
+    const weights = from === 'given' ? (options.topkWeights?.data as Float32Array) : st.weights;
     return reduce(this.heap, st, weights as Float32Array);
   }
 

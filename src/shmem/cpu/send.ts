@@ -24,7 +24,11 @@ export interface SendInput {
   plan: RoutingPlan;
   slot: number;
   peers: (Uint8Array | null)[];
+  /** The owners this send reaches directly (the others, on other hosts, through rail.ts); default all. */
+  to?: (d: number) => boolean;
 }
+
+const all = (_d: number) => true;
 
 /** Bytes of token t's scales in h.quantScales (FP8 only). */
 function scalesOf(h: RankHeap, t: number): Uint8Array {
@@ -33,7 +37,7 @@ function scalesOf(h: RankHeap, t: number): Uint8Array {
 }
 
 /** Staged send, without dedup: each row and its scales into its owner's stage, at its row for that owner. */
-export function sendStaged(h: RankHeap, { src, T, idx, plan, slot, peers }: SendInput): void {
+export function sendStaged(h: RankHeap, { src, T, idx, plan, slot, peers, to = all }: SendInput): void {
   const c = h.config;
   const k = c.topk;
   const rowBytes = c.dispatchRowBytes;
@@ -46,6 +50,7 @@ export function sendStaged(h: RankHeap, { src, T, idx, plan, slot, peers }: Send
       const row = plan.pairRow[t * k + j];
       if (row < 0) continue;
       const d = (idx[t * k + j] / c.expertsPerRank) | 0;
+      if (!to(d)) continue;
       const r = row - plan.destRowStart[d];
       h.putTo(peers, d, stageRowOffset(h.layout, c, slot, h.rank, r), rowSrc);
       if (sc) h.putTo(peers, d, stageScaleOffset(h.layout, c, slot, h.rank, r), sc);
@@ -61,7 +66,7 @@ export function sendStaged(h: RankHeap, { src, T, idx, plan, slot, peers }: Send
  */
 export function sendDedup(
   h: RankHeap,
-  { src, T, idx, plan, slot, peers }: SendInput,
+  { src, T, idx, plan, slot, peers, to = all }: SendInput,
   weights: Float32Array,
 ): Uint8Array {
   const c = h.config;
@@ -74,7 +79,9 @@ export function sendDedup(
   const recI32 = new Int32Array(record);
   const recF32 = new Float32Array(record);
   const recBytes = new Uint8Array(record);
-  const put = (d: number, off: number, bytes: Uint8Array) => h.putTo(peers, d, off, bytes);
+  const put = (d: number, off: number, bytes: Uint8Array) => {
+    if (to(d)) h.putTo(peers, d, off, bytes); // (the carrier mask covers every owner all the same)
+  };
   for (let t = 0; t < T; t++) {
     for (let j = 0; j < k; j++) {
       owner[j] = plan.pairRow[t * k + j] < 0 ? -1 : (idx[t * k + j] / c.expertsPerRank) | 0;
@@ -190,11 +197,12 @@ export function sendDirect(
  * Staged: this rank's split record for each owner (its rows per local expert of that owner, then m_st),
  * with the dispatch signal, once its rows are fenced. From the next rank on, so senders spread over receivers.
  */
-export function sendSplits(h: RankHeap, plan: RoutingPlan, slot: number, call: number): void {
+export function sendSplits(h: RankHeap, plan: RoutingPlan, slot: number, call: number, to = all): void {
   const c = h.config;
   const epr = c.expertsPerRank;
   for (let i = 1; i <= c.world; i++) {
     const d = (h.rank + i) % c.world;
+    if (!to(d)) continue;
     const rec = new Int32Array(epr + 1);
     for (let e = 0; e < epr; e++) rec[e] = plan.expertCounts[d * epr + e];
     rec[epr] = plan.destRowStart[d];

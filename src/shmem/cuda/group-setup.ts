@@ -67,6 +67,12 @@ export interface GroupParts {
 
 /** The routing kernel runs in one block: its shared memory bounds E and T * k. */
 function checkKernelLimits(config: EpConfig): void {
+  if (config.nodes > 1) {
+    throw new ConfigError(
+      `the cuda transport runs on one host so far (nodes = ${config.nodes}); the protocol between hosts runs on the cpu transport (README, "Between hosts")`,
+      { fields: 'nodes' },
+    );
+  }
   if (config.numExperts > EP_MAX_EXPERTS) {
     throw new ConfigError(
       `the cuda transport supports numExperts up to ${EP_MAX_EXPERTS}, got ${config.numExperts}`,

@@ -1,0 +1,290 @@
+import {
+  combineRowOffset,
+  railInboxOffset,
+  railMessageLayout,
+  railOutboxRowOffset,
+  railOutboxSignalOffset,
+  recordBytes,
+  signalOffset,
+  splitsOffset,
+  stageCarrierOffset,
+  stageRecordOffset,
+  stageRowOffset,
+  stageScaleOffset,
+} from '../../ep/layout.js';
+import { ABORT_BIT } from '../transport.js';
+import type { RankHeap } from './rank-heap.js';
+import type { SendInput } from './send.js';
+
+/**
+ * Between hosts (config.nodes > 1; README, "Between hosts"). Ranks r = (host, local) = (r / G, r % G);
+ * the rail peer on host h of rank s is (h, local(s)), and s is that rank's rail peer on host(s). Rows
+ * to owners on this host go as on one host. To each other host a rank sends one message, to its rail
+ * peer there: every token going to that host once, and for each owner there what its stage would have
+ * received from this rank (split record, the token of each stage row, with dedup the carriers and
+ * records). The rail peer copies them into the owners' stages on the source's behalf and signals them
+ * for it, so owners pack as on one host. Combine comes back the same way: owners write the rows (or
+ * partials) for a source on another host into the outbox of that source's rail peer on their host,
+ * which sends them on. Every write to another host goes to the rail peer; on the cpu transport a
+ * message is a put into its heap, on the network engine it will be one send of a fixed size.
+ */
+
+export const hostOf = (h: RankHeap, r: number) => Math.floor(r / h.config.ranksPerNode);
+export const localOf = (h: RankHeap, r: number) => r % h.config.ranksPerNode;
+/** The rank of local index `local` on host `host`. */
+export const rankAt = (h: RankHeap, host: number, local: number) => host * h.config.ranksPerNode + local;
+/** Whether rank d is on this rank's host. */
+export const sameHost = (h: RankHeap) => (d: number) => hostOf(h, d) === hostOf(h, h.rank);
+
+/** Waits for this rank's signal word at `offset` to reach `call`; returns whether it came with the abort bit. */
+export type WaitOne = (offset: number, call: number, peer: number, phase: 'dispatch' | 'combine') => boolean;
+
+/** Per other host: per owner on this host (local order), the rows of that host's rail source's combineRecv it returns. */
+export type RowsBack = (Int32Array[] | null)[];
+
+/** The dispatch messages to every other host's rail peer (railInbox[slot][my host] there), then their signals. */
+export function sendRailMessages(
+  h: RankHeap,
+  input: SendInput,
+  weights: Float32Array | null,
+  call: number,
+): void {
+  const c = h.config;
+  const me = hostOf(h, h.rank);
+  for (let host = 0; host < c.nodes; host++) {
+    if (host === me) continue;
+    const peer = rankAt(h, host, localOf(h, h.rank));
+    h.putTo(
+      input.peers,
+      peer,
+      railInboxOffset(h.layout, c, input.slot, me),
+      buildMessage(h, input, weights, host),
+    );
+    h.shmem.signal(peer, signalOffset(h.layout.railInboxSignal, input.slot, me), BigInt(call));
+  }
+}
+
+/** The message to host `host` (railMessageLayout). */
+function buildMessage(
+  h: RankHeap,
+  { src, T, idx, plan }: SendInput,
+  weights: Float32Array | null,
+  host: number,
+): Uint8Array {
+  const c = h.config;
+  const { topk: k, expertsPerRank: epr, ranksPerNode: G, dispatchRowBytes: rb, groupsPerRow: gpr } = c;
+  const M = railMessageLayout(c, h.layout.stageRows);
+  const msg = new Uint8Array(M.bytes);
+  const i32 = new Int32Array(msg.buffer);
+  const f32 = new Float32Array(msg.buffer);
+  const S = h.layout.stageRows;
+  const RB = recordBytes(c) / 4;
+  const tokenOf = new Int32Array(T).fill(-1);
+  let n = 0;
+  const ownerOf = (p: number) => (plan.pairRow[p] < 0 ? -1 : (idx[p] / epr) | 0);
+  for (let t = 0; t < T; t++) {
+    for (let j = 0; j < k && tokenOf[t] < 0; j++) {
+      const d = ownerOf(t * k + j);
+      if (d < 0 || hostOf(h, d) !== host) continue;
+      tokenOf[t] = n;
+      msg.set(src.subarray(t * rb, (t + 1) * rb), M.rows + n * rb);
+      if (c.fp8) msg.set(new Uint8Array(h.quantScales.buffer, t * gpr * 4, gpr * 4), M.scales + n * gpr * 4);
+      n++;
+    }
+  }
+  i32[0] = n;
+  for (let g = 0; g < G; g++) {
+    const d = rankAt(h, host, g);
+    const start = plan.destRowStart[d];
+    for (let e = 0; e < epr; e++) i32[M.splits / 4 + g * (epr + 1) + e] = plan.expertCounts[d * epr + e];
+    i32[M.splits / 4 + g * (epr + 1) + epr] = start;
+    for (let t = 0; t < T; t++) {
+      let r0 = -1; // dedup: the row of t's first slot on d, which carries its data
+      for (let j = 0; j < k; j++) {
+        const p = t * k + j;
+        if (ownerOf(p) !== d) continue;
+        const r = plan.pairRow[p] - start;
+        i32[M.rowToken / 4 + g * S + r] = tokenOf[t];
+        if (!c.dedup) continue;
+        if (r0 < 0) {
+          r0 = r;
+          const rec = M.records / 4 + (g * S + r0) * RB;
+          i32[rec] = p; // back: where the partial goes in t's origin, t * k + j0
+          for (let q = 0; q < k; q++) {
+            const own = ownerOf(t * k + q) === d;
+            i32[rec + 1 + q] = own ? plan.pairRow[t * k + q] - start : -1;
+            f32[rec + 1 + k + q] = own ? (weights as Float32Array)[t * k + q] : 0;
+          }
+        }
+        i32[M.carriers / 4 + g * S + r] = r0;
+      }
+    }
+  }
+  return msg;
+}
+
+/**
+ * As rail peer: takes each other host's message of this call (waiting for it), copies what it holds into
+ * the stages of this host's owners on its source's behalf and signals them for it (with the abort bit
+ * when the source aborted the call). Returns, per host, the rows each owner will return in combine.
+ */
+export function forwardRailMessages(h: RankHeap, slot: number, call: number, waitOne: WaitOne): RowsBack {
+  const c = h.config;
+  const { expertsPerRank: epr, ranksPerNode: G, dispatchRowBytes: rb, groupsPerRow: gpr } = c;
+  const M = railMessageLayout(c, h.layout.stageRows);
+  const S = h.layout.stageRows;
+  const RB = recordBytes(c);
+  const me = hostOf(h, h.rank);
+  const peers = h.peers();
+  const rowsBack: RowsBack = [];
+  for (let host = 0; host < c.nodes; host++) {
+    rowsBack.push(null);
+    if (host === me) continue;
+    const s = rankAt(h, host, localOf(h, h.rank)); // the source whose rows this message carries
+    const aborted = waitOne(signalOffset(h.layout.railInboxSignal, slot, host), call, s, 'dispatch');
+    const at = h.shmem.local().byteOffset + railInboxOffset(h.layout, c, slot, host);
+    const msg = new Uint8Array(h.shmem.local().buffer, at, M.bytes);
+    const i32 = new Int32Array(msg.buffer, msg.byteOffset, M.bytes / 4);
+    const back: Int32Array[] = [];
+    for (let g = 0; g < G; g++) {
+      const d = rankAt(h, me, g);
+      const sig = signalOffset(h.layout.dispatchSignal, slot, s);
+      if (aborted) {
+        h.shmem.signal(d, sig, BigInt(call) | ABORT_BIT);
+        back.push(new Int32Array(0));
+        continue;
+      }
+      const split = i32.subarray(M.splits / 4 + g * (epr + 1), M.splits / 4 + (g + 1) * (epr + 1));
+      let count = 0;
+      for (let e = 0; e < epr; e++) count += split[e];
+      h.putTo(peers, d, splitsOffset(h.layout, slot, s), new Uint8Array(split.slice().buffer));
+      const tokenAt = M.rowToken / 4 + g * S;
+      const carrierAt = M.carriers / 4 + g * S;
+      const rows = new Int32Array(c.dedup ? 0 : count);
+      const backs: number[] = [];
+      for (let r = 0; r < count; r++) {
+        if (c.dedup && i32[carrierAt + r] !== r) continue; // (only a token's carrier row holds its data)
+        const tok = i32[tokenAt + r];
+        h.putTo(
+          peers,
+          d,
+          stageRowOffset(h.layout, c, slot, s, r),
+          msg.subarray(M.rows + tok * rb, M.rows + (tok + 1) * rb),
+        );
+        if (c.fp8)
+          h.putTo(
+            peers,
+            d,
+            stageScaleOffset(h.layout, c, slot, s, r),
+            msg.subarray(M.scales + tok * gpr * 4, M.scales + (tok + 1) * gpr * 4),
+          );
+        if (c.dedup) {
+          const rec = M.records + (g * S + r) * RB;
+          h.putTo(peers, d, stageRecordOffset(h.layout, c, slot, s, r), msg.subarray(rec, rec + RB));
+          backs.push(i32[rec / 4]);
+        } else {
+          rows[r] = split[epr] + r; // m_st + r: where row r comes back in the source's order
+        }
+      }
+      if (c.dedup && count > 0)
+        h.putTo(
+          peers,
+          d,
+          stageCarrierOffset(h.layout, slot, s, 0),
+          msg.subarray(M.carriers + g * S * 4, M.carriers + (g * S + count) * 4),
+        );
+      back.push(c.dedup ? Int32Array.from(backs) : rows);
+      h.shmem.fence();
+      h.shmem.signal(d, sig, BigInt(call));
+    }
+    rowsBack[host] = back;
+  }
+  return rowsBack;
+}
+
+/**
+ * Where an owner's combine rows for source s go: s's own combine buffer on this host, else the outbox of
+ * s's rail peer on this host (railOutbox[slot][host(s)], at the same rows), with the signal that says
+ * they are in.
+ */
+export function combineRoute(h: RankHeap, slot: number, s: number) {
+  const c = h.config;
+  if (c.nodes === 1 || sameHost(h)(s))
+    return {
+      rank: s,
+      rowOffset: (row: number) => combineRowOffset(h.layout, c, slot, row),
+      signal: signalOffset(h.layout.combineSignal, slot, h.rank),
+    };
+  const host = hostOf(h, s);
+  return {
+    rank: rankAt(h, hostOf(h, h.rank), localOf(h, s)),
+    rowOffset: (row: number) => railOutboxRowOffset(h.layout, c, slot, host, row),
+    signal: railOutboxSignalOffset(h.layout, c, slot, host, localOf(h, h.rank)),
+  };
+}
+
+/**
+ * As rail peer, in combine: once every owner on this host has written its rows for each other host's
+ * rail source (waiting for them), sends them on into that source's combine buffer and signals it for
+ * each owner (the abort bit for an owner that aborted).
+ */
+export function forwardRailCombine(
+  h: RankHeap,
+  slot: number,
+  call: number,
+  rowsBack: RowsBack,
+  waitOne: WaitOne,
+): void {
+  const c = h.config;
+  const me = hostOf(h, h.rank);
+  const rb = c.combineRowBytes;
+  const local = h.shmem.local();
+  const peers = h.peers();
+  for (let host = 0; host < c.nodes; host++) {
+    const back = rowsBack[host];
+    if (host === me || !back) continue;
+    const s = rankAt(h, host, localOf(h, h.rank));
+    for (let g = 0; g < c.ranksPerNode; g++) {
+      const d = rankAt(h, me, g);
+      const aborted = waitOne(railOutboxSignalOffset(h.layout, c, slot, host, g), call, d, 'combine');
+      if (!aborted) {
+        for (const row of back[g]) {
+          const from = railOutboxRowOffset(h.layout, c, slot, host, row);
+          h.putTo(peers, s, combineRowOffset(h.layout, c, slot, row), local.subarray(from, from + rb));
+        }
+        h.shmem.fence();
+      }
+      h.shmem.signal(
+        s,
+        signalOffset(h.layout.combineSignal, slot, d),
+        aborted ? BigInt(call) | ABORT_BIT : BigInt(call),
+      );
+    }
+  }
+}
+
+/**
+ * This rank abandons call `call`: every rank that would wait for it learns it through the paths its data
+ * takes. Dispatch: its own host's ranks directly, and for every other host the rail peer's inbox (who
+ * signals its host for it). Combine: its own host's sources directly, and the rail peers on its host for
+ * the sources on other hosts (their outboxes). As rail peer it still forwards what others send through
+ * it (the caller runs forwardRailMessages / forwardRailCombine after this), so that every rank learns of
+ * the call's end from this rank, and names it.
+ */
+export function railAbort(h: RankHeap, phase: 'dispatch' | 'combine', call: number): void {
+  const c = h.config;
+  const slot = call & 1;
+  const v = BigInt(call) | ABORT_BIT;
+  const me = hostOf(h, h.rank);
+  const mine = localOf(h, h.rank);
+  const hostRanks = Array.from({ length: c.ranksPerNode }, (_, g) => rankAt(h, me, g));
+  const region = phase === 'dispatch' ? h.layout.dispatchSignal : h.layout.combineSignal;
+  for (const d of hostRanks) h.shmem.signal(d, signalOffset(region, slot, h.rank), v);
+  for (let host = 0; host < c.nodes; host++) {
+    if (host === me) continue;
+    const rail = rankAt(h, host, mine);
+    if (phase === 'dispatch') h.shmem.signal(rail, signalOffset(h.layout.railInboxSignal, slot, me), v);
+    else
+      for (const p of hostRanks) h.shmem.signal(p, railOutboxSignalOffset(h.layout, c, slot, host, mine), v);
+  }
+}

@@ -124,4 +124,5 @@ struct EpArgs {
                               // row received, by source, what ep_combine_send reads: source, origin's row, per slot
                               // the expertOut row (or -1) and the weight (ep_recv.cuh, plan_at)
   uint64_t expertOffsets;     // int32_t* [EPR]: where each local expert's rows start in expertX (written with expertCounts)
+  uint64_t localBase;         // this rank's heap, = peerBases[rank] (a kernel's first loads need not wait for it)
 };

@@ -104,13 +104,14 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_pack(const
   allow_dependents();
   EpState* st = state_of(a);
   const int E = a.numExperts, W = a.world, EPR = a.expertsPerRank, me = a.rank, tid = threadIdx.x;
-  // three independent loads in one round trip
+  if (blockIdx.x == 0 && tid == 0) stamp(a, EP_STAMP_PACK_BEGIN);  // (at entry: the pack's own loads count)
+  // the error word, the call count and both slots' split records in one round trip (the slot is the
+  // call's parity: the records of the other slot are loaded and dropped)
   const uint32_t code = read_err_code(st);
   const uint64_t call = read_calls(st), slot = call & 1u;
-  const uint64_t own = __ldg((const uint64_t*)a.peerBases + me);
+  const uint64_t own = a.localBase;
+  build_stage_tables(a, R, (const int*)(own + a.stageSplitsOff), call, code);
   if (code != 0) return;  // the call is off here (an abort, a timeout, or this rank's input)
-  if (blockIdx.x == 0 && tid == 0) stamp(a, EP_STAMP_PACK_BEGIN);
-  build_tables_from(a, R, (const int*)(own + a.stageSplitsOff + slot * a.stageSplitsSlot), true);
   if (tid == 0) sOver = INT_MAX;
   __syncthreads();
   for (int le = tid; le < EPR; le += blockDim.x)

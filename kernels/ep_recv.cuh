@@ -38,6 +38,43 @@ __device__ void build_tables_from(const EpArgs& a, RecvTables& R, const int* spl
   block_exclusive_scan(R.preT, E, R.scratch);
 }
 
+// build_tables_from for the stage's split records of this call (ep_stage_pack): both slots' records
+// ([2][W][splitsPerPeer] from `splits`) are loaded with the call count, before its parity picks one, so
+// the records cost no round trip of their own. Every thread calls it; needs E and W <= 4 * blockDim.
+__device__ void build_stage_tables(const EpArgs& a, RecvTables& R, const int* splits, uint64_t call, uint32_t code) {
+  const int E = a.numExperts, W = a.world, EPR = a.expertsPerRank, B = blockDim.x, tid = threadIdx.x;
+  host_requires(E <= 4 * B, "build_stage_tables: E <= 4 * blockDim");
+  const int* other = (const int*)((const char*)splits + a.stageSplitsSlot);
+#ifdef EP_SERIAL_PACK_LOADS  // (bench A/B only: the records loaded after the call count, as before v11)
+  if (call & 1u) splits = other;
+  other = splits;
+#endif
+  int v0[4], v1[4], m0[4], m1[4];
+#pragma unroll
+  for (int u = 0; u < 4; ++u) {
+    const int q = tid + u * B, s = q / EPR;
+    const int at = s * a.splitsPerPeer + (q - s * EPR), atM = q * a.splitsPerPeer + EPR;
+    v0[u] = q < E ? (int)ld_cg_u32(splits + at) : 0;
+    v1[u] = q < E ? (int)ld_cg_u32(other + at) : 0;
+    m0[u] = q < W ? (int)ld_cg_u32(splits + atM) : 0;
+    m1[u] = q < W ? (int)ld_cg_u32(other + atM) : 0;
+  }
+  if (code != 0) return;  // (uniform: the caller returns too)
+  const bool odd = (call & 1u) != 0;  // (first use of the call count: its load went out before the records')
+#pragma unroll
+  for (int u = 0; u < 4; ++u) {
+    const int q = tid + u * B;
+    if (q < E) {
+      const int s = q / EPR, le = q - s * EPR, c = odd ? v1[u] : v0[u];
+      R.pre[q] = c;
+      R.preT[le * W + s] = c;
+    }
+    if (q < W) R.mst[q] = odd ? m1[u] : m0[u];
+  }
+  block_exclusive_scan(R.pre, E, R.scratch);
+  block_exclusive_scan(R.preT, E, R.scratch);
+}
+
 // From recvSplits, written by this call's ep_route or ep_stage_pack (an earlier kernel on the stream).
 __device__ void build_tables(const EpArgs& a, RecvTables& R) {
   build_tables_from(a, R, (const int*)a.recvSplits, false);
@@ -128,13 +165,21 @@ __device__ __forceinline__ char* plan_at(const EpArgs& a, int s, uint32_t i) {
 __device__ void write_plan(const EpArgs& a, const RecvTables& R, uint64_t own, int s, uint64_t row, uint64_t slot) {
   const int lane = threadIdx.x & 31, K = a.topk, EPR = a.expertsPerRank;
   const char* rec = (const char*)(own + a.stageRecordsOff + slot * a.stageRecordsSlot) + row * (uint64_t)a.recordBytes;
+  // the sender's record (read at L2), loaded before the plan's slot is taken: the two round trips overlap
   uint32_t ci = 0;
+#ifdef EP_SERIAL_PACK_LOADS  // (bench A/B only: the slot first, as before v11)
   if (lane == 0) ci = atomicAdd(plan_counts(a) + s, 1u);
   ci = __shfl_sync(FULL_MASK, ci, 0);
+#endif
+  const int r = lane < K ? (int)ld_cg_u32(rec + 4u + 4u * lane) : -1;  // (k <= 32 with dedup)
+  const uint32_t w = lane < K ? ld_cg_u32(rec + 4u + 4u * (K + lane)) : 0u;
+  const int back = lane == 0 ? (int)ld_cg_u32(rec) : 0;
+#ifndef EP_SERIAL_PACK_LOADS
+  if (lane == 0) ci = atomicAdd(plan_counts(a) + s, 1u);
+  ci = __shfl_sync(FULL_MASK, ci, 0);
+#endif
   char* plan = plan_at(a, s, ci);
-  if (lane < K) {  // (k <= 32 with dedup)
-    const int r = (int)ld_cg_u32(rec + 4u + 4u * lane);  // the sender's record: read at L2
-    const uint32_t w = ld_cg_u32(rec + 4u + 4u * (K + lane));
+  if (lane < K) {
     int x = -1;
     if (r >= 0) {
       x = (int)locate(R, a, R.pre[s * EPR] + r).row;
@@ -144,7 +189,7 @@ __device__ void write_plan(const EpArgs& a, const RecvTables& R, uint64_t own, i
   }
   if (lane == 0) {
     ((int*)plan)[0] = s;
-    ((int*)plan)[1] = (int)ld_cg_u32(rec);
+    ((int*)plan)[1] = back;
   }
 }
 

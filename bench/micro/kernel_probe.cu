@@ -75,7 +75,7 @@ int main(int argc, char** argv) {
   a.dispatchSignalSlot = sizes[1] / 2, a.combineSignalOff = o[2], a.combineSignalSlot = sizes[2] / 2;
   a.countsOff = o[3], a.countsSlot = sizes[3] / 2, a.combineRecvOff = o[4], a.combineRecvSlot = sizes[4] / 2;
   a.expertXOff = o[5], a.expertScalesOff = o[6], a.dispatchRowBytes = H, a.combineRowBytes = 2 * H;
-  a.peerBases = up(&base, 8);
+  a.peerBases = up(&base, 8), a.localBase = base;
   a.x = up(x.data(), x.size() * 2), a.topkIdx = up(idx.data(), idx.size() * 4);
   a.topkWeights = up(w.data(), w.size() * 4), a.expertOut = up(out.data(), out.size() * 2);
   a.expertCounts = zeros(E * 4), a.expertOffsets = zeros(E * 4), a.y = zeros((size_t)T * H * 2);

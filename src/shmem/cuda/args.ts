@@ -140,12 +140,13 @@ const EP_ARGS_SPEC = [
   ['packedExperts', 'i32'],
   ['carrierPlans', 'u64'],
   ['expertOffsets', 'u64'],
+  ['localBase', 'u64'],
 ] as const;
 const epArgs = layout(EP_ARGS_SPEC);
 
 /** struct EpArgs: the single by-value argument of every kernel. */
 export const EP_ARGS_FIELDS: readonly FieldSpec[] = epArgs.fields;
-export const EP_ARGS_BYTES: number = epArgs.bytes; // 424
+export const EP_ARGS_BYTES: number = epArgs.bytes; // 432
 
 function offsets<N extends string>(fields: readonly FieldSpec[]): Readonly<Record<N, number>> {
   return Object.freeze(Object.fromEntries(fields.map((f) => [f.name, f.offset]))) as Record<N, number>;
@@ -486,6 +487,10 @@ export class EpArgsWriter {
   /** Device i32 [EPR]: where each local expert's rows start in expertX (written with expertCounts). */
   set expertOffsets(v: bigint) {
     this.u64('expertOffsets', v);
+  }
+  /** This rank's heap (peerBases[rank]), so that a kernel's first loads need not wait for it. */
+  set localBase(v: bigint) {
+    this.u64('localBase', v);
   }
 }
 

@@ -12,7 +12,7 @@ export function fillGroupArgs(
   a: EpArgsWriter,
   c: EpConfig,
   L: HeapLayout,
-  group: { rank: number; timeoutMs: number; errHost: bigint; buffers: GroupBuffers },
+  group: { rank: number; timeoutMs: number; errHost: bigint; buffers: GroupBuffers; localBase: bigint },
 ): void {
   const b = group.buffers;
   a.rank = group.rank;
@@ -36,6 +36,7 @@ export function fillGroupArgs(
   a.set('expertXOff', L.expertX.offset).set('expertScalesOff', L.expertScales.offset);
   a.set('dispatchRowBytes', c.dispatchRowBytes).set('combineRowBytes', c.combineRowBytes);
   a.set('peerBases', b.peerBases);
+  a.set('localBase', group.localBase);
   a.set('expertCounts', b.expertCounts.devicePtr);
   a.set('expertOffsets', b.expertOffsets.devicePtr);
   a.set('packedExperts', c.expertLayout === 'packed' ? 1 : 0);

@@ -130,7 +130,13 @@ export async function openGroupParts(
       return p;
     });
     const args = new EpArgsWriter();
-    fillGroupArgs(args, config, layout, { rank: heap.rank, timeoutMs, errHost: errWord.devicePtr, buffers });
+    fillGroupArgs(args, config, layout, {
+      rank: heap.rank,
+      timeoutMs,
+      errHost: errWord.devicePtr,
+      buffers,
+      localBase: heap.local,
+    });
     const launches = new CallLaunches(drv, stream, module, args, {
       config,
       dispatchPath,

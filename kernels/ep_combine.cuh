@@ -13,11 +13,18 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
   EpState* st = state_of(a);
   const uint64_t call = read_calls(st);
   const uint32_t code0 = read_err_code(st);  // (issued with the load above: one round trip)
+  uint32_t counts[4];                        // dedup: the pack's carriers per source, loaded with them
+#ifndef EP_SERIAL_FIRST_LOADS
+  if (a.dedup) load_plan_counts(a, counts);
+#endif
   const uint64_t slot = call & 1u;
   if (host_abort(a) != 0 && blockIdx.x == 0 && threadIdx.x == 0) mark_host_abort(a);
   if (code0 == 0 && host_abort(a) == 0) {
     if (a.dedup) {
-      combine_send_partials(a, slot, R);
+#ifdef EP_SERIAL_FIRST_LOADS  // (bench A/B only: after the error word, as before v11)
+      load_plan_counts(a, counts);
+#endif
+      combine_send_partials(a, slot, R, counts);
     } else {
       build_tables(a, R);
       combine_send_rows<16>(a, slot, R);  // combineRowBytes = 2H, a multiple of 16
@@ -60,16 +67,12 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(c
   __shared__ float sW[2][EP_MAX_TOPK];
   __shared__ int sN[2];
   wait_for_prior();  // may be launched as a programmatic dependent of combine send or the dispatch
+  if (blockIdx.x == 0 && threadIdx.x == 0) stamp(a, EP_STAMP_REDUCE_BEGIN);  // (at entry: its first loads count)
   EpState* st = state_of(a);
-  const uint32_t code = read_err_code(st);
-  const uint64_t slot = read_calls(st) & 1u;  // (issued with the load above: one round trip)
-  if (code != 0) return;
-  if (blockIdx.x == 0 && threadIdx.x == 0) stamp(a, EP_STAMP_REDUCE_BEGIN);
-  const int B = blockDim.x, tid = threadIdx.x, k = a.topk;
+  const int B = blockDim.x, tid = threadIdx.x, k = a.topk, lane = tid & 31;
   const int V = a.hidden / 8;
   const int chunks = (V + B - 1) / B;
   const int items = a.numTokens * chunks;
-  const uint64_t recv = ((const uint64_t*)a.peerBases)[a.rank] + a.combineRecvOff + slot * a.combineRecvSlot;
   const int* topk = (const int*)a.topkIdx;
   const int* pairRow = (const int*)a.pairRow;
   const int* pairDest = (const int*)a.pairDest;
@@ -77,6 +80,38 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(c
   const int EPR = a.expertsPerRank;
   const bool dedup = a.dedup != 0 && a.world > 1;  // (one rank: the one partial is the whole sum, read in place)
   host_requires(!dedup || k <= 32, "ep_combine_reduce: k <= 32 with dedup");
+  // Lane j's slot of item `it` (k <= 32): its expert, and without dedup its rows and weight.
+  struct Slot {
+    int e, dest, back;
+    float w;
+  };
+  auto loadSlot = [&](int it) {
+    Slot s{-1, 0, 0, 0.0f};
+    const int p = (it / chunks) * k + lane;
+    if (lane < k && it < items) {
+      s.e = __ldg(topk + p);
+      if (!dedup) {
+        s.dest = __ldg(pairDest + p);
+        s.back = a.world > 1 ? __ldg(pairRow + p) : 0;  // (one rank: unused, and ep_dispatch_local leaves it unwritten)
+        s.w = __ldg(weights + p);
+      }
+    }
+    return s;
+  };
+#ifdef EP_SERIAL_FIRST_LOADS  // (bench A/B only: the first item's loads after the error word, as before v11)
+  const uint32_t code = read_err_code(st);
+  const uint64_t slot = read_calls(st) & 1u;
+  if (code != 0) return;
+  const Slot first = k <= 32 ? loadSlot(blockIdx.x) : Slot{-1, 0, 0, 0.0f};
+  const uint64_t recv = ((const uint64_t*)a.peerBases)[a.rank] + a.combineRecvOff + slot * a.combineRecvSlot;
+#else
+  // the error word, the call count and the first item's slots in one round trip
+  const uint32_t code = read_err_code(st);
+  const uint64_t slot = read_calls(st) & 1u;
+  const Slot first = k <= 32 ? loadSlot(blockIdx.x) : Slot{-1, 0, 0, 0.0f};
+  if (code != 0) return;
+  const uint64_t recv = a.localBase + a.combineRecvOff + slot * a.combineRecvSlot;
+#endif
   char* y = (char*)a.y;
   // A row of my own expert is still in expertOut, at the row routing gave its pair in my expertX; every
   // other row came back from its owner (ep_combine_send) to my send order.
@@ -87,20 +122,12 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(c
   if (k <= 32) {
     // Each warp reads token t's slots itself (lane j = slot j, the four loads in one round trip) and
     // hands row addresses and weights round with shuffles: no shared memory and no barrier.
-    const int lane = tid & 31;
     for (int it = blockIdx.x; it < items; it += gridDim.x) {
       const int t = it / chunks, c = it % chunks;
       const int p = t * k + lane;
-      int e = -1, dest = 0, back = 0;
-      float w = 0.0f;
-      if (lane < k) {
-        e = __ldg(topk + p);
-        if (!dedup) {
-          dest = __ldg(pairDest + p);
-          back = a.world > 1 ? __ldg(pairRow + p) : 0;  // (one rank: unused, and ep_dispatch_local leaves it unwritten)
-          w = __ldg(weights + p);
-        }
-      }
+      const Slot sl = it == (int)blockIdx.x ? first : loadSlot(it);
+      const int e = sl.e, dest = sl.dest, back = sl.back;
+      const float w = sl.w;
       uint64_t row = e >= 0 ? rowOf(e, dest, back) : 0;
       bool take = e >= 0;
       if (dedup) {  // the partials of the token's carrier slots, each owner's at its first slot

@@ -45,7 +45,7 @@ __device__ void build_stage_tables(const EpArgs& a, RecvTables& R, const int* sp
   const int E = a.numExperts, W = a.world, EPR = a.expertsPerRank, B = blockDim.x, tid = threadIdx.x;
   host_requires(E <= 4 * B, "build_stage_tables: E <= 4 * blockDim");
   const int* other = (const int*)((const char*)splits + a.stageSplitsSlot);
-#ifdef EP_SERIAL_PACK_LOADS  // (bench A/B only: the records loaded after the call count, as before v11)
+#ifdef EP_SERIAL_FIRST_LOADS  // (bench A/B only: the records loaded after the call count, as before v11)
   if (call & 1u) splits = other;
   other = splits;
 #endif
@@ -167,14 +167,14 @@ __device__ void write_plan(const EpArgs& a, const RecvTables& R, uint64_t own, i
   const char* rec = (const char*)(own + a.stageRecordsOff + slot * a.stageRecordsSlot) + row * (uint64_t)a.recordBytes;
   // the sender's record (read at L2), loaded before the plan's slot is taken: the two round trips overlap
   uint32_t ci = 0;
-#ifdef EP_SERIAL_PACK_LOADS  // (bench A/B only: the slot first, as before v11)
+#ifdef EP_SERIAL_FIRST_LOADS  // (bench A/B only: the slot first, as before v11)
   if (lane == 0) ci = atomicAdd(plan_counts(a) + s, 1u);
   ci = __shfl_sync(FULL_MASK, ci, 0);
 #endif
   const int r = lane < K ? (int)ld_cg_u32(rec + 4u + 4u * lane) : -1;  // (k <= 32 with dedup)
   const uint32_t w = lane < K ? ld_cg_u32(rec + 4u + 4u * (K + lane)) : 0u;
   const int back = lane == 0 ? (int)ld_cg_u32(rec) : 0;
-#ifndef EP_SERIAL_PACK_LOADS
+#ifndef EP_SERIAL_FIRST_LOADS
   if (lane == 0) ci = atomicAdd(plan_counts(a) + s, 1u);
   ci = __shfl_sync(FULL_MASK, ci, 0);
 #endif
@@ -200,11 +200,26 @@ __device__ void write_plan(const EpArgs& a, const RecvTables& R, uint64_t own, i
 // directly, so a warp's loads wait on one load of the plan, and up to four rows' loads are in flight.
 // Sources are taken from this rank + 1 on (this rank last), so that the ranks write to different peers at
 // any moment instead of all to source 0 first. Every thread of the block calls it (R.pre: scratch).
-__device__ void combine_send_partials(const EpArgs& a, uint64_t slot, RecvTables& R) {
+// The pack's carrier count of source (rank + 1 + i) % W for i = threadIdx.x + u * blockDim.x (0 past W):
+// loaded by ep_combine_send with its first loads. Needs W <= 4 * blockDim.
+__device__ __forceinline__ void load_plan_counts(const EpArgs& a, uint32_t (&counts)[4]) {
+  host_requires(a.world <= 4 * (int)blockDim.x, "load_plan_counts: W <= 4 * blockDim");
+#pragma unroll
+  for (int u = 0; u < 4; ++u) {
+    const int i = threadIdx.x + u * blockDim.x;
+    counts[u] = i < a.world ? plan_counts(a)[(a.rank + 1 + i) % a.world] : 0u;
+  }
+}
+
+__device__ void combine_send_partials(const EpArgs& a, uint64_t slot, RecvTables& R, const uint32_t (&counts)[4]) {
   const int K = a.topk, W = a.world;
   const int lane = threadIdx.x & 31;
   // R.pre[i]: where the carriers of source (rank + 1 + i) % W start in the order this rank sends them
-  for (int i = threadIdx.x; i < W; i += blockDim.x) R.pre[i] = (int)plan_counts(a)[(a.rank + 1 + i) % W];
+#pragma unroll
+  for (int u = 0; u < 4; ++u) {
+    const int i = threadIdx.x + u * blockDim.x;
+    if (i < W) R.pre[i] = (int)counts[u];
+  }
   block_exclusive_scan(R.pre, W, R.scratch);
   const uint32_t carriers = (uint32_t)R.pre[W];
   const int warpsPerBlock = blockDim.x >> 5;
@@ -233,6 +248,10 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t slot, RecvTables
     }
     if (lane < 2) head = __ldg((const int*)plan + lane);
     const int s = __shfl_sync(FULL_MASK, head, 0), back = __shfl_sync(FULL_MASK, head, 1);
+#ifndef EP_SERIAL_FIRST_LOADS
+    // the source's heap: its load overlaps the rows' instead of following the sum
+    char* dst = (char*)(__ldg(peer + s) + a.combineRecvOff + slot * a.combineRecvSlot) + (uint64_t)back * rowBytes;
+#endif
     const uint64_t src = rj >= 0 ? (uint64_t)expertOut + (uint64_t)rj * rowBytes : 0u;
     const uint64_t base = (uint64_t)seg * SEG;
     float acc[SEG_VECS][8];
@@ -275,7 +294,9 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t slot, RecvTables
         }
       }
     }
+#ifdef EP_SERIAL_FIRST_LOADS  // (bench A/B only: as before v11)
     char* dst = (char*)(__ldg(peer + s) + a.combineRecvOff + slot * a.combineRecvSlot) + (uint64_t)back * rowBytes;
+#endif
 #pragma unroll
     for (int u = 0; u < SEG_VECS; ++u) {
       const uint64_t off = base + (uint64_t)(u * 32 + lane) * 16u;

@@ -24,7 +24,7 @@ export interface ScenarioTask {
   culprit?: number;
   /** The dispatch path the groups ask for (errors: the refusals reach peers through either protocol). */
   dispatchPath?: 'staged' | 'direct';
-  /** Hosts the ranks span (errors: refusals reach other hosts through the rail peers). */
+  /** Hosts the ranks span (refusals and failures reach other hosts through the rail peers). */
   nodes?: number;
 }
 
@@ -299,7 +299,7 @@ async function dedupWeightSteps(task: ScenarioTask, rank: number): Promise<Obser
 }
 
 async function silentOrThrowing(task: ScenarioTask, rank: number): Promise<Observation[]> {
-  const kase = small(task.world);
+  const kase = small(task.world, task.nodes ? { nodes: task.nodes } : {});
   const { g, cfg } = await openGroup(task, kase);
   if (rank === task.culprit) {
     if (task.scenario === 'throwing-rank') throw new Error(`rank ${rank} fails on purpose before dispatch`);

@@ -320,47 +320,60 @@ export function conformanceSuite(transport: 'cpu' | 'cuda', skip: string | false
       });
     }
 
-    it('a rank that never calls dispatch: the others throw PeerTimeoutError naming it, within the timeout', async () => {
-      const world = 3;
-      const timeoutMs = 1500;
-      const t0 = performance.now();
-      const settled = await scenario(transport, { scenario: 'silent-rank', world, timeoutMs, culprit: 2 });
-      for (const r of [0, 1]) {
-        const s = settled[r];
-        assert.ok(s.report?.ok, `rank ${r}: ${JSON.stringify(s.report ?? s.died)}`);
-        const o = s.report.result[0];
-        assert.equal(o.code, 'MOE_PEER_TIMEOUT');
-        assert.equal(o.name, 'PeerTimeoutError');
-        assert.equal(o.details?.peer, 2);
-        assert.equal(o.details?.callCount, 1);
-        assert.match(o.message ?? '', /rank 2 did not signal its dispatch rows for call 1/);
-        assert.ok(
-          (o.ms ?? 0) >= timeoutMs * 0.9 && (o.ms ?? 0) < timeoutMs + 3000,
-          `timed out after ${o.ms} ms`,
-        );
-      }
-      assert.ok(settled[2].report?.ok);
-      assert.ok(performance.now() - t0 < timeoutMs * 3 + 15_000);
-    });
-
-    it('a rank that throws: the others fail at once with PeerFailedError naming it', async () => {
-      const world = 3;
-      const settled = await scenario(transport, {
-        scenario: 'throwing-rank',
-        world,
-        timeoutMs: 20_000,
-        culprit: 1,
+    // (between hosts: cpu only so far; rank 2 is then host 1's first rank, the rail peer of rank 0)
+    for (const [world, nodes] of transport === 'cpu'
+      ? [
+          [3, 1],
+          [4, 2],
+        ]
+      : [[3, 1]]) {
+      it(`a rank that never calls dispatch: the others throw PeerTimeoutError naming it, within the timeout (W = ${world}${nodes > 1 ? `, ${nodes} hosts` : ''})`, async () => {
+        const timeoutMs = 1500;
+        const t0 = performance.now();
+        const settled = await scenario(transport, {
+          scenario: 'silent-rank',
+          world,
+          timeoutMs,
+          culprit: 2,
+          nodes,
+        });
+        for (const r of [0, 1, 3].filter((x) => x < world)) {
+          const s = settled[r];
+          assert.ok(s.report?.ok, `rank ${r}: ${JSON.stringify(s.report ?? s.died)}`);
+          const o = s.report.result[0];
+          assert.equal(o.code, 'MOE_PEER_TIMEOUT');
+          assert.equal(o.name, 'PeerTimeoutError');
+          assert.equal(o.details?.peer, 2);
+          assert.equal(o.details?.callCount, 1);
+          assert.match(o.message ?? '', /rank 2 did not signal its dispatch rows for call 1/);
+          assert.ok(
+            (o.ms ?? 0) >= timeoutMs * 0.9 && (o.ms ?? 0) < timeoutMs + 3000,
+            `timed out after ${o.ms} ms`,
+          );
+        }
+        assert.ok(settled[2].report?.ok);
+        assert.ok(performance.now() - t0 < timeoutMs * 3 + 15_000);
       });
-      assert.equal(settled[1].report?.ok, false);
-      for (const r of [0, 2]) {
-        const s = settled[r];
-        assert.ok(s.report?.ok, `rank ${r}: ${JSON.stringify(s.report ?? s.died)}`);
-        const o = s.report.result[0];
-        assert.equal(o.code, 'MOE_PEER_FAILED', o.message);
-        assert.equal(o.details?.peer, 1);
-        assert.match(o.message ?? '', /rank 1 (failed|exited|abandoned)/);
-        assert.ok((o.ms ?? 0) < 10_000, `took ${o.ms} ms: the failure must not wait for the timeout`);
-      }
-    });
+
+      it(`a rank that throws: the others fail at once with PeerFailedError naming it (W = ${world}${nodes > 1 ? `, ${nodes} hosts` : ''})`, async () => {
+        const settled = await scenario(transport, {
+          scenario: 'throwing-rank',
+          world,
+          timeoutMs: 20_000,
+          culprit: 1,
+          nodes,
+        });
+        assert.equal(settled[1].report?.ok, false);
+        for (const r of [0, 2, 3].filter((x) => x < world)) {
+          const s = settled[r];
+          assert.ok(s.report?.ok, `rank ${r}: ${JSON.stringify(s.report ?? s.died)}`);
+          const o = s.report.result[0];
+          assert.equal(o.code, 'MOE_PEER_FAILED', o.message);
+          assert.equal(o.details?.peer, 1);
+          assert.match(o.message ?? '', /rank 1 (failed|exited|abandoned)/);
+          assert.ok((o.ms ?? 0) < 10_000, `took ${o.ms} ms: the failure must not wait for the timeout`);
+        }
+      });
+    }
   });
 }

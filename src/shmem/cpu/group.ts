@@ -132,8 +132,15 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     const slot = call & 1;
     const deadline = performance.now() + this.timeoutMs;
     const phase = region === 'combineSignal' ? 'combine' : 'dispatch';
-    for (let s = 0; s < this.config.world; s++) {
-      const peer = (this.rank + s) % this.config.world;
+    // this host's ranks first: a rank on another host signals through one of them (its rail peer here),
+    // so a silent rail peer is named as itself, not as the rank whose rows it did not pass on
+    const W = this.config.world;
+    const order = Array.from({ length: W }, (_, s) => (this.rank + s) % W);
+    if (this.config.nodes > 1) {
+      const here = sameHost(this.heap);
+      order.sort((a, b) => Number(!here(a)) - Number(!here(b))); // (stable: rank order within each)
+    }
+    for (const peer of order) {
       let r: string;
       try {
         r = this.shmem.waitUntil(signalOffset(this.layout[region], slot, peer), BigInt(call), deadline, {

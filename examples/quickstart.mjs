@@ -31,7 +31,7 @@ console.log('expertX', expertX.dtype, expertX.shape, 'scales', expertScales?.sha
 // Your experts go here: row r of expertOut is the output for row r of expertX (bf16); expert e's rows
 // are rows expertOffsets[e] .. + expertCounts[e]. This one returns zeros; a real model runs a grouped
 // GEMM with those offsets over expertX (dequantised with expertScales).
-const expertOut = hostTensor('bf16', [expertX.shape[0], H]);
+const expertOut = hostTensor('bf16', [...expertX.shape.slice(0, -1), H]); // (expertX's rows, H each: either layout)
 const y = group.combine(expertOut, handle); // bf16 [T, H]: sum over j of weight[t][j] * out[t][j]
 console.log('y', y.dtype, y.shape);
 await group.close();

@@ -77,7 +77,7 @@ struct EpArgs {
   int32_t splitsPerPeer;   // EPR + 1: the stride of recvSplits
   int32_t hostAbort;       // 1: the host rejected this call's input: send no data, signal aborts to every peer
   int64_t timeoutNs;       // a wait gives up after this long (globaltimer), writing EP_ERR_TIMEOUT_*
-  // symmetric heap layout (bytes from a heap base; see computeDirectLayout in src/ep/layout.ts).
+  // symmetric heap layout (bytes from a heap base; see computeLayout in src/ep/layout.ts).
   // Regions with a Slot stride are [2 slots]; expertX and expertScales have one copy.
   uint64_t countSignalOff, countSignalSlot;        // u64 [2][W]: counts from src arrived
   uint64_t dispatchSignalOff, dispatchSignalSlot;  // u64 [2][W]: rows from src landed

@@ -15,7 +15,8 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
   const uint32_t code0 = read_err_code(st);  // (issued with the load above: one round trip)
   uint32_t counts[4];                        // dedup: the pack's carriers per source, loaded with them
 #ifndef EP_SERIAL_FIRST_LOADS
-  if (a.dedup) load_plan_counts(a, counts);
+  // (not for a host abort: that launch may have a small block, and sends nothing)
+  if (a.dedup && host_abort(a) == 0) load_plan_counts(a, counts);
 #endif
   const uint64_t slot = call & 1u;
   if (host_abort(a) != 0 && blockIdx.x == 0 && threadIdx.x == 0) mark_host_abort(a);

@@ -300,6 +300,10 @@ struct InBlockDests {
       __syncthreads();
       if (prefix) {
         count_experts(a, S);
+        // one rank's packed experts: an expert over capacity stores nothing, so it takes no rows from the
+        // next ones' starts (a failing call stores no row past the end either)
+        if (!Staged)
+          for (int e = threadIdx.x; e < a.numExperts; e += blockDim.x) S.hist[e] = min(S.hist[e], a.expertCapacity);
         block_exclusive_scan(S.hist, a.numExperts, S.scratch);
       }
       state = host_abort(a) == 0 ? 1 : 0;
@@ -347,6 +351,7 @@ struct InBlockDests {
       if (!Staged) {
         int r = -1;
         if (mine && S.before[j] + S.from[j] <= a.expertCapacity) r = (int)expert_start(a, e, a.packedExperts ? S.hist[e] : 0) + S.before[j];
+        if ((uint64_t)r >= expert_rows(a)) r = -1;  // (a call over maxRowsPerPeer fails: its rows stay inside expertX)
         if (firstChunk && j < K) ((int*)a.pairDest)[t0 + j] = r;
         valid = r >= 0;
         row = S.base + a.expertXOff + (uint64_t)r * a.dispatchRowBytes;

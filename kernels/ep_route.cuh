@@ -227,7 +227,7 @@ extern "C" __global__ void __launch_bounds__(EP_ROUTE_THREADS, 1) ep_route(const
     for (int e = tid; e < E; e += B) {
       int total = 0;
       for (int s = 0; s < W; ++s) total += rowsFrom(s, e);
-      sStart[e] = total;
+      sStart[e] = min(total, a.expertCapacity);  // (an expert over capacity stores nothing: no row past the end)
     }
     block_exclusive_scan(sStart, E, sScratch);
   }

@@ -219,4 +219,11 @@ __device__ __forceinline__ uint64_t expert_start(const EpArgs& a, int le, int ro
   return a.packedExperts ? (uint64_t)rowsBefore : (uint64_t)le * (uint64_t)a.expertCapacity;
 }
 
+// Rows of expertX (src/ep/config.ts expertRows): padded, EPR * expertCapacity; packed, what can arrive.
+__device__ __forceinline__ uint64_t expert_rows(const EpArgs& a) {
+  const uint64_t padded = (uint64_t)a.expertsPerRank * (uint64_t)a.expertCapacity;
+  const uint64_t arrive = (uint64_t)a.world * (uint64_t)a.maxRowsPerPeer;
+  return a.packedExperts && arrive < padded ? arrive : padded;
+}
+
 }  // namespace

@@ -39,3 +39,45 @@ test('cpu group: upload and download pass host tensors through, the timer counts
   await group.close();
   assert.throws(() => group.synchronize(), { code: 'MOE_CLOSED' });
 });
+
+test('cpu group: combine depends on nothing the caller can touch in the dispatch outputs (poisoned offsets and counts)', async () => {
+  for (const expertLayout of ['packed', 'padded'] as const) {
+    const cfg = resolveConfig({
+      world: 1,
+      numExperts: 4,
+      hidden: 8,
+      topk: 2,
+      maxTokensPerRank: 3,
+      fp8: false,
+      expertLayout,
+    });
+    const layout = computeLayout(cfg, stagedRowsFor(cfg));
+    const group = new HostEpGroup(
+      cfg,
+      layout,
+      new CpuTransport(0, 1, [new SharedArrayBuffer(layout.totalBytes)], null),
+      1000,
+    );
+    const x = hostTensor(
+      'bf16',
+      [3, 8],
+      Uint16Array.from({ length: 24 }, (_, i) => 0x3f80 + i),
+    );
+    const idx = hostTensor('i32', [3, 2], Int32Array.of(0, 2, 1, 2, 3, 0));
+    const w = hostTensor('f32', [3, 2], Float32Array.of(0.5, 0.25, 1, 2, 0.75, 0.125));
+    const combineOnce = (poison: boolean) => {
+      const r = group.dispatch(x, idx, { topkWeights: w });
+      // the experts' outputs: their rows as received (same bits), read through the offsets before poisoning
+      const out = hostTensor('bf16', r.expertX.shape, (r.expertX.data as Uint16Array).slice());
+      if (poison) group.poisonOutputs(0x7f);
+      return [...(group.combine(out, r.handle).data as Uint16Array)];
+    };
+    const clean = combineOnce(false);
+    assert.ok(
+      clean.some((v) => v !== 0),
+      expertLayout,
+    );
+    assert.deepEqual(combineOnce(true), clean, `${expertLayout}: the same y after the outputs were poisoned`);
+    await group.close();
+  }
+});

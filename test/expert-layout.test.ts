@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
+import { runScriptOnRanks, siblingModule } from '../src/cli/ranks.js';
 import { resolveConfig } from '../src/ep/config.js';
 import { expertOffsetsOf, expertShape } from '../src/ep/expert-layout.js';
+import type { OverflowTask } from './helpers/overflow-rank.js';
 
 describe('expert layout: where each local expert rows start', () => {
   const base = { world: 2, numExperts: 8, hidden: 16, topk: 2, maxTokensPerRank: 5, fp8: false };
@@ -23,4 +25,24 @@ describe('expert layout: where each local expert rows start', () => {
     assert.deepEqual(expertShape(cfg, 16), [4, 10, 16]);
     assert.equal(cfg.expertRows, 40);
   });
+});
+
+describe('packed layout: an expert over capacity', () => {
+  for (const dispatchPath of ['direct', 'staged'] as const) {
+    test(`fails the call with CapacityError on its owner, and stores no row past expertX (${dispatchPath})`, async () => {
+      const script = siblingModule(import.meta.url, 'helpers/overflow-rank');
+      const task: OverflowTask = { dispatchPath };
+      const out = await runScriptOnRanks<string[]>('cpu', 2, script, task);
+      for (const [rank, calls] of out.entries()) {
+        assert.equal(calls.length, 2);
+        for (const c of calls)
+          assert.match(
+            c,
+            /^(CapacityError: expert \d received \d+ rows but maxRowsPerExpert is 4|PeerFailedError)/,
+            `rank ${rank}: ${c}`,
+          );
+      }
+      assert.ok(out.flat().some((c) => c.startsWith('CapacityError: expert 0 received 16 rows')));
+    });
+  }
 });

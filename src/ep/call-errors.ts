@@ -96,11 +96,14 @@ export function peerTimeoutError(
   phase: Phase,
   slot: number,
   callCount: number,
+  /** Between hosts: the rank that passes `peer`'s signal on (its rail peer), which may be the silent one. */
+  via?: number,
 ): PeerTimeoutError {
+  const through = via === undefined ? '' : ` through rank ${via}, which passes them on`;
   return new PeerTimeoutError(
-    `rank ${peer} did not signal its ${phase} rows for call ${callCount} (slot ${slot}) within the timeout; ` +
-      'is that rank running and making the same calls?',
-    { peer, slot, callCount, phase },
+    `rank ${peer} did not signal its ${phase} rows for call ${callCount} (slot ${slot})${through} within the timeout; ` +
+      `is ${via === undefined ? 'that rank' : 'each of them'} running and making the same calls?`,
+    via === undefined ? { peer, slot, callCount, phase } : { peer, slot, callCount, phase, via },
   );
 }
 

@@ -15,6 +15,8 @@ export interface WaitSubject {
   slot: number;
   callCount: number;
   phase: 'dispatch' | 'combine';
+  /** The rank that passes `peer`'s signal on (between hosts: its rail peer), watched for failure too. */
+  via?: number;
 }
 
 export type WaitResult = 'arrived' | 'aborted';

@@ -16,7 +16,7 @@ import { hostTensor } from '../../src/ep/tensor.js';
 import { type ErrorDetails, errorToWire } from '../../src/errors.js';
 
 export interface ScenarioTask {
-  scenario: 'errors' | 'dedup-weights' | 'silent-rank' | 'throwing-rank';
+  scenario: 'errors' | 'dedup-weights' | 'silent-rank' | 'throwing-rank' | 'refuses-twice';
   transport: 'cpu' | 'cuda';
   world: number;
   timeoutMs: number;
@@ -298,6 +298,50 @@ async function dedupWeightSteps(task: ScenarioTask, rank: number): Promise<Obser
   return obs;
 }
 
+/**
+ * The last rank refuses two dispatches in a row with a small batch while its peers take a large one (so
+ * they are still in the first call when it refuses the second): every rank fails both calls naming the
+ * right rank within the timeout, then the third call is correct everywhere.
+ */
+async function refusesTwice(task: ScenarioTask, rank: number): Promise<Observation[]> {
+  const culprit = task.world - 1;
+  const base = small(task.world, task.nodes ? { nodes: task.nodes } : {});
+  const kase: VerifyCase = {
+    ...base,
+    config: { ...base.config, maxTokensPerRank: 256, hidden: 2048, fp8: false },
+  };
+  const { g, cfg } = await openGroup(task, kase);
+  const obs: Observation[] = [];
+  const T = rank === culprit ? 1 : 256;
+  // the peers come late to the first call, so that the culprit would be two calls ahead of them
+  if (rank !== culprit) await new Promise((r) => setTimeout(r, 300));
+  for (const step of ['first refusal', 'second refusal']) {
+    const idx =
+      rank === culprit
+        ? hostTensor('i32', [T, cfg.topk + 1])
+        : goodIds(T, cfg.topk, task.world, cfg.expertsPerRank);
+    obs.push(
+      await observe(step, () => {
+        const d = g.dispatch(io.upload(g, hostTensor('bf16', [T, cfg.hidden])), io.upload(g, idx), {
+          topkWeights: io.upload(g, hostTensor('f32', [T, cfg.topk])),
+        });
+        g.combine(io.upload(g, hostTensor('bf16', expertShape(cfg, cfg.hidden))), d.handle);
+      }),
+    );
+  }
+  const mismatch = verifyCall(g, cfg, { ...kase, tokens: 8 }, 0, rank, io);
+  obs.push({ step: 'correct call after', code: 'ok', mismatch });
+  await g.close();
+  return obs;
+}
+
+/** T tokens, each of its k slots on a distinct expert, spread over the ranks. */
+function goodIds(T: number, k: number, world: number, epr: number) {
+  const idx = new Int32Array(T * k);
+  for (let i = 0; i < idx.length; i++) idx[i] = (i % k) + (Math.floor(i / k) % world) * epr;
+  return hostTensor('i32', [T, k], idx);
+}
+
 async function silentOrThrowing(task: ScenarioTask, rank: number): Promise<Observation[]> {
   const kase = small(task.world, task.nodes ? { nodes: task.nodes } : {});
   const { g, cfg } = await openGroup(task, kase);
@@ -318,5 +362,6 @@ async function silentOrThrowing(task: ScenarioTask, rank: number): Promise<Obser
 await rankMain<ScenarioTask, Observation[]>((task, rank) => {
   if (task.scenario === 'errors') return errorSteps(task, rank);
   if (task.scenario === 'dedup-weights') return dedupWeightSteps(task, rank);
+  if (task.scenario === 'refuses-twice') return refusesTwice(task, rank);
   return silentOrThrowing(task, rank);
 });

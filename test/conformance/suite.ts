@@ -320,6 +320,37 @@ export function conformanceSuite(transport: 'cpu' | 'cuda', skip: string | false
       });
     }
 
+    for (const [world, nodes] of transport === 'cpu'
+      ? [
+          [3, 1],
+          [4, 2],
+        ]
+      : [[3, 1]]) {
+      it(`a rank that refuses two dispatches in a row does not run ahead of slower peers (W = ${world}${nodes > 1 ? `, ${nodes} hosts` : ''})`, async () => {
+        const settled = await scenario(transport, {
+          scenario: 'refuses-twice',
+          world,
+          timeoutMs: 10_000,
+          nodes,
+        });
+        const all = settled.map((s, r) => `rank ${r}: ${JSON.stringify(s.report ?? s.died)}`).join('\n');
+        for (const [rank, s] of settled.entries()) {
+          assert.ok(s.report?.ok, all);
+          const obs = s.report.result;
+          for (const name of ['first refusal', 'second refusal']) {
+            const o = step(obs, name);
+            if (rank === world - 1) assert.equal(o.code, 'MOE_SHAPE', `${name}: ${o.message}`);
+            else {
+              assert.equal(o.code, 'MOE_PEER_FAILED', `rank ${rank} ${name}: ${o.message}`);
+              assert.equal(o.details?.peer, world - 1);
+              assert.ok((o.ms ?? 0) < 5000, `rank ${rank} ${name}: ${o.ms} ms`);
+            }
+          }
+          assert.equal(step(obs, 'correct call after').mismatch, undefined, `rank ${rank}`);
+        }
+      });
+    }
+
     // (between hosts: cpu only so far; rank 2 is then host 1's first rank, the rail peer of rank 0)
     for (const [world, nodes] of transport === 'cpu'
       ? [

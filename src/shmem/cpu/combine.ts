@@ -39,7 +39,7 @@ export function sendRows(h: RankHeap, st: CombineState, out: Uint16Array, call: 
     let row = st.splits[s * spp + epr]; // m_st
     for (let e = 0; e < epr; e++) {
       const count = st.splits[s * spp + e];
-      const from = (h.expertOffsets[e] + expertBase[e]) * rowBytes;
+      const from = (h.rowStarts[e] + expertBase[e]) * rowBytes;
       const rows = outBytes.subarray(from, from + count * rowBytes);
       const off = to.rowOffset(row);
       if (peer) peer.set(rows, off);
@@ -74,7 +74,7 @@ export function sendPartials(h: RankHeap, st: CombineState, out: Uint16Array, ca
     let count = 0;
     for (let e = 0; e < epr; e++) {
       const n = st.splits[s * spp + e];
-      for (let i = 0; i < n; i++) packed[count++] = h.expertOffsets[e] + expertBase[e] + i;
+      for (let i = 0; i < n; i++) packed[count++] = h.rowStarts[e] + expertBase[e] + i;
       expertBase[e] += n;
     }
     const carrier = h.carrierBlock(st.slot, s, st.splits);

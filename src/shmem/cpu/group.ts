@@ -20,8 +20,11 @@ import { type CombineState, reduce, reduceDedup, sendPartials, sendRows } from '
 import {
   forwardRailCombine,
   forwardRailMessages,
+  hostOf,
+  localOf,
   type RowsBack,
   railAbort,
+  rankAt,
   sameHost,
   sendRailMessages,
 } from './rail.js';
@@ -85,23 +88,29 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     checkUsable(this.closed, this.broken);
   }
 
-  /** Tells every peer that this rank abandons call `call` (its input was invalid), so none waits for it. */
+  /**
+   * Tells every peer that this rank abandons call `call` (its input was invalid), so none waits for it.
+   * A dispatch abandoned here still waits for every peer's signal of the call (arrived or aborted): a
+   * rank that refused several calls in a row would otherwise run ahead, and its signal of call n + 2
+   * would overwrite the one of call n that a peer may not have read yet. (Best effort: a peer that does
+   * not come leaves the group broken, and the caller gets the error that made this rank abandon.)
+   */
   private abort(region: SignalRegion, call: number): void {
-    if (this.config.nodes > 1 && region !== 'countSignal') {
-      const dispatch = region === 'dispatchSignal';
-      railAbort(this.heap, dispatch ? 'dispatch' : 'combine', call);
-      // as rail peer, still pass on what others send through this rank (best effort: a peer that does
-      // not come leaves the group broken, and the caller gets the error that made this rank abandon)
-      try {
+    try {
+      if (this.config.nodes > 1 && region !== 'countSignal') {
+        const dispatch = region === 'dispatchSignal';
+        railAbort(this.heap, dispatch ? 'dispatch' : 'combine', call);
+        // as rail peer, still pass on what others send through this rank
         if (dispatch) this.railRows = forwardRailMessages(this.heap, call & 1, call, this.waitOne);
         else if (this.railRows) forwardRailCombine(this.heap, call & 1, call, this.railRows, this.waitOne);
-      } catch {
-        // (waitOne marked the group broken)
+      } else {
+        const off = signalOffset(this.layout[region], call & 1, this.rank);
+        for (let d = 0; d < this.config.world; d++) this.shmem.signal(d, off, BigInt(call) | ABORT_BIT);
       }
-      return;
+      if (region !== 'combineSignal') this.waitAll(region, call, { settled: true });
+    } catch {
+      // (the wait marked the group broken)
     }
-    const off = signalOffset(this.layout[region], call & 1, this.rank);
-    for (let d = 0; d < this.config.world; d++) this.shmem.signal(d, off, BigInt(call) | ABORT_BIT);
   }
 
   /** Waits for one signal word of this rank to reach `call`; true when it came with the abort bit. */
@@ -127,8 +136,16 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     }
   };
 
+  /** The rank that passes a signal of rank `peer` (on another host) on to this rank (rail.ts). */
+  private relayOf(peer: number, phase: 'dispatch' | 'combine'): number {
+    const h = this.heap;
+    return phase === 'dispatch'
+      ? rankAt(h, hostOf(h, h.rank), localOf(h, peer)) // peer's rail peer on this host
+      : rankAt(h, hostOf(h, peer), localOf(h, h.rank)); // this rank's rail peer on peer's host
+  }
+
   /** Waits for every peer's signal of this call; an abort from a peer becomes PeerFailedError. */
-  private waitAll(region: SignalRegion, call: number): void {
+  private waitAll(region: SignalRegion, call: number, opts: { settled?: boolean } = {}): void {
     const slot = call & 1;
     const deadline = performance.now() + this.timeoutMs;
     const phase = region === 'combineSignal' ? 'combine' : 'dispatch';
@@ -142,18 +159,22 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     }
     for (const peer of order) {
       let r: string;
+      // between hosts, a rank on another host signals through a rail peer: on this host in dispatch, on
+      // its own host in combine
+      const via = this.config.nodes > 1 && !sameHost(this.heap)(peer) ? this.relayOf(peer, phase) : undefined;
       try {
         r = this.shmem.waitUntil(signalOffset(this.layout[region], slot, peer), BigInt(call), deadline, {
           peer,
           slot,
           callCount: call,
           phase,
+          ...(via === undefined ? {} : { via }),
         });
       } catch (err) {
         this.broken = err as MoeA2aError;
         throw err;
       }
-      if (r === 'aborted') {
+      if (r === 'aborted' && !opts.settled) {
         throw peerAbortedError(peer, phase, call);
       }
     }

@@ -66,9 +66,18 @@ export class CpuTransport implements SymmetricTransport {
           `its ${subject.phase} signal (slot ${subject.slot}, call ${subject.callCount})`,
         );
       }
+      const via = subject.via;
+      const relay = via === undefined ? RANK_RUNNING : (this.control?.status(via) ?? RANK_RUNNING);
+      if (via !== undefined && relay !== RANK_RUNNING) {
+        throw goneError(
+          via,
+          relay,
+          `rank ${subject.peer}'s ${subject.phase} signal, which it passes on (slot ${subject.slot}, call ${subject.callCount})`,
+        );
+      }
       const left = deadline - performance.now();
       if (left <= 0) {
-        throw peerTimeoutError(subject.peer, subject.phase, subject.slot, subject.callCount);
+        throw peerTimeoutError(subject.peer, subject.phase, subject.slot, subject.callCount, via);
       }
       Atomics.wait(w, i, v, Math.min(left, WAIT_SLICE_MS));
     }

@@ -22,8 +22,10 @@ export class RankHeap {
   readonly expertX: Uint8Array;
   readonly expertScales: Float32Array | null;
   readonly expertCounts: Int32Array;
-  /** Where each local expert's rows start in expertX (src/ep/expert-layout.ts); combine reads them too. */
+  /** Where each local expert's rows start in expertX (src/ep/expert-layout.ts): the output. */
   readonly expertOffsets: Int32Array;
+  /** The same, for combine: a copy the caller cannot touch (poisonOutputs, or a caller writing the output). */
+  readonly rowStarts: Int32Array;
   /** FP8: each token quantised once per call, then copied to each destination that wants it. */
   readonly quantRows: Uint8Array;
   readonly quantScales: Float32Array;
@@ -45,6 +47,7 @@ export class RankHeap {
     this.expertScales = c.fp8 ? new Float32Array(local.buffer, scalesAt, rows * c.groupsPerRow) : null;
     this.expertCounts = new Int32Array(c.expertsPerRank);
     this.expertOffsets = new Int32Array(c.expertsPerRank);
+    this.rowStarts = new Int32Array(c.expertsPerRank);
     this.quantRows = new Uint8Array(c.fp8 ? c.maxTokensPerRank * c.hidden : 0);
     this.quantScales = new Float32Array(c.fp8 ? c.maxTokensPerRank * c.groupsPerRow : 0);
     this.i32 = new Int32Array(local.buffer, local.byteOffset, local.byteLength / 4);
@@ -99,7 +102,8 @@ export class RankHeap {
     this.expertCounts.fill(0);
     for (let s = 0; s < c.world; s++)
       for (let e = 0; e < c.expertsPerRank; e++) this.expertCounts[e] += splits[s * spp + e];
-    this.expertOffsets.set(expertOffsetsOf(c, this.expertCounts));
+    this.rowStarts.set(expertOffsetsOf(c, this.expertCounts));
+    this.expertOffsets.set(this.rowStarts);
   }
 
   /** The dispatch outputs as tensors over the group's own buffers. */

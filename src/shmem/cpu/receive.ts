@@ -10,7 +10,7 @@ import type { RankHeap } from './rank-heap.js';
 
 /**
  * Source-major stage -> expert-major output: rows of (expert e, source s) after those of sources < s,
- * from the expert's start (h.expertOffsets, set from the same splits). With dedup each row is copied
+ * from the expert's start (h.rowStarts, set from the same splits). With dedup each row is copied
  * from its carrier (the row that holds its token's data).
  */
 export function repack(h: RankHeap, slot: number, splits: Int32Array): void {
@@ -23,7 +23,7 @@ export function repack(h: RankHeap, slot: number, splits: Int32Array): void {
     let row = 0;
     for (let e = 0; e < epr; e++) {
       const n = splits[s * spp + e];
-      const dstRow = h.expertOffsets[e] + filled[e];
+      const dstRow = h.rowStarts[e] + filled[e];
       if (!carrier) h.copyRows(slot, s, row, dstRow, n);
       else for (let i = 0; i < n; i++) h.copyRows(slot, s, carrier[row + i], dstRow + i, 1);
       filled[e] += n;
@@ -48,7 +48,7 @@ export function viewFromExpertX(h: RankHeap, splits: Int32Array): SourceMajorRec
     let m = 0;
     for (let e = 0; e < epr; e++) {
       const n = splits[s * spp + e];
-      const from = h.expertOffsets[e] + base[e];
+      const from = h.rowStarts[e] + base[e];
       bytes.set(h.expertX.subarray(from * rb, (from + n) * rb), (s * M + m) * rb);
       if (scaleData && h.expertScales)
         scaleData.set(h.expertScales.subarray(from * G, (from + n) * G), (s * M + m) * G);

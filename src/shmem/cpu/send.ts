@@ -158,9 +158,11 @@ export function sendDirect(
       total[e] += counts[s * E + e];
     }
   }
-  // where each expert's rows start in its owner's expertX
+  // where each expert's rows start in its owner's expertX (an expert over capacity stores nothing and takes
+  // no rows from the next ones: a call that fails stores no row past the end)
   const start = new Int32Array(E);
-  for (let d = 0; d < W; d++) start.set(expertOffsetsOf(c, total.subarray(d * epr, (d + 1) * epr)), d * epr);
+  const stored = total.map((n) => Math.min(n, cap));
+  for (let d = 0; d < W; d++) start.set(expertOffsetsOf(c, stored.subarray(d * epr, (d + 1) * epr)), d * epr);
   for (let t = 0; t < T; t++) {
     const rowSrc = src.subarray(t * rowBytes, (t + 1) * rowBytes);
     const sc = c.fp8 ? scalesOf(h, t) : null;

@@ -8,14 +8,20 @@ import { hostTensor } from '../src/ep/tensor.js';
 import { HostEpGroup } from '../src/shmem/cpu/group.js';
 import { CpuTransport } from '../src/shmem/cpu/heap.js';
 
-test('cpu group: upload and download pass host tensors through, the timer counts, poison shows in the outputs', async () => {
-  const cfg = resolveConfig({ world: 1, numExperts: 4, hidden: 8, topk: 2, maxTokensPerRank: 2, fp8: false });
+/** A one-rank cpu group on its own heap, without worker threads. */
+function oneRankGroup(cfg: ReturnType<typeof resolveConfig>): HostEpGroup {
   const layout = computeLayout(cfg, stagedRowsFor(cfg));
-  const group = new HostEpGroup(
+  return new HostEpGroup(
     cfg,
     layout,
     new CpuTransport(0, 1, [new SharedArrayBuffer(layout.totalBytes)], null),
     1000,
+  );
+}
+
+test('cpu group: upload and download pass host tensors through, the timer counts, poison shows in the outputs', async () => {
+  const group = oneRankGroup(
+    resolveConfig({ world: 1, numExperts: 4, hidden: 8, topk: 2, maxTokensPerRank: 2, fp8: false }),
   );
   const x = hostTensor('bf16', [2, 8]);
   assert.equal(group.upload(x), x);
@@ -51,13 +57,7 @@ test('cpu group: combine depends on nothing the caller can touch in the dispatch
       fp8: false,
       expertLayout,
     });
-    const layout = computeLayout(cfg, stagedRowsFor(cfg));
-    const group = new HostEpGroup(
-      cfg,
-      layout,
-      new CpuTransport(0, 1, [new SharedArrayBuffer(layout.totalBytes)], null),
-      1000,
-    );
+    const group = oneRankGroup(cfg);
     const x = hostTensor(
       'bf16',
       [3, 8],

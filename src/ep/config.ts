@@ -23,7 +23,7 @@ export interface EpConfigInput {
    */
   maxRowsPerPeer?: number;
   /**
-   * Rows per local expert in the expert-major output (expertX is [EPR, maxRowsPerExpert, H]). Default:
+   * Rows one local expert may receive (padded: its block in expertX, [EPR, maxRowsPerExpert, H]). Default:
    * world * min(maxTokensPerRank, maxRowsPerPeer), enough for any routing (a source sends an expert at
    * most one row per token). Large batches may set it lower to save memory; a dispatch that would give
    * one expert more rows throws CapacityError on the receiving rank.

@@ -115,12 +115,7 @@ async function errorSteps(task: ScenarioTask, rank: number): Promise<Observation
   const H = cfg.hidden;
   const k = cfg.topk;
   const goodX = () => io.upload(g, hostTensor('bf16', [T, H]));
-  const goodIdx = () => {
-    const idx = new Int32Array(T * k);
-    for (let i = 0; i < idx.length; i++)
-      idx[i] = (i % k) + (Math.floor(i / k) % task.world) * cfg.expertsPerRank;
-    return io.upload(g, hostTensor('i32', [T, k], idx));
-  };
+  const goodIdx = () => io.upload(g, goodIds(T, k, task.world, cfg.expertsPerRank));
   const w = () => io.upload(g, hostTensor('f32', [T, k], new Float32Array(T * k).fill(0.5)));
 
   // 1. rank 0 passes x with the wrong dtype; the others pass good input

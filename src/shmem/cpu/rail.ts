@@ -88,7 +88,7 @@ function buildMessage(
       if (d < 0 || hostOf(h, d) !== host) continue;
       tokenOf[t] = n;
       msg.set(src.subarray(t * rb, (t + 1) * rb), M.rows + n * rb);
-      if (c.fp8) msg.set(new Uint8Array(h.quantScales.buffer, t * gpr * 4, gpr * 4), M.scales + n * gpr * 4);
+      if (c.fp8) msg.set(h.tokenScales(t), M.scales + n * gpr * 4);
       n++;
     }
   }

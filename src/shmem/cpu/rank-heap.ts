@@ -54,6 +54,12 @@ export class RankHeap {
     this.f32 = new Float32Array(local.buffer, local.byteOffset, local.byteLength / 4);
   }
 
+  /** Bytes of token t's scales in quantScales (FP8 only). */
+  tokenScales(t: number): Uint8Array {
+    const G = this.config.groupsPerRow;
+    return new Uint8Array(this.quantScales.buffer, t * G * 4, G * 4);
+  }
+
   /** Every peer's heap as this process maps it (null where the transport only puts). */
   peers(): (Uint8Array | null)[] {
     return Array.from({ length: this.config.world }, (_, d) => this.shmem.mapped(d));

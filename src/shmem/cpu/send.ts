@@ -30,12 +30,6 @@ export interface SendInput {
 
 const all = (_d: number) => true;
 
-/** Bytes of token t's scales in h.quantScales (FP8 only). */
-function scalesOf(h: RankHeap, t: number): Uint8Array {
-  const G = h.config.groupsPerRow;
-  return new Uint8Array(h.quantScales.buffer, t * G * 4, G * 4);
-}
-
 /** Staged send, without dedup: each row and its scales into its owner's stage, at its row for that owner. */
 export function sendStaged(h: RankHeap, { src, T, idx, plan, slot, peers, to = all }: SendInput): void {
   const c = h.config;
@@ -45,7 +39,7 @@ export function sendStaged(h: RankHeap, { src, T, idx, plan, slot, peers, to = a
   // each of its destinations; the rows land at the same places as in the protocol's row order.
   for (let t = 0; t < T; t++) {
     const rowSrc = src.subarray(t * rowBytes, (t + 1) * rowBytes);
-    const sc = c.fp8 ? scalesOf(h, t) : null;
+    const sc = c.fp8 ? h.tokenScales(t) : null;
     for (let j = 0; j < k; j++) {
       const row = plan.pairRow[t * k + j];
       if (row < 0) continue;
@@ -108,7 +102,7 @@ export function sendDedup(
         }
       }
       put(d, stageRowOffset(h.layout, c, slot, h.rank, r0), src.subarray(t * rowBytes, (t + 1) * rowBytes));
-      if (c.fp8) put(d, stageScaleOffset(h.layout, c, slot, h.rank, r0), scalesOf(h, t));
+      if (c.fp8) put(d, stageScaleOffset(h.layout, c, slot, h.rank, r0), h.tokenScales(t));
       put(d, stageRecordOffset(h.layout, c, slot, h.rank, r0), recBytes);
     }
   }
@@ -165,7 +159,7 @@ export function sendDirect(
   for (let d = 0; d < W; d++) start.set(expertOffsetsOf(c, stored.subarray(d * epr, (d + 1) * epr)), d * epr);
   for (let t = 0; t < T; t++) {
     const rowSrc = src.subarray(t * rowBytes, (t + 1) * rowBytes);
-    const sc = c.fp8 ? scalesOf(h, t) : null;
+    const sc = c.fp8 ? h.tokenScales(t) : null;
     for (let j = 0; j < k; j++) {
       const p = t * k + j;
       const row = plan.pairRow[p];

@@ -1,7 +1,7 @@
 import { peerTimeoutError } from '../../ep/call-errors.js';
 import { PeerFailedError, PeerTimeoutError } from '../../errors.js';
 import { ABORT_BIT, type SymmetricTransport, type WaitResult, type WaitSubject } from '../transport.js';
-import { type ControlWords, RANK_EXITED, RANK_RUNNING } from './control.js';
+import { type ControlWords, RANK_EXITED, RANK_FAILED, RANK_RUNNING } from './control.js';
 
 /** How long one Atomics.wait sleeps before looking at the peers' status words again. */
 const WAIT_SLICE_MS = 20;
@@ -66,9 +66,11 @@ export class CpuTransport implements SymmetricTransport {
           `its ${subject.phase} signal (slot ${subject.slot}, call ${subject.callCount})`,
         );
       }
+      // a relay that failed (threw, died) is named at once; one that exited had already reported its own
+      // error (a peer it waited for did not come): naming it would blame the cascade, not the cause
       const via = subject.via;
       const relay = via === undefined ? RANK_RUNNING : (this.control?.status(via) ?? RANK_RUNNING);
-      if (via !== undefined && relay !== RANK_RUNNING) {
+      if (via !== undefined && relay === RANK_FAILED) {
         throw goneError(
           via,
           relay,

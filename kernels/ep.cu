@@ -16,6 +16,12 @@
 //     staged:  ep_stage_send -> ep_stage_pack [-> ep_recv_view]    (W > 1)
 //     local:   ep_dispatch_local [-> ep_recv_view]                 (W = 1 and T*k <= EP_LOCAL_MAX_PAIRS)
 //   combine:  [ep_combine_send ->] ep_combine_reduce
+//   between hosts (nodes > 1, staged only; kernels/ep_rail.cuh, the host's NCCL exchange in brackets):
+//     dispatch: ep_stage_send -> ep_rail_plan -> ep_rail_rows -> [NCCL] -> ep_rail_forward -> ep_stage_pack
+//     combine:  ep_combine_send -> ep_rail_combine -> [NCCL] -> ep_rail_land -> ep_combine_reduce
+//     Every rank runs both NCCL exchanges of every call, in this order (a dispatch that fails or is refused
+//     is followed by the combine's abort sequence: ep_combine_send with hostAbort, ep_rail_combine, NCCL,
+//     ep_rail_land), so that the sends and receives between hosts always pair up.
 // ep_recv_view runs only when the caller asks for the source-major receive buffer (viewX/viewScales set).
 // ep_combine_send moves rows between ranks only: with W = 1 the host may leave it out.
 // Programmatic dependent launch (sm_90): ep_dispatch, ep_stage_pack, ep_recv_view, ep_combine_send and
@@ -41,6 +47,9 @@
 //  ep_combine_send    block 256, grid 4 * SMs;  dynamic smem 0.  B <= 512.
 //  ep_combine_reduce  block B = roundup32(ceil(V / ceil(V / 256))) with V = H/8   (H = 7168 -> 224);
 //                     grid = min(8 * SMs, max(1, T * ceil(V / B)));  dynamic smem 0.  B <= 512.
+//  ep_rail_plan       grid = nodes, block 1024 (any multiple of 32 up to 1024).
+//  ep_rail_rows       block and grid as ep_dispatch.
+//  ep_rail_forward, ep_rail_combine, ep_rail_land: block 256, grid 4 * SMs (any grid).
 //  ep_barrier         grid 1, block 32 (any multiple of 32): every rank of the group, between calls only.
 //  ep_copy_bench      block 256, grid 8 * SMs (CopyArgs by value: dst, src, bytes).  B <= 1024.
 //  ep_floor_*         benchmark floors (FloorArgs by value), see section 8 (ep_bench.cuh).
@@ -136,3 +145,4 @@
 #include "ep_dispatch.cuh"  // 2. ep_dispatch, 2b-2d. ep_dispatch_local, ep_stage_send, ep_stage_pack, 3. ep_recv_view
 #include "ep_combine.cuh"   // 4. ep_combine_send, 5. ep_combine_reduce
 #include "ep_bench.cuh"     // 6. ep_copy_bench, 7. ep_barrier, 8. floors
+#include "ep_rail.cuh"      // 9-13. between hosts: ep_rail_plan, ep_rail_rows, ep_rail_forward, ep_rail_combine, ep_rail_land

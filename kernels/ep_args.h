@@ -55,7 +55,7 @@ struct EpState {
   uint64_t dispatchCalls;  // dispatches begun; the current call's call_count (1, 2, ...); slot = count & 1
   uint32_t doneBlocks[4];  // last-block-done counters: [0] dispatch, [2] combine send; reset by the last block
   uint64_t barrierCalls;   // ep_barrier calls on this rank (the value it signals)
-  uint32_t reserved0;
+  uint32_t ownAbort;       // 1: this rank's own input failed the current dispatch (ep_stage_send's tail; between hosts)
   uint32_t reserved1;
   EpError err;             // this call's first error (device copy; mirrored to errHost)
 };
@@ -125,4 +125,21 @@ struct EpArgs {
                               // the expertOut row (or -1) and the weight (ep_recv.cuh, plan_at)
   uint64_t expertOffsets;     // int32_t* [EPR]: where each local expert's rows start in expertX (written with expertCounts)
   uint64_t localBase;         // this rank's heap, = peerBases[rank] (a kernel's first loads need not wait for it)
+  // between hosts (nodes > 1; README, "Between hosts"; kernels/ep_rail.cuh). With nodes = 1 nothing below is read.
+  // peerBases[r] is 0 for a rank r on another host: nothing there is mapped.
+  int32_t nodes;              // hosts the ranks span; ranks h*G .. h*G + G - 1 are host h
+  int32_t ranksPerNode;       // G = world / nodes
+  uint64_t railOutboxOff, railOutboxSlot;              // bf16 [2][nodes][combineRows][H] (heap): rows for sources on other hosts
+  uint64_t railOutboxSignalOff, railOutboxSignalSlot;  // u64 [2][nodes][G] (heap): owner g's rows for host h are in
+  uint64_t railSend;          // u8* [nodes][railMsgBytes]: this rank's dispatch message to each other host (local)
+  uint64_t railRecv;          // u8* [nodes][railMsgBytes]: each other host's message to this rank (NCCL receives it)
+  uint64_t railTokenOf;       // int32_t* [nodes][maxTokensPerRank]: a token's index in the message to that host, or -1
+  uint64_t railCombSend;      // u8* [nodes][railCombBytes]: the combine message to each other host's rail peer
+  uint64_t railCombRecv;      // u8* [nodes][railCombBytes]: the combine message from each other host
+  uint64_t railMsgBytes;      // one dispatch message (src/ep/layout.ts railMessageLayout), and its parts' offsets:
+  uint64_t railMsgSplits, railMsgRowToken, railMsgCarriers, railMsgRecords, railMsgRows, railMsgScales;
+  uint64_t railCombBytes;     // one combine message (railCombineLayout), and its parts' offsets:
+  uint64_t railCombStatus, railCombCounts, railCombIndex, railCombRows;
+  int32_t railCombCap;        // rows a combine message holds
+  int32_t maxTokensPerRank;   // the stride of railTokenOf
 };

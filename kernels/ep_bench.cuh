@@ -28,7 +28,7 @@ extern "C" __global__ void __launch_bounds__(1024) ep_copy_bench(const CopyArgs 
 }
 
 // =============================================================================================
-// 7. ep_barrier: every rank of the group meets on the device (benchmarks align ranks with it before a
+// 7. ep_barrier: every rank of the group (between hosts: of this rank's host) meets on the device (benchmarks align ranks with it before a
 // timed call, so that no rank's time holds a late peer's launch). Rank r's n-th barrier stores n into
 // every rank's word r (release), then waits until every word holds at least n (a peer may already be at
 // n + 1; it cannot be further, since its n + 1 waits for this rank). Not inside a kernel sequence of a
@@ -47,10 +47,11 @@ extern "C" __global__ void __launch_bounds__(1024) ep_barrier(const __grid_const
   const int W = a.world, me = a.rank;
   const uint64_t* peer = (const uint64_t*)a.peerBases;
   for (int d = threadIdx.x; d < W; d += blockDim.x)
-    signal((uint64_t*)(__ldg(peer + d) + a.barrierSignalOff + (uint64_t)me * 8u), n);
+    if (same_host(a, d)) signal((uint64_t*)(__ldg(peer + d) + a.barrierSignalOff + (uint64_t)me * 8u), n);
   const uint64_t* mine = (const uint64_t*)(__ldg(peer + me) + a.barrierSignalOff);
   const uint64_t deadline = deadline_after(a.timeoutNs);
   for (int s = threadIdx.x; s < W; s += blockDim.x) {
+    if (!same_host(a, s)) continue;
     for (;;) {
       const uint64_t v = ld_acquire_sys(mine + s);
       if ((v & EP_ABORT_BIT) == 0 && v >= n) break;

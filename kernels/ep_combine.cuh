@@ -38,20 +38,17 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
   const bool aborted = code != 0 || host_abort(a) != 0;
   const uint64_t value = aborted ? (call | EP_ABORT_BIT) : call;
   const int W = a.world;
-  const uint64_t* peer = (const uint64_t*)a.peerBases;
-  for (int s = threadIdx.x; s < W; s += blockDim.x) {
-    // No per-thread data to order here: finish_block's fences ordered every block's rows.
-    signal((uint64_t*)(__ldg(peer + s) + a.combineSignalOff + slot * a.combineSignalSlot + (uint64_t)a.rank * 8u),
-           value);
-  }
+  // No per-thread data to order here: finish_block's fences ordered every block's rows.
+  for (int s = threadIdx.x; s < W; s += blockDim.x) signal(combine_signal_of(a, s, slot), value);
   // The dispatch of this call failed here (its error is still in err): a routing failure every rank
   // saw (no rank sends combine rows for it, and the rank that caused it may never combine), or a
   // timeout (the group is broken; waiting again would only double the delay). Nothing to wait for.
   // With its own expert over capacity, or a combine the host refused, wait as usual.
   const bool refusedHere = code == EP_INTERNAL_HOST_ABORT && host_abort(a) != 0;
   if (code != 0 && !own_expert_over_capacity(st, code) && !refusedHere) return;
-  // Otherwise wait even when aborting: when this returns, no peer writes into this slot any more.
-  const uint64_t* mine = (const uint64_t*)(__ldg(peer + a.rank) + a.combineSignalOff + slot * a.combineSignalSlot);
+  // Otherwise wait even when aborting: when this returns, no peer writes into this slot any more. Between
+  // hosts, for this host's owners (ep_rail_land checks the others').
+  const uint64_t* mine = (const uint64_t*)(a.localBase + a.combineSignalOff + slot * a.combineSignalSlot);
   wait_for_sources(a, mine, -1, call, (uint32_t)slot, EP_ERR_PEER_ABORT_COMBINE, EP_ERR_TIMEOUT_COMBINE);
   __syncthreads();
   if (threadIdx.x == 0) stamp(a, EP_STAMP_COMBINE_ARRIVED);

@@ -85,8 +85,12 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_send(const
   }
   if (a.dedup)  // ep_stage_pack counts this call's carriers per source
     for (int s = threadIdx.x; s < a.world; s += blockDim.x) plan_counts(a)[s] = 0u;
+  // this rank's own input failed the call (not a peer's abort, seen only in the wait below): between
+  // hosts, ep_rail_plan puts it in this rank's messages
+  const bool own = read_err_code(st) != 0;
+  if (threadIdx.x == 0) st->ownAbort = own ? 1u : 0u;
   // Wait even when this rank's call is off: when this returns, no peer writes into this slot any more.
-  signal_and_wait_rows(a, call, read_err_code(st) != 0 ? (call | EP_ABORT_BIT) : call);
+  signal_and_wait_rows(a, call, own ? (call | EP_ABORT_BIT) : call);
 }
 
 // =============================================================================================
@@ -122,11 +126,8 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_pack(const
       const int le = sOver;
       report_error(a, EP_ERR_CAPACITY, (uint32_t)me, (uint32_t)slot, call, me * EPR + le,
                    R.preT[(le + 1) * W] - R.preT[le * W], EP_CAPACITY_AUX_EXPERT);
-      const uint64_t* peer = (const uint64_t*)a.peerBases;
       for (int d = 0; d < W; ++d)
-        if (d != me)
-          signal((uint64_t*)(__ldg(peer + d) + a.combineSignalOff + slot * a.combineSignalSlot + (uint64_t)me * 8u),
-                 call | EP_ABORT_BIT);
+        if (d != me) signal(combine_signal_of(a, d, slot), call | EP_ABORT_BIT);
     }
     return;
   }

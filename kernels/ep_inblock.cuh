@@ -188,6 +188,7 @@ __device__ void stage_bookkeeping(const EpArgs& a, LocalTables& S, uint64_t call
   const uint64_t* peer = (const uint64_t*)a.peerBases;
   const uint64_t recBytes = (uint64_t)(EPR + 1) * 4u;
   for (int d = warp; d < W; d += B >> 5) {
+    if (!same_host(a, d)) continue;  // (another host's owners get theirs in this rank's message: ep_rail_plan)
     char* rec = (char*)(__ldg(peer + d) + a.stageSplitsOff + slot * a.stageSplitsSlot + (uint64_t)a.rank * recBytes);
     for (int le = lane; le <= EPR; le += 32) {
       const int e = d * EPR + le;
@@ -367,12 +368,16 @@ struct InBlockDests {
           ((int*)a.pairRow)[t0 + j] = valid ? S.hist[e] + before : -1;
           if (valid && d == a.rank && !a.dedup) ((int*)a.selfPairs)[r] = t0 + j;
         }
+        // an owner on another host: its row and books travel in this rank's message to that host (pairRow,
+        // above, is what ep_rail_plan builds them from)
+        const bool here = same_host(a, d);
         if (a.dedup) {  // (k <= 32: this is the only pass)
           const int lead = carrier_lane(valid ? d : -1 - lane, K);
           const int r0 = __shfl_sync(FULL_MASK, r, lead);
-          if (firstChunk) dedup_books(a, t0, slot, base, d, r, r0, valid, lead == lane);
+          if (firstChunk) dedup_books(a, t0, slot, base, d, r, r0, valid && here, lead == lane);
           valid = valid && lead == lane;
         }
+        valid = valid && here;
         if (valid) {
           const uint64_t src = (uint64_t)a.rank * a.stageRows + r;
           row = base + a.stageDataOff + slot * a.stageDataSlot + src * a.dispatchRowBytes;

@@ -133,7 +133,6 @@ __device__ void combine_send_rows(const EpArgs& a, uint64_t slot, const RecvTabl
   const int rows = R.pre[E] - selfRows;
   // 32-bit: items <= rows received * segments, far below 2^31 for any heap that fits a GPU.
   const uint32_t items = (uint32_t)rows * (uint32_t)segs;
-  const uint64_t* peer = (const uint64_t*)a.peerBases;
   const char* expertOut = (const char*)a.expertOut;
   for (uint32_t it = blockIdx.x * warpsPerBlock + (threadIdx.x >> 5); it < items;
        it += gridDim.x * warpsPerBlock) {
@@ -145,7 +144,7 @@ __device__ void combine_send_rows(const EpArgs& a, uint64_t slot, const RecvTabl
     const RowLoc l = locate(R, a, g);
     const uint64_t srcRow = l.row;
     const uint64_t dstRow = (uint64_t)R.mst[l.s] + l.iSrc;  // the row in s's own expert-sorted order
-    char* dst = (char*)(__ldg(peer + l.s) + a.combineRecvOff + slot * a.combineRecvSlot);
+    char* dst = combine_rows_of(a, l.s, slot);
     copy_segment<VB, false>(dst + dstRow * rowBytes, expertOut + srcRow * rowBytes, rowBytes, seg, lane);
   }
 }
@@ -227,7 +226,6 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t slot, RecvTables
   constexpr uint64_t SEG = 32u * SEG_VECS * 16u;
   const int segs = (int)((rowBytes + SEG - 1) / SEG);
   const uint32_t items = carriers * (uint32_t)segs;
-  const uint64_t* peer = (const uint64_t*)a.peerBases;
   const char* expertOut = (const char*)a.expertOut;
   for (uint32_t it = blockIdx.x * warpsPerBlock + (threadIdx.x >> 5); it < items;
        it += gridDim.x * warpsPerBlock) {
@@ -250,7 +248,7 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t slot, RecvTables
     const int s = __shfl_sync(FULL_MASK, head, 0), back = __shfl_sync(FULL_MASK, head, 1);
 #ifndef EP_SERIAL_FIRST_LOADS
     // the source's heap: its load overlaps the rows' instead of following the sum
-    char* dst = (char*)(__ldg(peer + s) + a.combineRecvOff + slot * a.combineRecvSlot) + (uint64_t)back * rowBytes;
+    char* dst = combine_rows_of(a, s, slot) + (uint64_t)back * rowBytes;
 #endif
     const uint64_t src = rj >= 0 ? (uint64_t)expertOut + (uint64_t)rj * rowBytes : 0u;
     const uint64_t base = (uint64_t)seg * SEG;
@@ -295,7 +293,7 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t slot, RecvTables
       }
     }
 #ifdef EP_SERIAL_FIRST_LOADS  // (bench A/B only: as before v11)
-    char* dst = (char*)(__ldg(peer + s) + a.combineRecvOff + slot * a.combineRecvSlot) + (uint64_t)back * rowBytes;
+    char* dst = combine_rows_of(a, s, slot) + (uint64_t)back * rowBytes;
 #endif
 #pragma unroll
     for (int u = 0; u < SEG_VECS; ++u) {

@@ -6,17 +6,55 @@
 namespace {
 
 // ---------------------------------------------------------------------------------------------
+// Hosts (EpArgs.nodes > 1; README, "Between hosts"): rank r is (host r / G, local r % G). Only ranks of
+// this rank's host are mapped (peerBases of the others is 0); everything for another host goes through
+// the rail peer (kernels/ep_rail.cuh).
+
+__device__ __forceinline__ int host_of(const EpArgs& a, int r) { return a.nodes > 1 ? r / a.ranksPerNode : 0; }
+__device__ __forceinline__ bool same_host(const EpArgs& a, int r) { return host_of(a, r) == host_of(a, a.rank); }
+// The rank of local index `local` on host `host`.
+__device__ __forceinline__ int rank_at(const EpArgs& a, int host, int local) { return host * a.ranksPerNode + local; }
+// This rank's rail peer on host `host`: the rank of its own local index there.
+__device__ __forceinline__ int rail_peer(const EpArgs& a, int host) {
+  return rank_at(a, host, a.rank - host_of(a, a.rank) * a.ranksPerNode);
+}
+
+// Where this rank's combine rows for source s go: s's combine buffer (slot), or, for s on another host, the
+// outbox for s's host of s's rail peer on this host, at the same rows.
+__device__ __forceinline__ char* combine_rows_of(const EpArgs& a, int s, uint64_t slot) {
+  const uint64_t* peer = (const uint64_t*)a.peerBases;
+  if (same_host(a, s)) return (char*)(__ldg(peer + s) + a.combineRecvOff + slot * a.combineRecvSlot);
+  const int h = host_of(a, s), relay = rank_at(a, host_of(a, a.rank), s - h * a.ranksPerNode);
+  return (char*)(__ldg(peer + relay) + a.railOutboxOff + slot * a.railOutboxSlot +
+                 (uint64_t)h * (a.railOutboxSlot / (uint64_t)a.nodes));
+}
+// The word that tells source s this rank's combine rows of this call are in (see combine_rows_of).
+__device__ __forceinline__ uint64_t* combine_signal_of(const EpArgs& a, int s, uint64_t slot) {
+  const uint64_t* peer = (const uint64_t*)a.peerBases;
+  if (same_host(a, s))
+    return (uint64_t*)(__ldg(peer + s) + a.combineSignalOff + slot * a.combineSignalSlot + (uint64_t)a.rank * 8u);
+  const int h = host_of(a, s), G = a.ranksPerNode, mine = a.rank - host_of(a, a.rank) * G;
+  const int relay = rank_at(a, host_of(a, a.rank), s - h * G);
+  return (uint64_t*)(__ldg(peer + relay) + a.railOutboxSignalOff + slot * a.railOutboxSignalSlot +
+                     ((uint64_t)h * G + mine) * 8u);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Waiting for peers
 
 // Every thread of the block waits for its share of the W signal words at `mine` (one per source,
 // `skip` excluded: -1 for none) to hold `call`, within the group's timeout; an abort or a timeout is
-// reported with `abortCode` / `timeoutCode`. Returns true in a thread that saw either.
+// reported with `abortCode` / `timeoutCode`. Returns true in a thread that saw either. `hosts`: which
+// sources' words, by host: those of this host (the ones written by the sources themselves), or those of
+// the other hosts (written on their behalf by their rail peers here), or all.
+enum WaitHosts : int { WAIT_THIS_HOST = 0, WAIT_OTHER_HOSTS = 1, WAIT_ALL_HOSTS = 2 };
 __device__ __forceinline__ bool wait_for_sources(const EpArgs& a, const uint64_t* mine, int skip, uint64_t call,
-                                                 uint32_t slot, uint32_t abortCode, uint32_t timeoutCode) {
+                                                 uint32_t slot, uint32_t abortCode, uint32_t timeoutCode,
+                                                 WaitHosts hosts = WAIT_THIS_HOST) {
   const uint64_t deadline = deadline_after(a.timeoutNs);
   bool failed = false;
   for (int s = threadIdx.x; s < a.world; s += blockDim.x) {
-    if (s == skip) continue;
+    if (s == skip || (hosts != WAIT_ALL_HOSTS && same_host(a, s) != (hosts == WAIT_THIS_HOST))) continue;
     uint64_t seen = 0;
     const int r = wait_until(mine + s, call, deadline, &seen);
     failed |= r != WAIT_ARRIVED;
@@ -27,13 +65,14 @@ __device__ __forceinline__ bool wait_for_sources(const EpArgs& a, const uint64_t
 }
 
 // The last block of a dispatch kernel (W > 1): `value` into every peer's row-signal word for this rank,
-// then every peer's word of this call awaited (an abort or a timeout is reported); stamps the end.
+// then every peer's word of this call awaited (an abort or a timeout is reported); stamps the end. Between
+// hosts, the peers of this host only (ep_rail_forward waits for the others').
 __device__ void signal_and_wait_rows(const EpArgs& a, uint64_t call, uint64_t value) {
   const uint64_t slot = call & 1u;
   const int W = a.world, me = a.rank;
   const uint64_t* peer = (const uint64_t*)a.peerBases;
   for (int d = threadIdx.x; d < W; d += blockDim.x)
-    if (d != me)
+    if (d != me && same_host(a, d))  // (other hosts learn it from this rank's message: ep_rail_plan)
       signal((uint64_t*)(__ldg(peer + d) + a.dispatchSignalOff + slot * a.dispatchSignalSlot + (uint64_t)me * 8u),
              value);
   const uint64_t* mine = (const uint64_t*)(__ldg(peer + me) + a.dispatchSignalOff + slot * a.dispatchSignalSlot);

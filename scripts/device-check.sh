@@ -4,6 +4,7 @@
 # Usage: scripts/device-check.sh <step>...
 #   steps: driver smoke smoke2 conformance failures verify v3w1 long graph sanitizer bench bench2 probe launch profile
 #          deepep-build paths2 paths4 large2 large4 v3w2 long4 bench-w2 sanitizer2 ep (EP_W ranks, default 8) nccl
+#          hosts hosts-long hosts-fail (between hosts, simulated on this machine: MOE_A2A_SIMULATED_HOSTS)
 # FAILFAST=1 stops at the first step that fails. The steps ending in 2/4 want that many GPUs (ranks are
 # one process per GPU); deepep-build needs .peers/ (a copy of ../shared/peers) and runs in the background.
 set -uo pipefail
@@ -59,6 +60,25 @@ for step in "$@"; do
     # NCCL through koffi (src/net/nccl.ts) on two GPUs: NVLink, two simulated hosts (sockets), a rank that never joins
     nccl) MOE_A2A_NCCL_LIB=${MOE_A2A_NCCL_LIB:-$(ldconfig -p | grep -o '/[^ ]*libnccl.so.2$' | head -1)} \
             run nccl timeout 200 node --test .device/build/test/nccl.test.js ;;
+    # between hosts, simulated on this machine: each host's ranks get their own NCCL_HOSTID, so NCCL goes
+    # between them through sockets on lo; verify bit-exact at W = 2 and 4 over 2 and 4 hosts, eager and graph
+    hosts|hosts-long|hosts-fail)
+      export MOE_A2A_NCCL_LIB=${MOE_A2A_NCCL_LIB:-$(ldconfig -p | grep -o '/[^ ]*libnccl.so.2$' | head -1)}
+      export MOE_A2A_SIMULATED_HOSTS=1 NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-lo}
+      if [ $step = hosts ]; then
+        for wn in 2:2 4:2 4:4; do
+          w=${wn%:*}; n=${wn#*:}
+          for d in --dedup --no-dedup; do
+            TAIL=3 run hosts-w$w-n$n$d timeout 300 $cli verify --transport cuda --world $w --nodes $n --experts 16 --hidden 256 \
+              --topk 4 --tokens 0,1,33,128 --scenario random,dropped,skewed,ragged $d --calls 2
+          done
+        done
+        TAIL=3 run hosts-graph timeout 200 $cli verify --transport cuda --graph --world 4 --nodes 2 --experts 16 --hidden 512 --topk 4 --tokens 32 --scenario random,skewed --calls 200
+      elif [ $step = hosts-long ]; then
+        TAIL=3 run hosts-long timeout 400 $cli verify --transport cuda --world 4 --nodes 2 --experts 16 --hidden 512 --topk 4 --tokens 16 --fp8 --scenario random --calls ${LONG_CALLS:-1000}
+      else
+        MOE_A2A_TRACE=1 run hosts-fail timeout 400 node --test --test-name-pattern "hosts" .device/build/test/cuda.conformance.test.js
+      fi ;;
     failures) MOE_A2A_TRACE=1 run failures timeout 300 node --test --test-name-pattern "rejects|never calls|throws" .device/build/test/cuda.conformance.test.js ;;
     verify) TAIL=80 run verify timeout 300 $cli verify --transport cuda ;;
     v3w1)

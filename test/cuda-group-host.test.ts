@@ -22,7 +22,12 @@ async function groupOn(
   const g = await CudaEpGroup.create(
     resolveConfig(input),
     { ...input, timeoutMs: 1000, ...options },
-    { driver: () => fake.asDriver(), openHeap: fake.heapOpener(log), moduleImage: () => new Uint8Array(16) },
+    {
+      driver: () => fake.asDriver(),
+      openHeap: fake.heapOpener(log),
+      moduleImage: () => new Uint8Array(16),
+      openRail: fake.railOpener(log),
+    },
   );
   g.launchMode = 'direct'; // every launch recorded as made (the launch queue's graphs have tests of their own)
   return g;
@@ -253,5 +258,75 @@ describe('cuda group host logic (fake driver)', () => {
     assert.equal(fake.live.size, 0);
     assert.equal(fake.streamsLive, 0);
     assert.equal(fake.hostMappedLive, 0);
+  });
+});
+
+describe('cuda group between hosts (fake driver and rail)', () => {
+  const hosts = { ...small, world: 4, numExperts: 8, nodes: 2 };
+  const kernels = (fake: FakeDriver, from: number) => fake.launches.slice(from).map((l) => l.kernel);
+  const railDispatch = ['ep_rail_plan', 'ep_rail_rows', 'nccl dispatch', 'ep_rail_forward'];
+  const combineAbort = ['ep_combine_send', 'ep_rail_combine', 'nccl combine', 'ep_rail_land'];
+
+  test("a call's NCCL exchanges sit between its kernels, after a warm-up exchange at creation", async () => {
+    const fake = new FakeDriver();
+    const g = await groupOn(fake, hosts, { dispatchPath: 'staged' });
+    assert.deepEqual(kernels(fake, 0), ['nccl dispatch', 'nccl combine'], 'the warm-up');
+    const { x, idx, w, out } = inputs(g, 2, [0, 5, 1, 6]);
+    let at = fake.launches.length;
+    const r = g.dispatch(x, idx, { topkWeights: w });
+    assert.deepEqual(kernels(fake, at), ['ep_stage_send', ...railDispatch, 'ep_stage_pack']);
+    const sent = fake.launches.slice(at);
+    // a kernel after NCCL's is never a programmatic dependent (its wait covers only a kernel of ours)
+    assert.deepEqual(
+      sent.map((l) => l.dependent),
+      [false, true, true, false, false, true],
+    );
+    for (const l of sent.filter((l) => l.kernel.startsWith('ep_'))) {
+      assert.ok(Number.isInteger(l.grid) && l.grid >= 1 && l.block >= 32, `${l.kernel}: ${l.grid} x ${l.block}`);
+      assert.equal(argOf(l, 'nodes'), 2);
+      assert.equal(argOf(l, 'ranksPerNode'), 2);
+      assert.notEqual(argOf(l, 'railSend'), 0n);
+    }
+    at = fake.launches.length;
+    g.combine(out, r.handle);
+    assert.deepEqual(kernels(fake, at), [
+      'ep_combine_send',
+      'ep_rail_combine',
+      'nccl combine',
+      'ep_rail_land',
+      'ep_combine_reduce',
+    ]);
+    assert.deepEqual(
+      fake.launches.slice(at).map((l) => l.dependent),
+      [false, true, false, false, true],
+    );
+    assert.throws(() => {
+      g.launchMode = 'graph';
+    }, /launchMode stays 'direct'/);
+    await g.close();
+  });
+
+  test('every dispatch is followed by one combine on the stream: refused, skipped, or left at close', async () => {
+    const fake = new FakeDriver();
+    const log: string[] = [];
+    const g = await groupOn(fake, hosts, { dispatchPath: 'staged' }, log);
+    const { x, idx, w } = inputs(g, 2, [0, 5, 1, 6]);
+    const bad = g.upload(hostTensor('bf16', [2, 32]));
+    let at = fake.launches.length;
+    assert.throws(() => g.dispatch(bad, idx, { topkWeights: w }), { code: 'MOE_SHAPE' });
+    assert.deepEqual(kernels(fake, at), ['ep_stage_send', ...railDispatch, ...combineAbort], 'refused');
+    const refused = fake.launches.slice(at);
+    assert.equal(argOf(refused[0], 'hostAbort'), 1);
+    assert.equal(argOf(refused[1], 'hostAbort'), 0, 'the rail kernels relay as usual');
+    assert.equal(argOf(refused[5], 'hostAbort'), 1);
+    g.dispatch(x, idx, { topkWeights: w });
+    at = fake.launches.length;
+    g.dispatch(x, idx, { topkWeights: w }); // the first one's combine skipped
+    assert.deepEqual(kernels(fake, at).slice(0, 4), combineAbort, 'skipped');
+    assert.equal(argOf(fake.launches[at], 'hostAbort'), 1);
+    at = fake.launches.length;
+    await g.close();
+    assert.deepEqual(kernels(fake, at), combineAbort, 'left at close');
+    assert.ok(log.includes('rail closed'));
   });
 });

@@ -227,7 +227,7 @@ export interface RailMessageLayout {
 export function railMessageLayout(cfg: EpConfig, stageRows: number): RailMessageLayout {
   const G = cfg.ranksPerNode;
   const dedup = cfg.dedup;
-  let at = 16; // u32 tokens in the message, padded
+  let at = 16; // u32 tokens in the message, u32 pad, u64 the call (call | abort bit: the network engine's)
   const part = (bytes: number) => {
     const start = at;
     at = alignUp(at + bytes, 16);
@@ -240,6 +240,40 @@ export function railMessageLayout(cfg: EpConfig, stageRows: number): RailMessage
   const rows = part(cfg.maxTokensPerRank * cfg.dispatchRowBytes);
   const scales = part(cfg.fp8 ? cfg.maxTokensPerRank * cfg.groupsPerRow * 4 : 0);
   return { splits, rowToken, carriers, records, rows, scales, bytes: at };
+}
+
+/**
+ * One combine message between hosts, from a rail peer back to a source on another host (the network
+ * engine; on the cpu transport the rows go straight into the source's combine buffer): the call it answers
+ * (u64, call | abort bit), per owner of the rail peer's host (local order) the signal its rows came with
+ * (u64) and how many positions it takes (i32: the rows of that owner's stage from the source, with dedup
+ * only its carriers hold data), then per position the source's combine row it goes to (i32, -1 for none)
+ * and the row. Positions run owner by owner. `cap` rows fit: min(maxTokensPerRank * topk, G * stageRows),
+ * what one source can send to one host.
+ */
+export interface RailCombineLayout {
+  readonly status: number;
+  readonly counts: number;
+  readonly index: number;
+  readonly rows: number;
+  readonly cap: number;
+  readonly bytes: number;
+}
+
+export function railCombineLayout(cfg: EpConfig, stageRows: number): RailCombineLayout {
+  const G = cfg.ranksPerNode;
+  const cap = Math.min(cfg.maxTokensPerRank * cfg.topk, G * stageRows);
+  let at = 16; // u64 call, padded
+  const part = (bytes: number) => {
+    const start = at;
+    at = alignUp(at + bytes, 16);
+    return start;
+  };
+  const status = part(G * 8);
+  const counts = part(G * 4);
+  const index = part(cap * 4);
+  const rows = part(cap * cfg.combineRowBytes);
+  return { status, counts, index, rows, cap, bytes: at };
 }
 
 /** The regions between hosts: zero bytes unless `stageRows` > 0 (a staged group over several hosts). */

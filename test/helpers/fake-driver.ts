@@ -8,6 +8,8 @@
 import { EP_ARGS_FIELDS } from '../../src/shmem/cuda/args.js';
 import type { CudaDriver, KernelLauncher } from '../../src/shmem/cuda/driver.js';
 import type { CudaHeap } from '../../src/shmem/cuda/heap.js';
+import { railCombineLayout, railMessageLayout } from '../../src/ep/layout.js';
+import type { openCudaRail } from '../../src/shmem/cuda/rail.js';
 
 export interface Launch {
   kernel: string;
@@ -130,6 +132,13 @@ export class FakeDriver {
     return { event: ++this.handles };
   }
   eventRecord(): void {}
+  eventQuery(): boolean {
+    return true;
+  }
+  streamQuery(): boolean {
+    this.order.push('stream query');
+    return true;
+  }
   eventSynchronize(): void {}
   eventElapsedTime(): number {
     return 0;
@@ -194,6 +203,45 @@ export class FakeDriver {
           log.push('heap closed');
           this.memFree(local);
         },
+      };
+    };
+  }
+
+  /**
+   * A rail (between hosts) whose exchanges are recorded among the launches, as 'nccl dispatch' and
+   * 'nccl combine' (their other fields empty), so that tests see where they sit between the kernels.
+   */
+  railOpener(log: string[]): typeof openCudaRail {
+    return async (config, layout, _local, rank, _timeoutMs, alloc) => {
+      const msg = railMessageLayout(config, layout.stageRows);
+      const comb = railCombineLayout(config, layout.stageRows);
+      const N = config.nodes;
+      const buffers = {
+        railSend: alloc(N * msg.bytes),
+        railRecv: alloc(N * msg.bytes),
+        railTokenOf: alloc(N * config.maxTokensPerRank * 4),
+        railCombSend: alloc(N * comb.bytes),
+        railCombRecv: alloc(N * comb.bytes),
+      };
+      return {
+        host: Math.floor(rank / config.ranksPerNode),
+        msg,
+        comb,
+        buffers,
+        exchange: (kind) => {
+          const l: Launch = {
+            kernel: `nccl ${kind}`,
+            grid: 0,
+            block: 0,
+            sharedBytes: 0,
+            dependent: false,
+            args: new Uint8Array(0),
+            fromGraph: false,
+          };
+          (this.capture ?? this.launches).push(l);
+        },
+        abort: () => log.push('rail aborted'),
+        close: () => log.push('rail closed'),
       };
     };
   }

@@ -66,7 +66,7 @@ const epState = layout(
     ['dispatchCalls', 'u64'],
     ['doneBlocks', 'u32[4]'],
     ['barrierCalls', 'u64'],
-    ['reserved0', 'u32'],
+    ['ownAbort', 'u32'],
     ['reserved1', 'u32'],
     ['err', 'EpError'],
   ],
@@ -141,12 +141,37 @@ const EP_ARGS_SPEC = [
   ['carrierPlans', 'u64'],
   ['expertOffsets', 'u64'],
   ['localBase', 'u64'],
+  ['nodes', 'i32'],
+  ['ranksPerNode', 'i32'],
+  ['railOutboxOff', 'u64'],
+  ['railOutboxSlot', 'u64'],
+  ['railOutboxSignalOff', 'u64'],
+  ['railOutboxSignalSlot', 'u64'],
+  ['railSend', 'u64'],
+  ['railRecv', 'u64'],
+  ['railTokenOf', 'u64'],
+  ['railCombSend', 'u64'],
+  ['railCombRecv', 'u64'],
+  ['railMsgBytes', 'u64'],
+  ['railMsgSplits', 'u64'],
+  ['railMsgRowToken', 'u64'],
+  ['railMsgCarriers', 'u64'],
+  ['railMsgRecords', 'u64'],
+  ['railMsgRows', 'u64'],
+  ['railMsgScales', 'u64'],
+  ['railCombBytes', 'u64'],
+  ['railCombStatus', 'u64'],
+  ['railCombCounts', 'u64'],
+  ['railCombIndex', 'u64'],
+  ['railCombRows', 'u64'],
+  ['railCombCap', 'i32'],
+  ['maxTokensPerRank', 'i32'],
 ] as const;
 const epArgs = layout(EP_ARGS_SPEC);
 
 /** struct EpArgs: the single by-value argument of every kernel. */
 export const EP_ARGS_FIELDS: readonly FieldSpec[] = epArgs.fields;
-export const EP_ARGS_BYTES: number = epArgs.bytes; // 432
+export const EP_ARGS_BYTES: number = epArgs.bytes; // 616
 
 function offsets<N extends string>(fields: readonly FieldSpec[]): Readonly<Record<N, number>> {
   return Object.freeze(Object.fromEntries(fields.map((f) => [f.name, f.offset]))) as Record<N, number>;
@@ -163,7 +188,7 @@ export const EP_ERROR_OFFSET = offsets<'code' | 'peer' | 'slot' | 'aux' | 'callC
 );
 /** Byte offset of each EpState field (err is an EpError at EP_STATE_OFFSET.err). */
 export const EP_STATE_OFFSET = offsets<
-  'dispatchCalls' | 'doneBlocks' | 'barrierCalls' | 'reserved0' | 'reserved1' | 'err'
+  'dispatchCalls' | 'doneBlocks' | 'barrierCalls' | 'ownAbort' | 'reserved1' | 'err'
 >(EP_STATE_FIELDS);
 
 // ---------------------------------------------------------------------------------------------
@@ -491,6 +516,82 @@ export class EpArgsWriter {
   /** This rank's heap (peerBases[rank]), so that a kernel's first loads need not wait for it. */
   set localBase(v: bigint) {
     this.u64('localBase', v);
+  }
+  // between hosts (kernels/ep_rail.cuh; ep_args.h says what each holds)
+  set nodes(v: number) {
+    this.i32('nodes', v);
+  }
+  set ranksPerNode(v: number) {
+    this.i32('ranksPerNode', v);
+  }
+  set railOutboxOff(v: bigint | number) {
+    this.u64('railOutboxOff', v);
+  }
+  set railOutboxSlot(v: bigint | number) {
+    this.u64('railOutboxSlot', v);
+  }
+  set railOutboxSignalOff(v: bigint | number) {
+    this.u64('railOutboxSignalOff', v);
+  }
+  set railOutboxSignalSlot(v: bigint | number) {
+    this.u64('railOutboxSignalSlot', v);
+  }
+  set railSend(v: bigint | number) {
+    this.u64('railSend', v);
+  }
+  set railRecv(v: bigint | number) {
+    this.u64('railRecv', v);
+  }
+  set railTokenOf(v: bigint | number) {
+    this.u64('railTokenOf', v);
+  }
+  set railCombSend(v: bigint | number) {
+    this.u64('railCombSend', v);
+  }
+  set railCombRecv(v: bigint | number) {
+    this.u64('railCombRecv', v);
+  }
+  set railMsgBytes(v: bigint | number) {
+    this.u64('railMsgBytes', v);
+  }
+  set railMsgSplits(v: bigint | number) {
+    this.u64('railMsgSplits', v);
+  }
+  set railMsgRowToken(v: bigint | number) {
+    this.u64('railMsgRowToken', v);
+  }
+  set railMsgCarriers(v: bigint | number) {
+    this.u64('railMsgCarriers', v);
+  }
+  set railMsgRecords(v: bigint | number) {
+    this.u64('railMsgRecords', v);
+  }
+  set railMsgRows(v: bigint | number) {
+    this.u64('railMsgRows', v);
+  }
+  set railMsgScales(v: bigint | number) {
+    this.u64('railMsgScales', v);
+  }
+  set railCombBytes(v: bigint | number) {
+    this.u64('railCombBytes', v);
+  }
+  set railCombStatus(v: bigint | number) {
+    this.u64('railCombStatus', v);
+  }
+  set railCombCounts(v: bigint | number) {
+    this.u64('railCombCounts', v);
+  }
+  set railCombIndex(v: bigint | number) {
+    this.u64('railCombIndex', v);
+  }
+  set railCombRows(v: bigint | number) {
+    this.u64('railCombRows', v);
+  }
+  set railCombCap(v: number) {
+    this.i32('railCombCap', v);
+  }
+  set maxTokensPerRank(v: number) {
+    this.i32('maxTokensPerRank', v);
   }
 }
 

@@ -16,9 +16,12 @@ import {
   type LaunchSize,
   reduceSize,
   routeSize,
+  railPlanSize,
+  railWalkSize,
   rowWalkSize,
   stagePackSize,
 } from './launch-sizes.js';
+import type { CudaRail } from './rail.js';
 
 const CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
 
@@ -39,6 +42,8 @@ export class CallLaunches {
   private readonly stageRows: number;
   private readonly smCount: number;
   private readonly recvSplits: bigint;
+  /** Between hosts: the rail whose NCCL exchanges sit between the kernels; else null. */
+  private readonly rail: CudaRail | null;
 
   constructor(
     private readonly drv: CudaDriver,
@@ -54,6 +59,7 @@ export class CallLaunches {
       smCount: number;
       /** GroupBuffers.recvSplits: what recvView copies out as the view's splits. */
       recvSplits: bigint;
+      rail?: CudaRail | null;
     },
   ) {
     const c = group.config;
@@ -62,9 +68,11 @@ export class CallLaunches {
     this.stageRows = group.stageRows;
     this.smCount = group.smCount;
     this.recvSplits = group.recvSplits;
+    this.rail = group.rail ?? null;
     this.launchers = prepareLaunchers(drv, module, args.bytes);
     this.queue = new LaunchQueue(drv, stream, args.bytes);
-    if (process.env.MOE_A2A_EAGER_GRAPHS === '0') this.queue.mode = 'direct';
+    // between hosts a call's NCCL exchange sits between its kernels: they are launched as they come
+    if (process.env.MOE_A2A_EAGER_GRAPHS === '0' || this.rail) this.queue.mode = 'direct';
     // opt in always: the kernel's static shared memory counts towards the 48 KiB default limit too
     // (routeSize gives every call, and every captured graph, the size for maxTokensPerRank)
     drv.funcSetAttribute(
@@ -106,13 +114,37 @@ export class CallLaunches {
     if (this.dispatchPath === 'staged') this.launch('ep_stage_send', ABORT_STAGE_SEND);
     else this.launch('ep_route', abortRouteSize(this.config));
     this.args.set('hostAbort', 0);
+    if (!this.rail) return;
+    // between hosts: the abort travels in this rank's messages, it still passes on what other hosts send
+    // through it, and no combine will follow, so its abort comes now (the exchanges must pair up)
+    this.railDispatch(0);
+    this.abortCombine();
   }
 
   /** A combine this rank refuses still signals every peer (with the abort bit), so none waits. */
   abortCombine(): void {
     this.args.set('hostAbort', 1);
+    this.args.numTokens = 0;
     this.launch('ep_combine_send', ABORT_COMBINE_SEND);
     this.args.set('hostAbort', 0);
+    if (this.rail) this.railCombine();
+  }
+
+  /** Between hosts, after ep_stage_send: the messages built, exchanged, and forwarded to this host's owners. */
+  private railDispatch(T: number): void {
+    const rail = this.rail as CudaRail;
+    this.launch('ep_rail_plan', railPlanSize(this.config), true);
+    this.launch('ep_rail_rows', dispatchSize(this.config, T, this.smCount, false), true);
+    rail.exchange('dispatch', this.stream);
+    this.launch('ep_rail_forward', railWalkSize(this.smCount)); // (after NCCL's kernel: not a dependent)
+  }
+
+  /** Between hosts, after ep_combine_send: the rows for other hosts' sources gathered, exchanged and landed. */
+  private railCombine(): void {
+    const rail = this.rail as CudaRail;
+    this.launch('ep_rail_combine', railWalkSize(this.smCount), true);
+    rail.exchange('combine', this.stream);
+    this.launch('ep_rail_land', railWalkSize(this.smCount));
   }
 
   /**
@@ -136,6 +168,7 @@ export class CallLaunches {
     }
     if (this.dispatchPath === 'staged') {
       this.launch('ep_stage_send', dispatchSize(c, T, sms, true));
+      if (this.rail) this.railDispatch(T);
       this.launch('ep_stage_pack', stagePackSize(c, this.stageRows, sms), true);
       return;
     }
@@ -163,6 +196,7 @@ export class CallLaunches {
     // a rank's own rows are read in place by the reduction: with one rank nothing travels
     const send = this.config.world > 1;
     if (send) this.launch('ep_combine_send', rowWalkSize(this.config, this.smCount), afterDispatch);
+    if (this.rail) this.railCombine();
     this.launch('ep_combine_reduce', reduceSize(this.config, T, this.smCount), send || afterDispatch);
   }
 

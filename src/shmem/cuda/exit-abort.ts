@@ -32,7 +32,7 @@ export function abortPeersOnExit(
     word(L.combineSignal, n),
   ];
   for (let p = 0; p < world; p++) {
-    if (p === rank) continue;
+    if (p === rank || heap.peers[p] === 0n) continue; // (another host's: it learns through its rail peer, or times out)
     for (const [off, v] of words) {
       try {
         drv.memcpyHtoD(heap.peers[p] + off, BigUint64Array.of(v), 8);

@@ -2,6 +2,7 @@ import type { EpConfig } from '../../ep/config.js';
 import { type HeapLayout, recordBytes } from '../../ep/layout.js';
 import type { EpArgsWriter } from './args.js';
 import { dedupOn, type GroupBuffers } from './group-buffers.js';
+import type { CudaRail } from './rail.js';
 
 /**
  * Writes every EpArgs field that stays the same for the group's life: sizes from the config, heap
@@ -12,7 +13,14 @@ export function fillGroupArgs(
   a: EpArgsWriter,
   c: EpConfig,
   L: HeapLayout,
-  group: { rank: number; timeoutMs: number; errHost: bigint; buffers: GroupBuffers; localBase: bigint },
+  group: {
+    rank: number;
+    timeoutMs: number;
+    errHost: bigint;
+    buffers: GroupBuffers;
+    localBase: bigint;
+    rail: CudaRail | null;
+  },
 ): void {
   const b = group.buffers;
   a.rank = group.rank;
@@ -58,4 +66,17 @@ export function fillGroupArgs(
   a.set('stageRecordsOff', L.stageRecords.offset).set('stageRecordsSlot', L.stageRecords.slotBytes);
   a.set('recordBytes', dedup ? recordBytes(c) : 0);
   a.set('carrierPlans', b.carrierPlans);
+  a.set('nodes', c.nodes).set('ranksPerNode', c.ranksPerNode).set('maxTokensPerRank', c.maxTokensPerRank);
+  const rail = group.rail;
+  if (rail === null) return;
+  a.set('railOutboxOff', L.railOutbox.offset).set('railOutboxSlot', L.railOutbox.slotBytes);
+  a.set('railOutboxSignalOff', L.railOutboxSignal.offset).set('railOutboxSignalSlot', L.railOutboxSignal.slotBytes);
+  for (const [field, ptr] of Object.entries(rail.buffers)) a.set(field as keyof typeof rail.buffers, ptr);
+  const m = rail.msg;
+  a.set('railMsgBytes', m.bytes).set('railMsgSplits', m.splits).set('railMsgRowToken', m.rowToken);
+  a.set('railMsgCarriers', m.carriers).set('railMsgRecords', m.records).set('railMsgRows', m.rows);
+  a.set('railMsgScales', m.scales);
+  const k = rail.comb;
+  a.set('railCombBytes', k.bytes).set('railCombStatus', k.status).set('railCombCounts', k.counts);
+  a.set('railCombIndex', k.index).set('railCombRows', k.rows).set('railCombCap', k.cap);
 }

@@ -3,8 +3,8 @@ import type { GroupOptions } from '../../create.js';
 import type { EpConfig } from '../../ep/config.js';
 import { chooseDispatchPath, type DispatchPath, requestedDispatchPath } from '../../ep/dispatch-path.js';
 import { computeLayout, type HeapLayout, stagedRowsFor } from '../../ep/layout.js';
-import { ConfigError } from '../../errors.js';
-import { EP_MAX_EXPERTS, EP_MAX_PAIRS, EpArgsWriter } from './args.js';
+import { ConfigError, PeerTimeoutError } from '../../errors.js';
+import { EP_MAX_EXPERTS, EP_MAX_PAIRS, EP_MAX_TOPK, EpArgsWriter } from './args.js';
 import { fatbinPath } from './available.js';
 import { DeviceTimer, PhaseStamps } from './bench-tools.js';
 import { CallLaunches } from './call-launches.js';
@@ -19,6 +19,8 @@ import { fillGroupArgs } from './group-args.js';
 import { allocGroupBuffers, type GroupBuffers } from './group-buffers.js';
 import { type CudaHeap, openCudaHeap } from './heap.js';
 import { moduleFor } from './kernel-module.js';
+import { type CudaRail, openCudaRail } from './rail.js';
+import { StreamWatch } from './stream-watch.js';
 import { TensorIo } from './tensor-io.js';
 
 const CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16;
@@ -31,12 +33,15 @@ export interface CudaGroupDeps {
   driver(): CudaDriver;
   openHeap: typeof openCudaHeap;
   moduleImage(): Uint8Array;
+  /** Between hosts (config.nodes > 1): the NCCL rail and its buffers. */
+  openRail: typeof openCudaRail;
 }
 
 export const realDeps: CudaGroupDeps = {
   driver: loadDriver,
   openHeap: openCudaHeap,
   moduleImage: () => readFileSync(fatbinPath()),
+  openRail: openCudaRail,
 };
 
 /** Everything a cuda group holds: made by openGroupParts, given back by releaseGroupParts. */
@@ -61,17 +66,19 @@ export interface GroupParts {
   readonly io: TensorIo;
   readonly stamps: PhaseStamps;
   readonly timer: DeviceTimer;
+  /** Between hosts (config.nodes > 1), else null: the rail, and the watch that bounds waits for the stream. */
+  readonly rail: CudaRail | null;
+  readonly watch: StreamWatch | null;
   /** Device memory freed with the group (the caller's tensors are io's). */
   readonly owned: bigint[];
 }
 
 /** The routing kernel runs in one block: its shared memory bounds E and T * k. */
 function checkKernelLimits(config: EpConfig): void {
-  if (config.nodes > 1) {
-    throw new ConfigError(
-      `the cuda transport runs on one host so far (nodes = ${config.nodes}); the protocol between hosts runs on the cpu transport (README, "Between hosts")`,
-      { fields: 'nodes' },
-    );
+  if (config.nodes > EP_MAX_TOPK) {
+    throw new ConfigError(`the cuda transport supports nodes up to ${EP_MAX_TOPK}, got ${config.nodes}`, {
+      fields: 'nodes',
+    });
   }
   if (config.numExperts > EP_MAX_EXPERTS) {
     throw new ConfigError(
@@ -85,6 +92,32 @@ function checkKernelLimits(config: EpConfig): void {
     throw new ConfigError(
       `the cuda transport supports maxTokensPerRank * topk up to ${EP_MAX_PAIRS}, got ${config.maxTokensPerRank * config.topk}`,
       { fields: 'maxTokensPerRank,topk' },
+    );
+  }
+}
+
+/**
+ * One exchange of each kind at creation, with messages of call 0 (which no call takes for its own), so
+ * that NCCL connects the rail now and never inside a graph capture. Every rank does it, in this order.
+ */
+function warmUpRail(
+  drv: CudaDriver,
+  rail: CudaRail,
+  watch: StreamWatch,
+  stream: CuStream,
+  nodes: number,
+  timeoutMs: number,
+): void {
+  drv.memsetD8Async(rail.buffers.railSend, 0, nodes * rail.msg.bytes, stream);
+  drv.memsetD8Async(rail.buffers.railCombSend, 0, nodes * rail.comb.bytes, stream);
+  rail.exchange('dispatch', stream);
+  rail.exchange('combine', stream);
+  watch.mark();
+  if (!watch.wait(timeoutMs)) {
+    rail.abort();
+    throw new PeerTimeoutError(
+      `rank ${process.env.RANK ?? '?'}: the first exchange between hosts did not finish within ${timeoutMs} ms (a rank on another host did not create its group); the NCCL communicator was aborted`,
+      { timeoutMs },
     );
   }
 }
@@ -114,9 +147,12 @@ export async function openGroupParts(
     layout.totalBytes,
     timeoutMs,
     `${path} dispatch${config.dedup && path === 'staged' ? ' with dedup' : ''}, ${layout.totalBytes} bytes`,
+    (r, me) => Math.floor(r / config.ranksPerNode) === Math.floor(me / config.ranksPerNode),
   );
   let stream: CuStream | null = null;
   let errWord: HostMappedBuffer | null = null;
+  let rail: CudaRail | null = null;
+  let watch: StreamWatch | null = null;
   const owned: bigint[] = [];
   try {
     stream = drv.streamCreate({ nonBlocking: true });
@@ -129,6 +165,15 @@ export async function openGroupParts(
       owned.push(p);
       return p;
     });
+    if (config.nodes > 1) {
+      rail = await deps.openRail(config, layout, heap.local, heap.rank, timeoutMs, (bytes) => {
+        const p = drv.memAlloc(Math.max(bytes, 16));
+        owned.push(p);
+        return p;
+      });
+      watch = new StreamWatch(drv, stream);
+      warmUpRail(drv, rail, watch, stream, config.nodes, timeoutMs);
+    }
     const args = new EpArgsWriter();
     fillGroupArgs(args, config, layout, {
       rank: heap.rank,
@@ -136,6 +181,7 @@ export async function openGroupParts(
       errHost: errWord.devicePtr,
       buffers,
       localBase: heap.local,
+      rail,
     });
     const launches = new CallLaunches(drv, stream, module, args, {
       config,
@@ -143,6 +189,7 @@ export async function openGroupParts(
       stageRows: layout.stageRows,
       smCount,
       recvSplits: buffers.recvSplits,
+      rail,
     });
     return {
       config,
@@ -161,9 +208,13 @@ export async function openGroupParts(
       io: new TensorIo(drv, stream),
       stamps: new PhaseStamps(drv, stream, args, (p) => owned.push(p)),
       timer: new DeviceTimer(drv, stream),
+      rail,
+      watch,
       owned,
     };
   } catch (err) {
+    rail?.close();
+    watch?.destroy();
     for (const p of owned) drv.memFree(p);
     errWord?.free();
     if (stream !== null) drv.streamDestroy(stream);
@@ -182,6 +233,7 @@ export async function releaseGroupParts(p: GroupParts): Promise<void> {
   } catch {
     // the heap is freed below either way
   }
+  p.rail?.close(); // (after the stream: its transfers are done)
   try {
     p.launches.queue.close();
   } catch {
@@ -193,6 +245,7 @@ export async function releaseGroupParts(p: GroupParts): Promise<void> {
     for (const ptr of p.owned) p.drv.memFree(ptr);
     p.io.freeAll();
     p.timer.destroy();
+    p.watch?.destroy();
     p.drv.streamDestroy(p.stream);
     p.errWord.free();
   }

@@ -160,12 +160,36 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   synchronize(): void {
     this.notClosed();
     try {
-      this.drv.streamSynchronize(this.stream);
+      this.waitForStream();
     } catch (err) {
       this.broken ??= err as MoeA2aError;
       throw err;
     }
     this.throwDeviceError();
+  }
+
+  /**
+   * Waits for the stream. Between hosts an NCCL transfer waits for its peer without a deadline: when no
+   * call finishes within the timeout, the rail's communicator is aborted (the transfers end, and the
+   * kernels after them find the messages missing and name the rank), then the stream is waited for again.
+   */
+  private waitForStream(): void {
+    const { watch, rail, timeoutMs } = this.parts;
+    if (!watch || !rail) {
+      this.drv.streamSynchronize(this.stream);
+      return;
+    }
+    if (watch.wait(timeoutMs)) return;
+    rail.abort();
+    const err = takeDeviceError(this.parts.errWord.view, this.config);
+    const timeout = new PeerTimeoutError(
+      `rank ${this.rank}: the exchange between hosts made no progress within ${timeoutMs} ms (a rank on another host stopped answering); its NCCL communicator was aborted${err ? `; the kernels reported: ${err.message}` : ''}`,
+      { rank: this.rank, timeoutMs },
+    );
+    this.broken = timeout;
+    if (!watch.wait(2 * timeoutMs)) throw timeout;
+    const later = takeDeviceError(this.parts.errWord.view, this.config);
+    throw later ?? err ?? timeout;
   }
 
   // Tensor I/O and waits need the group's stream and context: after close(), a ClosedError, not a
@@ -202,7 +226,24 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
         argument: 'launchMode',
       });
     }
+    if (this.parts.rail && mode === 'graph') {
+      throw new ArgumentError(
+        "between hosts (nodes > 1) eager calls launch their kernels directly (the NCCL exchange sits between them): launchMode stays 'direct'",
+        { argument: 'launchMode' },
+      );
+    }
     this.launches.queue.mode = mode;
+  }
+
+  /**
+   * Between hosts every dispatch on the stream is followed by exactly one combine, before the next
+   * dispatch or the end: the NCCL exchanges of all ranks must pair up. A dispatch that will not be
+   * combined here (it failed, or the caller moved on) gets its combine's abort now.
+   */
+  private settleCombine(): void {
+    if (!this.parts.rail || this.lastDispatch.combined) return;
+    this.lastDispatch.combined = true;
+    this.launches.abortCombine();
   }
 
   dispatch(
@@ -211,6 +252,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     options: DispatchOptions<DeviceTensor> = {},
   ): DispatchResult<DeviceTensor> {
     this.usable();
+    this.settleCombine();
     const { call, checked: T } = this.sequence.beginDispatch(() =>
       checkDispatchInputs(this.config, deviceTensorShape, x, topkIdx, options.topkWeights),
     );
@@ -227,6 +269,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     }
     const handle = this.sequence.issue(call, T, { numTokens: T, topkIdx, weights: w });
     this.lastDispatch = { by: 'eager', combined: false };
+    this.parts.watch?.mark();
     const b = this.buffers;
     return {
       expertX: b.expertX,
@@ -265,6 +308,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     } finally {
       queue.submit();
     }
+    this.parts.watch?.mark();
     return new DeviceTensor('bf16', [st.numTokens, c.hidden], this.buffers.y, null);
   }
 
@@ -297,6 +341,8 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
           this.launches.combine(expertOut, topkIdx, topkWeights, T, afterDispatch),
         usable: () => this.usable(),
         beginCall: (by, combined) => {
+          this.settleCombine();
+          this.parts.watch?.mark();
           this.sequence.begin();
           this.lastDispatch = { by, combined };
         },
@@ -387,6 +433,14 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   async close(): Promise<void> {
     if (this.closed) return;
     for (const g of [...this.graphs]) g.close(); // before the stream and buffers they use go
+    if (this.parts.rail && !this.broken) {
+      try {
+        this.settleCombine();
+        this.waitForStream();
+      } catch {
+        // (the rail was aborted if it had to be: the stream is free to go)
+      }
+    }
     this.closed = true;
     process.off('exit', this.onExit);
     await releaseGroupParts(this.parts);

@@ -5,8 +5,9 @@ import type { CudaDriver } from './driver.js';
 
 /**
  * The symmetric heap over CUDA IPC: one device allocation per rank holding the whole layout, exported
- * with cuIpcGetMemHandle and opened by every peer (ranks are processes; several may share one GPU).
- * Handles travel through the launcher's TCP store. `peers[r]` is rank r's heap as mapped here.
+ * with cuIpcGetMemHandle and opened by every peer of its host (ranks are processes; several may share one
+ * GPU). Handles travel through the launcher's TCP store. `peers[r]` is rank r's heap as mapped here (0n
+ * for a rank on another host).
  */
 export interface CudaHeap {
   readonly rank: number;
@@ -27,6 +28,8 @@ export async function openCudaHeap(
   timeoutMs: number,
   /** What decides the heap's layout (config, dispatch path): every rank must open the same one. */
   layoutKey = `${bytes} bytes`,
+  /** Whether rank `me` maps rank `r`'s heap (between hosts, only those of its own host); the others stay 0n. */
+  maps: (r: number, me: number) => boolean = () => true,
 ): Promise<CudaHeap> {
   const env = readRankEnv();
   const rank = env?.rank ?? 0;
@@ -65,6 +68,7 @@ export async function openCudaHeap(
             { fields: 'dispatchPath', peer: r },
           );
         }
+        if (!maps(r, rank)) continue;
         const handle = await store.get(`moe-a2a/heap${seq}/${r}`, { timeoutMs });
         peers[r] = drv.ipcOpenMemHandle(handle);
         opened.push(peers[r]);

@@ -11,6 +11,11 @@ export const KERNELS = [
   'ep_stage_send',
   'ep_stage_pack',
   'ep_barrier',
+  'ep_rail_plan',
+  'ep_rail_rows',
+  'ep_rail_forward',
+  'ep_rail_combine',
+  'ep_rail_land',
 ] as const;
 export type KernelName = (typeof KERNELS)[number];
 export type KernelLaunchers = Record<KernelName, KernelLauncher>;

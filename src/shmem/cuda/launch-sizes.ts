@@ -64,6 +64,16 @@ export function reduceSize(cfg: EpConfig, tokens: number, sms: number): LaunchSi
   return { grid: Math.min(8 * sms, Math.max(1, tokens * Math.ceil(vectors / block))), block, sharedBytes: 0 };
 }
 
+/** ep_rail_plan: one block per host (the block of this rank's own host returns at once). */
+export function railPlanSize(cfg: EpConfig): LaunchSize {
+  return { grid: cfg.nodes, block: 1024, sharedBytes: 0 };
+}
+
+/** ep_rail_forward, ep_rail_combine, ep_rail_land: a warp per (row, 2 KiB segment), 8 warps a block. */
+export function railWalkSize(sms: number): LaunchSize {
+  return { grid: 4 * sms, block: 256, sharedBytes: 0 };
+}
+
 /**
  * The launches a host abort makes (no tokens: the kernel only signals the abort): the first kernel of the
  * dispatch, or ep_combine_send, with as few threads as each allows.

@@ -1,0 +1,401 @@
+// Between hosts (EpArgs.nodes > 1; README, "Between hosts"): 9 ep_rail_plan, 10 ep_rail_rows,
+// 11 ep_rail_forward, 12 ep_rail_combine, 13 ep_rail_land.
+// Part of the ep.cu translation unit: included by kernels/ep.cu only, in its order.
+//
+// Rank r is (host r / G, local r % G); its rail peer on host h is (h, local r). Only this host's heaps are
+// mapped. A rank sends each other host one dispatch message per call, to its rail peer there, and gets
+// one back per combine; the host moves them with NCCL between these kernels, each a fixed number of
+// bytes (src/ep/layout.ts: railMessageLayout, railCombineLayout), so a step stays capturable in a graph:
+//   dispatch: ep_stage_send (this host's owners) -> ep_rail_plan -> ep_rail_rows -> [NCCL: messages to
+//             and from every other host] -> ep_rail_forward -> ep_stage_pack
+//   combine:  ep_combine_send (this host's sources; rows for a source on another host go to the outbox
+//             of its rail peer here) -> ep_rail_combine -> [NCCL] -> ep_rail_land -> ep_combine_reduce
+// The messages are the cpu transport's (src/shmem/cpu/rail.ts): every output is the same bytes. A message
+// carries its call in its header, so a message that did not come (the host aborted NCCL after its
+// timeout) is told from this call's and the wait for it names the rank that did not send it.
+// Buffer reuse needs no signal: each message buffer is written and read on this rank's own stream, in
+// order; an owner's stage slot is reused as on one host (ep_stage_send's wait on this host's ranks).
+#pragma once
+
+namespace {
+
+__device__ __forceinline__ int my_host(const EpArgs& a) { return host_of(a, a.rank); }
+__device__ __forceinline__ int my_local(const EpArgs& a) { return a.rank - my_host(a) * a.ranksPerNode; }
+// Dispatch message h in a [nodes][railMsgBytes] buffer, and combine message h in a [nodes][railCombBytes] one.
+__device__ __forceinline__ char* rail_msg(uint64_t buf, const EpArgs& a, int h) {
+  return (char*)buf + (uint64_t)h * a.railMsgBytes;
+}
+__device__ __forceinline__ char* rail_comb(uint64_t buf, const EpArgs& a, int h) {
+  return (char*)buf + (uint64_t)h * a.railCombBytes;
+}
+// A message's call word (dispatch: bytes 8..15; combine: bytes 0..7), written before the sender's NCCL send.
+__device__ __forceinline__ uint64_t msg_call(const char* msg, int at) { return *(const volatile uint64_t*)(msg + at); }
+// Owner g's split record in dispatch message `msg` (EPR counts, then m_st).
+__device__ __forceinline__ const int* msg_splits(const EpArgs& a, const char* msg, int g) {
+  return (const int*)(msg + a.railMsgSplits) + (uint64_t)g * (a.expertsPerRank + 1);
+}
+__device__ __forceinline__ int split_rows(const EpArgs& a, const int* split) {
+  int n = 0;
+  for (int le = 0; le < a.expertsPerRank; ++le) n += split[le];
+  return n;
+}
+// The i with pre[i] <= g < pre[i + 1] (pre: an exclusive scan of n entries, pre[n] the total).
+__device__ __forceinline__ int find_run(const int* pre, int n, int g) {
+  int lo = 0, hi = n;
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) >> 1;
+    if (pre[mid] <= g) lo = mid;
+    else hi = mid;
+  }
+  return lo;
+}
+__device__ __forceinline__ int row_segments(uint64_t rowBytes, uint64_t vb) {
+  return (int)((rowBytes + 32u * SEG_VECS * vb - 1) / (32u * SEG_VECS * vb));
+}
+
+}  // namespace
+
+// =============================================================================================
+// 9. ep_rail_plan (after ep_stage_send; grid = nodes, one block per other host; block <= 1024): the books of
+// this rank's message to host h, from pairRow (the row of each pair in this rank's expert-sorted order):
+// which tokens go there (each once, in token order: railTokenOf), and per owner there its split record, the
+// token of each of its stage rows and, with dedup, each row's carrier and each carrier's record. The header:
+// the number of tokens and the call (with the abort bit when this rank's own input failed it: then only
+// the header). ep_rail_rows stores the rows.
+extern "C" __global__ void __launch_bounds__(1024) ep_rail_plan(const __grid_constant__ EpArgs a) {
+  __shared__ int hist[EP_MAX_EXPERTS + 1];
+  __shared__ int flags[1024 + 1];
+  __shared__ int scratch[33];
+  allow_dependents();
+  wait_for_prior();  // ep_stage_send: pairRow, the call count, ownAbort
+  host_requires(a.nodes > 1 && (int)gridDim.x == a.nodes && blockDim.x <= 1024 && a.topk <= EP_MAX_TOPK,
+                "ep_rail_plan: nodes > 1, grid = nodes, block <= 1024");
+  const int h = blockIdx.x, tid = threadIdx.x, B = blockDim.x;
+  if (h == my_host(a)) return;
+  const EpState* st = state_of(a);
+  const uint64_t call = read_calls(st);
+  char* msg = rail_msg(a.railSend, a, h);
+  if (*(const volatile uint32_t*)&st->ownAbort != 0) {
+    if (tid == 0) {
+      *(uint32_t*)msg = 0u;
+      *(uint64_t*)(msg + 8) = call | EP_ABORT_BIT;
+    }
+    return;
+  }
+  const int E = a.numExperts, K = a.topk, T = a.numTokens, EPR = a.expertsPerRank, G = a.ranksPerNode;
+  const int S = a.stageRows, RB = a.recordBytes / 4;
+  const int* topk = (const int*)a.topkIdx;
+  const int* pairRow = (const int*)a.pairRow;
+  const float* weights = (const float*)a.topkWeights;
+  // where each expert's rows start in this rank's order (as ep_stage_send's bookkeeping counts them)
+  for (int e = tid; e <= E; e += B) hist[e] = 0;
+  __syncthreads();
+  for (int p = tid; p < T * K; p += B) {
+    const int e = __ldg(topk + p);
+    if (e >= 0) atomicAdd(&hist[e], 1);
+  }
+  block_exclusive_scan(hist, E, scratch);
+  int* splits = (int*)(msg + a.railMsgSplits);
+  for (int i = tid; i < G * (EPR + 1); i += B) {
+    const int g = i / (EPR + 1), le = i % (EPR + 1), e0 = (h * G + g) * EPR;
+    splits[i] = le < EPR ? hist[e0 + le + 1] - hist[e0 + le] : hist[e0];
+  }
+  int* tokenOf = (int*)a.railTokenOf + (uint64_t)h * a.maxTokensPerRank;
+  int* rowToken = (int*)(msg + a.railMsgRowToken);
+  int* carriers = (int*)(msg + a.railMsgCarriers);
+  int* records = (int*)(msg + a.railMsgRecords);
+  // the owner of pair p on host h, local index, or -1
+  auto ownerHere = [&](int p) {
+    const int e = __ldg(topk + p);
+    if (e < 0 || __ldg(pairRow + p) < 0) return -1;
+    const int d = e / EPR;
+    return host_of(a, d) == h ? d - h * G : -1;
+  };
+  int n = 0;  // tokens so far (every thread holds the same)
+  for (int t0 = 0; t0 < T; t0 += B) {
+    const int t = t0 + tid;
+    bool goes = false;
+    for (int j = 0; t < T && j < K && !goes; ++j) goes = ownerHere(t * K + j) >= 0;
+    flags[tid] = goes ? 1 : 0;
+    block_exclusive_scan(flags, B, scratch);
+    const int mine = goes ? n + flags[tid] : -1;
+    n += flags[B];
+    if (t >= T) continue;
+    tokenOf[t] = mine;
+    if (!goes) continue;
+    for (int j = 0; j < K; ++j) {
+      const int g = ownerHere(t * K + j);
+      if (g < 0) continue;
+      const int start = hist[(h * G + g) * EPR];
+      const int r = __ldg(pairRow + t * K + j) - start;
+      rowToken[(uint64_t)g * S + r] = mine;
+      if (!a.dedup) continue;
+      int j0 = 0;  // the token's carrier slot for this owner: its first slot naming it
+      while (ownerHere(t * K + j0) != g) ++j0;
+      const int r0 = __ldg(pairRow + t * K + j0) - start;
+      carriers[(uint64_t)g * S + r] = r0;
+      if (j != j0) continue;
+      int* rec = records + ((uint64_t)g * S + r0) * RB;  // back, then per slot the row for g (or -1), the weight
+      rec[0] = t * K + j0;
+      for (int q = 0; q < K; ++q) {
+        const bool ours = ownerHere(t * K + q) == g;
+        rec[1 + q] = ours ? __ldg(pairRow + t * K + q) - start : -1;
+        rec[1 + K + q] = __float_as_int(ours ? __ldg(weights + t * K + q) : 0.0f);
+      }
+    }
+  }
+  if (tid == 0) {
+    *(uint32_t*)msg = (uint32_t)n;
+    *(uint64_t*)(msg + 8) = call;
+  }
+}
+
+// =============================================================================================
+// 10. ep_rail_rows (after ep_rail_plan; sizes as ep_dispatch): each token's row, FP8-quantised or bf16 as
+// ep_stage_send stores it, into this rank's message to every other host it goes to, at its index there.
+namespace {
+struct RailDests {
+  int state = -1;  // -1: not asked yet; 1: rows go; 0: this rank's own input failed the call
+  __device__ __forceinline__ int stride() const { return gridDim.x; }
+  __device__ __forceinline__ bool go(const EpArgs& a, int /*firstToken*/) {
+    if (state < 0) {
+      wait_for_prior();  // ep_rail_plan's railTokenOf
+      state = *(const volatile uint32_t*)&state_of(a)->ownAbort == 0 ? 1 : 0;
+    }
+    return state != 0;
+  }
+  __device__ __forceinline__ void dests(const EpArgs& a, int t, bool /*firstChunk*/, DestList& L, int buf) {
+    if (threadIdx.x >= 32) return;
+    const int lane = threadIdx.x;
+    int n = 0;
+    for (int h0 = 0; h0 < a.nodes; h0 += 32) {
+      const int h = h0 + lane;
+      const int tok = h < a.nodes && h != my_host(a) ? ((const int*)a.railTokenOf)[(uint64_t)h * a.maxTokensPerRank + t] : -1;
+      const bool valid = tok >= 0;
+      const uint32_t bal = __ballot_sync(FULL_MASK, valid);
+      if (valid) {
+        const int pos = n + __popc(bal & lanemask_lt());
+        char* msg = rail_msg(a.railSend, a, h);
+        L.row[buf][pos] = (uint64_t)(msg + a.railMsgRows + (uint64_t)tok * a.dispatchRowBytes);
+        L.scale[buf][pos] = (uint64_t)(msg + a.railMsgScales + (uint64_t)tok * a.groupsPerRow * 4u);
+      }
+      n += __popc(bal);
+    }
+    if (lane == 0) L.n[buf] = n;
+  }
+};
+}  // namespace
+
+extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_rail_rows(const __grid_constant__ EpArgs a) {
+  __shared__ DestList L;
+  allow_dependents();
+  host_requires(a.nodes > 1 && a.nodes <= EP_MAX_TOPK, "ep_rail_rows: 1 < nodes <= EP_MAX_TOPK");
+  RailDests D;
+  dispatch_rows(a, L, D);
+}
+
+// =============================================================================================
+// 11. ep_rail_forward (after the messages came, as rail peer; block 256, any grid): each other host's
+// message, from source s = (that host, this rank's local index), into the stages of this host's owners on
+// s's behalf (split record, rows, scales, with dedup carriers and records), then s's signal to each owner
+// (with the abort bit when s aborted; none when the message is not this call's: the owners' waits name s).
+// The last block then waits for every source on another host (their rail peers here signal this rank).
+extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_rail_forward(const __grid_constant__ EpArgs a) {
+  __shared__ int pre[EP_MAX_EXPERTS + 1];  // per (host, owner) = i: its rows, then their exclusive scan (W <= E)
+  __shared__ uint64_t word[EP_MAX_TOPK];   // per host: its message's call word
+  __shared__ int scratch[33];
+  __shared__ int sLast;
+  allow_dependents();
+  host_requires(a.nodes > 1 && a.nodes <= EP_MAX_TOPK && a.world <= EP_MAX_EXPERTS, "ep_rail_forward: 1 < nodes <= EP_MAX_TOPK");
+  EpState* st = state_of(a);
+  const uint64_t call = read_calls(st), slot = call & 1u;
+  const int tid = threadIdx.x, B = blockDim.x, W = a.world, G = a.ranksPerNode, EPR = a.expertsPerRank, S = a.stageRows;
+  const int me = my_host(a), lane = tid & 31;
+  const uint64_t* peer = (const uint64_t*)a.peerBases;
+  for (int h = tid; h < a.nodes; h += B) word[h] = h == me ? 0u : msg_call(rail_msg(a.railRecv, a, h), 8);
+  __syncthreads();
+  for (int i = tid; i < W; i += B) {
+    const int h = i / G;
+    pre[i] = h != me && word[h] == call ? split_rows(a, msg_splits(a, rail_msg(a.railRecv, a, h), i % G)) : 0;
+  }
+  block_exclusive_scan(pre, W, scratch);
+  // split records (block 0)
+  if (blockIdx.x == 0)
+    for (int i = tid; i < W; i += B) {
+      const int h = i / G, g = i % G;
+      if (h == me || word[h] != call) continue;
+      const int s = rank_at(a, h, my_local(a));
+      const int* split = msg_splits(a, rail_msg(a.railRecv, a, h), g);
+      int* dst = (int*)(__ldg(peer + rank_at(a, me, g)) + a.stageSplitsOff + slot * a.stageSplitsSlot) + (uint64_t)s * (EPR + 1);
+      for (int le = 0; le <= EPR; ++le) st_u32(dst + le, (uint32_t)split[le]);
+    }
+  const uint64_t rb = a.dispatchRowBytes, VB = rb % 16u == 0 ? 16u : 8u;
+  const int segs = row_segments(rb, VB);
+  const uint64_t gpr = a.fp8 ? (uint64_t)a.groupsPerRow : 0u;
+  const uint32_t items = (uint32_t)pre[W] * (uint32_t)(segs + 1);  // per row: its segments, then its books
+  const int warpsPerBlock = B >> 5;
+  for (uint32_t it = blockIdx.x * warpsPerBlock + (tid >> 5); it < items; it += gridDim.x * warpsPerBlock) {
+    const int gi = (int)(it / (uint32_t)(segs + 1)), seg = (int)(it % (uint32_t)(segs + 1));
+    const int i = find_run(pre, W, gi), h = i / G, g = i % G, r = gi - pre[i];
+    const int s = rank_at(a, h, my_local(a));
+    const char* msg = rail_msg(a.railRecv, a, h);
+    const uint64_t at = (uint64_t)g * S + r;  // this row's entries in the message
+    const int tok = ((const int*)(msg + a.railMsgRowToken))[at];
+    const int carrier = a.dedup ? ((const int*)(msg + a.railMsgCarriers))[at] : r;
+    const uint64_t base = __ldg(peer + rank_at(a, me, g));
+    const uint64_t row = (uint64_t)s * S + r;  // in the owner's stage
+    if (seg < segs) {
+      if (carrier != r) continue;  // (dedup: only a token's carrier row holds its data)
+      char* dst = (char*)(base + a.stageDataOff + slot * a.stageDataSlot + row * rb);
+      const char* src = msg + a.railMsgRows + (uint64_t)tok * rb;
+      if (VB == 16) copy_segment<16, false>(dst, src, rb, seg, lane);
+      else copy_segment<8, false>(dst, src, rb, seg, lane);
+      continue;
+    }
+    if (carrier == r)
+      for (uint64_t q = lane; q < gpr; q += 32)
+        st_u32((char*)(base + a.stageScalesOff + slot * a.stageScalesSlot) + (row * gpr + q) * 4u,
+               ((const uint32_t*)(msg + a.railMsgScales))[(uint64_t)tok * gpr + q]);
+    if (!a.dedup) continue;
+    if (lane == 0) st_u32((char*)(base + a.stageCarrierOff + slot * a.stageCarrierSlot) + row * 4u, (uint32_t)carrier);
+    if (carrier == r) {
+      const uint32_t* rec = (const uint32_t*)(msg + a.railMsgRecords + at * (uint64_t)a.recordBytes);
+      char* out = (char*)(base + a.stageRecordsOff + slot * a.stageRecordsSlot + row * (uint64_t)a.recordBytes);
+      for (int q = lane; q < a.recordBytes / 4; q += 32) st_u32(out + q * 4u, rec[q]);
+    }
+  }
+  if (!finish_block(&st->doneBlocks[1], &sLast)) return;
+  // (finish_block's atomic ordered every block's stores before these signals)
+  for (int i = tid; i < W; i += B) {
+    const int h = i / G;
+    if (h == me || (word[h] & ~EP_ABORT_BIT) != call) continue;
+    signal((uint64_t*)(__ldg(peer + rank_at(a, me, i % G)) + a.dispatchSignalOff + slot * a.dispatchSignalSlot +
+                       (uint64_t)rank_at(a, h, my_local(a)) * 8u),
+           word[h]);
+  }
+  const uint64_t* mine = (const uint64_t*)(a.localBase + a.dispatchSignalOff + slot * a.dispatchSignalSlot);
+  wait_for_sources(a, mine, -1, call, (uint32_t)slot, EP_ERR_PEER_ABORT_DISPATCH, EP_ERR_TIMEOUT_DISPATCH,
+                   WAIT_OTHER_HOSTS);
+  __syncthreads();
+  if (tid == 0) stamp(a, EP_STAMP_DISPATCH_ARRIVED);
+}
+
+// =============================================================================================
+// 12. ep_rail_combine (after ep_combine_send, as rail peer; block 256, any grid): for each other host's
+// source s (this call's message from it still in railRecv), waits for every owner of this host to have
+// put its rows for s in this rank's outbox (or its abort), then builds the combine message to s: the call,
+// each owner's signal and row count, and per position the row of s it goes to and the row (railCombineLayout).
+extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_rail_combine(const __grid_constant__ EpArgs a) {
+  __shared__ int pre[EP_MAX_EXPERTS + 1];
+  __shared__ uint64_t seen[EP_MAX_EXPERTS];  // per (host, owner): the signal its rows came with
+  __shared__ uint64_t word[EP_MAX_TOPK];
+  __shared__ int scratch[33];
+  allow_dependents();
+  wait_for_prior();  // ep_combine_send
+  host_requires(a.nodes > 1 && a.nodes <= EP_MAX_TOPK && a.world <= EP_MAX_EXPERTS, "ep_rail_combine: 1 < nodes <= EP_MAX_TOPK");
+  const EpState* st = state_of(a);
+  const uint64_t call = read_calls(st), slot = call & 1u;
+  const int tid = threadIdx.x, B = blockDim.x, W = a.world, G = a.ranksPerNode, S = a.stageRows;
+  const int me = my_host(a), lane = tid & 31;
+  for (int h = tid; h < a.nodes; h += B) word[h] = h == me ? 0u : msg_call(rail_msg(a.railRecv, a, h), 8);
+  const uint64_t deadline = deadline_after(a.timeoutNs);
+  const uint64_t* outSig = (const uint64_t*)(a.localBase + a.railOutboxSignalOff + slot * a.railOutboxSignalSlot);
+  for (int i = tid; i < W; i += B) {
+    seen[i] = 0;
+    if (i / G == me) continue;
+    uint64_t v = 0;
+    const int r = wait_until(outSig + i, call, deadline, &v);
+    seen[i] = v;
+    if (r == WAIT_TIMED_OUT && blockIdx.x == 0)
+      report_error(a, EP_ERR_TIMEOUT_COMBINE, (uint32_t)rank_at(a, me, i % G), (uint32_t)slot, call, (int64_t)v, 0, 0u);
+  }
+  __syncthreads();
+  for (int i = tid; i < W; i += B) {
+    const int h = i / G;
+    pre[i] = h != me && word[h] == call && seen[i] == call ? split_rows(a, msg_splits(a, rail_msg(a.railRecv, a, h), i % G)) : 0;
+  }
+  block_exclusive_scan(pre, W, scratch);
+  if (blockIdx.x == 0)
+    for (int i = tid; i < W; i += B) {
+      const int h = i / G, g = i % G;
+      if (h == me) continue;
+      char* out = rail_comb(a.railCombSend, a, h);
+      if (g == 0) *(uint64_t*)out = call;
+      ((uint64_t*)(out + a.railCombStatus))[g] = seen[i];
+      ((int*)(out + a.railCombCounts))[g] = pre[i + 1] - pre[i];
+    }
+  const uint64_t rb = a.combineRowBytes;
+  const int segs = row_segments(rb, 16u);
+  const uint32_t items = (uint32_t)pre[W] * (uint32_t)(segs + 1);
+  const int warpsPerBlock = B >> 5;
+  const uint64_t hostRows = a.railOutboxSlot / (uint64_t)a.nodes;  // bytes of one host's outbox
+  for (uint32_t it = blockIdx.x * warpsPerBlock + (tid >> 5); it < items; it += gridDim.x * warpsPerBlock) {
+    const int gi = (int)(it / (uint32_t)(segs + 1)), seg = (int)(it % (uint32_t)(segs + 1));
+    const int i = find_run(pre, W, gi), h = i / G, g = i % G, r = gi - pre[i];
+    const char* msg = rail_msg(a.railRecv, a, h);
+    const uint64_t at = (uint64_t)g * S + r;
+    int back;  // the source's combine row of this position: m_st + r, or with dedup a carrier's origin row
+    if (!a.dedup) back = msg_splits(a, msg, g)[a.expertsPerRank] + r;
+    else back = ((const int*)(msg + a.railMsgCarriers))[at] == r
+                    ? *(const int*)(msg + a.railMsgRecords + at * (uint64_t)a.recordBytes)
+                    : -1;
+    char* out = rail_comb(a.railCombSend, a, h);
+    const uint64_t pos = (uint64_t)(gi - pre[h * G]);
+    if (seg == segs) {
+      if (lane == 0) ((int*)(out + a.railCombIndex))[pos] = back;
+      continue;
+    }
+    if (back < 0) continue;
+    const char* src = (const char*)(a.localBase + a.railOutboxOff + slot * a.railOutboxSlot + h * hostRows) + (uint64_t)back * rb;
+    copy_segment<16, true>(out + a.railCombRows + pos * rb, src, rb, seg, lane);
+  }
+}
+
+// =============================================================================================
+// 13. ep_rail_land (after the combine messages came; block 256, any grid): each other host's rows into
+// this rank's combine buffer at their rows, and that host's owners' signals checked: an abort fails the
+// combine naming the owner; a missing signal, or a message that is not this call's, names the owner, or
+// the rail peer that did not send it, as a timeout.
+extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_rail_land(const __grid_constant__ EpArgs a) {
+  __shared__ int pre[EP_MAX_EXPERTS + 1];
+  __shared__ uint64_t word[EP_MAX_TOPK];
+  __shared__ int scratch[33];
+  allow_dependents();
+  host_requires(a.nodes > 1 && a.nodes <= EP_MAX_TOPK && a.world <= EP_MAX_EXPERTS, "ep_rail_land: 1 < nodes <= EP_MAX_TOPK");
+  const EpState* st = state_of(a);
+  const uint64_t call = read_calls(st), slot = call & 1u;
+  const int tid = threadIdx.x, B = blockDim.x, W = a.world, G = a.ranksPerNode;
+  const int me = my_host(a), lane = tid & 31;
+  for (int h = tid; h < a.nodes; h += B) word[h] = h == me ? 0u : msg_call(rail_comb(a.railCombRecv, a, h), 0);
+  __syncthreads();
+  for (int i = tid; i < W; i += B) {
+    const int h = i / G, g = i % G;
+    pre[i] = 0;
+    if (h == me) continue;
+    const char* msg = rail_comb(a.railCombRecv, a, h);
+    const uint64_t v = ((const volatile uint64_t*)(msg + a.railCombStatus))[g];
+    if (word[h] == call) pre[i] = ((const int*)(msg + a.railCombCounts))[g];
+    if (blockIdx.x != 0) continue;
+    if (word[h] != call)
+      report_error(a, EP_ERR_TIMEOUT_COMBINE, (uint32_t)rank_at(a, h, my_local(a)), (uint32_t)slot, call, (int64_t)word[h], 0, 0u);
+    else if (v == (call | EP_ABORT_BIT))
+      report_error(a, EP_ERR_PEER_ABORT_COMBINE, (uint32_t)i, (uint32_t)slot, call, 0, 0, 0u);
+    else if (v != call)
+      report_error(a, EP_ERR_TIMEOUT_COMBINE, (uint32_t)i, (uint32_t)slot, call, (int64_t)v, 0, 0u);
+  }
+  block_exclusive_scan(pre, W, scratch);
+  const uint64_t rb = a.combineRowBytes;
+  const int segs = row_segments(rb, 16u);
+  const uint32_t items = (uint32_t)pre[W] * (uint32_t)segs;
+  const int warpsPerBlock = B >> 5;
+  char* recv = (char*)(a.localBase + a.combineRecvOff + slot * a.combineRecvSlot);
+  for (uint32_t it = blockIdx.x * warpsPerBlock + (tid >> 5); it < items; it += gridDim.x * warpsPerBlock) {
+    const int gi = (int)(it / (uint32_t)segs), seg = (int)(it % (uint32_t)segs);
+    const int i = find_run(pre, W, gi), h = i / G;
+    const char* msg = rail_comb(a.railCombRecv, a, h);
+    const uint64_t pos = (uint64_t)(gi - pre[h * G]);
+    const int back = ((const int*)(msg + a.railCombIndex))[pos];
+    if (back < 0) continue;
+    copy_segment<16, false>(recv + (uint64_t)back * rb, msg + a.railCombRows + pos * rb, rb, seg, lane);
+  }
+}

@@ -1,0 +1,129 @@
+import type { EpConfig } from '../../ep/config.js';
+import {
+  type HeapLayout,
+  type RailCombineLayout,
+  type RailMessageLayout,
+  railCombineLayout,
+  railMessageLayout,
+} from '../../ep/layout.js';
+import { ConfigError } from '../../errors.js';
+import { readRankEnv, storeFromEnv } from '../../launch/env.js';
+import { NcclComm, type NcclLib, type P2pOp } from '../../net/nccl.js';
+import type { CuStream } from './driver.js';
+
+/**
+ * Between hosts on the cuda transport (config.nodes > 1; README, "Between hosts"; kernels/ep_rail.cuh):
+ * this rank's rail, the NCCL communicator of the ranks of its local index (one per host, its rank there
+ * is its host), the message buffers, and the two exchanges each call makes on the group's stream. Every
+ * message has a fixed size (railMessageLayout, railCombineLayout), so the exchange needs no count from
+ * the device and a captured graph replays it.
+ */
+export interface CudaRail {
+  readonly host: number;
+  readonly msg: RailMessageLayout;
+  readonly comb: RailCombineLayout;
+  /** Device buffers the kernels read and write (EpArgs rail*). */
+  readonly buffers: {
+    readonly railSend: bigint;
+    readonly railRecv: bigint;
+    readonly railTokenOf: bigint;
+    readonly railCombSend: bigint;
+    readonly railCombRecv: bigint;
+  };
+  /** Enqueues this call's dispatch or combine messages to and from every other host on `stream`. */
+  exchange(kind: 'dispatch' | 'combine', stream: CuStream): void;
+  /** ncclCommAbort: transfers in flight end (the group is broken). */
+  abort(): void;
+  /** Frees the communicator (aborts it when it was aborted or cannot finish). */
+  close(): void;
+}
+
+/**
+ * On one machine, `MOE_A2A_SIMULATED_HOSTS=1` makes its ranks play config.nodes hosts: each host's
+ * ranks get their own NCCL_HOSTID (unless one is set), so NCCL moves the messages between them as between
+ * hosts (through its network transport; `NCCL_SOCKET_IFNAME=lo` keeps that on the loopback).
+ */
+export const SIMULATED_HOSTS_VAR = 'MOE_A2A_SIMULATED_HOSTS';
+
+let railsOpened = 0;
+
+export async function openCudaRail(
+  config: EpConfig,
+  layout: HeapLayout,
+  heapLocal: bigint,
+  rank: number,
+  timeoutMs: number,
+  alloc: (bytes: number) => bigint,
+  lib?: NcclLib,
+): Promise<CudaRail> {
+  const G = config.ranksPerNode;
+  const host = Math.floor(rank / G);
+  const local = rank % G;
+  const env = readRankEnv();
+  if (!env) {
+    throw new ConfigError(
+      `nodes = ${config.nodes} needs one process per rank, started by \`moe-a2a launch\` on every host`,
+      { fields: 'nodes' },
+    );
+  }
+  if (process.env[SIMULATED_HOSTS_VAR] === '1') process.env.NCCL_HOSTID ??= `moe-a2a-simulated-host-${host}`;
+  const msg = railMessageLayout(config, layout.stageRows);
+  const comb = railCombineLayout(config, layout.stageRows);
+  const N = config.nodes;
+  const buffers = {
+    railSend: alloc(N * msg.bytes),
+    // the heap's first inbox slot (the cpu transport's rail peers write it; here NCCL receives into it)
+    railRecv: heapLocal + BigInt(layout.railInbox.offset),
+    railTokenOf: alloc(N * config.maxTokensPerRank * 4),
+    railCombSend: alloc(N * comb.bytes),
+    railCombRecv: alloc(N * comb.bytes),
+  };
+  const seq = railsOpened++;
+  const store = await storeFromEnv(env, timeoutMs);
+  let comm: NcclComm;
+  try {
+    comm = await NcclComm.init({
+      store,
+      key: `moe-a2a/rail${seq}/${local}`,
+      rank: host,
+      world: N,
+      timeoutMs,
+      lib,
+    });
+  } finally {
+    await store.close();
+  }
+  const ops = (send: bigint, recv: bigint, bytes: number): P2pOp[] => {
+    const out: P2pOp[] = [];
+    for (let h = 0; h < N; h++) {
+      if (h === host) continue;
+      out.push({ kind: 'send', ptr: send + BigInt(h * bytes), bytes, peer: h });
+      out.push({ kind: 'recv', ptr: recv + BigInt(h * bytes), bytes, peer: h });
+    }
+    return out;
+  };
+  const dispatchOps = ops(buffers.railSend, buffers.railRecv, msg.bytes);
+  const combineOps = ops(buffers.railCombSend, buffers.railCombRecv, comb.bytes);
+  let aborted = false;
+  return {
+    host,
+    msg,
+    comb,
+    buffers,
+    exchange(kind, stream) {
+      comm.groupP2p(kind === 'dispatch' ? dispatchOps : combineOps, stream);
+    },
+    abort() {
+      aborted = true;
+      comm.abort();
+    },
+    close() {
+      if (aborted) return;
+      try {
+        comm.destroy();
+      } catch {
+        comm.abort();
+      }
+    },
+  };
+}

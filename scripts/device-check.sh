@@ -66,16 +66,19 @@ for step in "$@"; do
       export MOE_A2A_NCCL_LIB=${MOE_A2A_NCCL_LIB:-$(ldconfig -p | grep -o '/[^ ]*libnccl.so.2$' | head -1)}
       export MOE_A2A_SIMULATED_HOSTS=1 NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-lo}
       if [ $step = hosts ]; then
-        for wn in 2:2 4:2 4:4; do
+        for wn in ${HOSTS_WN:-2:2 4:2 4:4}; do
           w=${wn%:*}; n=${wn#*:}
-          for d in --dedup --no-dedup; do
+          for d in ${HOSTS_DEDUP:---dedup --no-dedup}; do
             TAIL=3 run hosts-w$w-n$n$d timeout 300 $cli verify --transport cuda --world $w --nodes $n --experts 16 --hidden 256 \
               --topk 4 --tokens 0,1,33,128 --scenario random,dropped,skewed,ragged $d --calls 2
           done
         done
-        TAIL=3 run hosts-graph timeout 200 $cli verify --transport cuda --graph --world 4 --nodes 2 --experts 16 --hidden 512 --topk 4 --tokens 32 --scenario random,skewed --calls 200
+        TAIL=3 run hosts-graph timeout 200 $cli verify --transport cuda --graph --world 4 --nodes 2 --experts 16 --hidden 512 --topk 4 --tokens 32 --scenario random,skewed --calls ${GRAPH_CALLS:-200}
       elif [ $step = hosts-long ]; then
-        TAIL=3 run hosts-long timeout 400 $cli verify --transport cuda --world 4 --nodes 2 --experts 16 --hidden 512 --topk 4 --tokens 16 --fp8 --scenario random --calls ${LONG_CALLS:-1000}
+        # 1,000 consecutive calls, eager and graph-replayed (W = LONG_W over 2 hosts)
+        for g in "" --graph; do
+          TAIL=3 run hosts-long$g timeout 400 $cli verify --transport cuda $g --world ${LONG_W:-4} --nodes 2 --experts 16 --hidden 512 --topk 4 --tokens 16 --fp8 --scenario random --expert-layout packed --calls ${LONG_CALLS:-1000}
+        done
       else
         MOE_A2A_TRACE=1 run hosts-fail timeout 400 node --test --test-name-pattern "hosts" .device/build/test/cuda.conformance.test.js
       fi ;;

@@ -35,6 +35,15 @@ describe('the dispatch path of a group', () => {
     );
   });
 
+  test('a group over several hosts stages at every batch size; direct refused', () => {
+    const at = (maxTokensPerRank: number, requested: 'auto' | 'staged' | 'direct' = 'auto') =>
+      chooseDispatchPath(resolveConfig({ ...shape, world: 4, nodes: 2, maxTokensPerRank }), requested);
+    assert.equal(at(1), 'staged');
+    assert.equal(at(4096), 'staged', 'auto would go direct on one host');
+    assert.equal(at(4096, 'staged'), 'staged');
+    assert.throws(() => at(128, 'direct'), { code: 'MOE_CONFIG', message: /nodes > 1 \(2\) needs dispatchPath 'staged'/ });
+  });
+
   test('dedup rides on the stage: staged whatever auto would pick, at every batch size; direct refused', () => {
     const at = (maxTokensPerRank: number, requested: 'auto' | 'staged' | 'direct' = 'auto') =>
       chooseDispatchPath(resolveConfig({ ...shape, world: 2, maxTokensPerRank, dedup: true }), requested);

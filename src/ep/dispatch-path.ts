@@ -10,7 +10,7 @@ import type { EpConfig } from './config.js';
  *   into its final place in the owner's expertX: no stage and no pack, one more signal round.
  * The cpu transport runs either at any W (chooseCpuDispatchPath). A cuda group with one rank uses its
  * one-rank kernels whatever is asked (chooseDispatchPath says 'direct' for it: no stage).
- * A group with `dedup` stages (de-duplication rides on the stage).
+ * A group with `dedup` stages (de-duplication rides on the stage), and so does a group over several hosts.
  * Every rank of a group must use the same path: it follows from the config (and an explicit request),
  * never from a call's own token count.
  */
@@ -35,6 +35,11 @@ export function parseDispatchPath(v: unknown, from: string): DispatchPathRequest
 /** The path a group with this config takes for `requested` (throws ConfigError when it cannot take it). */
 export function chooseDispatchPath(cfg: EpConfig, requested: DispatchPathRequest = 'auto'): DispatchPath {
   if (cfg.world === 1) return 'direct';
+  if (cfg.nodes > 1) {
+    // rows cross hosts to a rail peer, who hands them to their owners' stages
+    if (requested === 'direct') throw nodesDirectError(cfg);
+    return 'staged';
+  }
   if (cfg.dedup) {
     // de-duplication rides on the stage: a token's row is staged once per owner, which fans it out
     if (requested === 'direct') throw dedupDirectError();
@@ -50,11 +55,7 @@ export function chooseDispatchPath(cfg: EpConfig, requested: DispatchPathRequest
  */
 export function chooseCpuDispatchPath(cfg: EpConfig, requested: DispatchPathRequest = 'auto'): DispatchPath {
   if (requested !== 'direct') return 'staged';
-  if (cfg.nodes > 1)
-    throw new ConfigError(
-      `nodes > 1 (${cfg.nodes}) needs dispatchPath 'staged' (or 'auto'), got 'direct': rows cross hosts to a rail peer, who hands them to their owners' stages`,
-      { fields: 'nodes,dispatchPath' },
-    );
+  if (cfg.nodes > 1) throw nodesDirectError(cfg);
   if (cfg.dedup) throw dedupDirectError();
   return 'direct';
 }
@@ -64,6 +65,13 @@ export function requestedDispatchPath(option: unknown): DispatchPathRequest {
   return parseDispatchPath(
     option ?? process.env.MOE_A2A_DISPATCH_PATH ?? 'auto',
     option !== undefined ? 'dispatchPath' : 'MOE_A2A_DISPATCH_PATH',
+  );
+}
+
+function nodesDirectError(cfg: EpConfig): ConfigError {
+  return new ConfigError(
+    `nodes > 1 (${cfg.nodes}) needs dispatchPath 'staged' (or 'auto'), got 'direct': rows cross hosts to a rail peer, who hands them to their owners' stages`,
+    { fields: 'nodes,dispatchPath' },
   );
 }
 

@@ -115,6 +115,17 @@
 // token over this rank's experts (f32, slot order, weighted), rounds once to bf16 and returns that one
 // partial to the origin's row t*k + carrier slot; ep_combine_reduce adds the partials in slot order.
 //
+// Between hosts (EpArgs.nodes > 1, staged only; README, "Between hosts"; the details in ep_rail.cuh): a rank
+// maps only its own host's heaps (peerBases of another host's rank is 0; nothing may read it). ep_stage_send
+// stores rows and split records for this host's owners only, and signals and waits for this host's ranks;
+// pairRow still covers every pair, and ep_rail_plan builds each other host's message from it. The rail
+// peer's ep_rail_forward fills its host's owners' stages on a remote source's behalf, signals them for it,
+// then waits for every remote source's signal; ep_stage_pack is unchanged. ep_combine_send writes the
+// rows (or partials) of a source on another host into the outbox of that source's rail peer on this host
+// (combine_rows_of, combine_signal_of), waits for this host's owners only, and ep_rail_land checks the
+// others'. EpState.ownAbort says whether this rank's own input failed the call (its messages carry the
+// abort bit), as opposed to a peer's abort seen in the wait.
+//
 // Call numbering: ep_route (and ep_dispatch_local's bookkeeping block) increments state->dispatchCalls
 // (call = the new value, slot = call & 1) and clears state->err; ep_stage_send's blocks all compute
 // call = dispatchCalls + 1 at their start (its row blocks need the slot) and its last block stores it

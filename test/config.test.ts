@@ -157,10 +157,11 @@ describe('resolveConfig: bad configurations', () => {
       (e: unknown) =>
         e instanceof ConfigError && /nodes > 1 \(2\) needs dispatchPath 'staged'/.test(e.message),
     );
+    // (checked before any driver is loaded: this runs without a GPU)
     await assert.rejects(
-      createGroup({ ...base, world: 4, numExperts: 8, nodes: 2, transport: 'cuda', rank: 0 }),
+      createGroup({ ...base, world: 130, numExperts: 130, nodes: 65, transport: 'cuda', rank: 0 }),
       (e: unknown) =>
-        e instanceof ConfigError && /the cuda transport runs on one host so far/.test(e.message),
+        e instanceof ConfigError && /the cuda transport supports nodes up to 64, got 65/.test(e.message),
     );
   });
 

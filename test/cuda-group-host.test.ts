@@ -16,7 +16,7 @@ const small = { world: 2, numExperts: 8, hidden: 64, topk: 2, maxTokensPerRank: 
 async function groupOn(
   fake: FakeDriver,
   input: EpConfigInput,
-  options: { dispatchPath?: 'staged' | 'direct' } = {},
+  options: { dispatchPath?: 'staged' | 'direct'; timeoutMs?: number } = {},
   log: string[] = [],
 ) {
   const g = await CudaEpGroup.create(
@@ -282,7 +282,10 @@ describe('cuda group between hosts (fake driver and rail)', () => {
       [false, true, true, false, false, true],
     );
     for (const l of sent.filter((l) => l.kernel.startsWith('ep_'))) {
-      assert.ok(Number.isInteger(l.grid) && l.grid >= 1 && l.block >= 32, `${l.kernel}: ${l.grid} x ${l.block}`);
+      assert.ok(
+        Number.isInteger(l.grid) && l.grid >= 1 && l.block >= 32,
+        `${l.kernel}: ${l.grid} x ${l.block}`,
+      );
       assert.equal(argOf(l, 'nodes'), 2);
       assert.equal(argOf(l, 'ranksPerNode'), 2);
       assert.notEqual(argOf(l, 'railSend'), 0n);
@@ -328,5 +331,48 @@ describe('cuda group between hosts (fake driver and rail)', () => {
     await g.close();
     assert.deepEqual(kernels(fake, at), combineAbort, 'left at close');
     assert.ok(log.includes('rail closed'));
+  });
+
+  test('a stream that never finishes: the rail is aborted after the timeout, the error names this rank, the group is broken', async () => {
+    const fake = new FakeDriver();
+    const log: string[] = [];
+    const g = await groupOn(fake, hosts, { dispatchPath: 'staged', timeoutMs: 200 }, log);
+    const { x, idx, w } = inputs(g, 2, [0, 5, 1, 6]);
+    g.dispatch(x, idx, { topkWeights: w });
+    fake.stuck = true;
+    const t0 = performance.now();
+    assert.throws(() => g.synchronize(), {
+      code: 'MOE_PEER_TIMEOUT',
+      message:
+        /rank 0: the exchange between hosts failed: it made no progress within 400 ms .*NCCL communicator was aborted/,
+    });
+    const ms = performance.now() - t0;
+    assert.ok(ms >= 390 && ms < 3000, `gave up after ${ms} ms`);
+    assert.ok(log.includes('rail aborted'));
+    assert.throws(() => g.dispatch(x, idx, { topkWeights: w }), { code: 'MOE_PEER_TIMEOUT' });
+    fake.stuck = false;
+    await g.close();
+  });
+
+  test("a broken connection NCCL reports ends the wait at once, with NCCL's words", async () => {
+    const fake = new FakeDriver();
+    const log: string[] = [];
+    const g = await groupOn(fake, hosts, { dispatchPath: 'staged', timeoutMs: 300 }, log);
+    const { x, idx, w } = inputs(g, 2, [0, 5, 1, 6]);
+    g.dispatch(x, idx, { topkWeights: w });
+    fake.stuck = true;
+    fake.railError = 'ncclRemoteError: connection closed by remote peer';
+    const t0 = performance.now();
+    assert.throws(() => g.synchronize(), {
+      code: 'MOE_PEER_TIMEOUT',
+      message: /the exchange between hosts failed: NCCL reported: ncclRemoteError: connection closed/,
+    });
+    // at once, not after 2 x 300 ms; then the stream is waited for again after the abort (2 x 300 ms here:
+    // this fake stream never finishes)
+    const ms = performance.now() - t0;
+    assert.ok(ms < 1100, `took ${ms} ms`);
+    assert.ok(log.includes('rail aborted'));
+    fake.stuck = false;
+    await g.close();
   });
 });

@@ -41,7 +41,10 @@ describe('the dispatch path of a group', () => {
     assert.equal(at(1), 'staged');
     assert.equal(at(4096), 'staged', 'auto would go direct on one host');
     assert.equal(at(4096, 'staged'), 'staged');
-    assert.throws(() => at(128, 'direct'), { code: 'MOE_CONFIG', message: /nodes > 1 \(2\) needs dispatchPath 'staged'/ });
+    assert.throws(() => at(128, 'direct'), {
+      code: 'MOE_CONFIG',
+      message: /nodes > 1 \(2\) needs dispatchPath 'staged'/,
+    });
   });
 
   test('dedup rides on the stage: staged whatever auto would pick, at every batch size; direct refused', () => {

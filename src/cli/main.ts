@@ -60,7 +60,7 @@ Examples:
       {
         name: 'nodes',
         kind: 'int',
-        help: 'with shape flags: hosts the ranks span (cpu: the protocol between hosts, README "Between hosts")',
+        help: 'with shape flags: hosts the ranks span (README "Between hosts"; cuda on one machine: MOE_A2A_SIMULATED_HOSTS=1)',
         default: '1',
       },
       {

@@ -282,6 +282,20 @@ export class NcclComm {
     this.settle('ncclGroupEnd');
   }
 
+  /**
+   * The communicator's asynchronous error, as NCCL's message, or null while it is healthy (in progress
+   * counts as healthy). For a caller that waits on the stream: a peer whose connection broke shows here
+   * before any deadline.
+   */
+  asyncError(): string | null {
+    if (this.closed) return null;
+    const state = new Int32Array(1);
+    const res = this.lib.fns.ncclCommGetAsyncError(this.comm, state);
+    const r = res !== NcclResult.success ? res : state[0];
+    if (r === NcclResult.success || r === NcclResult.inProgress) return null;
+    return ncclError(this.lib, 'ncclCommGetAsyncError', r, this.comm, ` (rank ${this.rank})`).message;
+  }
+
   /** Aborts the communicator: pending work is dropped and peers' operations with it fail. Idempotent. */
   abort(): void {
     if (this.closed) return;

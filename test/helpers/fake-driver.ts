@@ -5,10 +5,10 @@
  * graph launch replays into the record. A method the group is not expected to call throws.
  */
 
+import { railCombineLayout, railMessageLayout } from '../../src/ep/layout.js';
 import { EP_ARGS_FIELDS } from '../../src/shmem/cuda/args.js';
 import type { CudaDriver, KernelLauncher } from '../../src/shmem/cuda/driver.js';
 import type { CudaHeap } from '../../src/shmem/cuda/heap.js';
-import { railCombineLayout, railMessageLayout } from '../../src/ep/layout.js';
 import type { openCudaRail } from '../../src/shmem/cuda/rail.js';
 
 export interface Launch {
@@ -132,12 +132,16 @@ export class FakeDriver {
     return { event: ++this.handles };
   }
   eventRecord(): void {}
+  /** Makes the stream never finish (a transfer whose peer never comes): streamQuery and eventQuery say not done. */
+  stuck = false;
+  /** What the fake rail's NCCL says went wrong (null: nothing). */
+  railError: string | null = null;
   eventQuery(): boolean {
-    return true;
+    return !this.stuck;
   }
   streamQuery(): boolean {
     this.order.push('stream query');
-    return true;
+    return !this.stuck;
   }
   eventSynchronize(): void {}
   eventElapsedTime(): number {
@@ -240,6 +244,7 @@ export class FakeDriver {
           };
           (this.capture ?? this.launches).push(l);
         },
+        asyncError: () => this.railError,
         abort: () => log.push('rail aborted'),
         close: () => log.push('rail closed'),
       };

@@ -14,10 +14,10 @@ import {
   abortRouteSize,
   dispatchSize,
   type LaunchSize,
-  reduceSize,
-  routeSize,
   railPlanSize,
   railWalkSize,
+  reduceSize,
+  routeSize,
   rowWalkSize,
   stagePackSize,
 } from './launch-sizes.js';

@@ -70,7 +70,10 @@ export function fillGroupArgs(
   const rail = group.rail;
   if (rail === null) return;
   a.set('railOutboxOff', L.railOutbox.offset).set('railOutboxSlot', L.railOutbox.slotBytes);
-  a.set('railOutboxSignalOff', L.railOutboxSignal.offset).set('railOutboxSignalSlot', L.railOutboxSignal.slotBytes);
+  a.set('railOutboxSignalOff', L.railOutboxSignal.offset).set(
+    'railOutboxSignalSlot',
+    L.railOutboxSignal.slotBytes,
+  );
   for (const [field, ptr] of Object.entries(rail.buffers)) a.set(field as keyof typeof rail.buffers, ptr);
   const m = rail.msg;
   a.set('railMsgBytes', m.bytes).set('railMsgSplits', m.splits).set('railMsgRowToken', m.rowToken);

@@ -170,7 +170,8 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
 
   /**
    * Waits for the stream. Between hosts an NCCL transfer waits for its peer without a deadline: when no
-   * call finishes within the timeout, the rail's communicator is aborted (the transfers end, and the
+   * call finishes within twice the timeout (the kernels' own waits, each bounded by it, report first), or
+   * NCCL reports a broken connection, the rail's communicator is aborted (the transfers end, and the
    * kernels after them find the messages missing and name the rank), then the stream is waited for again.
    */
   private waitForStream(): void {
@@ -179,11 +180,19 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       this.drv.streamSynchronize(this.stream);
       return;
     }
-    if (watch.wait(timeoutMs)) return;
+    let ncclError: string | null = null;
+    const broke = () => {
+      ncclError = rail.asyncError();
+      return ncclError !== null;
+    };
+    if (watch.wait(2 * timeoutMs, broke)) return;
     rail.abort();
     const err = takeDeviceError(this.parts.errWord.view, this.config);
+    const why = ncclError
+      ? `NCCL reported: ${ncclError as string}`
+      : `it made no progress within ${2 * timeoutMs} ms (a rank on another host stopped answering)`;
     const timeout = new PeerTimeoutError(
-      `rank ${this.rank}: the exchange between hosts made no progress within ${timeoutMs} ms (a rank on another host stopped answering); its NCCL communicator was aborted${err ? `; the kernels reported: ${err.message}` : ''}`,
+      `rank ${this.rank}: the exchange between hosts failed: ${why}; its NCCL communicator was aborted${err ? `; the kernels reported: ${err.message}` : ''}`,
       { rank: this.rank, timeoutMs },
     );
     this.broken = timeout;

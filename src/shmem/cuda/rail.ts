@@ -32,6 +32,8 @@ export interface CudaRail {
   };
   /** Enqueues this call's dispatch or combine messages to and from every other host on `stream`. */
   exchange(kind: 'dispatch' | 'combine', stream: CuStream): void;
+  /** NCCL's asynchronous error on the rail (a peer's connection broke), or null. */
+  asyncError(): string | null;
   /** ncclCommAbort: transfers in flight end (the group is broken). */
   abort(): void;
   /** Frees the communicator (aborts it when it was aborted or cannot finish). */
@@ -113,6 +115,7 @@ export async function openCudaRail(
     exchange(kind, stream) {
       comm.groupP2p(kind === 'dispatch' ? dispatchOps : combineOps, stream);
     },
+    asyncError: () => comm.asyncError(),
     abort() {
       aborted = true;
       comm.abort();

@@ -31,8 +31,11 @@ export class StreamWatch {
     this.done = Math.max(this.done, this.marks - MARKS); // (older marks' events were recorded again)
   }
 
-  /** True once the stream has finished; false when no mark completed for `timeoutMs`. */
-  wait(timeoutMs: number): boolean {
+  /**
+   * True once the stream has finished; false when no mark completed for `timeoutMs`, or at once when
+   * `failed()` says the work cannot finish (checked every few milliseconds).
+   */
+  wait(timeoutMs: number, failed: () => boolean = () => false): boolean {
     let deadline = performance.now() + timeoutMs;
     const spinUntil = performance.now() + 2;
     for (;;) {
@@ -48,7 +51,10 @@ export class StreamWatch {
       const now = performance.now();
       if (moved) deadline = now + timeoutMs;
       else if (now > deadline) return false;
-      if (now > spinUntil) pause(1);
+      if (now > spinUntil) {
+        if (failed()) return false;
+        pause(1);
+      }
     }
   }
 

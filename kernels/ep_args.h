@@ -142,4 +142,5 @@ struct EpArgs {
   uint64_t railCombStatus, railCombCounts, railCombIndex, railCombRows;
   int32_t railCombCap;        // rows a combine message holds
   int32_t maxTokensPerRank;   // the stride of railTokenOf
+  uint64_t railOutboxHostBytes;  // one host's part of an outbox slot: combineRows * combineRowBytes
 };

@@ -328,7 +328,6 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_rail_combine(con
   const int segs = row_segments(rb, 16u);
   const uint32_t items = (uint32_t)pre[W] * (uint32_t)(segs + 1);
   const int warpsPerBlock = B >> 5;
-  const uint64_t hostRows = a.railOutboxSlot / (uint64_t)a.nodes;  // bytes of one host's outbox
   for (uint32_t it = blockIdx.x * warpsPerBlock + (tid >> 5); it < items; it += gridDim.x * warpsPerBlock) {
     const int gi = (int)(it / (uint32_t)(segs + 1)), seg = (int)(it % (uint32_t)(segs + 1));
     const int i = find_run(pre, W, gi), h = i / G, g = i % G, r = gi - pre[i];
@@ -339,6 +338,7 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_rail_combine(con
     else back = ((const int*)(msg + a.railMsgCarriers))[at] == r
                     ? *(const int*)(msg + a.railMsgRecords + at * (uint64_t)a.recordBytes)
                     : -1;
+    if (back >= 0 && (uint64_t)back >= a.railOutboxHostBytes / rb) back = -1;  // (never past the outbox)
     char* out = rail_comb(a.railCombSend, a, h);
     const uint64_t pos = (uint64_t)(gi - pre[h * G]);
     if (seg == segs) {
@@ -346,7 +346,8 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_rail_combine(con
       continue;
     }
     if (back < 0) continue;
-    const char* src = (const char*)(a.localBase + a.railOutboxOff + slot * a.railOutboxSlot + h * hostRows) + (uint64_t)back * rb;
+    const char* src = (const char*)(a.localBase + a.railOutboxOff + slot * a.railOutboxSlot + h * a.railOutboxHostBytes) +
+                      (uint64_t)back * rb;
     copy_segment<16, true>(out + a.railCombRows + pos * rb, src, rb, seg, lane);
   }
 }
@@ -394,8 +395,10 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_rail_land(const 
     const int i = find_run(pre, W, gi), h = i / G;
     const char* msg = rail_comb(a.railCombRecv, a, h);
     const uint64_t pos = (uint64_t)(gi - pre[h * G]);
+    // (a message from a peer with another config could name rows past the buffers: never follow those)
+    if (pos >= (uint64_t)a.railCombCap) continue;
     const int back = ((const int*)(msg + a.railCombIndex))[pos];
-    if (back < 0) continue;
+    if (back < 0 || (uint64_t)back >= a.railOutboxHostBytes / rb) continue;
     copy_segment<16, false>(recv + (uint64_t)back * rb, msg + a.railCombRows + pos * rb, rb, seg, lane);
   }
 }

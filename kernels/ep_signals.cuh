@@ -25,8 +25,7 @@ __device__ __forceinline__ char* combine_rows_of(const EpArgs& a, int s, uint64_
   const uint64_t* peer = (const uint64_t*)a.peerBases;
   if (same_host(a, s)) return (char*)(__ldg(peer + s) + a.combineRecvOff + slot * a.combineRecvSlot);
   const int h = host_of(a, s), relay = rank_at(a, host_of(a, a.rank), s - h * a.ranksPerNode);
-  return (char*)(__ldg(peer + relay) + a.railOutboxOff + slot * a.railOutboxSlot +
-                 (uint64_t)h * (a.railOutboxSlot / (uint64_t)a.nodes));
+  return (char*)(__ldg(peer + relay) + a.railOutboxOff + slot * a.railOutboxSlot + (uint64_t)h * a.railOutboxHostBytes);
 }
 // The word that tells source s this rank's combine rows of this call are in (see combine_rows_of).
 __device__ __forceinline__ uint64_t* combine_signal_of(const EpArgs& a, int s, uint64_t slot) {

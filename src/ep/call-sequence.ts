@@ -55,6 +55,11 @@ export class CallSequence<S> {
     }
   }
 
+  /** Ends the pending dispatch's chance to combine (the transport abandoned its combine on every rank). */
+  abandon(): void {
+    this.handles.abandonPending();
+  }
+
   /** Begins the next dispatch without checks (a graph replay: its inputs were fixed at capture). */
   begin(): number {
     this.handles.abandonPending(); // a new dispatch ends the previous call's chance to combine

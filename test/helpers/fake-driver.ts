@@ -73,9 +73,12 @@ export class FakeDriver {
   deviceAttribute(): number {
     return 132; // SMs
   }
+  /** Every host-mapped buffer made, in order (a group's first is its error word). */
+  readonly hostMapped: Uint8Array[] = [];
   allocHostMapped(bytes: number) {
     this.hostMappedLive++;
     const view = new Uint8Array(bytes);
+    this.hostMapped.push(view);
     let freed = false;
     return {
       hostPtr: null,

@@ -166,12 +166,13 @@ const EP_ARGS_SPEC = [
   ['railCombRows', 'u64'],
   ['railCombCap', 'i32'],
   ['maxTokensPerRank', 'i32'],
+  ['railOutboxHostBytes', 'u64'],
 ] as const;
 const epArgs = layout(EP_ARGS_SPEC);
 
 /** struct EpArgs: the single by-value argument of every kernel. */
 export const EP_ARGS_FIELDS: readonly FieldSpec[] = epArgs.fields;
-export const EP_ARGS_BYTES: number = epArgs.bytes; // 616
+export const EP_ARGS_BYTES: number = epArgs.bytes; // 624
 
 function offsets<N extends string>(fields: readonly FieldSpec[]): Readonly<Record<N, number>> {
   return Object.freeze(Object.fromEntries(fields.map((f) => [f.name, f.offset]))) as Record<N, number>;
@@ -592,6 +593,9 @@ export class EpArgsWriter {
   }
   set maxTokensPerRank(v: number) {
     this.i32('maxTokensPerRank', v);
+  }
+  set railOutboxHostBytes(v: bigint | number) {
+    this.u64('railOutboxHostBytes', v);
   }
 }
 

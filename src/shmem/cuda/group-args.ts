@@ -70,6 +70,7 @@ export function fillGroupArgs(
   const rail = group.rail;
   if (rail === null) return;
   a.set('railOutboxOff', L.railOutbox.offset).set('railOutboxSlot', L.railOutbox.slotBytes);
+  a.set('railOutboxHostBytes', L.combineRows * c.combineRowBytes); // (as railOutboxRowOffset lays it out)
   a.set('railOutboxSignalOff', L.railOutboxSignal.offset).set(
     'railOutboxSignalSlot',
     L.railOutboxSignal.slotBytes,

@@ -113,10 +113,18 @@ function warmUpRail(
   rail.exchange('dispatch', stream);
   rail.exchange('combine', stream);
   watch.mark();
-  if (!watch.wait(timeoutMs)) {
+  let ncclError: string | null = null;
+  const broke = () => {
+    ncclError = rail.asyncError();
+    return ncclError !== null;
+  };
+  if (!watch.wait(timeoutMs, broke)) {
     rail.abort();
+    const why = ncclError
+      ? `failed: NCCL reported: ${ncclError as string}`
+      : `did not finish within ${timeoutMs} ms (a rank on another host did not create its group)`;
     throw new PeerTimeoutError(
-      `rank ${process.env.RANK ?? '?'}: the first exchange between hosts did not finish within ${timeoutMs} ms (a rank on another host did not create its group); the NCCL communicator was aborted`,
+      `rank ${process.env.RANK ?? '?'} (host ${rail.host}): the first exchange between hosts ${why}; the NCCL communicator was aborted`,
       { timeoutMs },
     );
   }

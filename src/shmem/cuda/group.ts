@@ -53,6 +53,9 @@ interface HandleState {
  * Outputs (expertX, expertScales, expertCounts, combine's y) are views of buffers the group owns:
  * valid until the next dispatch (y: the next combine).
  */
+/** Between hosts: how many timeouts a wait for the stream gives a call that makes no progress. */
+const STREAM_PATIENCE = 3;
+
 export class CudaEpGroup implements EpGroup<DeviceTensor> {
   readonly transport = 'cuda' as const;
   readonly rank: number;
@@ -98,6 +101,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       },
     });
     process.on('exit', this.onExit);
+    if (parts.rail) this.io.drain = () => this.waitForStream();
   }
 
   /** A rank process that exits with this group open tells its peers (see abortPeersOnExit). */
@@ -170,9 +174,10 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
 
   /**
    * Waits for the stream. Between hosts an NCCL transfer waits for its peer without a deadline: when no
-   * call finishes within twice the timeout (the kernels' own waits, each bounded by it, report first), or
-   * NCCL reports a broken connection, the rail's communicator is aborted (the transfers end, and the
-   * kernels after them find the messages missing and name the rank), then the stream is waited for again.
+   * call finishes within STREAM_PATIENCE timeouts (a call chains up to two waits of the kernels', each
+   * bounded by the timeout: they report first), or NCCL reports a broken connection, the rail's
+   * communicator is aborted (the transfers end, and the kernels after them find the messages missing and
+   * name the rank), then the stream is waited for again. The group is broken then.
    */
   private waitForStream(): void {
     const { watch, rail, timeoutMs } = this.parts;
@@ -180,25 +185,27 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       this.drv.streamSynchronize(this.stream);
       return;
     }
+    const patience = STREAM_PATIENCE * timeoutMs;
     let ncclError: string | null = null;
     const broke = () => {
       ncclError = rail.asyncError();
       return ncclError !== null;
     };
-    if (watch.wait(2 * timeoutMs, broke)) return;
+    if (watch.wait(patience, broke)) return;
     rail.abort();
     const err = takeDeviceError(this.parts.errWord.view, this.config);
     const why = ncclError
       ? `NCCL reported: ${ncclError as string}`
-      : `it made no progress within ${2 * timeoutMs} ms (a rank on another host stopped answering)`;
+      : `it made no progress within ${patience} ms (a rank on another host stopped answering)`;
     const timeout = new PeerTimeoutError(
       `rank ${this.rank}: the exchange between hosts failed: ${why}; its NCCL communicator was aborted${err ? `; the kernels reported: ${err.message}` : ''}`,
       { rank: this.rank, timeoutMs },
     );
-    this.broken = timeout;
-    if (!watch.wait(2 * timeoutMs)) throw timeout;
-    const later = takeDeviceError(this.parts.errWord.view, this.config);
-    throw later ?? err ?? timeout;
+    const thrown = watch.wait(patience)
+      ? (takeDeviceError(this.parts.errWord.view, this.config) ?? err ?? timeout)
+      : timeout;
+    this.broken = thrown;
+    throw thrown;
   }
 
   // Tensor I/O and waits need the group's stream and context: after close(), a ClosedError, not a
@@ -211,6 +218,11 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     const err = takeDeviceError(this.parts.errWord.view, this.config);
     if (err === null) return;
     if (err instanceof PeerTimeoutError) this.broken = err;
+    // between hosts: the call that failed will not be combined here, and the exchanges must pair up
+    else if (this.parts.rail && !this.lastDispatch.combined) {
+      this.sequence.abandon();
+      this.settleCombine();
+    }
     throw err;
   }
 
@@ -252,7 +264,17 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   private settleCombine(): void {
     if (!this.parts.rail || this.lastDispatch.combined) return;
     this.lastDispatch.combined = true;
-    this.launches.abortCombine();
+    this.railLaunches(() => this.launches.abortCombine());
+  }
+
+  /** Between hosts a launch sequence that stops part-way leaves the exchanges unpaired: the group is broken. */
+  private railLaunches(launch: () => void): void {
+    try {
+      launch();
+    } catch (err) {
+      if (this.parts.rail) this.broken ??= err as MoeA2aError;
+      throw err;
+    }
   }
 
   dispatch(
@@ -268,16 +290,17 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     const w = options.topkWeights ?? null;
     let recv: SourceMajorRecv<DeviceTensor> | null = null;
     const queue = this.launches.queue;
+    // (set first: between hosts, a dispatch launched at all is followed by one combine)
+    this.lastDispatch = { by: 'eager', combined: false };
     queue.begin();
     try {
-      this.launches.dispatch(x, topkIdx, w, T);
+      this.railLaunches(() => this.launches.dispatch(x, topkIdx, w, T));
       if (options.returnRecv)
         recv = this.launches.recvView((dtype, shape) => this.io.newTensor(dtype, shape));
     } finally {
       queue.submit();
     }
     const handle = this.sequence.issue(call, T, { numTokens: T, topkIdx, weights: w });
-    this.lastDispatch = { by: 'eager', combined: false };
     this.parts.watch?.mark();
     const b = this.buffers;
     return {
@@ -313,7 +336,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     const queue = this.launches.queue;
     queue.begin();
     try {
-      this.launches.combine(expertOut, st.topkIdx, w, st.numTokens);
+      this.railLaunches(() => this.launches.combine(expertOut, st.topkIdx, w, st.numTokens));
     } finally {
       queue.submit();
     }
@@ -391,7 +414,8 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   // ------------------------------------------------------------------ benchmarks only
 
   /**
-   * Enqueues a barrier of every rank on the device (ep_barrier) and returns at once: what is enqueued
+   * Enqueues a barrier of every rank on the device (ep_barrier; between hosts, of this rank's host only:
+   * its signals cross no host) and returns at once: what is enqueued
    * after it starts on every rank within about one NVLink signal of the others, with no host in the
    * loop. For timing one call across ranks (a host barrier leaves the ranks' launch skew in the time).
    * Collective; between calls only. A rank that does not come is reported as PeerTimeoutError.
@@ -441,10 +465,22 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
 
   async close(): Promise<void> {
     if (this.closed) return;
-    for (const g of [...this.graphs]) g.close(); // before the stream and buffers they use go
-    if (this.parts.rail && !this.broken) {
+    for (const g of [...this.graphs]) {
       try {
-        this.settleCombine();
+        g.close(); // before the stream and buffers they use go (it waits for the stream: it may throw)
+      } catch {
+        // (reported to whoever waited before; the group goes either way)
+      }
+    }
+    if (this.parts.rail) {
+      // between hosts the stream may hold transfers a peer will never answer: a bounded wait (which
+      // aborts the rail when it must) before the release's unbounded one
+      try {
+        if (!this.broken) this.settleCombine();
+      } catch {
+        // (a launch that failed broke the group; the wait below still bounds the release)
+      }
+      try {
         this.waitForStream();
       } catch {
         // (the rail was aborted if it had to be: the stream is free to go)

@@ -10,6 +10,11 @@ import type { CudaDriver, CuStream } from './driver.js';
  */
 export class TensorIo {
   private readonly buffers = new Set<bigint>();
+  /**
+   * Waits for the group's stream before a copy from the host. The group replaces it where a plain
+   * synchronize could wait forever (between hosts: an NCCL transfer has no deadline of its own).
+   */
+  drain: () => void = () => this.drv.streamSynchronize(this.stream);
 
   constructor(
     private readonly drv: CudaDriver,
@@ -80,7 +85,7 @@ export class TensorIo {
   private copyFromHost(dst: bigint, src: HostTensor['data'], bytes: number): void {
     // the legacy-stream copy is not ordered with this group's stream either: finish what is queued
     // there first (a replay may still read `dst`, a memset may still fill it)
-    this.drv.streamSynchronize(this.stream);
+    this.drain();
     this.drv.memcpyHtoD(dst, src, bytes);
     this.drv.synchronizeContext();
   }

@@ -30,6 +30,12 @@ test('a hand-worked case: 2 hosts of 2 GPUs, four tokens of rank 0', () => {
     nvlinkDispatch: 2 * wireRow,
     nvlinkCombine: 2 * 32,
     interPadded: 1 * 4 * wireRow,
+    // our messages to the one other host (stage S = 8 rows per owner, G = 2 owners, records of 32 bytes):
+    // dispatch: header 16, splits 2 * 3 * 4 -> 32, rowToken 2 * 8 * 4 = 64, carriers 64, records
+    // 2 * 8 * 32 = 512, rows 4 * 32 = 128; combine: header 16, status 2 * 8 = 16, counts 2 * 4 -> 16,
+    // then min(4 * 2, 2 * 8) = 8 positions: index 8 * 4 = 32, rows 8 * 32 = 256
+    railDispatch: 16 + 32 + 64 + 64 + 512 + 128,
+    railCombine: 16 + 16 + 16 + 32 + 256,
   });
 });
 
@@ -42,6 +48,7 @@ test('one host: only NVLink, one row per (token, other GPU); one GPU per host: o
     const one = hopBytes(cfg, 8, idx, 64, rank);
     assert.equal(one.interDispatch, 0);
     assert.equal(one.interPadded, 0);
+    assert.equal(one.railDispatch + one.railCombine, 0, 'no message between hosts');
     assert.equal(one.nvlinkDispatch, b.remoteTokenRanks * wireRow);
     assert.equal(one.nvlinkCombine, b.wireCombineDedup);
     const spread = hopBytes(cfg, 1, idx, 64, rank);

@@ -236,6 +236,9 @@ def parse_args(argv):
     p.add_argument("--iters", type=int, default=200, help="timed iterations")
     p.add_argument("--warmup", type=int, default=20, help="untimed warm-up iterations")
     p.add_argument("--seed", type=int, default=0, help="seed (rank r uses seed + 1000003 r)")
+    p.add_argument("--nodes", type=int, default=1,
+                   help="hosts the ranks span; with MOE_A2A_SIMULATED_HOSTS=1 each host's ranks get "
+                        "their own NCCL_HOSTID, so NCCL goes between them as between hosts")
     args = p.parse_args(argv)
     args.tokens = [int(t) for t in args.tokens.split(",") if t.strip()]
     if not args.tokens or min(args.tokens) < 1:
@@ -279,6 +282,13 @@ def main(argv=None):
             print(json.dumps({"error": "torch %s has no float8_e4m3fn" % torch.__version__}))
         return 0
 
+    if cfg.nodes > 1 and world % cfg.nodes:
+        if rank == 0:
+            print(json.dumps({"error": "WORLD_SIZE %d is not a multiple of --nodes %d" % (world, cfg.nodes)}))
+        return 0
+    if cfg.nodes > 1 and os.environ.get("MOE_A2A_SIMULATED_HOSTS") == "1":
+        # the same wire as moe-a2a's simulated hosts (before NCCL starts: it reads this once)
+        os.environ.setdefault("NCCL_HOSTID", "moe-a2a-simulated-host-%d" % (rank // (world // cfg.nodes)))
     torch.cuda.set_device(local_rank)
     device = torch.device("cuda", local_rank)
     dist.init_process_group("nccl")

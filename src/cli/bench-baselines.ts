@@ -85,11 +85,15 @@ export interface TorchNcclRow {
   check: string;
 }
 
-/** bench/baselines/torch_nccl.py on `world` GPUs (torchrun): argsort, all_to_all_single, index_add. */
-export function torchNccl(world: number, s: ShapeArgs, fp8: boolean): TorchNcclRow[] | string {
+/**
+ * bench/baselines/torch_nccl.py on `world` GPUs (torchrun): argsort, all_to_all_single, index_add. With
+ * `nodes` > 1 and MOE_A2A_SIMULATED_HOSTS=1 its ranks play the same hosts ours do (NCCL_HOSTID per host).
+ */
+export function torchNccl(world: number, s: ShapeArgs, fp8: boolean, nodes = 1): TorchNcclRow[] | string {
   const script = 'bench/baselines/torch_nccl.py';
   const args = ['-m', 'torch.distributed.run', '--standalone', `--nproc-per-node=${world}`, script];
   args.push(...shapeArgs(s), '--warmup', String(s.warmup), ...(fp8 ? ['--fp8'] : []));
+  if (nodes > 1) args.push('--nodes', String(nodes));
   const r = lastJsonLine<{ results?: TorchNcclRow[] }>(script, args, 600_000, { NCCL_NVLS_ENABLE: '0' });
   return typeof r === 'string' ? r : (r.results ?? 'no results');
 }

@@ -1,5 +1,5 @@
 import type { EpConfig } from '../ep/config.js';
-import { recordBytes } from '../ep/layout.js';
+import { railCombineLayout, railMessageLayout, recordBytes, stagedRowsFor } from '../ep/layout.js';
 
 /**
  * What one GPU's call would move at EP sizes beyond one host, computed from its routing: the plan of a
@@ -23,6 +23,13 @@ export interface HopBytes {
   nvlinkCombine: number;
   /** The fixed per-destination-host capacity of a graph-capturable exchange: T rows to each other host. */
   interPadded: number;
+  /**
+   * What this library's messages between hosts take per call (README, "Between hosts"), to all other
+   * hosts: the dispatch messages (every token's row once, plus the owners' books, padded to the stage)
+   * and the combine messages (the padded capacity of one source's rows), whatever the routing needs.
+   */
+  railDispatch: number;
+  railCombine: number;
 }
 
 export function hopBytes(
@@ -65,6 +72,8 @@ export function hopBytes(
       if (o !== holder) gpuHops++;
     }
   }
+  const onHosts = { ...cfg, nodes: W / P, ranksPerNode: P };
+  const S = stagedRowsFor(onHosts);
   return {
     world: W,
     gpusPerHost: P,
@@ -73,5 +82,7 @@ export function hopBytes(
     nvlinkDispatch: gpuHops * wireRow,
     nvlinkCombine: gpuHops * partial,
     interPadded: (W / P - 1) * tokens * wireRow,
+    railDispatch: (W / P - 1) * railMessageLayout(onHosts, S).bytes,
+    railCombine: (W / P - 1) * railCombineLayout(onHosts, S).bytes,
   };
 }

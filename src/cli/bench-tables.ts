@@ -196,16 +196,26 @@ export function printTables(
   }
   if (o.hops.length) {
     console.log(
-      'beyond one host, computed from the same routing: one GPU per call, 8 GPUs a host, rail-aligned (a token crosses to each host once, then NVLink), de-duplicated; MB',
+      'beyond one host, computed from the same routing: one GPU per call, rail-aligned (a token crosses to each host once, then NVLink), de-duplicated, one partial per (token, host) back; MB. Our messages: what this library sends between hosts per call (fixed sizes, padded; README "Between hosts")',
     );
     console.log(
       table(
-        ['T', 'EP', 'across hosts d / c', 'padded capacity d', 'NVLink d / c'],
+        [
+          'T',
+          'EP',
+          'GPUs a host',
+          'across hosts d / c',
+          'padded capacity d',
+          'our messages d / c',
+          'NVLink d / c',
+        ],
         o.hops.map((h) => [
           h.tokens,
           h.world,
+          h.gpusPerHost,
           `${fmt(h.interDispatch / 1e6, 2)} / ${fmt(h.interCombine / 1e6, 2)}`,
           fmt(h.interPadded / 1e6, 2),
+          `${fmt(h.railDispatch / 1e6, 2)} / ${fmt(h.railCombine / 1e6, 2)}`,
           `${fmt(h.nvlinkDispatch / 1e6, 2)} / ${fmt(h.nvlinkCombine / 1e6, 2)}`,
         ]),
       ),

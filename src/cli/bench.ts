@@ -110,7 +110,8 @@ function pathsFor(cfg: ReturnType<typeof resolveConfig>, flag: unknown): readonl
   if (cfg.world === 1) return [undefined]; // (one rank: nothing to de-duplicate)
   if (flag === 'dedup') return ['dedup'];
   if (flag !== undefined && flag !== 'all') return [parseDispatchPath(flag, '--path')];
-  return ['dedup', 'staged', 'direct'];
+  // (between hosts every group stages)
+  return cfg.nodes > 1 ? ['dedup', 'staged'] : ['dedup', 'staged', 'direct'];
 }
 
 /** The expert layouts a bench compares: --expert-layout padded, packed or both (default: the config's default). */
@@ -141,6 +142,7 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
   const stampTokens = (flags.stamps as number[] | undefined) ?? [1, 128];
   const deepepPath = (flags.deepep as string | undefined) ?? process.env.MOE_A2A_DEEPEP;
   const timeoutMs = (flags.timeout as number | undefined) ?? 30_000;
+  const nodes = (flags.nodes as number | undefined) ?? 1;
   const json = flags.json === true;
   const say = (line: string) => {
     if (!json) process.stderr.write(`${line}\n`);
@@ -149,7 +151,9 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
   let copyGBs: number | undefined;
   let eagerLaunchMode: string | undefined;
   let floors: Floors[] | undefined;
-  if (transport === 'cuda') {
+  if (transport === 'cuda' && nodes > 1) {
+    say('moe-a2a bench: no floors between hosts (they are measured over NVLink, on one host)');
+  } else if (transport === 'cuda') {
     say(`moe-a2a bench: floors on ${world} rank(s): all-to-all write rate, signal trip, kernel gap ...`);
     const task: FloorsTask = { kind: 'floors', transport: 'cuda', timeoutMs, world };
     floors = await runTaskOnRanks<Floors>('cuda', world, task);
@@ -166,6 +170,7 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
       fp8,
       fp8GroupSize: (flags['group-size'] as number | undefined) ?? 128,
       maxTokensPerRank: Math.max(1, tokens),
+      nodes,
       ...sizeForInputs(world, numExperts, topk, tokens, seed),
     };
     const cfg = resolveConfig(config);
@@ -188,7 +193,7 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
       layoutsFor(flags['expert-layout']).map((l) => [p, l] as const),
     )) {
       say(
-        `moe-a2a bench: ${transport}, W=${world} T=${tokens} ${fp8 ? 'fp8' : 'bf16'}${path ? `, ${path} dispatch` : ''}${expertLayout ? `, ${expertLayout} experts` : ''}, ${warmup} warm-up + ${iters} iterations`,
+        `moe-a2a bench: ${transport}, W=${world}${nodes > 1 ? ` over ${nodes} hosts` : ''} T=${tokens} ${fp8 ? 'fp8' : 'bf16'}${path ? `, ${path} dispatch` : ''}${expertLayout ? `, ${expertLayout} experts` : ''}, ${warmup} warm-up + ${iters} iterations`,
       );
       const dedup = path === 'dedup';
       const layoutOf = resolveConfig({ ...config, expertLayout }).expertLayout;
@@ -285,10 +290,13 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
   }
   if (transport === 'cuda' && world > 1 && flags.baseline !== false) {
     say(`moe-a2a bench: PyTorch + NCCL baseline (bench/baselines/torch_nccl.py, ${world} processes) ...`);
-    torchNcclRows = torchNccl(world, { ...shape, iters: Math.min(iters, 50) }, fp8);
+    torchNcclRows = torchNccl(world, { ...shape, iters: Math.min(iters, 50) }, fp8, nodes);
     if (typeof torchNcclRows === 'string') say(`moe-a2a bench: no PyTorch + NCCL baseline: ${torchNcclRows}`);
   }
-  if (transport === 'cuda' && world > 1 && deepepPath) {
+  if (transport === 'cuda' && world > 1 && deepepPath && nodes > 1) {
+    deepep = 'not between hosts (its low-latency mode needs RDMA NICs)';
+    say(`moe-a2a bench: no DeepEP baseline: ${deepep}`);
+  } else if (transport === 'cuda' && world > 1 && deepepPath) {
     // DeepEP's low-latency mode is for decode batches: its buffer grows with T
     const small = tokenList.filter((t) => t >= 1 && t <= 512);
     say(`moe-a2a bench: DeepEP low-latency (bench/baselines/deepep_ll.py, ${deepepPath}) ...`);
@@ -297,20 +305,22 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
       : 'no T in 1..512';
     if (typeof deepep === 'string') say(`moe-a2a bench: no DeepEP baseline: ${deepep}`);
   }
-  // beyond one host, computed from the same routing (8 GPUs a host, rail-aligned, de-duplicated)
-  const hops = [16, 32, 64]
-    .filter((ep) => numExperts % ep === 0)
-    .flatMap((ep) =>
-      tokenList.map((tokens) => ({
+  // beyond one host, computed from the same routing (rail-aligned, de-duplicated): this run's own hosts,
+  // then 8 GPUs a host at EP 16, 32 and 64
+  const hopsOf = (ep: number, gpusPerHost: number) =>
+    tokenList.map((tokens) => ({
+      tokens,
+      ...hopBytes(
+        resolveConfig({ world: ep, numExperts, hidden, topk, fp8, maxTokensPerRank: Math.max(1, tokens) }),
+        gpusPerHost,
+        benchTopk(seed, 0, 0, tokens, topk, numExperts),
         tokens,
-        ...hopBytes(
-          resolveConfig({ world: ep, numExperts, hidden, topk, fp8, maxTokensPerRank: Math.max(1, tokens) }),
-          8,
-          benchTopk(seed, 0, 0, tokens, topk, numExperts),
-          tokens,
-        ),
-      })),
-    );
+      ),
+    }));
+  const hops = [
+    ...(nodes > 1 ? hopsOf(world, world / nodes) : []),
+    ...[16, 32, 64].filter((ep) => numExperts % ep === 0).flatMap((ep) => hopsOf(ep, 8)),
+  ];
   const date = new Date().toISOString();
   const result = {
     tool: 'moe-a2a bench',
@@ -318,7 +328,7 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
     machine: machineInfo(),
     device: transport === 'cuda' ? await gpuName() : undefined,
     transport,
-    config: { world, numExperts, hidden, topk, fp8, iters, warmup, seed },
+    config: { world, nodes, numExperts, hidden, topk, fp8, iters, warmup, seed },
     timing:
       transport === 'cuda'
         ? 'loop: mean us per layer of dispatch + combine issued back to back (graph: one step replay per layer; eager: dispatch() + combine()), ranks aligned once on the device, the slowest rank; eager/graph rows: CUDA events around each call (graph: one replay of the dispatch, combine or step graph), each right after a device barrier (ep_barrier), per iteration the slowest rank, median/p10/p90'
@@ -337,7 +347,10 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
     hops,
   };
   mkdirSync('bench/results', { recursive: true });
-  const stem = join('bench/results', `${date.replace(/[:.]/g, '-')}-${transport}-W${world}`);
+  const stem = join(
+    'bench/results',
+    `${date.replace(/[:.]/g, '-')}-${transport}-W${world}${nodes > 1 ? `-N${nodes}` : ''}`,
+  );
   writeFileSync(`${stem}.json`, `${JSON.stringify(result, null, 2)}\n`);
   writeFileSync(
     `${stem}.svg`,

@@ -123,6 +123,12 @@ Examples:
       },
       { name: 'warmup', kind: 'int', help: 'untimed iterations first', default: '5' },
       {
+        name: 'nodes',
+        kind: 'int',
+        help: 'hosts the ranks span (README "Between hosts"; cuda on one machine: MOE_A2A_SIMULATED_HOSTS=1): the serving loop, per-call times (aligned within each host only), PyTorch + NCCL over the same hosts; no floors or DeepEP',
+        default: '1',
+      },
+      {
         name: 'path',
         kind: 'string',
         meta: 'PATH',

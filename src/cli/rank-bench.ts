@@ -237,12 +237,14 @@ async function cudaExtras(
         return () => g.combine(expertOut, r.handle);
       });
     };
+    // (between hosts eager calls launch directly: no cached graphs to time)
+    const graphs = g.config.nodes === 1;
     await g.barrier();
     const direct = eager('direct', sets);
     await g.barrier();
-    const cached = eager('graph', sets);
+    const cached = graphs ? eager('graph', sets) : direct;
     await g.barrier();
-    const updated = eager('graph', fresh);
+    const updated = graphs ? eager('graph', fresh) : direct;
     for (const set of fresh) for (const t of [set.x, set.idx, set.w]) t.free();
     await g.barrier();
     const replay = hostLoop(g, () => {

@@ -381,6 +381,29 @@ describe('cuda group between hosts (fake driver and rail)', () => {
     await g.close();
   });
 
+  test("an earlier call's error read late does not abandon the dispatch still open", async () => {
+    const fake = new FakeDriver();
+    const g = await groupOn(fake, hosts, { dispatchPath: 'staged' });
+    const { x, idx, w, out } = inputs(g, 2, [0, 5, 1, 6]);
+    g.combine(out, g.dispatch(x, idx, { topkWeights: w }).handle);
+    const r = g.dispatch(x, idx, { topkWeights: w });
+    deviceError(fake, A.EP_ERR_PEER_ABORT_COMBINE, 3, 1n); // (call 1's combine, seen only now)
+    let at = fake.launches.length;
+    assert.throws(() => g.combine(out, r.handle), { code: 'MOE_PEER_FAILED' });
+    assert.equal(fake.launches.length, at, 'nothing launched for call 2');
+    at = fake.launches.length;
+    g.combine(out, r.handle); // call 2 combines as usual
+    assert.deepEqual(kernels(fake, at), [
+      'ep_combine_send',
+      'ep_rail_combine',
+      'nccl combine',
+      'ep_rail_land',
+      'ep_combine_reduce',
+    ]);
+    assert.equal(argOf(fake.launches[at], 'hostAbort'), 0);
+    await g.close();
+  });
+
   test('close() of a broken group whose stream never finishes aborts the rail and returns', async () => {
     const fake = new FakeDriver();
     const log: string[] = [];

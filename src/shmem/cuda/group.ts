@@ -218,8 +218,13 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     const err = takeDeviceError(this.parts.errWord.view, this.config);
     if (err === null) return;
     if (err instanceof PeerTimeoutError) this.broken = err;
-    // between hosts: the call that failed will not be combined here, and the exchanges must pair up
-    else if (this.parts.rail && !this.lastDispatch.combined) {
+    // between hosts: the dispatch that failed (the one still open, not an earlier call's error read late)
+    // will not be combined here, and the exchanges must pair up
+    else if (
+      this.parts.rail &&
+      !this.lastDispatch.combined &&
+      err.details.callCount === this.sequence.calls
+    ) {
       this.sequence.abandon();
       this.settleCombine();
     }

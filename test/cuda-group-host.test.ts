@@ -404,6 +404,54 @@ describe('cuda group between hosts (fake driver and rail)', () => {
     await g.close();
   });
 
+  test("this rank's own bad input: its combine abort goes as soon as the error is seen", async () => {
+    const fake = new FakeDriver();
+    const g = await groupOn(fake, hosts, { dispatchPath: 'staged' });
+    const { x, idx, w, out } = inputs(g, 2, [0, 5, 1, 6]);
+    const r = g.dispatch(x, idx, { topkWeights: w });
+    deviceError(fake, A.EP_ERR_EXPERT_ID, 0, 1n);
+    const at = fake.launches.length;
+    assert.throws(() => g.synchronize(), { code: 'MOE_ROUTING' });
+    assert.deepEqual(kernels(fake, at), combineAbort);
+    assert.throws(() => g.combine(out, r.handle), { code: 'MOE_HANDLE' });
+    await g.close();
+  });
+
+  test("a graph's dispatch that failed is combined by its own combine graph (peers replay the same capture)", async () => {
+    const fake = new FakeDriver();
+    const g = await groupOn(fake, hosts, { dispatchPath: 'staged' });
+    const graph = g.captureGraph(2);
+    let at = fake.launches.length;
+    graph.dispatch();
+    assert.deepEqual(kernels(fake, at), ['ep_stage_send', ...railDispatch, 'ep_stage_pack']);
+    deviceError(fake, A.EP_ERR_PEER_ABORT_DISPATCH, 3, 1n);
+    at = fake.launches.length;
+    assert.throws(() => g.synchronize(), { code: 'MOE_PEER_FAILED' });
+    const replayed = fake.launches.slice(at);
+    assert.deepEqual(
+      replayed.map((l) => l.kernel),
+      ['ep_combine_send', 'ep_rail_combine', 'nccl combine', 'ep_rail_land', 'ep_combine_reduce'],
+    );
+    assert.ok(
+      replayed.every((l) => l.fromGraph),
+      'the captured combine, not an eager abort',
+    );
+    assert.throws(() => graph.combine(), { code: 'MOE_HANDLE' });
+    graph.close();
+    await g.close();
+  });
+
+  test('a graph launch that fails between hosts breaks the group', async () => {
+    const fake = new FakeDriver();
+    const g = await groupOn(fake, hosts, { dispatchPath: 'staged' });
+    const graph = g.captureGraph(2);
+    fake.failGraphLaunch = true;
+    assert.throws(() => graph.step(), /cuGraphLaunch failed/);
+    fake.failGraphLaunch = false;
+    assert.throws(() => graph.step(), /cuGraphLaunch failed/, 'broken: the error it broke with');
+    await g.close();
+  });
+
   test('close() of a broken group whose stream never finishes aborts the rail and returns', async () => {
     const fake = new FakeDriver();
     const log: string[] = [];

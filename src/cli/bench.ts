@@ -307,18 +307,27 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
   }
   // beyond one host, computed from the same routing (rail-aligned, de-duplicated): this run's own hosts,
   // then 8 GPUs a host at EP 16, 32 and 64
-  const hopsOf = (ep: number, gpusPerHost: number) =>
+  // (this run's own hosts: the capacities the run's groups had, dedup as the first path timed)
+  const hopsOf = (ep: number, gpusPerHost: number, ownRun = false) =>
     tokenList.map((tokens) => ({
       tokens,
       ...hopBytes(
-        resolveConfig({ world: ep, numExperts, hidden, topk, fp8, maxTokensPerRank: Math.max(1, tokens) }),
+        resolveConfig({
+          world: ep,
+          numExperts,
+          hidden,
+          topk,
+          fp8,
+          maxTokensPerRank: Math.max(1, tokens),
+          ...(ownRun ? sizeForInputs(world, numExperts, topk, tokens, seed) : {}),
+        }),
         gpusPerHost,
         benchTopk(seed, 0, 0, tokens, topk, numExperts),
         tokens,
       ),
     }));
   const hops = [
-    ...(nodes > 1 ? hopsOf(world, world / nodes) : []),
+    ...(nodes > 1 ? hopsOf(world, world / nodes, true) : []),
     ...[16, 32, 64].filter((ep) => numExperts % ep === 0).flatMap((ep) => hopsOf(ep, 8)),
   ];
   const date = new Date().toISOString();
@@ -329,6 +338,8 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
     device: transport === 'cuda' ? await gpuName() : undefined,
     transport,
     config: { world, nodes, numExperts, hidden, topk, fp8, iters, warmup, seed },
+    // between hosts on one machine (MOE_A2A_SIMULATED_HOSTS=1: NCCL_HOSTID per host, sockets between them)
+    simulatedHosts: nodes > 1 ? process.env.MOE_A2A_SIMULATED_HOSTS === '1' : undefined,
     timing:
       transport === 'cuda'
         ? 'loop: mean us per layer of dispatch + combine issued back to back (graph: one step replay per layer; eager: dispatch() + combine()), ranks aligned once on the device, the slowest rank; eager/graph rows: CUDA events around each call (graph: one replay of the dispatch, combine or step graph), each right after a device barrier (ep_barrier), per iteration the slowest rank, median/p10/p90'

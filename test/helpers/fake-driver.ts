@@ -165,7 +165,10 @@ export class FakeDriver {
   }
   graphDestroy(): void {}
   graphExecDestroy(): void {}
+  /** Makes graphLaunch throw (a launch the driver refuses). */
+  failGraphLaunch = false;
   graphLaunch(exec: number): void {
+    if (this.failGraphLaunch) throw new Error('cuGraphLaunch failed (fake)');
     for (const l of this.graphs.get(exec) ?? []) this.launches.push({ ...l, fromGraph: true });
   }
   graphKernelNodes(): null {

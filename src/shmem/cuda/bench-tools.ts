@@ -46,6 +46,12 @@ export class DeviceTimer {
   /** Made on first use. */
   private events: [CuEvent, CuEvent] | null = null;
 
+  /**
+   * Waits for the timed work. The group replaces it where a plain event wait could wait forever
+   * (between hosts: an NCCL transfer has no deadline of its own); the stream's end is the end event's.
+   */
+  wait: (end: CuEvent) => void = (end) => this.drv.eventSynchronize(end);
+
   constructor(
     private readonly drv: CudaDriver,
     private readonly stream: CuStream,
@@ -58,7 +64,7 @@ export class DeviceTimer {
     this.drv.eventRecord(start, this.stream);
     fn();
     this.drv.eventRecord(end, this.stream);
-    this.drv.eventSynchronize(end);
+    this.wait(end);
     check();
     return this.drv.eventElapsedTime(start, end) * 1000;
   }

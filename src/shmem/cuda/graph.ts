@@ -58,12 +58,18 @@ export interface GraphHost {
   recordCombine(afterDispatch: boolean): void;
   /** Throws when the group cannot take a call (closed, broken). */
   usable(): void;
-  /** A replay begins a call (`by`: the graph; `combined`: a step, which combines it too). */
-  beginCall(by: object, combined: boolean): void;
+  /**
+   * A replay begins a call (`by`: the graph; `combined`: a step, which combines it too). `combineNow`
+   * replays the graph's combine as it is, for a group that must combine the call at once (between hosts
+   * every rank replays the same captured exchanges: an eager one would not pair with a peer's replay).
+   */
+  beginCall(by: object, combined: boolean, combineNow: () => void): void;
+  /** Makes one graph launch (the group breaks when a launch between hosts fails part-way). */
+  launch(run: () => void): void;
   /** The combine replay's rule: true (and the call marked combined) when `by` made the waiting dispatch. */
   takeCombine(by: object): boolean;
-  /** The graph is being closed: the group lets go of it and waits for its replays. */
-  closing(call: GraphCall): void;
+  /** The graph is being closed (`by`: as beginCall's): the group lets go of it and waits for its replays. */
+  closing(call: GraphCall, by: object): void;
 }
 
 /** The tensors a GraphCall binds and shows (the inputs are the graph's: close() frees them). */
@@ -110,10 +116,11 @@ export function captureGraphCall(host: GraphHost, bound: Bound): GraphCall {
     host.usable();
   };
   // a replay that begins a call (the dispatch graph, or the step that also combines it)
+  const combineNow = () => host.launch(() => drv.graphLaunch(combineExec, stream));
   const replayDispatch = (exec: typeof dispatchExec, combined: boolean) => {
     live();
-    host.beginCall(owner, combined);
-    drv.graphLaunch(exec, stream);
+    host.beginCall(owner, combined, combineNow);
+    host.launch(() => drv.graphLaunch(exec, stream));
   };
   const call: GraphCall = {
     ...bound,
@@ -125,17 +132,20 @@ export function captureGraphCall(host: GraphHost, bound: Bound): GraphCall {
           'a combine graph replays only right after its own dispatch graph, once: another dispatch ran in between, or this one was already combined',
         );
       }
-      drv.graphLaunch(combineExec, stream);
+      combineNow();
     },
     step: () => replayDispatch(stepExec, true),
     close: () => {
       if (closed) return;
       closed = true;
-      host.closing(call);
-      drv.graphExecDestroy(dispatchExec);
-      drv.graphExecDestroy(combineExec);
-      drv.graphExecDestroy(stepExec);
-      for (const t of [bound.x, bound.topkIdx, bound.topkWeights, bound.expertOut]) t.free();
+      try {
+        host.closing(call, owner);
+      } finally {
+        drv.graphExecDestroy(dispatchExec);
+        drv.graphExecDestroy(combineExec);
+        drv.graphExecDestroy(stepExec);
+        for (const t of [bound.x, bound.topkIdx, bound.topkWeights, bound.expertOut]) t.free();
+      }
     },
   };
   return call;

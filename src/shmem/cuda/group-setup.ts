@@ -120,6 +120,7 @@ function warmUpRail(
   };
   if (!watch.wait(timeoutMs, broke)) {
     rail.abort();
+    watch.wait(timeoutMs); // (the stream must let go of the buffers before they are freed)
     const why = ncclError
       ? `failed: NCCL reported: ${ncclError as string}`
       : `did not finish within ${timeoutMs} ms (a rank on another host did not create its group)`;

@@ -14,6 +14,7 @@ import { expertShape } from '../../ep/expert-layout.js';
 import type { CombineHandle } from '../../ep/handle.js';
 import type { HostTensor } from '../../ep/tensor.js';
 import { ArgumentError, type MoeA2aError, PeerTimeoutError, ShapeError } from '../../errors.js';
+import { readEpError } from './args.js';
 import type { CallLaunches } from './call-launches.js';
 import { takeDeviceError } from './device-errors.js';
 import { DeviceTensor, deviceTensorShape } from './device-tensor.js';
@@ -64,7 +65,12 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   readonly dispatchPath: DispatchPath;
   private closed = false;
   /** Who made the latest dispatch ('eager' or a graph), and whether it was combined: the graph rules. */
-  private lastDispatch: { by: object | 'eager'; combined: boolean } = { by: 'eager', combined: true };
+  private lastDispatch: {
+    by: object | 'eager';
+    combined: boolean;
+    /** A graph's dispatch: its combine replayed as captured (settleCombine). */
+    settle?: () => void;
+  } = { by: 'eager', combined: true };
   private broken: MoeA2aError | null = null;
   /** The order of calls and their handles; a call refused here is aborted on every rank. */
   private readonly sequence: CallSequence<HandleState>;
@@ -93,15 +99,18 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     this.sequence = new CallSequence<HandleState>(this, this.rank, {
       abortDispatch: () => {
         this.lastDispatch = { by: 'eager', combined: true }; // (no graph's combine may follow it)
-        this.launches.abortDispatch();
+        this.railLaunches(() => this.launches.abortDispatch());
       },
       abortCombine: () => {
         this.lastDispatch.combined = true; // (the graph rules: that call is over)
-        this.launches.abortCombine();
+        this.railLaunches(() => this.launches.abortCombine());
       },
     });
     process.on('exit', this.onExit);
-    if (parts.rail) this.io.drain = () => this.waitForStream();
+    if (parts.rail) {
+      this.io.drain = () => this.waitForStream();
+      parts.timer.wait = () => this.waitForStream();
+    }
   }
 
   /** A rank process that exits with this group open tells its peers (see abortPeersOnExit). */
@@ -215,16 +224,13 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   }
 
   private throwDeviceError(): void {
+    const call = readEpError(this.parts.errWord.view).callCount; // (the call the error is of)
     const err = takeDeviceError(this.parts.errWord.view, this.config);
     if (err === null) return;
     if (err instanceof PeerTimeoutError) this.broken = err;
     // between hosts: the dispatch that failed (the one still open, not an earlier call's error read late)
     // will not be combined here, and the exchanges must pair up
-    else if (
-      this.parts.rail &&
-      !this.lastDispatch.combined &&
-      err.details.callCount === this.sequence.calls
-    ) {
+    else if (this.parts.rail && !this.lastDispatch.combined && call === BigInt(this.sequence.calls)) {
       this.sequence.abandon();
       this.settleCombine();
     }
@@ -269,7 +275,11 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   private settleCombine(): void {
     if (!this.parts.rail || this.lastDispatch.combined) return;
     this.lastDispatch.combined = true;
-    this.railLaunches(() => this.launches.abortCombine());
+    // a graph's dispatch: its own combine graph (a peer replays the same captured exchange; it sends the
+    // aborts itself when the dispatch failed); an eager one: the combine's abort
+    const settle = this.lastDispatch.settle;
+    if (settle) settle();
+    else this.railLaunches(() => this.launches.abortCombine());
   }
 
   /** Between hosts a launch sequence that stops part-way leaves the exchanges unpaired: the group is broken. */
@@ -377,19 +387,22 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
         recordCombine: (afterDispatch) =>
           this.launches.combine(expertOut, topkIdx, topkWeights, T, afterDispatch),
         usable: () => this.usable(),
-        beginCall: (by, combined) => {
+        beginCall: (by, combined, combineNow) => {
           this.settleCombine();
           this.parts.watch?.mark();
           this.sequence.begin();
-          this.lastDispatch = { by, combined };
+          this.lastDispatch = { by, combined, settle: combineNow };
         },
+        launch: (run) => this.railLaunches(run),
         takeCombine: (by) => {
           if (this.lastDispatch.by !== by || this.lastDispatch.combined) return false;
           this.lastDispatch.combined = true;
           return true;
         },
-        closing: (g) => {
+        closing: (g, by) => {
           this.graphs.delete(g);
+          // (between hosts: a dispatch of this graph still open gets its combine while the graph exists)
+          if (this.lastDispatch.by === by && !this.broken) this.settleCombine();
           if (!this.closed) this.synchronize();
         },
       },
@@ -470,6 +483,13 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
 
   async close(): Promise<void> {
     if (this.closed) return;
+    if (this.parts.rail && !this.broken) {
+      try {
+        this.settleCombine(); // (before the graphs go: a graph's dispatch is combined by its own graph)
+      } catch {
+        // (a launch that failed broke the group; the bounded wait below still runs)
+      }
+    }
     for (const g of [...this.graphs]) {
       try {
         g.close(); // before the stream and buffers they use go (it waits for the stream: it may throw)
@@ -480,11 +500,6 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     if (this.parts.rail) {
       // between hosts the stream may hold transfers a peer will never answer: a bounded wait (which
       // aborts the rail when it must) before the release's unbounded one
-      try {
-        if (!this.broken) this.settleCombine();
-      } catch {
-        // (a launch that failed broke the group; the wait below still bounds the release)
-      }
       try {
         this.waitForStream();
       } catch {

@@ -19,7 +19,7 @@ import { fillGroupArgs } from './group-args.js';
 import { allocGroupBuffers, type GroupBuffers } from './group-buffers.js';
 import { type CudaHeap, openCudaHeap } from './heap.js';
 import { moduleFor } from './kernel-module.js';
-import { type CudaRail, openCudaRail } from './rail.js';
+import { type CudaRail, openCudaRail, warmUpRail } from './rail.js';
 import { StreamWatch } from './stream-watch.js';
 import { TensorIo } from './tensor-io.js';
 
@@ -97,41 +97,6 @@ function checkKernelLimits(config: EpConfig): void {
 }
 
 /**
- * One exchange of each kind at creation, with messages of call 0 (which no call takes for its own), so
- * that NCCL connects the rail now and never inside a graph capture. Every rank does it, in this order.
- */
-function warmUpRail(
-  drv: CudaDriver,
-  rail: CudaRail,
-  watch: StreamWatch,
-  stream: CuStream,
-  nodes: number,
-  timeoutMs: number,
-): void {
-  drv.memsetD8Async(rail.buffers.railSend, 0, nodes * rail.msg.bytes, stream);
-  drv.memsetD8Async(rail.buffers.railCombSend, 0, nodes * rail.comb.bytes, stream);
-  rail.exchange('dispatch', stream);
-  rail.exchange('combine', stream);
-  watch.mark();
-  let ncclError: string | null = null;
-  const broke = () => {
-    ncclError = rail.asyncError();
-    return ncclError !== null;
-  };
-  if (!watch.wait(timeoutMs, broke)) {
-    rail.abort();
-    watch.wait(timeoutMs); // (the stream must let go of the buffers before they are freed)
-    const why = ncclError
-      ? `failed: NCCL reported: ${ncclError as string}`
-      : `did not finish within ${timeoutMs} ms (a rank on another host did not create its group)`;
-    throw new PeerTimeoutError(
-      `rank ${process.env.RANK ?? '?'} (host ${rail.host}): the first exchange between hosts ${why}; the NCCL communicator was aborted`,
-      { timeoutMs },
-    );
-  }
-}
-
-/**
  * Makes what a group of this config holds: picks the device, the dispatch path and the heap layout,
  * opens the heap with the peers, and makes the stream, the error word, the buffers, the EpArgs and
  * the kernel launchers. A step that fails gives back all the steps before it took.
@@ -181,7 +146,13 @@ export async function openGroupParts(
         return p;
       });
       watch = new StreamWatch(drv, stream);
-      warmUpRail(drv, rail, watch, stream, config.nodes, timeoutMs);
+      const failed = warmUpRail(drv, rail, watch, stream, config.nodes, timeoutMs);
+      if (failed !== null) {
+        throw new PeerTimeoutError(
+          `rank ${heap.rank} (host ${rail.host}): the first exchange between hosts failed (a rank on another host did not create its group?): ${failed}; the NCCL communicator was aborted`,
+          { rank: heap.rank, timeoutMs },
+        );
+      }
     }
     const args = new EpArgsWriter();
     fillGroupArgs(args, config, layout, {

@@ -30,6 +30,7 @@ import {
   releaseGroupParts,
 } from './group-setup.js';
 import type { LaunchMode } from './launch-queue.js';
+import { waitOrAbortRail } from './rail.js';
 import type { TensorIo } from './tensor-io.js';
 
 export type { CudaGroupDeps } from './group-setup.js';
@@ -194,25 +195,16 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
       this.drv.streamSynchronize(this.stream);
       return;
     }
-    const patience = STREAM_PATIENCE * timeoutMs;
-    let ncclError: string | null = null;
-    const broke = () => {
-      ncclError = rail.asyncError();
-      return ncclError !== null;
-    };
-    if (watch.wait(patience, broke)) return;
-    rail.abort();
-    const err = takeDeviceError(this.parts.errWord.view, this.config);
-    const why = ncclError
-      ? `NCCL reported: ${ncclError as string}`
-      : `it made no progress within ${patience} ms (a rank on another host stopped answering)`;
-    const timeout = new PeerTimeoutError(
-      `rank ${this.rank}: the exchange between hosts failed: ${why}; its NCCL communicator was aborted${err ? `; the kernels reported: ${err.message}` : ''}`,
-      { rank: this.rank, timeoutMs },
-    );
-    const thrown = watch.wait(patience)
-      ? (takeDeviceError(this.parts.errWord.view, this.config) ?? err ?? timeout)
-      : timeout;
+    const why = waitOrAbortRail(rail, watch, STREAM_PATIENCE * timeoutMs);
+    if (why === null) return;
+    // the kernels after the aborted transfers name the rank whose message did not come
+    const named = takeDeviceError(this.parts.errWord.view, this.config);
+    const thrown =
+      named ??
+      new PeerTimeoutError(
+        `rank ${this.rank}: the exchange between hosts failed: ${why}; its NCCL communicator was aborted`,
+        { rank: this.rank, timeoutMs },
+      );
     this.broken = thrown;
     throw thrown;
   }

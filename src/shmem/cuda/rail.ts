@@ -9,7 +9,8 @@ import {
 import { ConfigError } from '../../errors.js';
 import { readRankEnv, storeFromEnv } from '../../launch/env.js';
 import { NcclComm, type NcclLib, type P2pOp } from '../../net/nccl.js';
-import type { CuStream } from './driver.js';
+import type { CudaDriver, CuStream } from './driver.js';
+import type { StreamWatch } from './stream-watch.js';
 
 /**
  * Between hosts on the cuda transport (config.nodes > 1; README, "Between hosts"; kernels/ep_rail.cuh):
@@ -46,6 +47,48 @@ export interface CudaRail {
  * hosts (through its network transport; `NCCL_SOCKET_IFNAME=lo` keeps that on the loopback).
  */
 export const SIMULATED_HOSTS_VAR = 'MOE_A2A_SIMULATED_HOSTS';
+
+/**
+ * Waits for the stream, which between hosts may hold an NCCL transfer a peer never answers: up to
+ * `patienceMs` without progress, or until NCCL reports a broken connection. Returns null when the stream
+ * finished; else aborts the rail (its transfers end), gives the kernels after them `patienceMs` more to
+ * finish, and returns why it gave up.
+ */
+export function waitOrAbortRail(rail: CudaRail, watch: StreamWatch, patienceMs: number): string | null {
+  let ncclError: string | null = null;
+  const broke = () => {
+    ncclError = rail.asyncError();
+    return ncclError !== null;
+  };
+  if (watch.wait(patienceMs, broke)) return null;
+  rail.abort();
+  const finished = watch.wait(patienceMs);
+  const why = ncclError
+    ? `NCCL reported: ${ncclError as string}`
+    : `it made no progress within ${patienceMs} ms (a rank on another host stopped answering)`;
+  return finished ? why : `${why}; the stream did not finish after the abort either`;
+}
+
+/**
+ * One exchange of each kind at creation, with messages of call 0 (which no call takes for its own), so
+ * that NCCL connects the rail now and never inside a graph capture. Every rank does it, in this order.
+ * Returns null, or why it failed (the rail is aborted then).
+ */
+export function warmUpRail(
+  drv: CudaDriver,
+  rail: CudaRail,
+  watch: StreamWatch,
+  stream: CuStream,
+  nodes: number,
+  timeoutMs: number,
+): string | null {
+  drv.memsetD8Async(rail.buffers.railSend, 0, nodes * rail.msg.bytes, stream);
+  drv.memsetD8Async(rail.buffers.railCombSend, 0, nodes * rail.comb.bytes, stream);
+  rail.exchange('dispatch', stream);
+  rail.exchange('combine', stream);
+  watch.mark();
+  return waitOrAbortRail(rail, watch, timeoutMs);
+}
 
 let railsOpened = 0;
 

@@ -351,7 +351,7 @@ export function conformanceSuite(transport: 'cpu' | 'cuda', skip: string | false
       [4, 2],
     ]) {
       // cuda between hosts: a rank on another host learns it through NCCL, which has no deadline of its
-      // own: the host gives up after twice the timeout and the kernels' waits name the rank after that
+      // own: the host gives up after three timeouts and the kernels' waits name the rank after that
       const viaNccl = transport === 'cuda' && nodes > 1;
       it(`a rank that never calls dispatch: the others throw PeerTimeoutError naming it, within the timeout (W = ${world}${nodes > 1 ? `, ${nodes} hosts` : ''})`, async () => {
         const timeoutMs = 1500;

@@ -35,6 +35,9 @@ import type { TensorIo } from './tensor-io.js';
 
 export type { CudaGroupDeps } from './group-setup.js';
 
+/** Between hosts: how many timeouts a wait for the stream gives a call that makes no progress. */
+const STREAM_PATIENCE = 3;
+
 interface HandleState {
   numTokens: number;
   topkIdx: DeviceTensor;
@@ -55,9 +58,6 @@ interface HandleState {
  * Outputs (expertX, expertScales, expertCounts, combine's y) are views of buffers the group owns:
  * valid until the next dispatch (y: the next combine).
  */
-/** Between hosts: how many timeouts a wait for the stream gives a call that makes no progress. */
-const STREAM_PATIENCE = 3;
-
 export class CudaEpGroup implements EpGroup<DeviceTensor> {
   readonly transport = 'cuda' as const;
   readonly rank: number;

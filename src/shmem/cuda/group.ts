@@ -53,7 +53,9 @@ interface HandleState {
  * protocol; DispatchPath which path a group takes; CallLaunches the launches). No host synchronisation
  * sits inside a dispatch or combine: routing and capacity errors are found on the device and reported
  * through a small host-mapped error word, read at checkpoints (synchronize(), download(), and the start
- * of the next call).
+ * of the next call). Between hosts (config.nodes > 1) each call's NCCL exchanges with the rail peers sit
+ * between its kernels (rail.ts, kernels/ep_rail.cuh): every dispatch is then followed by one combine on
+ * the stream (settleCombine), and every wait for the stream is bounded (waitForStream).
  *
  * Outputs (expertX, expertScales, expertCounts, combine's y) are views of buffers the group owns:
  * valid until the next dispatch (y: the next combine).

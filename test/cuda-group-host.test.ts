@@ -335,11 +335,7 @@ describe('cuda group between hosts (fake driver and rail)', () => {
   });
 
   test('a stream that never finishes: the rail is aborted after the timeout, the error names this rank, the group is broken', async () => {
-    const fake = new FakeDriver();
-    const log: string[] = [];
-    const g = await groupOn(fake, hosts, { dispatchPath: 'staged', timeoutMs: 200 }, log);
-    const { x, idx, w } = inputs(g, 2, [0, 5, 1, 6]);
-    g.dispatch(x, idx, { topkWeights: w });
+    const { fake, log, g, x, idx, w } = await dispatched({ timeoutMs: 200 });
     fake.stuck = true;
     const t0 = performance.now();
     assert.throws(() => g.synchronize(), {
@@ -364,11 +360,18 @@ describe('cuda group between hosts (fake driver and rail)', () => {
     dv.setUint32(A.EP_ERROR_OFFSET.code, code, true);
   }
 
-  test('a dispatch that failed on the device gets its combine abort as soon as the host sees it; its handle is over', async () => {
+  /** A group between hosts (fake driver and rail) that has just dispatched once. */
+  async function dispatched(options: { timeoutMs?: number } = {}) {
     const fake = new FakeDriver();
-    const g = await groupOn(fake, hosts, { dispatchPath: 'staged' });
-    const { x, idx, w, out } = inputs(g, 2, [0, 5, 1, 6]);
-    const r = g.dispatch(x, idx, { topkWeights: w });
+    const log: string[] = [];
+    const g = await groupOn(fake, hosts, { dispatchPath: 'staged', ...options }, log);
+    const io = inputs(g, 2, [0, 5, 1, 6]);
+    const r = g.dispatch(io.x, io.idx, { topkWeights: io.w });
+    return { fake, log, g, ...io, r };
+  }
+
+  test('a dispatch that failed on the device gets its combine abort as soon as the host sees it; its handle is over', async () => {
+    const { fake, g, x, idx, w, out, r } = await dispatched();
     deviceError(fake, A.EP_ERR_PEER_ABORT_DISPATCH, 3, 1n);
     let at = fake.launches.length;
     assert.throws(() => g.combine(out, r.handle), { code: 'MOE_PEER_FAILED' });
@@ -405,10 +408,7 @@ describe('cuda group between hosts (fake driver and rail)', () => {
   });
 
   test("this rank's own bad input: its combine abort goes as soon as the error is seen", async () => {
-    const fake = new FakeDriver();
-    const g = await groupOn(fake, hosts, { dispatchPath: 'staged' });
-    const { x, idx, w, out } = inputs(g, 2, [0, 5, 1, 6]);
-    const r = g.dispatch(x, idx, { topkWeights: w });
+    const { fake, g, out, r } = await dispatched();
     deviceError(fake, A.EP_ERR_EXPERT_ID, 0, 1n);
     const at = fake.launches.length;
     assert.throws(() => g.synchronize(), { code: 'MOE_ROUTING' });
@@ -453,11 +453,7 @@ describe('cuda group between hosts (fake driver and rail)', () => {
   });
 
   test('close() of a broken group whose stream never finishes aborts the rail and returns', async () => {
-    const fake = new FakeDriver();
-    const log: string[] = [];
-    const g = await groupOn(fake, hosts, { dispatchPath: 'staged', timeoutMs: 100 }, log);
-    const { x, idx, w } = inputs(g, 2, [0, 5, 1, 6]);
-    g.dispatch(x, idx, { topkWeights: w });
+    const { fake, log, g, x, idx, w } = await dispatched({ timeoutMs: 100 });
     deviceError(fake, A.EP_ERR_TIMEOUT_DISPATCH, 2, 1n);
     assert.throws(() => g.dispatch(x, idx, { topkWeights: w }), { code: 'MOE_PEER_TIMEOUT' });
     fake.stuck = true;
@@ -467,11 +463,7 @@ describe('cuda group between hosts (fake driver and rail)', () => {
   });
 
   test("a broken connection NCCL reports ends the wait at once, with NCCL's words", async () => {
-    const fake = new FakeDriver();
-    const log: string[] = [];
-    const g = await groupOn(fake, hosts, { dispatchPath: 'staged', timeoutMs: 300 }, log);
-    const { x, idx, w } = inputs(g, 2, [0, 5, 1, 6]);
-    g.dispatch(x, idx, { topkWeights: w });
+    const { fake, log, g } = await dispatched({ timeoutMs: 300 });
     fake.stuck = true;
     fake.railError = 'ncclRemoteError: connection closed by remote peer';
     const t0 = performance.now();

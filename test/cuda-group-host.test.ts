@@ -441,6 +441,32 @@ describe('cuda group between hosts (fake driver and rail)', () => {
     await g.close();
   });
 
+  test('ranks the launcher started on several hosts need the same hosts in the config', async () => {
+    const saved = { ...process.env };
+    Object.assign(process.env, {
+      RANK: '0',
+      WORLD_SIZE: '4',
+      LOCAL_RANK: '0',
+      LOCAL_WORLD_SIZE: '2',
+      MASTER_ADDR: '127.0.0.1',
+      MASTER_PORT: '29500',
+    });
+    try {
+      for (const nodes of [1, 4]) {
+        await assert.rejects(groupOn(new FakeDriver(), { ...hosts, nodes }, { dispatchPath: 'staged' }), {
+          code: 'MOE_CONFIG',
+          message: /started the ranks on 2 hosts, 2 on each .* pass nodes: 2/,
+        });
+      }
+      const g = await groupOn(new FakeDriver(), hosts, { dispatchPath: 'staged' }); // nodes: 2 agrees
+      await g.close();
+    } finally {
+      for (const k of ['RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'])
+        if (saved[k] === undefined) delete process.env[k];
+        else process.env[k] = saved[k];
+    }
+  });
+
   test('close() of a broken group whose stream never finishes aborts the rail and returns', async () => {
     const { fake, log, g, x, idx, w } = await dispatched({ timeoutMs: 100 });
     deviceError(fake, A.EP_ERR_TIMEOUT_DISPATCH, 2, 1n);

@@ -4,6 +4,7 @@ import type { EpConfig } from '../../ep/config.js';
 import { chooseDispatchPath, type DispatchPath, requestedDispatchPath } from '../../ep/dispatch-path.js';
 import { computeLayout, type HeapLayout, stagedRowsFor } from '../../ep/layout.js';
 import { ConfigError, PeerTimeoutError } from '../../errors.js';
+import { readRankEnv } from '../../launch/env.js';
 import { EP_MAX_EXPERTS, EP_MAX_PAIRS, EP_MAX_TOPK, EpArgsWriter } from './args.js';
 import { fatbinPath } from './available.js';
 import { DeviceTimer, PhaseStamps } from './bench-tools.js';
@@ -97,6 +98,21 @@ function checkKernelLimits(config: EpConfig): void {
 }
 
 /**
+ * The hosts the launcher started the ranks on must be the config's: a rank maps only its own host's heaps
+ * (CUDA IPC crosses no host). LOCAL_WORLD_SIZE below WORLD_SIZE says the ranks span hosts; one host may
+ * still play several (config.nodes > 1 with every rank on it: README, "Between hosts").
+ */
+function checkHostsAgainstLaunch(config: EpConfig): void {
+  const env = readRankEnv();
+  if (!env || env.localWorld === env.world || config.ranksPerNode === env.localWorld) return;
+  const hosts = env.world / env.localWorld;
+  throw new ConfigError(
+    `the launcher started the ranks on ${Number.isInteger(hosts) ? hosts : 'several'} hosts, ${env.localWorld} on each (LOCAL_WORLD_SIZE ${env.localWorld}, WORLD_SIZE ${env.world}), but the config has nodes = ${config.nodes} (${config.ranksPerNode} ranks a host)${Number.isInteger(hosts) ? `: pass nodes: ${hosts}` : ''}`,
+    { fields: 'nodes', localWorld: env.localWorld, world: env.world },
+  );
+}
+
+/**
  * Makes what a group of this config holds: picks the device, the dispatch path and the heap layout,
  * opens the heap with the peers, and makes the stream, the error word, the buffers, the EpArgs and
  * the kernel launchers. A step that fails gives back all the steps before it took.
@@ -107,6 +123,7 @@ export async function openGroupParts(
   deps: CudaGroupDeps,
 ): Promise<GroupParts> {
   checkKernelLimits(config);
+  checkHostsAgainstLaunch(config);
   const drv = deps.driver();
   const localRank = Number(process.env.LOCAL_RANK ?? 0);
   const ordinal = options.device ?? localRank % drv.deviceCount;

@@ -119,7 +119,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   /** A rank process that exits with this group open tells its peers (see abortPeersOnExit). */
   private readonly onExit = () => {
     if (this.closed) return;
-    abortPeersOnExit(this.drv, this.parts.heap, this.parts.layout, this.config.world, this.sequence.calls);
+    abortPeersOnExit(this.drv, this.parts.heap, this.parts.layout, this.config, this.sequence.calls);
   };
 
   static async create(

@@ -55,13 +55,13 @@ export function deviceError(e: EpErrorRecord, c: EpConfig): MoeA2aError {
 }
 
 /**
- * The error the kernels left in the host-mapped error word (an EpError), or null; clears the word,
- * which the device never does.
+ * The error the kernels left in the host-mapped error word (an EpError), with the call it is of, or
+ * null; clears the word, which the device never does.
  */
-export function takeDeviceError(word: Uint8Array, c: EpConfig): MoeA2aError | null {
+export function takeDeviceError(word: Uint8Array, c: EpConfig): { error: MoeA2aError; call: number } | null {
   if (word[0] === 0 && word[1] === 0 && word[2] === 0 && word[3] === 0) return null;
   const e = readEpError(word);
   word.fill(0); // handled
   if (e.code === EP_ERR_NONE) return null;
-  return deviceError(e, c);
+  return { error: deviceError(e, c), call: Number(e.callCount) };
 }

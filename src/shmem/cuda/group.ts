@@ -14,7 +14,6 @@ import { expertShape } from '../../ep/expert-layout.js';
 import type { CombineHandle } from '../../ep/handle.js';
 import type { HostTensor } from '../../ep/tensor.js';
 import { ArgumentError, type MoeA2aError, PeerTimeoutError, ShapeError } from '../../errors.js';
-import { readEpError } from './args.js';
 import type { CallLaunches } from './call-launches.js';
 import { takeDeviceError } from './device-errors.js';
 import { DeviceTensor, deviceTensorShape } from './device-tensor.js';
@@ -200,7 +199,7 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     const why = waitOrAbortRail(rail, watch, STREAM_PATIENCE * timeoutMs);
     if (why === null) return;
     // the kernels after the aborted transfers name the rank whose message did not come
-    const named = takeDeviceError(this.parts.errWord.view, this.config);
+    const named = takeDeviceError(this.parts.errWord.view, this.config)?.error;
     const thrown =
       named ??
       new PeerTimeoutError(
@@ -218,13 +217,13 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
   }
 
   private throwDeviceError(): void {
-    const call = readEpError(this.parts.errWord.view).callCount; // (the call the error is of)
-    const err = takeDeviceError(this.parts.errWord.view, this.config);
-    if (err === null) return;
+    const taken = takeDeviceError(this.parts.errWord.view, this.config);
+    if (taken === null) return;
+    const { error: err, call } = taken;
     if (err instanceof PeerTimeoutError) this.broken = err;
     // between hosts: the dispatch that failed (the one still open, not an earlier call's error read late)
     // will not be combined here, and the exchanges must pair up
-    else if (this.parts.rail && !this.lastDispatch.combined && call === BigInt(this.sequence.calls)) {
+    else if (this.parts.rail && !this.lastDispatch.combined && call === this.sequence.calls) {
       this.sequence.abandon();
       this.settleCombine();
     }

@@ -384,13 +384,7 @@ struct InBlockDests {
           sc = base + a.stageScalesOff + slot * a.stageScalesSlot + src * (uint64_t)a.groupsPerRow * 4u;
         }
       }
-      const uint32_t bal = __ballot_sync(FULL_MASK, valid);
-      if (valid) {
-        const int pos = n + __popc(bal & lanemask_lt());
-        L.row[buf][pos] = row;
-        L.scale[buf][pos] = sc;
-      }
-      n += __popc(bal);
+      n = push_dest(L, buf, n, valid, row, sc);
     }
     if (lane == 0) L.n[buf] = n;
   }

@@ -172,14 +172,10 @@ struct RailDests {
       const int h = h0 + lane;
       const int tok = h < a.nodes && h != my_host(a) ? ((const int*)a.railTokenOf)[(uint64_t)h * a.maxTokensPerRank + t] : -1;
       const bool valid = tok >= 0;
-      const uint32_t bal = __ballot_sync(FULL_MASK, valid);
-      if (valid) {
-        const int pos = n + __popc(bal & lanemask_lt());
-        char* msg = rail_msg(a.railSend, a, h);
-        L.row[buf][pos] = (uint64_t)(msg + a.railMsgRows + (uint64_t)tok * a.dispatchRowBytes);
-        L.scale[buf][pos] = (uint64_t)(msg + a.railMsgScales + (uint64_t)tok * a.groupsPerRow * 4u);
-      }
-      n += __popc(bal);
+      const char* msg = rail_msg(a.railSend, a, h);
+      const uint64_t row = valid ? (uint64_t)(msg + a.railMsgRows + (uint64_t)tok * a.dispatchRowBytes) : 0;
+      const uint64_t sc = valid ? (uint64_t)(msg + a.railMsgScales + (uint64_t)tok * a.groupsPerRow * 4u) : 0;
+      n = push_dest(L, buf, n, valid, row, sc);
     }
     if (lane == 0) L.n[buf] = n;
   }

@@ -14,6 +14,18 @@ struct DestList {
   int n[2];
 };
 
+// Warp 0, every lane (it ballots): this lane's destination, when `valid`, appended to list `buf` after the
+// `n` entries there (in lane order); returns the list's new length.
+__device__ __forceinline__ int push_dest(DestList& L, int buf, int n, bool valid, uint64_t row, uint64_t sc) {
+  const uint32_t bal = __ballot_sync(FULL_MASK, valid);
+  if (valid) {
+    const int pos = n + __popc(bal & lanemask_lt());
+    L.row[buf][pos] = row;
+    L.scale[buf][pos] = sc;
+  }
+  return n + __popc(bal);
+}
+
 // Warp 0 collects the destinations of token t into buffer `buf`: for slot j with a row to store
 // (pairDest[t*k+j] = r >= 0, owner d = e / EPR), the address of row r of d's expertX and of its scales.
 // Order does not matter here.
@@ -41,13 +53,7 @@ __device__ __forceinline__ void gather_dests(const EpArgs& a, int t, DestList& L
       sc = base + a.expertScalesOff + (uint64_t)r * (uint64_t)a.groupsPerRow * 4u;
       valid = true;
     }
-    const uint32_t bal = __ballot_sync(FULL_MASK, valid);
-    if (valid) {
-      const int pos = n + __popc(bal & lanemask_lt());
-      L.row[buf][pos] = row;
-      L.scale[buf][pos] = sc;
-    }
-    n += __popc(bal);
+    n = push_dest(L, buf, n, valid, row, sc);
   }
   if (lane == 0) L.n[buf] = n;
 }

@@ -27,6 +27,18 @@ __device__ __forceinline__ void mark_host_abort(const EpArgs& a) {
 // ---------------------------------------------------------------------------------------------
 // Block-wide helpers
 
+// The i with pre[i] <= g < pre[i + 1] (pre: an exclusive scan of n entries, pre[n] the total; 0 <= g <
+// pre[n]): the entry whose run holds item g.
+__device__ __forceinline__ int find_run(const int* pre, int n, int g) {
+  int lo = 0, hi = n;
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) >> 1;
+    if (pre[mid] <= g) lo = mid;
+    else hi = mid;
+  }
+  return lo;
+}
+
 // In-place exclusive scan of data[0..n) (shared memory), data[n] = the total. Every thread of the
 // block calls it; it begins and ends with a barrier. scratch: 33 ints of shared memory.
 __device__ void block_exclusive_scan(int* data, int n, int* scratch) {

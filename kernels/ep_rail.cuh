@@ -39,16 +39,6 @@ __device__ __forceinline__ int split_rows(const EpArgs& a, const int* split) {
   for (int le = 0; le < a.expertsPerRank; ++le) n += split[le];
   return n;
 }
-// The i with pre[i] <= g < pre[i + 1] (pre: an exclusive scan of n entries, pre[n] the total).
-__device__ __forceinline__ int find_run(const int* pre, int n, int g) {
-  int lo = 0, hi = n;
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) >> 1;
-    if (pre[mid] <= g) lo = mid;
-    else hi = mid;
-  }
-  return lo;
-}
 __device__ __forceinline__ int row_segments(uint64_t rowBytes, uint64_t vb) {
   return (int)((rowBytes + 32u * SEG_VECS * vb - 1) / (32u * SEG_VECS * vb));
 }

@@ -87,12 +87,7 @@ struct RowLoc {
 };
 __device__ __forceinline__ RowLoc locate(const RecvTables& R, const EpArgs& a, int g) {
   const int E = a.numExperts, W = a.world, EPR = a.expertsPerRank;
-  int lo = 0, hi = E;  // pre[lo] <= g < pre[hi]
-  while (hi - lo > 1) {
-    const int mid = (lo + hi) >> 1;
-    if (R.pre[mid] <= g) lo = mid;
-    else hi = mid;
-  }
+  const int lo = find_run(R.pre, E, g);
   RowLoc r;
   r.s = lo / EPR;
   r.le = lo - r.s * EPR;
@@ -230,12 +225,7 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t slot, RecvTables
   for (uint32_t it = blockIdx.x * warpsPerBlock + (threadIdx.x >> 5); it < items;
        it += gridDim.x * warpsPerBlock) {
     const int ci = (int)(it / (uint32_t)segs), seg = (int)(it % (uint32_t)segs);
-    int lo = 0, hi = W;  // R.pre[lo] <= ci < R.pre[hi]
-    while (hi - lo > 1) {
-      const int mid = (lo + hi) >> 1;
-      if (R.pre[mid] <= ci) lo = mid;
-      else hi = mid;
-    }
+    const int lo = find_run(R.pre, W, ci);
     const char* plan = plan_at(a, (a.rank + 1 + lo) % W, (uint32_t)(ci - R.pre[lo]));
     // lane j: slot j's expertOut row (or -1) and its weight; lane 0 also the source, lane 1 the origin's row
     int rj = -1, head = 0;

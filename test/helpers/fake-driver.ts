@@ -5,11 +5,10 @@
  * graph launch replays into the record. A method the group is not expected to call throws.
  */
 
-import { railCombineLayout, railMessageLayout } from '../../src/ep/layout.js';
 import { EP_ARGS_FIELDS } from '../../src/shmem/cuda/args.js';
 import type { CudaDriver, KernelLauncher } from '../../src/shmem/cuda/driver.js';
 import type { CudaHeap } from '../../src/shmem/cuda/heap.js';
-import type { openCudaRail } from '../../src/shmem/cuda/rail.js';
+import { type openCudaRail, railBuffers } from '../../src/shmem/cuda/rail.js';
 
 export interface Launch {
   kernel: string;
@@ -222,22 +221,10 @@ export class FakeDriver {
    * 'nccl combine' (their other fields empty), so that tests see where they sit between the kernels.
    */
   railOpener(log: string[]): typeof openCudaRail {
-    return async (config, layout, _local, rank, _timeoutMs, alloc) => {
-      const msg = railMessageLayout(config, layout.stageRows);
-      const comb = railCombineLayout(config, layout.stageRows);
-      const N = config.nodes;
-      const buffers = {
-        railSend: alloc(N * msg.bytes),
-        railRecv: alloc(N * msg.bytes),
-        railTokenOf: alloc(N * config.maxTokensPerRank * 4),
-        railCombSend: alloc(N * comb.bytes),
-        railCombRecv: alloc(N * comb.bytes),
-      };
+    return async (config, layout, local, rank, _timeoutMs, alloc) => {
       return {
         host: Math.floor(rank / config.ranksPerNode),
-        msg,
-        comb,
-        buffers,
+        ...railBuffers(config, layout, local, alloc),
         exchange: (kind) => {
           const l: Launch = {
             kernel: `nccl ${kind}`,

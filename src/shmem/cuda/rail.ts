@@ -90,6 +90,29 @@ export function warmUpRail(
   return waitOrAbortRail(rail, watch, timeoutMs);
 }
 
+/**
+ * The rail's message layouts and buffers: the messages out (`alloc`) and in (the heap's first inbox slot:
+ * the cpu transport's rail peers write it, here NCCL receives into it), and the tokens' message indices.
+ */
+export function railBuffers(
+  config: EpConfig,
+  layout: HeapLayout,
+  heapLocal: bigint,
+  alloc: (bytes: number) => bigint,
+): Pick<CudaRail, 'msg' | 'comb' | 'buffers'> {
+  const msg = railMessageLayout(config, layout.stageRows);
+  const comb = railCombineLayout(config, layout.stageRows);
+  const N = config.nodes;
+  const buffers = {
+    railSend: alloc(N * msg.bytes),
+    railRecv: heapLocal + BigInt(layout.railInbox.offset),
+    railTokenOf: alloc(N * config.maxTokensPerRank * 4),
+    railCombSend: alloc(N * comb.bytes),
+    railCombRecv: alloc(N * comb.bytes),
+  };
+  return { msg, comb, buffers };
+}
+
 let railsOpened = 0;
 
 export async function openCudaRail(
@@ -112,17 +135,8 @@ export async function openCudaRail(
     );
   }
   if (process.env[SIMULATED_HOSTS_VAR] === '1') process.env.NCCL_HOSTID ??= `moe-a2a-simulated-host-${host}`;
-  const msg = railMessageLayout(config, layout.stageRows);
-  const comb = railCombineLayout(config, layout.stageRows);
+  const { msg, comb, buffers } = railBuffers(config, layout, heapLocal, alloc);
   const N = config.nodes;
-  const buffers = {
-    railSend: alloc(N * msg.bytes),
-    // the heap's first inbox slot (the cpu transport's rail peers write it; here NCCL receives into it)
-    railRecv: heapLocal + BigInt(layout.railInbox.offset),
-    railTokenOf: alloc(N * config.maxTokensPerRank * 4),
-    railCombSend: alloc(N * comb.bytes),
-    railCombRecv: alloc(N * comb.bytes),
-  };
   const seq = railsOpened++;
   const store = await storeFromEnv(env, timeoutMs);
   let comm: NcclComm;

@@ -59,6 +59,8 @@ function bf16Ulp(v: number): number {
 
 interface Row {
   world: number;
+  /** Hosts the ranks span: with dedup, another host's owners are pre-reduced there (one more rounding). */
+  nodes: number;
   dedup: boolean;
   meanUlp: number;
   maxUlp: number;
@@ -67,7 +69,14 @@ interface Row {
 }
 
 const rows: Row[] = [];
-for (const world of [2, 4, 8]) {
+// each world on one host, with and without dedup; then over hosts, where only dedup rounds differently
+const runs: { world: number; nodes: number[] }[] = [
+  { world: 2, nodes: [1] },
+  { world: 4, nodes: [1, 2] },
+  { world: 8, nodes: [1, 2] },
+  { world: 16, nodes: [1, 2, 4] },
+];
+for (const { world, nodes: nodesList } of runs) {
   const rng = new Rng(seed * 1000 + world);
   const inputs = Array.from({ length: world }, () => routedInput(rng));
   const base = resolveConfig({ world, numExperts: E, hidden, topk: k, maxTokensPerRank: tokens, fp8: false });
@@ -81,8 +90,11 @@ for (const world of [2, 4, 8]) {
     });
   });
   const outOf = (owner: number, le: number, row: number) => ({ data: outs[owner][le], offset: row * hidden });
-  for (const dedup of [false, true]) {
-    const cfg = { ...base, dedup };
+  const variants = nodesList.flatMap((nodes) =>
+    (nodes === 1 ? [false, true] : [true]).map((dedup) => ({ nodes, dedup })),
+  );
+  for (const { nodes, dedup } of variants) {
+    const cfg = { ...base, dedup, nodes, ranksPerNode: world / nodes };
     let sumUlp = 0;
     let maxUlp = 0;
     let off = 0;
@@ -117,17 +129,17 @@ for (const world of [2, 4, 8]) {
         n++;
       }
     }
-    rows.push({ world, dedup, meanUlp: sumUlp / n, maxUlp, offCorrectlyRounded: off / n });
+    rows.push({ world, nodes, dedup, meanUlp: sumUlp / n, maxUlp, offCorrectlyRounded: off / n });
   }
 }
 
 console.log(
   `combine error against the exact f64 sum, in bf16 ulps at sum_j |w_j out_j|; ${tokens} tokens per rank, H = ${hidden}, top-${k} of ${E} (seed ${seed})`,
 );
-console.log('  W  dedup  mean ulp  max ulp  off the correctly rounded bf16');
+console.log('  W  hosts  dedup  mean ulp  max ulp  off the correctly rounded bf16');
 for (const r of rows) {
   console.log(
-    `${String(r.world).padStart(3)}  ${(r.dedup ? 'on' : 'off').padStart(5)}  ${r.meanUlp.toFixed(3).padStart(8)}  ${r.maxUlp.toFixed(2).padStart(7)}  ${(100 * r.offCorrectlyRounded).toFixed(1).padStart(6)} %`,
+    `${String(r.world).padStart(3)}  ${String(r.nodes).padStart(5)}  ${(r.dedup ? 'on' : 'off').padStart(5)}  ${r.meanUlp.toFixed(3).padStart(8)}  ${r.maxUlp.toFixed(2).padStart(7)}  ${(100 * r.offCorrectlyRounded).toFixed(1).padStart(6)} %`,
   );
 }
 const date = new Date().toISOString();

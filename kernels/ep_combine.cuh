@@ -57,7 +57,8 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
 // =============================================================================================
 // 5. ep_combine_reduce: y[t] = bf16(sum over valid j in order of f32(w[t,j] * out[t,j])), f32 accumulate,
 // two roundings per step (__fmul_rn, __fadd_rn; the build also passes -fmad=false). dedup: y[t] = bf16 of
-// the f32 sum, in slot order, of the partials at the token's carrier slots (the first taken as it is).
+// the f32 sum, in slot order, of the partials at the token's carrier slots (the first taken as it is): the
+// first slot of each owner on this host and of each other host (pre-reduced there: ep_rail_combine).
 // Item = (token, chunk of blockDim vectors of 8 values); the k rows of a token are loaded 8 at a time.
 // With k <= 32 every warp gathers its token's slots itself (shuffles), else warp 0 lists them in shared memory.
 extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(const __grid_constant__ EpArgs a) {
@@ -129,7 +130,7 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(c
       uint64_t row = e >= 0 ? rowOf(e, dest, back) : 0;
       bool take = e >= 0;
       if (dedup) {  // the partials of the token's carrier slots, each owner's at its first slot
-        const int lead = carrier_lane(e >= 0 ? e / EPR : -1 - lane, k);  // (every lane: it shuffles)
+        const int lead = carrier_lane(e >= 0 ? reduce_key(a, e / EPR) : -1 - lane, k);  // (every lane: it shuffles)
         take = take && lead == lane;
         row = recv + (uint64_t)p * a.combineRowBytes;
       }

@@ -49,7 +49,8 @@ __device__ __forceinline__ int row_segments(uint64_t rowBytes, uint64_t vb) {
 // 9. ep_rail_plan (after ep_stage_send; grid = nodes, one block per other host; block <= 1024): the books of
 // this rank's message to host h, from pairRow (the row of each pair in this rank's expert-sorted order):
 // which tokens go there (each once, in token order: railTokenOf), and per owner there its split record, the
-// token of each of its stage rows and, with dedup, each row's carrier and each carrier's record. The header:
+// token of each of its stage rows and, with dedup, each row's carrier and each carrier's record, and per
+// token of the message its token here and the mask of its carrier slots on host h. The header:
 // the number of tokens and the call (with the abort bit when this rank's own input failed it: then only
 // the header). ep_rail_rows stores the rows.
 extern "C" __global__ void __launch_bounds__(1024) ep_rail_plan(const __grid_constant__ EpArgs a) {
@@ -94,6 +95,7 @@ extern "C" __global__ void __launch_bounds__(1024) ep_rail_plan(const __grid_con
   int* rowToken = (int*)(msg + a.railMsgRowToken);
   int* carriers = (int*)(msg + a.railMsgCarriers);
   int* records = (int*)(msg + a.railMsgRecords);
+  int* tokens = (int*)(msg + a.railMsgTokens);
   // the owner of pair p on host h, local index, or -1
   auto ownerHere = [&](int p) {
     const int e = __ldg(topk + p);
@@ -113,6 +115,7 @@ extern "C" __global__ void __launch_bounds__(1024) ep_rail_plan(const __grid_con
     if (t >= T) continue;
     tokenOf[t] = mine;
     if (!goes) continue;
+    uint32_t mask = 0;  // dedup: the token's carrier slots on host h
     for (int j = 0; j < K; ++j) {
       const int g = ownerHere(t * K + j);
       if (g < 0) continue;
@@ -125,6 +128,7 @@ extern "C" __global__ void __launch_bounds__(1024) ep_rail_plan(const __grid_con
       const int r0 = __ldg(pairRow + t * K + j0) - start;
       carriers[(uint64_t)g * S + r] = r0;
       if (j != j0) continue;
+      mask |= 1u << j;
       int* rec = records + ((uint64_t)g * S + r0) * RB;  // back, then per slot the row for g (or -1), the weight
       rec[0] = t * K + j0;
       for (int q = 0; q < K; ++q) {
@@ -132,6 +136,10 @@ extern "C" __global__ void __launch_bounds__(1024) ep_rail_plan(const __grid_con
         rec[1 + q] = ours ? __ldg(pairRow + t * K + q) - start : -1;
         rec[1 + K + q] = __float_as_int(ours ? __ldg(weights + t * K + q) : 0.0f);
       }
+    }
+    if (a.dedup) {
+      tokens[2 * mine] = t;
+      tokens[2 * mine + 1] = (int)mask;
     }
   }
   if (tid == 0) {
@@ -270,9 +278,44 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_rail_forward(con
 // 12. ep_rail_combine (after ep_combine_send, as rail peer; block 256, any grid): for each other host's
 // source s (this call's message from it still in railRecv), waits for every owner of this host to have
 // put its rows for s in this rank's outbox (or its abort), then builds the combine message to s: the call,
-// each owner's signal and row count, and per position the row of s it goes to and the row (railCombineLayout).
+// each owner's signal, the number of positions, and per position the row of s it goes to and the row
+// (railCombineLayout). Without dedup the positions are the owners' rows; with dedup one per token of s's
+// message: the partials of the token's carrier slots on this host, summed in slot order (f32, the first
+// taken as it is) and rounded to bf16 once (README, "Between hosts").
+namespace {
+// One warp: segment `seg` of the f32 sum, in slot order, of the bf16 rows of `box` at t * K + j for each
+// bit j of `mask` (the first taken as it is), rounded to bf16 into `dst`.
+__device__ __forceinline__ void sum_partials_segment(char* dst, const char* box, int t, int K, uint32_t mask,
+                                                     uint64_t rb, int seg, int lane) {
+  float acc[SEG_VECS][8];
+  const uint64_t base = (uint64_t)seg * 32u * SEG_VECS * 16u;
+  for (uint32_t left = mask, first = 1; left != 0; left &= left - 1, first = 0) {
+    const char* row = box + (uint64_t)(t * K + __ffs(left) - 1) * rb;
+    uint4 v[SEG_VECS];
+#pragma unroll
+    for (int u = 0; u < SEG_VECS; ++u) {
+      const uint64_t off = base + (uint64_t)(u * 32 + lane) * 16u;
+      if (off < rb) v[u] = ld_cg_v4(row + off);  // (owners on this host wrote it)
+    }
+#pragma unroll
+    for (int u = 0; u < SEG_VECS; ++u) {
+      if (base + (uint64_t)(u * 32 + lane) * 16u >= rb) continue;
+      float x[8];
+      bf16x8_to_f32(v[u], x);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[u][i] = first ? x[i] : __fadd_rn(acc[u][i], x[i]);
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < SEG_VECS; ++u) {
+    const uint64_t off = base + (uint64_t)(u * 32 + lane) * 16u;
+    if (off < rb) st_v4(dst + off, pack_bf16x8(acc[u]));
+  }
+}
+}  // namespace
+
 extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_rail_combine(const __grid_constant__ EpArgs a) {
-  __shared__ int pre[EP_MAX_EXPERTS + 1];
+  __shared__ int pre[EP_MAX_EXPERTS + 1];    // per (host, owner): its positions, then their exclusive scan
   __shared__ uint64_t seen[EP_MAX_EXPERTS];  // per (host, owner): the signal its rows came with
   __shared__ uint64_t word[EP_MAX_TOPK];
   __shared__ int scratch[33];
@@ -281,7 +324,7 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_rail_combine(con
   host_requires(a.nodes > 1 && a.nodes <= EP_MAX_TOPK && a.world <= EP_MAX_EXPERTS, "ep_rail_combine: 1 < nodes <= EP_MAX_TOPK");
   const EpState* st = state_of(a);
   const uint64_t call = read_calls(st), slot = call & 1u;
-  const int tid = threadIdx.x, B = blockDim.x, W = a.world, G = a.ranksPerNode, S = a.stageRows;
+  const int tid = threadIdx.x, B = blockDim.x, W = a.world, G = a.ranksPerNode, K = a.topk;
   const int me = my_host(a), lane = tid & 31;
   for (int h = tid; h < a.nodes; h += B) word[h] = h == me ? 0u : msg_call(rail_msg(a.railRecv, a, h), 8);
   const uint64_t deadline = deadline_after(a.timeoutNs);
@@ -297,8 +340,17 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_rail_combine(con
   }
   __syncthreads();
   for (int i = tid; i < W; i += B) {
-    const int h = i / G;
-    pre[i] = h != me && word[h] == call && seen[i] == call ? split_rows(a, msg_splits(a, rail_msg(a.railRecv, a, h), i % G)) : 0;
+    const int h = i / G, g = i % G;
+    const char* msg = rail_msg(a.railRecv, a, h);
+    pre[i] = 0;
+    if (h == me || word[h] != call) continue;
+    if (!a.dedup) {
+      if (seen[i] == call) pre[i] = split_rows(a, msg_splits(a, msg, g));
+      continue;
+    }
+    bool all = true;  // (a host's partial needs every owner's)
+    for (int q = 0; q < G; ++q) all = all && seen[h * G + q] == call;
+    if (g == 0 && all) pre[i] = max(0, min((int)*(const uint32_t*)msg, a.railCombCap));
   }
   block_exclusive_scan(pre, W, scratch);
   if (blockIdx.x == 0)
@@ -306,11 +358,14 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_rail_combine(con
       const int h = i / G, g = i % G;
       if (h == me) continue;
       char* out = rail_comb(a.railCombSend, a, h);
-      if (g == 0) *(uint64_t*)out = call;
+      if (g == 0) {
+        *(uint64_t*)out = call;
+        *(int*)(out + a.railCombCount) = pre[(h + 1) * G] - pre[h * G];
+      }
       ((uint64_t*)(out + a.railCombStatus))[g] = seen[i];
-      ((int*)(out + a.railCombCounts))[g] = pre[i + 1] - pre[i];
     }
   const uint64_t rb = a.combineRowBytes;
+  const uint64_t outboxRows = a.railOutboxHostBytes / rb;
   const int segs = row_segments(rb, 16u);
   const uint32_t items = (uint32_t)pre[W] * (uint32_t)(segs + 1);
   const int warpsPerBlock = B >> 5;
@@ -318,23 +373,28 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_rail_combine(con
     const int gi = (int)(it / (uint32_t)(segs + 1)), seg = (int)(it % (uint32_t)(segs + 1));
     const int i = find_run(pre, W, gi), h = i / G, g = i % G, r = gi - pre[i];
     const char* msg = rail_msg(a.railRecv, a, h);
-    const uint64_t at = (uint64_t)g * S + r;
-    int back;  // the source's combine row of this position: m_st + r, or with dedup a carrier's origin row
-    if (!a.dedup) back = msg_splits(a, msg, g)[a.expertsPerRank] + r;
-    else back = ((const int*)(msg + a.railMsgCarriers))[at] == r
-                    ? *(const int*)(msg + a.railMsgRecords + at * (uint64_t)a.recordBytes)
-                    : -1;
-    if (back >= 0 && (uint64_t)back >= a.railOutboxHostBytes / rb) back = -1;  // (never past the outbox)
+    const char* box = (const char*)(a.localBase + a.railOutboxOff + slot * a.railOutboxSlot + h * a.railOutboxHostBytes);
     char* out = rail_comb(a.railCombSend, a, h);
     const uint64_t pos = (uint64_t)(gi - pre[h * G]);
+    int back;  // the source's combine row of this position
+    int t = 0;
+    uint32_t mask = 0;
+    if (a.dedup) {  // the token's first carrier slot on this host
+      t = ((const int*)(msg + a.railMsgTokens))[2 * pos];
+      mask = (uint32_t)((const int*)(msg + a.railMsgTokens))[2 * pos + 1];
+      if (K < 32) mask &= (1u << K) - 1u;
+      back = mask != 0 && t >= 0 && t < a.maxTokensPerRank ? t * K + __ffs(mask) - 1 : -1;
+    } else {  // m_st + r
+      back = msg_splits(a, msg, g)[a.expertsPerRank] + r;
+    }
+    if (back >= 0 && (uint64_t)back >= outboxRows) back = -1;  // (never past the outbox)
     if (seg == segs) {
       if (lane == 0) ((int*)(out + a.railCombIndex))[pos] = back;
       continue;
     }
     if (back < 0) continue;
-    const char* src = (const char*)(a.localBase + a.railOutboxOff + slot * a.railOutboxSlot + h * a.railOutboxHostBytes) +
-                      (uint64_t)back * rb;
-    copy_segment<16, true>(out + a.railCombRows + pos * rb, src, rb, seg, lane);
+    if (a.dedup) sum_partials_segment(out + a.railCombRows + pos * rb, box, t, K, mask, rb, seg, lane);
+    else copy_segment<16, true>(out + a.railCombRows + pos * rb, box + (uint64_t)back * rb, rb, seg, lane);
   }
 }
 
@@ -361,7 +421,7 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_rail_land(const 
     if (h == me) continue;
     const char* msg = rail_comb(a.railCombRecv, a, h);
     const uint64_t v = ((const volatile uint64_t*)(msg + a.railCombStatus))[g];
-    if (word[h] == call) pre[i] = ((const int*)(msg + a.railCombCounts))[g];
+    if (word[h] == call && g == 0) pre[i] = max(0, min(*(const int*)(msg + a.railCombCount), a.railCombCap));  // (per host)
     if (blockIdx.x != 0) continue;
     if (word[h] != call)
       report_error(a, EP_ERR_TIMEOUT_COMBINE, (uint32_t)rank_at(a, h, my_local(a)), (uint32_t)slot, call, (int64_t)word[h], 0, 0u);

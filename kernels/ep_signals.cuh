@@ -12,6 +12,10 @@ namespace {
 
 __device__ __forceinline__ int host_of(const EpArgs& a, int r) { return a.nodes > 1 ? r / a.ranksPerNode : 0; }
 __device__ __forceinline__ bool same_host(const EpArgs& a, int r) { return host_of(a, r) == host_of(a, a.rank); }
+// dedup: what the origin sums one partial for: an owner on its host, or a whole other host (README, "Between hosts").
+__device__ __forceinline__ int reduce_key(const EpArgs& a, int owner) {
+  return same_host(a, owner) ? owner : a.world + host_of(a, owner);
+}
 // The rank of local index `local` on host `host`.
 __device__ __forceinline__ int rank_at(const EpArgs& a, int host, int local) { return host * a.ranksPerNode + local; }
 // This rank's rail peer on host `host`: the rank of its own local index there.

@@ -31,11 +31,11 @@ test('a hand-worked case: 2 hosts of 2 GPUs, four tokens of rank 0', () => {
     nvlinkCombine: 2 * 32,
     interPadded: 1 * 4 * wireRow,
     // our messages to the one other host (stage S = 8 rows per owner, G = 2 owners, records of 32 bytes):
-    // dispatch: header 16, splits 2 * 3 * 4 -> 32, rowToken 2 * 8 * 4 = 64, carriers 64, records
-    // 2 * 8 * 32 = 512, rows 4 * 32 = 128; combine: header 16, status 2 * 8 = 16, counts 2 * 4 -> 16,
-    // then min(4 * 2, 2 * 8) = 8 positions: index 8 * 4 = 32, rows 8 * 32 = 256
-    railDispatch: 16 + 32 + 64 + 64 + 512 + 128,
-    railCombine: 16 + 16 + 16 + 32 + 256,
+    // dispatch: header 16, splits 2 * 3 * 4 -> 32, tokens 4 * 8 = 32, rowToken 2 * 8 * 4 = 64, carriers
+    // 64, records 2 * 8 * 32 = 512, rows 4 * 32 = 128; combine: header 16, status 2 * 8 = 16, count 4 -> 16,
+    // then one pre-reduced row per token, 4 positions: index 4 * 4 = 16, rows 4 * 32 = 128
+    railDispatch: 16 + 32 + 32 + 64 + 64 + 512 + 128,
+    railCombine: 16 + 16 + 16 + 16 + 128,
   });
 });
 

@@ -181,3 +181,37 @@ describe('dedup on the cpu transport: the heap, step by step (W = 1)', () => {
     assert.equal(plain.combine(out, p.handle, { topkWeights: W }).data.length, 3 * H);
   });
 });
+
+test('oracle over two hosts: the other host pre-reduces its owners, one more rounding (hand-worked)', () => {
+  // W = 4 over 2 hosts (ranks 0-1, 2-3), one expert per rank, k = 3, H = 1. Rank 0's token goes to
+  // experts 2, 3 (host 1) and 1 (its own host), each output weighted 1: P_2 = 1, P_3 = P_1 = 2^-8.
+  // Host 1 sums P_2 + P_3 = 1 + 2^-8 and rounds it to bf16: a tie, to even, 1. The origin adds P_1:
+  // 1 + 2^-8 rounds to 1 again. On one host the three partials add in f32 to 1 + 2^-7 first: 0x3f81.
+  const ONE = 0x3f80;
+  const TINY = 0x3b80; // 2^-8
+  const out = [0, TINY, ONE, TINY]; // the output of rank r's one expert
+  const inputs = [0, 1, 2, 3].map((r) => ({
+    numTokens: r === 0 ? 1 : 0,
+    x: new Uint16Array(r === 0 ? 1 : 0),
+    topkIdx: r === 0 ? Int32Array.of(2, 3, 1) : new Int32Array(0),
+    topkWeights: r === 0 ? Float32Array.of(1, 1, 1) : new Float32Array(0),
+  }));
+  const y = (nodes: number) => {
+    const cfg = resolveConfig({
+      world: 4,
+      numExperts: 4,
+      hidden: 8,
+      topk: 3,
+      maxTokensPerRank: 1,
+      nodes,
+      fp8: false,
+      dedup: true,
+    });
+    return oracleCombine({ ...cfg, hidden: 1 }, inputs, 0, (owner) => ({
+      data: Uint16Array.of(out[owner]),
+      offset: 0,
+    }))[0];
+  };
+  assert.equal(y(2), ONE);
+  assert.equal(y(1), 0x3f81);
+});

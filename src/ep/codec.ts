@@ -216,3 +216,28 @@ export function weightedSumBf16(
 
 let reduceAcc = new Float32Array(0);
 let reduceBits = new Uint32Array(0);
+
+/**
+ * The sum of dedup partials (bf16 rows at `rowOffsets` of `rows`, in order): f32, the first taken as it
+ * is, then acc = f32(acc + row_j[h]); out[h] = bf16(acc). Nothing is written for no rows.
+ */
+export function sumPartialsBf16(
+  rows: Uint16Array,
+  rowOffsets: readonly number[],
+  hidden: number,
+  out: Uint16Array,
+  outOffset: number,
+): void {
+  if (rowOffsets.length === 0) return;
+  if (reduceAcc.length < hidden) {
+    reduceAcc = new Float32Array(hidden);
+    reduceBits = new Uint32Array(reduceAcc.buffer);
+  }
+  const acc = reduceAcc;
+  for (let h = 0; h < hidden; h++) acc[h] = BF16_DECODE[rows[rowOffsets[0] + h]];
+  for (let j = 1; j < rowOffsets.length; j++) {
+    const base = rowOffsets[j];
+    for (let h = 0; h < hidden; h++) acc[h] += BF16_DECODE[rows[base + h]];
+  }
+  for (let h = 0; h < hidden; h++) out[outOffset + h] = f32BitsToBf16(reduceBits[h]);
+}

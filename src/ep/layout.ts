@@ -210,12 +210,15 @@ export function stagedRowsFor(cfg: EpConfig): number {
 /**
  * One dispatch message between hosts (README, "Between hosts"), from a source to its rail peer on host h,
  * for the ranksPerNode owners there (local order): per owner its split record and, per row of the source's
- * stage for it, the token that row holds (an index into the message's tokens); with dedup the owner's
- * carrier indices and records; then every token going to host h once, its row and its scales. Byte
- * offsets, each part 16-byte aligned; `bytes` is the fixed size every message takes.
+ * stage for it, the token that row holds (an index into the message's tokens); with dedup, per token of
+ * the message its token in the source (i32) and the mask of its carrier slots on host h (u32: bit j for
+ * each owner's first slot), and the owner's carrier indices and records; then every token going to host h
+ * once, its row and its scales. Byte offsets, each part 16-byte aligned; `bytes` is the fixed size every
+ * message takes.
  */
 export interface RailMessageLayout {
   readonly splits: number;
+  readonly tokens: number;
   readonly rowToken: number;
   readonly carriers: number;
   readonly records: number;
@@ -234,26 +237,28 @@ export function railMessageLayout(cfg: EpConfig, stageRows: number): RailMessage
     return start;
   };
   const splits = part(G * (cfg.expertsPerRank + 1) * 4);
+  const tokens = part(dedup ? cfg.maxTokensPerRank * 8 : 0);
   const rowToken = part(G * stageRows * 4);
   const carriers = part(dedup ? G * stageRows * 4 : 0);
   const records = part(dedup ? G * stageRows * recordBytes(cfg) : 0);
   const rows = part(cfg.maxTokensPerRank * cfg.dispatchRowBytes);
   const scales = part(cfg.fp8 ? cfg.maxTokensPerRank * cfg.groupsPerRow * 4 : 0);
-  return { splits, rowToken, carriers, records, rows, scales, bytes: at };
+  return { splits, tokens, rowToken, carriers, records, rows, scales, bytes: at };
 }
 
 /**
  * One combine message between hosts, from a rail peer back to a source on another host (the network
  * engine; on the cpu transport the rows go straight into the source's combine buffer): the call it answers
  * (u64, call | abort bit), per owner of the rail peer's host (local order) the signal its rows came with
- * (u64) and how many positions it takes (i32: the rows of that owner's stage from the source, with dedup
- * only its carriers hold data), then per position the source's combine row it goes to (i32, -1 for none)
- * and the row. Positions run owner by owner. `cap` rows fit: min(maxTokensPerRank * topk, G * stageRows),
- * what one source can send to one host.
+ * (u64), how many positions the message holds (i32), then per position the source's combine row it goes
+ * to (i32, -1 for none) and the row. Without dedup the positions are the owners' rows, owner by owner:
+ * `cap` = min(maxTokensPerRank * topk, G * stageRows), what one source can send to one host. With dedup
+ * they are the message's tokens, each the host's pre-reduced partial (README, "Between hosts"): `cap` =
+ * maxTokensPerRank.
  */
 export interface RailCombineLayout {
   readonly status: number;
-  readonly counts: number;
+  readonly count: number;
   readonly index: number;
   readonly rows: number;
   readonly cap: number;
@@ -262,7 +267,7 @@ export interface RailCombineLayout {
 
 export function railCombineLayout(cfg: EpConfig, stageRows: number): RailCombineLayout {
   const G = cfg.ranksPerNode;
-  const cap = Math.min(cfg.maxTokensPerRank * cfg.topk, G * stageRows);
+  const cap = cfg.dedup ? cfg.maxTokensPerRank : Math.min(cfg.maxTokensPerRank * cfg.topk, G * stageRows);
   let at = 16; // u64 call, padded
   const part = (bytes: number) => {
     const start = at;
@@ -270,10 +275,10 @@ export function railCombineLayout(cfg: EpConfig, stageRows: number): RailCombine
     return start;
   };
   const status = part(G * 8);
-  const counts = part(G * 4);
+  const count = part(4);
   const index = part(cap * 4);
   const rows = part(cap * cfg.combineRowBytes);
-  return { status, counts, index, rows, cap, bytes: at };
+  return { status, count, index, rows, cap, bytes: at };
 }
 
 /** The regions between hosts: zero bytes unless `stageRows` > 0 (a staged group over several hosts). */

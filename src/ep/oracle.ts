@@ -159,9 +159,12 @@ export function oracleDispatch(
  * rows are numbered as in the oracle's expert-major order.
  *
  * With cfg.dedup, each owner d of token t first reduces its own slots: P_d = bf16(sum over valid j
- * with owner d, in order, of f32(w[t,j] * out[t,j])), the f32 sum starting from 0; then
- * y[t] = bf16(S), S = P of t's first owner (by its first slot), then S = f32(S + P) for each next owner
- * in the order of their first slots; y[t] = +0 when t has no valid slot.
+ * with owner d, in order, of f32(w[t,j] * out[t,j])), the f32 sum starting from 0. Over several hosts
+ * (cfg.nodes > 1) the owners of t on a host other than src's are then reduced inside their host:
+ * Q = bf16(S), S = P of that host's first owner (by its first slot), then S = f32(S + P) for each next
+ * owner there in the order of their first slots. Last, y[t] = bf16(S) over t's keys in the order of
+ * their first slots, S starting from the first key's partial, then S = f32(S + partial): a key is an
+ * owner on src's host (its P) or a whole other host (its Q). y[t] = +0 when t has no valid slot.
  */
 export function oracleCombine(
   cfg: EpConfig,
@@ -169,7 +172,7 @@ export function oracleCombine(
   src: number,
   expertOutOf: (owner: number, localExpert: number, row: number) => { data: Uint16Array; offset: number },
 ): Uint16Array {
-  const { hidden: H, topk: k, expertsPerRank: EPR } = cfg;
+  const { hidden: H, topk: k, expertsPerRank: EPR, world: W, ranksPerNode: G } = cfg;
   const inp = inputs[src];
   const y = new Uint16Array(inp.numTokens * H);
   // position of each of my pairs inside its expert's expert-major rows
@@ -183,25 +186,33 @@ export function oracleCombine(
     for (let p = 0; p < inp.numTokens * k; p++) if (inp.topkIdx[p] === expert) pairPos[p] = base++;
   }
   if (cfg.dedup) {
+    const host = (r: number) => Math.floor(r / G);
+    // the key an owner's partial is summed under at the origin: itself on src's host, else its host
+    const keyOf = (d: number) => (host(d) === host(src) ? d : W + host(d));
+    /** f32 sum in order, the first term taken as it is (no rounding on a single term). */
+    const sumInOrder = (terms: number[]) => terms.reduce((s, x, i) => (i === 0 ? x : Math.fround(s + x)), 0);
     for (let t = 0; t < inp.numTokens; t++) {
-      // carrier slots: each owner's first valid slot of this token, in increasing j
-      const carriers: number[] = [];
+      // owners of t in the order of their first (carrier) slots, and the keys in the order of theirs
+      const owners: number[] = [];
       for (let j = 0; j < k; j++) {
         const e = inp.topkIdx[t * k + j];
-        if (e < 0) continue;
-        let first = true;
-        for (let q = 0; q < j; q++) {
-          const f = inp.topkIdx[t * k + q];
-          if (f >= 0 && Math.floor(f / EPR) === Math.floor(e / EPR)) first = false;
+        if (e >= 0 && !owners.includes(Math.floor(e / EPR))) owners.push(Math.floor(e / EPR));
+      }
+      // per key, the indices in `owners` of the owners it sums (in order)
+      const keys: number[] = [];
+      const groups: number[][] = [];
+      for (const [i, d] of owners.entries()) {
+        const at = keys.indexOf(keyOf(d));
+        if (at >= 0) groups[at].push(i);
+        else {
+          keys.push(keyOf(d));
+          groups.push([i]);
         }
-        if (first) carriers.push(j);
       }
       for (let h = 0; h < H; h++) {
-        let sum = 0;
-        for (const [i, j0] of carriers.entries()) {
-          const owner = Math.floor(inp.topkIdx[t * k + j0] / EPR);
+        const P = owners.map((owner) => {
           let acc = 0;
-          for (let j = j0; j < k; j++) {
+          for (let j = 0; j < k; j++) {
             const e = inp.topkIdx[t * k + j];
             if (e < 0 || Math.floor(e / EPR) !== owner) continue;
             const r = expertOutOf(owner, e % EPR, pairPos[t * k + j]);
@@ -209,10 +220,12 @@ export function oracleCombine(
               acc + Math.fround(inp.topkWeights[t * k + j] * BF16_DECODE[r.data[r.offset + h]]),
             );
           }
-          const partial = BF16_DECODE[f32ToBf16(acc)];
-          sum = i === 0 ? partial : Math.fround(sum + partial);
-        }
-        y[t * H + h] = f32ToBf16(sum);
+          return BF16_DECODE[f32ToBf16(acc)];
+        });
+        const partials = keys.map((key, i) =>
+          key < W ? P[groups[i][0]] : BF16_DECODE[f32ToBf16(sumInOrder(groups[i].map((o) => P[o])))],
+        );
+        if (keys.length > 0) y[t * H + h] = f32ToBf16(sumInOrder(partials));
       }
     }
     return y;

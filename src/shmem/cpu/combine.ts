@@ -1,4 +1,4 @@
-import { BF16_DECODE, f32BitsToBf16, weightedSumBf16 } from '../../ep/codec.js';
+import { sumPartialsBf16, weightedSumBf16 } from '../../ep/codec.js';
 import { combineRowOffset, stageRecordOffset } from '../../ep/layout.js';
 import { type HostTensor, hostTensor } from '../../ep/tensor.js';
 import { combineRoute } from './rail.js';
@@ -17,7 +17,10 @@ export interface CombineState {
   pairRow: Int32Array;
   /** i32 [W][EPR + 1] as received: counts per local expert from each source, then its m_st. */
   splits: Int32Array;
-  /** dedup: u8 [T * k], 1 where (t, j) is a carrier slot (valid, the first of t's slots on its owner). */
+  /**
+   * dedup: u8 [T * k], 1 where the origin reduces the partial at (t, j): the first of t's slots on an owner
+   * on this host, or on another host (whose rail peer sums its owners' partials there).
+   */
   carriers: Uint8Array | null;
 }
 
@@ -119,25 +122,20 @@ function received(h: RankHeap, slot: number): Uint16Array {
 
 /**
  * dedup combine, origin side: y[t] = bf16(S), S = the partial at t's first carrier slot, then
- * S = f32(S + partial) for each next carrier slot in increasing j; +0 for a token with none.
+ * S = f32(S + partial) for each next carrier slot in increasing j; +0 for a token with none. Over several
+ * hosts a carrier slot is the first of each owner on this host and of each other host (its partial is
+ * that host's, pre-reduced by its rail peer: rail.ts, preReduce).
  */
 export function reduceDedup(h: RankHeap, st: CombineState): HostTensor {
   const { topk: k, hidden: H } = h.config;
   const carriers = st.carriers as Uint8Array;
   const recv = received(h, st.slot);
   const y = new Uint16Array(st.numTokens * H);
-  const acc = new Float32Array(H); // a store into it rounds the double sum of two f32 to f32 once
-  const bits = new Uint32Array(acc.buffer);
+  const offs: number[] = [];
   for (let t = 0; t < st.numTokens; t++) {
-    let first = true;
-    for (let j = 0; j < k; j++) {
-      if (!carriers[t * k + j]) continue;
-      const from = (t * k + j) * H;
-      if (first) for (let h2 = 0; h2 < H; h2++) acc[h2] = BF16_DECODE[recv[from + h2]];
-      else for (let h2 = 0; h2 < H; h2++) acc[h2] += BF16_DECODE[recv[from + h2]];
-      first = false;
-    }
-    if (!first) for (let h2 = 0; h2 < H; h2++) y[t * H + h2] = f32BitsToBf16(bits[h2]);
+    offs.length = 0;
+    for (let j = 0; j < k; j++) if (carriers[t * k + j]) offs.push((t * k + j) * H);
+    sumPartialsBf16(recv, offs, H, y, t * H);
   }
   return hostTensor('bf16', [st.numTokens, H], y);
 }

@@ -1,3 +1,4 @@
+import { sumPartialsBf16 } from '../../ep/codec.js';
 import {
   combineRowOffset,
   railInboxOffset,
@@ -39,8 +40,12 @@ export const sameHost = (h: RankHeap) => (d: number) => hostOf(h, d) === hostOf(
 /** Waits for this rank's signal word at `offset` to reach `call`; returns whether it came with the abort bit. */
 export type WaitOne = (offset: number, call: number, peer: number, phase: 'dispatch' | 'combine') => boolean;
 
-/** Per other host: per owner on this host (local order), the rows of that host's rail source's combineRecv it returns. */
-export type RowsBack = (Int32Array[] | null)[];
+/**
+ * Per other host (null for this one): whether its rail source's dispatch message of the call came (not
+ * aborted), and without dedup per owner on this host (local order) the rows of that source's combineRecv
+ * the owner returns (with dedup the message's tokens say where the host's partials go).
+ */
+export type RowsBack = ({ live: boolean; rows: Int32Array[] } | null)[];
 
 /** The dispatch messages to every other host's rail peer (railInbox[slot][my host] there), then their signals. */
 export function sendRailMessages(
@@ -83,14 +88,23 @@ function buildMessage(
   let n = 0;
   const ownerOf = (p: number) => (plan.pairRow[p] < 0 ? -1 : (idx[p] / epr) | 0);
   for (let t = 0; t < T; t++) {
-    for (let j = 0; j < k && tokenOf[t] < 0; j++) {
+    let mask = 0; // dedup: t's carrier slots on host `host` (each owner's first)
+    for (let j = 0; j < k; j++) {
       const d = ownerOf(t * k + j);
       if (d < 0 || hostOf(h, d) !== host) continue;
-      tokenOf[t] = n;
-      msg.set(src.subarray(t * rb, (t + 1) * rb), M.rows + n * rb);
-      if (c.fp8) msg.set(h.tokenScales(t), M.scales + n * gpr * 4);
-      n++;
+      let first = true;
+      for (let q = 0; q < j && first; q++) first = ownerOf(t * k + q) !== d;
+      if (first) mask |= 1 << j;
     }
+    if (mask === 0) continue;
+    tokenOf[t] = n;
+    msg.set(src.subarray(t * rb, (t + 1) * rb), M.rows + n * rb);
+    if (c.fp8) msg.set(h.tokenScales(t), M.scales + n * gpr * 4);
+    if (c.dedup) {
+      i32[M.tokens / 4 + 2 * n] = t;
+      i32[M.tokens / 4 + 2 * n + 1] = mask;
+    }
+    n++;
   }
   i32[0] = n;
   for (let g = 0; g < G; g++) {
@@ -151,7 +165,6 @@ export function forwardRailMessages(h: RankHeap, slot: number, call: number, wai
       const sig = signalOffset(h.layout.dispatchSignal, slot, s);
       if (aborted) {
         h.shmem.signal(d, sig, BigInt(call) | ABORT_BIT);
-        back.push(new Int32Array(0));
         continue;
       }
       const split = i32.subarray(M.splits / 4 + g * (epr + 1), M.splits / 4 + (g + 1) * (epr + 1));
@@ -161,7 +174,6 @@ export function forwardRailMessages(h: RankHeap, slot: number, call: number, wai
       const tokenAt = M.rowToken / 4 + g * S;
       const carrierAt = M.carriers / 4 + g * S;
       const rows = new Int32Array(c.dedup ? 0 : count);
-      const backs: number[] = [];
       for (let r = 0; r < count; r++) {
         if (c.dedup && i32[carrierAt + r] !== r) continue; // (only a token's carrier row holds its data)
         const tok = i32[tokenAt + r];
@@ -181,7 +193,6 @@ export function forwardRailMessages(h: RankHeap, slot: number, call: number, wai
         if (c.dedup) {
           const rec = M.records + (g * S + r) * RB;
           h.putTo(peers, d, stageRecordOffset(h.layout, c, slot, s, r), msg.subarray(rec, rec + RB));
-          backs.push(i32[rec / 4]);
         } else {
           rows[r] = split[epr] + r; // m_st + r: where row r comes back in the source's order
         }
@@ -193,11 +204,11 @@ export function forwardRailMessages(h: RankHeap, slot: number, call: number, wai
           stageCarrierOffset(h.layout, slot, s, 0),
           msg.subarray(M.carriers + g * S * 4, M.carriers + (g * S + count) * 4),
         );
-      back.push(c.dedup ? Int32Array.from(backs) : rows);
+      back.push(rows);
       h.shmem.fence();
       h.shmem.signal(d, sig, BigInt(call));
     }
-    rowsBack[host] = back;
+    rowsBack[host] = { live: !aborted, rows: back };
   }
   return rowsBack;
 }
@@ -226,7 +237,8 @@ export function combineRoute(h: RankHeap, slot: number, s: number) {
 /**
  * As rail peer, in combine: once every owner on this host has written its rows for each other host's
  * rail source (waiting for them), sends them on into that source's combine buffer and signals it for
- * each owner (the abort bit for an owner that aborted).
+ * each owner (the abort bit for an owner that aborted). With dedup it sends one row per token instead,
+ * the host's partial (preReduce).
  */
 export function forwardRailCombine(
   h: RankHeap,
@@ -244,22 +256,57 @@ export function forwardRailCombine(
     const back = rowsBack[host];
     if (host === me || !back) continue;
     const s = rankAt(h, host, localOf(h, h.rank));
+    const aborted: boolean[] = [];
     for (let g = 0; g < c.ranksPerNode; g++) {
       const d = rankAt(h, me, g);
-      const aborted = waitOne(railOutboxSignalOffset(h.layout, c, slot, host, g), call, d, 'combine');
-      if (!aborted) {
-        for (const row of back[g]) {
-          const from = railOutboxRowOffset(h.layout, c, slot, host, row);
-          h.putTo(peers, s, combineRowOffset(h.layout, c, slot, row), local.subarray(from, from + rb));
-        }
-        h.shmem.fence();
+      aborted.push(waitOne(railOutboxSignalOffset(h.layout, c, slot, host, g), call, d, 'combine'));
+      if (aborted[g] || c.dedup || !back.live) continue;
+      for (const row of back.rows[g]) {
+        const from = railOutboxRowOffset(h.layout, c, slot, host, row);
+        h.putTo(peers, s, combineRowOffset(h.layout, c, slot, row), local.subarray(from, from + rb));
       }
+    }
+    if (c.dedup && back.live && !aborted.includes(true)) preReduce(h, slot, host, s);
+    h.shmem.fence();
+    for (let g = 0; g < c.ranksPerNode; g++)
       h.shmem.signal(
         s,
-        signalOffset(h.layout.combineSignal, slot, d),
-        aborted ? BigInt(call) | ABORT_BIT : BigInt(call),
+        signalOffset(h.layout.combineSignal, slot, rankAt(h, me, g)),
+        aborted[g] ? BigInt(call) | ABORT_BIT : BigInt(call),
       );
-    }
+  }
+}
+
+/**
+ * dedup, as rail peer of source s on host `host`: per token of s's dispatch message, the partials this
+ * host's owners left in the outbox at the token's carrier slots, summed in slot order (f32, the first
+ * taken as it is) and rounded once, into s's combine buffer at the first of those slots.
+ */
+function preReduce(h: RankHeap, slot: number, host: number, s: number): void {
+  const c = h.config;
+  const { topk: k, hidden: H } = c;
+  const M = railMessageLayout(c, h.layout.stageRows);
+  const local = h.shmem.local();
+  const msg = new Int32Array(
+    local.buffer,
+    local.byteOffset + railInboxOffset(h.layout, c, slot, host),
+    M.bytes / 4,
+  );
+  const outbox = new Uint16Array(
+    local.buffer,
+    local.byteOffset + railOutboxRowOffset(h.layout, c, slot, host, 0),
+    h.layout.combineRows * H,
+  );
+  const row = new Uint16Array(H);
+  const offs: number[] = [];
+  for (let i = 0; i < msg[0]; i++) {
+    const t = msg[M.tokens / 4 + 2 * i];
+    const mask = msg[M.tokens / 4 + 2 * i + 1];
+    offs.length = 0;
+    for (let j = 0; j < k; j++) if ((mask >>> j) & 1) offs.push((t * k + j) * H);
+    sumPartialsBf16(outbox, offs, H, row, 0);
+    const first = 31 - Math.clz32(mask & -mask); // the lowest slot
+    h.putTo(h.peers(), s, combineRowOffset(h.layout, c, slot, t * k + first), new Uint8Array(row.buffer));
   }
 }
 

@@ -56,7 +56,7 @@ export function sendStaged(h: RankHeap, { src, T, idx, plan, slot, peers, to = a
  * Dedup send (s -> d for every owner d): per (token, owner) the row and its scales once, at the
  * carrier row r0 (the row of the token's first slot on d); the record at r0 (back = t * k + j0, the
  * row of each slot on d or -1, its weight or 0); then every row's carrier index, one block per
- * owner. Returns the carrier-slot mask the origin reduces over in combine.
+ * owner. Returns the mask of slots the origin reduces over in combine (CombineState.carriers).
  */
 export function sendDedup(
   h: RankHeap,
@@ -73,6 +73,9 @@ export function sendDedup(
   const recI32 = new Int32Array(record);
   const recF32 = new Float32Array(record);
   const recBytes = new Uint8Array(record);
+  // the origin reduces one partial per owner on its host and one per other host (pre-reduced there)
+  const hostOf = (d: number) => Math.floor(d / c.ranksPerNode);
+  const keyOf = (d: number) => (hostOf(d) === hostOf(h.rank) ? d : c.world + hostOf(d));
   const put = (d: number, off: number, bytes: Uint8Array) => {
     if (to(d)) h.putTo(peers, d, off, bytes); // (the carrier mask covers every owner all the same)
   };
@@ -86,7 +89,9 @@ export function sendDedup(
       let first = true; // j0 is t's first slot on d: its carrier slot
       for (let q = 0; q < j0 && first; q++) first = owner[q] !== d;
       if (!first) continue;
-      carriers[t * k + j0] = 1;
+      let firstOfKey = true; // and the first of its reduce key (README, "Between hosts")
+      for (let q = 0; q < j0 && firstOfKey; q++) firstOfKey = owner[q] < 0 || keyOf(owner[q]) !== keyOf(d);
+      if (firstOfKey) carriers[t * k + j0] = 1;
       const start = plan.destRowStart[d];
       const r0 = plan.pairRow[t * k + j0] - start;
       recI32[0] = t * k + j0;

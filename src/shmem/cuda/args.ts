@@ -154,6 +154,7 @@ const EP_ARGS_SPEC = [
   ['railCombRecv', 'u64'],
   ['railMsgBytes', 'u64'],
   ['railMsgSplits', 'u64'],
+  ['railMsgTokens', 'u64'],
   ['railMsgRowToken', 'u64'],
   ['railMsgCarriers', 'u64'],
   ['railMsgRecords', 'u64'],
@@ -161,7 +162,7 @@ const EP_ARGS_SPEC = [
   ['railMsgScales', 'u64'],
   ['railCombBytes', 'u64'],
   ['railCombStatus', 'u64'],
-  ['railCombCounts', 'u64'],
+  ['railCombCount', 'u64'],
   ['railCombIndex', 'u64'],
   ['railCombRows', 'u64'],
   ['railCombCap', 'i32'],
@@ -172,7 +173,7 @@ const epArgs = layout(EP_ARGS_SPEC);
 
 /** struct EpArgs: the single by-value argument of every kernel. */
 export const EP_ARGS_FIELDS: readonly FieldSpec[] = epArgs.fields;
-export const EP_ARGS_BYTES: number = epArgs.bytes; // 624
+export const EP_ARGS_BYTES: number = epArgs.bytes; // 632
 
 function offsets<N extends string>(fields: readonly FieldSpec[]): Readonly<Record<N, number>> {
   return Object.freeze(Object.fromEntries(fields.map((f) => [f.name, f.offset]))) as Record<N, number>;
@@ -558,6 +559,9 @@ export class EpArgsWriter {
   set railMsgSplits(v: bigint | number) {
     this.u64('railMsgSplits', v);
   }
+  set railMsgTokens(v: bigint | number) {
+    this.u64('railMsgTokens', v);
+  }
   set railMsgRowToken(v: bigint | number) {
     this.u64('railMsgRowToken', v);
   }
@@ -579,8 +583,8 @@ export class EpArgsWriter {
   set railCombStatus(v: bigint | number) {
     this.u64('railCombStatus', v);
   }
-  set railCombCounts(v: bigint | number) {
-    this.u64('railCombCounts', v);
+  set railCombCount(v: bigint | number) {
+    this.u64('railCombCount', v);
   }
   set railCombIndex(v: bigint | number) {
     this.u64('railCombIndex', v);

@@ -5,7 +5,7 @@
 #   steps: driver smoke smoke2 conformance failures verify v3w1 long graph sanitizer bench bench2 probe launch profile
 #          deepep-build paths2 paths4 large2 large4 v3w2 long4 bench-w2 sanitizer2 ep (EP_W ranks, default 8) nccl
 #          hosts hosts-long hosts-fail hosts-bench (between hosts, simulated on this machine: MOE_A2A_SIMULATED_HOSTS;
-#          hosts-bench wants 4 GPUs: 2 hosts x 2 GPUs, NVLink inside a host, sockets between)
+#          hosts-bench wants 4 GPUs: 2 hosts x 2 GPUs, NVLink inside a host, sockets between; HOSTS_BENCH_W=2: 2 x 1)
 # FAILFAST=1 stops at the first step that fails. The steps ending in 2/4 want that many GPUs (ranks are
 # one process per GPU); deepep-build needs .peers/ (a copy of ../shared/peers) and runs in the background.
 set -uo pipefail
@@ -81,7 +81,7 @@ for step in "$@"; do
           TAIL=3 run hosts-long$g timeout 400 $cli verify --transport cuda $g --world ${LONG_W:-4} --nodes 2 --experts 16 --hidden 512 --topk 4 --tokens 16 --fp8 --scenario random --expert-layout packed --calls ${LONG_CALLS:-1000}
         done
       elif [ $step = hosts-bench ]; then
-        TAIL=60 run hosts-bench timeout ${BENCH_S:-500} $cli bench --transport cuda --world 4 --nodes 2 --tokens ${BENCH_T:-1,32,128,512} --iters ${BENCH_ITERS:-100} --warmup 10 --path dedup
+        TAIL=60 run hosts-bench timeout ${BENCH_S:-500} $cli bench --transport cuda --world ${HOSTS_BENCH_W:-4} --nodes 2 --tokens ${BENCH_T:-1,32,128,512} --iters ${BENCH_ITERS:-100} --warmup 10 --path dedup
         newest_results
       else
         MOE_A2A_TRACE=1 run hosts-fail timeout 400 node --test --test-name-pattern "hosts" .device/build/test/cuda.conformance.test.js

@@ -475,6 +475,22 @@ describe('cuda group between hosts (fake driver and rail)', () => {
     await g.close();
     assert.ok(log.includes('rail aborted'));
     assert.ok(log.includes('rail closed'));
+    assert.ok(!fake.order.includes('stream sync on a stuck stream'), 'no unbounded wait for the stream');
+  });
+
+  test('a dispatch that timed out on the device also gets its combine abort: its rail peer, failed by an abort, posts its own', async () => {
+    const { fake, g, x, idx, w, out, r } = await dispatched();
+    deviceError(fake, A.EP_ERR_TIMEOUT_DISPATCH, 3, 1n);
+    const at = fake.launches.length;
+    assert.throws(() => g.combine(out, r.handle), { code: 'MOE_PEER_TIMEOUT' });
+    assert.deepEqual(kernels(fake, at), combineAbort, 'the exchange its peers wait in');
+    assert.throws(
+      () => g.dispatch(x, idx, { topkWeights: w }),
+      /stopped after an earlier failure \(rank 3 did not signal/,
+      'broken',
+    );
+    await g.close();
+    assert.equal(kernels(fake, at).length, combineAbort.length, 'nothing more at close');
   });
 
   test("a broken connection NCCL reports ends the wait at once, with NCCL's words", async () => {

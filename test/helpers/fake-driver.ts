@@ -128,7 +128,8 @@ export class FakeDriver {
     this.streamsLive--;
   }
   streamSynchronize(): void {
-    this.order.push('stream sync');
+    // (a real one would never return on a stuck stream: the order says so, for tests to refuse)
+    this.order.push(this.stuck ? 'stream sync on a stuck stream' : 'stream sync');
   }
   eventCreate(): object {
     return { event: ++this.handles };

@@ -224,11 +224,32 @@ export async function openGroupParts(
  * Gives back all a group holds, the caller's tensors made by its io included: after its work on the
  * stream has finished, and after every peer is done with the heap (CudaHeap.close waits for them).
  */
-export async function releaseGroupParts(p: GroupParts): Promise<void> {
+/**
+ * Waits for the group's stream before its memory goes. Between hosts the wait is bounded (the group's
+ * close() aborted the rail when it had to, yet an NCCL kernel queued before that abort may never end):
+ * false when the stream did not finish; then nothing is freed, since a kernel may still use it, and the
+ * process's exit takes it back.
+ */
+function streamFinished(p: GroupParts): boolean {
+  if (p.watch) {
+    if (p.watch.wait(p.timeoutMs)) return true;
+    process.stderr.write(
+      `moe-a2a: rank ${p.heap.rank}: the group's stream did not finish after its NCCL communicator was aborted; its device memory is left to the process's exit\n`,
+    );
+    return false;
+  }
   try {
     p.drv.streamSynchronize(p.stream);
   } catch {
     // the heap is freed below either way
+  }
+  return true;
+}
+
+export async function releaseGroupParts(p: GroupParts): Promise<void> {
+  if (!streamFinished(p)) {
+    p.rail?.close(); // (aborted already: NCCL's own resources)
+    return;
   }
   p.rail?.close(); // (after the stream: its transfers are done)
   try {

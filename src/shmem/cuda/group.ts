@@ -220,10 +220,12 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
     const taken = takeDeviceError(this.parts.errWord.view, this.config);
     if (taken === null) return;
     const { error: err, call } = taken;
-    if (err instanceof PeerTimeoutError) this.broken = err;
+    const wasBroken = this.broken !== null;
+    if (err instanceof PeerTimeoutError) this.broken ??= err;
     // between hosts: the dispatch that failed (the one still open, not an earlier call's error read late)
-    // will not be combined here, and the exchanges must pair up
-    else if (this.parts.rail && !this.lastDispatch.combined && call === this.sequence.calls) {
+    // will not be combined here, and the exchanges must pair up: after a timeout too, since this rank's
+    // rail peers, which may have failed the call otherwise (an abort), post that combine's exchange
+    if (this.parts.rail && !wasBroken && !this.lastDispatch.combined && call === this.sequence.calls) {
       this.sequence.abandon();
       this.settleCombine();
     }

@@ -225,10 +225,14 @@ export class NcclComm {
 
   /**
    * Waits until the communicator has no operation in progress (non-blocking mode), up to the timeout;
+   * it polls for 2 ms before it sleeps between polls;
    * throws NcclError naming `call` on an error or on the deadline (after aborting the communicator).
    */
   private settle(call: string): void {
     const deadline = performance.now() + this.timeoutMs;
+    // a group of sends and receives is enqueued within microseconds: poll without sleeping at first (a
+    // sleep of 1 ms after each exchange cost an eager call between hosts 1.2 ms on an H200)
+    const spinUntil = performance.now() + 2;
     const state = new Int32Array(1);
     for (;;) {
       const res = this.lib.fns.ncclCommGetAsyncError(this.comm, state);
@@ -242,7 +246,7 @@ export class NcclComm {
           { call, result: 'timeout', rank: this.rank, timeoutMs: this.timeoutMs },
         );
       }
-      pause(1);
+      if (performance.now() > spinUntil) pause(1);
     }
   }
 

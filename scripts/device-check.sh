@@ -4,7 +4,7 @@
 # Usage: scripts/device-check.sh <step>...
 #   steps: driver smoke smoke2 conformance failures verify v3w1 long graph sanitizer bench bench2 probe launch profile
 #          deepep-build paths2 paths4 large2 large4 v3w2 long4 bench-w2 sanitizer2 ep (EP_W ranks, default 8) nccl
-#          hosts hosts-long hosts-fail hosts-bench (between hosts, simulated on this machine: MOE_A2A_SIMULATED_HOSTS;
+#          hosts hosts-long hosts-fail hosts-bench hosts-sanitizer (between hosts, simulated on this machine: MOE_A2A_SIMULATED_HOSTS;
 #          hosts-bench wants 4 GPUs: 2 hosts x 2 GPUs, NVLink inside a host, sockets between; HOSTS_BENCH_W=2: 2 x 1)
 # FAILFAST=1 stops at the first step that fails. The steps ending in 2/4 want that many GPUs (ranks are
 # one process per GPU); deepep-build needs .peers/ (a copy of ../shared/peers) and runs in the background.
@@ -86,6 +86,17 @@ for step in "$@"; do
       else
         MOE_A2A_TRACE=1 run hosts-fail timeout 400 node --test --test-name-pattern "hosts" .device/build/test/cuda.conformance.test.js
       fi ;;
+    # compute-sanitizer over the kernels between hosts (simulated; several processes may share one GPU):
+    # W = 4 over 2 hosts (two owners a host: the pre-reduction sums two partials) and W = 2 over 2 without dedup
+    hosts-sanitizer)
+      export MOE_A2A_NCCL_LIB=${MOE_A2A_NCCL_LIB:-$(ldconfig -p | grep -o '/[^ ]*libnccl.so.2$' | head -1)}
+      export MOE_A2A_SIMULATED_HOSTS=1 NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-lo}
+      for tool in memcheck racecheck; do
+        run $tool-hosts-w4 timeout 300 compute-sanitizer --tool $tool --target-processes all $cli verify --transport cuda --world 4 --nodes 2 \
+          --experts 16 --hidden 256 --topk 4 --tokens 8 --scenario random --dedup
+      done
+      run memcheck-hosts-w2 timeout 300 compute-sanitizer --tool memcheck --target-processes all $cli verify --transport cuda --world 2 --nodes 2 \
+        --experts 8 --hidden 256 --topk 4 --tokens 8 --scenario random --no-dedup ;;
     failures) MOE_A2A_TRACE=1 run failures timeout 300 node --test --test-name-pattern "rejects|never calls|throws" .device/build/test/cuda.conformance.test.js ;;
     verify) TAIL=80 run verify timeout 300 $cli verify --transport cuda ;;
     v3w1)

@@ -56,12 +56,17 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
 
 // =============================================================================================
 // 5. ep_combine_reduce: y[t] = bf16(sum over valid j in order of f32(w[t,j] * out[t,j])), f32 accumulate,
-// two roundings per step (__fmul_rn, __fadd_rn; the build also passes -fmad=false). dedup: y[t] = bf16 of
-// the f32 sum, in slot order, of the partials at the token's carrier slots (the first taken as it is): the
-// first slot of each owner on this host and of each other host (pre-reduced there: ep_rail_combine).
+// two roundings per step (__fmul_rn, __fadd_rn; the build also passes -fmad=false).
+// ep_combine_reduce_dedup (dedup, W > 1): y[t] = bf16 of the f32 sum, in slot order, of the partials at the
+// token's carrier slots (the first taken as it is): the first slot of each owner on this host and of each
+// other host (pre-reduced there: ep_rail_combine).
 // Item = (token, chunk of blockDim vectors of 8 values); the k rows of a token are loaded 8 at a time.
-// With k <= 32 every warp gathers its token's slots itself (shuffles), else warp 0 lists them in shared memory.
-extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(const __grid_constant__ EpArgs a) {
+// With k <= 32 every warp gathers its token's slots itself (shuffles), else warp 0 lists them in shared
+// memory. Two kernels, not one with a branch: each keeps its own registers (one kernel holding both paths
+// took 96 a thread, so 3 blocks of 224 threads an SM instead of 4, and was 20% slower at T = 512).
+namespace {
+template <bool Dedup>
+__device__ __forceinline__ void combine_reduce(const EpArgs& a) {
   __shared__ uint64_t sRow[2][EP_MAX_TOPK];
   __shared__ float sW[2][EP_MAX_TOPK];
   __shared__ int sN[2];
@@ -77,40 +82,12 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(c
   const int* pairDest = (const int*)a.pairDest;
   const float* weights = (const float*)a.topkWeights;
   const int EPR = a.expertsPerRank;
-  const bool dedup = a.dedup != 0 && a.world > 1;  // (one rank: the one partial is the whole sum, read in place)
-  host_requires(!dedup || k <= 32, "ep_combine_reduce: k <= 32 with dedup");
-  // Lane j's slot of item `it` (k <= 32): its expert, and without dedup its rows and weight.
-  struct Slot {
-    int e, dest, back;
-    float w;
-  };
-  auto loadSlot = [&](int it) {
-    Slot s{-1, 0, 0, 0.0f};
-    const int p = (it / chunks) * k + lane;
-    if (lane < k && it < items) {
-      s.e = __ldg(topk + p);
-      if (!dedup) {
-        s.dest = __ldg(pairDest + p);
-        s.back = a.world > 1 ? __ldg(pairRow + p) : 0;  // (one rank: unused, and ep_dispatch_local leaves it unwritten)
-        s.w = __ldg(weights + p);
-      }
-    }
-    return s;
-  };
-#ifdef EP_SERIAL_FIRST_LOADS  // (bench A/B only: the first item's loads after the error word, as before v11)
+  if (Dedup) host_requires(k <= 32 && a.world > 1, "ep_combine_reduce_dedup: k <= 32, W > 1");
+  // the error word and the call count in one round trip
   const uint32_t code = read_err_code(st);
   const uint64_t slot = read_calls(st) & 1u;
-  if (code != 0) return;
-  const Slot first = k <= 32 ? loadSlot(blockIdx.x) : Slot{-1, 0, 0, 0.0f};
-  const uint64_t recv = ((const uint64_t*)a.peerBases)[a.rank] + a.combineRecvOff + slot * a.combineRecvSlot;
-#else
-  // the error word, the call count and the first item's slots in one round trip
-  const uint32_t code = read_err_code(st);
-  const uint64_t slot = read_calls(st) & 1u;
-  const Slot first = k <= 32 ? loadSlot(blockIdx.x) : Slot{-1, 0, 0, 0.0f};
   if (code != 0) return;
   const uint64_t recv = a.localBase + a.combineRecvOff + slot * a.combineRecvSlot;
-#endif
   char* y = (char*)a.y;
   // A row of my own expert is still in expertOut, at the row routing gave its pair in my expertX; every
   // other row came back from its owner (ep_combine_send) to my send order.
@@ -118,18 +95,25 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(c
     return e / EPR == a.rank ? (uint64_t)a.expertOut + (uint64_t)dest * a.combineRowBytes
                              : recv + (uint64_t)back * a.combineRowBytes;
   };
-  if (k <= 32) {
-    // Each warp reads token t's slots itself (lane j = slot j, the four loads in one round trip) and
-    // hands row addresses and weights round with shuffles: no shared memory and no barrier.
+  if (Dedup || k <= 32) {
+    // Each warp reads token t's slots itself (lane j = slot j, the loads in one round trip) and hands
+    // row addresses and weights round with shuffles: no shared memory and no barrier.
     for (int it = blockIdx.x; it < items; it += gridDim.x) {
       const int t = it / chunks, c = it % chunks;
       const int p = t * k + lane;
-      const Slot sl = it == (int)blockIdx.x ? first : loadSlot(it);
-      const int e = sl.e, dest = sl.dest, back = sl.back;
-      const float w = sl.w;
+      int e = -1, dest = 0, back = 0;
+      float w = 0.0f;
+      if (lane < k) {
+        e = __ldg(topk + p);
+        if (!Dedup) {
+          dest = __ldg(pairDest + p);
+          back = a.world > 1 ? __ldg(pairRow + p) : 0;  // (one rank: unused, and ep_dispatch_local leaves it unwritten)
+          w = __ldg(weights + p);
+        }
+      }
       uint64_t row = e >= 0 ? rowOf(e, dest, back) : 0;
       bool take = e >= 0;
-      if (dedup) {  // the partials of the token's carrier slots, each owner's at its first slot
+      if (Dedup) {  // the partials of the token's carrier slots
         const int lead = carrier_lane(e >= 0 ? reduce_key(a, e / EPR) : -1 - lane, k);  // (every lane: it shuffles)
         take = take && lead == lane;
         row = recv + (uint64_t)p * a.combineRowBytes;
@@ -149,7 +133,7 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(c
         for (int u = 0; u < 8; ++u) {
           const int j = left ? __ffs(left) - 1 : 0;
           const uint64_t rj = __shfl_sync(FULL_MASK, row, j);
-          ws[u] = __shfl_sync(FULL_MASK, w, j);
+          if (!Dedup) ws[u] = __shfl_sync(FULL_MASK, w, j);
           if (left) {
             has |= 1u << u;
             if (active) r[u] = ld_cg_v4((const char*)rj + (uint64_t)v * 16u);
@@ -161,7 +145,7 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(c
           if (active && (has >> u & 1u)) {
             float x[8];
             bf16x8_to_f32(r[u], x);
-            if (!dedup) {
+            if (!Dedup) {
 #pragma unroll
               for (int i = 0; i < 8; ++i) acc[i] = __fadd_rn(acc[i], __fmul_rn(ws[u], x[i]));
             } else {
@@ -227,4 +211,12 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(c
     st_v4(y + ((uint64_t)t * V + v) * 16u, pack_bf16x8(acc));
   }
   if (tid == 0) stamp_latest(a, EP_STAMP_REDUCE_END);
+}
+}  // namespace
+
+extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(const __grid_constant__ EpArgs a) {
+  combine_reduce<false>(a);
+}
+extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce_dedup(const __grid_constant__ EpArgs a) {
+  combine_reduce<true>(a);
 }

@@ -160,7 +160,23 @@ describe('cuda group host logic (fake driver)', () => {
       code: 'MOE_SHAPE',
       message: /dedup/,
     });
+    // the sum of partials has a kernel of its own; one rank reads its one partial in place
+    before = fake.launches.length;
+    g.combine(out, g.dispatch(x, idx, { topkWeights: w }).handle);
+    assert.deepEqual(
+      fake.launches.slice(before).map((l) => l.kernel),
+      ['ep_stage_send', 'ep_stage_pack', 'ep_combine_send', 'ep_combine_reduce_dedup'],
+    );
     await g.close();
+    const one = await groupOn(fake, { ...small, world: 1, dedup: true });
+    const o = inputs(one, 2, [0, 1, 4, 6]);
+    before = fake.launches.length;
+    one.combine(o.out, one.dispatch(o.x, o.idx, { topkWeights: o.w }).handle);
+    assert.deepEqual(
+      fake.launches.slice(before).map((l) => l.kernel),
+      ['ep_dispatch_local', 'ep_combine_reduce'],
+    );
+    await one.close();
   });
 
   test('graph replays follow the protocol: a combine right after its own dispatch, once', async () => {

@@ -197,7 +197,9 @@ export class CallLaunches {
     const send = this.config.world > 1;
     if (send) this.launch('ep_combine_send', rowWalkSize(this.config, this.smCount), afterDispatch);
     if (this.rail) this.railCombine();
-    this.launch('ep_combine_reduce', reduceSize(this.config, T, this.smCount), send || afterDispatch);
+    // (dedup has a kernel of its own: each keeps its own registers, kernels/ep_combine.cuh)
+    const reduce = this.config.dedup && send ? 'ep_combine_reduce_dedup' : 'ep_combine_reduce';
+    this.launch(reduce, reduceSize(this.config, T, this.smCount), send || afterDispatch);
   }
 
   /**

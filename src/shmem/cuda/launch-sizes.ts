@@ -57,7 +57,7 @@ export function rowWalkSize(cfg: EpConfig, sms: number): LaunchSize {
   return { grid, block: 256, sharedBytes: 0 };
 }
 
-/** ep_combine_reduce: one thread per 8 values of a row, a block per (token, chunk), at most 8 per SM. */
+/** ep_combine_reduce (and _dedup): one thread per 8 values of a row, a block per (token, chunk), at most 8 per SM. */
 export function reduceSize(cfg: EpConfig, tokens: number, sms: number): LaunchSize {
   const vectors = cfg.hidden / 8;
   const block = rowBlock(vectors);

@@ -15,24 +15,25 @@
 //     direct:  ep_route -> ep_dispatch [-> ep_recv_view]           (counts all-gathered, rows stored in place)
 //     staged:  ep_stage_send -> ep_stage_pack [-> ep_recv_view]    (W > 1)
 //     local:   ep_dispatch_local [-> ep_recv_view]                 (W = 1 and T*k <= EP_LOCAL_MAX_PAIRS)
-//   combine:  [ep_combine_send ->] ep_combine_reduce
+//   combine:  [ep_combine_send ->] ep_combine_reduce   (dedup, W > 1: ep_combine_reduce_dedup in its place)
 //   between hosts (nodes > 1, staged only; kernels/ep_rail.cuh, the host's NCCL exchange in brackets):
 //     dispatch: ep_stage_send -> ep_rail_plan -> ep_rail_rows -> [NCCL] -> ep_rail_forward -> ep_stage_pack
-//     combine:  ep_combine_send -> ep_rail_combine -> [NCCL] -> ep_rail_land -> ep_combine_reduce
+//     combine:  ep_combine_send -> ep_rail_combine -> [NCCL] -> ep_rail_land -> ep_combine_reduce(_dedup)
 //     Every rank runs both NCCL exchanges of every call, in this order (a dispatch that fails or is refused
 //     is followed by the combine's abort sequence: ep_combine_send with hostAbort, ep_rail_combine, NCCL,
 //     ep_rail_land), so that the sends and receives between hosts always pair up.
 // ep_recv_view runs only when the caller asks for the source-major receive buffer (viewX/viewScales set).
 // ep_combine_send moves rows between ranks only: with W = 1 the host may leave it out.
 // Programmatic dependent launch (sm_90): ep_dispatch, ep_stage_pack, ep_recv_view, ep_combine_send and
-// ep_combine_reduce may be launched with programmatic stream serialization after the kernel before them in
+// ep_combine_reduce (and _dedup) may be launched with programmatic stream serialization after the kernel before them in
 // this order (each waits with griddepcontrol.wait before it touches that kernel's memory; every kernel lets
 // its dependents start early). Never launch one so after other work: the wait covers only the kernel before.
 // Every kernel is correct for any grid >= 1 (ep_dispatch_local and ep_stage_send: >= 2; they grid-stride;
 // launch at least 1 block even when T = 0) and any block that is a multiple of 32 up to its maximum.
 // The grids below are for speed only.
 // ep_dispatch and ep_stage_send (W > 1) and ep_combine_send end with "the last block to finish publishes and
-// waits": no cooperative launch, no co-residency needed.
+// waits": no cooperative launch, no co-residency needed. The blocks of ep_rail_combine other than block 0
+// wait for block 0 (which waits for none of them), dispatched first.
 //
 //  ep_route           grid 1, block 1024 (EP_ROUTE_THREADS; the host uses 512 when T*k <= 4096: faster),
 //                     dynamic smem = 4 * ((block/32) * E + E + 1) + 2 * T*k bytes; pass it for
@@ -45,7 +46,7 @@
 //  ep_stage_pack      block 256, grid = min(4 * SMs, max(1, ceil(W * stageRows * ceil(rowBytes / 2048) / 8))).
 //  ep_recv_view       block 256, grid 4 * SMs;  dynamic smem 0.  B <= 512.
 //  ep_combine_send    block 256, grid 4 * SMs;  dynamic smem 0.  B <= 512.
-//  ep_combine_reduce  block B = roundup32(ceil(V / ceil(V / 256))) with V = H/8   (H = 7168 -> 224);
+//  ep_combine_reduce  (and ep_combine_reduce_dedup) block B = roundup32(ceil(V / ceil(V / 256))) with V = H/8   (H = 7168 -> 224);
 //                     grid = min(8 * SMs, max(1, T * ceil(V / B)));  dynamic smem 0.  B <= 512.
 //  ep_rail_plan       grid = nodes, block 1024 (any multiple of 32 up to 1024).
 //  ep_rail_rows       block and grid as ep_dispatch.
@@ -113,7 +114,8 @@
 // carrier and writes one plan per carrier (carrierPlans, by source: the source, the origin's row, and per
 // slot the expertOut row or -1 and the weight); ep_combine_send sums each carrier's
 // token over this rank's experts (f32, slot order, weighted), rounds once to bf16 and returns that one
-// partial to the origin's row t*k + carrier slot; ep_combine_reduce adds the partials in slot order.
+// partial to the origin's row t*k + carrier slot; ep_combine_reduce_dedup adds the partials in slot order
+// (between hosts, one per owner on this host and one per other host: its rail peer summed that host's).
 //
 // Between hosts (EpArgs.nodes > 1, staged only; README, "Between hosts"; the details in ep_rail.cuh): a rank
 // maps only its own host's heaps (peerBases of another host's rank is 0; nothing may read it). ep_stage_send

@@ -1,4 +1,4 @@
-// Combine kernels: 4 ep_combine_send and 5 ep_combine_reduce.
+// Combine kernels: 4 ep_combine_send and 5 ep_combine_reduce, ep_combine_reduce_dedup.
 // Part of the ep.cu translation unit: included by kernels/ep.cu only, in its order.
 #pragma once
 

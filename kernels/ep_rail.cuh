@@ -9,7 +9,8 @@
 //   dispatch: ep_stage_send (this host's owners) -> ep_rail_plan -> ep_rail_rows -> [NCCL: messages to
 //             and from every other host] -> ep_rail_forward -> ep_stage_pack
 //   combine:  ep_combine_send (this host's sources; rows for a source on another host go to the outbox
-//             of its rail peer here) -> ep_rail_combine -> [NCCL] -> ep_rail_land -> ep_combine_reduce
+//             of its rail peer here) -> ep_rail_combine (with dedup it sums this host's partials for each
+//             token) -> [NCCL] -> ep_rail_land -> ep_combine_reduce_dedup (or ep_combine_reduce)
 // The messages are the cpu transport's (src/shmem/cpu/rail.ts): every output is the same bytes. A message
 // carries its call in its header, so a message that did not come (the host aborted NCCL after its
 // timeout) is told from this call's and the wait for it names the rank that did not send it.
@@ -327,16 +328,32 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_rail_combine(con
   const int tid = threadIdx.x, B = blockDim.x, W = a.world, G = a.ranksPerNode, K = a.topk;
   const int me = my_host(a), lane = tid & 31;
   for (int h = tid; h < a.nodes; h += B) word[h] = h == me ? 0u : msg_call(rail_msg(a.railRecv, a, h), 8);
-  const uint64_t deadline = deadline_after(a.timeoutNs);
-  const uint64_t* outSig = (const uint64_t*)(a.localBase + a.railOutboxSignalOff + slot * a.railOutboxSignalSlot);
-  for (int i = tid; i < W; i += B) {
-    seen[i] = 0;
-    if (i / G == me) continue;
-    uint64_t v = 0;
-    const int r = wait_until(outSig + i, call, deadline, &v);
-    seen[i] = v;
-    if (r == WAIT_TIMED_OUT && blockIdx.x == 0)
-      report_error(a, EP_ERR_TIMEOUT_COMBINE, (uint32_t)rank_at(a, me, i % G), (uint32_t)slot, call, (int64_t)v, 0, 0u);
+  // Block 0 alone waits for the owners and writes what came into each message's header (each owner's signal,
+  // then the count), then the header's call word; the other blocks read it there. With a deadline of its own
+  // in every block, a signal landing between two blocks' deadlines would let block 0 announce rows another
+  // block did not write.
+  uint64_t deadline = deadline_after(a.timeoutNs);
+  if (blockIdx.x == 0) {
+    const uint64_t* outSig = (const uint64_t*)(a.localBase + a.railOutboxSignalOff + slot * a.railOutboxSignalSlot);
+    for (int i = tid; i < W; i += B) {
+      seen[i] = 0;
+      if (i / G == me) continue;
+      uint64_t v = 0;
+      if (wait_until(outSig + i, call, deadline, &v) == WAIT_TIMED_OUT)
+        report_error(a, EP_ERR_TIMEOUT_COMBINE, (uint32_t)rank_at(a, me, i % G), (uint32_t)slot, call, (int64_t)v, 0, 0u);
+      seen[i] = v;
+    }
+  } else {
+    deadline += (uint64_t)max(a.timeoutNs, (int64_t)0) + 1000000000ull;  // (block 0's waits end by its deadline)
+    for (int h = tid; h < a.nodes; h += B) {
+      uint64_t v = 0;
+      if (h != me) wait_until((const uint64_t*)rail_comb(a.railCombSend, a, h), call, deadline, &v);
+    }
+    __syncthreads();
+    for (int i = tid; i < W; i += B) {
+      const int h = i / G;
+      seen[i] = h == me ? 0u : ((const volatile uint64_t*)(rail_comb(a.railCombSend, a, h) + a.railCombStatus))[i % G];
+    }
   }
   __syncthreads();
   for (int i = tid; i < W; i += B) {
@@ -353,17 +370,21 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_rail_combine(con
     if (g == 0 && all) pre[i] = max(0, min((int)*(const uint32_t*)msg, a.railCombCap));
   }
   block_exclusive_scan(pre, W, scratch);
-  if (blockIdx.x == 0)
+  if (blockIdx.x == 0) {
     for (int i = tid; i < W; i += B) {
       const int h = i / G, g = i % G;
       if (h == me) continue;
       char* out = rail_comb(a.railCombSend, a, h);
-      if (g == 0) {
-        *(uint64_t*)out = call;
-        *(int*)(out + a.railCombCount) = pre[(h + 1) * G] - pre[h * G];
-      }
+      if (g == 0) *(int*)(out + a.railCombCount) = pre[(h + 1) * G] - pre[h * G];
       ((uint64_t*)(out + a.railCombStatus))[g] = seen[i];
     }
+    __syncthreads();
+    if (tid == 0) {
+      __threadfence();  // (every thread's header stores, ordered by the barrier, before the call words)
+      for (int h = 0; h < a.nodes; ++h)
+        if (h != me) signal((uint64_t*)rail_comb(a.railCombSend, a, h), call);
+    }
+  }
   const uint64_t rb = a.combineRowBytes;
   const uint64_t outboxRows = a.railOutboxHostBytes / rb;
   const int segs = row_segments(rb, 16u);

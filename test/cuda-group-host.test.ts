@@ -492,6 +492,7 @@ describe('cuda group between hosts (fake driver and rail)', () => {
     assert.ok(log.includes('rail aborted'));
     assert.ok(log.includes('rail closed'));
     assert.ok(!fake.order.includes('stream sync on a stuck stream'), 'no unbounded wait for the stream');
+    assert.ok(log.includes('heap closed, memory kept'), 'the peers meet it at close; the store goes');
   });
 
   test('a dispatch that timed out on the device also gets its combine abort: its rail peer, failed by an abort, posts its own', async () => {

@@ -16,16 +16,24 @@ import { hostTensor } from '../../src/ep/tensor.js';
 import { type ErrorDetails, errorToWire } from '../../src/errors.js';
 
 export interface ScenarioTask {
-  scenario: 'errors' | 'dedup-weights' | 'silent-rank' | 'throwing-rank' | 'refuses-twice';
+  scenario:
+    | 'errors'
+    | 'dedup-weights'
+    | 'silent-rank'
+    | 'throwing-rank'
+    | 'refuses-twice'
+    | 'silent-in-combine';
   transport: 'cpu' | 'cuda';
   world: number;
   timeoutMs: number;
-  /** silent-rank / throwing-rank: the rank that misbehaves. */
+  /** silent-rank / throwing-rank / silent-in-combine: the rank that misbehaves. */
   culprit?: number;
   /** The dispatch path the groups ask for (errors: the refusals reach peers through either protocol). */
   dispatchPath?: 'staged' | 'direct';
   /** Hosts the ranks span (refusals and failures reach other hosts through the rail peers). */
   nodes?: number;
+  /** silent-in-combine: the de-duplicated protocol (default off). */
+  dedup?: boolean;
 }
 
 export interface Observation {
@@ -354,9 +362,32 @@ async function silentOrThrowing(task: ScenarioTask, rank: number): Promise<Obser
   return [obs];
 }
 
+/** Every rank dispatches; the culprit then never combines, staying alive past the others' timeouts. */
+async function silentInCombine(task: ScenarioTask, rank: number): Promise<Observation[]> {
+  const kase = small(task.world, { nodes: task.nodes ?? 1, dedup: task.dedup ?? false });
+  const { g, cfg } = await openGroup(task, kase);
+  const T = 8;
+  const d = g.dispatch(
+    io.upload(g, hostTensor('bf16', [T, cfg.hidden])),
+    io.upload(g, goodIds(T, cfg.topk, task.world, cfg.expertsPerRank)),
+    { topkWeights: io.upload(g, hostTensor('f32', [T, cfg.topk], new Float32Array(T * cfg.topk).fill(0.5))) },
+  );
+  if (rank === task.culprit) {
+    await new Promise((r) => setTimeout(r, task.timeoutMs * 6));
+    return [{ step: 'silent', code: 'ok' }];
+  }
+  const obs = await observe('combine', () => {
+    const y = g.combine(io.upload(g, hostTensor('bf16', expertShape(cfg, cfg.hidden))), d.handle);
+    io.download(g, y);
+  });
+  await g.close().catch(() => {});
+  return [obs];
+}
+
 await rankMain<ScenarioTask, Observation[]>((task, rank) => {
   if (task.scenario === 'errors') return errorSteps(task, rank);
   if (task.scenario === 'dedup-weights') return dedupWeightSteps(task, rank);
   if (task.scenario === 'refuses-twice') return refusesTwice(task, rank);
+  if (task.scenario === 'silent-in-combine') return silentInCombine(task, rank);
   return silentOrThrowing(task, rank);
 });

@@ -209,9 +209,9 @@ export class FakeDriver {
         barrier: async (name) => {
           log.push(`barrier ${name}`);
         },
-        close: async () => {
-          log.push('heap closed');
-          this.memFree(local);
+        close: async (_ms: number, keepMemory?: boolean) => {
+          log.push(keepMemory ? 'heap closed, memory kept' : 'heap closed');
+          if (!keepMemory) this.memFree(local);
         },
       };
     };

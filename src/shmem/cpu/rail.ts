@@ -26,7 +26,7 @@ import type { SendInput } from './send.js';
  * records). The rail peer copies them into the owners' stages on the source's behalf and signals them
  * for it, so owners pack as on one host. Combine comes back the same way: owners write the rows (or
  * partials) for a source on another host into the outbox of that source's rail peer on their host,
- * which sends them on. Every write to another host goes to the rail peer; on the cpu transport a
+ * which sends them on (with dedup it first sums its host's partials of each token into one row). Every write to another host goes to the rail peer; on the cpu transport a
  * message is a put into its heap, on the network engine it will be one send of a fixed size.
  */
 
@@ -34,6 +34,11 @@ export const hostOf = (h: RankHeap, r: number) => Math.floor(r / h.config.ranksP
 export const localOf = (h: RankHeap, r: number) => r % h.config.ranksPerNode;
 /** The rank of local index `local` on host `host`. */
 export const rankAt = (h: RankHeap, host: number, local: number) => host * h.config.ranksPerNode + local;
+/** Whether slot j is the first of a token's slots with its key (keyOf(q) for slot q; slot j has one). */
+export function isFirstSlot(keyOf: (q: number) => number, j: number): boolean {
+  for (let q = 0; q < j; q++) if (keyOf(q) === keyOf(j)) return false;
+  return true;
+}
 /** Whether rank d is on this rank's host. */
 export const sameHost = (h: RankHeap) => (d: number) => hostOf(h, d) === hostOf(h, h.rank);
 
@@ -92,9 +97,7 @@ function buildMessage(
     for (let j = 0; j < k; j++) {
       const d = ownerOf(t * k + j);
       if (d < 0 || hostOf(h, d) !== host) continue;
-      let first = true;
-      for (let q = 0; q < j && first; q++) first = ownerOf(t * k + q) !== d;
-      if (first) mask |= 1 << j;
+      if (isFirstSlot((q) => ownerOf(t * k + q), j)) mask |= 1 << j;
     }
     if (mask === 0) continue;
     tokenOf[t] = n;
@@ -256,24 +259,28 @@ export function forwardRailCombine(
     const back = rowsBack[host];
     if (host === me || !back) continue;
     const s = rankAt(h, host, localOf(h, h.rank));
-    const aborted: boolean[] = [];
+    // each owner's signal is passed on as it comes, so that the source, which waits for them in order,
+    // names the one that never came; with dedup the host's partials go before the last one's signal (the
+    // source reduces only once it has them all)
+    let anyAborted = false;
     for (let g = 0; g < c.ranksPerNode; g++) {
       const d = rankAt(h, me, g);
-      aborted.push(waitOne(railOutboxSignalOffset(h.layout, c, slot, host, g), call, d, 'combine'));
-      if (aborted[g] || c.dedup || !back.live) continue;
-      for (const row of back.rows[g]) {
-        const from = railOutboxRowOffset(h.layout, c, slot, host, row);
-        h.putTo(peers, s, combineRowOffset(h.layout, c, slot, row), local.subarray(from, from + rb));
+      const aborted = waitOne(railOutboxSignalOffset(h.layout, c, slot, host, g), call, d, 'combine');
+      anyAborted ||= aborted;
+      if (!c.dedup && !aborted && back.live) {
+        for (const row of back.rows[g]) {
+          const from = railOutboxRowOffset(h.layout, c, slot, host, row);
+          h.putTo(peers, s, combineRowOffset(h.layout, c, slot, row), local.subarray(from, from + rb));
+        }
       }
-    }
-    if (c.dedup && back.live && !aborted.includes(true)) preReduce(h, slot, host, s);
-    h.shmem.fence();
-    for (let g = 0; g < c.ranksPerNode; g++)
+      if (c.dedup && g === c.ranksPerNode - 1 && back.live && !anyAborted) preReduce(h, slot, host, s);
+      h.shmem.fence();
       h.shmem.signal(
         s,
-        signalOffset(h.layout.combineSignal, slot, rankAt(h, me, g)),
-        aborted[g] ? BigInt(call) | ABORT_BIT : BigInt(call),
+        signalOffset(h.layout.combineSignal, slot, d),
+        aborted ? BigInt(call) | ABORT_BIT : BigInt(call),
       );
+    }
   }
 }
 
@@ -299,14 +306,16 @@ function preReduce(h: RankHeap, slot: number, host: number, s: number): void {
   );
   const row = new Uint16Array(H);
   const offs: number[] = [];
+  const peers = h.peers();
   for (let i = 0; i < msg[0]; i++) {
     const t = msg[M.tokens / 4 + 2 * i];
     const mask = msg[M.tokens / 4 + 2 * i + 1];
+    if (mask === 0) continue; // (no carrier slot: nothing to send; buildMessage never writes one)
     offs.length = 0;
     for (let j = 0; j < k; j++) if ((mask >>> j) & 1) offs.push((t * k + j) * H);
     sumPartialsBf16(outbox, offs, H, row, 0);
     const first = 31 - Math.clz32(mask & -mask); // the lowest slot
-    h.putTo(h.peers(), s, combineRowOffset(h.layout, c, slot, t * k + first), new Uint8Array(row.buffer));
+    h.putTo(peers, s, combineRowOffset(h.layout, c, slot, t * k + first), new Uint8Array(row.buffer));
   }
 }
 

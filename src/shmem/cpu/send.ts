@@ -9,6 +9,7 @@ import {
   stageScaleOffset,
 } from '../../ep/layout.js';
 import type { RoutingPlan } from '../../ep/routing.js';
+import { hostOf, isFirstSlot } from './rail.js';
 import type { RankHeap } from './rank-heap.js';
 
 /**
@@ -74,8 +75,7 @@ export function sendDedup(
   const recF32 = new Float32Array(record);
   const recBytes = new Uint8Array(record);
   // the origin reduces one partial per owner on its host and one per other host (pre-reduced there)
-  const hostOf = (d: number) => Math.floor(d / c.ranksPerNode);
-  const keyOf = (d: number) => (hostOf(d) === hostOf(h.rank) ? d : c.world + hostOf(d));
+  const keyOf = (d: number) => (hostOf(h, d) === hostOf(h, h.rank) ? d : c.world + hostOf(h, d));
   const put = (d: number, off: number, bytes: Uint8Array) => {
     if (to(d)) h.putTo(peers, d, off, bytes); // (the carrier mask covers every owner all the same)
   };
@@ -86,12 +86,9 @@ export function sendDedup(
     for (let j0 = 0; j0 < k; j0++) {
       const d = owner[j0];
       if (d < 0) continue;
-      let first = true; // j0 is t's first slot on d: its carrier slot
-      for (let q = 0; q < j0 && first; q++) first = owner[q] !== d;
-      if (!first) continue;
-      let firstOfKey = true; // and the first of its reduce key (README, "Between hosts")
-      for (let q = 0; q < j0 && firstOfKey; q++) firstOfKey = owner[q] < 0 || keyOf(owner[q]) !== keyOf(d);
-      if (firstOfKey) carriers[t * k + j0] = 1;
+      if (!isFirstSlot((q) => owner[q], j0)) continue; // (j0 is t's first slot on d: its carrier slot)
+      // and the first of its reduce key (README, "Between hosts")
+      if (isFirstSlot((q) => (owner[q] < 0 ? -1 - q : keyOf(owner[q])), j0)) carriers[t * k + j0] = 1;
       const start = plan.destRowStart[d];
       const r0 = plan.pairRow[t * k + j0] - start;
       recI32[0] = t * k + j0;

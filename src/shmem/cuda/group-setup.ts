@@ -221,10 +221,6 @@ export async function openGroupParts(
 }
 
 /**
- * Gives back all a group holds, the caller's tensors made by its io included: after its work on the
- * stream has finished, and after every peer is done with the heap (CudaHeap.close waits for them).
- */
-/**
  * Waits for the group's stream before its memory goes. Between hosts the wait is bounded (the group's
  * close() aborted the rail when it had to, yet an NCCL kernel queued before that abort may never end):
  * false when the stream did not finish; then nothing is freed, since a kernel may still use it, and the
@@ -246,9 +242,16 @@ function streamFinished(p: GroupParts): boolean {
   return true;
 }
 
+/**
+ * Gives back all a group holds, the caller's tensors made by its io included: after its work on the
+ * stream has finished, and after every peer is done with the heap (CudaHeap.close waits for them).
+ */
 export async function releaseGroupParts(p: GroupParts): Promise<void> {
   if (!streamFinished(p)) {
     p.rail?.close(); // (aborted already: NCCL's own resources)
+    // the peers still meet this rank at the heap's close, and the store's connection goes (it would keep
+    // the process alive); the memory stays
+    await p.heap.close(p.timeoutMs, true).catch(() => {});
     return;
   }
   p.rail?.close(); // (after the stream: its transfers are done)

@@ -16,7 +16,12 @@ export interface CudaHeap {
   readonly peers: readonly bigint[];
   /** Every rank arrives (through the store) before any leaves. */
   barrier(name: string, timeoutMs: number): Promise<void>;
-  close(timeoutMs: number): Promise<void>;
+  /**
+   * Waits for every rank to arrive (no rank frees its heap while a peer may still write into it), then
+   * unmaps the peers' heaps, frees this one and closes the store. `keepMemory`: the store only, for a
+   * group whose stream may still use the memory (it is left to the process's exit).
+   */
+  close(timeoutMs: number, keepMemory?: boolean): Promise<void>;
 }
 
 let heapsOpened = 0;
@@ -90,13 +95,14 @@ export async function openCudaHeap(
     async barrier(name, ms) {
       if (s) await s.barrier(`moe-a2a/heap${seq}/${name}`, world, ms);
     },
-    async close(ms) {
+    async close(ms, keepMemory = false) {
       try {
-        // no rank frees its heap while a peer may still write into it
         if (s) await s.barrier(`moe-a2a/heap${seq}/close`, world, ms);
       } finally {
-        for (const p of opened) drv.ipcCloseMemHandle(p);
-        drv.memFree(local);
+        if (!keepMemory) {
+          for (const p of opened) drv.ipcCloseMemHandle(p);
+          drv.memFree(local);
+        }
         await s?.close();
       }
     },

@@ -12,9 +12,14 @@ import type { Observation, ScenarioTask } from './rank-scenarios.js';
 const scenarioScript = siblingModule(import.meta.url, 'rank-scenarios');
 
 async function verifyAll(transport: 'cpu' | 'cuda', cases: VerifyCase[], timeoutMs = 30_000): Promise<void> {
-  const byWorld = new Map<number, VerifyCase[]>();
-  for (const c of cases) byWorld.set(c.config.world, [...(byWorld.get(c.config.world) ?? []), c]);
-  for (const [world, list] of byWorld) {
+  // one run of processes per world and hosts (NCCL fixes a process's host at its first communicator)
+  const byRun = new Map<string, VerifyCase[]>();
+  for (const c of cases) {
+    const key = `${c.config.world}/${c.config.nodes ?? 1}`;
+    byRun.set(key, [...(byRun.get(key) ?? []), c]);
+  }
+  for (const list of byRun.values()) {
+    const world = list[0].config.world;
     const task: VerifyTask = { kind: 'verify', cases: list, transport, timeoutMs };
     const perRank = await runTaskOnRanks<CaseOutcome[]>(transport, world, task);
     for (const [r, outs] of perRank.entries()) {

@@ -134,7 +134,16 @@ export async function openCudaRail(
       { fields: 'nodes' },
     );
   }
-  if (process.env[SIMULATED_HOSTS_VAR] === '1') process.env.NCCL_HOSTID ??= `moe-a2a-simulated-host-${host}`;
+  if (process.env[SIMULATED_HOSTS_VAR] === '1') {
+    const id = `moe-a2a-simulated-host-${host}`;
+    process.env.NCCL_HOSTID ??= id;
+    if (process.env.NCCL_HOSTID !== id) {
+      throw new ConfigError(
+        `${SIMULATED_HOSTS_VAR}=1: rank ${rank} would play host ${host}, but this process already is NCCL_HOSTID=${process.env.NCCL_HOSTID} (NCCL fixes a process's host at its first communicator): a group that puts it on another host needs a process of its own`,
+        { fields: 'nodes' },
+      );
+    }
+  }
   const { msg, comb, buffers } = railBuffers(config, layout, heapLocal, alloc);
   const N = config.nodes;
   const seq = railsOpened++;

@@ -331,7 +331,8 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_rail_combine(con
   // Block 0 alone waits for the owners and writes what came into each message's header (each owner's signal,
   // then the count), then the header's call word; the other blocks read it there. With a deadline of its own
   // in every block, a signal landing between two blocks' deadlines would let block 0 announce rows another
-  // block did not write.
+  // block did not write. (The other blocks' wait is bounded too, at a timeout and a second past block 0's;
+  // block 0, dispatched first and waiting for none of them, ends its waits by its own deadline.)
   uint64_t deadline = deadline_after(a.timeoutNs);
   if (blockIdx.x == 0) {
     const uint64_t* outSig = (const uint64_t*)(a.localBase + a.railOutboxSignalOff + slot * a.railOutboxSignalSlot);

@@ -32,7 +32,8 @@ test('a process that played one simulated host is refused another', async () => 
     const alloc = () => assert.fail('nothing is allocated for a refused rail');
     await assert.rejects(openCudaRail(config, layout, 0n, 1, 1000, alloc), {
       code: 'MOE_CONFIG',
-      message: /rank 1 would play host 1, but this process already is NCCL_HOSTID=moe-a2a-simulated-host-0/,
+      message:
+        /rank 1 would play host 1, but NCCL_HOSTID is already moe-a2a-simulated-host-0 in this process/,
     });
   } finally {
     for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];

@@ -255,25 +255,25 @@ export function forwardRailCombine(
   const rb = c.combineRowBytes;
   const local = h.shmem.local();
   const peers = h.peers();
-  for (let host = 0; host < c.nodes; host++) {
-    const back = rowsBack[host];
-    if (host === me || !back) continue;
-    const s = rankAt(h, host, localOf(h, h.rank));
-    // each owner's signal is passed on as it comes, so that the source, which waits for them in order,
-    // names the one that never came; with dedup the host's partials go before the last one's signal (the
-    // source reduces only once it has them all)
-    let anyAborted = false;
-    for (let g = 0; g < c.ranksPerNode; g++) {
-      const d = rankAt(h, me, g);
+  // Each owner's signal is passed on to every other host's source as it comes, owner by owner, so that a
+  // source, which waits for them in order, names the owner that never came, on every host. With dedup a
+  // host's partials go before the last owner's signal (the source reduces only once it has them all).
+  const anyAborted = new Array<boolean>(c.nodes).fill(false);
+  for (let g = 0; g < c.ranksPerNode; g++) {
+    const d = rankAt(h, me, g);
+    for (let host = 0; host < c.nodes; host++) {
+      const back = rowsBack[host];
+      if (host === me || !back) continue;
+      const s = rankAt(h, host, localOf(h, h.rank));
       const aborted = waitOne(railOutboxSignalOffset(h.layout, c, slot, host, g), call, d, 'combine');
-      anyAborted ||= aborted;
+      anyAborted[host] ||= aborted;
       if (!c.dedup && !aborted && back.live) {
         for (const row of back.rows[g]) {
           const from = railOutboxRowOffset(h.layout, c, slot, host, row);
           h.putTo(peers, s, combineRowOffset(h.layout, c, slot, row), local.subarray(from, from + rb));
         }
       }
-      if (c.dedup && g === c.ranksPerNode - 1 && back.live && !anyAborted) preReduce(h, slot, host, s);
+      if (c.dedup && g === c.ranksPerNode - 1 && back.live && !anyAborted[host]) preReduce(h, slot, host, s);
       h.shmem.fence();
       h.shmem.signal(
         s,

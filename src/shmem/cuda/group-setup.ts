@@ -249,8 +249,7 @@ function streamFinished(p: GroupParts): boolean {
 export async function releaseGroupParts(p: GroupParts): Promise<void> {
   if (!streamFinished(p)) {
     p.rail?.close(); // (aborted already: NCCL's own resources)
-    // the peers still meet this rank at the heap's close, and the store's connection goes (it would keep
-    // the process alive); the memory stays
+    // the store's connection goes (it would keep the process alive); the memory stays
     await p.heap.close(p.timeoutMs, true).catch(() => {});
     return;
   }

@@ -18,8 +18,9 @@ export interface CudaHeap {
   barrier(name: string, timeoutMs: number): Promise<void>;
   /**
    * Waits for every rank to arrive (no rank frees its heap while a peer may still write into it), then
-   * unmaps the peers' heaps, frees this one and closes the store. `keepMemory`: the store only, for a
-   * group whose stream may still use the memory (it is left to the process's exit).
+   * unmaps the peers' heaps, frees this one and closes the store. `keepMemory`: only closes the store, for
+   * a group whose stream may still use the memory (left to the process's exit); it does not arrive, since
+   * a kernel of its may still write into its peers' heaps (they give up on it after the timeout).
    */
   close(timeoutMs: number, keepMemory?: boolean): Promise<void>;
 }
@@ -97,7 +98,7 @@ export async function openCudaHeap(
     },
     async close(ms, keepMemory = false) {
       try {
-        if (s) await s.barrier(`moe-a2a/heap${seq}/close`, world, ms);
+        if (s && !keepMemory) await s.barrier(`moe-a2a/heap${seq}/close`, world, ms);
       } finally {
         if (!keepMemory) {
           for (const p of opened) drv.ipcCloseMemHandle(p);

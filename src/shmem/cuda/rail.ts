@@ -43,8 +43,9 @@ export interface CudaRail {
 
 /**
  * On one machine, `MOE_A2A_SIMULATED_HOSTS=1` makes its ranks play config.nodes hosts: each host's
- * ranks get their own NCCL_HOSTID (unless one is set), so NCCL moves the messages between them as between
- * hosts (through its network transport; `NCCL_SOCKET_IFNAME=lo` keeps that on the loopback).
+ * ranks get their own NCCL_HOSTID, so NCCL moves the messages between them as between hosts (through its
+ * network transport; `NCCL_SOCKET_IFNAME=lo` keeps that on the loopback). NCCL reads NCCL_HOSTID once a
+ * process: one set otherwise (by the user, or by a group that put this process on another host) is refused.
  */
 export const SIMULATED_HOSTS_VAR = 'MOE_A2A_SIMULATED_HOSTS';
 
@@ -139,7 +140,7 @@ export async function openCudaRail(
     process.env.NCCL_HOSTID ??= id;
     if (process.env.NCCL_HOSTID !== id) {
       throw new ConfigError(
-        `${SIMULATED_HOSTS_VAR}=1: rank ${rank} would play host ${host}, but this process already is NCCL_HOSTID=${process.env.NCCL_HOSTID} (NCCL fixes a process's host at its first communicator): a group that puts it on another host needs a process of its own`,
+        `${SIMULATED_HOSTS_VAR}=1: rank ${rank} would play host ${host}, but NCCL_HOSTID is already ${process.env.NCCL_HOSTID} in this process (set before, or by a group that put it on another host; NCCL reads it once a process): unset it, or give that group processes of its own`,
         { fields: 'nodes' },
       );
     }

@@ -373,7 +373,8 @@ async function silentInCombine(task: ScenarioTask, rank: number): Promise<Observ
     { topkWeights: io.upload(g, hostTensor('f32', [T, cfg.topk], new Float32Array(T * cfg.topk).fill(0.5))) },
   );
   if (rank === task.culprit) {
-    await new Promise((r) => setTimeout(r, task.timeoutMs * 6));
+    // (past the others' detection: on cuda a rank on another host may take three timeouts and more)
+    await new Promise((r) => setTimeout(r, task.timeoutMs * (task.transport === 'cuda' ? 6 : 2.5)));
     return [{ step: 'silent', code: 'ok' }];
   }
   const obs = await observe('combine', () => {

@@ -31,17 +31,17 @@ export interface EpConfigInput {
   maxRowsPerExpert?: number;
   /**
    * De-duplicated protocol. Default true where topk <= 32 (measured no slower at any batch size, and
-   * 1.4-1.9x faster from T = 128 on: bench/NOTES.md v9), false above. A token crosses to each rank once, however many of that
-   * rank's experts it picked: dispatch sends its row to each owner once (the router weights travel
-   * with it, so dispatch needs topkWeights and combine refuses them), and in combine each owner
-   * pre-reduces its experts' outputs for the token (f32, in slot order) and returns one bf16 partial
-   * per (token, rank), which the origin sums in slot order (over several hosts, each other host's
-   * partials are summed there first: one row per (token, host) crosses between hosts). expertX, expertScales, expertCounts and the
-   * source-major receive view are the same bytes as without it; combine's result rounds differently
-   * (a partial is rounded to bf16 before the origin adds it), as the README's protocol section defines:
-   * a token whose experts all live on one rank, and any W = 1 group, get exactly the result without
-   * dedup. Needs topk <= 32. Every rank passes the same value (it changes combine's rounding and the
-   * heap layout).
+   * 1.4-1.9x faster from T = 128 on: bench/NOTES.md v9), false above. A token crosses to each rank once,
+   * however many of that rank's experts it picked: dispatch sends its row to each owner once (the router
+   * weights travel with it, so dispatch needs topkWeights and combine refuses them), and in combine each
+   * owner pre-reduces its experts' outputs for the token (f32, in slot order) and returns one bf16
+   * partial per (token, rank), which the origin sums in slot order (over several hosts, each other
+   * host's partials are summed there first: one row per (token, host) crosses between hosts). expertX,
+   * expertScales, expertCounts and the source-major receive view are the same bytes as without it;
+   * combine's result rounds differently (a partial is rounded to bf16 before the origin adds it), as the
+   * README's protocol section defines: a token whose experts all live on one rank, and any W = 1 group,
+   * get exactly the result without dedup. Needs topk <= 32. Every rank passes the same value (it changes
+   * combine's rounding and the heap layout).
    */
   dedup?: boolean;
   /**

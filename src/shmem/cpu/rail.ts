@@ -26,8 +26,9 @@ import type { SendInput } from './send.js';
  * records). The rail peer copies them into the owners' stages on the source's behalf and signals them
  * for it, so owners pack as on one host. Combine comes back the same way: owners write the rows (or
  * partials) for a source on another host into the outbox of that source's rail peer on their host,
- * which sends them on (with dedup it first sums its host's partials of each token into one row). Every write to another host goes to the rail peer; on the cpu transport a
- * message is a put into its heap, on the network engine it will be one send of a fixed size.
+ * which sends them on (with dedup it first sums its host's partials of each token into one row). Every
+ * write to another host goes to the rail peer; on the cpu transport a message is a put into its heap, on
+ * the network engine it is one send of a fixed size.
  */
 
 export const hostOf = (h: RankHeap, r: number) => Math.floor(r / h.config.ranksPerNode);
@@ -238,10 +239,10 @@ export function combineRoute(h: RankHeap, slot: number, s: number) {
 }
 
 /**
- * As rail peer, in combine: once every owner on this host has written its rows for each other host's
- * rail source (waiting for them), sends them on into that source's combine buffer and signals it for
- * each owner (the abort bit for an owner that aborted). With dedup it sends one row per token instead,
- * the host's partial (preReduce).
+ * As rail peer, in combine: as each owner on this host signals its rows for each other host's rail
+ * source (waiting for them in owner order), sends them on into that source's combine buffer and signals
+ * it for that owner (the abort bit for an owner that aborted). With dedup it sends one row per token
+ * instead, the host's partial (preReduce), before the last owner's signal.
  */
 export function forwardRailCombine(
   h: RankHeap,

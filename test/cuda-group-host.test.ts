@@ -10,6 +10,7 @@ import { expertShape } from '../src/ep/expert-layout.js';
 import { hostTensor } from '../src/ep/tensor.js';
 import * as A from '../src/shmem/cuda/args.js';
 import { CudaEpGroup } from '../src/shmem/cuda/group.js';
+import { withEnv } from './helpers/env.js';
 import { argOf, FakeDriver } from './helpers/fake-driver.js';
 
 const small = { world: 2, numExperts: 8, hidden: 64, topk: 2, maxTokensPerRank: 4, fp8: false, dedup: false };
@@ -458,16 +459,15 @@ describe('cuda group between hosts (fake driver and rail)', () => {
   });
 
   test('ranks the launcher started on several hosts need the same hosts in the config', async () => {
-    const saved = { ...process.env };
-    Object.assign(process.env, {
+    const launched = {
       RANK: '0',
       WORLD_SIZE: '4',
       LOCAL_RANK: '0',
       LOCAL_WORLD_SIZE: '2',
       MASTER_ADDR: '127.0.0.1',
       MASTER_PORT: '29500',
-    });
-    try {
+    };
+    await withEnv(launched, async () => {
       for (const nodes of [1, 4]) {
         await assert.rejects(groupOn(new FakeDriver(), { ...hosts, nodes }, { dispatchPath: 'staged' }), {
           code: 'MOE_CONFIG',
@@ -476,11 +476,7 @@ describe('cuda group between hosts (fake driver and rail)', () => {
       }
       const g = await groupOn(new FakeDriver(), hosts, { dispatchPath: 'staged' }); // nodes: 2 agrees
       await g.close();
-    } finally {
-      for (const k of ['RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'])
-        if (saved[k] === undefined) delete process.env[k];
-        else process.env[k] = saved[k];
-    }
+    });
   });
 
   test('close() of a broken group whose stream never finishes aborts the rail and returns', async () => {
@@ -492,7 +488,7 @@ describe('cuda group between hosts (fake driver and rail)', () => {
     assert.ok(log.includes('rail aborted'));
     assert.ok(log.includes('rail closed'));
     assert.ok(!fake.order.includes('stream sync on a stuck stream'), 'no unbounded wait for the stream');
-    assert.ok(log.includes('heap closed, memory kept'), 'the peers meet it at close; the store goes');
+    assert.ok(log.includes('heap closed, memory kept'), 'the store goes, the memory stays');
   });
 
   test('a dispatch that timed out on the device also gets its combine abort: its rail peer, failed by an abort, posts its own', async () => {

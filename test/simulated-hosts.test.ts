@@ -6,10 +6,10 @@ import { test } from 'node:test';
 import { resolveConfig } from '../src/ep/config.js';
 import { computeLayout, stagedRowsFor } from '../src/ep/layout.js';
 import { openCudaRail } from '../src/shmem/cuda/rail.js';
+import { withEnv } from './helpers/env.js';
 
 test('a process that played one simulated host is refused another', async () => {
-  const saved = { ...process.env };
-  Object.assign(process.env, {
+  const launched = {
     RANK: '1',
     WORLD_SIZE: '2',
     LOCAL_RANK: '0',
@@ -18,8 +18,8 @@ test('a process that played one simulated host is refused another', async () => 
     MASTER_PORT: '1',
     MOE_A2A_SIMULATED_HOSTS: '1',
     NCCL_HOSTID: 'moe-a2a-simulated-host-0',
-  });
-  try {
+  };
+  await withEnv(launched, async () => {
     const config = resolveConfig({
       world: 2,
       nodes: 2,
@@ -35,8 +35,5 @@ test('a process that played one simulated host is refused another', async () => 
       message:
         /rank 1 would play host 1, but NCCL_HOSTID is already moe-a2a-simulated-host-0 in this process/,
     });
-  } finally {
-    for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
-    Object.assign(process.env, saved);
-  }
+  });
 });

@@ -223,7 +223,10 @@ Commands:
 ${names.map((n) => `  ${n.padEnd(w)}${COMMANDS[n].summary}`).join('\n')}
 
 Transports: cpu (worker threads; the bit-exact reference, runs anywhere) and cuda (one process per
-GPU, CUDA IPC peer memory). --transport auto, the default, picks cuda when a GPU is present.`;
+GPU, CUDA IPC peer memory). --transport auto, the default, picks cuda when a GPU is present.
+Several hosts (--nodes N on verify and bench, and launch's --nnodes): each host's GPUs as above, one
+NCCL message a call between hosts (README "Between hosts"; MOE_A2A_SIMULATED_HOSTS=1 tries it on one
+machine).`;
 }
 
 function commandHelp(name: string): string {

@@ -26,7 +26,8 @@ export interface HopBytes {
   /**
    * What this library's messages between hosts take per call (README, "Between hosts"), to all other
    * hosts: the dispatch messages (every token's row once, plus the owners' books, padded to the stage)
-   * and the combine messages (the padded capacity of one source's rows), whatever the routing needs.
+   * and the combine messages (one row per token with dedup, else the padded capacity of one source's
+   * rows), whatever the routing needs.
    */
   railDispatch: number;
   railCombine: number;

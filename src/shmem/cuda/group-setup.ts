@@ -151,17 +151,15 @@ export async function openGroupParts(
     errWord.view.fill(0);
     const dispatchPath: DispatchPath = layout.stageRows > 0 ? 'staged' : 'direct';
     const smCount = drv.deviceAttribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, ordinal);
-    const buffers = allocGroupBuffers(drv, config, layout, heap, (bytes) => {
+    // device memory the group owns, freed with it
+    const alloc = (bytes: number) => {
       const p = drv.memAlloc(Math.max(bytes, 16));
       owned.push(p);
       return p;
-    });
+    };
+    const buffers = allocGroupBuffers(drv, config, layout, heap, alloc);
     if (config.nodes > 1) {
-      rail = await deps.openRail(config, layout, heap.local, heap.rank, timeoutMs, (bytes) => {
-        const p = drv.memAlloc(Math.max(bytes, 16));
-        owned.push(p);
-        return p;
-      });
+      rail = await deps.openRail(config, layout, heap.local, heap.rank, timeoutMs, alloc);
       watch = new StreamWatch(drv, stream);
       const failed = warmUpRail(drv, rail, watch, stream, config.nodes, timeoutMs);
       if (failed !== null) {

@@ -15,7 +15,7 @@ import { type HeapLayout, signalOffset } from '../../ep/layout.js';
 import { checkExpertCapacity, planRouting } from '../../ep/routing.js';
 import { checkTensor, type HostTensor } from '../../ep/tensor.js';
 import type { MoeA2aError } from '../../errors.js';
-import { ABORT_BIT, type SymmetricTransport } from '../transport.js';
+import { ABORT_BIT, type SymmetricTransport, type WaitResult, type WaitSubject } from '../transport.js';
 import { type CombineState, reduce, reduceDedup, sendPartials, sendRows } from './combine.js';
 import {
   forwardRailCombine,
@@ -113,28 +113,29 @@ export class HostEpGroup implements EpGroup<HostTensor> {
     }
   }
 
+  /** Waits for a signal word of this rank (a failed wait breaks the group). */
+  private waitWord(offset: number, call: number, deadline: number, subject: WaitSubject): WaitResult {
+    try {
+      return this.shmem.waitUntil(offset, BigInt(call), deadline, subject);
+    } catch (err) {
+      this.broken = err as MoeA2aError;
+      throw err;
+    }
+  }
+
   /** Waits for one signal word of this rank to reach `call`; true when it came with the abort bit. */
   private readonly waitOne = (
     offset: number,
     call: number,
     peer: number,
     phase: 'dispatch' | 'combine',
-  ): boolean => {
-    try {
-      const deadline = performance.now() + this.timeoutMs;
-      return (
-        this.shmem.waitUntil(offset, BigInt(call), deadline, {
-          peer,
-          slot: call & 1,
-          callCount: call,
-          phase,
-        }) === 'aborted'
-      );
-    } catch (err) {
-      this.broken = err as MoeA2aError;
-      throw err;
-    }
-  };
+  ): boolean =>
+    this.waitWord(offset, call, performance.now() + this.timeoutMs, {
+      peer,
+      slot: call & 1,
+      callCount: call,
+      phase,
+    }) === 'aborted';
 
   /** The rank that passes a signal of rank `peer` (on another host) on to this rank (rail.ts). */
   private relayOf(peer: number, phase: 'dispatch' | 'combine'): number {
@@ -158,22 +159,16 @@ export class HostEpGroup implements EpGroup<HostTensor> {
       order.sort((a, b) => Number(!here(a)) - Number(!here(b))); // (stable: rank order within each)
     }
     for (const peer of order) {
-      let r: string;
       // between hosts, a rank on another host signals through a rail peer: on this host in dispatch, on
       // its own host in combine
       const via = this.config.nodes > 1 && !sameHost(this.heap)(peer) ? this.relayOf(peer, phase) : undefined;
-      try {
-        r = this.shmem.waitUntil(signalOffset(this.layout[region], slot, peer), BigInt(call), deadline, {
-          peer,
-          slot,
-          callCount: call,
-          phase,
-          ...(via === undefined ? {} : { via }),
-        });
-      } catch (err) {
-        this.broken = err as MoeA2aError;
-        throw err;
-      }
+      const r = this.waitWord(signalOffset(this.layout[region], slot, peer), call, deadline, {
+        peer,
+        slot,
+        callCount: call,
+        phase,
+        ...(via === undefined ? {} : { via }),
+      });
       if (r === 'aborted' && !opts.settled) {
         throw peerAbortedError(peer, phase, call);
       }

@@ -137,7 +137,7 @@ struct EpArgs {
   uint64_t railCombSend;      // u8* [nodes][railCombBytes]: the combine message to each other host's rail peer
   uint64_t railCombRecv;      // u8* [nodes][railCombBytes]: the combine message from each other host
   uint64_t railMsgBytes;      // one dispatch message (src/ep/layout.ts railMessageLayout), and its parts' offsets:
-  uint64_t railMsgSplits, railMsgTokens, railMsgRowToken, railMsgCarriers, railMsgRecords, railMsgRows, railMsgScales;
+  uint64_t railMsgSplits, railMsgTokens, railMsgTokenBytes, railMsgRows, railMsgScales;
   uint64_t railCombBytes;     // one combine message (railCombineLayout), and its parts' offsets:
   uint64_t railCombStatus, railCombCount, railCombIndex, railCombRows;
   int32_t railCombCap;        // rows a combine message holds

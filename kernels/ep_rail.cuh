@@ -49,9 +49,9 @@ __device__ __forceinline__ int row_segments(uint64_t rowBytes, uint64_t vb) {
 // =============================================================================================
 // 9. ep_rail_plan (after ep_stage_send; grid = nodes, one block per other host; block <= 1024): the books of
 // this rank's message to host h, from pairRow (the row of each pair in this rank's expert-sorted order):
-// which tokens go there (each once, in token order: railTokenOf), and per owner there its split record, the
-// token of each of its stage rows and, with dedup, each row's carrier and each carrier's record, and per
-// token of the message its token here and the mask of its carrier slots on host h. The header:
+// per owner there its split record; which tokens go there (each once, in token order: railTokenOf), and
+// per token its books: its token here, the mask of its carrier slots on host h, and per slot the owner
+// there and the row of this rank's stage for it (with dedup, and the slot's weight). The header:
 // the number of tokens and the call (with the abort bit when this rank's own input failed it: then only
 // the header). ep_rail_rows stores the rows.
 extern "C" __global__ void __launch_bounds__(1024) ep_rail_plan(const __grid_constant__ EpArgs a) {
@@ -75,7 +75,6 @@ extern "C" __global__ void __launch_bounds__(1024) ep_rail_plan(const __grid_con
     return;
   }
   const int E = a.numExperts, K = a.topk, T = a.numTokens, EPR = a.expertsPerRank, G = a.ranksPerNode;
-  const int S = a.stageRows, RB = a.recordBytes / 4;
   const int* topk = (const int*)a.topkIdx;
   const int* pairRow = (const int*)a.pairRow;
   const float* weights = (const float*)a.topkWeights;
@@ -93,10 +92,6 @@ extern "C" __global__ void __launch_bounds__(1024) ep_rail_plan(const __grid_con
     splits[i] = le < EPR ? hist[e0 + le + 1] - hist[e0 + le] : hist[e0];
   }
   int* tokenOf = (int*)a.railTokenOf + (uint64_t)h * a.maxTokensPerRank;
-  int* rowToken = (int*)(msg + a.railMsgRowToken);
-  int* carriers = (int*)(msg + a.railMsgCarriers);
-  int* records = (int*)(msg + a.railMsgRecords);
-  int* tokens = (int*)(msg + a.railMsgTokens);
   // the owner of pair p on host h, local index, or -1
   auto ownerHere = [&](int p) {
     const int e = __ldg(topk + p);
@@ -116,32 +111,19 @@ extern "C" __global__ void __launch_bounds__(1024) ep_rail_plan(const __grid_con
     if (t >= T) continue;
     tokenOf[t] = mine;
     if (!goes) continue;
-    uint32_t mask = 0;  // dedup: the token's carrier slots on host h
+    int* books = (int*)(msg + a.railMsgTokens + (uint64_t)mine * a.railMsgTokenBytes);
+    uint32_t mask = 0;  // the token's carrier slots on host h (each owner's first; dedup has k <= 32)
     for (int j = 0; j < K; ++j) {
       const int g = ownerHere(t * K + j);
-      if (g < 0) continue;
-      const int start = hist[(h * G + g) * EPR];
-      const int r = __ldg(pairRow + t * K + j) - start;
-      rowToken[(uint64_t)g * S + r] = mine;
-      if (!a.dedup) continue;
-      int j0 = 0;  // the token's carrier slot for this owner: its first slot naming it
-      while (ownerHere(t * K + j0) != g) ++j0;
-      const int r0 = __ldg(pairRow + t * K + j0) - start;
-      carriers[(uint64_t)g * S + r] = r0;
-      if (j != j0) continue;
-      mask |= 1u << j;
-      int* rec = records + ((uint64_t)g * S + r0) * RB;  // back, then per slot the row for g (or -1), the weight
-      rec[0] = t * K + j0;
-      for (int q = 0; q < K; ++q) {
-        const bool ours = ownerHere(t * K + q) == g;
-        rec[1 + q] = ours ? __ldg(pairRow + t * K + q) - start : -1;
-        rec[1 + K + q] = __float_as_int(ours ? __ldg(weights + t * K + q) : 0.0f);
-      }
+      books[2 + 2 * j] = g;
+      books[3 + 2 * j] = g >= 0 ? __ldg(pairRow + t * K + j) - hist[(h * G + g) * EPR] : -1;
+      if (a.dedup) books[2 + 2 * K + j] = __float_as_int(g >= 0 ? __ldg(weights + t * K + j) : 0.0f);
+      bool first = g >= 0 && j < 32;
+      for (int q = 0; q < j && first; ++q) first = ownerHere(t * K + q) != g;
+      if (first) mask |= 1u << j;
     }
-    if (a.dedup) {
-      tokens[2 * mine] = t;
-      tokens[2 * mine + 1] = (int)mask;
-    }
+    books[0] = t;
+    books[1] = (int)mask;
   }
   if (tid == 0) {
     *(uint32_t*)msg = (uint32_t)n;
@@ -192,11 +174,12 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_rail_rows(const 
 // =============================================================================================
 // 11. ep_rail_forward (after the messages came, as rail peer; block 256, any grid): each other host's
 // message, from source s = (that host, this rank's local index), into the stages of this host's owners on
-// s's behalf (split record, rows, scales, with dedup carriers and records), then s's signal to each owner
-// (with the abort bit when s aborted; none when the message is not this call's: the owners' waits name s).
+// s's behalf (split record; from each token's books its rows and scales, with dedup carriers and records),
+// then s's signal to each owner (with the abort bit when s aborted; none when the message is not this
+// call's: the owners' waits name s).
 // The last block then waits for every source on another host (their rail peers here signal this rank).
 extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_rail_forward(const __grid_constant__ EpArgs a) {
-  __shared__ int pre[EP_MAX_EXPERTS + 1];  // per (host, owner) = i: its rows, then their exclusive scan (W <= E)
+  __shared__ int pre[EP_MAX_TOPK + 1];     // per host: its message's (token, slot) pairs, then their exclusive scan
   __shared__ uint64_t word[EP_MAX_TOPK];   // per host: its message's call word
   __shared__ int scratch[33];
   __shared__ int sLast;
@@ -205,15 +188,15 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_rail_forward(con
   EpState* st = state_of(a);
   const uint64_t call = read_calls(st), slot = call & 1u;
   const int tid = threadIdx.x, B = blockDim.x, W = a.world, G = a.ranksPerNode, EPR = a.expertsPerRank, S = a.stageRows;
-  const int me = my_host(a), lane = tid & 31;
+  const int K = a.topk, me = my_host(a), lane = tid & 31;
   const uint64_t* peer = (const uint64_t*)a.peerBases;
-  for (int h = tid; h < a.nodes; h += B) word[h] = h == me ? 0u : msg_call(rail_msg(a.railRecv, a, h), 8);
-  __syncthreads();
-  for (int i = tid; i < W; i += B) {
-    const int h = i / G;
-    pre[i] = h != me && word[h] == call ? split_rows(a, msg_splits(a, rail_msg(a.railRecv, a, h), i % G)) : 0;
+  for (int h = tid; h < a.nodes; h += B) {
+    const char* msg = rail_msg(a.railRecv, a, h);
+    word[h] = h == me ? 0u : msg_call(msg, 8);
+    // (a message from a peer with another config could name more tokens than fit: never past them)
+    pre[h] = h != me && word[h] == call ? min((int)*(const uint32_t*)msg, a.maxTokensPerRank) * K : 0;
   }
-  block_exclusive_scan(pre, W, scratch);
+  block_exclusive_scan(pre, a.nodes, scratch);
   // split records (block 0)
   if (blockIdx.x == 0)
     for (int i = tid; i < W; i += B) {
@@ -227,36 +210,48 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_rail_forward(con
   const uint64_t rb = a.dispatchRowBytes, VB = rb % 16u == 0 ? 16u : 8u;
   const int segs = row_segments(rb, VB);
   const uint64_t gpr = a.fp8 ? (uint64_t)a.groupsPerRow : 0u;
-  const uint32_t items = (uint32_t)pre[W] * (uint32_t)(segs + 1);  // per row: its segments, then its books
+  // per (token, slot): its row's segments (the slot's owner stores it: every slot without dedup, the
+  // owner's first slot with it), then its books
+  const uint32_t items = (uint32_t)pre[a.nodes] * (uint32_t)(segs + 1);
   const int warpsPerBlock = B >> 5;
   for (uint32_t it = blockIdx.x * warpsPerBlock + (tid >> 5); it < items; it += gridDim.x * warpsPerBlock) {
     const int gi = (int)(it / (uint32_t)(segs + 1)), seg = (int)(it % (uint32_t)(segs + 1));
-    const int i = find_run(pre, W, gi), h = i / G, g = i % G, r = gi - pre[i];
+    const int h = find_run(pre, a.nodes, gi), n = (gi - pre[h]) / K, j = (gi - pre[h]) % K;
     const int s = rank_at(a, h, my_local(a));
     const char* msg = rail_msg(a.railRecv, a, h);
-    const uint64_t at = (uint64_t)g * S + r;  // this row's entries in the message
-    const int tok = ((const int*)(msg + a.railMsgRowToken))[at];
-    const int carrier = a.dedup ? ((const int*)(msg + a.railMsgCarriers))[at] : r;
+    const int* books = (const int*)(msg + a.railMsgTokens + (uint64_t)n * a.railMsgTokenBytes);
+    const int g = books[2 + 2 * j], r = books[3 + 2 * j];
+    if (g < 0 || g >= G || r < 0 || r >= S) continue;  // (no owner here; or a row past the stage: never follow it)
+    const uint32_t mask = (uint32_t)books[1];
+    const bool carrier = !a.dedup || (j < 32 && (mask >> j & 1u));
     const uint64_t base = __ldg(peer + rank_at(a, me, g));
     const uint64_t row = (uint64_t)s * S + r;  // in the owner's stage
     if (seg < segs) {
-      if (carrier != r) continue;  // (dedup: only a token's carrier row holds its data)
+      if (!carrier) continue;  // (dedup: only a token's carrier row holds its data)
       char* dst = (char*)(base + a.stageDataOff + slot * a.stageDataSlot + row * rb);
-      const char* src = msg + a.railMsgRows + (uint64_t)tok * rb;
+      const char* src = msg + a.railMsgRows + (uint64_t)n * rb;
       if (VB == 16) copy_segment<16, false>(dst, src, rb, seg, lane);
       else copy_segment<8, false>(dst, src, rb, seg, lane);
       continue;
     }
-    if (carrier == r)
+    if (carrier)
       for (uint64_t q = lane; q < gpr; q += 32)
         st_u32((char*)(base + a.stageScalesOff + slot * a.stageScalesSlot) + (row * gpr + q) * 4u,
-               ((const uint32_t*)(msg + a.railMsgScales))[(uint64_t)tok * gpr + q]);
+               ((const uint32_t*)(msg + a.railMsgScales))[(uint64_t)n * gpr + q]);
     if (!a.dedup) continue;
-    if (lane == 0) st_u32((char*)(base + a.stageCarrierOff + slot * a.stageCarrierSlot) + row * 4u, (uint32_t)carrier);
-    if (carrier == r) {
-      const uint32_t* rec = (const uint32_t*)(msg + a.railMsgRecords + at * (uint64_t)a.recordBytes);
-      char* out = (char*)(base + a.stageRecordsOff + slot * a.stageRecordsSlot + row * (uint64_t)a.recordBytes);
-      for (int q = lane; q < a.recordBytes / 4; q += 32) st_u32(out + q * 4u, rec[q]);
+    // this slot's row's carrier (the row of the owner's first slot), and the carrier's record: where the
+    // partial goes, then per slot the row on this owner (or -1) and the weight
+    int q0 = 0;
+    while (q0 < j && books[2 + 2 * q0] != g) ++q0;
+    if (lane == 0)
+      st_u32((char*)(base + a.stageCarrierOff + slot * a.stageCarrierSlot) + row * 4u, (uint32_t)books[3 + 2 * q0]);
+    if (!carrier) continue;
+    char* rec = (char*)(base + a.stageRecordsOff + slot * a.stageRecordsSlot + row * (uint64_t)a.recordBytes);
+    if (lane == 0) st_u32(rec, (uint32_t)(books[0] * K + j));
+    for (int q = lane; q < K; q += 32) {
+      const bool ours = books[2 + 2 * q] == g;
+      st_u32(rec + 4u + 4u * q, (uint32_t)(ours ? books[3 + 2 * q] : -1));
+      st_u32(rec + 4u + 4u * (K + q), ours ? (uint32_t)books[2 + 2 * K + q] : 0u);
     }
   }
   if (!finish_block(&st->doneBlocks[1], &sLast)) return;
@@ -402,8 +397,9 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_rail_combine(con
     int t = 0;
     uint32_t mask = 0;
     if (a.dedup) {  // the token's first carrier slot on this host
-      t = ((const int*)(msg + a.railMsgTokens))[2 * pos];
-      mask = (uint32_t)((const int*)(msg + a.railMsgTokens))[2 * pos + 1];
+      const int* books = (const int*)(msg + a.railMsgTokens + pos * a.railMsgTokenBytes);
+      t = books[0];
+      mask = (uint32_t)books[1];
       if (K < 32) mask &= (1u << K) - 1u;
       back = mask != 0 && t >= 0 && t < a.maxTokensPerRank ? t * K + __ffs(mask) - 1 : -1;
     } else {  // m_st + r

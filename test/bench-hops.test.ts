@@ -30,11 +30,11 @@ test('a hand-worked case: 2 hosts of 2 GPUs, four tokens of rank 0', () => {
     nvlinkDispatch: 2 * wireRow,
     nvlinkCombine: 2 * 32,
     interPadded: 1 * 4 * wireRow,
-    // our messages to the one other host (stage S = 8 rows per owner, G = 2 owners, records of 32 bytes):
-    // dispatch: header 16, splits 2 * 3 * 4 -> 32, tokens 4 * 8 = 32, rowToken 2 * 8 * 4 = 64, carriers
-    // 64, records 2 * 8 * 32 = 512, rows 4 * 32 = 128; combine: header 16, status 2 * 8 = 16, count 4 -> 16,
-    // then one pre-reduced row per token, 4 positions: index 4 * 4 = 16, rows 4 * 32 = 128
-    railDispatch: 16 + 32 + 32 + 64 + 64 + 512 + 128,
+    // our messages to the one other host (G = 2 owners there):
+    // dispatch: header 16, splits 2 * 3 * 4 -> 32, then per token its books (8 + 2 slots * 12 = 32 bytes)
+    // 4 * 32 = 128, rows 4 * 32 = 128; combine: header 16, status 2 * 8 = 16, count 4 -> 16, then one
+    // pre-reduced row per token, 4 positions: index 4 * 4 = 16, rows 4 * 32 = 128
+    railDispatch: 16 + 32 + 128 + 128,
     railCombine: 16 + 16 + 16 + 16 + 128,
   });
 });

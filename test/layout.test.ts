@@ -238,7 +238,7 @@ describe('layout: properties on random configs', () => {
         stageCarrier: [dedup ? W * stageRows * 4 : 0, 2],
         stageRecords: [dedup ? W * stageRows * alignUp(4 * (1 + 2 * cfg.topk), 16) : 0, 2],
         // between hosts (staged groups over several hosts only): a message per other host, its rows back
-        railInbox: [rail ? cfg.nodes * railMessageLayout(cfg, stageRows).bytes : 0, 2],
+        railInbox: [rail ? cfg.nodes * railMessageLayout(cfg).bytes : 0, 2],
         railInboxSignal: [rail ? cfg.nodes * 8 : 0, 2],
         railOutbox: [rail ? cfg.nodes * cfg.maxTokensPerRank * cfg.topk * cfg.combineRowBytes : 0, 2],
         railOutboxSignal: [rail ? cfg.nodes * cfg.ranksPerNode * 8 : 0, 2],

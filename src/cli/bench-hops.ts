@@ -83,7 +83,7 @@ export function hopBytes(
     nvlinkDispatch: gpuHops * wireRow,
     nvlinkCombine: gpuHops * partial,
     interPadded: (W / P - 1) * tokens * wireRow,
-    railDispatch: (W / P - 1) * railMessageLayout(onHosts, S).bytes,
+    railDispatch: (W / P - 1) * railMessageLayout(onHosts).bytes,
     railCombine: (W / P - 1) * railCombineLayout(onHosts, S).bytes,
   };
 }

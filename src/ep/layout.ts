@@ -209,41 +209,36 @@ export function stagedRowsFor(cfg: EpConfig): number {
 
 /**
  * One dispatch message between hosts (README, "Between hosts"), from a source to its rail peer on host h,
- * for the ranksPerNode owners there (local order): per owner its split record and, per row of the source's
- * stage for it, the token that row holds (an index into the message's tokens); with dedup, per token of
- * the message its token in the source (i32) and the mask of its carrier slots on host h (u32: bit j for
- * each owner's first slot), and the owner's carrier indices and records; then every token going to host h
- * once, its row and its scales. Byte offsets, each part 16-byte aligned; `bytes` is the fixed size every
- * message takes.
+ * for the ranksPerNode owners there (local order): per owner its split record; then every token going to
+ * host h once, with its books (`tokenBytes` each): its token in the source (i32), the mask of its carrier
+ * slots on host h (u32: bit j for each owner's first slot), and per slot j the owner there (local index,
+ * i32, -1 for none) and the row of the source's stage for it that the slot fills (i32), with dedup then
+ * per slot its router weight (f32); then the tokens' rows and scales. Byte offsets, each part 16-byte
+ * aligned; `bytes` is the fixed size every message takes.
  */
 export interface RailMessageLayout {
   readonly splits: number;
   readonly tokens: number;
-  readonly rowToken: number;
-  readonly carriers: number;
-  readonly records: number;
+  readonly tokenBytes: number;
   readonly rows: number;
   readonly scales: number;
   readonly bytes: number;
 }
 
-export function railMessageLayout(cfg: EpConfig, stageRows: number): RailMessageLayout {
+export function railMessageLayout(cfg: EpConfig): RailMessageLayout {
   const G = cfg.ranksPerNode;
-  const dedup = cfg.dedup;
   let at = 16; // u32 tokens in the message, u32 pad, u64 the call (call | abort bit: the network engine's)
   const part = (bytes: number) => {
     const start = at;
     at = alignUp(at + bytes, 16);
     return start;
   };
+  const tokenBytes = alignUp(8 + cfg.topk * (cfg.dedup ? 12 : 8), 16);
   const splits = part(G * (cfg.expertsPerRank + 1) * 4);
-  const tokens = part(dedup ? cfg.maxTokensPerRank * 8 : 0);
-  const rowToken = part(G * stageRows * 4);
-  const carriers = part(dedup ? G * stageRows * 4 : 0);
-  const records = part(dedup ? G * stageRows * recordBytes(cfg) : 0);
+  const tokens = part(cfg.maxTokensPerRank * tokenBytes);
   const rows = part(cfg.maxTokensPerRank * cfg.dispatchRowBytes);
   const scales = part(cfg.fp8 ? cfg.maxTokensPerRank * cfg.groupsPerRow * 4 : 0);
-  return { splits, tokens, rowToken, carriers, records, rows, scales, bytes: at };
+  return { splits, tokens, tokenBytes, rows, scales, bytes: at };
 }
 
 /**
@@ -286,7 +281,7 @@ function railRegions(heap: RegionCursor, cfg: EpConfig, stageRows: number, combi
   const on = stageRows > 0;
   const N = cfg.nodes;
   return {
-    railInbox: heap.region(on ? N * railMessageLayout(cfg, stageRows).bytes : 0),
+    railInbox: heap.region(on ? N * railMessageLayout(cfg).bytes : 0),
     railInboxSignal: heap.region(on ? N * 8 : 0),
     railOutbox: heap.region(on ? N * combineRows * cfg.combineRowBytes : 0),
     railOutboxSignal: heap.region(on ? N * cfg.ranksPerNode * 8 : 0),
@@ -295,7 +290,7 @@ function railRegions(heap: RegionCursor, cfg: EpConfig, stageRows: number, combi
 
 /** Byte offset of the message from host `host` in railInbox slot `slot`. */
 export function railInboxOffset(l: HeapLayout, cfg: EpConfig, slot: number, host: number): number {
-  return l.railInbox.offset + slot * l.railInbox.slotBytes + host * railMessageLayout(cfg, l.stageRows).bytes;
+  return l.railInbox.offset + slot * l.railInbox.slotBytes + host * railMessageLayout(cfg).bytes;
 }
 
 /** Byte offset of row `row` of the outbox for host `host`'s rail peer, slot `slot`. */

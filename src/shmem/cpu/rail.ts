@@ -21,10 +21,11 @@ import type { SendInput } from './send.js';
  * Between hosts (config.nodes > 1; README, "Between hosts"). Ranks r = (host, local) = (r / G, r % G);
  * the rail peer on host h of rank s is (h, local(s)), and s is that rank's rail peer on host(s). Rows
  * to owners on this host go as on one host. To each other host a rank sends one message, to its rail
- * peer there: every token going to that host once, and for each owner there what its stage would have
- * received from this rank (split record, the token of each stage row, with dedup the carriers and
- * records). The rail peer copies them into the owners' stages on the source's behalf and signals them
- * for it, so owners pack as on one host. Combine comes back the same way: owners write the rows (or
+ * peer there: each owner's split record there, and every token going to that host once with its books
+ * (per slot the owner there and the row of this rank's stage for it, with dedup the weight). The rail
+ * peer builds from them what each owner's stage would have received from this rank (rows, with dedup
+ * the carriers and records) on the source's behalf and signals them for it, so owners pack as on one
+ * host. Combine comes back the same way: owners write the rows (or
  * partials) for a source on another host into the outbox of that source's rail peer on their host,
  * which sends them on (with dedup it first sums its host's partials of each token into one row). Every
  * write to another host goes to the rail peer; on the cpu transport a message is a put into its heap, on
@@ -84,59 +85,41 @@ function buildMessage(
 ): Uint8Array {
   const c = h.config;
   const { topk: k, expertsPerRank: epr, ranksPerNode: G, dispatchRowBytes: rb, groupsPerRow: gpr } = c;
-  const M = railMessageLayout(c, h.layout.stageRows);
+  const M = railMessageLayout(c);
   const msg = new Uint8Array(M.bytes);
   const i32 = new Int32Array(msg.buffer);
   const f32 = new Float32Array(msg.buffer);
-  const S = h.layout.stageRows;
-  const RB = recordBytes(c) / 4;
-  const tokenOf = new Int32Array(T).fill(-1);
-  let n = 0;
   const ownerOf = (p: number) => (plan.pairRow[p] < 0 ? -1 : (idx[p] / epr) | 0);
+  let n = 0;
   for (let t = 0; t < T; t++) {
-    let mask = 0; // dedup: t's carrier slots on host `host` (each owner's first)
+    let goes = false;
+    let mask = 0; // t's carrier slots on host `host` (each owner's first; dedup has k <= 32)
     for (let j = 0; j < k; j++) {
       const d = ownerOf(t * k + j);
       if (d < 0 || hostOf(h, d) !== host) continue;
-      if (isFirstSlot((q) => ownerOf(t * k + q), j)) mask |= 1 << j;
+      goes = true;
+      if (j < 32 && isFirstSlot((q) => ownerOf(t * k + q), j)) mask |= 1 << j;
     }
-    if (mask === 0) continue;
-    tokenOf[t] = n;
+    if (!goes) continue;
     msg.set(src.subarray(t * rb, (t + 1) * rb), M.rows + n * rb);
     if (c.fp8) msg.set(h.tokenScales(t), M.scales + n * gpr * 4);
-    if (c.dedup) {
-      i32[M.tokens / 4 + 2 * n] = t;
-      i32[M.tokens / 4 + 2 * n + 1] = mask;
+    const at = (M.tokens + n * M.tokenBytes) / 4;
+    i32[at] = t;
+    i32[at + 1] = mask;
+    for (let j = 0; j < k; j++) {
+      const d = ownerOf(t * k + j);
+      const here = d >= 0 && hostOf(h, d) === host;
+      i32[at + 2 + 2 * j] = here ? localOf(h, d) : -1;
+      i32[at + 3 + 2 * j] = here ? plan.pairRow[t * k + j] - plan.destRowStart[d] : -1;
+      if (c.dedup) f32[at + 2 + 2 * k + j] = here ? (weights as Float32Array)[t * k + j] : 0;
     }
     n++;
   }
   i32[0] = n;
   for (let g = 0; g < G; g++) {
     const d = rankAt(h, host, g);
-    const start = plan.destRowStart[d];
     for (let e = 0; e < epr; e++) i32[M.splits / 4 + g * (epr + 1) + e] = plan.expertCounts[d * epr + e];
-    i32[M.splits / 4 + g * (epr + 1) + epr] = start;
-    for (let t = 0; t < T; t++) {
-      let r0 = -1; // dedup: the row of t's first slot on d, which carries its data
-      for (let j = 0; j < k; j++) {
-        const p = t * k + j;
-        if (ownerOf(p) !== d) continue;
-        const r = plan.pairRow[p] - start;
-        i32[M.rowToken / 4 + g * S + r] = tokenOf[t];
-        if (!c.dedup) continue;
-        if (r0 < 0) {
-          r0 = r;
-          const rec = M.records / 4 + (g * S + r0) * RB;
-          i32[rec] = p; // back: where the partial goes in t's origin, t * k + j0
-          for (let q = 0; q < k; q++) {
-            const own = ownerOf(t * k + q) === d;
-            i32[rec + 1 + q] = own ? plan.pairRow[t * k + q] - start : -1;
-            f32[rec + 1 + k + q] = own ? (weights as Float32Array)[t * k + q] : 0;
-          }
-        }
-        i32[M.carriers / 4 + g * S + r] = r0;
-      }
-    }
+    i32[M.splits / 4 + g * (epr + 1) + epr] = plan.destRowStart[d];
   }
   return msg;
 }
@@ -148,10 +131,8 @@ function buildMessage(
  */
 export function forwardRailMessages(h: RankHeap, slot: number, call: number, waitOne: WaitOne): RowsBack {
   const c = h.config;
-  const { expertsPerRank: epr, ranksPerNode: G, dispatchRowBytes: rb, groupsPerRow: gpr } = c;
-  const M = railMessageLayout(c, h.layout.stageRows);
-  const S = h.layout.stageRows;
-  const RB = recordBytes(c);
+  const { topk: k, expertsPerRank: epr, ranksPerNode: G, dispatchRowBytes: rb, groupsPerRow: gpr } = c;
+  const M = railMessageLayout(c);
   const me = hostOf(h, h.rank);
   const peers = h.peers();
   const rowsBack: RowsBack = [];
@@ -175,39 +156,52 @@ export function forwardRailMessages(h: RankHeap, slot: number, call: number, wai
       let count = 0;
       for (let e = 0; e < epr; e++) count += split[e];
       h.putTo(peers, d, splitsOffset(h.layout, slot, s), new Uint8Array(split.slice().buffer));
-      const tokenAt = M.rowToken / 4 + g * S;
-      const carrierAt = M.carriers / 4 + g * S;
-      const rows = new Int32Array(c.dedup ? 0 : count);
-      for (let r = 0; r < count; r++) {
-        if (c.dedup && i32[carrierAt + r] !== r) continue; // (only a token's carrier row holds its data)
-        const tok = i32[tokenAt + r];
-        h.putTo(
-          peers,
-          d,
-          stageRowOffset(h.layout, c, slot, s, r),
-          msg.subarray(M.rows + tok * rb, M.rows + (tok + 1) * rb),
-        );
-        if (c.fp8)
+      const rows = c.dedup ? new Int32Array(0) : Int32Array.from({ length: count }, (_, r) => split[epr] + r); // m_st + r
+      const f32 = new Float32Array(msg.buffer, msg.byteOffset, M.bytes / 4);
+      for (let n = 0; n < i32[0]; n++) {
+        const at = (M.tokens + n * M.tokenBytes) / 4;
+        const [t, mask] = [i32[at], i32[at + 1]];
+        const ownerAt = (j: number) => i32[at + 2 + 2 * j];
+        const rowAt = (j: number) => i32[at + 3 + 2 * j];
+        for (let j = 0; j < k; j++) {
+          if (ownerAt(j) !== g) continue;
+          // (without dedup every slot's row is stored; with it only the carrier's: k <= 32)
+          if (c.dedup && ((mask >>> j) & 1) === 0) continue;
+          const r = rowAt(j);
           h.putTo(
             peers,
             d,
-            stageScaleOffset(h.layout, c, slot, s, r),
-            msg.subarray(M.scales + tok * gpr * 4, M.scales + (tok + 1) * gpr * 4),
+            stageRowOffset(h.layout, c, slot, s, r),
+            msg.subarray(M.rows + n * rb, M.rows + (n + 1) * rb),
           );
-        if (c.dedup) {
-          const rec = M.records + (g * S + r) * RB;
-          h.putTo(peers, d, stageRecordOffset(h.layout, c, slot, s, r), msg.subarray(rec, rec + RB));
-        } else {
-          rows[r] = split[epr] + r; // m_st + r: where row r comes back in the source's order
+          if (c.fp8)
+            h.putTo(
+              peers,
+              d,
+              stageScaleOffset(h.layout, c, slot, s, r),
+              msg.subarray(M.scales + n * gpr * 4, M.scales + (n + 1) * gpr * 4),
+            );
+          if (!c.dedup) continue;
+          // the carrier's record (where the partial goes, each slot's row on this owner and weight), and
+          // for each of the token's rows on this owner, its carrier
+          const rec = new Int32Array(recordBytes(c) / 4);
+          const recW = new Float32Array(rec.buffer);
+          rec[0] = t * k + j;
+          for (let q = 0; q < k; q++) {
+            const own = ownerAt(q) === g;
+            rec[1 + q] = own ? rowAt(q) : -1;
+            recW[1 + k + q] = own ? f32[at + 2 + 2 * k + q] : 0;
+            if (own)
+              h.putTo(
+                peers,
+                d,
+                stageCarrierOffset(h.layout, slot, s, rowAt(q)),
+                new Uint8Array(Int32Array.of(r).buffer),
+              );
+          }
+          h.putTo(peers, d, stageRecordOffset(h.layout, c, slot, s, r), new Uint8Array(rec.buffer));
         }
       }
-      if (c.dedup && count > 0)
-        h.putTo(
-          peers,
-          d,
-          stageCarrierOffset(h.layout, slot, s, 0),
-          msg.subarray(M.carriers + g * S * 4, M.carriers + (g * S + count) * 4),
-        );
       back.push(rows);
       h.shmem.fence();
       h.shmem.signal(d, sig, BigInt(call));
@@ -293,7 +287,7 @@ export function forwardRailCombine(
 function preReduce(h: RankHeap, slot: number, host: number, s: number): void {
   const c = h.config;
   const { topk: k, hidden: H } = c;
-  const M = railMessageLayout(c, h.layout.stageRows);
+  const M = railMessageLayout(c);
   const local = h.shmem.local();
   const msg = new Int32Array(
     local.buffer,
@@ -309,8 +303,8 @@ function preReduce(h: RankHeap, slot: number, host: number, s: number): void {
   const offs: number[] = [];
   const peers = h.peers();
   for (let i = 0; i < msg[0]; i++) {
-    const t = msg[M.tokens / 4 + 2 * i];
-    const mask = msg[M.tokens / 4 + 2 * i + 1];
+    const t = msg[(M.tokens + i * M.tokenBytes) / 4];
+    const mask = msg[(M.tokens + i * M.tokenBytes) / 4 + 1];
     if (mask === 0) continue; // (no carrier slot: nothing to send; buildMessage never writes one)
     offs.length = 0;
     for (let j = 0; j < k; j++) if ((mask >>> j) & 1) offs.push((t * k + j) * H);

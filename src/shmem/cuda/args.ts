@@ -155,9 +155,7 @@ const EP_ARGS_SPEC = [
   ['railMsgBytes', 'u64'],
   ['railMsgSplits', 'u64'],
   ['railMsgTokens', 'u64'],
-  ['railMsgRowToken', 'u64'],
-  ['railMsgCarriers', 'u64'],
-  ['railMsgRecords', 'u64'],
+  ['railMsgTokenBytes', 'u64'],
   ['railMsgRows', 'u64'],
   ['railMsgScales', 'u64'],
   ['railCombBytes', 'u64'],
@@ -173,7 +171,7 @@ const epArgs = layout(EP_ARGS_SPEC);
 
 /** struct EpArgs: the single by-value argument of every kernel. */
 export const EP_ARGS_FIELDS: readonly FieldSpec[] = epArgs.fields;
-export const EP_ARGS_BYTES: number = epArgs.bytes; // 632
+export const EP_ARGS_BYTES: number = epArgs.bytes; // 616
 
 function offsets<N extends string>(fields: readonly FieldSpec[]): Readonly<Record<N, number>> {
   return Object.freeze(Object.fromEntries(fields.map((f) => [f.name, f.offset]))) as Record<N, number>;
@@ -562,14 +560,8 @@ export class EpArgsWriter {
   set railMsgTokens(v: bigint | number) {
     this.u64('railMsgTokens', v);
   }
-  set railMsgRowToken(v: bigint | number) {
-    this.u64('railMsgRowToken', v);
-  }
-  set railMsgCarriers(v: bigint | number) {
-    this.u64('railMsgCarriers', v);
-  }
-  set railMsgRecords(v: bigint | number) {
-    this.u64('railMsgRecords', v);
+  set railMsgTokenBytes(v: bigint | number) {
+    this.u64('railMsgTokenBytes', v);
   }
   set railMsgRows(v: bigint | number) {
     this.u64('railMsgRows', v);

@@ -77,10 +77,8 @@ export function fillGroupArgs(
   );
   for (const [field, ptr] of Object.entries(rail.buffers)) a.set(field as keyof typeof rail.buffers, ptr);
   const m = rail.msg;
-  a.set('railMsgBytes', m.bytes).set('railMsgSplits', m.splits).set('railMsgRowToken', m.rowToken);
-  a.set('railMsgTokens', m.tokens);
-  a.set('railMsgCarriers', m.carriers).set('railMsgRecords', m.records).set('railMsgRows', m.rows);
-  a.set('railMsgScales', m.scales);
+  a.set('railMsgBytes', m.bytes).set('railMsgSplits', m.splits).set('railMsgTokens', m.tokens);
+  a.set('railMsgTokenBytes', m.tokenBytes).set('railMsgRows', m.rows).set('railMsgScales', m.scales);
   const k = rail.comb;
   a.set('railCombBytes', k.bytes).set('railCombStatus', k.status).set('railCombCount', k.count);
   a.set('railCombIndex', k.index).set('railCombRows', k.rows).set('railCombCap', k.cap);

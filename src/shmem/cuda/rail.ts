@@ -101,7 +101,7 @@ export function railBuffers(
   heapLocal: bigint,
   alloc: (bytes: number) => bigint,
 ): Pick<CudaRail, 'msg' | 'comb' | 'buffers'> {
-  const msg = railMessageLayout(config, layout.stageRows);
+  const msg = railMessageLayout(config);
   const comb = railCombineLayout(config, layout.stageRows);
   const N = config.nodes;
   const buffers = {

@@ -194,7 +194,7 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_rail_forward(con
     const char* msg = rail_msg(a.railRecv, a, h);
     word[h] = h == me ? 0u : msg_call(msg, 8);
     // (a message from a peer with another config could name more tokens than fit: never past them)
-    pre[h] = h != me && word[h] == call ? min((int)*(const uint32_t*)msg, a.maxTokensPerRank) * K : 0;
+    pre[h] = h != me && word[h] == call ? (int)min(*(const uint32_t*)msg, (uint32_t)a.maxTokensPerRank) * K : 0;
   }
   block_exclusive_scan(pre, a.nodes, scratch);
   // split records (block 0)
@@ -220,8 +220,10 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_rail_forward(con
     const int s = rank_at(a, h, my_local(a));
     const char* msg = rail_msg(a.railRecv, a, h);
     const int* books = (const int*)(msg + a.railMsgTokens + (uint64_t)n * a.railMsgTokenBytes);
-    const int g = books[2 + 2 * j], r = books[3 + 2 * j];
-    if (g < 0 || g >= G || r < 0 || r >= S) continue;  // (no owner here; or a row past the stage: never follow it)
+    const int g = books[2 + 2 * j], r = books[3 + 2 * j], t = books[0];
+    // no owner here; or (a message from a peer with another config) a row, token or owner past the buffers:
+    // never follow those, nor write them where other kernels would
+    if (g < 0 || g >= G || r < 0 || r >= S || t < 0 || t >= a.maxTokensPerRank) continue;
     const uint32_t mask = (uint32_t)books[1];
     const bool carrier = !a.dedup || (j < 32 && (mask >> j & 1u));
     const uint64_t base = __ldg(peer + rank_at(a, me, g));
@@ -243,14 +245,16 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_rail_forward(con
     // partial goes, then per slot the row on this owner (or -1) and the weight
     int q0 = 0;
     while (q0 < j && books[2 + 2 * q0] != g) ++q0;
+    const int r0 = books[3 + 2 * q0];
     if (lane == 0)
-      st_u32((char*)(base + a.stageCarrierOff + slot * a.stageCarrierSlot) + row * 4u, (uint32_t)books[3 + 2 * q0]);
+      st_u32((char*)(base + a.stageCarrierOff + slot * a.stageCarrierSlot) + row * 4u, (uint32_t)(r0 >= 0 && r0 < S ? r0 : r));
     if (!carrier) continue;
     char* rec = (char*)(base + a.stageRecordsOff + slot * a.stageRecordsSlot + row * (uint64_t)a.recordBytes);
-    if (lane == 0) st_u32(rec, (uint32_t)(books[0] * K + j));
+    if (lane == 0) st_u32(rec, (uint32_t)(t * K + j));
     for (int q = lane; q < K; q += 32) {
-      const bool ours = books[2 + 2 * q] == g;
-      st_u32(rec + 4u + 4u * q, (uint32_t)(ours ? books[3 + 2 * q] : -1));
+      const int rq = books[3 + 2 * q];
+      const bool ours = books[2 + 2 * q] == g && rq >= 0 && rq < S;
+      st_u32(rec + 4u + 4u * q, (uint32_t)(ours ? rq : -1));
       st_u32(rec + 4u + 4u * (K + q), ours ? (uint32_t)books[2 + 2 * K + q] : 0u);
     }
   }

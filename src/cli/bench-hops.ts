@@ -25,7 +25,7 @@ export interface HopBytes {
   interPadded: number;
   /**
    * What this library's messages between hosts take per call (README, "Between hosts"), to all other
-   * hosts: the dispatch messages (every token's row once, plus the owners' books, padded to the stage)
+   * hosts: the dispatch messages (every token's row once, with its books)
    * and the combine messages (one row per token with dedup, else the padded capacity of one source's
    * rows), whatever the routing needs.
    */

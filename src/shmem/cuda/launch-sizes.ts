@@ -69,7 +69,7 @@ export function railPlanSize(cfg: EpConfig): LaunchSize {
   return { grid: cfg.nodes, block: 1024, sharedBytes: 0 };
 }
 
-/** ep_rail_forward, ep_rail_combine, ep_rail_land: a warp per (row, 2 KiB segment), 8 warps a block. */
+/** ep_rail_forward, ep_rail_combine, ep_rail_land: a warp per (row or (token, slot), 2 KiB segment), 8 warps a block. */
 export function railWalkSize(sms: number): LaunchSize {
   return { grid: 4 * sms, block: 256, sharedBytes: 0 };
 }

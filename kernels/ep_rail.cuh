@@ -318,6 +318,8 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_rail_combine(con
   __shared__ int pre[EP_MAX_EXPERTS + 1];    // per (host, owner): its positions, then their exclusive scan
   __shared__ uint64_t seen[EP_MAX_EXPERTS];  // per (host, owner): the signal its rows came with
   __shared__ uint64_t word[EP_MAX_TOPK];
+  __shared__ uint64_t before[EP_MAX_TOPK];  // block 0: each combine message's call word as it found it
+  __shared__ int refused[EP_MAX_TOPK];      // other blocks: the message to that host is refused whole
   __shared__ int scratch[33];
   allow_dependents();
   wait_for_prior();  // ep_combine_send
@@ -330,10 +332,13 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_rail_combine(con
   // Block 0 alone waits for the owners and writes what came into each message's header (each owner's signal,
   // then the count), then the header's call word; the other blocks read it there. With a deadline of its own
   // in every block, a signal landing between two blocks' deadlines would let block 0 announce rows another
-  // block did not write. (The other blocks' wait is bounded too, at a timeout and a second past block 0's;
-  // block 0, dispatched first and waiting for none of them, ends its waits by its own deadline.)
+  // block did not write. Block 0 sets the call word only from the value it found (a compare-and-swap); a
+  // block that gave up waiting for it (block 0 not running for a timeout and a second) swaps in an abort
+  // instead, and the message is refused whole (ep_rail_land names this rank).
   uint64_t deadline = deadline_after(a.timeoutNs);
   if (blockIdx.x == 0) {
+    for (int h = tid; h < a.nodes; h += B)
+      before[h] = h == me ? 0u : *(const volatile uint64_t*)rail_comb(a.railCombSend, a, h);
     const uint64_t* outSig = (const uint64_t*)(a.localBase + a.railOutboxSignalOff + slot * a.railOutboxSignalSlot);
     for (int i = tid; i < W; i += B) {
       seen[i] = 0;
@@ -346,13 +351,21 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_rail_combine(con
   } else {
     deadline += (uint64_t)max(a.timeoutNs, (int64_t)0) + 1000000000ull;  // (block 0's waits end by its deadline)
     for (int h = tid; h < a.nodes; h += B) {
+      refused[h] = 0;
+      if (h == me) continue;
+      uint64_t* w = (uint64_t*)rail_comb(a.railCombSend, a, h);
       uint64_t v = 0;
-      if (h != me) wait_until((const uint64_t*)rail_comb(a.railCombSend, a, h), call, deadline, &v);
+      if (wait_until(w, call, deadline, &v) == WAIT_ARRIVED) continue;
+      const uint64_t old = atomicCAS((unsigned long long*)w, (unsigned long long)v, (unsigned long long)(call | EP_ABORT_BIT));
+      refused[h] = old != call;  // (block 0 may have set it just now: then its statuses stand)
+      if (refused[h] && old == v)
+        report_error(a, EP_ERR_TIMEOUT_COMBINE, (uint32_t)a.rank, (uint32_t)slot, call, (int64_t)v, 0, 0u);
+      __threadfence();
     }
     __syncthreads();
     for (int i = tid; i < W; i += B) {
       const int h = i / G;
-      seen[i] = h == me ? 0u : ((const volatile uint64_t*)(rail_comb(a.railCombSend, a, h) + a.railCombStatus))[i % G];
+      seen[i] = h == me || refused[h] ? 0u : ((const volatile uint64_t*)(rail_comb(a.railCombSend, a, h) + a.railCombStatus))[i % G];
     }
   }
   __syncthreads();
@@ -382,7 +395,8 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_rail_combine(con
     if (tid == 0) {
       __threadfence();  // (every thread's header stores, ordered by the barrier, before the call words)
       for (int h = 0; h < a.nodes; ++h)
-        if (h != me) signal((uint64_t*)rail_comb(a.railCombSend, a, h), call);
+        if (h != me && before[h] != (call | EP_ABORT_BIT))  // (refused before block 0 even began: it stays so)
+          atomicCAS((unsigned long long*)rail_comb(a.railCombSend, a, h), (unsigned long long)before[h], (unsigned long long)call);
     }
   }
   const uint64_t rb = a.combineRowBytes;

@@ -11,7 +11,8 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-cli="node dist/cli/main.js"
+TESTS=${TESTS:-.device/build/test}  # TESTS: another build's compiled tests
+cli=${CLI:-"node dist/cli/main.js"}  # CLI: another build (an A/B against main)
 run() {
   local name=$1; shift; echo "== $name: $*"; local t0=$(date +%s)
   "$@" > "$OUT/$name.log" 2>&1; local rc=$?
@@ -54,20 +55,20 @@ bench_ranks() {
 newest_results() { mkdir -p "$OUT/results" && ls -t bench/results/*-cuda-* 2>/dev/null | head -2 | xargs -r cp -t "$OUT/results/"; }
 for step in "$@"; do
   case $step in
-    driver) run driver timeout 120 node --test .device/build/test/cuda-driver.test.js ;;
+    driver) run driver timeout 120 node --test $TESTS/cuda-driver.test.js ;;
     smoke) run smoke timeout 120 $cli verify --transport cuda --world 1 --experts 8 --hidden 256 --topk 4 --tokens 8 ;;
     smoke2) run smoke2 timeout 120 $cli verify --transport cuda --world 2 --experts 8 --hidden 256 --topk 4 --tokens 8 ;;
-    conformance) run conformance timeout 400 node --test .device/build/test/cuda.conformance.test.js ;;
+    conformance) run conformance timeout 400 node --test $TESTS/cuda.conformance.test.js ;;
     # NCCL through koffi (src/net/nccl.ts) on two GPUs: NVLink, two simulated hosts (sockets), a rank that never joins
     nccl) MOE_A2A_NCCL_LIB=${MOE_A2A_NCCL_LIB:-$(ldconfig -p | grep -o '/[^ ]*libnccl.so.2$' | head -1)} \
-            run nccl timeout 200 node --test .device/build/test/nccl.test.js ;;
+            run nccl timeout 200 node --test $TESTS/nccl.test.js ;;
     # between hosts, simulated on this machine: each host's ranks get their own NCCL_HOSTID, so NCCL goes
     # between them through sockets on lo; verify bit-exact at W = 2 and 4 over 2 and 4 hosts, eager and graph
     hosts|hosts-long|hosts-fail|hosts-bench)
       export MOE_A2A_NCCL_LIB=${MOE_A2A_NCCL_LIB:-$(ldconfig -p | grep -o '/[^ ]*libnccl.so.2$' | head -1)}
       export MOE_A2A_SIMULATED_HOSTS=1 NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-lo}
       if [ $step = hosts ]; then
-        for wn in ${HOSTS_WN:-2:2 4:2 4:4}; do
+        for wn in ${HOSTS_WN-2:2 4:2 4:4}; do
           w=${wn%:*}; n=${wn#*:}
           for d in ${HOSTS_DEDUP:---dedup --no-dedup}; do
             TAIL=3 run hosts-w$w-n$n$d timeout 300 $cli verify --transport cuda --world $w --nodes $n --experts 16 --hidden 256 \
@@ -84,7 +85,7 @@ for step in "$@"; do
         TAIL=60 run hosts-bench timeout ${BENCH_S:-500} $cli bench --transport cuda --world ${HOSTS_BENCH_W:-4} --nodes 2 --tokens ${BENCH_T:-1,32,128,512} --iters ${BENCH_ITERS:-100} --warmup 10 --path dedup
         newest_results
       else
-        MOE_A2A_TRACE=1 run hosts-fail timeout 400 node --test --test-name-pattern "hosts" .device/build/test/cuda.conformance.test.js
+        MOE_A2A_TRACE=1 run hosts-fail timeout 400 node --test --test-name-pattern "hosts" $TESTS/cuda.conformance.test.js
       fi ;;
     # compute-sanitizer over the kernels between hosts (simulated; several processes may share one GPU):
     # W = 4 over 2 hosts (two owners a host: the pre-reduction sums two partials) and W = 2 over 2 without dedup
@@ -97,7 +98,7 @@ for step in "$@"; do
       done
       run memcheck-hosts-w2 timeout 300 compute-sanitizer --tool memcheck --target-processes all $cli verify --transport cuda --world 2 --nodes 2 \
         --experts 8 --hidden 256 --topk 4 --tokens 8 --scenario random --no-dedup ;;
-    failures) MOE_A2A_TRACE=1 run failures timeout 300 node --test --test-name-pattern "rejects|never calls|throws" .device/build/test/cuda.conformance.test.js ;;
+    failures) MOE_A2A_TRACE=1 run failures timeout 300 node --test --test-name-pattern "rejects|never calls|throws" $TESTS/cuda.conformance.test.js ;;
     verify) TAIL=80 run verify timeout 300 $cli verify --transport cuda ;;
     v3w1)
       # W = 1 at the DeepSeek-V3 shape: small batches take ep_dispatch_local, T = 1024 ep_route + ep_dispatch

@@ -15,7 +15,8 @@
 //     direct:  ep_route -> ep_dispatch [-> ep_recv_view]           (counts all-gathered, rows stored in place)
 //     staged:  ep_stage_send -> ep_stage_pack [-> ep_recv_view]    (W > 1)
 //     local:   ep_dispatch_local [-> ep_recv_view]                 (W = 1 and T*k <= EP_LOCAL_MAX_PAIRS)
-//   combine:  [ep_combine_send ->] ep_combine_reduce   (dedup, W > 1: ep_combine_reduce_dedup in its place)
+//   combine:  [ep_combine_send ->] ep_combine_reduce   (dedup, W > 1: ep_combine_reduce_dedup in its place;
+//             with EpArgs.combineFlagged, ep_combine_reduce_flagged, which polls while ep_combine_send runs)
 //   between hosts (nodes > 1, staged only; kernels/ep_rail.cuh, the host's NCCL exchange in brackets):
 //     dispatch: ep_stage_send -> ep_rail_plan -> ep_rail_rows -> [NCCL] -> ep_rail_forward -> ep_stage_pack
 //     combine:  ep_combine_send -> ep_rail_combine -> [NCCL] -> ep_rail_land -> ep_combine_reduce(_dedup)
@@ -25,14 +26,17 @@
 // ep_recv_view runs only when the caller asks for the source-major receive buffer (viewX/viewScales set).
 // ep_combine_send moves rows between ranks only: with W = 1 the host may leave it out.
 // Programmatic dependent launch (sm_90): ep_dispatch, ep_stage_pack, ep_recv_view, ep_combine_send and
-// ep_combine_reduce (and _dedup) may be launched with programmatic stream serialization after the kernel before them in
+// ep_combine_reduce (and _dedup, _flagged) may be launched with programmatic stream serialization after the kernel before them in
 // this order (each waits with griddepcontrol.wait before it touches that kernel's memory; every kernel lets
 // its dependents start early). Never launch one so after other work: the wait covers only the kernel before.
+// With EpArgs.combineFlagged, ep_combine_send lets the reduction start only after its own wait, and
+// ep_combine_reduce_flagged polls the flagged rows instead of waiting first: it waits at its end.
 // Every kernel is correct for any grid >= 1 (ep_dispatch_local and ep_stage_send: >= 2; they grid-stride;
 // launch at least 1 block even when T = 0) and any block that is a multiple of 32 up to its maximum.
 // The grids below are for speed only.
 // ep_dispatch and ep_stage_send (W > 1) and ep_combine_send end with "the last block to finish publishes and
-// waits": no cooperative launch, no co-residency needed. The blocks of ep_rail_combine other than block 0
+// waits": no cooperative launch, no co-residency needed (ep_combine_send, when every partial it sent was
+// flagged: block 0 signals at once, unordered, and no block waits for another). The blocks of ep_rail_combine other than block 0
 // wait for block 0 (which waits for none of them), dispatched first.
 //
 //  ep_route           grid 1, block 1024 (EP_ROUTE_THREADS; the host uses 512 when T*k <= 4096: faster),
@@ -46,7 +50,7 @@
 //  ep_stage_pack      block 256, grid = min(4 * SMs, max(1, ceil(W * stageRows * ceil(rowBytes / 2048) / 8))).
 //  ep_recv_view       block 256, grid 4 * SMs;  dynamic smem 0.  B <= 512.
 //  ep_combine_send    block 256, grid 4 * SMs;  dynamic smem 0.  B <= 512.
-//  ep_combine_reduce  (and ep_combine_reduce_dedup) block B = roundup32(ceil(V / ceil(V / 256))) with V = H/8   (H = 7168 -> 224);
+//  ep_combine_reduce  (and _dedup, _flagged) block B = roundup32(ceil(V / ceil(V / 256))) with V = H/8   (H = 7168 -> 224);
 //                     grid = min(8 * SMs, max(1, T * ceil(V / B)));  dynamic smem 0.  B <= 512.
 //  ep_rail_plan       grid = nodes, block 1024 (any multiple of 32 up to 1024).
 //  ep_rail_rows       block and grid as ep_dispatch.
@@ -151,6 +155,7 @@
 #include "ep_device.cuh"    // block-wide helpers: stamps, host abort, scans, ids, finish_block
 #include "ep_codec.cuh"     // bf16 / FP8 number formats (src/ep/codec.ts)
 #include "ep_signals.cuh"   // waiting for peers, the call's error, call numbering
+#include "ep_flagged.cuh"   // flagged partials: small combines that need no fence and no signal
 #include "ep_rows.cuh"      // dispatch's row stores (DestList ... dispatch_rows), expert_start
 #include "ep_inblock.cuh"   // routing inside the blocks (LocalTables ... InBlockDests)
 #include "ep_recv.cuh"      // receive tables, locate, copy_segment, combine send helpers

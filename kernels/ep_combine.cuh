@@ -1,4 +1,4 @@
-// Combine kernels: 4 ep_combine_send and 5 ep_combine_reduce, ep_combine_reduce_dedup.
+// Combine kernels: 4 ep_combine_send and 5 ep_combine_reduce, ep_combine_reduce_dedup, ep_combine_reduce_flagged.
 // Part of the ep.cu translation unit: included by kernels/ep.cu only, in its order.
 #pragma once
 
@@ -7,8 +7,12 @@
 // rank's expert-sorted order; the last block signals every rank and waits for every rank.
 extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(const __grid_constant__ EpArgs a) {
   __shared__ RecvTables R;
-  allow_dependents();
-  wait_for_prior();  // may be launched as a programmatic dependent of the dispatch (GraphCall.step)
+  // May be launched as a programmatic dependent of the dispatch (GraphCall.step). With flagged partials the
+  // reduction that follows reads this call's state at once and polls its rows, so it may start only once
+  // the dispatch's kernels are done.
+  if (!a.combineFlagged) allow_dependents();
+  wait_for_prior();
+  if (a.combineFlagged) allow_dependents();
   if (blockIdx.x == 0 && threadIdx.x == 0) stamp(a, EP_STAMP_COMBINE_BEGIN);
   EpState* st = state_of(a);
   const uint64_t call = read_calls(st);
@@ -25,27 +29,39 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
 #ifdef EP_SERIAL_FIRST_LOADS  // (bench A/B only: after the error word, as before v11)
       load_plan_counts(a, counts);
 #endif
-      combine_send_partials(a, slot, R, counts);
+      combine_send_partials(a, call, R, counts);
     } else {
       build_tables(a, R);
       combine_send_rows<16>(a, slot, R);  // combineRowBytes = 2H, a multiple of 16
     }
   }
-  if (!finish_block(&st->doneBlocks[2], &R.flag)) return;
-  if (threadIdx.x == 0) stamp(a, EP_STAMP_COMBINE_TAIL);
+  // Every source that gets partials from this rank asked for them flagged: none needs a fence before its
+  // signal (a source waiting for signals gets none of its rows from here), so block 0 signals at once, with
+  // no ordering, and no block waits for the others. Else the last block to finish signals, after the fences.
+  // (flagged: the stamp says when the last partial was stored)
+  const bool fenceless = a.dedup && a.nodes == 1 && code0 == 0 && host_abort(a) == 0 && !sends_unflagged(a, counts);
+  if (a.combineFlagged && threadIdx.x == 0) stamp_latest(a, EP_STAMP_COMBINE_TAIL);
+  if (fenceless ? blockIdx.x != 0 : !finish_block(&st->doneBlocks[2], &R.flag)) return;
+  if (!a.combineFlagged && threadIdx.x == 0) stamp(a, EP_STAMP_COMBINE_TAIL);
 
   const uint32_t code = read_err_code(st);
   const bool aborted = code != 0 || host_abort(a) != 0;
   const uint64_t value = aborted ? (call | EP_ABORT_BIT) : call;
   const int W = a.world;
-  // No per-thread data to order here: finish_block's fences ordered every block's rows.
-  for (int s = threadIdx.x; s < W; s += blockDim.x) signal(combine_signal_of(a, s, slot), value);
+  // No per-thread data to order here: finish_block's fences ordered every block's rows (or there were none
+  // to order).
+  for (int s = threadIdx.x; s < W; s += blockDim.x) {
+    if (fenceless) signal_unordered(combine_signal_of(a, s, slot), value);
+    else signal(combine_signal_of(a, s, slot), value);
+  }
   // The dispatch of this call failed here (its error is still in err): a routing failure every rank
   // saw (no rank sends combine rows for it, and the rank that caused it may never combine), or a
   // timeout (the group is broken; waiting again would only double the delay). Nothing to wait for.
   // With its own expert over capacity, or a combine the host refused, wait as usual.
   const bool refusedHere = code == EP_INTERNAL_HOST_ABORT && host_abort(a) != 0;
   if (code != 0 && !own_expert_over_capacity(st, code) && !refusedHere) return;
+  // This rank's partials come back flagged: its reduction polls them (and these words, for an abort).
+  if (!aborted && a.combineFlagged) return;
   // Otherwise wait even when aborting: when this returns, no peer writes into this slot any more. Between
   // hosts, for this host's owners (ep_rail_land checks the others').
   const uint64_t* mine = (const uint64_t*)(a.localBase + a.combineSignalOff + slot * a.combineSignalSlot);
@@ -62,16 +78,22 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
 // other host (pre-reduced there: ep_rail_combine).
 // Item = (token, chunk of blockDim vectors of 8 values); the k rows of a token are loaded 8 at a time.
 // With k <= 32 every warp gathers its token's slots itself (shuffles), else warp 0 lists them in shared
-// memory. Two kernels, not one with a branch: each keeps its own registers (one kernel holding both paths
+// memory. Kernels of their own, not one with branches: each keeps its own registers (one kernel holding both paths
 // took 96 a thread, so 3 blocks of 224 threads an SM instead of 4, and was 20% slower at T = 512).
+// ep_combine_reduce_flagged (dedup, W > 1, one host, EpArgs.combineFlagged): as _dedup, from flagged partials
+// (ep_flagged.cuh) it polls as they land, while ep_combine_send may still run: it waits for that kernel only
+// at its end, so that what follows on the stream still follows the whole combine.
 namespace {
-template <bool Dedup>
+template <bool Dedup, bool Flagged>
 __device__ __forceinline__ void combine_reduce(const EpArgs& a) {
   __shared__ uint64_t sRow[2][EP_MAX_TOPK];
   __shared__ float sW[2][EP_MAX_TOPK];
   __shared__ int sN[2];
-  wait_for_prior();  // may be launched as a programmatic dependent of combine send or the dispatch
-  if (blockIdx.x == 0 && threadIdx.x == 0) stamp(a, EP_STAMP_REDUCE_BEGIN);  // (at entry: its first loads count)
+  // may be launched as a programmatic dependent of combine send or the dispatch; flagged: see above (its
+  // first loads, the call's state, were final before ep_combine_send let it start)
+  if (!Flagged) wait_for_prior();
+  // (at entry: its first loads count; flagged: it overlaps the send, so only its end is stamped)
+  if (!Flagged && blockIdx.x == 0 && threadIdx.x == 0) stamp(a, EP_STAMP_REDUCE_BEGIN);
   EpState* st = state_of(a);
   const int B = blockDim.x, tid = threadIdx.x, k = a.topk, lane = tid & 31;
   const int V = a.hidden / 8;
@@ -83,11 +105,17 @@ __device__ __forceinline__ void combine_reduce(const EpArgs& a) {
   const float* weights = (const float*)a.topkWeights;
   const int EPR = a.expertsPerRank;
   if (Dedup) host_requires(k <= 32 && a.world > 1, "ep_combine_reduce_dedup: k <= 32, W > 1");
+  if (Flagged) host_requires(a.nodes == 1 && a.combineFlagged, "ep_combine_reduce_flagged: one host, combineFlagged");
   // the error word and the call count in one round trip
   const uint32_t code = read_err_code(st);
-  const uint64_t slot = read_calls(st) & 1u;
-  if (code != 0) return;
-  const uint64_t recv = a.localBase + a.combineRecvOff + slot * a.combineRecvSlot;
+  const uint64_t call = read_calls(st), slot = call & 1u;
+  if (code != 0) {
+    if (Flagged) wait_for_prior();
+    return;
+  }
+  bool failed = false;  // flagged: a wait gave up (reported): the rest of this thread's rows are not awaited
+  const uint64_t recv = Flagged ? a.localBase + a.flaggedRecvOff + slot * a.flaggedRecvSlot
+                               : a.localBase + a.combineRecvOff + slot * a.combineRecvSlot;
   char* y = (char*)a.y;
   // A row of my own expert is still in expertOut, at the row routing gave its pair in my expertX; every
   // other row came back from its owner (ep_combine_send) to my send order.
@@ -116,8 +144,9 @@ __device__ __forceinline__ void combine_reduce(const EpArgs& a) {
       if (Dedup) {  // the partials of the token's carrier slots
         const int lead = carrier_lane(e >= 0 ? reduce_key(a, e / EPR) : -1 - lane, k);  // (every lane: it shuffles)
         take = take && lead == lane;
-        row = recv + (uint64_t)p * a.combineRowBytes;
+        row = recv + (uint64_t)p * (Flagged ? 2u : 1u) * a.combineRowBytes;
       }
+      const int owner = Flagged && e >= 0 ? e / EPR : 0;  // flagged: whose abort a wait for this row watches
       const int v = c * B + tid;
       const bool active = v < V;
       float acc[8];
@@ -125,24 +154,41 @@ __device__ __forceinline__ void combine_reduce(const EpArgs& a) {
       for (int i = 0; i < 8; ++i) acc[i] = 0.0f;
       bool started = false;  // dedup: the first partial is taken as it is
       // valid slots in slot order (the reduction order), 8 loads in flight; `left` is warp-uniform
+      // (flagged: 4 rows in flight, each two loads)
+      constexpr int U = Flagged ? 4 : 8;
       for (uint32_t left = __ballot_sync(FULL_MASK, take); left != 0;) {
-        uint4 r[8];
-        float ws[8];
+        uint4 r[U], r2[U];
+        float ws[U];
+        uint64_t at[U];  // flagged: where row u's 32 bytes are, and whose they are
+        int own[U];
         uint32_t has = 0;
 #pragma unroll
-        for (int u = 0; u < 8; ++u) {
+        for (int u = 0; u < U; ++u) {
           const int j = left ? __ffs(left) - 1 : 0;
           const uint64_t rj = __shfl_sync(FULL_MASK, row, j);
           if (!Dedup) ws[u] = __shfl_sync(FULL_MASK, w, j);
+          if (Flagged) {
+            own[u] = __shfl_sync(FULL_MASK, owner, j);
+            at[u] = rj + (uint64_t)v * 32u;
+          }
           if (left) {
             has |= 1u << u;
-            if (active) r[u] = ld_cg_v4((const char*)rj + (uint64_t)v * 16u);
+            if (active && !Flagged) r[u] = ld_cg_v4((const char*)rj + (uint64_t)v * 16u);
+            if (active && Flagged) {
+              r[u] = ld_volatile_v4((const char*)at[u]);
+              r2[u] = ld_volatile_v4((const char*)at[u] + 16);
+            }
           }
           left &= left - 1;
         }
 #pragma unroll
-        for (int u = 0; u < 8; ++u) {
+        for (int u = 0; u < U; ++u) {
           if (active && (has >> u & 1u)) {
+            if (Flagged) {
+              if (!flagged_ready(r[u], r2[u], (uint32_t)call))
+                poll_flagged(a, (const char*)at[u], r[u], r2[u], own[u], call, failed);
+              r[u] = flagged_data(r[u], r2[u]);
+            }
             float x[8];
             bf16x8_to_f32(r[u], x);
             if (!Dedup) {
@@ -159,6 +205,7 @@ __device__ __forceinline__ void combine_reduce(const EpArgs& a) {
       if (active) st_v4(y + ((uint64_t)t * V + v) * 16u, pack_bf16x8(acc));
     }
     if (tid == 0) stamp_latest(a, EP_STAMP_REDUCE_END);
+    if (Flagged) wait_for_prior();
     return;
   }
   int buf = 0;
@@ -215,8 +262,11 @@ __device__ __forceinline__ void combine_reduce(const EpArgs& a) {
 }  // namespace
 
 extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce(const __grid_constant__ EpArgs a) {
-  combine_reduce<false>(a);
+  combine_reduce<false, false>(a);
 }
 extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce_dedup(const __grid_constant__ EpArgs a) {
-  combine_reduce<true>(a);
+  combine_reduce<true, false>(a);
+}
+extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_reduce_flagged(const __grid_constant__ EpArgs a) {
+  combine_reduce<true, true>(a);
 }

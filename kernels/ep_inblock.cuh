@@ -230,7 +230,8 @@ __device__ __forceinline__ void dedup_books(const EpArgs& a, int t0, uint64_t sl
     const uint64_t rec = __shfl_sync(FULL_MASK, base, c) + a.stageRecordsOff + slot * a.stageRecordsSlot +
                          (me + (uint64_t)__shfl_sync(FULL_MASK, r0, c)) * (uint64_t)a.recordBytes;
     const bool ours = valid && d == dc;
-    if (lane == c) st_u32((char*)rec, (uint32_t)(t0 + c));
+    // (the top bit: this rank wants its partials flagged, ep_flagged.cuh)
+    if (lane == c) st_u32((char*)rec, (uint32_t)(t0 + c) | (a.combineFlagged ? EP_FLAGGED_BACK_BIT : 0u));
     if (lane < K) {
       st_u32((char*)rec + 4u + 4u * lane, (uint32_t)(ours ? r : -1));
       st_u32((char*)rec + 4u + 4u * (K + lane), __float_as_uint(ours ? w : 0.0f));

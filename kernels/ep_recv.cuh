@@ -205,8 +205,27 @@ __device__ __forceinline__ void load_plan_counts(const EpArgs& a, uint32_t (&cou
   }
 }
 
-__device__ void combine_send_partials(const EpArgs& a, uint64_t slot, RecvTables& R, const uint32_t (&counts)[4]) {
+// ep_combine_send, every thread of the block: whether this rank sends any source its partials unflagged
+// (flagged partials, ep_flagged.cuh: a source's plans all carry its choice; `counts` as load_plan_counts gives them). When none does, nothing
+// this rank stored needs a fence before its signals.
+__device__ __forceinline__ bool sends_unflagged(const EpArgs& a, const uint32_t (&counts)[4]) {
+  bool unflagged = false;
+#pragma unroll
+  for (int u = 0; u < 4; ++u) {
+    const int i = threadIdx.x + u * blockDim.x;
+    if (i < a.world && counts[u] > 0) {
+      const uint32_t back = ld_cg_u32(plan_at(a, (a.rank + 1 + i) % a.world, 0) + 4);
+      unflagged |= (back & EP_FLAGGED_BACK_BIT) == 0;
+    }
+  }
+  return __syncthreads_or(unflagged) != 0;
+}
+
+// A source that asked for flagged partials (the record's top bit) gets them so, in its flaggedRecv: twice the
+// bytes, each 8 flagged with the call (ep_flagged.cuh).
+__device__ void combine_send_partials(const EpArgs& a, uint64_t call, RecvTables& R, const uint32_t (&counts)[4]) {
   const int K = a.topk, W = a.world;
+  const uint64_t slot = call & 1u;
   const int lane = threadIdx.x & 31;
   // R.pre[i]: where the carriers of source (rank + 1 + i) % W start in the order this rank sends them
 #pragma unroll
@@ -235,10 +254,14 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t slot, RecvTables
       wj = __ldg((const float*)(plan + 8u + 4u * (K + lane)));
     }
     if (lane < 2) head = __ldg((const int*)plan + lane);
-    const int s = __shfl_sync(FULL_MASK, head, 0), back = __shfl_sync(FULL_MASK, head, 1);
+    const int s = __shfl_sync(FULL_MASK, head, 0);
+    const uint32_t backWord = (uint32_t)__shfl_sync(FULL_MASK, head, 1);
+    const bool flagged = (backWord & EP_FLAGGED_BACK_BIT) != 0;
+    const uint64_t back = backWord & ~EP_FLAGGED_BACK_BIT;
 #ifndef EP_SERIAL_FIRST_LOADS
     // the source's heap: its load overlaps the rows' instead of following the sum
-    char* dst = combine_rows_of(a, s, slot) + (uint64_t)back * rowBytes;
+    char* dst = flagged ? flagged_rows_of(a, s, slot) + back * 2u * rowBytes
+                        : combine_rows_of(a, s, slot) + back * rowBytes;
 #endif
     const uint64_t src = rj >= 0 ? (uint64_t)expertOut + (uint64_t)rj * rowBytes : 0u;
     const uint64_t base = (uint64_t)seg * SEG;
@@ -283,12 +306,15 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t slot, RecvTables
       }
     }
 #ifdef EP_SERIAL_FIRST_LOADS  // (bench A/B only: as before v11)
-    char* dst = combine_rows_of(a, s, slot) + (uint64_t)back * rowBytes;
+    char* dst = flagged ? flagged_rows_of(a, s, slot) + back * 2u * rowBytes
+                        : combine_rows_of(a, s, slot) + back * rowBytes;
 #endif
 #pragma unroll
     for (int u = 0; u < SEG_VECS; ++u) {
       const uint64_t off = base + (uint64_t)(u * 32 + lane) * 16u;
-      if (off < rowBytes) st_v4(dst + off, pack_bf16x8(acc[u]));
+      if (off >= rowBytes) continue;
+      if (flagged) st_flagged(dst + 2u * off, pack_bf16x8(acc[u]), (uint32_t)call);
+      else st_v4(dst + off, pack_bf16x8(acc[u]));
     }
   }
 }

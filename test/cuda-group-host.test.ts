@@ -161,14 +161,42 @@ describe('cuda group host logic (fake driver)', () => {
       code: 'MOE_SHAPE',
       message: /dedup/,
     });
-    // the sum of partials has a kernel of its own; one rank reads its one partial in place
+    // the sum of partials has a kernel of its own, flagged for a small batch; one rank reads its one
+    // partial in place
     before = fake.launches.length;
     g.combine(out, g.dispatch(x, idx, { topkWeights: w }).handle);
+    const call = fake.launches.slice(before);
     assert.deepEqual(
-      fake.launches.slice(before).map((l) => l.kernel),
-      ['ep_stage_send', 'ep_stage_pack', 'ep_combine_send', 'ep_combine_reduce_dedup'],
+      call.map((l) => l.kernel),
+      ['ep_stage_send', 'ep_stage_pack', 'ep_combine_send', 'ep_combine_reduce_flagged'],
+    );
+    // the dispatch's records ask for flagged partials, and the combine's kernels expect them
+    assert.deepEqual(
+      call.map((l) => argOf(l, 'combineFlagged')),
+      [1, 1, 1, 1],
     );
     await g.close();
+    // MOE_A2A_FLAGGED_MAX_TOKENS=0: never flagged
+    const unflagged = await withEnv({ MOE_A2A_FLAGGED_MAX_TOKENS: '0' }, () =>
+      groupOn(fake, { ...small, dedup: true }),
+    );
+    const u = inputs(unflagged, 2, [0, 1, 4, 6]);
+    before = fake.launches.length;
+    unflagged.combine(u.out, unflagged.dispatch(u.x, u.idx, { topkWeights: u.w }).handle);
+    assert.deepEqual(
+      fake.launches.slice(before).map((l) => [l.kernel, argOf(l, 'combineFlagged')]),
+      [
+        ['ep_stage_send', 0],
+        ['ep_stage_pack', 0],
+        ['ep_combine_send', 0],
+        ['ep_combine_reduce_dedup', 0],
+      ],
+    );
+    await unflagged.close();
+    await assert.rejects(
+      withEnv({ MOE_A2A_FLAGGED_MAX_TOKENS: 'x' }, () => groupOn(fake, { ...small, dedup: true })),
+      { code: 'MOE_CONFIG', message: /MOE_A2A_FLAGGED_MAX_TOKENS/ },
+    );
     const one = await groupOn(fake, { ...small, world: 1, dedup: true });
     const o = inputs(one, 2, [0, 1, 4, 6]);
     before = fake.launches.length;

@@ -152,7 +152,7 @@ describe('EpArgs / EpError / EpState mirror (src/shmem/cuda/args.ts) against ker
   });
 
   test('fixed sizes the kernels and host rely on', () => {
-    assert.equal(A.EP_ARGS_BYTES, 616);
+    assert.equal(A.EP_ARGS_BYTES, 640);
     assert.equal(A.EP_ERROR_BYTES, 40);
     assert.equal(A.EP_STATE_BYTES, 80);
     assert.equal(A.EP_STATE_OFFSET.err, 40);

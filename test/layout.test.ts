@@ -6,6 +6,7 @@ import {
   alignUp,
   combineRowOffset,
   computeLayout,
+  FLAGGED_MAX_TOKENS,
   type HeapLayout,
   type Region,
   railMessageLayout,
@@ -20,6 +21,9 @@ import {
   stageScaleOffset,
 } from '../src/ep/layout.js';
 import { rng } from './helpers/random.js';
+
+/** The regions dedup adds, last before the ones between hosts. */
+const DEDUP_REGIONS = ['stageCarrier', 'stageRecords', 'flaggedRecv'];
 
 describe('layout: hand-worked W = 2, E = 4, H = 256, k = 2, T = 4, fp8 G = 128, staged', () => {
   // EPR 2; maxRowsPerPeer = 4 * min(2, 2) = 8; expertCapacity = 2 * min(4, 8) = 8; stageRows =
@@ -82,11 +86,12 @@ describe('layout: hand-worked W = 2, E = 4, H = 256, k = 2, T = 4, fp8 G = 128, 
     assert.equal(combineRowOffset(l, cfg, 1, 7), 2048 + 4096 + 7 * 512);
   });
 
-  test('the same config with dedup: carrier and record regions last, nothing else moves', () => {
+  test('the same config with dedup: carrier, record and flagged regions last, nothing else moves', () => {
     // recordBytes = alignUp(4 * (1 + 2 * 2), 16) = 32
     //   stageCarrier: 2 * 8 * 4 = 64 B    -> slot 256, offset 24064, bytes 512
     //   stageRecords: 2 * 8 * 32 = 512 B  -> slot 512, offset 24576, bytes 1024
-    //   total 25600
+    //   flaggedRecv: min(4, FLAGGED_MAX_TOKENS) * k * 2 * 512 = 8192 B -> offset 25600, bytes 16384
+    //   total 41984
     const c = resolveConfig({
       world: 2,
       numExperts: 4,
@@ -99,12 +104,13 @@ describe('layout: hand-worked W = 2, E = 4, H = 256, k = 2, T = 4, fp8 G = 128, 
     assert.equal(recordBytes(c), 32);
     for (const [i, [name, reg]] of regionsOf(l).entries()) {
       // (the regions between hosts are empty on one host: they sit at the end, whatever it is)
-      if (name !== 'stageCarrier' && name !== 'stageRecords' && !name.startsWith('rail'))
+      if (!DEDUP_REGIONS.includes(name) && !name.startsWith('rail'))
         assert.deepEqual(regionsOf(m)[i][1], reg, name);
     }
     assert.deepEqual(m.stageCarrier, { offset: 24064, slotBytes: 256, bytes: 512 });
     assert.deepEqual(m.stageRecords, { offset: 24576, slotBytes: 512, bytes: 1024 });
-    assert.equal(m.totalBytes, 25600);
+    assert.deepEqual(m.flaggedRecv, { offset: 25600, slotBytes: 8192, bytes: 16384 });
+    assert.equal(m.totalBytes, 41984);
     assert.equal(stageCarrierOffset(m, 0, 0, 0), 24064);
     assert.equal(stageCarrierOffset(m, 0, 1, 0), 24064 + 8 * 4);
     assert.equal(stageCarrierOffset(m, 1, 1, 7), 24064 + 256 + 15 * 4);
@@ -237,6 +243,12 @@ describe('layout: properties on random configs', () => {
         stageScales: [cfg.fp8 ? W * stageRows * cfg.groupsPerRow * 4 : 0, 2],
         stageCarrier: [dedup ? W * stageRows * 4 : 0, 2],
         stageRecords: [dedup ? W * stageRows * alignUp(4 * (1 + 2 * cfg.topk), 16) : 0, 2],
+        flaggedRecv: [
+          dedup && W > 1
+            ? Math.min(cfg.maxTokensPerRank, FLAGGED_MAX_TOKENS) * cfg.topk * 2 * cfg.combineRowBytes
+            : 0,
+          2,
+        ],
         // between hosts (staged groups over several hosts only): a message per other host, its rows back
         railInbox: [rail ? cfg.nodes * railMessageLayout(cfg).bytes : 0, 2],
         railInboxSignal: [rail ? cfg.nodes * 8 : 0, 2],
@@ -274,12 +286,13 @@ describe('layout: properties on random configs', () => {
       assert.equal(off.totalBytes, end, `${what}: nothing after stageScales without dedup`);
       const regionsOn = regionsOf(on);
       for (const [i, [name, reg]] of regionsOf(off).entries()) {
-        if (name === 'stageCarrier' || name === 'stageRecords' || name.startsWith('rail')) continue;
+        if (DEDUP_REGIONS.includes(name) || name.startsWith('rail')) continue;
         assert.deepEqual(regionsOn[i][1], reg, `${what}: ${name} does not move with dedup`);
       }
       assert.equal(on.stageCarrier.offset, end);
       assert.equal(on.stageRecords.offset, on.stageCarrier.offset + on.stageCarrier.bytes);
-      assert.equal(on.totalBytes, on.stageRecords.offset + on.stageRecords.bytes);
+      assert.equal(on.flaggedRecv.offset, on.stageRecords.offset + on.stageRecords.bytes);
+      assert.equal(on.totalBytes, on.flaggedRecv.offset + on.flaggedRecv.bytes);
     }
   });
 

@@ -6,7 +6,7 @@ import type { CallBytes } from './bench-bytes.js';
 import type { HopBytes } from './bench-hops.js';
 import { type Row, type Stats, shownPath } from './bench-rows.js';
 import { table } from './common.js';
-import { SEGMENT_MEANING, type StampSplit } from './stamps.js';
+import { type StampSplit, segmentMeaning } from './stamps.js';
 
 const fmt = (v: number | null | undefined, digits = 1) =>
   v === null || v === undefined || Number.isNaN(v) ? '-' : v.toFixed(digits);
@@ -168,7 +168,7 @@ export function printTables(
         ['segment', 'us', 'per rank'],
         [
           ...sp.segments.map((s) => [
-            SEGMENT_MEANING[s.to],
+            segmentMeaning(s),
             fmt(s.us, 2),
             s.perRank.map((v) => fmt(v, 2)).join(' '),
           ]),

@@ -42,6 +42,14 @@ export const SEGMENT_MEANING: Readonly<Record<StampName, string>> = {
   BARRIER_END: 'barrier',
 };
 
+/** A segment's meaning in words: by its end, except where flagged partials let two phases overlap. */
+export function segmentMeaning(s: { from: StampName; to: StampName }): string {
+  if (s.from === 'COMBINE_TAIL' && s.to === 'REDUCE_END') return 'wait for flagged partials and reduce';
+  if (s.to === 'COMBINE_TAIL' && s.from === 'COMBINE_BEGIN')
+    return 'combine rows sent (and fenced unless flagged)';
+  return SEGMENT_MEANING[s.to];
+}
+
 export interface Segment {
   /** The stamp the segment ends at. */
   to: StampName;

@@ -70,6 +70,12 @@ export interface HeapLayout {
    */
   readonly stageRecords: Region;
   /**
+   * dedup only, W > 1 (zero bytes otherwise): u32 [2][min(maxTokensPerRank, FLAGGED_MAX_TOKENS) * k][2H]:
+   * flagged partials (the cuda transport on one host, small batches; README, "Flagged partials"): at row
+   * t * k + j0, as in combineRecv, each 4 bytes of the partial followed by the call's low 32 bits.
+   */
+  readonly flaggedRecv: Region;
+  /**
    * Between hosts (config.nodes > 1; zero bytes otherwise): u8 [2][nodes][railMessageBytes]: the dispatch
    * message from this rank's rail peer on each other host (railMessageLayout).
    */
@@ -92,6 +98,13 @@ export interface HeapLayout {
   /** Rows of the combine receive buffer per slot (maxTokensPerRank * k). */
   readonly combineRows: number;
 }
+
+/**
+ * The largest batch whose dedup partials may come back flagged (the cuda transport with one host; README,
+ * "Flagged partials"): each 4 bytes of a partial travel with a 4-byte call flag, in flaggedRecv. Past it
+ * the bytes cost more than the fence and the signal they save.
+ */
+export const FLAGGED_MAX_TOKENS = 32;
 
 /**
  * `stageRows`: rows per source in the stage, 0 for a group that does not stage (stagedRowsFor gives
@@ -119,6 +132,11 @@ export function computeLayout(cfg: EpConfig, stageRows: number): HeapLayout {
     stageScales: heap.region(cfg.fp8 ? W * stageRows * cfg.groupsPerRow * 4 : 0),
     stageCarrier: heap.region(dedup ? W * stageRows * 4 : 0),
     stageRecords: heap.region(dedup ? W * stageRows * recordBytes(cfg) : 0),
+    flaggedRecv: heap.region(
+      dedup && W > 1
+        ? Math.min(cfg.maxTokensPerRank, FLAGGED_MAX_TOKENS) * cfg.topk * 2 * cfg.combineRowBytes
+        : 0,
+    ),
     ...railRegions(heap, cfg, staged && cfg.nodes > 1 ? stageRows : 0, combineRows),
   };
   checkHeapSize(heap.end);
@@ -354,6 +372,7 @@ export function regionsOf(l: HeapLayout): Array<[string, Region]> {
     ['stageScales', l.stageScales],
     ['stageCarrier', l.stageCarrier],
     ['stageRecords', l.stageRecords],
+    ['flaggedRecv', l.flaggedRecv],
     ['railInbox', l.railInbox],
     ['railInboxSignal', l.railInboxSignal],
     ['railOutbox', l.railOutbox],

@@ -166,12 +166,16 @@ const EP_ARGS_SPEC = [
   ['railCombCap', 'i32'],
   ['maxTokensPerRank', 'i32'],
   ['railOutboxHostBytes', 'u64'],
+  ['combineFlagged', 'i32'],
+  ['spare', 'i32'],
+  ['flaggedRecvOff', 'u64'],
+  ['flaggedRecvSlot', 'u64'],
 ] as const;
 const epArgs = layout(EP_ARGS_SPEC);
 
 /** struct EpArgs: the single by-value argument of every kernel. */
 export const EP_ARGS_FIELDS: readonly FieldSpec[] = epArgs.fields;
-export const EP_ARGS_BYTES: number = epArgs.bytes; // 616
+export const EP_ARGS_BYTES: number = epArgs.bytes; // 640
 
 function offsets<N extends string>(fields: readonly FieldSpec[]): Readonly<Record<N, number>> {
   return Object.freeze(Object.fromEntries(fields.map((f) => [f.name, f.offset]))) as Record<N, number>;
@@ -592,6 +596,18 @@ export class EpArgsWriter {
   }
   set railOutboxHostBytes(v: bigint | number) {
     this.u64('railOutboxHostBytes', v);
+  }
+  set combineFlagged(v: number) {
+    this.i32('combineFlagged', v);
+  }
+  set spare(v: number) {
+    this.i32('spare', v);
+  }
+  set flaggedRecvOff(v: bigint | number) {
+    this.u64('flaggedRecvOff', v);
+  }
+  set flaggedRecvSlot(v: bigint | number) {
+    this.u64('flaggedRecvSlot', v);
   }
 }
 

@@ -1,8 +1,9 @@
 import type { SourceMajorRecv } from '../../ep/api.js';
 import type { EpConfig } from '../../ep/config.js';
 import type { DispatchPath } from '../../ep/dispatch-path.js';
+import { FLAGGED_MAX_TOKENS } from '../../ep/layout.js';
 import type { DType } from '../../ep/tensor.js';
-import { InternalError } from '../../errors.js';
+import { ConfigError, InternalError } from '../../errors.js';
 import { EP_ARGS_BYTES, EP_LOCAL_MAX_PAIRS, type EpArgsWriter } from './args.js';
 import type { DeviceTensor } from './device-tensor.js';
 import type { CudaDriver, CuModule, CuStream } from './driver.js';
@@ -44,6 +45,8 @@ export class CallLaunches {
   private readonly recvSplits: bigint;
   /** Between hosts: the rail whose NCCL exchanges sit between the kernels; else null. */
   private readonly rail: CudaRail | null;
+  /** Batches up to this many tokens get their dedup partials back flagged (0: none; see flagged()). */
+  private readonly flaggedMaxTokens: number;
 
   constructor(
     private readonly drv: CudaDriver,
@@ -69,6 +72,9 @@ export class CallLaunches {
     this.smCount = group.smCount;
     this.recvSplits = group.recvSplits;
     this.rail = group.rail ?? null;
+    // as computeLayout sized combineRecv for; MOE_A2A_FLAGGED_MAX_TOKENS lowers it (0: never; benchmarks)
+    const flaggable = this.dispatchPath === 'staged' && c.dedup === true && c.world > 1 && !this.rail;
+    this.flaggedMaxTokens = flaggable ? flaggedLimit(process.env.MOE_A2A_FLAGGED_MAX_TOKENS) : 0;
     this.launchers = prepareLaunchers(drv, module, args.bytes);
     this.queue = new LaunchQueue(drv, stream, args.bytes);
     // between hosts a call's NCCL exchange sits between its kernels: they are launched as they come
@@ -161,6 +167,7 @@ export class CallLaunches {
       .set('topkIdx', topkIdx.devicePtr)
       .set('topkWeights', w?.devicePtr ?? 0n)
       .set('expertOut', 0n);
+    a.set('combineFlagged', this.flagged(T) ? 1 : 0); // (the records this dispatch sends say so)
     const sms = this.smCount;
     if (c.world === 1 && T * c.topk <= EP_LOCAL_MAX_PAIRS) {
       this.launch('ep_dispatch_local', dispatchSize(c, T, sms, true));
@@ -174,6 +181,14 @@ export class CallLaunches {
     }
     this.launch('ep_route', routeSize(c, T));
     this.launch('ep_dispatch', dispatchSize(c, T, sms, false), true);
+  }
+
+  /**
+   * Whether a call of T tokens has its dedup partials come back flagged (README, "Flagged partials"): the
+   * owners store them with the call beside every 4 bytes, and the reduction polls them as they land.
+   */
+  private flagged(T: number): boolean {
+    return T <= this.flaggedMaxTokens;
   }
 
   /**
@@ -195,10 +210,17 @@ export class CallLaunches {
       .set('expertOut', expertOut.devicePtr);
     // a rank's own rows are read in place by the reduction: with one rank nothing travels
     const send = this.config.world > 1;
+    const flagged = this.flagged(T);
+    a.set('combineFlagged', flagged ? 1 : 0);
     if (send) this.launch('ep_combine_send', rowWalkSize(this.config, this.smCount), afterDispatch);
     if (this.rail) this.railCombine();
-    // (dedup has a kernel of its own: each keeps its own registers, kernels/ep_combine.cuh)
-    const reduce = this.config.dedup && send ? 'ep_combine_reduce_dedup' : 'ep_combine_reduce';
+    // (dedup and flagged partials have kernels of their own: each keeps its own registers, kernels/ep_combine.cuh)
+    const dedup = this.config.dedup && send;
+    const reduce = flagged
+      ? 'ep_combine_reduce_flagged'
+      : dedup
+        ? 'ep_combine_reduce_dedup'
+        : 'ep_combine_reduce';
     this.launch(reduce, reduceSize(this.config, T, this.smCount), send || afterDispatch);
   }
 
@@ -224,4 +246,14 @@ export class CallLaunches {
   deviceBarrier(): void {
     this.launchers.ep_barrier.launch([1, 1, 1], [32, 1, 1], 0, this.stream);
   }
+}
+
+/** FLAGGED_MAX_TOKENS, or the smaller limit a benchmark asks for (MOE_A2A_FLAGGED_MAX_TOKENS). */
+function flaggedLimit(env: string | undefined): number {
+  if (env === undefined || env === '') return FLAGGED_MAX_TOKENS;
+  const n = Number(env);
+  if (!Number.isInteger(n) || n < 0) {
+    throw new ConfigError(`MOE_A2A_FLAGGED_MAX_TOKENS must be a whole number >= 0, got '${env}'`);
+  }
+  return Math.min(n, FLAGGED_MAX_TOKENS);
 }

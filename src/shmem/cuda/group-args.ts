@@ -64,6 +64,7 @@ export function fillGroupArgs(
   a.set('dedup', dedup ? 1 : 0);
   a.set('stageCarrierOff', L.stageCarrier.offset).set('stageCarrierSlot', L.stageCarrier.slotBytes);
   a.set('stageRecordsOff', L.stageRecords.offset).set('stageRecordsSlot', L.stageRecords.slotBytes);
+  a.set('flaggedRecvOff', L.flaggedRecv.offset).set('flaggedRecvSlot', L.flaggedRecv.slotBytes);
   a.set('recordBytes', dedup ? recordBytes(c) : 0);
   a.set('carrierPlans', b.carrierPlans);
   a.set('nodes', c.nodes).set('ranksPerNode', c.ranksPerNode).set('maxTokensPerRank', c.maxTokensPerRank);

@@ -17,6 +17,7 @@ export const KERNELS = [
   'ep_rail_combine',
   'ep_rail_land',
   'ep_combine_reduce_dedup',
+  'ep_combine_reduce_flagged',
 ] as const;
 export type KernelName = (typeof KERNELS)[number];
 export type KernelLaunchers = Record<KernelName, KernelLauncher>;

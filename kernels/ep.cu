@@ -36,7 +36,7 @@
 // The grids below are for speed only.
 // ep_dispatch and ep_stage_send (W > 1) and ep_combine_send end with "the last block to finish publishes and
 // waits": no cooperative launch, no co-residency needed (ep_combine_send, when every partial it sent was
-// flagged: block 0 signals at once, unordered, and no block waits for another). The blocks of ep_rail_combine other than block 0
+// flagged: block 0 signals after its own share, unordered, and no block waits for another). The blocks of ep_rail_combine other than block 0
 // wait for block 0 (which waits for none of them), dispatched first.
 //
 //  ep_route           grid 1, block 1024 (EP_ROUTE_THREADS; the host uses 512 when T*k <= 4096: faster),

@@ -4,7 +4,8 @@
 
 // =============================================================================================
 // 4. ep_combine_send: expertOut rows go back to the rank that sent them, at m_st + their index in that
-// rank's expert-sorted order; the last block signals every rank and waits for every rank.
+// rank's expert-sorted order; the last block signals every rank and waits for every rank (with flagged
+// partials the reduction waits instead; an owner that sent only flagged partials signals from block 0).
 extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(const __grid_constant__ EpArgs a) {
   __shared__ RecvTables R;
   // May be launched as a programmatic dependent of the dispatch (GraphCall.step). With flagged partials the
@@ -12,11 +13,17 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
   // the dispatch's kernels are done.
   if (!a.combineFlagged) allow_dependents();
   wait_for_prior();
-  if (a.combineFlagged) allow_dependents();
   if (blockIdx.x == 0 && threadIdx.x == 0) stamp(a, EP_STAMP_COMBINE_BEGIN);
   EpState* st = state_of(a);
   const uint64_t call = read_calls(st);
   const uint32_t code0 = read_err_code(st);  // (issued with the load above: one round trip)
+  // Flagged: the reduction may report an error while this kernel runs; every thread's copy of the error word
+  // (it decides the barriers below and the tail) is read before the reduction can start (the barrier makes
+  // the loads complete).
+  if (a.combineFlagged) {
+    __syncthreads();
+    allow_dependents();
+  }
   uint32_t counts[4];                        // dedup: the pack's carriers per source, loaded with them
 #ifndef EP_SERIAL_FIRST_LOADS
   // (not for a host abort: that launch may have a small block, and sends nothing)
@@ -44,7 +51,8 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
   if (fenceless ? blockIdx.x != 0 : !finish_block(&st->doneBlocks[2], &R.flag)) return;
   if (!a.combineFlagged && threadIdx.x == 0) stamp(a, EP_STAMP_COMBINE_TAIL);
 
-  const uint32_t code = read_err_code(st);
+  // (flagged: as read at the start: what the reduction reported since is not this rank's abort)
+  const uint32_t code = a.combineFlagged ? code0 : read_err_code(st);
   const bool aborted = code != 0 || host_abort(a) != 0;
   const uint64_t value = aborted ? (call | EP_ABORT_BIT) : call;
   const int W = a.world;
@@ -60,7 +68,7 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
   // With its own expert over capacity, or a combine the host refused, wait as usual.
   const bool refusedHere = code == EP_INTERNAL_HOST_ABORT && host_abort(a) != 0;
   if (code != 0 && !own_expert_over_capacity(st, code) && !refusedHere) return;
-  // This rank's partials come back flagged: its reduction polls them (and these words, for an abort).
+  // This rank's partials come back flagged: its reduction polls them, and waits for these words at its end.
   if (!aborted && a.combineFlagged) return;
   // Otherwise wait even when aborting: when this returns, no peer writes into this slot any more. Between
   // hosts, for this host's owners (ep_rail_land checks the others').
@@ -81,8 +89,9 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
 // memory. Kernels of their own, not one with branches: each keeps its own registers (one kernel holding both paths
 // took 96 a thread, so 3 blocks of 224 threads an SM instead of 4, and was 20% slower at T = 512).
 // ep_combine_reduce_flagged (dedup, W > 1, one host, EpArgs.combineFlagged): as _dedup, from flagged partials
-// (ep_flagged.cuh) it polls as they land, while ep_combine_send may still run: it waits for that kernel only
-// at its end, so that what follows on the stream still follows the whole combine.
+// (ep_flagged.cuh) it polls as they land, while ep_combine_send may still run; at its end block 0 waits for
+// every owner's signal (as ep_combine_send does without flags) and every block for ep_combine_send, so that
+// what follows on the stream still follows the whole combine.
 namespace {
 template <bool Dedup, bool Flagged>
 __device__ __forceinline__ void combine_reduce(const EpArgs& a) {
@@ -114,6 +123,7 @@ __device__ __forceinline__ void combine_reduce(const EpArgs& a) {
     return;
   }
   bool failed = false;  // flagged: a wait gave up (reported): the rest of this thread's rows are not awaited
+  const uint32_t flag = Flagged ? flag_of(call) : 0u;
   const uint64_t recv = Flagged ? a.localBase + a.flaggedRecvOff + slot * a.flaggedRecvSlot
                                : a.localBase + a.combineRecvOff + slot * a.combineRecvSlot;
   char* y = (char*)a.y;
@@ -185,9 +195,8 @@ __device__ __forceinline__ void combine_reduce(const EpArgs& a) {
         for (int u = 0; u < U; ++u) {
           if (active && (has >> u & 1u)) {
             if (Flagged) {
-              if (!flagged_ready(r[u], r2[u], (uint32_t)call))
-                poll_flagged(a, (const char*)at[u], r[u], r2[u], own[u], call, failed);
-              r[u] = flagged_data(r[u], r2[u]);
+              r[u] = flagged_ready(r[u], r2[u], flag) ? flagged_data(r[u], r2[u])
+                                                       : poll_flagged(a, (const char*)at[u], own[u], call, failed);
             }
             float x[8];
             bf16x8_to_f32(r[u], x);
@@ -205,7 +214,15 @@ __device__ __forceinline__ void combine_reduce(const EpArgs& a) {
       if (active) st_v4(y + ((uint64_t)t * V + v) * 16u, pack_bf16x8(acc));
     }
     if (tid == 0) stamp_latest(a, EP_STAMP_REDUCE_END);
-    if (Flagged) wait_for_prior();
+    if (Flagged) {
+      // Every owner's signal, as ep_combine_send waits for them without flags: an abort by a rank that sent
+      // this one no partial still fails the call here, and when this returns no owner writes any more.
+      if (blockIdx.x == 0) {
+        const uint64_t* mine = (const uint64_t*)(a.localBase + a.combineSignalOff + slot * a.combineSignalSlot);
+        wait_for_sources(a, mine, -1, call, (uint32_t)slot, EP_ERR_PEER_ABORT_COMBINE, EP_ERR_TIMEOUT_COMBINE);
+      }
+      wait_for_prior();
+    }
     return;
   }
   int buf = 0;

@@ -223,6 +223,14 @@ __device__ __forceinline__ bool sends_unflagged(const EpArgs& a, const uint32_t 
 
 // A source that asked for flagged partials (the record's top bit) gets them so, in its flaggedRecv: twice the
 // bytes, each 8 flagged with the call (ep_flagged.cuh).
+// A warp's share of a partial row (vectors per lane), and the rows whose loads it keeps in flight.
+#ifndef EP_PART_VECS
+#define EP_PART_VECS 4
+#endif
+#ifndef EP_PART_ROWS
+#define EP_PART_ROWS 4
+#endif
+constexpr int PART_VECS = EP_PART_VECS, PART_ROWS = EP_PART_ROWS;
 __device__ void combine_send_partials(const EpArgs& a, uint64_t call, RecvTables& R, const uint32_t (&counts)[4]) {
   const int K = a.topk, W = a.world;
   const uint64_t slot = call & 1u;
@@ -237,7 +245,7 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t call, RecvTables
   const uint32_t carriers = (uint32_t)R.pre[W];
   const int warpsPerBlock = blockDim.x >> 5;
   const uint64_t rowBytes = a.combineRowBytes;
-  constexpr uint64_t SEG = 32u * SEG_VECS * 16u;
+  constexpr uint64_t SEG = 32u * PART_VECS * 16u;
   const int segs = (int)((rowBytes + SEG - 1) / SEG);
   const uint32_t items = carriers * (uint32_t)segs;
   const char* expertOut = (const char*)a.expertOut;
@@ -265,15 +273,15 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t call, RecvTables
 #endif
     const uint64_t src = rj >= 0 ? (uint64_t)expertOut + (uint64_t)rj * rowBytes : 0u;
     const uint64_t base = (uint64_t)seg * SEG;
-    float acc[SEG_VECS][8];
+    float acc[PART_VECS][8];
 #pragma unroll
-    for (int u = 0; u < SEG_VECS; ++u)
+    for (int u = 0; u < PART_VECS; ++u)
 #pragma unroll
       for (int i = 0; i < 8; ++i) acc[u][i] = 0.0f;
     // the slots in order (the reduction order), four rows' loads in flight
-    constexpr int ROWS = 4;
+    constexpr int ROWS = PART_ROWS;
     for (uint32_t left = __ballot_sync(FULL_MASK, rj >= 0); left != 0;) {
-      uint4 v[ROWS][SEG_VECS];
+      uint4 v[ROWS][PART_VECS];
       float w[ROWS];
       uint32_t has = 0;
 #pragma unroll
@@ -284,7 +292,7 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t call, RecvTables
         if (left) {
           has |= 1u << q;
 #pragma unroll
-          for (int u = 0; u < SEG_VECS; ++u) {
+          for (int u = 0; u < PART_VECS; ++u) {
             const uint64_t off = base + (uint64_t)(u * 32 + lane) * 16u;
             if (off < rowBytes) v[q][u] = ld_nc_v4((const char*)p + off);
           }
@@ -295,7 +303,7 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t call, RecvTables
       for (int q = 0; q < ROWS; ++q) {
         if (!(has >> q & 1u)) continue;
 #pragma unroll
-        for (int u = 0; u < SEG_VECS; ++u) {
+        for (int u = 0; u < PART_VECS; ++u) {
           const uint64_t off = base + (uint64_t)(u * 32 + lane) * 16u;
           if (off >= rowBytes) continue;
           float x[8];
@@ -310,10 +318,10 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t call, RecvTables
                         : combine_rows_of(a, s, slot) + back * rowBytes;
 #endif
 #pragma unroll
-    for (int u = 0; u < SEG_VECS; ++u) {
+    for (int u = 0; u < PART_VECS; ++u) {
       const uint64_t off = base + (uint64_t)(u * 32 + lane) * 16u;
       if (off >= rowBytes) continue;
-      if (flagged) st_flagged(dst + 2u * off, pack_bf16x8(acc[u]), (uint32_t)call);
+      if (flagged) st_flagged(dst + 2u * off, pack_bf16x8(acc[u]), flag_of(call));
       else st_v4(dst + off, pack_bf16x8(acc[u]));
     }
   }

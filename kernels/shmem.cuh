@@ -6,7 +6,8 @@
 // Memory-ordering rules used by every kernel (PTX memory model, .sys scope because the reader is a
 // thread on another GPU):
 //   data stores (weak)  ->  fence.acq_rel.sys  ->  signal: st.release.sys.u64  ==>  peer: ld.acquire.sys.u64
-// `.gpu` scope would be wrong: it orders only for threads of this GPU.
+// `.gpu` scope would be wrong: it orders only for threads of this GPU. The one exception, flagged
+// partials (ep_flagged.cuh), orders nothing: each 8-byte store carries its own call flag, and the reader polls it.
 #pragma once
 #include <stdint.h>
 #include "ep_args.h"

@@ -70,9 +70,11 @@ export interface HeapLayout {
    */
   readonly stageRecords: Region;
   /**
-   * dedup only, W > 1 (zero bytes otherwise): u32 [2][min(maxTokensPerRank, FLAGGED_MAX_TOKENS) * k][2H]:
+   * dedup only, W > 1 (zero bytes otherwise): u32 [2][min(maxTokensPerRank, FLAGGED_MAX_TOKENS) * k][H]:
    * flagged partials (the cuda transport on one host, small batches; README, "Flagged partials"): at row
-   * t * k + j0, as in combineRecv, each 4 bytes of the partial followed by the call's low 32 bits.
+   * t * k + j0, as in combineRecv, each 4 bytes of the partial followed by the call's flag. (Allocated on
+   * every transport and host count alike, so that the heaps of one config lay out the same; only the cuda
+   * transport on one host uses it.)
    */
   readonly flaggedRecv: Region;
   /**

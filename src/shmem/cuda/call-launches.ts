@@ -72,7 +72,7 @@ export class CallLaunches {
     this.smCount = group.smCount;
     this.recvSplits = group.recvSplits;
     this.rail = group.rail ?? null;
-    // as computeLayout sized combineRecv for; MOE_A2A_FLAGGED_MAX_TOKENS lowers it (0: never; benchmarks)
+    // as computeLayout sized flaggedRecv for; MOE_A2A_FLAGGED_MAX_TOKENS lowers it (0: never; benchmarks)
     const flaggable = this.dispatchPath === 'staged' && c.dedup === true && c.world > 1 && !this.rail;
     this.flaggedMaxTokens = flaggable ? flaggedLimit(process.env.MOE_A2A_FLAGGED_MAX_TOKENS) : 0;
     this.launchers = prepareLaunchers(drv, module, args.bytes);

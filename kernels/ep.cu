@@ -155,7 +155,7 @@
 #include "ep_device.cuh"    // block-wide helpers: stamps, host abort, scans, ids, finish_block
 #include "ep_codec.cuh"     // bf16 / FP8 number formats (src/ep/codec.ts)
 #include "ep_signals.cuh"   // waiting for peers, the call's error, call numbering
-#include "ep_flagged.cuh"   // flagged partials: small combines that need no fence and no signal
+#include "ep_flagged.cuh"   // flagged partials: small combines whose data need no fence and carry their own flag
 #include "ep_rows.cuh"      // dispatch's row stores (DestList ... dispatch_rows), expert_start
 #include "ep_inblock.cuh"   // routing inside the blocks (LocalTables ... InBlockDests)
 #include "ep_recv.cuh"      // receive tables, locate, copy_segment, combine send helpers

@@ -144,8 +144,9 @@ struct EpArgs {
   int32_t maxTokensPerRank;   // the stride of railTokenOf
   uint64_t railOutboxHostBytes;  // one host's part of an outbox slot: combineRows * combineRowBytes
   // 1: this call's combine partials come back flagged (small batches, dedup, one host; README "Flagged
-  // partials"): each 4 bytes of a partial travel with the call's low 32 bits beside them, and the reduction
-  // polls the rows themselves instead of waiting for the owners' fenced signals. Set for dispatch and combine.
+  // partials"): each 4 bytes of a partial travel with a flag of the call beside them (flag_of), and the
+  // reduction polls the rows themselves; the owners' signals, unfenced when they sent only flagged partials,
+  // it awaits only at its end. Set for dispatch and combine.
   int32_t combineFlagged;
   int32_t spare;                          // (keeps the struct a multiple of 8 bytes)
   uint64_t flaggedRecvOff, flaggedRecvSlot;  // u32 [2][min(maxT, FLAGGED_MAX_TOKENS) * k][H] (heap): flagged partials

@@ -4,8 +4,9 @@
 
 // =============================================================================================
 // 4. ep_combine_send: expertOut rows go back to the rank that sent them, at m_st + their index in that
-// rank's expert-sorted order; the last block signals every rank and waits for every rank (with flagged
-// partials the reduction waits instead; an owner that sent only flagged partials signals from block 0).
+// rank's expert-sorted order; the last block signals every rank and waits for every rank (a rank whose own
+// partials come back flagged waits only when aborting: its reduction waits instead; an owner that sent only
+// flagged partials signals from block 0, after that block's share).
 extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(const __grid_constant__ EpArgs a) {
   __shared__ RecvTables R;
   // May be launched as a programmatic dependent of the dispatch (GraphCall.step). With flagged partials the
@@ -43,8 +44,8 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
     }
   }
   // Every source that gets partials from this rank asked for them flagged: none needs a fence before its
-  // signal (a source waiting for signals gets none of its rows from here), so block 0 signals at once, with
-  // no ordering, and no block waits for the others. Else the last block to finish signals, after the fences.
+  // signal (a source waiting for signals gets none of its rows from here), so block 0 signals after its own
+  // share, with no ordering, and no block waits for the others. Else the last block to finish signals, after the fences.
   // (flagged: the stamp says when the last partial was stored)
   const bool fenceless = a.dedup && a.nodes == 1 && code0 == 0 && host_abort(a) == 0 && !sends_unflagged(a, counts);
   if (a.combineFlagged && threadIdx.x == 0) stamp_latest(a, EP_STAMP_COMBINE_TAIL);
@@ -216,7 +217,8 @@ __device__ __forceinline__ void combine_reduce(const EpArgs& a) {
     if (tid == 0) stamp_latest(a, EP_STAMP_REDUCE_END);
     if (Flagged) {
       // Every owner's signal, as ep_combine_send waits for them without flags: an abort by a rank that sent
-      // this one no partial still fails the call here, and when this returns no owner writes any more.
+      // this one no partial still fails the call here. (An owner that signals unordered may still be storing
+      // flagged rows: harmless, they carry this call's flag and the slot is next written two calls on.)
       if (blockIdx.x == 0) {
         const uint64_t* mine = (const uint64_t*)(a.localBase + a.combineSignalOff + slot * a.combineSignalSlot);
         wait_for_sources(a, mine, -1, call, (uint32_t)slot, EP_ERR_PEER_ABORT_COMBINE, EP_ERR_TIMEOUT_COMBINE);

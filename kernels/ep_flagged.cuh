@@ -5,11 +5,12 @@
 // travel as 32: {x, f, y, f} {z, f, w, f}, f = flag_of(call), each 8-byte pair in one store. A reader that
 // sees f in an 8-byte pair holds that pair's data of this call (as NCCL's LL protocol, this counts on an
 // aligned 8-byte store arriving whole, beyond the PTX model's 4-byte guarantee), so the owner needs no
-// system fence and no signal, and the origin polls the rows themselves: one one-way trip instead of a fenced
-// store (a round trip), a signal (one way) and a kernel boundary. Stale rows carry an older call's flag, so
-// no row is ever cleared. The signals still go out (unordered when an owner sent only flagged partials) and
-// the origin's reduction still waits for every one of them at its end, so an abort reaches every rank. A source says it wants its partials flagged in the records it sends with its rows
-// (the top bit of a record's first word, EP_FLAGGED_BACK_BIT), so the ranks of one call may differ.
+// system fence before its signal, and the origin polls the rows themselves: one one-way trip instead of a
+// fenced store (a round trip), a signal after it (one way) and a kernel boundary. Stale rows carry an older
+// call's flag, so no row is ever cleared. The signals still go out (unordered when an owner sent only
+// flagged partials), and the origin's reduction waits for every one of them at its end, so an abort reaches
+// every rank. A source says it wants its partials flagged in the records it sends with its rows (the top bit
+// of a record's first word, EP_FLAGGED_BACK_BIT), so the ranks of one call may differ.
 #pragma once
 
 #define EP_FLAGGED_BACK_BIT 0x80000000u
@@ -38,8 +39,8 @@ __device__ __forceinline__ void st_flagged(char* p, uint4 v, uint32_t f) {
 }
 
 // The flag of a call: never 0 (so a row the heap's zeros left never matches), and the same again only
-// 2^32 - 1 calls later (a row untouched for exactly that many calls would match: about a week of calls every
-// 100 us; the signals, 64-bit, have no such limit).
+// 2^32 - 1 calls later; with rows in slot call & 1, a stale row could match only after being left untouched
+// for exactly 2 * (2^32 - 1) calls (about 10 days of calls every 100 us). The signals, 64-bit, have no limit.
 __device__ __forceinline__ uint32_t flag_of(uint64_t call) { return (uint32_t)(call % 0xFFFFFFFFull) + 1u; }
 
 __device__ __forceinline__ bool flagged_ready(const uint4& lo, const uint4& hi, uint32_t f) {

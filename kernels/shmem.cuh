@@ -55,7 +55,7 @@ __device__ __forceinline__ uint32_t atom_add_acq_rel_sys(uint32_t* p, uint32_t v
 // attribute may start while the kernel before it on the stream still runs, once every block of that
 // kernel has called allow_dependents(). It must call wait_for_prior() before it reads anything the
 // earlier kernel writes: that returns when the earlier kernel has finished and its memory is visible.
-// Without the attribute (how the host launches today; bench/micro/kernel_probe.cu times both),
+// Without the attribute (MOE_A2A_DEPENDENT_LAUNCH=0; bench/micro/kernel_probe.cu times both),
 // wait_for_prior() returns at once and allow_dependents() does nothing.
 __device__ __forceinline__ void wait_for_prior() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void allow_dependents() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }

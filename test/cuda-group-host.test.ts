@@ -192,7 +192,25 @@ describe('cuda group host logic (fake driver)', () => {
         ['ep_combine_reduce_dedup', 0],
       ],
     );
+    const u0 = inputs(unflagged, 0, []);
+    before = fake.launches.length;
+    unflagged.combine(u0.out, unflagged.dispatch(u0.x, u0.idx, { topkWeights: u0.w }).handle);
+    assert.ok(fake.launches.slice(before).every((l) => argOf(l, 'combineFlagged') === 0));
+    assert.equal(fake.launches[fake.launches.length - 1].kernel, 'ep_combine_reduce_dedup');
     await unflagged.close();
+    // a group that cannot flag (one rank here) never does, not even for an empty call
+    const solo = await groupOn(fake, { ...small, world: 1, dedup: true });
+    const e = inputs(solo, 0, []);
+    before = fake.launches.length;
+    solo.combine(e.out, solo.dispatch(e.x, e.idx, { topkWeights: e.w }).handle);
+    assert.deepEqual(
+      fake.launches.slice(before).map((l) => [l.kernel, argOf(l, 'combineFlagged')]),
+      [
+        ['ep_dispatch_local', 0],
+        ['ep_combine_reduce', 0],
+      ],
+    );
+    await solo.close();
     await assert.rejects(
       withEnv({ MOE_A2A_FLAGGED_MAX_TOKENS: 'x' }, () => groupOn(fake, { ...small, dedup: true })),
       { code: 'MOE_CONFIG', message: /MOE_A2A_FLAGGED_MAX_TOKENS/ },

@@ -188,7 +188,8 @@ export class CallLaunches {
    * owners store them with the call beside every 4 bytes, and the reduction polls them as they land.
    */
   private flagged(T: number): boolean {
-    return T <= this.flaggedMaxTokens;
+    // (a group that cannot flag has a limit of 0: even its empty calls go without)
+    return this.flaggedMaxTokens > 0 && T <= this.flaggedMaxTokens;
   }
 
   /**

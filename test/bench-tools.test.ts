@@ -3,7 +3,8 @@ import { describe, test } from 'node:test';
 import { kernelBytes } from '../src/cli/bench.js';
 import { parseLastJsonLine } from '../src/cli/bench-baselines.js';
 import { callBytes } from '../src/cli/bench-bytes.js';
-import { STAMP_ORDER, stampSplit } from '../src/cli/stamps.js';
+import { KERNEL_SETTINGS, kernelSettings } from '../src/cli/common.js';
+import { SEGMENT_MEANING, STAMP_ORDER, segmentMeaning, stampSplit } from '../src/cli/stamps.js';
 import { resolveConfig } from '../src/ep/config.js';
 import { EP_STAMP, EP_STAMPS } from '../src/shmem/cuda/args.js';
 
@@ -106,5 +107,30 @@ describe('bench: baseline output', () => {
     assert.deepEqual(parseLastJsonLine('noise\n{"results": [1]}\n', 's.py'), { results: [1] });
     assert.equal(parseLastJsonLine('{"error": "no GPU"}', 's.py'), 'no GPU');
     assert.match(parseLastJsonLine('Traceback ...', 's.py') as string, /unexpected output from s.py/);
+  });
+});
+
+describe('bench: what a run records of its settings', () => {
+  test('the kernel settings set in the environment, and only those', () => {
+    assert.deepEqual(kernelSettings({}), {});
+    const env = {
+      MOE_A2A_FLAGGED_MAX_TOKENS: '0',
+      MOE_A2A_FATBIN: '/x/ep.fatbin',
+      MOE_A2A_EAGER_GRAPHS: '',
+      PATH: '/bin',
+    };
+    assert.deepEqual(kernelSettings(env), {
+      MOE_A2A_FLAGGED_MAX_TOKENS: '0',
+      MOE_A2A_FATBIN: '/x/ep.fatbin',
+    });
+    for (const name of KERNEL_SETTINGS)
+      assert.deepEqual(Object.keys(kernelSettings({ [name]: '1' })), [name]);
+  });
+
+  test('a segment is named by its end, except the two that flagged partials overlap', () => {
+    assert.equal(segmentMeaning({ from: 'PACK_END', to: 'COMBINE_BEGIN' }), SEGMENT_MEANING.COMBINE_BEGIN);
+    assert.equal(segmentMeaning({ from: 'REDUCE_BEGIN', to: 'REDUCE_END' }), SEGMENT_MEANING.REDUCE_END);
+    assert.match(segmentMeaning({ from: 'COMBINE_TAIL', to: 'REDUCE_END' }), /flagged/);
+    assert.match(segmentMeaning({ from: 'COMBINE_BEGIN', to: 'COMBINE_TAIL' }), /unless flagged/);
   });
 });

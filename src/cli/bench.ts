@@ -18,7 +18,7 @@ import { plotOf } from './bench-plot.js';
 import { type Row, type Stats, stats } from './bench-rows.js';
 import { printTables } from './bench-tables.js';
 import { DEEPSEEK_V3 } from './cases.js';
-import { machineInfo, percentile, resolveTransport } from './common.js';
+import { kernelSettings, machineInfo, percentile, resolveTransport } from './common.js';
 import {
   type BenchRankResult,
   type BenchTask,
@@ -151,6 +151,11 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
   let copyGBs: number | undefined;
   let eagerLaunchMode: string | undefined;
   let floors: Floors[] | undefined;
+  const settings = Object.entries(kernelSettings());
+  if (settings.length)
+    say(
+      `moe-a2a bench: kernel settings from the environment: ${settings.map(([k, v]) => `${k}=${v}`).join(' ')}`,
+    );
   if (transport === 'cuda' && nodes > 1) {
     say('moe-a2a bench: no floors between hosts (they are measured over NVLink, on one host)');
   } else if (transport === 'cuda') {
@@ -338,6 +343,8 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
     device: transport === 'cuda' ? await gpuName() : undefined,
     transport,
     config: { world, nodes, numExperts, hidden, topk, fp8, iters, warmup, seed },
+    // the environment's kernel settings in force (an A/B's variants), none when empty
+    settings: kernelSettings(),
     // between hosts on one machine (MOE_A2A_SIMULATED_HOSTS=1: NCCL_HOSTID per host, sockets between them)
     simulatedHosts: nodes > 1 ? process.env.MOE_A2A_SIMULATED_HOSTS === '1' : undefined,
     timing:

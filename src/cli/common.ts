@@ -89,6 +89,28 @@ export function machineInfo() {
   };
 }
 
+/**
+ * The variables that change which kernels run or how (README: dispatch path, dependent launches, eager
+ * graphs, flagged partials, another kernel build), as this process has them set: a benchmark records them,
+ * so that an A/B's runs say what each one was.
+ */
+export const KERNEL_SETTINGS = [
+  'MOE_A2A_DISPATCH_PATH',
+  'MOE_A2A_DEPENDENT_LAUNCH',
+  'MOE_A2A_EAGER_GRAPHS',
+  'MOE_A2A_FLAGGED_MAX_TOKENS',
+  'MOE_A2A_FATBIN',
+] as const;
+
+export function kernelSettings(env: NodeJS.ProcessEnv = process.env): Record<string, string> {
+  const set: Record<string, string> = {};
+  for (const name of KERNEL_SETTINGS) {
+    const v = env[name];
+    if (v !== undefined && v !== '') set[name] = v;
+  }
+  return set;
+}
+
 /** p-th percentile (0..100) of a sample, by nearest rank on the sorted values. */
 export function percentile(values: readonly number[], p: number): number {
   if (values.length === 0) return Number.NaN;

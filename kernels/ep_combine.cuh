@@ -45,8 +45,8 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
   }
   // Every source that gets partials from this rank asked for them flagged: none needs a fence before its
   // signal (a source waiting for signals gets none of its rows from here), so block 0 signals after its own
-  // share, with no ordering, and no block waits for the others. Else the last block to finish signals, after the fences.
-  // (flagged: the stamp says when the last partial was stored)
+  // share, with no ordering, and no block waits for the others. Else the last block to finish signals, after
+  // the fences. (Flagged: the stamp says when the last partial was stored.)
   const bool fenceless = a.dedup && a.nodes == 1 && code0 == 0 && host_abort(a) == 0 && !sends_unflagged(a, counts);
   if (a.combineFlagged && threadIdx.x == 0) stamp_latest(a, EP_STAMP_COMBINE_TAIL);
   if (fenceless ? blockIdx.x != 0 : !finish_block(&st->doneBlocks[2], &R.flag)) return;

@@ -35,6 +35,14 @@ async function groupOn(
   return g;
 }
 
+/** One dedup dispatch + combine of T tokens on `g`: each kernel it launched, with its combineFlagged. */
+function launchesOfCall(fake: FakeDriver, g: CudaEpGroup, T: number, ids: readonly number[]) {
+  const t = inputs(g, T, [...ids]);
+  const before = fake.launches.length;
+  g.combine(t.out, g.dispatch(t.x, t.idx, { topkWeights: t.w }).handle);
+  return fake.launches.slice(before).map((l) => [l.kernel, argOf(l, 'combineFlagged')]);
+}
+
 function inputs(g: CudaEpGroup, T: number, ids: number[]) {
   const c = g.config;
   return {
@@ -161,55 +169,38 @@ describe('cuda group host logic (fake driver)', () => {
       code: 'MOE_SHAPE',
       message: /dedup/,
     });
-    // the sum of partials has a kernel of its own, flagged for a small batch; one rank reads its one
-    // partial in place
-    before = fake.launches.length;
-    g.combine(out, g.dispatch(x, idx, { topkWeights: w }).handle);
-    const call = fake.launches.slice(before);
-    assert.deepEqual(
-      call.map((l) => l.kernel),
-      ['ep_stage_send', 'ep_stage_pack', 'ep_combine_send', 'ep_combine_reduce_flagged'],
-    );
-    // the dispatch's records ask for flagged partials, and the combine's kernels expect them
-    assert.deepEqual(
-      call.map((l) => argOf(l, 'combineFlagged')),
-      [1, 1, 1, 1],
-    );
+    // the sum of partials has a kernel of its own, flagged for a small batch (the dispatch's records ask
+    // for flagged partials, and the combine's kernels expect them); one rank reads its one partial in place
+    const ids = [0, 1, 4, 6];
+    assert.deepEqual(launchesOfCall(fake, g, 2, ids), [
+      ['ep_stage_send', 1],
+      ['ep_stage_pack', 1],
+      ['ep_combine_send', 1],
+      ['ep_combine_reduce_flagged', 1],
+    ]);
     await g.close();
-    // MOE_A2A_FLAGGED_MAX_TOKENS=0: never flagged
+    // MOE_A2A_FLAGGED_MAX_TOKENS=0: never flagged, not even an empty call
     const unflagged = await withEnv({ MOE_A2A_FLAGGED_MAX_TOKENS: '0' }, () =>
       groupOn(fake, { ...small, dedup: true }),
     );
-    const u = inputs(unflagged, 2, [0, 1, 4, 6]);
-    before = fake.launches.length;
-    unflagged.combine(u.out, unflagged.dispatch(u.x, u.idx, { topkWeights: u.w }).handle);
-    assert.deepEqual(
-      fake.launches.slice(before).map((l) => [l.kernel, argOf(l, 'combineFlagged')]),
-      [
+    for (const [T, tIds] of [
+      [2, ids],
+      [0, []],
+    ] as const) {
+      assert.deepEqual(launchesOfCall(fake, unflagged, T, tIds), [
         ['ep_stage_send', 0],
         ['ep_stage_pack', 0],
         ['ep_combine_send', 0],
         ['ep_combine_reduce_dedup', 0],
-      ],
-    );
-    const u0 = inputs(unflagged, 0, []);
-    before = fake.launches.length;
-    unflagged.combine(u0.out, unflagged.dispatch(u0.x, u0.idx, { topkWeights: u0.w }).handle);
-    assert.ok(fake.launches.slice(before).every((l) => argOf(l, 'combineFlagged') === 0));
-    assert.equal(fake.launches[fake.launches.length - 1].kernel, 'ep_combine_reduce_dedup');
+      ]);
+    }
     await unflagged.close();
     // a group that cannot flag (one rank here) never does, not even for an empty call
     const solo = await groupOn(fake, { ...small, world: 1, dedup: true });
-    const e = inputs(solo, 0, []);
-    before = fake.launches.length;
-    solo.combine(e.out, solo.dispatch(e.x, e.idx, { topkWeights: e.w }).handle);
-    assert.deepEqual(
-      fake.launches.slice(before).map((l) => [l.kernel, argOf(l, 'combineFlagged')]),
-      [
-        ['ep_dispatch_local', 0],
-        ['ep_combine_reduce', 0],
-      ],
-    );
+    assert.deepEqual(launchesOfCall(fake, solo, 0, []), [
+      ['ep_dispatch_local', 0],
+      ['ep_combine_reduce', 0],
+    ]);
     await solo.close();
     await assert.rejects(
       withEnv({ MOE_A2A_FLAGGED_MAX_TOKENS: 'x' }, () => groupOn(fake, { ...small, dedup: true })),

@@ -2,7 +2,7 @@
 # The GPU checks in one go (see README "On a GPU"). Builds nothing: it uses dist/ and the tests
 # compiled into .device/build/ by `npm run build:device`. Logs go to $OUT.
 # Usage: scripts/device-check.sh <step>...
-#   steps: driver smoke smoke2 conformance failures verify v3w1 long graph sanitizer bench bench2 probe launch profile
+#   steps: driver smoke smoke2 conformance failures verify v3w1 long graph sanitizer bench bench2 probe launch flagprobe profile
 #          deepep-build paths2 paths4 large2 large4 v3w2 long4 bench-w2 sanitizer2 ep (EP_W ranks, default 8) nccl
 #          hosts hosts-long hosts-fail hosts-bench hosts-sanitizer (between hosts, simulated on this machine: MOE_A2A_SIMULATED_HOSTS;
 #          hosts-bench wants 4 GPUs: 2 hosts x 2 GPUs, NVLink inside a host, sockets between; HOSTS_BENCH_W=2: 2 x 1)
@@ -122,6 +122,9 @@ for step in "$@"; do
       # per-kernel device time without the TypeScript host (bench/micro/kernel_probe.cu), W = 1
       nvcc -O3 -fmad=false -std=c++17 -arch=sm_90a -DEP_PROBE -I kernels bench/micro/kernel_probe.cu -o /tmp/probe
       for T in ${PROBE_T:-1 32 128 256 512}; do rt=512; [ $T -gt 512 ] && rt=1024; TAIL=24 run probe-T$T /tmp/probe $T 500 $rt; done ;;
+    flagprobe)
+      # two GPUs: a fenced message against a flagged one, and a block's tail after NVLink stores (bench/micro/flag_probe.cu)
+      nvcc -O3 -std=c++17 -arch=sm_90a bench/micro/flag_probe.cu -o /tmp/flag_probe && TAIL=20 run flagprobe timeout 120 /tmp/flag_probe ;;
     launch)
       # the driver's own host cost per launch, in C (bench/micro/launch_cost.cu): the floor under the bench's host table
       nvcc -O3 -std=c++17 -arch=sm_90a -I kernels bench/micro/launch_cost.cu -lcuda -o /tmp/launch_cost && TAIL=20 run launch /tmp/launch_cost ;;

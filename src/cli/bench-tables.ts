@@ -42,6 +42,7 @@ export function printTables(
           'x DeepEP',
           'PyTorch+NCCL eager',
           'heap MiB/rank',
+          'flagged partials',
         ],
         loops.map((r) => {
           const l = r.loop as { graphUs: number; eagerUs: number };
@@ -56,6 +57,7 @@ export function printTables(
             d ? fmt(d.loop_us / l.graphUs, 2) : '-',
             fmt(n?.total_median_us),
             fmt((r.heapBytes as number) / 2 ** 20, 0),
+            r.flagged === true ? 'yes' : '-',
           ];
         }),
       ),

@@ -247,11 +247,14 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
         const stamps = ex.every((r) => r.stamps)
           ? stampSplit(ex.map((r) => r.stamps as number[][]))
           : undefined;
+        // (every rank ran the same T: the same choice)
+        row.flagged = ex[0].flagged;
         rows.push({
           tokens,
           variant: 'graph',
           path: label,
           layout: layoutOf,
+          flagged: ex[0].flagged,
           dispatch: stats(graphSlowest((r) => r.graphDispatchUs)),
           combine: stats(graphSlowest((r) => r.graphCombineUs)),
           total: stats(graphSlowest((r) => r.graphDispatchUs.map((d, i) => d + r.graphCombineUs[i]))),

@@ -68,6 +68,8 @@ export async function runFloorsRank(task: FloorsTask): Promise<Floors> {
 export interface CudaBenchExtras {
   /** Bytes of this rank's symmetric heap. */
   heapBytes: number;
+  /** This rank's combines came back as flagged partials (README, "Flagged partials"). */
+  flagged: boolean;
   /**
    * The serving loop: microseconds per layer (dispatch + combine) on this rank, the mean over
    * `iters` layers issued back to back with no host barrier between them (ranks aligned once, on the
@@ -253,6 +255,7 @@ async function cudaExtras(
     });
     return {
       heapBytes: g.heapBytes,
+      flagged: g.flaggedPartials(task.tokens),
       loopGraphUs,
       loopEagerUs,
       graphDispatchUs,

@@ -187,7 +187,7 @@ export class CallLaunches {
    * Whether a call of T tokens has its dedup partials come back flagged (README, "Flagged partials"): the
    * owners store them with the call beside every 4 bytes, and the reduction polls them as they land.
    */
-  private flagged(T: number): boolean {
+  flagged(T: number): boolean {
     // (a group that cannot flag has a limit of 0: even its empty calls go without)
     return this.flaggedMaxTokens > 0 && T <= this.flaggedMaxTokens;
   }

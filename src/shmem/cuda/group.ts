@@ -426,6 +426,11 @@ export class CudaEpGroup implements EpGroup<DeviceTensor> {
 
   // ------------------------------------------------------------------ benchmarks only
 
+  /** Whether this group's calls of T tokens get their dedup partials back flagged (README, "Flagged partials"). */
+  flaggedPartials(T: number): boolean {
+    return this.launches.flagged(T);
+  }
+
   /**
    * Enqueues a barrier of every rank on the device (ep_barrier; between hosts, of this rank's host only:
    * its signals cross no host) and returns at once: what is enqueued

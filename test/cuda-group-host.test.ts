@@ -172,6 +172,7 @@ describe('cuda group host logic (fake driver)', () => {
     // the sum of partials has a kernel of its own, flagged for a small batch (the dispatch's records ask
     // for flagged partials, and the combine's kernels expect them); one rank reads its one partial in place
     const ids = [0, 1, 4, 6];
+    assert.ok(g.flaggedPartials(0) && g.flaggedPartials(2) && !g.flaggedPartials(33));
     assert.deepEqual(launchesOfCall(fake, g, 2, ids), [
       ['ep_stage_send', 1],
       ['ep_stage_pack', 1],
@@ -197,6 +198,7 @@ describe('cuda group host logic (fake driver)', () => {
     await unflagged.close();
     // a group that cannot flag (one rank here) never does, not even for an empty call
     const solo = await groupOn(fake, { ...small, world: 1, dedup: true });
+    assert.ok(!solo.flaggedPartials(0) && !solo.flaggedPartials(2));
     assert.deepEqual(launchesOfCall(fake, solo, 0, []), [
       ['ep_dispatch_local', 0],
       ['ep_combine_reduce', 0],

@@ -3,7 +3,7 @@
 # compiled into .device/build/ by `npm run build:device`. Logs go to $OUT.
 # Usage: scripts/device-check.sh <step>...
 #   steps: driver smoke smoke2 conformance failures verify v3w1 long graph sanitizer bench bench2 probe launch flagprobe profile
-#          deepep-build paths2 paths4 large2 large4 v3w2 long4 bench-w2 sanitizer2 ep (EP_W ranks, default 8) nccl
+#          deepep-build paths2 paths4 large2 large4 v3w2 long4 bench-w2 sanitizer2 flagged2 ep (EP_W ranks, default 8) nccl
 #          hosts hosts-long hosts-fail hosts-bench hosts-sanitizer (between hosts, simulated on this machine: MOE_A2A_SIMULATED_HOSTS;
 #          hosts-bench wants 4 GPUs: 2 hosts x 2 GPUs, NVLink inside a host, sockets between; HOSTS_BENCH_W=2: 2 x 1)
 # FAILFAST=1 stops at the first step that fails. The steps ending in 2/4 want that many GPUs (ranks are
@@ -170,6 +170,23 @@ for step in "$@"; do
       run memcheck2-large timeout 400 compute-sanitizer --tool memcheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 128 --topk 4 --tokens 1100 --scenario random --calls 1 --dedup --fp8
       run racecheck2-large timeout 400 compute-sanitizer --tool racecheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 128 --topk 4 --tokens 1100 --scenario random --calls 1 --dedup --fp8 ;;
     bench-w2) bench_ranks ;;
+    flagged2)
+      # flagged partials across two GPUs (README, "Flagged partials"): verify on both sides of the limit (ragged
+      # mixes flagged and unflagged ranks in one call), the DeepSeek-V3 shape, the failure cases on one host,
+      # then the serving loop with flags off and on, alternated
+      for f in --fp8 --no-fp8; do
+        run flagged-verify$f timeout 150 $cli verify --transport cuda --world 2 --experts 32 --hidden 512 --topk 4 \
+          --tokens 0,1,8,32,33,128 --scenario random,dropped,skewed,ragged $f --dedup --calls 3
+      done
+      run flagged-v3 timeout 150 $cli verify --transport cuda --world 2 --tokens 1,32 --scenario random,skewed,ragged --calls 2 --dedup
+      TAIL=3 run flagged-failures timeout 200 node --test --test-name-pattern '^(?!.*hosts).*(never calls|throws|refuses|rejects)' $TESTS/cuda.conformance.test.js
+      for i in 1 2; do
+        for m in 0 32; do
+          MOE_A2A_FLAGGED_MAX_TOKENS=$m TAIL=0 run flagged-bench-f$m-$i timeout 150 $cli bench --transport cuda --world 2 \
+            --tokens 1,8,32,128 --iters 200 --warmup 20 --no-baseline --path dedup --stamps 1
+          sed -n '/serving loop/,/^per call/p' "$OUT/flagged-bench-f$m-$i.log" | grep -E '^ *[0-9]+ +dedup'
+        done
+      done ;;
     *) echo "unknown step $step" ;;
   esac
 done

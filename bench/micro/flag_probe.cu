@@ -88,13 +88,13 @@ __global__ void __launch_bounds__(THREADS) pingpong(Side s, uint64_t* elapsed) {
       __syncthreads();
     }
     // an empty flagged message still needs the turn to pass: one pair
-    if (s.bytes == 0 && s.flagged && blockIdx.x == 0 && threadIdx.x == 0) {
-      if (send) asm volatile("st.volatile.global.u64 [%0], %1;" ::"l"(s.peerSignal), "l"((uint64_t)f) : "memory");
-      else
-        while (*(volatile uint64_t*)s.mySignal != f) {
-        }
-    }
     if (s.bytes == 0 && s.flagged) {
+      if (blockIdx.x == 0 && threadIdx.x == 0) {
+        if (send) asm volatile("st.volatile.global.u64 [%0], %1;" ::"l"(s.peerSignal), "l"((uint64_t)f) : "memory");
+        else
+          while (*(volatile uint64_t*)s.mySignal != f) {
+          }
+      }
       __syncthreads();
     }
   }

@@ -73,7 +73,7 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
   if (!aborted && a.combineFlagged) return;
   // Otherwise wait even when aborting: when this returns, no peer writes into this slot any more. Between
   // hosts, for this host's owners (ep_rail_land checks the others').
-  const uint64_t* mine = (const uint64_t*)(a.localBase + a.combineSignalOff + slot * a.combineSignalSlot);
+  const uint64_t* mine = combine_signals_here(a, slot);
   wait_for_sources(a, mine, -1, call, (uint32_t)slot, EP_ERR_PEER_ABORT_COMBINE, EP_ERR_TIMEOUT_COMBINE);
   __syncthreads();
   if (threadIdx.x == 0) stamp(a, EP_STAMP_COMBINE_ARRIVED);
@@ -220,7 +220,7 @@ __device__ __forceinline__ void combine_reduce(const EpArgs& a) {
       // this one no partial still fails the call here. (An owner that signals unordered may still be storing
       // flagged rows: harmless, they carry this call's flag and the slot is next written two calls on.)
       if (blockIdx.x == 0) {
-        const uint64_t* mine = (const uint64_t*)(a.localBase + a.combineSignalOff + slot * a.combineSignalSlot);
+        const uint64_t* mine = combine_signals_here(a, slot);
         wait_for_sources(a, mine, -1, call, (uint32_t)slot, EP_ERR_PEER_ABORT_COMBINE, EP_ERR_TIMEOUT_COMBINE);
       }
       wait_for_prior();

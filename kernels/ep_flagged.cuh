@@ -57,7 +57,7 @@ __device__ __noinline__ uint4 poll_flagged(const EpArgs& a, const char* p, int o
   if (failed) return make_uint4(0u, 0u, 0u, 0u);
   const uint32_t f = flag_of(call);
   const uint64_t slot = call & 1u;
-  const uint64_t* sig = (const uint64_t*)(a.localBase + a.combineSignalOff + slot * a.combineSignalSlot) + owner;
+  const uint64_t* sig = combine_signals_here(a, slot) + owner;
   const uint64_t deadline = deadline_after(a.timeoutNs);
   for (uint32_t n = 1;; ++n) {
     const uint4 lo = ld_volatile_v4(p), hi = ld_volatile_v4(p + 16);

@@ -31,6 +31,11 @@ __device__ __forceinline__ char* combine_rows_of(const EpArgs& a, int s, uint64_
   const int h = host_of(a, s), relay = rank_at(a, host_of(a, a.rank), s - h * a.ranksPerNode);
   return (char*)(__ldg(peer + relay) + a.railOutboxOff + slot * a.railOutboxSlot + (uint64_t)h * a.railOutboxHostBytes);
 }
+// This rank's combine signal words of `slot`, one per owner (written by the owners: combine_signal_of).
+__device__ __forceinline__ const uint64_t* combine_signals_here(const EpArgs& a, uint64_t slot) {
+  return (const uint64_t*)(a.localBase + a.combineSignalOff + slot * a.combineSignalSlot);
+}
+
 // The word that tells source s this rank's combine rows of this call are in (see combine_rows_of).
 __device__ __forceinline__ uint64_t* combine_signal_of(const EpArgs& a, int s, uint64_t slot) {
   const uint64_t* peer = (const uint64_t*)a.peerBases;

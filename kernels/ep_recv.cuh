@@ -266,10 +266,13 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t call, RecvTables
     const uint32_t backWord = (uint32_t)__shfl_sync(FULL_MASK, head, 1);
     const bool flagged = (backWord & EP_FLAGGED_BACK_BIT) != 0;
     const uint64_t back = backWord & ~EP_FLAGGED_BACK_BIT;
+    // the origin's row in the source's heap (flagged rows take twice the bytes)
+    auto dstOf = [&]() -> char* {
+      return flagged ? flagged_rows_of(a, s, slot) + back * 2u * rowBytes : combine_rows_of(a, s, slot) + back * rowBytes;
+    };
 #ifndef EP_SERIAL_FIRST_LOADS
     // the source's heap: its load overlaps the rows' instead of following the sum
-    char* dst = flagged ? flagged_rows_of(a, s, slot) + back * 2u * rowBytes
-                        : combine_rows_of(a, s, slot) + back * rowBytes;
+    char* dst = dstOf();
 #endif
     const uint64_t src = rj >= 0 ? (uint64_t)expertOut + (uint64_t)rj * rowBytes : 0u;
     const uint64_t base = (uint64_t)seg * SEG;
@@ -314,8 +317,7 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t call, RecvTables
       }
     }
 #ifdef EP_SERIAL_FIRST_LOADS  // (bench A/B only: as before v11)
-    char* dst = flagged ? flagged_rows_of(a, s, slot) + back * 2u * rowBytes
-                        : combine_rows_of(a, s, slot) + back * rowBytes;
+    char* dst = dstOf();
 #endif
 #pragma unroll
     for (int u = 0; u < PART_VECS; ++u) {

@@ -151,10 +151,11 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
   let copyGBs: number | undefined;
   let eagerLaunchMode: string | undefined;
   let floors: Floors[] | undefined;
-  const settings = Object.entries(kernelSettings());
-  if (settings.length)
+  const settings = kernelSettings();
+  const settingsSet = Object.entries(settings);
+  if (settingsSet.length)
     say(
-      `moe-a2a bench: kernel settings from the environment: ${settings.map(([k, v]) => `${k}=${v}`).join(' ')}`,
+      `moe-a2a bench: kernel settings from the environment: ${settingsSet.map(([k, v]) => `${k}=${v}`).join(' ')}`,
     );
   if (transport === 'cuda' && nodes > 1) {
     say('moe-a2a bench: no floors between hosts (they are measured over NVLink, on one host)');
@@ -347,7 +348,7 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
     transport,
     config: { world, nodes, numExperts, hidden, topk, fp8, iters, warmup, seed },
     // the environment's kernel settings in force (an A/B's variants), none when empty
-    settings: kernelSettings(),
+    settings,
     // between hosts on one machine (MOE_A2A_SIMULATED_HOSTS=1: NCCL_HOSTID per host, sockets between them)
     simulatedHosts: nodes > 1 ? process.env.MOE_A2A_SIMULATED_HOSTS === '1' : undefined,
     timing:

@@ -17,12 +17,15 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
   if (blockIdx.x == 0 && threadIdx.x == 0) stamp(a, EP_STAMP_COMBINE_BEGIN);
   EpState* st = state_of(a);
   const uint64_t call = read_calls(st);
-  const uint32_t code0 = read_err_code(st);  // (issued with the load above: one round trip)
-  // Flagged: the reduction may report an error while this kernel runs; every thread's copy of the error word
-  // (it decides the barriers below and the tail) is read before the reduction can start (the barrier makes
-  // the loads complete).
+  uint32_t code0 = read_err_code(st);  // (issued with the load above: one round trip)
+  // Flagged: the reduction may report an error while this kernel runs, and the error word decides the
+  // barriers below and the tail. Thread 0's copy, stored to shared memory (so its load has completed) before
+  // the trigger, is every thread's.
   if (a.combineFlagged) {
+    __shared__ uint32_t sCode;
+    if (threadIdx.x == 0) sCode = code0;
     __syncthreads();
+    code0 = sCode;
     allow_dependents();
   }
   uint32_t counts[4];                        // dedup: the pack's carriers per source, loaded with them
@@ -219,7 +222,8 @@ __device__ __forceinline__ void combine_reduce(const EpArgs& a) {
       // Every owner's signal, as ep_combine_send waits for them without flags: an abort by a rank that sent
       // this one no partial still fails the call here. (An owner that signals unordered may still be storing
       // flagged rows: harmless, they carry this call's flag and the slot is next written two calls on.)
-      if (blockIdx.x == 0) {
+      // (not after a reported error: a timeout's wait again would only double the delay)
+      if (blockIdx.x == 0 && read_err_code(st) == 0) {
         const uint64_t* mine = combine_signals_here(a, slot);
         wait_for_sources(a, mine, -1, call, (uint32_t)slot, EP_ERR_PEER_ABORT_COMBINE, EP_ERR_TIMEOUT_COMBINE);
       }

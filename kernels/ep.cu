@@ -47,14 +47,16 @@
 //  ep_dispatch_local  block as ep_dispatch, grid = ep_dispatch's + 1 (the last block keeps the books and
 //                     stores no rows; grid >= 2); W = 1 and T*k <= EP_LOCAL_MAX_PAIRS only (it stops with a device assert naming the requirement otherwise).
 //  ep_stage_send      block and grid as ep_dispatch_local; W > 1 (it stops with a device assert otherwise).
-//  ep_stage_pack      block 256, grid = min(4 * SMs, max(1, ceil(W * stageRows * ceil(rowBytes / 2048) / 8))).
-//  ep_recv_view       block 256, grid 4 * SMs;  dynamic smem 0.  B <= 512.
-//  ep_combine_send    block 256, grid 4 * SMs;  dynamic smem 0.  B <= 512.
+//  The row walkers below (block 256) build their tables in every block, so their grids stay in one wave:
+//  waveCap = min(4, the blocks of 256 an SM holds for that kernel (the driver's occupancy)) * SMs.
+//  ep_stage_pack      block 256, grid = min(waveCap, max(1, ceil(W * stageRows * ceil(rowBytes / 2048) / 8))).
+//  ep_recv_view       block 256, grid = min(waveCap, max(1, ceil(W * maxRowsPerPeer / 8)));  dynamic smem 0.  B <= 512.
+//  ep_combine_send    block 256, grid as ep_recv_view;  dynamic smem 0.  B <= 512.
 //  ep_combine_reduce  (and _dedup, _flagged) block B = roundup32(ceil(V / ceil(V / 256))) with V = H/8   (H = 7168 -> 224);
 //                     grid = min(8 * SMs, max(1, T * ceil(V / B)));  dynamic smem 0.  B <= 512.
 //  ep_rail_plan       grid = nodes, block 1024 (any multiple of 32 up to 1024).
 //  ep_rail_rows       block and grid as ep_dispatch.
-//  ep_rail_forward, ep_rail_combine, ep_rail_land: block 256, grid 4 * SMs (any grid).
+//  ep_rail_forward, ep_rail_combine, ep_rail_land: block 256, grid waveCap (any grid).
 //  ep_barrier         grid 1, block 32 (any multiple of 32): every rank of the group, between calls only.
 //  ep_copy_bench      block 256, grid 8 * SMs (CopyArgs by value: dst, src, bytes).  B <= 1024.
 //  ep_floor_*         benchmark floors (FloorArgs by value), see section 8 (ep_bench.cuh).

@@ -562,4 +562,36 @@ describe('cuda group between hosts (fake driver and rail)', () => {
     fake.stuck = false;
     await g.close();
   });
+
+  test('the row walkers take their grids from the occupancy the driver reports (one wave), unless MOE_A2A_ONE_WAVE=0', async () => {
+    const big = {
+      world: 2,
+      numExperts: 8,
+      hidden: 4096,
+      topk: 2,
+      maxTokensPerRank: 2048,
+      fp8: false,
+      dedup: true,
+    };
+    const ids = [0, 5, 1, 6];
+    const gridsOf = (fake: FakeDriver, g: CudaEpGroup) => {
+      const t = inputs(g, 2, ids);
+      const before = fake.launches.length;
+      g.combine(t.out, g.dispatch(t.x, t.idx, { topkWeights: t.w }).handle);
+      const l = fake.launches.slice(before);
+      return ['ep_stage_pack', 'ep_combine_send'].map((k) => l.find((x) => x.kernel === k)?.grid);
+    };
+    for (const perSm of [1, 2, 3]) {
+      const fake = new FakeDriver();
+      fake.blocksPerSm = perSm;
+      const g = await groupOn(fake, big);
+      assert.deepEqual(gridsOf(fake, g), [perSm * 132, perSm * 132], `${perSm} blocks an SM`);
+      await g.close();
+    }
+    const fake = new FakeDriver();
+    fake.blocksPerSm = 1;
+    const g = await withEnv({ MOE_A2A_ONE_WAVE: '0' }, () => groupOn(fake, big));
+    assert.deepEqual(gridsOf(fake, g), [4 * 132, 4 * 132]);
+    await g.close();
+  });
 });

@@ -11,11 +11,13 @@ import {
   abortRouteSize,
   dispatchSize,
   MAX_BLOCK,
+  railWalkSize,
   reduceSize,
   routeSize,
   rowBlock,
   rowWalkSize,
   stagePackSize,
+  walkGridCap,
 } from '../src/shmem/cuda/launch-sizes.js';
 import { rng } from './helpers/random.js';
 
@@ -80,6 +82,24 @@ describe('kernel launch sizes', () => {
         sharedBytes: route.sharedBytes,
       });
     }
+  });
+
+  test('the row walkers run in one wave: no more blocks than the SMs hold at once, and at most 4 an SM', () => {
+    const cfg = resolveConfig({ world: 2, numExperts: 256, hidden: 7168, topk: 8, maxTokensPerRank: 4096 });
+    const rows = stagedRowsFor(cfg);
+    for (const perSm of [1, 2, 3, 4, 8]) {
+      const cap = Math.min(4, perSm) * 132;
+      assert.equal(walkGridCap(132, perSm), cap);
+      // (enough rows at T = 4096 to fill any cap)
+      assert.equal(stagePackSize(cfg, rows, 132, perSm).grid, cap);
+      assert.equal(rowWalkSize(cfg, 132, perSm).grid, cap);
+      assert.equal(railWalkSize(132, perSm).grid, cap);
+    }
+    // a kernel the driver says fits no block still gets one wave of one block an SM
+    assert.equal(walkGridCap(132, 0), 132);
+    // few rows: fewer blocks than the cap
+    const small = resolveConfig({ world: 2, numExperts: 8, hidden: 256, topk: 2, maxTokensPerRank: 4 });
+    assert.ok(rowWalkSize(small, 132, 2).grid < 2 * 132);
   });
 
   test('an abort launches the fewest threads each kernel allows (ep_stage_send needs two blocks)', () => {

@@ -99,6 +99,11 @@ export class FakeDriver {
   moduleGetFunction(_mod: object, name: string): object {
     return { name };
   }
+  /** What maxActiveBlocksPerSm answers (the same for every kernel). */
+  blocksPerSm = 2;
+  maxActiveBlocksPerSm(): number {
+    return this.blocksPerSm;
+  }
   funcSetAttribute(): void {
     if (this.failFuncSetAttribute) throw new Error('cuFuncSetAttribute failed (fake)');
   }

@@ -21,6 +21,7 @@ import {
   routeSize,
   rowWalkSize,
   stagePackSize,
+  WALK_BLOCK,
 } from './launch-sizes.js';
 import type { CudaRail } from './rail.js';
 
@@ -47,6 +48,8 @@ export class CallLaunches {
   private readonly rail: CudaRail | null;
   /** Batches up to this many tokens get their dedup partials back flagged (0: none; see flagged()). */
   private readonly flaggedMaxTokens: number;
+  /** The row-walking kernels' blocks an SM holds at once (their grids stay in one wave: walkGridCap). */
+  private readonly perSm: Record<WalkKernel, number>;
 
   constructor(
     private readonly drv: CudaDriver,
@@ -76,6 +79,14 @@ export class CallLaunches {
     const flaggable = this.dispatchPath === 'staged' && c.dedup === true && c.world > 1 && !this.rail;
     this.flaggedMaxTokens = flaggable ? flaggedLimit(process.env.MOE_A2A_FLAGGED_MAX_TOKENS) : 0;
     this.launchers = prepareLaunchers(drv, module, args.bytes);
+    // MOE_A2A_ONE_WAVE=0: 4 blocks an SM whatever the occupancy (benchmarks: the grids before one wave)
+    const oneWave = process.env.MOE_A2A_ONE_WAVE !== '0';
+    this.perSm = Object.fromEntries(
+      WALK_KERNELS.map((k) => [
+        k,
+        oneWave ? drv.maxActiveBlocksPerSm(this.launchers[k].fn, WALK_BLOCK, 0) : 4,
+      ]),
+    ) as Record<WalkKernel, number>;
     this.queue = new LaunchQueue(drv, stream, args.bytes);
     // between hosts a call's NCCL exchange sits between its kernels: they are launched as they come
     if (process.env.MOE_A2A_EAGER_GRAPHS === '0' || this.rail) this.queue.mode = 'direct';
@@ -142,15 +153,15 @@ export class CallLaunches {
     this.launch('ep_rail_plan', railPlanSize(this.config), true);
     this.launch('ep_rail_rows', dispatchSize(this.config, T, this.smCount, false), true);
     rail.exchange('dispatch', this.stream);
-    this.launch('ep_rail_forward', railWalkSize(this.smCount)); // (after NCCL's kernel: not a dependent)
+    this.launch('ep_rail_forward', railWalkSize(this.smCount, this.perSm.ep_rail_forward)); // (after NCCL's kernel: not a dependent)
   }
 
   /** Between hosts, after ep_combine_send: the rows for other hosts' sources gathered, exchanged and landed. */
   private railCombine(): void {
     const rail = this.rail as CudaRail;
-    this.launch('ep_rail_combine', railWalkSize(this.smCount), true);
+    this.launch('ep_rail_combine', railWalkSize(this.smCount, this.perSm.ep_rail_combine), true);
     rail.exchange('combine', this.stream);
-    this.launch('ep_rail_land', railWalkSize(this.smCount));
+    this.launch('ep_rail_land', railWalkSize(this.smCount, this.perSm.ep_rail_land));
   }
 
   /**
@@ -176,7 +187,7 @@ export class CallLaunches {
     if (this.dispatchPath === 'staged') {
       this.launch('ep_stage_send', dispatchSize(c, T, sms, true));
       if (this.rail) this.railDispatch(T);
-      this.launch('ep_stage_pack', stagePackSize(c, this.stageRows, sms), true);
+      this.launch('ep_stage_pack', stagePackSize(c, this.stageRows, sms, this.perSm.ep_stage_pack), true);
       return;
     }
     this.launch('ep_route', routeSize(c, T));
@@ -213,7 +224,12 @@ export class CallLaunches {
     const send = this.config.world > 1;
     const flagged = this.flagged(T);
     a.set('combineFlagged', flagged ? 1 : 0);
-    if (send) this.launch('ep_combine_send', rowWalkSize(this.config, this.smCount), afterDispatch);
+    if (send)
+      this.launch(
+        'ep_combine_send',
+        rowWalkSize(this.config, this.smCount, this.perSm.ep_combine_send),
+        afterDispatch,
+      );
     if (this.rail) this.railCombine();
     // (dedup and flagged partials have kernels of their own: each keeps its own registers, kernels/ep_combine.cuh)
     const dedup = this.config.dedup && send;
@@ -236,7 +252,7 @@ export class CallLaunches {
     const scales = c.fp8 ? newTensor('f32', [c.world, c.maxRowsPerPeer, c.groupsPerRow]) : null;
     const splits = newTensor('i32', [c.world, c.expertsPerRank + 1]);
     this.args.set('viewX', x.devicePtr).set('viewScales', scales?.devicePtr ?? 0n);
-    this.launch('ep_recv_view', rowWalkSize(this.config, this.smCount), true);
+    this.launch('ep_recv_view', rowWalkSize(this.config, this.smCount, this.perSm.ep_recv_view), true);
     this.args.set('viewX', 0n).set('viewScales', 0n);
     this.queue.submit(); // the kernels above, before the copy below
     this.drv.memcpyDtoDAsync(splits.devicePtr, this.recvSplits, splits.bytes, this.stream);
@@ -248,6 +264,17 @@ export class CallLaunches {
     this.launchers.ep_barrier.launch([1, 1, 1], [32, 1, 1], 0, this.stream);
   }
 }
+
+/** The kernels that walk rows with WALK_BLOCK threads and size their grids by occupancy (launch-sizes.ts). */
+const WALK_KERNELS = [
+  'ep_stage_pack',
+  'ep_combine_send',
+  'ep_recv_view',
+  'ep_rail_forward',
+  'ep_rail_combine',
+  'ep_rail_land',
+] as const satisfies readonly KernelName[];
+type WalkKernel = (typeof WALK_KERNELS)[number];
 
 /** FLAGGED_MAX_TOKENS, or the smaller limit a benchmark asks for (MOE_A2A_FLAGGED_MAX_TOKENS). */
 function flaggedLimit(env: string | undefined): number {

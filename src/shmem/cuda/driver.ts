@@ -171,6 +171,8 @@ export interface CudaDriver {
   moduleGetFunction(mod: CuModule, name: string): CuFunction;
   funcSetAttribute(fn: CuFunction, attribute: number, value: number): void;
   funcGetAttribute(fn: CuFunction, attribute: number): number;
+  /** How many blocks of `block` threads (and `sharedBytes` dynamic shared memory) one SM holds at once. */
+  maxActiveBlocksPerSm(fn: CuFunction, block: number, sharedBytes: number): number;
   /**
    * Binds `args` (the bytes of the kernel's single by-value struct parameter) to `fn` once and
    * returns a launcher. Checks `args.byteLength` against the kernel's parameter size when the
@@ -493,6 +495,12 @@ interface Fns {
   cuModuleGetFunction(out: HandleOut, mod: Ptr, name: string): number;
   cuFuncSetAttribute(fn: Ptr, attr: number, value: number): number;
   cuFuncGetAttribute(out: Int32Array, attr: number, fn: Ptr): number;
+  cuOccupancyMaxActiveBlocksPerMultiprocessor(
+    out: Int32Array,
+    fn: Ptr,
+    block: number,
+    sharedBytes: number,
+  ): number;
   cuFuncGetParamInfo?: (fn: Ptr, index: number, offset: BigUint64Array, size: BigUint64Array) => number;
   cuLaunchKernelEx?: (config: Addr, fn: Addr, kernelParams: Addr, extra: Addr) => number;
   cuLaunchKernel(
@@ -577,6 +585,7 @@ const prototypes = [
   'int cuModuleGetFunction(_Out_ moeA2a_CUfunc *hfunc, moeA2a_CUmod hmod, const char *name)',
   'int cuFuncSetAttribute(moeA2a_CUfunc hfunc, int attrib, int value)',
   'int cuFuncGetAttribute(int *pi, int attrib, moeA2a_CUfunc hfunc)',
+  'int cuOccupancyMaxActiveBlocksPerMultiprocessor(int *numBlocks, moeA2a_CUfunc func, int blockSize, size_t dynamicSMemSize)',
   // The hot calls (launches, graph launches, event records) take handles and pointers as addresses:
   // koffi converts a number in tens of nanoseconds, a pointer object or a typed array in hundreds.
   'int cuLaunchKernel(uintptr_t f, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ, ' +
@@ -1108,6 +1117,13 @@ function makeDriver(
     },
     funcGetAttribute(fn, attribute) {
       check('cuFuncGetAttribute', fns.cuFuncGetAttribute(i32, attribute, fn));
+      return i32[0];
+    },
+    maxActiveBlocksPerSm(fn, block, sharedBytes) {
+      check(
+        'cuOccupancyMaxActiveBlocksPerMultiprocessor',
+        fns.cuOccupancyMaxActiveBlocksPerMultiprocessor(i32, fn, block, sharedBytes),
+      );
       return i32[0];
     },
     prepareLaunch,

@@ -41,20 +41,38 @@ export function routeSize(cfg: EpConfig, tokens: number): LaunchSize {
   return { grid: 1, block, sharedBytes: routeSharedBytes(cfg.numExperts, cfg.maxTokensPerRank * cfg.topk) };
 }
 
-/** ep_stage_pack: a warp per (staged row, 2 KiB segment), 8 warps a block, at most 4 blocks per SM. */
-export function stagePackSize(cfg: EpConfig, stageRows: number, sms: number): LaunchSize {
+/**
+ * The kernels below walk rows with 8 warps a block, and every block first builds its own tables (or loads
+ * its own plan counts): at most 4 blocks an SM, and no more than the SM holds at once (`perSm`, from the
+ * driver's occupancy for the kernel), so that the grid runs in one wave. A second wave would start its
+ * tables only when the first wave's blocks end: their fixed cost twice on the critical path.
+ */
+export const WALK_BLOCK = 256;
+export function walkGridCap(sms: number, perSm = 4): number {
+  return Math.max(1, Math.min(4, perSm)) * sms;
+}
+
+/** ep_stage_pack: a warp per (staged row, 2 KiB segment), 8 warps a block, one wave at most (walkGridCap). */
+export function stagePackSize(cfg: EpConfig, stageRows: number, sms: number, perSm = 4): LaunchSize {
   const items = cfg.world * stageRows * Math.ceil(cfg.dispatchRowBytes / 2048);
-  return { grid: Math.min(4 * sms, Math.max(1, Math.ceil(items / 8))), block: 256, sharedBytes: 0 };
+  return {
+    grid: Math.min(walkGridCap(sms, perSm), Math.max(1, Math.ceil(items / 8))),
+    block: WALK_BLOCK,
+    sharedBytes: 0,
+  };
 }
 
 /**
  * The kernels that walk received rows (ep_recv_view, ep_combine_send): no more blocks than the rows that
- * can exist (W * maxRowsPerPeer, a warp each, 8 warps a block) and no more than 4 per SM. Idle blocks are
- * not free: each still joins the last-block-done count with a system-scope atomic.
+ * can exist (W * maxRowsPerPeer, a warp each, 8 warps a block), one wave at most (walkGridCap). Idle
+ * blocks are not free: each still joins the last-block-done count with a system-scope atomic.
  */
-export function rowWalkSize(cfg: EpConfig, sms: number): LaunchSize {
-  const grid = Math.min(4 * sms, Math.max(1, Math.ceil((cfg.world * cfg.maxRowsPerPeer) / 8)));
-  return { grid, block: 256, sharedBytes: 0 };
+export function rowWalkSize(cfg: EpConfig, sms: number, perSm = 4): LaunchSize {
+  const grid = Math.min(
+    walkGridCap(sms, perSm),
+    Math.max(1, Math.ceil((cfg.world * cfg.maxRowsPerPeer) / 8)),
+  );
+  return { grid, block: WALK_BLOCK, sharedBytes: 0 };
 }
 
 /** ep_combine_reduce (and _dedup): one thread per 8 values of a row, a block per (token, chunk), at most 8 per SM. */
@@ -69,9 +87,9 @@ export function railPlanSize(cfg: EpConfig): LaunchSize {
   return { grid: cfg.nodes, block: 1024, sharedBytes: 0 };
 }
 
-/** ep_rail_forward, ep_rail_combine, ep_rail_land: a warp per (row or (token, slot), 2 KiB segment), 8 warps a block. */
-export function railWalkSize(sms: number): LaunchSize {
-  return { grid: 4 * sms, block: 256, sharedBytes: 0 };
+/** ep_rail_forward, ep_rail_combine, ep_rail_land: a warp per (row or (token, slot), 2 KiB segment), 8 warps a block, one wave at most. */
+export function railWalkSize(sms: number, perSm = 4): LaunchSize {
+  return { grid: walkGridCap(sms, perSm), block: WALK_BLOCK, sharedBytes: 0 };
 }
 
 /**

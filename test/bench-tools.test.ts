@@ -132,5 +132,21 @@ describe('bench: what a run records of its settings', () => {
     assert.equal(segmentMeaning({ from: 'REDUCE_BEGIN', to: 'REDUCE_END' }), SEGMENT_MEANING.REDUCE_END);
     assert.match(segmentMeaning({ from: 'COMBINE_TAIL', to: 'REDUCE_END' }), /flagged/);
     assert.match(segmentMeaning({ from: 'COMBINE_BEGIN', to: 'COMBINE_TAIL' }), /unless flagged/);
+    // between hosts, the two segments that hold the rail kernels and NCCL's exchange say so; on one host
+    // they keep their names
+    assert.match(segmentMeaning({ from: 'DISPATCH_TAIL', to: 'DISPATCH_ARRIVED' }, true), /NCCL/);
+    assert.match(segmentMeaning({ from: 'COMBINE_ARRIVED', to: 'REDUCE_BEGIN' }, true), /NCCL/);
+    assert.equal(
+      segmentMeaning({ from: 'DISPATCH_TAIL', to: 'DISPATCH_ARRIVED' }),
+      SEGMENT_MEANING.DISPATCH_ARRIVED,
+    );
+    assert.equal(
+      segmentMeaning({ from: 'COMBINE_ARRIVED', to: 'REDUCE_BEGIN' }),
+      SEGMENT_MEANING.REDUCE_BEGIN,
+    );
+    assert.equal(
+      segmentMeaning({ from: 'PACK_END', to: 'COMBINE_BEGIN' }, true),
+      SEGMENT_MEANING.COMBINE_BEGIN,
+    );
   });
 });

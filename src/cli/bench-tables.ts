@@ -15,6 +15,8 @@ export function printTables(
   rows: Row[],
   o: {
     transport: string;
+    /** Hosts the ranks span (the stamps' segments name NCCL's exchanges between hosts). */
+    nodes?: number;
     copyGBs?: number;
     floors?: Floors[];
     a2aGBs: number;
@@ -170,7 +172,7 @@ export function printTables(
         ['segment', 'us', 'per rank'],
         [
           ...sp.segments.map((s) => [
-            segmentMeaning(s),
+            segmentMeaning(s, (o.nodes ?? 1) > 1),
             fmt(s.us, 2),
             s.perRank.map((v) => fmt(v, 2)).join(' '),
           ]),

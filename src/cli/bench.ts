@@ -392,7 +392,7 @@ export async function benchCommand(flags: ParsedFlags): Promise<number> {
     console.log(JSON.stringify(result, null, 2));
     return 0;
   }
-  printTables(rows, { transport, copyGBs, floors, a2aGBs, torch, torchNcclRows, deepep, hops });
+  printTables(rows, { transport, nodes, copyGBs, floors, a2aGBs, torch, torchNcclRows, deepep, hops });
   console.log(`results: ${stem}.json, ${stem}.svg`);
   return 0;
 }

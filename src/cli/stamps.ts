@@ -42,11 +42,20 @@ export const SEGMENT_MEANING: Readonly<Record<StampName, string>> = {
   BARRIER_END: 'barrier',
 };
 
-/** A segment's meaning in words: by its end, except where flagged partials let two phases overlap. */
-export function segmentMeaning(s: { from: StampName; to: StampName }): string {
+/**
+ * A segment's meaning in words: by its end, except where flagged partials let two phases overlap, and
+ * between hosts (`betweenHosts`), where two segments hold the rail kernels and NCCL's exchange: the
+ * dispatch's wait ends in ep_rail_forward (DISPATCH_ARRIVED is stamped again there, after the rows of the
+ * other hosts), and the combine's exchange sits between ep_combine_send's wait and the reduction.
+ */
+export function segmentMeaning(s: { from: StampName; to: StampName }, betweenHosts = false): string {
   if (s.from === 'COMBINE_TAIL' && s.to === 'REDUCE_END') return 'wait for flagged partials and reduce';
   if (s.to === 'COMBINE_TAIL' && s.from === 'COMBINE_BEGIN')
     return 'combine rows sent (and fenced unless flagged)';
+  if (betweenHosts && s.to === 'DISPATCH_ARRIVED')
+    return 'wait for peers\u2019 rows, this host\u2019s and (rail kernels, NCCL) the other hosts\u2019';
+  if (betweenHosts && s.from === 'COMBINE_ARRIVED' && s.to === 'REDUCE_BEGIN')
+    return 'the other hosts\u2019 partials: rail kernels, NCCL, kernel boundaries';
   return SEGMENT_MEANING[s.to];
 }
 

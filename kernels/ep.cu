@@ -47,7 +47,8 @@
 //  ep_dispatch_local  block as ep_dispatch, grid = ep_dispatch's + 1 (the last block keeps the books and
 //                     stores no rows; grid >= 2); W = 1 and T*k <= EP_LOCAL_MAX_PAIRS only (it stops with a device assert naming the requirement otherwise).
 //  ep_stage_send      block and grid as ep_dispatch_local; W > 1 (it stops with a device assert otherwise).
-//  The row walkers below (block 256) build their tables in every block, so their grids stay in one wave:
+//  The row walkers below (block 256; the pack and the combine's send build their tables or load their plan
+//  counts in every block) keep their grids to one wave:
 //  waveCap = min(4, the blocks of 256 an SM holds for that kernel (the driver's occupancy)) * SMs.
 //  ep_stage_pack      block 256, grid = min(waveCap, max(1, ceil(W * stageRows * ceil(rowBytes / 2048) / 8))).
 //  ep_recv_view       block 256, grid = min(waveCap, max(1, ceil(W * maxRowsPerPeer / 8)));  dynamic smem 0.  B <= 512.

@@ -94,7 +94,8 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
 // took 96 a thread, so 3 blocks of 224 threads an SM instead of 4, and was 20% slower at T = 512).
 // ep_combine_reduce_flagged (dedup, W > 1, one host, EpArgs.combineFlagged): as _dedup, from flagged partials
 // (ep_flagged.cuh) it polls as they land, while ep_combine_send may still run; at its end block 0 waits for
-// every owner's signal (as ep_combine_send does without flags) and every block for ep_combine_send, so that
+// every owner's signal (as ep_combine_send does without flags; not once the call has failed here) and every
+// block for ep_combine_send, so that
 // what follows on the stream still follows the whole combine.
 namespace {
 template <bool Dedup, bool Flagged>

@@ -563,9 +563,10 @@ describe('cuda group between hosts (fake driver and rail)', () => {
     await g.close();
   });
 
-  test('the row walkers take their grids from the occupancy the driver reports (one wave), unless MOE_A2A_ONE_WAVE=0', async () => {
+  test('the row walkers take their grids from the occupancy the driver reports for each (one wave), unless MOE_A2A_ONE_WAVE=0', async () => {
+    // enough rows that no walker's grid is cut by the rows that can exist
     const big = {
-      world: 2,
+      world: 4,
       numExperts: 8,
       hidden: 4096,
       topk: 2,
@@ -573,25 +574,39 @@ describe('cuda group between hosts (fake driver and rail)', () => {
       fp8: false,
       dedup: true,
     };
+    // every walker its own answer, so that one kernel's cap given to another is caught
+    const perSm: Record<string, number> = {
+      ep_stage_pack: 1,
+      ep_combine_send: 2,
+      ep_recv_view: 3,
+      ep_rail_forward: 1,
+      ep_rail_combine: 3,
+      ep_rail_land: 2,
+    };
+    const walkers = Object.keys(perSm);
     const ids = [0, 5, 1, 6];
-    const gridsOf = (fake: FakeDriver, g: CudaEpGroup) => {
+    const gridsOf = async (fake: FakeDriver, nodes: number) => {
+      const g = await groupOn(fake, { ...big, nodes }, { dispatchPath: 'staged' });
       const t = inputs(g, 2, ids);
       const before = fake.launches.length;
-      g.combine(t.out, g.dispatch(t.x, t.idx, { topkWeights: t.w }).handle);
-      const l = fake.launches.slice(before);
-      return ['ep_stage_pack', 'ep_combine_send'].map((k) => l.find((x) => x.kernel === k)?.grid);
-    };
-    for (const perSm of [1, 2, 3]) {
-      const fake = new FakeDriver();
-      fake.blocksPerSm = perSm;
-      const g = await groupOn(fake, big);
-      assert.deepEqual(gridsOf(fake, g), [perSm * 132, perSm * 132], `${perSm} blocks an SM`);
+      g.combine(t.out, g.dispatch(t.x, t.idx, { topkWeights: t.w, returnRecv: nodes === 1 }).handle);
       await g.close();
-    }
-    const fake = new FakeDriver();
-    fake.blocksPerSm = 1;
-    const g = await withEnv({ MOE_A2A_ONE_WAVE: '0' }, () => groupOn(fake, big));
-    assert.deepEqual(gridsOf(fake, g), [4 * 132, 4 * 132]);
-    await g.close();
+      const grids: Record<string, number> = {};
+      for (const l of fake.launches.slice(before)) if (walkers.includes(l.kernel)) grids[l.kernel] = l.grid;
+      return grids;
+    };
+    const oneWave = new FakeDriver();
+    oneWave.blocksPerSm = (k) => perSm[k] ?? 8;
+    const grids = { ...(await gridsOf(oneWave, 1)), ...(await gridsOf(oneWave, 2)) };
+    assert.deepEqual(Object.keys(grids).sort(), [...walkers].sort(), 'every walker launched');
+    for (const k of walkers) assert.equal(grids[k], perSm[k] * 132, k);
+    // MOE_A2A_ONE_WAVE=0: 4 blocks an SM, whatever the occupancy
+    const fourPerSm = new FakeDriver();
+    fourPerSm.blocksPerSm = () => 1;
+    const old = await withEnv({ MOE_A2A_ONE_WAVE: '0' }, async () => ({
+      ...(await gridsOf(fourPerSm, 1)),
+      ...(await gridsOf(fourPerSm, 2)),
+    }));
+    for (const k of walkers) assert.equal(old[k], 4 * 132, k);
   });
 });

@@ -91,7 +91,7 @@ export function machineInfo() {
 
 /**
  * The variables that change which kernels run or how (README: dispatch path, dependent launches, eager
- * graphs, flagged partials, another kernel build), as this process has them set: a benchmark records them,
+ * graphs, flagged partials, the row walkers' one-wave grids, another kernel build), as this process has them set: a benchmark records them,
  * so that an A/B's runs say what each one was.
  */
 export const KERNEL_SETTINGS = [

@@ -99,10 +99,10 @@ export class FakeDriver {
   moduleGetFunction(_mod: object, name: string): object {
     return { name };
   }
-  /** What maxActiveBlocksPerSm answers (the same for every kernel). */
-  blocksPerSm = 2;
-  maxActiveBlocksPerSm(): number {
-    return this.blocksPerSm;
+  /** What maxActiveBlocksPerSm answers for a kernel, by name (2 for every kernel unless set). */
+  blocksPerSm: (kernel: string) => number = () => 2;
+  maxActiveBlocksPerSm(fn: { name: string }): number {
+    return this.blocksPerSm(fn.name);
   }
   funcSetAttribute(): void {
     if (this.failFuncSetAttribute) throw new Error('cuFuncSetAttribute failed (fake)');

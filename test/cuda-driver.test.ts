@@ -303,6 +303,9 @@ describe('cuda driver: on a GPU', { skip: noGpu }, () => {
         /cuModuleGetFunction failed.*no_such_kernel/,
       );
       assert.ok(d.funcGetAttribute(fn, 0) >= 32, 'max threads per block');
+      // a small kernel of 128 threads: an SM holds several of its blocks (at most 32 on sm_90)
+      const perSm = d.maxActiveBlocksPerSm(fn, 128, 0);
+      assert.ok(Number.isInteger(perSm) && perSm >= 2 && perSm <= 32, `blocks an SM: ${perSm}`);
       d.funcSetAttribute(fn, 8, 0); // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
       const args = Buffer.alloc(16);
       const launcher = d.prepareLaunch(fn, args);

@@ -48,8 +48,11 @@ export class CallLaunches {
   private readonly rail: CudaRail | null;
   /** Batches up to this many tokens get their dedup partials back flagged (0: none; see flagged()). */
   private readonly flaggedMaxTokens: number;
-  /** The row-walking kernels' blocks an SM holds at once (their grids stay in one wave: walkGridCap). */
-  private readonly perSm: Record<WalkKernel, number>;
+  /**
+   * The row-walking kernels' launch sizes, fixed for the group's life: no call's T changes them, and their
+   * grids stay in one wave (walkGridCap, from the blocks of each an SM holds at once).
+   */
+  private readonly walkSizes: Record<WalkKernel, LaunchSize>;
 
   constructor(
     private readonly drv: CudaDriver,
@@ -81,12 +84,17 @@ export class CallLaunches {
     this.launchers = prepareLaunchers(drv, module, args.bytes);
     // MOE_A2A_ONE_WAVE=0: 4 blocks an SM whatever the occupancy (benchmarks: the grids before one wave)
     const oneWave = process.env.MOE_A2A_ONE_WAVE !== '0';
-    this.perSm = Object.fromEntries(
-      WALK_KERNELS.map((k) => [
-        k,
-        oneWave ? drv.maxActiveBlocksPerSm(this.launchers[k].fn, WALK_BLOCK, 0) : 4,
-      ]),
-    ) as Record<WalkKernel, number>;
+    const perSm = (k: WalkKernel) =>
+      oneWave ? drv.maxActiveBlocksPerSm(this.launchers[k].fn, WALK_BLOCK, 0) : 4;
+    const sms = group.smCount;
+    this.walkSizes = {
+      ep_stage_pack: stagePackSize(c, this.stageRows, sms, perSm('ep_stage_pack')),
+      ep_combine_send: rowWalkSize(c, sms, perSm('ep_combine_send')),
+      ep_recv_view: rowWalkSize(c, sms, perSm('ep_recv_view')),
+      ep_rail_forward: railWalkSize(sms, perSm('ep_rail_forward')),
+      ep_rail_combine: railWalkSize(sms, perSm('ep_rail_combine')),
+      ep_rail_land: railWalkSize(sms, perSm('ep_rail_land')),
+    };
     this.queue = new LaunchQueue(drv, stream, args.bytes);
     // between hosts a call's NCCL exchange sits between its kernels: they are launched as they come
     if (process.env.MOE_A2A_EAGER_GRAPHS === '0' || this.rail) this.queue.mode = 'direct';
@@ -118,6 +126,11 @@ export class CallLaunches {
       size.sharedBytes,
       afterOurs && this.dependentLaunches,
     );
+  }
+
+  /** A row walker, at the size the group fixed for it (walkSizes). */
+  private launchWalker(name: WalkKernel, afterOurs = false): void {
+    this.launch(name, this.walkSizes[name], afterOurs);
   }
 
   /**
@@ -153,15 +166,15 @@ export class CallLaunches {
     this.launch('ep_rail_plan', railPlanSize(this.config), true);
     this.launch('ep_rail_rows', dispatchSize(this.config, T, this.smCount, false), true);
     rail.exchange('dispatch', this.stream);
-    this.launch('ep_rail_forward', railWalkSize(this.smCount, this.perSm.ep_rail_forward)); // (after NCCL's kernel: not a dependent)
+    this.launchWalker('ep_rail_forward'); // (after NCCL's kernel: not a dependent)
   }
 
   /** Between hosts, after ep_combine_send: the rows for other hosts' sources gathered, exchanged and landed. */
   private railCombine(): void {
     const rail = this.rail as CudaRail;
-    this.launch('ep_rail_combine', railWalkSize(this.smCount, this.perSm.ep_rail_combine), true);
+    this.launchWalker('ep_rail_combine', true);
     rail.exchange('combine', this.stream);
-    this.launch('ep_rail_land', railWalkSize(this.smCount, this.perSm.ep_rail_land));
+    this.launchWalker('ep_rail_land');
   }
 
   /**
@@ -187,7 +200,7 @@ export class CallLaunches {
     if (this.dispatchPath === 'staged') {
       this.launch('ep_stage_send', dispatchSize(c, T, sms, true));
       if (this.rail) this.railDispatch(T);
-      this.launch('ep_stage_pack', stagePackSize(c, this.stageRows, sms, this.perSm.ep_stage_pack), true);
+      this.launchWalker('ep_stage_pack', true);
       return;
     }
     this.launch('ep_route', routeSize(c, T));
@@ -224,12 +237,7 @@ export class CallLaunches {
     const send = this.config.world > 1;
     const flagged = this.flagged(T);
     a.set('combineFlagged', flagged ? 1 : 0);
-    if (send)
-      this.launch(
-        'ep_combine_send',
-        rowWalkSize(this.config, this.smCount, this.perSm.ep_combine_send),
-        afterDispatch,
-      );
+    if (send) this.launchWalker('ep_combine_send', afterDispatch);
     if (this.rail) this.railCombine();
     // (dedup and flagged partials have kernels of their own: each keeps its own registers, kernels/ep_combine.cuh)
     const dedup = this.config.dedup && send;
@@ -252,7 +260,7 @@ export class CallLaunches {
     const scales = c.fp8 ? newTensor('f32', [c.world, c.maxRowsPerPeer, c.groupsPerRow]) : null;
     const splits = newTensor('i32', [c.world, c.expertsPerRank + 1]);
     this.args.set('viewX', x.devicePtr).set('viewScales', scales?.devicePtr ?? 0n);
-    this.launch('ep_recv_view', rowWalkSize(this.config, this.smCount, this.perSm.ep_recv_view), true);
+    this.launchWalker('ep_recv_view', true);
     this.args.set('viewX', 0n).set('viewScales', 0n);
     this.queue.submit(); // the kernels above, before the copy below
     this.drv.memcpyDtoDAsync(splits.devicePtr, this.recvSplits, splits.bytes, this.stream);

@@ -155,29 +155,60 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_pack(const
   char* outS = (char*)(own + a.expertScalesOff);
   const uint64_t gpr = a.fp8 ? (uint64_t)a.groupsPerRow : 0u;
   const char* carrierOf = (const char*)(own + a.stageCarrierOff + slot * a.stageCarrierSlot);
-  for (uint32_t it = blockIdx.x * warpsPerBlock + (tid >> 5); it < items; it += gridDim.x * warpsPerBlock) {
-    const int g = (int)(it / (uint32_t)(segs + 1)), seg = (int)(it % (uint32_t)(segs + 1));
-    const RowLoc l = locate(R, a, g);
-    const uint64_t row = (uint64_t)l.s * a.stageRows + l.iSrc;
-    // dedup: the row's data sits at its carrier row (the token's first row for this rank)
-    const uint64_t srcRow = a.dedup ? (uint64_t)l.s * a.stageRows + ld_cg_u32(carrierOf + row * 4u) : row;
-    const uint64_t dstRow = l.row;
+  // One item: segment `seg` of row iSrc of source s (its data at row `carrier` of s), or with seg == segs its
+  // scales, its plan (dedup: a carrier row) and its pairDest (own rows without dedup). Warp-uniform arguments.
+  const auto packItem = [&](int s, int iSrc, int seg, uint32_t carrier, uint64_t dstRow) {
+    const uint64_t row = (uint64_t)s * a.stageRows + iSrc, srcRow = (uint64_t)s * a.stageRows + carrier;
     if (seg < segs) {
       if (VB == 16) copy_segment<16, true>(outX + dstRow * rowBytes, inX + srcRow * rowBytes, rowBytes, seg, lane);
       else copy_segment<8, true>(outX + dstRow * rowBytes, inX + srcRow * rowBytes, rowBytes, seg, lane);
-      continue;
+      return;
     }
-    if (a.dedup && srcRow == row) write_plan(a, R, own, l.s, row, slot);  // (srcRow, row: the same in every lane)
     int self = -1;
-    if (l.s == me && lane == 0 && !a.dedup) self = ((const int*)a.selfPairs)[l.iSrc];  // loaded with the scales
-    for (uint64_t i0 = 0; i0 < gpr; i0 += 64) {  // two loads in flight per lane
-      const uint64_t i = i0 + lane, j = i + 32;
+    if (s == me && lane == 0 && !a.dedup) self = ((const int*)a.selfPairs)[iSrc];  // loaded with the scales
+    // two loads in flight per lane; the first 64 scales' loads go out before the plan's record loads, so that
+    // the two share a round trip
+    for (uint64_t i0 = 0; i0 < gpr || i0 == 0; i0 += 64) {
+      const uint64_t i = i0 + lane, i2 = i + 32;
       const uint32_t v0 = i < gpr ? ld_cg_u32(inS + (srcRow * gpr + i) * 4u) : 0u;
-      const uint32_t v1 = j < gpr ? ld_cg_u32(inS + (srcRow * gpr + j) * 4u) : 0u;
+      const uint32_t v1 = i2 < gpr ? ld_cg_u32(inS + (srcRow * gpr + i2) * 4u) : 0u;
+      if (i0 == 0 && a.dedup && srcRow == row) write_plan(a, R, own, s, row, slot);
       if (i < gpr) st_u32(outS + (dstRow * gpr + i) * 4u, v0);
-      if (j < gpr) st_u32(outS + (dstRow * gpr + j) * 4u, v1);
+      if (i2 < gpr) st_u32(outS + (dstRow * gpr + i2) * 4u, v1);
     }
     if (self >= 0) ((int*)a.pairDest)[self] = (int)dstRow;
+  };
+  // Item `it`'s row and its carrier (dedup: the row's data sits at its carrier row, the token's first row
+  // for this rank), as packItem takes them.
+  struct Found {
+    RowLoc l;
+    int seg;
+    uint32_t carrier;
+  };
+  const auto find = [&](uint32_t it) {
+    Found f;
+    f.l = locate(R, a, (int)(it / (uint32_t)(segs + 1)));
+    f.seg = (int)(it % (uint32_t)(segs + 1));
+    f.carrier = a.dedup ? ld_cg_u32(carrierOf + ((uint64_t)f.l.s * a.stageRows + f.l.iSrc) * 4u) : (uint32_t)f.l.iSrc;
+    return f;
+  };
+  const uint32_t warpsTotal = gridDim.x * (uint32_t)warpsPerBlock, w0 = blockIdx.x * warpsPerBlock + (tid >> 5);
+  if (items <= warpsTotal) {  // (small batches) one item a warp at most: every lane finds it
+    if (w0 < items) {
+      const Found f = find(w0);
+      packItem(f.l.s, f.l.iSrc, f.seg, f.carrier, f.l.row);
+    }
+  } else {
+    // A warp's items are it0, it0 + warpsTotal, ...: lane j finds the j-th of its next 32, so that one round
+    // trip serves them all instead of one before each item's copy.
+    for (uint32_t it0 = w0; it0 < items; it0 += 32u * warpsTotal) {
+      const uint32_t n = min(32u, (items - it0 + warpsTotal - 1) / warpsTotal);
+      const Found f = find(it0 + ((uint32_t)lane < n ? (uint32_t)lane : 0u) * warpsTotal);
+      for (uint32_t j = 0; j < n; ++j) {
+        packItem(__shfl_sync(FULL_MASK, f.l.s, j), __shfl_sync(FULL_MASK, f.l.iSrc, j), __shfl_sync(FULL_MASK, f.seg, j),
+                 __shfl_sync(FULL_MASK, f.carrier, j), __shfl_sync(FULL_MASK, f.l.row, j));
+      }
+    }
   }
   __syncthreads();
   if (tid == 0) stamp_latest(a, EP_STAMP_PACK_END);

@@ -7,6 +7,7 @@ import { KERNEL_SETTINGS, kernelSettings } from '../src/cli/common.js';
 import { SEGMENT_MEANING, STAMP_ORDER, segmentMeaning, stampSplit } from '../src/cli/stamps.js';
 import { resolveConfig } from '../src/ep/config.js';
 import { EP_STAMP, EP_STAMPS } from '../src/shmem/cuda/args.js';
+import { fatbinPath } from '../src/shmem/cuda/available.js';
 
 describe('bench: bytes of a call', () => {
   test('DeepEP counts every selection; the wire only pairs of other ranks (hand-worked)', () => {
@@ -125,6 +126,13 @@ describe('bench: what a run records of its settings', () => {
     });
     for (const name of KERNEL_SETTINGS)
       assert.deepEqual(Object.keys(kernelSettings({ [name]: '1' })), [name]);
+  });
+
+  test('MOE_A2A_FATBIN empty is unset, for the kernels loaded as for the settings recorded', () => {
+    const built = fatbinPath({});
+    assert.match(built, /dist[/\\]kernels[/\\]ep\.fatbin$/);
+    assert.equal(fatbinPath({ MOE_A2A_FATBIN: '' }), built);
+    assert.equal(fatbinPath({ MOE_A2A_FATBIN: '/x/ep.fatbin' }), '/x/ep.fatbin');
   });
 
   test('a segment is named by its end, except the two that flagged partials overlap', () => {

@@ -608,5 +608,19 @@ describe('cuda group between hosts (fake driver and rail)', () => {
       ...(await gridsOf(fourPerSm, 2)),
     }));
     for (const k of walkers) assert.equal(old[k], 4 * 132, k);
+    // MOE_A2A_WALK_BLOCKS=n: at most n blocks each (checks of the grid-stride loops with few warps)
+    const few = await withEnv({ MOE_A2A_WALK_BLOCKS: '3' }, async () => ({
+      ...(await gridsOf(new FakeDriver(), 1)),
+      ...(await gridsOf(new FakeDriver(), 2)),
+    }));
+    for (const k of walkers) assert.equal(few[k], 3, k);
+    for (const bad of ['0', '1.5', 'x']) {
+      await withEnv({ MOE_A2A_WALK_BLOCKS: bad }, async () => {
+        await assert.rejects(groupOn(new FakeDriver(), big, { dispatchPath: 'staged' }), {
+          code: 'MOE_CONFIG',
+          message: /MOE_A2A_WALK_BLOCKS/,
+        });
+      });
+    }
   });
 });

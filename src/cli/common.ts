@@ -91,7 +91,7 @@ export function machineInfo() {
 
 /**
  * The variables that change which kernels run or how (README: dispatch path, dependent launches, eager
- * graphs, flagged partials, the row walkers' one-wave grids, another kernel build), as this process has them set: a benchmark records them,
+ * graphs, flagged partials, the row walkers' grids, another kernel build), as this process has them set: a benchmark records them,
  * so that an A/B's runs say what each one was.
  */
 export const KERNEL_SETTINGS = [
@@ -100,6 +100,7 @@ export const KERNEL_SETTINGS = [
   'MOE_A2A_EAGER_GRAPHS',
   'MOE_A2A_FLAGGED_MAX_TOKENS',
   'MOE_A2A_ONE_WAVE',
+  'MOE_A2A_WALK_BLOCKS',
   'MOE_A2A_FATBIN',
 ] as const;
 

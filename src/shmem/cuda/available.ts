@@ -13,9 +13,9 @@ function packageRoot(): string {
   return dir;
 }
 
-/** Where `npm run build` puts the kernels. MOE_A2A_FATBIN overrides it. */
-export function fatbinPath(): string {
-  return process.env.MOE_A2A_FATBIN ?? join(packageRoot(), 'dist', 'kernels', 'ep.fatbin');
+/** Where `npm run build` puts the kernels. MOE_A2A_FATBIN overrides it (set and not empty, as the bench records it). */
+export function fatbinPath(env: NodeJS.ProcessEnv = process.env): string {
+  return env.MOE_A2A_FATBIN || join(packageRoot(), 'dist', 'kernels', 'ep.fatbin');
 }
 
 /** True when the cuda transport can run here: the built kernels, an NVIDIA driver and a GPU. */

@@ -87,13 +87,16 @@ export class CallLaunches {
     const perSm = (k: WalkKernel) =>
       oneWave ? drv.maxActiveBlocksPerSm(this.launchers[k].fn, WALK_BLOCK, 0) : 4;
     const sms = group.smCount;
+    // MOE_A2A_WALK_BLOCKS=n: at most n blocks a walker (checks: a few warps walk many items each)
+    const most = walkBlocksLimit(process.env.MOE_A2A_WALK_BLOCKS);
+    const capped = (size: LaunchSize): LaunchSize => ({ ...size, grid: Math.min(size.grid, most) });
     this.walkSizes = {
-      ep_stage_pack: stagePackSize(c, this.stageRows, sms, perSm('ep_stage_pack')),
-      ep_combine_send: rowWalkSize(c, sms, perSm('ep_combine_send')),
-      ep_recv_view: rowWalkSize(c, sms, perSm('ep_recv_view')),
-      ep_rail_forward: railWalkSize(sms, perSm('ep_rail_forward')),
-      ep_rail_combine: railWalkSize(sms, perSm('ep_rail_combine')),
-      ep_rail_land: railWalkSize(sms, perSm('ep_rail_land')),
+      ep_stage_pack: capped(stagePackSize(c, this.stageRows, sms, perSm('ep_stage_pack'))),
+      ep_combine_send: capped(rowWalkSize(c, sms, perSm('ep_combine_send'))),
+      ep_recv_view: capped(rowWalkSize(c, sms, perSm('ep_recv_view'))),
+      ep_rail_forward: capped(railWalkSize(sms, perSm('ep_rail_forward'))),
+      ep_rail_combine: capped(railWalkSize(sms, perSm('ep_rail_combine'))),
+      ep_rail_land: capped(railWalkSize(sms, perSm('ep_rail_land'))),
     };
     this.queue = new LaunchQueue(drv, stream, args.bytes);
     // between hosts a call's NCCL exchange sits between its kernels: they are launched as they come
@@ -285,6 +288,16 @@ const WALK_KERNELS = [
 type WalkKernel = (typeof WALK_KERNELS)[number];
 
 /** FLAGGED_MAX_TOKENS, or the smaller limit a benchmark asks for (MOE_A2A_FLAGGED_MAX_TOKENS). */
+/** MOE_A2A_WALK_BLOCKS: unset, no cap; else a whole number >= 1 (every walker is correct for any grid >= 1). */
+export function walkBlocksLimit(env: string | undefined): number {
+  if (env === undefined || env === '') return Number.POSITIVE_INFINITY;
+  const n = Number(env);
+  if (!Number.isInteger(n) || n < 1) {
+    throw new ConfigError(`MOE_A2A_WALK_BLOCKS must be a whole number >= 1, got '${env}'`);
+  }
+  return n;
+}
+
 function flaggedLimit(env: string | undefined): number {
   if (env === undefined || env === '') return FLAGGED_MAX_TOKENS;
   const n = Number(env);

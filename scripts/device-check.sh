@@ -3,7 +3,7 @@
 # compiled into .device/build/ by `npm run build:device`. Logs go to $OUT.
 # Usage: scripts/device-check.sh <step>...
 #   steps: driver smoke smoke2 conformance failures verify v3w1 long graph sanitizer bench bench2 probe launch flagprobe profile
-#          deepep-build paths2 paths4 large2 large4 v3w2 long4 bench-w2 sanitizer2 flagged2 ep (EP_W ranks, default 8) nccl
+#          deepep-build paths2 paths4 large2 large4 walk2 v3w2 long4 bench-w2 sanitizer2 flagged2 ep (EP_W ranks, default 8) nccl
 #          hosts hosts-long hosts-fail hosts-bench hosts-sanitizer (between hosts, simulated on this machine: MOE_A2A_SIMULATED_HOSTS;
 #          hosts-bench wants 4 GPUs: 2 hosts x 2 GPUs, NVLink inside a host, sockets between; HOSTS_BENCH_W=2: 2 x 1)
 # FAILFAST=1 stops at the first step that fails. The steps ending in 2/4 want that many GPUs (ranks are
@@ -149,6 +149,17 @@ for step in "$@"; do
       TAIL=3 run ep$local_w-long timeout 500 $cli verify --transport cuda --world $local_w --experts $((local_w * 4)) --hidden 512 \
         --topk 4 --tokens 16 --fp8 --scenario random --calls 10000 --dedup
       BENCH_W=$local_w BENCH_ARGS="--stamps 1,128,4096 ${BENCH_ARGS:-}" bench_ranks ;;
+    walk2)
+      # the row walkers with few blocks (MOE_A2A_WALK_BLOCKS): every warp walks many rows, through the pack's
+      # batched lookups and every walker's grid-stride loop, which the default grids reach only at large T
+      for wb in 1 3; do
+        for f in --fp8 --no-fp8; do
+          MOE_A2A_WALK_BLOCKS=$wb run walk2-b$wb$f timeout 200 $cli verify --transport cuda --world 2 --experts 32 --hidden 512 \
+            --topk 4 --tokens 0,1,33,300 --scenario random,dropped,skewed,ragged $f --calls 2
+        done
+      done
+      MOE_A2A_WALK_BLOCKS=1 run memcheck2-walk1 timeout 300 compute-sanitizer --tool memcheck --target-processes all $cli verify --transport cuda --world 2 \
+        --experts 8 --hidden 256 --topk 4 --tokens 8,40 --dedup --fp8 ;;
     paths2) paths 2 ;;
     large2) large 2 ;;
     large4) large 4 ;;

@@ -24,7 +24,8 @@ const COMMANDS: Record<string, Command> = {
     usage: 'moe-a2a verify [flags]',
     about: `Runs dispatch + combine on random inputs from --seed and compares every rank's buffers, splits,
 scales, expert-major rows and combine output with a single-process reference, bit for bit. Prints a
-PASS/FAIL line per case and exits non-zero on any FAIL.
+PASS/FAIL line per case and exits non-zero on any FAIL. A run stopped part-way (a timeout, a signal)
+still prints the verdicts of the cases every rank finished (cuda: each rank keeps them as it goes).
 
 With no shape flags it runs the suite: W in {1, 2, 3, 4, 8}, FP8 on and off, random, mostly-dropped,
 skewed (every pair on one rank's experts, each expert filled to capacity) and ragged routing, T = 0

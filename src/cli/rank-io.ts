@@ -3,7 +3,7 @@
  * through workerData / postMessage in a worker thread (cpu), through JSON files in a process (cuda:
  * MOE_A2A_TASK_FILE in, MOE_A2A_RESULT_DIR/rank-N.json out).
  */
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { workerData } from 'node:worker_threads';
 import { errorToWire, type WireError } from '../errors.js';
@@ -28,6 +28,20 @@ async function report(value: RankReport<unknown>): Promise<void> {
   } else {
     await postRankResult(value);
   }
+}
+
+/**
+ * A rank process's results so far (MOE_A2A_RESULT_DIR/rank-N.partial.json, replaced whole), so that a run
+ * stopped part-way (a timeout, a signal) still shows what finished. A worker thread (cpu) ends with the
+ * process that reads its results: nothing to keep.
+ */
+export function reportPartial(value: unknown): void {
+  const dir = process.env.MOE_A2A_RESULT_DIR;
+  if (!dir || workerData) return;
+  mkdirSync(dir, { recursive: true });
+  const file = join(dir, `rank-${process.env.RANK ?? 0}.partial.json`);
+  writeFileSync(`${file}.tmp`, JSON.stringify(value));
+  renameSync(`${file}.tmp`, file);
 }
 
 /** Runs `body` with this rank's task and reports its result or its error (never throws). */

@@ -40,12 +40,16 @@ export interface CaseOutcome {
   error?: WireError;
 }
 
-/** Runs every case on this rank; returns one outcome per case (a failure never stops the others). */
+/**
+ * Runs every case on this rank; returns one outcome per case (a failure never stops the others). `finished`
+ * gets the outcomes so far after each case (a run stopped part-way still reports those).
+ */
 export async function runVerify(
   task: VerifyTask,
   rank: number,
   io: DeviceIo,
   progress: (line: string) => void,
+  finished: (sofar: CaseOutcome[]) => void = () => {},
 ): Promise<CaseOutcome[]> {
   const outcomes: CaseOutcome[] = [];
   for (const [ci, kase] of task.cases.entries()) {
@@ -99,6 +103,7 @@ export async function runVerify(
     } finally {
       await group?.close().catch(() => {});
     }
+    finished(outcomes);
   }
   return outcomes;
 }

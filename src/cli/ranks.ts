@@ -38,14 +38,20 @@ export async function runScriptOnRanks<R>(
   script: string,
   task: unknown,
 ): Promise<R[]> {
-  const settled = await runScriptSettled<R>(transport, world, script, task);
-  return settled.map((s, rank) => unwrap<R>(rank, s.report, s.died));
+  return resultsOf(await runScriptSettled<R>(transport, world, script, task));
 }
 
 /** What became of each rank: its report, and how it died when it did not exit cleanly. */
 export interface SettledRank<R> {
   report: RankReport<R> | undefined;
   died: string | undefined;
+  /** A process's last reportPartial (rank-io.ts), when it made one. */
+  partial?: unknown;
+}
+
+/** Every rank's result; a rank that failed or reported an error throws, naming it (the lowest such rank). */
+export function resultsOf<R>(settled: SettledRank<R>[]): R[] {
+  return settled.map((s, rank) => unwrap<R>(rank, s.report, s.died));
 }
 
 /** Like runScriptOnRanks, but returns every rank's report or death instead of throwing for the first. */
@@ -74,15 +80,20 @@ export async function runScriptSettled<R>(
       timeoutMs,
       onStop: (m) => process.stderr.write(`moe-a2a: ${m}\n`),
     });
-    return Array.from({ length: world }, (_, r) => {
-      let report: RankReport<R> | undefined;
+    const read = (file: string): unknown => {
       try {
-        report = JSON.parse(readFileSync(join(dir, `rank-${r}.json`), 'utf8')) as RankReport<R>;
+        return JSON.parse(readFileSync(join(dir, file), 'utf8'));
       } catch {
-        report = undefined;
+        return undefined;
       }
+    };
+    return Array.from({ length: world }, (_, r) => {
       const exit = result.exits[r];
-      return { report, died: exit.code === 0 ? undefined : `exit code ${exit.code ?? exit.signal}` };
+      return {
+        report: read(`rank-${r}.json`) as RankReport<R> | undefined,
+        died: exit.code === 0 ? undefined : `exit code ${exit.code ?? exit.signal}`,
+        partial: read(`rank-${r}.partial.json`),
+      };
     });
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -3,7 +3,7 @@ import { type ParsedFlags, UsageError } from './args.js';
 import { defaultSuite, type Scenario, type VerifyCase } from './cases.js';
 import { anyShapeFlag, resolveTransport } from './common.js';
 import type { CaseOutcome, VerifyTask } from './rank-verify.js';
-import { runTaskOnRanks } from './ranks.js';
+import { rankMainPath, resultsOf, runScriptSettled, type SettledRank } from './ranks.js';
 
 const SCENARIOS: Scenario[] = ['random', 'dropped', 'skewed'];
 const ALL_SCENARIOS: Scenario[] = ['random', 'dropped', 'skewed', 'ragged'];
@@ -84,6 +84,64 @@ function mib(bytes: number): string {
   return `${m >= 10 ? m.toFixed(0) : m >= 1 ? m.toFixed(1) : m.toFixed(2)} MiB`;
 }
 
+/** One case's verdict over every rank of its run. */
+export interface CaseRow {
+  name: string;
+  world: number;
+  pass: boolean;
+  calls: number;
+  ms: number;
+  message?: string;
+  /** The largest rank's symmetric heap. */
+  heapBytes?: number;
+}
+
+/**
+ * The verdicts of one run's cases from what its ranks reported. A run that failed as a whole (a rank died,
+ * a timeout stopped it) still gives each case that every rank finished (their partial reports) its
+ * verdict; the others fail with the run's error.
+ */
+export function caseRows(
+  list: VerifyCase[],
+  world: number,
+  settled: SettledRank<CaseOutcome[]>[],
+): CaseRow[] {
+  let perRank: CaseOutcome[][];
+  let failure: string | undefined;
+  try {
+    perRank = resultsOf(settled);
+  } catch (err) {
+    failure = (err as Error).message;
+    // a rank that finished has its whole result; the others what they had reported
+    perRank = settled.map((s) =>
+      s.report?.ok ? s.report.result : Array.isArray(s.partial) ? (s.partial as CaseOutcome[]) : [],
+    );
+  }
+  return list.map((c, i) => {
+    const outs = perRank.map((r) => r[i]);
+    if (outs.some((o) => o === undefined || o.name !== c.name)) {
+      return {
+        name: c.name,
+        world,
+        pass: false,
+        calls: 0,
+        ms: 0,
+        message: `${failure} (before this case ended)`,
+      };
+    }
+    const bad = outs.findIndex((o) => !o.pass);
+    return {
+      name: c.name,
+      world,
+      pass: bad === -1,
+      calls: Math.min(...outs.map((o) => o.calls)),
+      ms: Math.max(...outs.map((o) => o.ms)),
+      message: bad === -1 ? undefined : `rank ${bad}: ${outs[bad].message}`,
+      heapBytes: Math.max(...outs.map((o) => o.heapBytes ?? 0)),
+    };
+  });
+}
+
 /** `moe-a2a verify`: every case on every rank, bit for bit against the oracle. Returns the exit code. */
 export async function verifyCommand(flags: ParsedFlags): Promise<number> {
   const transport = await resolveTransport(flags.transport);
@@ -97,16 +155,7 @@ export async function verifyCommand(flags: ParsedFlags): Promise<number> {
   for (const c of cases) byWorld.set(c.config.world, [...(byWorld.get(c.config.world) ?? []), c]);
   const json = flags.json === true;
   if (!json) process.stderr.write(`moe-a2a verify: ${cases.length} cases on the ${transport} transport\n`);
-  const summary: {
-    name: string;
-    world: number;
-    pass: boolean;
-    calls: number;
-    ms: number;
-    message?: string;
-    /** The largest rank's symmetric heap. */
-    heapBytes?: number;
-  }[] = [];
+  const summary: CaseRow[] = [];
   for (const [world, list] of byWorld) {
     const task: VerifyTask = {
       kind: 'verify',
@@ -115,35 +164,14 @@ export async function verifyCommand(flags: ParsedFlags): Promise<number> {
       timeoutMs,
       graph: flags.graph === true,
     };
-    let perRank: CaseOutcome[][];
-    try {
-      perRank = await runTaskOnRanks<CaseOutcome[]>(transport, world, task);
-    } catch (err) {
-      const message = (err as Error).message;
-      for (const c of list) {
-        summary.push({ name: c.name, world, pass: false, calls: 0, ms: 0, message });
-        if (!json) console.log(`FAIL  ${c.name}: ${message}`);
-      }
-      continue;
-    }
-    for (const [i, c] of list.entries()) {
-      const outs = perRank.map((r) => r[i]);
-      const bad = outs.findIndex((o) => !o.pass);
-      const row = {
-        name: c.name,
-        world,
-        pass: bad === -1,
-        calls: Math.min(...outs.map((o) => o.calls)),
-        ms: Math.max(...outs.map((o) => o.ms)),
-        message: bad === -1 ? undefined : `rank ${bad}: ${outs[bad].message}`,
-        heapBytes: Math.max(...outs.map((o) => o.heapBytes ?? 0)),
-      };
+    const settled = await runScriptSettled<CaseOutcome[]>(transport, world, rankMainPath(), task);
+    for (const row of caseRows(list, world, settled)) {
       summary.push(row);
       if (!json) {
         console.log(
           row.pass
-            ? `PASS  ${c.name}  (${row.calls} call${row.calls === 1 ? '' : 's'}, ${(row.ms / 1000).toFixed(2)} s, heap ${mib(row.heapBytes)}/rank)`
-            : `FAIL  ${c.name}: ${row.message}`,
+            ? `PASS  ${row.name}  (${row.calls} call${row.calls === 1 ? '' : 's'}, ${(row.ms / 1000).toFixed(2)} s, heap ${mib(row.heapBytes ?? 0)}/rank)`
+            : `FAIL  ${row.name}: ${row.message}`,
         );
       }
     }

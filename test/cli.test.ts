@@ -47,6 +47,25 @@ describe('moe-a2a command line', () => {
     assert.match(r.stderr, /Flags:/);
   });
 
+  it('a shape the library refuses is a usage error before any rank starts', () => {
+    const r = cli(
+      'verify',
+      '--transport',
+      'cpu',
+      '--world',
+      '2',
+      '--experts',
+      '8',
+      '--hidden',
+      '64',
+      '--tokens',
+      '4',
+    );
+    assert.equal(r.status, 2);
+    assert.match(r.stderr, /with FP8, hidden \(64\) must be a multiple of fp8GroupSize \(128\)/);
+    assert.doesNotMatch(r.stdout, /FAIL/);
+  });
+
   it(
     '--transport cuda without a driver fails at once and names --transport cpu',
     { skip: cudaAvailable() && 'a CUDA driver is present' },

@@ -1,4 +1,4 @@
-import { type ExpertLayout, parseExpertLayout } from '../ep/config.js';
+import { type ExpertLayout, parseExpertLayout, resolveConfig } from '../ep/config.js';
 import { type ParsedFlags, UsageError } from './args.js';
 import { defaultSuite, type Scenario, type VerifyCase } from './cases.js';
 import { anyShapeFlag, resolveTransport } from './common.js';
@@ -73,6 +73,14 @@ export function verifyCases(flags: ParsedFlags): VerifyCase[] {
           });
         }
       }
+    }
+  }
+  // a shape the library refuses is the flags' mistake: say so once, before any rank starts
+  for (const c of cases) {
+    try {
+      resolveConfig(c.config);
+    } catch (err) {
+      throw new UsageError(`${c.config.fp8 ? 'with FP8, ' : ''}${(err as Error).message}`);
     }
   }
   return cases;

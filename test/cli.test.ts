@@ -48,19 +48,7 @@ describe('moe-a2a command line', () => {
   });
 
   it('a shape the library refuses is a usage error before any rank starts', () => {
-    const r = cli(
-      'verify',
-      '--transport',
-      'cpu',
-      '--world',
-      '2',
-      '--experts',
-      '8',
-      '--hidden',
-      '64',
-      '--tokens',
-      '4',
-    );
+    const r = cli(...'verify --transport cpu --world 2 --experts 8 --hidden 64 --tokens 4'.split(' '));
     assert.equal(r.status, 2);
     assert.match(r.stderr, /with FP8, hidden \(64\) must be a multiple of fp8GroupSize \(128\)/);
     assert.doesNotMatch(r.stdout, /FAIL/);

@@ -3,7 +3,7 @@
 # compiled into .device/build/ by `npm run build:device`. Logs go to $OUT.
 # Usage: scripts/device-check.sh <step>...
 #   steps: driver smoke smoke2 conformance failures verify v3w1 long graph sanitizer bench bench2 probe launch flagprobe profile
-#          deepep-build paths2 paths4 large2 large4 walk2 v3w2 long4 bench-w2 sanitizer2 flagged2 ep (EP_W ranks, default 8) nccl
+#          deepep-build paths2 paths4 large2 large4 walk2 v3w2 long4 bench-w2 sanitizer2 flagged2 flaggedlimit ep (EP_W ranks, default 8) nccl
 #          hosts hosts-long hosts-fail hosts-bench hosts-sanitizer (between hosts, simulated on this machine: MOE_A2A_SIMULATED_HOSTS;
 #          hosts-bench wants 4 GPUs: 2 hosts x 2 GPUs, NVLink inside a host, sockets between; HOSTS_BENCH_W=2: 2 x 1)
 # FAILFAST=1 stops at the first step that fails. The steps ending in 2/4 want that many GPUs (ranks are
@@ -196,6 +196,18 @@ for step in "$@"; do
           MOE_A2A_FLAGGED_MAX_TOKENS=$m TAIL=0 run flagged-bench-f$m-$i timeout 150 $cli bench --transport cuda --world 2 \
             --tokens 1,8,32,128 --iters 200 --warmup 20 --no-baseline --path dedup --stamps 1
           sed -n '/serving loop/,/^per call/p' "$OUT/flagged-bench-f$m-$i.log" | grep -E '^ *[0-9]+ +dedup'
+        done
+      done ;;
+    flaggedlimit)
+      # where flagged partials stop paying (bench/NOTES.md, next step 10): the serving loop at W = 2 and 4 (4 GPUs)
+      # with MOE_A2A_FLAGGED_MAX_TOKENS 0 (off), 8, 16, 32, alternated twice; stamps at T = 32
+      for i in 1 2; do
+        for w in 2 4; do
+          for m in 0 8 16 32; do
+            MOE_A2A_FLAGGED_MAX_TOKENS=$m TAIL=0 run flaggedlimit-w$w-f$m-$i timeout 150 $cli bench --transport cuda --world $w \
+              --tokens 1,8,16,32 --iters 200 --warmup 20 --no-baseline --no-json --path dedup --stamps 32
+            echo "   W=$w limit $m:"; sed -n '/serving loop/,/^per call/p' "$OUT/flaggedlimit-w$w-f$m-$i.log" | grep -E '^ *[0-9]+ +dedup'
+          done
         done
       done ;;
     *) echo "unknown step $step" ;;

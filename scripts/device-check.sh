@@ -151,7 +151,7 @@ for step in "$@"; do
       BENCH_W=$local_w BENCH_ARGS="--stamps 1,128,4096 ${BENCH_ARGS:-}" bench_ranks ;;
     walk2)
       # the row walkers with few blocks (MOE_A2A_WALK_BLOCKS): every warp walks many rows, through the pack's
-      # batched lookups and every walker's grid-stride loop, which the default grids reach only at large T
+      # batched lookups and the walkers' grid-stride loops, which the default grids reach only at large T
       for wb in 1 3; do
         for f in --fp8 --no-fp8; do
           MOE_A2A_WALK_BLOCKS=$wb run walk2-b$wb$f timeout 200 $cli verify --transport cuda --world 2 --experts 32 --hidden 512 \
@@ -159,7 +159,12 @@ for step in "$@"; do
         done
       done
       MOE_A2A_WALK_BLOCKS=1 run memcheck2-walk1 timeout 300 compute-sanitizer --tool memcheck --target-processes all $cli verify --transport cuda --world 2 \
-        --experts 8 --hidden 256 --topk 4 --tokens 8,40 --dedup --fp8 ;;
+        --experts 8 --hidden 256 --topk 4 --tokens 8,40 --dedup --fp8
+      # the rail kernels too: W = 4 over 2 simulated hosts (several ranks may share a GPU)
+      MOE_A2A_WALK_BLOCKS=2 MOE_A2A_SIMULATED_HOSTS=1 NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-lo} \
+        MOE_A2A_NCCL_LIB=${MOE_A2A_NCCL_LIB:-$(ldconfig -p | grep -o '/[^ ]*libnccl.so.2$' | head -1)} \
+        run walk2-hosts timeout 200 $cli verify --transport cuda --world 4 --nodes 2 --experts 16 --hidden 256 --topk 4 \
+        --tokens 0,1,33,128 --scenario random,ragged --calls 2 ;;
     paths2) paths 2 ;;
     large2) large 2 ;;
     large4) large 4 ;;

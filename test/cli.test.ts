@@ -50,8 +50,20 @@ describe('moe-a2a command line', () => {
   it('a shape the library refuses is a usage error before any rank starts', () => {
     const r = cli(...'verify --transport cpu --world 2 --experts 8 --hidden 64 --tokens 4'.split(' '));
     assert.equal(r.status, 2);
-    assert.match(r.stderr, /with FP8, hidden \(64\) must be a multiple of fp8GroupSize \(128\)/);
+    assert.match(
+      r.stderr,
+      /hidden \(64\) must be a multiple of fp8GroupSize \(128\) \(the FP8 cases only: --no-fp8/,
+    );
     assert.doesNotMatch(r.stdout, /FAIL/);
+    const dedup = cli(
+      ...'verify --transport cpu --world 2 --experts 64 --hidden 256 --topk 40 --tokens 2'.split(' '),
+    );
+    assert.equal(dedup.status, 2);
+    assert.match(dedup.stderr, /\(the dedup cases only: --no-dedup leaves them out\)/);
+    const neither = cli(...'verify --transport cpu --world 3 --experts 8 --hidden 256 --tokens 2'.split(' '));
+    assert.equal(neither.status, 2);
+    assert.match(neither.stderr, /divisible by world \(3\)/);
+    assert.doesNotMatch(neither.stderr, /cases only/);
   });
 
   it(

@@ -24,10 +24,11 @@ describe('verify: a run stopped part-way keeps what finished', () => {
       report: { ok: true, result: outs },
       died: undefined,
     });
-    const rows = caseRows(list, 2, [
+    const { rows, failure } = caseRows(list, 2, [
       ok([outcome('a'), outcome('b'), outcome('c')]),
       ok([outcome('a'), outcome('b', false, 'call 2: y differs'), outcome('c')]),
     ]);
+    assert.equal(failure, undefined);
     assert.deepEqual(
       rows.map((r) => [r.name, r.pass]),
       [
@@ -40,7 +41,7 @@ describe('verify: a run stopped part-way keeps what finished', () => {
   });
 
   test('a rank that died: the cases every rank finished keep their verdicts, the rest fail with its death', () => {
-    const rows = caseRows(list, 2, [
+    const { rows, failure } = caseRows(list, 2, [
       { report: undefined, died: 'exit code SIGTERM', partial: [outcome('a'), outcome('b')] },
       {
         report: undefined,
@@ -50,6 +51,7 @@ describe('verify: a run stopped part-way keeps what finished', () => {
     ]);
     assert.equal(rows[0].pass, false);
     assert.equal(rows[0].message, 'rank 1: call 0: dispatch differs');
+    assert.equal(failure, 'rank 0 ended without a result (exit code SIGTERM)');
     for (const r of rows.slice(1)) {
       assert.equal(r.pass, false);
       assert.match(
@@ -63,9 +65,22 @@ describe('verify: a run stopped part-way keeps what finished', () => {
       { report: { ok: true, result: [outcome('a'), outcome('b'), outcome('c')] }, died: undefined },
     ]);
     assert.deepEqual(
-      passed.map((r) => r.pass),
+      passed.rows.map((r) => r.pass),
       [true, true, false],
     );
+    // a rank that died after its last case: every case has its verdict, and the failure is still returned
+    const after = caseRows(list, 2, [
+      { report: undefined, died: 'exit code 139', partial: [outcome('a'), outcome('b'), outcome('c')] },
+      { report: { ok: true, result: [outcome('a'), outcome('b'), outcome('c')] }, died: undefined },
+    ]);
+    assert.ok(after.rows.every((r) => r.pass));
+    assert.match(after.failure ?? '', /rank 0 ended without a result \(exit code 139\)/);
+    // a rank that reported fewer outcomes than cases, with no failure: the case says which rank
+    const short = caseRows(list, 2, [
+      { report: { ok: true, result: [outcome('a'), outcome('b'), outcome('c')] }, died: undefined },
+      { report: { ok: true, result: [outcome('a'), outcome('b')] }, died: undefined },
+    ]);
+    assert.equal(short.rows[2].message, 'rank 1 gave no outcome for this case (before this case ended)');
   });
 
   test('rank processes hand their partial reports to the run that started them', async () => {

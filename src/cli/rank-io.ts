@@ -38,10 +38,13 @@ async function report(value: RankReport<unknown>): Promise<void> {
 export function reportPartial(value: unknown): void {
   const dir = process.env.MOE_A2A_RESULT_DIR;
   if (!dir || workerData) return;
-  mkdirSync(dir, { recursive: true });
-  const file = join(dir, `rank-${process.env.RANK ?? 0}.partial.json`);
-  writeFileSync(`${file}.tmp`, JSON.stringify(value));
-  renameSync(`${file}.tmp`, file);
+  // best effort: a write that fails costs only what a stopped run would have shown, never the rank's work
+  try {
+    mkdirSync(dir, { recursive: true });
+    const file = join(dir, `rank-${process.env.RANK ?? 0}.partial.json`);
+    writeFileSync(`${file}.tmp`, JSON.stringify(value));
+    renameSync(`${file}.tmp`, file);
+  } catch {}
 }
 
 /** Runs `body` with this rank's task and reports its result or its error (never throws). */

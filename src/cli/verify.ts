@@ -1,4 +1,4 @@
-import { type ExpertLayout, parseExpertLayout, resolveConfig } from '../ep/config.js';
+import { type EpConfigInput, type ExpertLayout, parseExpertLayout, resolveConfig } from '../ep/config.js';
 import { type ParsedFlags, UsageError } from './args.js';
 import { defaultSuite, type Scenario, type VerifyCase } from './cases.js';
 import { anyShapeFlag, resolveTransport } from './common.js';
@@ -75,12 +75,27 @@ export function verifyCases(flags: ParsedFlags): VerifyCase[] {
       }
     }
   }
-  // a shape the library refuses is the flags' mistake: say so once, before any rank starts
+  // a shape the library refuses is the flags' mistake: say so once, before any rank starts, and name the
+  // flag that leaves out the refused cases where only some are
+  const resolves = (config: EpConfigInput) => {
+    try {
+      resolveConfig(config);
+      return true;
+    } catch {
+      return false;
+    }
+  };
   for (const c of cases) {
     try {
       resolveConfig(c.config);
     } catch (err) {
-      throw new UsageError(`${c.config.fp8 ? 'with FP8, ' : ''}${(err as Error).message}`);
+      const only =
+        c.config.fp8 && resolves({ ...c.config, fp8: false })
+          ? ' (the FP8 cases only: --no-fp8 leaves them out)'
+          : c.config.dedup && resolves({ ...c.config, dedup: false })
+            ? ' (the dedup cases only: --no-dedup leaves them out)'
+            : '';
+      throw new UsageError(`${(err as Error).message}${only}`);
     }
   }
   return cases;
@@ -106,14 +121,15 @@ export interface CaseRow {
 
 /**
  * The verdicts of one run's cases from what its ranks reported. A run that failed as a whole (a rank died,
- * a timeout stopped it) still gives each case that every rank finished (their partial reports) its
- * verdict; the others fail with the run's error.
+ * a timeout or a signal stopped it) still gives each case that every rank finished (their partial reports)
+ * its verdict; the others fail with the run's error, which is also returned (`failure`): a rank may die
+ * after its last case, and the run must not pass then.
  */
 export function caseRows(
   list: VerifyCase[],
   world: number,
   settled: SettledRank<CaseOutcome[]>[],
-): CaseRow[] {
+): { rows: CaseRow[]; failure?: string } {
   let perRank: CaseOutcome[][];
   let failure: string | undefined;
   try {
@@ -125,16 +141,18 @@ export function caseRows(
       s.report?.ok ? s.report.result : Array.isArray(s.partial) ? (s.partial as CaseOutcome[]) : [],
     );
   }
-  return list.map((c, i) => {
+  const rows = list.map((c, i): CaseRow => {
     const outs = perRank.map((r) => r[i]);
-    if (outs.some((o) => o === undefined || o.name !== c.name)) {
+    const missing = outs.findIndex((o) => o === undefined || o.name !== c.name);
+    if (missing !== -1) {
+      const why = failure ?? `rank ${missing} gave no outcome for this case`;
       return {
         name: c.name,
         world,
         pass: false,
         calls: 0,
         ms: 0,
-        message: `${failure} (before this case ended)`,
+        message: `${why} (before this case ended)`,
       };
     }
     const bad = outs.findIndex((o) => !o.pass);
@@ -148,6 +166,7 @@ export function caseRows(
       heapBytes: Math.max(...outs.map((o) => o.heapBytes ?? 0)),
     };
   });
+  return failure === undefined ? { rows } : { rows, failure };
 }
 
 /** `moe-a2a verify`: every case on every rank, bit for bit against the oracle. Returns the exit code. */
@@ -164,25 +183,46 @@ export async function verifyCommand(flags: ParsedFlags): Promise<number> {
   const json = flags.json === true;
   if (!json) process.stderr.write(`moe-a2a verify: ${cases.length} cases on the ${transport} transport\n`);
   const summary: CaseRow[] = [];
-  for (const [world, list] of byWorld) {
-    const task: VerifyTask = {
-      kind: 'verify',
-      cases: list,
-      transport,
-      timeoutMs,
-      graph: flags.graph === true,
-    };
-    const settled = await runScriptSettled<CaseOutcome[]>(transport, world, rankMainPath(), task);
-    for (const row of caseRows(list, world, settled)) {
-      summary.push(row);
-      if (!json) {
-        console.log(
-          row.pass
-            ? `PASS  ${row.name}  (${row.calls} call${row.calls === 1 ? '' : 's'}, ${(row.ms / 1000).toFixed(2)} s, heap ${mib(row.heapBytes ?? 0)}/rank)`
-            : `FAIL  ${row.name}: ${row.message}`,
-        );
+  const show = (row: CaseRow) => {
+    summary.push(row);
+    if (json) return;
+    console.log(
+      row.pass
+        ? `PASS  ${row.name}  (${row.calls} call${row.calls === 1 ? '' : 's'}, ${(row.ms / 1000).toFixed(2)} s, heap ${mib(row.heapBytes ?? 0)}/rank)`
+        : `FAIL  ${row.name}: ${row.message}`,
+    );
+  };
+  // cuda: the launcher forwards a Ctrl-C or SIGTERM to the ranks of the run in progress; the runs after it
+  // do not start (the cpu transport's threads end with this process, as by default)
+  let stopped: NodeJS.Signals | null = null;
+  const onSignal = (sig: NodeJS.Signals) => {
+    stopped ??= sig;
+  };
+  if (transport === 'cuda') for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, onSignal);
+  try {
+    for (const [world, list] of byWorld) {
+      if (stopped) {
+        for (const c of list)
+          show({ name: c.name, world, pass: false, calls: 0, ms: 0, message: `not run: ${stopped}` });
+        continue;
+      }
+      const task: VerifyTask = {
+        kind: 'verify',
+        cases: list,
+        transport,
+        timeoutMs,
+        graph: flags.graph === true,
+      };
+      const settled = await runScriptSettled<CaseOutcome[]>(transport, world, rankMainPath(), task);
+      const { rows, failure } = caseRows(list, world, settled);
+      for (const row of rows) show(row);
+      // every case has its verdict, yet a rank failed (after its last case): the run does not pass
+      if (failure !== undefined && rows.every((r) => r.pass)) {
+        show({ name: `the run at W=${world}`, world, pass: false, calls: 0, ms: 0, message: failure });
       }
     }
+  } finally {
+    for (const sig of ['SIGINT', 'SIGTERM'] as const) process.off(sig, onSignal);
   }
   const failed = summary.filter((s) => !s.pass).length;
   if (json) console.log(JSON.stringify({ transport, cases: summary, failed }, null, 2));

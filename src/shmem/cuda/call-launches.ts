@@ -287,7 +287,6 @@ const WALK_KERNELS = [
 ] as const satisfies readonly KernelName[];
 type WalkKernel = (typeof WALK_KERNELS)[number];
 
-/** FLAGGED_MAX_TOKENS, or the smaller limit a benchmark asks for (MOE_A2A_FLAGGED_MAX_TOKENS). */
 /** MOE_A2A_WALK_BLOCKS: unset, no cap; else a whole number >= 1 (every walker is correct for any grid >= 1). */
 export function walkBlocksLimit(env: string | undefined): number {
   if (env === undefined || env === '') return Number.POSITIVE_INFINITY;
@@ -298,6 +297,7 @@ export function walkBlocksLimit(env: string | undefined): number {
   return n;
 }
 
+/** FLAGGED_MAX_TOKENS, or the smaller limit a benchmark asks for (MOE_A2A_FLAGGED_MAX_TOKENS). */
 function flaggedLimit(env: string | undefined): number {
   if (env === undefined || env === '') return FLAGGED_MAX_TOKENS;
   const n = Number(env);

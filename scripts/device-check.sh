@@ -148,7 +148,7 @@ for step in "$@"; do
       TAIL=6 run ep$local_w-v3 timeout 400 $cli verify --transport cuda --world $local_w --tokens 1,128 --scenario random,skewed --calls 1
       TAIL=3 run ep$local_w-long timeout 500 $cli verify --transport cuda --world $local_w --experts $((local_w * 4)) --hidden 512 \
         --topk 4 --tokens 16 --fp8 --scenario random --calls 10000 --dedup
-      BENCH_W=$local_w BENCH_ARGS="--stamps 1,128,4096 ${BENCH_ARGS:-}" bench_ranks ;;
+      BENCH_W=$local_w BENCH_ARGS="--stamps 1,32,128,4096 ${BENCH_ARGS:-}" bench_ranks ;;
     walk2)
       # the row walkers with few blocks (MOE_A2A_WALK_BLOCKS): every warp walks many rows, through the pack's
       # batched lookups and the walkers' grid-stride loops, which the default grids reach only at large T

@@ -74,6 +74,25 @@ describe('verify: a run stopped part-way keeps what finished', () => {
       { report: { ok: true, result: [outcome('a'), outcome('b'), outcome('c')] }, died: undefined },
     ]);
     assert.ok(after.rows.every((r) => r.pass));
+    // the launcher's word on what stopped the run goes with the failure
+    const stopped = caseRows(list, 2, [
+      {
+        report: undefined,
+        died: 'exit code SIGTERM',
+        partial: [],
+        stop: 'received SIGTERM; forwarding it to ranks 0, 1',
+      },
+      {
+        report: undefined,
+        died: 'exit code SIGTERM',
+        partial: [],
+        stop: 'received SIGTERM; forwarding it to ranks 0, 1',
+      },
+    ]);
+    assert.equal(
+      stopped.failure,
+      'rank 0 ended without a result (exit code SIGTERM) (the launcher: received SIGTERM; forwarding it to ranks 0, 1)',
+    );
     assert.match(after.failure ?? '', /rank 0 ended without a result \(exit code 139\)/);
     // a rank that reported fewer outcomes than cases, with no failure: the case says which rank
     const short = caseRows(list, 2, [
@@ -96,6 +115,7 @@ describe('verify: a run stopped part-way keeps what finished', () => {
     });
     assert.equal(settled[1].report, undefined);
     assert.equal(settled[1].died, 'exit code 3');
+    assert.match(settled[1].stop ?? '', /rank 1 exited with code 3/);
     assert.deepEqual(settled[1].partial, [{ name: 'first', rank: 1 }]);
   });
 });

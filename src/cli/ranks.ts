@@ -47,6 +47,8 @@ export interface SettledRank<R> {
   died: string | undefined;
   /** A process's last reportPartial (rank-io.ts), when it made one. */
   partial?: unknown;
+  /** Processes: why the launcher stopped the ranks (the first to fail, a timeout, a signal), when it did. */
+  stop?: string;
 }
 
 /** Every rank's result; a rank that failed or reported an error throws, naming it (the lowest such rank). */
@@ -93,6 +95,7 @@ export async function runScriptSettled<R>(
         report: read(`rank-${r}.json`) as RankReport<R> | undefined,
         died: exit.code === 0 ? undefined : `exit code ${exit.code ?? exit.signal}`,
         partial: read(`rank-${r}.partial.json`),
+        ...(result.message ? { stop: result.message } : {}),
       };
     });
   } finally {

@@ -135,7 +135,9 @@ export function caseRows(
   try {
     perRank = resultsOf(settled);
   } catch (err) {
-    failure = (err as Error).message;
+    // the lowest rank that failed, and what the launcher saw first (a rank it stopped may be the lowest)
+    const stop = settled.find((s) => s.stop)?.stop;
+    failure = `${(err as Error).message}${stop ? ` (the launcher: ${stop})` : ''}`;
     // a rank that finished has its whole result; the others what they had reported
     perRank = settled.map((s) =>
       s.report?.ok ? s.report.result : Array.isArray(s.partial) ? (s.partial as CaseOutcome[]) : [],

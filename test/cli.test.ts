@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { KERNEL_SETTINGS } from '../src/cli/common.js';
 import { cudaAvailable } from '../src/shmem/cuda/driver.js';
 
 const cli = (...args: string[]) =>
@@ -34,6 +35,10 @@ describe('moe-a2a command line', () => {
         assert.ok(r.stdout.includes(flag), `${cmd} --help lacks ${flag}`);
       }
       assert.ok(r.stdout.includes(cmd === 'verify' ? '--calls' : '--iters'));
+      // the bench teaches the kernel settings an A/B flips, each with what it does
+      if (cmd === 'bench') {
+        for (const name of KERNEL_SETTINGS) assert.match(r.stdout, new RegExp(`\\n  ${name} +\\S`), name);
+      }
     }
     const top = cli('--help');
     assert.equal(top.status, 0);

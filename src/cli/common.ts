@@ -104,6 +104,24 @@ export const KERNEL_SETTINGS = [
   'MOE_A2A_FATBIN',
 ] as const;
 
+/** What each kernel setting does, for `bench --help` (README has the longer story of each). */
+export const KERNEL_SETTING_HELP: Record<(typeof KERNEL_SETTINGS)[number], string> = {
+  MOE_A2A_DISPATCH_PATH: 'auto, staged or direct: the dispatch protocol across ranks (default: auto)',
+  MOE_A2A_DEPENDENT_LAUNCH: "0: no programmatic dependent launch between a call's kernels",
+  MOE_A2A_EAGER_GRAPHS: '0: eager calls launch their kernels one by one instead of as a cached graph',
+  MOE_A2A_FLAGGED_MAX_TOKENS:
+    'N: flagged partials for calls of at most N tokens (0: never; at most the default 32)',
+  MOE_A2A_ONE_WAVE: '0: the row walkers at 4 blocks an SM instead of one wave',
+  MOE_A2A_WALK_BLOCKS: 'N: at most N blocks a row walker (checks of their loops with few warps)',
+  MOE_A2A_FATBIN: 'a path: another build of the kernels (an A/B against this one)',
+};
+
+/** The kernel settings as lines for a help text: `  NAME  what it does`. */
+export function kernelSettingsHelp(): string {
+  const width = Math.max(...KERNEL_SETTINGS.map((n) => n.length));
+  return KERNEL_SETTINGS.map((n) => `  ${n.padEnd(width)}  ${KERNEL_SETTING_HELP[n]}`).join('\n');
+}
+
 export function kernelSettings(env: NodeJS.ProcessEnv = process.env): Record<string, string> {
   const set: Record<string, string> = {};
   for (const name of KERNEL_SETTINGS) {

@@ -6,7 +6,7 @@
 import { isMoeA2aError } from '../errors.js';
 import { type FlagSpec, formatFlags, type ParsedFlags, parseFlags, UsageError } from './args.js';
 import { benchCommand } from './bench.js';
-import { COMMON_FLAGS, SHAPE_FLAGS } from './common.js';
+import { COMMON_FLAGS, kernelSettingsHelp, SHAPE_FLAGS } from './common.js';
 import { launchCommand } from './launch-cmd.js';
 import { verifyCommand } from './verify.js';
 
@@ -106,6 +106,9 @@ On cpu: per-call times (host clock, after a host barrier) and one thread copying
 Writes JSON (machine, date, transport, config, every figure) and an SVG plot under bench/results/.
 Defaults: the DeepSeek-V3 decode shape (H = 7168, k = 8, E = 256, 128 tokens per rank, FP8 dispatch)
 at W = 4.
+
+Kernel settings (environment; the JSON records those set, so each run of an A/B says which it was):
+${kernelSettingsHelp()}
 
 Examples:
   moe-a2a bench

@@ -107,16 +107,17 @@ function mib(bytes: number): string {
   return `${m >= 10 ? m.toFixed(0) : m >= 1 ? m.toFixed(1) : m.toFixed(2)} MiB`;
 }
 
-/** One case's verdict over every rank of its run. */
-export interface CaseRow {
-  name: string;
+/**
+ * One case's verdict over every rank of its run: the fewest calls, the longest time and the largest heap of
+ * any rank, and the first failing rank's message.
+ */
+export interface CaseRow extends Omit<CaseOutcome, 'error'> {
   world: number;
-  pass: boolean;
-  calls: number;
-  ms: number;
-  message?: string;
-  /** The largest rank's symmetric heap. */
-  heapBytes?: number;
+}
+
+/** A case (or a run) that failed with no outcome to show. */
+function failedRow(name: string, world: number, message: string): CaseRow {
+  return { name, world, pass: false, calls: 0, ms: 0, message };
 }
 
 /**
@@ -148,14 +149,7 @@ export function caseRows(
     const missing = outs.findIndex((o) => o === undefined || o.name !== c.name);
     if (missing !== -1) {
       const why = failure ?? `rank ${missing} gave no outcome for this case`;
-      return {
-        name: c.name,
-        world,
-        pass: false,
-        calls: 0,
-        ms: 0,
-        message: `${why} (before this case ended)`,
-      };
+      return failedRow(c.name, world, `${why} (before this case ended)`);
     }
     const bad = outs.findIndex((o) => !o.pass);
     return {
@@ -204,8 +198,7 @@ export async function verifyCommand(flags: ParsedFlags): Promise<number> {
   try {
     for (const [world, list] of byWorld) {
       if (stopped) {
-        for (const c of list)
-          show({ name: c.name, world, pass: false, calls: 0, ms: 0, message: `not run: ${stopped}` });
+        for (const c of list) show(failedRow(c.name, world, `not run: ${stopped}`));
         continue;
       }
       const task: VerifyTask = {
@@ -220,7 +213,7 @@ export async function verifyCommand(flags: ParsedFlags): Promise<number> {
       for (const row of rows) show(row);
       // every case has its verdict, yet a rank failed (after its last case): the run does not pass
       if (failure !== undefined && rows.every((r) => r.pass)) {
-        show({ name: `the run at W=${world}`, world, pass: false, calls: 0, ms: 0, message: failure });
+        show(failedRow(`the run at W=${world}`, world, failure));
       }
     }
   } finally {

@@ -287,22 +287,25 @@ const WALK_KERNELS = [
 ] as const satisfies readonly KernelName[];
 type WalkKernel = (typeof WALK_KERNELS)[number];
 
-/** MOE_A2A_WALK_BLOCKS: unset, no cap; else a whole number >= 1 (every walker is correct for any grid >= 1). */
-export function walkBlocksLimit(env: string | undefined): number {
-  if (env === undefined || env === '') return Number.POSITIVE_INFINITY;
+/** Environment variable `name` as a whole number >= `min`, or undefined when unset or empty. */
+function wholeFromEnv(name: string, env: string | undefined, min: number): number | undefined {
+  if (env === undefined || env === '') return undefined;
   const n = Number(env);
-  if (!Number.isInteger(n) || n < 1) {
-    throw new ConfigError(`MOE_A2A_WALK_BLOCKS must be a whole number >= 1, got '${env}'`);
+  if (!Number.isInteger(n) || n < min) {
+    throw new ConfigError(`${name} must be a whole number >= ${min}, got '${env}'`);
   }
   return n;
 }
 
+/** MOE_A2A_WALK_BLOCKS: unset, no cap; else a whole number >= 1 (every walker is correct for any grid >= 1). */
+export function walkBlocksLimit(env: string | undefined): number {
+  return wholeFromEnv('MOE_A2A_WALK_BLOCKS', env, 1) ?? Number.POSITIVE_INFINITY;
+}
+
 /** FLAGGED_MAX_TOKENS, or the smaller limit a benchmark asks for (MOE_A2A_FLAGGED_MAX_TOKENS). */
 function flaggedLimit(env: string | undefined): number {
-  if (env === undefined || env === '') return FLAGGED_MAX_TOKENS;
-  const n = Number(env);
-  if (!Number.isInteger(n) || n < 0) {
-    throw new ConfigError(`MOE_A2A_FLAGGED_MAX_TOKENS must be a whole number >= 0, got '${env}'`);
-  }
-  return Math.min(n, FLAGGED_MAX_TOKENS);
+  return Math.min(
+    wholeFromEnv('MOE_A2A_FLAGGED_MAX_TOKENS', env, 0) ?? FLAGGED_MAX_TOKENS,
+    FLAGGED_MAX_TOKENS,
+  );
 }

@@ -149,5 +149,5 @@ struct EpArgs {
   // it awaits only at its end. Set for dispatch and combine.
   int32_t combineFlagged;
   int32_t spare;                          // (keeps the struct a multiple of 8 bytes)
-  uint64_t flaggedRecvOff, flaggedRecvSlot;  // u32 [2][min(maxT, FLAGGED_MAX_TOKENS) * k][H] (heap): flagged partials
+  uint64_t flaggedRecvOff, flaggedRecvSlot;  // u32 [2][min(maxT, flaggedMaxTokens(W)) * k][H] (heap): flagged partials
 };

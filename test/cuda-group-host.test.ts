@@ -196,6 +196,10 @@ describe('cuda group host logic (fake driver)', () => {
       ]);
     }
     await unflagged.close();
+    // more ranks, more rows in at once: at W = 4 the limit is 16 tokens (flaggedMaxTokens)
+    const four = await groupOn(fake, { ...small, world: 4, maxTokensPerRank: 32, dedup: true });
+    assert.ok(four.flaggedPartials(16) && !four.flaggedPartials(17));
+    await four.close();
     // a group that cannot flag (one rank here) never does, not even for an empty call
     const solo = await groupOn(fake, { ...small, world: 1, dedup: true });
     assert.ok(!solo.flaggedPartials(0) && !solo.flaggedPartials(2));

@@ -7,6 +7,7 @@ import {
   combineRowOffset,
   computeLayout,
   FLAGGED_MAX_TOKENS,
+  flaggedMaxTokens,
   type HeapLayout,
   type Region,
   railMessageLayout,
@@ -116,6 +117,21 @@ describe('layout: hand-worked W = 2, E = 4, H = 256, k = 2, T = 4, fp8 G = 128, 
     assert.equal(stageCarrierOffset(m, 1, 1, 7), 24064 + 256 + 15 * 4);
     assert.equal(stageRecordOffset(m, c, 0, 0, 1), 24576 + 32);
     assert.equal(stageRecordOffset(m, c, 1, 1, 7), 24576 + 512 + 15 * 32);
+  });
+
+  test('flagged partials: at most 48 rows in from the other ranks a call, and never more than 32 tokens', () => {
+    // T * (W - 1) <= 48: W = 2 is held to 32 tokens, W = 4 to 16, W = 8 to 6; one rank never flags
+    assert.deepEqual([1, 2, 3, 4, 5, 8, 49, 64].map(flaggedMaxTokens), [0, 32, 24, 16, 12, 6, 1, 0]);
+    const w4 = resolveConfig({
+      world: 4,
+      numExperts: 8,
+      hidden: 256,
+      topk: 2,
+      maxTokensPerRank: 64,
+      dedup: true,
+    });
+    // its flagged region: 16 tokens * k rows, each 4 bytes of a bf16 row beside a 4-byte flag
+    assert.equal(computeLayout(w4, 8).flaggedRecv.slotBytes, 16 * 2 * 2 * w4.combineRowBytes);
   });
 
   test('recordBytes: i32 back, k i32 rows, k f32 weights, padded to 16 bytes', () => {
@@ -245,7 +261,10 @@ describe('layout: properties on random configs', () => {
         stageRecords: [dedup ? W * stageRows * alignUp(4 * (1 + 2 * cfg.topk), 16) : 0, 2],
         flaggedRecv: [
           dedup && W > 1
-            ? Math.min(cfg.maxTokensPerRank, FLAGGED_MAX_TOKENS) * cfg.topk * 2 * cfg.combineRowBytes
+            ? Math.min(cfg.maxTokensPerRank, FLAGGED_MAX_TOKENS, Math.floor(48 / (W - 1))) *
+              cfg.topk *
+              2 *
+              cfg.combineRowBytes
             : 0,
           2,
         ],

@@ -70,7 +70,7 @@ export interface HeapLayout {
    */
   readonly stageRecords: Region;
   /**
-   * dedup only, W > 1 (zero bytes otherwise): u32 [2][min(maxTokensPerRank, FLAGGED_MAX_TOKENS) * k][H]:
+   * dedup only, W > 1 (zero bytes otherwise): u32 [2][min(maxTokensPerRank, flaggedMaxTokens(W)) * k][H]:
    * flagged partials (the cuda transport on one host, small batches; README, "Flagged partials"): at row
    * t * k + j0, as in combineRecv, each 4 bytes of the partial followed by the call's flag. (Allocated on
    * every transport and host count alike, so that the heaps of one config lay out the same; only the cuda
@@ -109,6 +109,18 @@ export interface HeapLayout {
 export const FLAGGED_MAX_TOKENS = 32;
 
 /**
+ * The most partial rows a rank may get back flagged in one call, T * (W - 1) (each other rank may return one
+ * per token): the doubled bytes come in from every owner at once, so the batch that still gains shrinks as
+ * the group grows (4 x H200: at W = 4, T = 16 gains 1.1 us and T = 32 loses 5.8; bench/NOTES.md v24).
+ */
+export const FLAGGED_MAX_ROWS_IN = 48;
+
+/** The largest batch of a group of `world` ranks whose partials come back flagged: 0 for one rank. */
+export function flaggedMaxTokens(world: number): number {
+  return world > 1 ? Math.min(FLAGGED_MAX_TOKENS, Math.floor(FLAGGED_MAX_ROWS_IN / (world - 1))) : 0;
+}
+
+/**
  * `stageRows`: rows per source in the stage, 0 for a group that does not stage (stagedRowsFor gives
  * the rows a staged group needs).
  */
@@ -135,9 +147,7 @@ export function computeLayout(cfg: EpConfig, stageRows: number): HeapLayout {
     stageCarrier: heap.region(dedup ? W * stageRows * 4 : 0),
     stageRecords: heap.region(dedup ? W * stageRows * recordBytes(cfg) : 0),
     flaggedRecv: heap.region(
-      dedup && W > 1
-        ? Math.min(cfg.maxTokensPerRank, FLAGGED_MAX_TOKENS) * cfg.topk * 2 * cfg.combineRowBytes
-        : 0,
+      dedup ? Math.min(cfg.maxTokensPerRank, flaggedMaxTokens(W)) * cfg.topk * 2 * cfg.combineRowBytes : 0,
     ),
     ...railRegions(heap, cfg, staged && cfg.nodes > 1 ? stageRows : 0, combineRows),
   };

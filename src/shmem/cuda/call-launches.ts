@@ -1,7 +1,7 @@
 import type { SourceMajorRecv } from '../../ep/api.js';
 import type { EpConfig } from '../../ep/config.js';
 import type { DispatchPath } from '../../ep/dispatch-path.js';
-import { FLAGGED_MAX_TOKENS } from '../../ep/layout.js';
+import { flaggedMaxTokens } from '../../ep/layout.js';
 import type { DType } from '../../ep/tensor.js';
 import { ConfigError, InternalError } from '../../errors.js';
 import { EP_ARGS_BYTES, EP_LOCAL_MAX_PAIRS, type EpArgsWriter } from './args.js';
@@ -80,7 +80,7 @@ export class CallLaunches {
     this.rail = group.rail ?? null;
     // as computeLayout sized flaggedRecv for; MOE_A2A_FLAGGED_MAX_TOKENS lowers it (0: never; benchmarks)
     const flaggable = this.dispatchPath === 'staged' && c.dedup === true && c.world > 1 && !this.rail;
-    this.flaggedMaxTokens = flaggable ? flaggedLimit(process.env.MOE_A2A_FLAGGED_MAX_TOKENS) : 0;
+    this.flaggedMaxTokens = flaggable ? flaggedLimit(c.world, process.env.MOE_A2A_FLAGGED_MAX_TOKENS) : 0;
     this.launchers = prepareLaunchers(drv, module, args.bytes);
     // MOE_A2A_ONE_WAVE=0: 4 blocks an SM whatever the occupancy (benchmarks: the grids before one wave)
     const oneWave = process.env.MOE_A2A_ONE_WAVE !== '0';
@@ -302,10 +302,8 @@ export function walkBlocksLimit(env: string | undefined): number {
   return wholeFromEnv('MOE_A2A_WALK_BLOCKS', env, 1) ?? Number.POSITIVE_INFINITY;
 }
 
-/** FLAGGED_MAX_TOKENS, or the smaller limit a benchmark asks for (MOE_A2A_FLAGGED_MAX_TOKENS). */
-function flaggedLimit(env: string | undefined): number {
-  return Math.min(
-    wholeFromEnv('MOE_A2A_FLAGGED_MAX_TOKENS', env, 0) ?? FLAGGED_MAX_TOKENS,
-    FLAGGED_MAX_TOKENS,
-  );
+/** flaggedMaxTokens(world), or the smaller limit a benchmark asks for (MOE_A2A_FLAGGED_MAX_TOKENS). */
+function flaggedLimit(world: number, env: string | undefined): number {
+  const most = flaggedMaxTokens(world);
+  return Math.min(wholeFromEnv('MOE_A2A_FLAGGED_MAX_TOKENS', env, 0) ?? most, most);
 }

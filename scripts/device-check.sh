@@ -205,7 +205,8 @@ for step in "$@"; do
       done ;;
     flaggedlimit)
       # where flagged partials stop paying (bench/NOTES.md, next step 10): the serving loop at W = 2 and 4 (4 GPUs)
-      # with MOE_A2A_FLAGGED_MAX_TOKENS 0 (off), 8, 16, 32, alternated twice; stamps at T = 32
+      # with MOE_A2A_FLAGGED_MAX_TOKENS 0 (off), 8, 16, 32, alternated twice; stamps at T = 32. The variable only
+      # lowers flaggedMaxTokens(W) (v24: 16 at W = 4, so 32 there runs as 16); to time past it, use a build before v24
       for i in 1 2; do
         for w in 2 4; do
           for m in 0 8 16 32; do

@@ -47,7 +47,7 @@ export class CallLaunches {
   /** Between hosts: the rail whose NCCL exchanges sit between the kernels; else null. */
   private readonly rail: CudaRail | null;
   /** Batches up to this many tokens get their dedup partials back flagged (0: none; see flagged()). */
-  private readonly flaggedMaxTokens: number;
+  private readonly flaggedTokenLimit: number;
   /**
    * The row-walking kernels' launch sizes, fixed for the group's life: no call's T changes them, and their
    * grids stay in one wave (walkGridCap, from the blocks of each an SM holds at once).
@@ -80,7 +80,7 @@ export class CallLaunches {
     this.rail = group.rail ?? null;
     // as computeLayout sized flaggedRecv for; MOE_A2A_FLAGGED_MAX_TOKENS lowers it (0: never; benchmarks)
     const flaggable = this.dispatchPath === 'staged' && c.dedup === true && c.world > 1 && !this.rail;
-    this.flaggedMaxTokens = flaggable ? flaggedLimit(c.world, process.env.MOE_A2A_FLAGGED_MAX_TOKENS) : 0;
+    this.flaggedTokenLimit = flaggable ? flaggedLimit(c.world, process.env.MOE_A2A_FLAGGED_MAX_TOKENS) : 0;
     this.launchers = prepareLaunchers(drv, module, args.bytes);
     // MOE_A2A_ONE_WAVE=0: 4 blocks an SM whatever the occupancy (benchmarks: the grids before one wave)
     const oneWave = process.env.MOE_A2A_ONE_WAVE !== '0';
@@ -216,7 +216,7 @@ export class CallLaunches {
    */
   flagged(T: number): boolean {
     // (a group that cannot flag has a limit of 0: even its empty calls go without)
-    return this.flaggedMaxTokens > 0 && T <= this.flaggedMaxTokens;
+    return this.flaggedTokenLimit > 0 && T <= this.flaggedTokenLimit;
   }
 
   /**

@@ -10,8 +10,8 @@ namespace {
 // (W > 1, T*k <= EP_MAX_PAIRS). Every row block reads all T*k ids (at most 128 KiB, from L2 after the first
 // block; kept in shared memory up to EP_STAGE_SMEM_PAIRS) and counts, for its own tokens, the pairs of each
 // of their experts in earlier tokens (local: per token, against its marked slots; staged: a running
-// per-expert count the block advances from one of its tokens to the next, so it reads each id twice in
-// all, once for the histogram and once for the counts, however many tokens it takes); the last block
+// per-expert count, started in the histogram's pass for the tokens before the block's first and advanced
+// by the block's own tokens, which are consecutive: each id is read once a block); the last block
 // of the grid stores no rows and keeps the books alone (validation and the error report, and the counts),
 // off the rows' critical path. Row blocks do not wait for its verdict: a call that fails may leave rows
 // behind (every store stays inside its region: bad ids never match, a repeated expert keeps one slot,
@@ -47,10 +47,36 @@ __device__ __forceinline__ int pair_expert(const EpArgs& a, const LocalTables& S
   return v >= 0 && v < a.numExperts ? v : -1;
 }
 
-// f(p, e) for every pair p in [lo, hi) with an expert e, the block's threads striding (8 loads in flight).
-template <class F>
+// Whether topkIdx can be read 4 ids at a time where it is read from L2: 16-byte aligned, and T*k a multiple
+// of 4 (no quad reaches past its end).
+__device__ __forceinline__ bool ids_by_quads(const EpArgs& a) {
+  return (a.topkIdx & 15u) == 0 && (a.numTokens * a.topk) % 4 == 0;
+}
+
+// f(p, e) for every pair p in [lo, hi) with an expert e, the block's threads striding (8 loads in flight;
+// from L2 and aligned, QN quads of ids: a pass over 32768 ids takes 9 round trips a thread, not 19). MayReadL2:
+// compile the quads' path (kernels whose ids may exceed shared memory; more quads in flight cost registers).
+template <bool MayReadL2, class F, int QN = 4>
 __device__ __forceinline__ void each_pair_expert(const EpArgs& a, const LocalTables& S, int lo, int hi, F f) {
   const int B = blockDim.x;
+  if (MayReadL2 && !ids_in_smem(a) && ids_by_quads(a)) {
+    const int4* quads = (const int4*)a.topkIdx;
+    const int E = a.numExperts;
+    for (int q0 = (lo >> 2) + threadIdx.x; q0 < (hi + 3) >> 2; q0 += QN * B) {
+      int4 v[QN];
+#pragma unroll
+      for (int u = 0; u < QN; ++u) v[u] = q0 + u * B < (hi + 3) >> 2 ? __ldg(quads + q0 + u * B) : make_int4(-1, -1, -1, -1);
+#pragma unroll
+      for (int u = 0; u < QN; ++u) {
+        const int p = (q0 + u * B) * 4;
+        const int e[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+          if (p + i >= lo && p + i < hi && e[i] >= 0 && e[i] < E) f(p + i, e[i]);
+      }
+    }
+    return;
+  }
   for (int p0 = lo + threadIdx.x; p0 < hi; p0 += 8 * B) {
     int e[8];
 #pragma unroll
@@ -74,9 +100,54 @@ __device__ int load_ids(const EpArgs& a, LocalTables& S, int* rows) {
 
 // The per-expert pair counts of the call's ids, into S.hist[0..E) (every thread calls it; it ends with a
 // barrier). S.hist must have been zeroed before the barrier that published S.ids.
+template <bool MayReadL2>
 __device__ __forceinline__ void count_experts(const EpArgs& a, LocalTables& S) {
-  each_pair_expert(a, S, 0, a.numTokens * a.topk, [&](int, int e) { atomicAdd(&S.hist[e], 1); });
+  each_pair_expert<MayReadL2>(a, S, 0, a.numTokens * a.topk, [&](int, int e) { atomicAdd(&S.hist[e], 1); });
   __syncthreads();
+}
+
+// check_ids' pass when the ids stay in L2 (T*k > EP_STAGE_SMEM_PAIRS): this thread's tokens (t = tid, tid + B,
+// ...), two tokens' first 8 slots in flight at once, so that it costs a round trip per two tokens a thread, not
+// one per pair compared. Returns the first pair out of range or naming an expert an earlier slot of its token
+// named (INT_MAX if none), and adds the pairs with an expert to *rows.
+__device__ int scan_ids_l2(const EpArgs& a, int* rows) {
+  const int K = a.topk, T = a.numTokens, E = a.numExperts, B = blockDim.x;
+  const int* ids = (const int*)a.topkIdx;
+  int bad = INT_MAX, n = 0;
+  const auto check = [&](int p, int e, bool rep) {  // pair p names e; rep: an earlier slot named it too
+    if (e < -1 || e >= E || (rep && e >= 0)) bad = min(bad, p);
+    n += e >= 0 && e < E;
+  };
+  for (int t0 = threadIdx.x; t0 < T; t0 += 2 * B) {
+    int v[2][8];
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+      for (int u = 0; u < 8; ++u) v[r][u] = t0 + r * B < T && u < K ? __ldg(ids + (uint64_t)(t0 + r * B) * K + u) : -1;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int t = t0 + r * B;
+      if (t >= T) break;
+      const int* tok = ids + (uint64_t)t * K;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {  // (slots past K hold -1: neither bad nor counted)
+        bool rep = false;
+#pragma unroll
+        for (int q = 0; q < j; ++q) rep |= v[r][q] == v[r][j];
+        check(t * K + j, v[r][j], rep);
+      }
+      for (int j = 8; j < K; ++j) {  // (k > 8: the later slots from L1)
+        const int e = __ldg(tok + j);
+        bool rep = false;
+#pragma unroll
+        for (int q = 0; q < 8; ++q) rep |= v[r][q] == e;
+        for (int q = 8; q < j; ++q) rep |= __ldg(tok + q) == e;
+        check(t * K + j, e, rep);
+      }
+    }
+  }
+  *rows += n;
+  return bad;
 }
 
 // The bookkeeping block's first half, shared by both: loads and validates the ids (planRouting's order:
@@ -84,7 +155,8 @@ __device__ __forceinline__ void count_experts(const EpArgs& a, LocalTables& S) {
 // a bad one as the call's error. `call` is the call's count; begin: also begin it (begin_call: one rank).
 // Returns true in every thread when the call goes on (ids valid, the host did not abort it); then S.rows
 // holds the pairs with an expert and S.hist is zero, ready for count_experts.
-__device__ bool check_ids(const EpArgs& a, LocalTables& S, uint64_t* call, bool begin) {
+template <bool Begin>
+__device__ bool check_ids(const EpArgs& a, LocalTables& S, uint64_t* call) {
   wait_for_prior();  // (a no-op unless launched as a programmatic dependent)
   const int tid = threadIdx.x, B = blockDim.x, lane = tid & 31;
   const int E = a.numExperts, K = a.topk, N = a.numTokens * K;
@@ -94,17 +166,23 @@ __device__ bool check_ids(const EpArgs& a, LocalTables& S, uint64_t* call, bool 
     S.capE = INT_MAX;
   }
   for (int e = tid; e <= E; e += B) S.hist[e] = 0;
-  int rows = 0;
-  int bad = load_ids(a, S, &rows);
-  __syncthreads();
-  for (int p = tid; p < N; p += B) {  // an expert an earlier slot of the same token named
-    const int e = pair_expert(a, S, p);
-    if (e < 0) continue;
-    for (int q = p - p % K; q < p; ++q)
-      if (pair_expert(a, S, q) == e) {
-        bad = min(bad, p);
-        break;
-      }
+  int rows = 0, bad;
+  if (Begin || ids_in_smem(a)) {  // (one rank: always)
+    bad = load_ids(a, S, &rows);
+    __syncthreads();
+    for (int p = tid; p < N; p += B) {  // an expert an earlier slot of the same token named
+      const int e = pair_expert(a, S, p);
+      if (e < 0) continue;
+      for (int q = p - p % K; q < p; ++q)
+        if (pair_expert(a, S, q) == e) {
+          bad = min(bad, p);
+          break;
+        }
+    }
+  } else {
+    if (tid == 0) S.base = __ldg((const uint64_t*)a.peerBases + a.rank);  // (what load_ids also does)
+    bad = scan_ids_l2(a, &rows);
+    __syncthreads();  // (thread 0's S.bad and S.rows before the atomics below)
   }
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
@@ -119,7 +197,7 @@ __device__ bool check_ids(const EpArgs& a, LocalTables& S, uint64_t* call, bool 
   bad = S.bad;
   EpState* st = state_of(a);
   if (tid == 0) {
-    if (begin) *call = begin_call(st);
+    if (Begin) *call = begin_call(st);
     const uint32_t slot = (uint32_t)(*call & 1u);
     if (host_abort(a) != 0) {
       mark_host_abort(a);
@@ -138,12 +216,12 @@ __device__ void local_bookkeeping(const EpArgs& a, LocalTables& S) {
   const int tid = threadIdx.x, B = blockDim.x;
   const int E = a.numExperts;
   uint64_t call = 0;
-  if (!check_ids(a, S, &call, true)) return;  // the call is off
+  if (!check_ids<true>(a, S, &call)) return;  // the call is off
   if (S.rows > a.maxRowsPerPeer) {
     if (tid == 0) report_error(a, EP_ERR_CAPACITY, 0u, (uint32_t)(call & 1u), call, 0, S.rows, EP_CAPACITY_AUX_SEND);
     return;
   }
-  count_experts(a, S);
+  count_experts<false>(a, S);
   int* counts = (int*)a.expertCounts;
   int* splits = (int*)a.recvSplits;  // [1][E + 1]: rows per expert, then m_st = 0
   for (int e = tid; e < E; e += B) {
@@ -170,8 +248,8 @@ __device__ void stage_bookkeeping(const EpArgs& a, LocalTables& S, uint64_t call
   const int E = a.numExperts, W = a.world, EPR = a.expertsPerRank;
   if (tid == 0) clear_error(state_of(a));  // (no other block reports before the last block's wait)
   __syncthreads();
-  if (!check_ids(a, S, &call, false)) return;
-  count_experts(a, S);
+  if (!check_ids<false>(a, S, &call)) return;
+  count_experts<true>(a, S);
   block_exclusive_scan(S.hist, E, S.scratch);  // hist[e] = pairs of experts < e
   for (int d = tid; d < W; d += B)
     if (S.hist[(d + 1) * EPR] - S.hist[d * EPR] > a.maxRowsPerPeer) atomicMin(&S.capE, d);
@@ -252,7 +330,10 @@ struct InBlockDests {
   int cursor;     // staged: S.run counts the pairs of the tokens before this one (a block's tokens only grow)
   __device__ explicit InBlockDests(LocalTables& s)
       : S(s), call(0), state(-1), marked(-1), counted(-1), cursor(0) {}
-  __device__ __forceinline__ int stride() const { return gridDim.x - 1; }  // the last block keeps the books
+  // (the last block keeps the books; staged blocks take consecutive tokens, see contiguous_items)
+  __device__ __forceinline__ ItemSpan span(int n) const {
+    return Staged ? contiguous_items(n, gridDim.x - 1) : strided_items(n, gridDim.x - 1);
+  }
   // Slots 0..7 of token t straight from topkIdx (the same bytes in every thread: L1 broadcasts), -1 past k.
   __device__ __forceinline__ static void first_ids(const EpArgs& a, int t, int (&v)[8]) {
     const int* tok = (const int*)a.topkIdx + (uint64_t)t * a.topk;
@@ -301,7 +382,17 @@ struct InBlockDests {
       if (!Staged) mark(a, t, first);
       __syncthreads();
       if (prefix) {
-        count_experts(a, S);
+        if (Staged) {  // one pass: every pair into hist, and those before this block's first token into run
+          const int t0 = t * a.topk;
+          each_pair_expert<true>(a, S, 0, a.numTokens * a.topk, [&](int p, int e) {
+            atomicAdd(&S.hist[e], 1);
+            if (p < t0) atomicAdd(&S.run[e], 1);
+          });
+          __syncthreads();
+          cursor = counted = t;
+        } else {
+          count_experts<false>(a, S);
+        }
         // one rank's packed experts: an expert over capacity stores nothing, so it takes no rows from the
         // next ones' starts (a failing call stores no row past the end either)
         if (!Staged)
@@ -320,7 +411,7 @@ struct InBlockDests {
   __device__ void dests(const EpArgs& a, int t, bool firstChunk, DestList& L, int buf) {
     const int tid = threadIdx.x, K = a.topk, N = a.numTokens * K, t0 = t * K;
     if (Staged && counted != t) {
-      each_pair_expert(a, S, cursor * K, t0, [&](int, int e) { atomicAdd(&S.run[e], 1); });
+      each_pair_expert<true>(a, S, cursor * K, t0, [&](int, int e) { atomicAdd(&S.run[e], 1); });
       __syncthreads();
       cursor = counted = t;
     }

@@ -137,7 +137,7 @@ extern "C" __global__ void __launch_bounds__(1024) ep_rail_plan(const __grid_con
 namespace {
 struct RailDests {
   int state = -1;  // -1: not asked yet; 1: rows go; 0: this rank's own input failed the call
-  __device__ __forceinline__ int stride() const { return gridDim.x; }
+  __device__ __forceinline__ ItemSpan span(int n) const { return strided_items(n, gridDim.x); }
   __device__ __forceinline__ bool go(const EpArgs& a, int /*firstToken*/) {
     if (state < 0) {
       wait_for_prior();  // ep_rail_plan's railTokenOf

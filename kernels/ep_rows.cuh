@@ -70,14 +70,27 @@ __device__ __forceinline__ bool routed(const EpArgs& a) {
   return code == 0 || own_expert_over_capacity(st, code);
 }
 
+// The items (token, chunk) a row block takes: first, first + step, ... below end.
+struct ItemSpan {
+  int first, end, step;
+};
+// Strided over `blocks` row blocks: blockIdx.x, + blocks, ...
+__device__ __forceinline__ ItemSpan strided_items(int n, int blocks) { return {(int)blockIdx.x, n, blocks}; }
+// One run of consecutive items a block (so consecutive tokens: a staged block advances its running counts by
+// its own tokens' pairs only, instead of every pair in between).
+__device__ __forceinline__ ItemSpan contiguous_items(int n, int blocks) {
+  const int per = (n + blocks - 1) / blocks, first = min(n, (int)blockIdx.x * per);
+  return {first, min(n, first + per), 1};
+}
+
 // Where a dispatch block learns the destinations of its tokens. Two policies, one copy loop each
 // (dispatch_rows below): PlannedDests reads what ep_route wrote; InBlockDests (ep_dispatch_local,
-// ep_stage_send) routes inside the block. Blocks blockIdx.x, + stride(), ... take the items. go(a, first token) is called by
+// ep_stage_send) routes inside the block. span(items) says which items a block takes. go(a, first token) is called by
 // every thread of the block before its first destinations (and by a block with no items at the end);
 // dests() by every thread for each item (it may use barriers).
 struct PlannedDests {
   int state = -1;  // -1: not asked yet; then routed()'s answer
-  __device__ __forceinline__ int stride() const { return gridDim.x; }
+  __device__ __forceinline__ ItemSpan span(int n) const { return strided_items(n, gridDim.x); }
   __device__ __forceinline__ bool go(const EpArgs& a, int /*firstToken*/) {
     if (state < 0) {
       state = routed(a) ? 1 : 0;
@@ -99,7 +112,8 @@ __device__ void dispatch_bf16(const EpArgs& a, DestList& L, Dests& D) {
   const int items = a.numTokens * chunks;
   const char* x = (const char*)a.x;
   int buf = 0;
-  for (int it = blockIdx.x; it < items; it += D.stride(), buf ^= 1) {
+  const ItemSpan span = D.span(items);
+  for (int it = span.first; it < span.end; it += span.step, buf ^= 1) {
     const int t = it / chunks, c = it % chunks;
     const int v0 = c * 2 * B + tid, v1 = v0 + B;
     const char* src = x + (uint64_t)t * a.hidden * 2u;
@@ -131,7 +145,8 @@ __device__ void dispatch_fp8_fast(const EpArgs& a, DestList& L, Dests& D, int la
   const int items = a.numTokens * chunks;
   const char* x = (const char*)a.x;
   int buf = 0;
-  for (int it = blockIdx.x; it < items; it += D.stride(), buf ^= 1) {
+  const ItemSpan span = D.span(items);
+  for (int it = span.first; it < span.end; it += span.step, buf ^= 1) {
     const int t = it / chunks, c = it % chunks;
     const int u = c * B + tid;
     const bool active = u < U;  // whole groups are active or not: U and B are multiples of lanesPerGroup
@@ -179,7 +194,8 @@ __device__ void dispatch_fp8_general(const EpArgs& a, DestList& L, Dests& D) {
   const int items = a.numTokens * chunks;
   const char* x = (const char*)a.x;
   int buf = 0;
-  for (int it = blockIdx.x; it < items; it += D.stride(), buf ^= 1) {
+  const ItemSpan span = D.span(items);
+  for (int it = span.first; it < span.end; it += span.step, buf ^= 1) {
     const int t = it / chunks, c = it % chunks;
     const int g = c * B + tid;
     if (!D.go(a, t)) return;

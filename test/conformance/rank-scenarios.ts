@@ -18,6 +18,7 @@ import { type ErrorDetails, errorToWire } from '../../src/errors.js';
 export interface ScenarioTask {
   scenario:
     | 'errors'
+    | 'large-ids'
     | 'dedup-weights'
     | 'silent-rank'
     | 'throwing-rank'
@@ -252,6 +253,46 @@ async function errorSteps(task: ScenarioTask, rank: number): Promise<Observation
  * Weights under dedup: they travel with dispatch, so a dispatch without them and a combine given them
  * are refused on the rank at fault, and its peers abandon that call at once; the next call is correct.
  */
+/**
+ * Bad ids in a batch past the kernels' shared-memory ids (T*k = 4400 > 4096: the cuda dispatch checks them from
+ * L2, a token at a time). The last rank names one expert twice at token 1050 (slots 1 and 3) and an id out of
+ * range at token 1070: the first is reported. Correct calls of that size before and after.
+ */
+async function largeIdSteps(task: ScenarioTask, rank: number): Promise<Observation[]> {
+  const obs: Observation[] = [];
+  const T = 1100;
+  const kase: VerifyCase = {
+    ...small(task.world, { dedup: true, maxTokensPerRank: T }),
+    name: 'conformance large ids',
+    tokens: T,
+  };
+  const { g, cfg } = await openGroup(task, kase);
+  let call = 0;
+  const correct = (after: string) => {
+    const mismatch = verifyCall(g, cfg, kase, call++, rank, io);
+    obs.push({ step: `correct call after ${after}`, code: 'ok', mismatch });
+  };
+  const k = cfg.topk;
+  correct('group open');
+  const ids = goodIds(T, k, task.world, cfg.expertsPerRank);
+  if (rank === task.world - 1) {
+    const v = ids.data;
+    v[1050 * k + 3] = v[1050 * k + 1];
+    v[1070 * k] = cfg.numExperts;
+  }
+  obs.push(
+    await observe('bad ids', () =>
+      g.dispatch(io.upload(g, hostTensor('bf16', [T, cfg.hidden])), io.upload(g, ids), {
+        topkWeights: io.upload(g, hostTensor('f32', [T, k], new Float32Array(T * k).fill(0.5))),
+      }),
+    ),
+  );
+  correct('bad ids');
+  await g.close();
+  current = null;
+  return obs;
+}
+
 async function dedupWeightSteps(task: ScenarioTask, rank: number): Promise<Observation[]> {
   const obs: Observation[] = [];
   const kase: VerifyCase = { ...small(task.world, { dedup: true }), name: 'conformance dedup' };
@@ -387,6 +428,7 @@ async function silentInCombine(task: ScenarioTask, rank: number): Promise<Observ
 
 await rankMain<ScenarioTask, Observation[]>((task, rank) => {
   if (task.scenario === 'errors') return errorSteps(task, rank);
+  if (task.scenario === 'large-ids') return largeIdSteps(task, rank);
   if (task.scenario === 'dedup-weights') return dedupWeightSteps(task, rank);
   if (task.scenario === 'refuses-twice') return refusesTwice(task, rank);
   if (task.scenario === 'silent-in-combine') return silentInCombine(task, rank);

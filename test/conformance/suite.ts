@@ -137,6 +137,26 @@ export function conformanceSuite(transport: 'cpu' | 'cuda', skip: string | false
       );
     });
 
+    it('names the first bad id of a batch past the shared-memory ids (T*k = 4400), and the next call is correct (W = 2)', async () => {
+      const settled = await scenario(transport, { scenario: 'large-ids', world: 2, timeoutMs: 10_000 });
+      const all = settled.map((s, r) => `rank ${r}: ${JSON.stringify(s.report ?? s.died)}`).join('\n');
+      for (const [rank, s] of settled.entries()) {
+        assert.ok(s.report?.ok, all);
+        const obs = s.report.result;
+        for (const o of obs.filter((x) => x.step.startsWith('correct call')))
+          assert.equal(o.mismatch, undefined, `rank ${rank} ${o.step}: ${o.mismatch}`);
+        const bad = step(obs, 'bad ids');
+        if (rank === 1) {
+          assert.equal(bad.code, 'MOE_ROUTING', bad.message);
+          assert.deepEqual([bad.details?.token, bad.details?.slot], [1050, 3], bad.message);
+          assert.match(bad.message ?? '', /token 1050 names expert \d+ twice/);
+        } else {
+          assert.equal(bad.code, 'MOE_PEER_FAILED', bad.message);
+          assert.equal(bad.details?.peer, 1);
+        }
+      }
+    });
+
     for (const world of [1, 3]) {
       it(`dedup: dispatch without topkWeights or combine with them is refused on that rank, its peers fail the call at once, the next call is correct (W = ${world})`, async () => {
         const settled = await scenario(transport, { scenario: 'dedup-weights', world, timeoutMs: 10_000 });

@@ -56,7 +56,12 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_dispatch_local(c
 // every peer (call, or call | EP_ABORT_BIT when this rank's input was rejected) and waits for every peer.
 // Every block takes the call count as dispatchCalls + 1 (nothing changes it before the end of this
 // kernel), and the finishing block stores it.
-extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_send(const __grid_constant__ EpArgs a) {
+// ep_stage_send_large, for batches whose ids do not fit in shared memory (T*k > EP_STAGE_SMEM_PAIRS), is the
+// same protocol with the ids read fewer times (InBlockDests' Large): each row block takes consecutive tokens
+// and reads every id once, 4 a load, and the bookkeeping block checks them a token at a time. Two kernels,
+// so that the small batches' code (and its registers) stays as it is.
+template <bool Large>
+__device__ __forceinline__ void stage_send(const EpArgs& a) {
   __shared__ DestList L;
   __shared__ LocalTables S;
   __shared__ int sLast;
@@ -70,9 +75,9 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_send(const
   if (blockIdx.x == 0 && threadIdx.x == 0) stamp(a, EP_STAMP_DISPATCH_BEGIN);
   EpState* st = state_of(a);
   if (blockIdx.x == gridDim.x - 1) {
-    stage_bookkeeping(a, S, read_calls(st) + 1);
+    stage_bookkeeping<Large>(a, S, read_calls(st) + 1);
   } else {
-    InBlockDests<true> D(S);  // reads the call count with the ids, after the rows' first loads
+    InBlockDests<true, Large> D(S);  // reads the call count with the ids, after the rows' first loads
     dispatch_rows(a, L, D);
   }
   if (!finish_block(&st->doneBlocks[0], &sLast)) return;
@@ -91,6 +96,12 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_send(const
   if (threadIdx.x == 0) st->ownAbort = own ? 1u : 0u;
   // Wait even when this rank's call is off: when this returns, no peer writes into this slot any more.
   signal_and_wait_rows(a, call, own ? (call | EP_ABORT_BIT) : call);
+}
+extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_send(const __grid_constant__ EpArgs a) {
+  stage_send<false>(a);
+}
+extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_send_large(const __grid_constant__ EpArgs a) {
+  stage_send<true>(a);
 }
 
 // =============================================================================================

@@ -155,7 +155,7 @@ __device__ int scan_ids_l2(const EpArgs& a, int* rows) {
 // a bad one as the call's error. `call` is the call's count; begin: also begin it (begin_call: one rank).
 // Returns true in every thread when the call goes on (ids valid, the host did not abort it); then S.rows
 // holds the pairs with an expert and S.hist is zero, ready for count_experts.
-template <bool Begin>
+template <bool Begin, bool Large>
 __device__ bool check_ids(const EpArgs& a, LocalTables& S, uint64_t* call) {
   wait_for_prior();  // (a no-op unless launched as a programmatic dependent)
   const int tid = threadIdx.x, B = blockDim.x, lane = tid & 31;
@@ -167,7 +167,7 @@ __device__ bool check_ids(const EpArgs& a, LocalTables& S, uint64_t* call) {
   }
   for (int e = tid; e <= E; e += B) S.hist[e] = 0;
   int rows = 0, bad;
-  if (Begin || ids_in_smem(a)) {  // (one rank: always)
+  if (!Large || ids_in_smem(a)) {
     bad = load_ids(a, S, &rows);
     __syncthreads();
     for (int p = tid; p < N; p += B) {  // an expert an earlier slot of the same token named
@@ -216,7 +216,7 @@ __device__ void local_bookkeeping(const EpArgs& a, LocalTables& S) {
   const int tid = threadIdx.x, B = blockDim.x;
   const int E = a.numExperts;
   uint64_t call = 0;
-  if (!check_ids<true>(a, S, &call)) return;  // the call is off
+  if (!check_ids<true, false>(a, S, &call)) return;  // the call is off
   if (S.rows > a.maxRowsPerPeer) {
     if (tid == 0) report_error(a, EP_ERR_CAPACITY, 0u, (uint32_t)(call & 1u), call, 0, S.rows, EP_CAPACITY_AUX_SEND);
     return;
@@ -243,13 +243,14 @@ __device__ void local_bookkeeping(const EpArgs& a, LocalTables& S) {
 // ep_stage_send's bookkeeping block: the ids, then maxRowsPerPeer for every destination (the first one over
 // it is reported, as ep_route does), then each destination's split record (its local experts' counts, then
 // m_st) into its stage. On any error nothing is written to peers: the last block's signal carries the abort.
+template <bool Large>
 __device__ void stage_bookkeeping(const EpArgs& a, LocalTables& S, uint64_t call) {
   const int tid = threadIdx.x, B = blockDim.x, lane = tid & 31, warp = tid >> 5;
   const int E = a.numExperts, W = a.world, EPR = a.expertsPerRank;
   if (tid == 0) clear_error(state_of(a));  // (no other block reports before the last block's wait)
   __syncthreads();
-  if (!check_ids<false>(a, S, &call)) return;
-  count_experts<true>(a, S);
+  if (!check_ids<false, Large>(a, S, &call)) return;
+  count_experts<Large>(a, S);
   block_exclusive_scan(S.hist, E, S.scratch);  // hist[e] = pairs of experts < e
   for (int d = tid; d < W; d += B)
     if (S.hist[(d + 1) * EPR] - S.hist[d * EPR] > a.maxRowsPerPeer) atomicMin(&S.capE, d);
@@ -319,8 +320,9 @@ __device__ __forceinline__ void dedup_books(const EpArgs& a, int t0, uint64_t sl
 
 // Where a row block learns the destinations of its tokens by routing them itself (see above). Staged:
 // the block's histogram prefix is built once, in go(), which also reads the call count (the stage slot).
-template <bool Staged>
+template <bool Staged, bool Large = false>
 struct InBlockDests {
+  static_assert(Staged || !Large, "InBlockDests: Large is a staged policy (ep_stage_send_large)");
   LocalTables& S;
   uint64_t call;  // staged: this call's count (its parity is the stage slot), from go()
   int state;      // -1: ids not loaded yet; then 1 (rows are stored) or 0 (the host aborted the call)
@@ -330,9 +332,9 @@ struct InBlockDests {
   int cursor;     // staged: S.run counts the pairs of the tokens before this one (a block's tokens only grow)
   __device__ explicit InBlockDests(LocalTables& s)
       : S(s), call(0), state(-1), marked(-1), counted(-1), cursor(0) {}
-  // (the last block keeps the books; staged blocks take consecutive tokens, see contiguous_items)
+  // (the last block keeps the books; Large: consecutive tokens a block, see contiguous_items)
   __device__ __forceinline__ ItemSpan span(int n) const {
-    return Staged ? contiguous_items(n, gridDim.x - 1) : strided_items(n, gridDim.x - 1);
+    return Large ? contiguous_items(n, gridDim.x - 1) : strided_items(n, gridDim.x - 1);
   }
   // Slots 0..7 of token t straight from topkIdx (the same bytes in every thread: L1 broadcasts), -1 past k.
   __device__ __forceinline__ static void first_ids(const EpArgs& a, int t, int (&v)[8]) {
@@ -382,7 +384,7 @@ struct InBlockDests {
       if (!Staged) mark(a, t, first);
       __syncthreads();
       if (prefix) {
-        if (Staged) {  // one pass: every pair into hist, and those before this block's first token into run
+        if (Large) {  // one pass: every pair into hist, and those before this block's first token into run
           const int t0 = t * a.topk;
           each_pair_expert<true>(a, S, 0, a.numTokens * a.topk, [&](int p, int e) {
             atomicAdd(&S.hist[e], 1);
@@ -391,7 +393,7 @@ struct InBlockDests {
           __syncthreads();
           cursor = counted = t;
         } else {
-          count_experts<false>(a, S);
+          count_experts<false>(a, S);  // (the running counts start in dests())
         }
         // one rank's packed experts: an expert over capacity stores nothing, so it takes no rows from the
         // next ones' starts (a failing call stores no row past the end either)
@@ -411,7 +413,7 @@ struct InBlockDests {
   __device__ void dests(const EpArgs& a, int t, bool firstChunk, DestList& L, int buf) {
     const int tid = threadIdx.x, K = a.topk, N = a.numTokens * K, t0 = t * K;
     if (Staged && counted != t) {
-      each_pair_expert<true>(a, S, cursor * K, t0, [&](int, int e) { atomicAdd(&S.run[e], 1); });
+      each_pair_expert<Large>(a, S, cursor * K, t0, [&](int, int e) { atomicAdd(&S.run[e], 1); });
       __syncthreads();
       cursor = counted = t;
     }

@@ -223,6 +223,28 @@ describe('cuda group host logic (fake driver)', () => {
     await one.close();
   });
 
+  test('a batch past the ids shared memory holds (T*k > EP_STAGE_SMEM_PAIRS) is sent by ep_stage_send_large', async () => {
+    const fake = new FakeDriver();
+    const T = A.EP_STAGE_SMEM_PAIRS / small.topk;
+    const g = await groupOn(fake, { ...small, maxTokensPerRank: T + 1 }, { dispatchPath: 'staged' });
+    for (const [tokens, send] of [
+      [T, 'ep_stage_send'],
+      [T + 1, 'ep_stage_send_large'],
+      [1, 'ep_stage_send'],
+    ] as const) {
+      const ids = Array.from({ length: tokens * small.topk }, (_, i) => i % small.numExperts);
+      const { x, idx, w } = inputs(g, tokens, ids);
+      const before = fake.launches.length;
+      g.dispatch(x, idx, { topkWeights: w });
+      assert.deepEqual(
+        fake.launches.slice(before).map((l) => l.kernel),
+        [send, 'ep_stage_pack'],
+        `T = ${tokens}`,
+      );
+    }
+    await g.close();
+  });
+
   test('graph replays follow the protocol: a combine right after its own dispatch, once', async () => {
     const fake = new FakeDriver();
     const g = await groupOn(fake, small);

@@ -195,6 +195,7 @@ describe('constants mirrored from the C sources', () => {
       'EP_MAX_TOPK',
       'EP_MAX_PAIRS',
       'EP_LOCAL_MAX_PAIRS',
+      'EP_STAGE_SMEM_PAIRS',
       'EP_ROUTE_THREADS',
       'EP_MAX_THREADS',
       'EP_CAPACITY_AUX_SEND',

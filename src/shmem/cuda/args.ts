@@ -259,6 +259,8 @@ export const EP_MAX_PAIRS = 32768;
 export const EP_ROUTE_THREADS = 1024;
 /** Largest T * topk that ep_dispatch_local routes inside each block (one rank only). */
 export const EP_LOCAL_MAX_PAIRS = 2048;
+/** Largest T * topk whose ids ep_stage_send keeps in shared memory; past it, ep_stage_send_large. */
+export const EP_STAGE_SMEM_PAIRS = 4096;
 /** Largest block the other kernels accept (__launch_bounds__). */
 export const EP_MAX_THREADS = 512;
 

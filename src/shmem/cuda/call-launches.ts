@@ -4,7 +4,7 @@ import type { DispatchPath } from '../../ep/dispatch-path.js';
 import { flaggedMaxTokens } from '../../ep/layout.js';
 import type { DType } from '../../ep/tensor.js';
 import { ConfigError, InternalError } from '../../errors.js';
-import { EP_ARGS_BYTES, EP_LOCAL_MAX_PAIRS, type EpArgsWriter } from './args.js';
+import { EP_ARGS_BYTES, EP_LOCAL_MAX_PAIRS, EP_STAGE_SMEM_PAIRS, type EpArgsWriter } from './args.js';
 import type { DeviceTensor } from './device-tensor.js';
 import type { CudaDriver, CuModule, CuStream } from './driver.js';
 import { KERNELS, type KernelLaunchers, type KernelName, prepareLaunchers } from './kernel-module.js';
@@ -201,7 +201,9 @@ export class CallLaunches {
       return;
     }
     if (this.dispatchPath === 'staged') {
-      this.launch('ep_stage_send', dispatchSize(c, T, sms, true));
+      // (past the ids shared memory holds, the kernel that reads them once a block)
+      const send = T * c.topk > EP_STAGE_SMEM_PAIRS ? 'ep_stage_send_large' : 'ep_stage_send';
+      this.launch(send, dispatchSize(c, T, sms, true));
       if (this.rail) this.railDispatch(T);
       this.launchWalker('ep_stage_pack', true);
       return;

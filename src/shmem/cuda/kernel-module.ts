@@ -18,6 +18,7 @@ export const KERNELS = [
   'ep_rail_land',
   'ep_combine_reduce_dedup',
   'ep_combine_reduce_flagged',
+  'ep_stage_send_large',
 ] as const;
 export type KernelName = (typeof KERNELS)[number];
 export type KernelLaunchers = Record<KernelName, KernelLauncher>;

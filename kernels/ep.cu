@@ -13,7 +13,8 @@
 // pointers of the call filled in; combine kernels need x/topkIdx/topkWeights/expertOut/y as relevant):
 //   dispatch, one of three sequences, fixed per group (every rank of a group uses the same one):
 //     direct:  ep_route -> ep_dispatch [-> ep_recv_view]           (counts all-gathered, rows stored in place)
-//     staged:  ep_stage_send -> ep_stage_pack [-> ep_recv_view]    (W > 1)
+//     staged:  ep_stage_send -> ep_stage_pack [-> ep_recv_view]    (W > 1; ep_stage_send_large in its place
+//              when T*k > EP_STAGE_SMEM_PAIRS: the same protocol, each block reading the ids once)
 //     local:   ep_dispatch_local [-> ep_recv_view]                 (W = 1 and T*k <= EP_LOCAL_MAX_PAIRS)
 //   combine:  [ep_combine_send ->] ep_combine_reduce   (dedup, W > 1: ep_combine_reduce_dedup in its place;
 //             with EpArgs.combineFlagged, ep_combine_reduce_flagged, which polls while ep_combine_send runs)
@@ -47,6 +48,7 @@
 //  ep_dispatch_local  block as ep_dispatch, grid = ep_dispatch's + 1 (the last block keeps the books and
 //                     stores no rows; grid >= 2); W = 1 and T*k <= EP_LOCAL_MAX_PAIRS only (it stops with a device assert naming the requirement otherwise).
 //  ep_stage_send      block and grid as ep_dispatch_local; W > 1 (it stops with a device assert otherwise).
+//                     ep_stage_send_large the same.
 //  The row walkers below (block 256; the pack and the combine's send build their tables or load their plan
 //  counts in every block) keep their grids to one wave:
 //  waveCap = min(4, the blocks of 256 an SM holds for that kernel (the driver's occupancy)) * SMs.

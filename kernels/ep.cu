@@ -19,7 +19,7 @@
 //   combine:  [ep_combine_send ->] ep_combine_reduce   (dedup, W > 1: ep_combine_reduce_dedup in its place;
 //             with EpArgs.combineFlagged, ep_combine_reduce_flagged, which polls while ep_combine_send runs)
 //   between hosts (nodes > 1, staged only; kernels/ep_rail.cuh, the host's NCCL exchange in brackets):
-//     dispatch: ep_stage_send -> ep_rail_plan -> ep_rail_rows -> [NCCL] -> ep_rail_forward -> ep_stage_pack
+//     dispatch: ep_stage_send(_large) -> ep_rail_plan -> ep_rail_rows -> [NCCL] -> ep_rail_forward -> ep_stage_pack
 //     combine:  ep_combine_send -> ep_rail_combine -> [NCCL] -> ep_rail_land -> ep_combine_reduce(_dedup)
 //     Every rank runs both NCCL exchanges of every call, in this order (a dispatch that fails or is refused
 //     is followed by the combine's abort sequence: ep_combine_send with hostAbort, ep_rail_combine, NCCL,
@@ -32,10 +32,10 @@
 // its dependents start early). Never launch one so after other work: the wait covers only the kernel before.
 // With EpArgs.combineFlagged, ep_combine_send lets the reduction start only after its own wait, and
 // ep_combine_reduce_flagged polls the flagged rows instead of waiting first: it waits at its end.
-// Every kernel is correct for any grid >= 1 (ep_dispatch_local and ep_stage_send: >= 2; they grid-stride;
+// Every kernel is correct for any grid >= 1 (ep_dispatch_local and ep_stage_send(_large): >= 2; they grid-stride;
 // launch at least 1 block even when T = 0) and any block that is a multiple of 32 up to its maximum.
 // The grids below are for speed only.
-// ep_dispatch and ep_stage_send (W > 1) and ep_combine_send end with "the last block to finish publishes and
+// ep_dispatch and ep_stage_send(_large) (W > 1) and ep_combine_send end with "the last block to finish publishes and
 // waits": no cooperative launch, no co-residency needed (ep_combine_send, when every partial it sent was
 // flagged: block 0 signals after its own share, unordered, and no block waits for another). The blocks of ep_rail_combine other than block 0
 // wait for block 0 (which waits for none of them), dispatched first.
@@ -165,7 +165,7 @@
 #include "ep_inblock.cuh"   // routing inside the blocks (LocalTables ... InBlockDests)
 #include "ep_recv.cuh"      // receive tables, locate, copy_segment, combine send helpers
 #include "ep_route.cuh"     // 1. ep_route
-#include "ep_dispatch.cuh"  // 2. ep_dispatch, 2b-2d. ep_dispatch_local, ep_stage_send, ep_stage_pack, 3. ep_recv_view
+#include "ep_dispatch.cuh"  // 2. ep_dispatch, 2b-2d. ep_dispatch_local, ep_stage_send(_large), ep_stage_pack, 3. ep_recv_view
 #include "ep_combine.cuh"   // 4. ep_combine_send, 5. ep_combine_reduce
 #include "ep_bench.cuh"     // 6. ep_copy_bench, 7. ep_barrier, 8. floors
 #include "ep_rail.cuh"      // 9-13. between hosts: ep_rail_plan, ep_rail_rows, ep_rail_forward, ep_rail_combine, ep_rail_land

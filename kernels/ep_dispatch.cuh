@@ -1,4 +1,4 @@
-// Dispatch kernels: 2 ep_dispatch, 2b ep_dispatch_local, 2c ep_stage_send, 2d ep_stage_pack, and
+// Dispatch kernels: 2 ep_dispatch, 2b ep_dispatch_local, 2c ep_stage_send(_large), 2d ep_stage_pack, and
 // 3 ep_recv_view (the source-major view).
 // Part of the ep.cu translation unit: included by kernels/ep.cu only, in its order.
 #pragma once
@@ -70,7 +70,7 @@ __device__ __forceinline__ void stage_send(const EpArgs& a) {
   host_requires(gridDim.x >= 2 && a.world >= 2 && a.numTokens * a.topk <= EP_MAX_PAIRS &&
                     a.topk <= EP_MAX_TOPK && a.numExperts <= EP_MAX_EXPERTS &&
                     (a.numTokens == 0 || a.stageRows >= 1) && (!a.dedup || a.topk <= 32),
-                "ep_stage_send: grid >= 2, W > 1, T*k <= EP_MAX_PAIRS, k <= EP_MAX_TOPK, E <= EP_MAX_EXPERTS, a stage, "
+                "ep_stage_send(_large): grid >= 2, W > 1, T*k <= EP_MAX_PAIRS, k <= EP_MAX_TOPK, E <= EP_MAX_EXPERTS, a stage, "
                 "k <= 32 with dedup");
   if (blockIdx.x == 0 && threadIdx.x == 0) stamp(a, EP_STAMP_DISPATCH_BEGIN);
   EpState* st = state_of(a);

@@ -1,4 +1,4 @@
-// Routing inside the blocks (ep_dispatch_local, ep_stage_send): LocalTables, id loading and checks,
+// Routing inside the blocks (ep_dispatch_local, ep_stage_send(_large)): LocalTables, id loading and checks,
 // the bookkeeping blocks, de-duplication books, and InBlockDests.
 // Part of the ep.cu translation unit: included by kernels/ep.cu only, in its order.
 #pragma once
@@ -7,11 +7,13 @@ namespace {
 
 // ---------------------------------------------------------------------------------------------
 // Routing inside each block: ep_dispatch_local (one rank, T*k <= EP_LOCAL_MAX_PAIRS) and ep_stage_send
-// (W > 1, T*k <= EP_MAX_PAIRS). Every row block reads all T*k ids (at most 128 KiB, from L2 after the first
-// block; kept in shared memory up to EP_STAGE_SMEM_PAIRS) and counts, for its own tokens, the pairs of each
-// of their experts in earlier tokens (local: per token, against its marked slots; staged: a running
-// per-expert count, started in the histogram's pass for the tokens before the block's first and advanced
-// by the block's own tokens, which are consecutive: each id is read once a block); the last block
+// (W > 1, T*k <= EP_MAX_PAIRS; ep_stage_send_large past EP_STAGE_SMEM_PAIRS). Every row block reads all T*k ids
+// (at most 128 KiB, from L2 after the first block; kept in shared memory up to EP_STAGE_SMEM_PAIRS) and counts,
+// for its own tokens, the pairs of each of their experts in earlier tokens (local: per token, against its
+// marked slots; staged: a running per-expert count the block advances from one of its tokens to the next,
+// so ep_stage_send, whose blocks' tokens are strided, reads each id twice, once for the histogram and once
+// for the counts; ep_stage_send_large (InBlockDests' Large) gives each block consecutive tokens and starts
+// the counts in the histogram's pass, so it reads each id once, 4 a load); the last block
 // of the grid stores no rows and keeps the books alone (validation and the error report, and the counts),
 // off the rows' critical path. Row blocks do not wait for its verdict: a call that fails may leave rows
 // behind (every store stays inside its region: bad ids never match, a repeated expert keeps one slot,
@@ -106,8 +108,8 @@ __device__ __forceinline__ void count_experts(const EpArgs& a, LocalTables& S) {
   __syncthreads();
 }
 
-// check_ids' pass when the ids stay in L2 (T*k > EP_STAGE_SMEM_PAIRS): this thread's tokens (t = tid, tid + B,
-// ...), two tokens' first 8 slots in flight at once, so that it costs a round trip per two tokens a thread, not
+// check_ids' pass when the ids stay in L2 (T*k > EP_STAGE_SMEM_PAIRS) and k <= 8: this thread's tokens (t = tid,
+// tid + B, ...), two tokens' slots in flight at once, so that it costs a round trip per two tokens a thread, not
 // one per pair compared. Returns the first pair out of range or naming an expert an earlier slot of its token
 // named (INT_MAX if none), and adds the pairs with an expert to *rows.
 __device__ int scan_ids_l2(const EpArgs& a, int* rows) {
@@ -128,21 +130,12 @@ __device__ int scan_ids_l2(const EpArgs& a, int* rows) {
     for (int r = 0; r < 2; ++r) {
       const int t = t0 + r * B;
       if (t >= T) break;
-      const int* tok = ids + (uint64_t)t * K;
 #pragma unroll
       for (int j = 0; j < 8; ++j) {  // (slots past K hold -1: neither bad nor counted)
         bool rep = false;
 #pragma unroll
         for (int q = 0; q < j; ++q) rep |= v[r][q] == v[r][j];
         check(t * K + j, v[r][j], rep);
-      }
-      for (int j = 8; j < K; ++j) {  // (k > 8: the later slots from L1)
-        const int e = __ldg(tok + j);
-        bool rep = false;
-#pragma unroll
-        for (int q = 0; q < 8; ++q) rep |= v[r][q] == e;
-        for (int q = 8; q < j; ++q) rep |= __ldg(tok + q) == e;
-        check(t * K + j, e, rep);
       }
     }
   }
@@ -167,7 +160,7 @@ __device__ bool check_ids(const EpArgs& a, LocalTables& S, uint64_t* call) {
   }
   for (int e = tid; e <= E; e += B) S.hist[e] = 0;
   int rows = 0, bad;
-  if (!Large || ids_in_smem(a)) {
+  if (!Large || ids_in_smem(a) || K > 8) {  // (k > 8: a pair a thread, as it always was)
     bad = load_ids(a, S, &rows);
     __syncthreads();
     for (int p = tid; p < N; p += B) {  // an expert an earlier slot of the same token named

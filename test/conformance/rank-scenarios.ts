@@ -35,6 +35,8 @@ export interface ScenarioTask {
   nodes?: number;
   /** silent-in-combine: the de-duplicated protocol (default off). */
   dedup?: boolean;
+  /** large-ids: k (4 or 12). */
+  topk?: number;
 }
 
 export interface Observation {
@@ -250,19 +252,17 @@ async function errorSteps(task: ScenarioTask, rank: number): Promise<Observation
 }
 
 /**
- * Weights under dedup: they travel with dispatch, so a dispatch without them and a combine given them
- * are refused on the rank at fault, and its peers abandon that call at once; the next call is correct.
- */
-/**
- * Bad ids in a batch past the kernels' shared-memory ids (T*k = 4400 > 4096: the cuda dispatch checks them from
- * L2, a token at a time). The last rank names one expert twice at token 1050 (slots 1 and 3) and an id out of
- * range at token 1070: the first is reported. Correct calls of that size before and after.
+ * Bad ids in a batch past the kernels' shared-memory ids (T*k = 4400 or 4800 > 4096: on cuda, ep_stage_send_large,
+ * which checks them from L2, a token a thread for k <= 8 and a pair a thread past it): the last rank names one
+ * expert twice at token 350 (slot 3 repeats slot 1; k = 12: slot 9 repeats slot 2) and an id out of range at token
+ * 370: the first is reported. Correct calls of that size before and after.
  */
 async function largeIdSteps(task: ScenarioTask, rank: number): Promise<Observation[]> {
   const obs: Observation[] = [];
-  const T = 1100;
+  const k = task.topk ?? 4;
+  const T = k === 12 ? 400 : 1100;
   const kase: VerifyCase = {
-    ...small(task.world, { dedup: true, maxTokensPerRank: T }),
+    ...small(task.world, { dedup: true, maxTokensPerRank: T, topk: k, numExperts: 16 * task.world }),
     name: 'conformance large ids',
     tokens: T,
   };
@@ -272,13 +272,13 @@ async function largeIdSteps(task: ScenarioTask, rank: number): Promise<Observati
     const mismatch = verifyCall(g, cfg, kase, call++, rank, io);
     obs.push({ step: `correct call after ${after}`, code: 'ok', mismatch });
   };
-  const k = cfg.topk;
   correct('group open');
   const ids = goodIds(T, k, task.world, cfg.expertsPerRank);
   if (rank === task.world - 1) {
     const v = ids.data;
-    v[1050 * k + 3] = v[1050 * k + 1];
-    v[1070 * k] = cfg.numExperts;
+    const [slot, earlier] = k === 12 ? [9, 2] : [3, 1];
+    v[350 * k + slot] = v[350 * k + earlier];
+    v[370 * k] = cfg.numExperts;
   }
   obs.push(
     await observe('bad ids', () =>
@@ -293,6 +293,10 @@ async function largeIdSteps(task: ScenarioTask, rank: number): Promise<Observati
   return obs;
 }
 
+/**
+ * Weights under dedup: they travel with dispatch, so a dispatch without them and a combine given them
+ * are refused on the rank at fault, and its peers abandon that call at once; the next call is correct.
+ */
 async function dedupWeightSteps(task: ScenarioTask, rank: number): Promise<Observation[]> {
   const obs: Observation[] = [];
   const kase: VerifyCase = { ...small(task.world, { dedup: true }), name: 'conformance dedup' };

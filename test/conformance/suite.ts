@@ -137,25 +137,88 @@ export function conformanceSuite(transport: 'cpu' | 'cuda', skip: string | false
       );
     });
 
-    it('names the first bad id of a batch past the shared-memory ids (T*k = 4400), and the next call is correct (W = 2)', async () => {
-      const settled = await scenario(transport, { scenario: 'large-ids', world: 2, timeoutMs: 10_000 });
-      const all = settled.map((s, r) => `rank ${r}: ${JSON.stringify(s.report ?? s.died)}`).join('\n');
-      for (const [rank, s] of settled.entries()) {
-        assert.ok(s.report?.ok, all);
-        const obs = s.report.result;
-        for (const o of obs.filter((x) => x.step.startsWith('correct call')))
-          assert.equal(o.mismatch, undefined, `rank ${rank} ${o.step}: ${o.mismatch}`);
-        const bad = step(obs, 'bad ids');
-        if (rank === 1) {
-          assert.equal(bad.code, 'MOE_ROUTING', bad.message);
-          assert.deepEqual([bad.details?.token, bad.details?.slot], [1050, 3], bad.message);
-          assert.match(bad.message ?? '', /token 1050 names expert \d+ twice/);
-        } else {
-          assert.equal(bad.code, 'MOE_PEER_FAILED', bad.message);
-          assert.equal(bad.details?.peer, 1);
-        }
-      }
+    it('matches the oracle bit for bit past the shared-memory ids (T*k > 4096: on cuda, ep_stage_send_large)', async () => {
+      const at = (world: number, numExperts: number, hidden: number, topk: number, tokens: number) => ({
+        world,
+        numExperts,
+        hidden,
+        topk,
+        maxTokensPerRank: tokens,
+        fp8: true,
+        dedup: true,
+      });
+      const cases: VerifyCase[] = [
+        // T*k not a multiple of 4 (one id a load), bf16
+        {
+          name: 'k=3',
+          config: { ...at(2, 32, 256, 3, 1400), fp8: false },
+          scenario: 'skewed',
+          tokens: 1400,
+          calls: 2,
+          seed: 23,
+        },
+        // slots past 8
+        {
+          name: 'k=12',
+          config: at(2, 64, 256, 12, 400),
+          scenario: 'random',
+          tokens: 400,
+          calls: 2,
+          seed: 29,
+        },
+        // without dedup, on the stage
+        {
+          name: 'plain',
+          config: { ...at(2, 32, 256, 8, 600), dedup: false },
+          scenario: 'dropped',
+          tokens: 600,
+          calls: 2,
+          seed: 31,
+          dispatchPath: 'staged',
+        },
+        // three chunks a row: row blocks whose run starts inside a token
+        {
+          name: 'H=9216',
+          config: at(2, 32, 9216, 4, 1100),
+          scenario: 'random',
+          tokens: 1100,
+          calls: 1,
+          seed: 37,
+        },
+        { name: 'W=4', config: at(4, 32, 256, 8, 600), scenario: 'ragged', tokens: 600, calls: 3, seed: 41 },
+      ];
+      await verifyAll(transport, cases, 60_000);
     });
+
+    for (const [topk, slot] of [
+      [4, 3],
+      [12, 9],
+    ] as const) {
+      it(`names the first bad id of a batch past the shared-memory ids (k = ${topk}, T*k > 4096), and the next call is correct (W = 2)`, async () => {
+        const settled = await scenario(transport, {
+          scenario: 'large-ids',
+          world: 2,
+          timeoutMs: 10_000,
+          topk,
+        });
+        const all = settled.map((s, r) => `rank ${r}: ${JSON.stringify(s.report ?? s.died)}`).join('\n');
+        for (const [rank, s] of settled.entries()) {
+          assert.ok(s.report?.ok, all);
+          const obs = s.report.result;
+          for (const o of obs.filter((x) => x.step.startsWith('correct call')))
+            assert.equal(o.mismatch, undefined, `rank ${rank} ${o.step}: ${o.mismatch}`);
+          const bad = step(obs, 'bad ids');
+          if (rank === 1) {
+            assert.equal(bad.code, 'MOE_ROUTING', bad.message);
+            assert.deepEqual([bad.details?.token, bad.details?.slot], [350, slot], bad.message);
+            assert.match(bad.message ?? '', /token 350 names expert \d+ twice/);
+          } else {
+            assert.equal(bad.code, 'MOE_PEER_FAILED', bad.message);
+            assert.equal(bad.details?.peer, 1);
+          }
+        }
+      });
+    }
 
     for (const world of [1, 3]) {
       it(`dedup: dispatch without topkWeights or combine with them is refused on that rank, its peers fail the call at once, the next call is correct (W = ${world})`, async () => {

@@ -23,7 +23,7 @@ export function rowBlock(vectors: number): number {
 
 /**
  * ep_dispatch: one thread per 16 values of a row, a block per (token, chunk of the row), at most 8 per
- * SM. ep_dispatch_local and ep_stage_send take one more block, which keeps the books and stores no rows.
+ * SM. ep_dispatch_local and ep_stage_send(_large) take one more block, which keeps the books and stores no rows.
  */
 export function dispatchSize(cfg: EpConfig, tokens: number, sms: number, bookkeeping: boolean): LaunchSize {
   const units = cfg.hidden / 16;

@@ -46,6 +46,26 @@ function step(obs: Observation[], name: string): Observation {
   return o;
 }
 
+/** Every rank's observations of a scenario; fails, showing every rank's report, unless each rank reported. */
+async function observations(
+  transport: 'cpu' | 'cuda',
+  task: Omit<ScenarioTask, 'transport'>,
+): Promise<Observation[][]> {
+  const settled = await scenario(transport, task);
+  const all = settled.map((s, r) => `rank ${r}: ${JSON.stringify(s.report ?? s.died)}`).join('\n');
+  return settled.map((s) => {
+    assert.ok(s.report?.ok, all);
+    return s.report.result;
+  });
+}
+
+/** The correct calls a scenario made between its steps: each matched the oracle; returns them. */
+function correctCalls(obs: Observation[], rank: number): Observation[] {
+  const calls = obs.filter((x) => x.step.startsWith('correct call'));
+  for (const o of calls) assert.equal(o.mismatch, undefined, `rank ${rank} ${o.step}: ${o.mismatch}`);
+  return calls;
+}
+
 export function conformanceSuite(transport: 'cpu' | 'cuda', skip: string | false): void {
   describe(`conformance: ${transport} transport`, { skip }, () => {
     // every verify-based test runs with the plain protocol and with de-duplication (config.dedup)
@@ -195,18 +215,14 @@ export function conformanceSuite(transport: 'cpu' | 'cuda', skip: string | false
       [12, 9],
     ] as const) {
       it(`names the first bad id of a batch past the shared-memory ids (k = ${topk}, T*k > 4096), and the next call is correct (W = 2)`, async () => {
-        const settled = await scenario(transport, {
+        const perRank = await observations(transport, {
           scenario: 'large-ids',
           world: 2,
           timeoutMs: 10_000,
           topk,
         });
-        const all = settled.map((s, r) => `rank ${r}: ${JSON.stringify(s.report ?? s.died)}`).join('\n');
-        for (const [rank, s] of settled.entries()) {
-          assert.ok(s.report?.ok, all);
-          const obs = s.report.result;
-          for (const o of obs.filter((x) => x.step.startsWith('correct call')))
-            assert.equal(o.mismatch, undefined, `rank ${rank} ${o.step}: ${o.mismatch}`);
+        for (const [rank, obs] of perRank.entries()) {
+          correctCalls(obs, rank);
           const bad = step(obs, 'bad ids');
           if (rank === 1) {
             assert.equal(bad.code, 'MOE_ROUTING', bad.message);
@@ -222,15 +238,13 @@ export function conformanceSuite(transport: 'cpu' | 'cuda', skip: string | false
 
     for (const world of [1, 3]) {
       it(`dedup: dispatch without topkWeights or combine with them is refused on that rank, its peers fail the call at once, the next call is correct (W = ${world})`, async () => {
-        const settled = await scenario(transport, { scenario: 'dedup-weights', world, timeoutMs: 10_000 });
-        const all = settled.map((s, r) => `rank ${r}: ${JSON.stringify(s.report ?? s.died)}`).join('\n');
-        for (const [rank, s] of settled.entries()) {
-          assert.ok(s.report?.ok, all);
-          const obs = s.report.result;
-          const corrects = obs.filter((x) => x.step.startsWith('correct call'));
-          assert.equal(corrects.length, 4);
-          for (const o of corrects)
-            assert.equal(o.mismatch, undefined, `rank ${rank} ${o.step}: ${o.mismatch}`);
+        const perRank = await observations(transport, {
+          scenario: 'dedup-weights',
+          world,
+          timeoutMs: 10_000,
+        });
+        for (const [rank, obs] of perRank.entries()) {
+          assert.equal(correctCalls(obs, rank).length, 4);
           const noW = step(obs, 'dispatch without weights');
           if (rank === 0) {
             assert.equal(noW.code, 'MOE_SHAPE', noW.message);
@@ -272,20 +286,15 @@ export function conformanceSuite(transport: 'cpu' | 'cuda', skip: string | false
     ] as const) {
       const tag = `${dispatchPath ? `, ${dispatchPath}` : ''}${nodes > 1 ? `, ${nodes} hosts` : ''}`;
       it(`rejects bad inputs with named errors, and the next call on the same group is correct (W = ${world}${tag})`, async () => {
-        const settled = await scenario(transport, {
+        const perRank = await observations(transport, {
           scenario: 'errors',
           world,
           timeoutMs: 10_000,
           dispatchPath,
           nodes,
         });
-        const all = settled.map((s, r) => `rank ${r}: ${JSON.stringify(s.report ?? s.died)}`).join('\n');
-        for (const [rank, s] of settled.entries()) {
-          assert.ok(s.report?.ok, all);
-          const obs = s.report.result;
-          for (const o of obs.filter((x) => x.step.startsWith('correct call'))) {
-            assert.equal(o.mismatch, undefined, `rank ${rank} ${o.step}: ${o.mismatch}`);
-          }
+        for (const [rank, obs] of perRank.entries()) {
+          correctCalls(obs, rank);
           // x dtype: rank 0 was wrong; its peer learns which rank abandoned the call
           const dtype = step(obs, 'x dtype');
           if (rank === 0) {
@@ -409,16 +418,13 @@ export function conformanceSuite(transport: 'cpu' | 'cuda', skip: string | false
       [4, 2],
     ]) {
       it(`a rank that refuses two dispatches in a row does not run ahead of slower peers (W = ${world}${nodes > 1 ? `, ${nodes} hosts` : ''})`, async () => {
-        const settled = await scenario(transport, {
+        const perRank = await observations(transport, {
           scenario: 'refuses-twice',
           world,
           timeoutMs: 10_000,
           nodes,
         });
-        const all = settled.map((s, r) => `rank ${r}: ${JSON.stringify(s.report ?? s.died)}`).join('\n');
-        for (const [rank, s] of settled.entries()) {
-          assert.ok(s.report?.ok, all);
-          const obs = s.report.result;
+        for (const [rank, obs] of perRank.entries()) {
           for (const name of ['first refusal', 'second refusal']) {
             const o = step(obs, name);
             if (rank === world - 1) assert.equal(o.code, 'MOE_SHAPE', `${name}: ${o.message}`);

@@ -56,12 +56,13 @@ __device__ __forceinline__ bool ids_by_quads(const EpArgs& a) {
 }
 
 // f(p, e) for every pair p in [lo, hi) with an expert e, the block's threads striding (8 loads in flight;
-// from L2 and aligned, QN quads of ids: a pass over 32768 ids takes 9 round trips a thread, not 19). MayReadL2:
+// from L2 and aligned, 4 quads of ids: a pass over 32768 ids takes 9 round trips a thread, not 19). MayReadL2:
 // compile the quads' path (kernels whose ids may exceed shared memory; more quads in flight cost registers).
-template <bool MayReadL2, class F, int QN = 4>
+template <bool MayReadL2, class F>
 __device__ __forceinline__ void each_pair_expert(const EpArgs& a, const LocalTables& S, int lo, int hi, F f) {
   const int B = blockDim.x;
   if (MayReadL2 && !ids_in_smem(a) && ids_by_quads(a)) {
+    constexpr int QN = 4;
     const int4* quads = (const int4*)a.topkIdx;
     const int E = a.numExperts;
     for (int q0 = (lo >> 2) + threadIdx.x; q0 < (hi + 3) >> 2; q0 += QN * B) {

@@ -174,7 +174,6 @@ __device__ bool check_ids(const EpArgs& a, LocalTables& S, uint64_t* call) {
         }
     }
   } else {
-    if (tid == 0) S.base = __ldg((const uint64_t*)a.peerBases + a.rank);  // (what load_ids also does)
     bad = scan_ids_l2(a, &rows);
     __syncthreads();  // (thread 0's S.bad and S.rows before the atomics below)
   }

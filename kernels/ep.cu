@@ -48,7 +48,8 @@
 //  ep_dispatch_local  block as ep_dispatch, grid = ep_dispatch's + 1 (the last block keeps the books and
 //                     stores no rows; grid >= 2); W = 1 and T*k <= EP_LOCAL_MAX_PAIRS only (it stops with a device assert naming the requirement otherwise).
 //  ep_stage_send      block and grid as ep_dispatch_local; W > 1 (it stops with a device assert otherwise).
-//                     ep_stage_send_large the same.
+//  ep_stage_send_large block as ep_dispatch, grid = min(min(8, its occupancy at that block, smem 0) * SMs,
+//                     max(1, T * ceil(H / (16 * B)))) + 1: one wave (each block reads every id once).
 //  The row walkers below (block 256; the pack and the combine's send build their tables or load their plan
 //  counts in every block) keep their grids to one wave:
 //  waveCap = min(4, the blocks of 256 an SM holds for that kernel (the driver's occupancy)) * SMs.

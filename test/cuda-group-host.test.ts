@@ -223,8 +223,9 @@ describe('cuda group host logic (fake driver)', () => {
     await one.close();
   });
 
-  test('a batch past the ids shared memory holds (T*k > EP_STAGE_SMEM_PAIRS) is sent by ep_stage_send_large', async () => {
+  test('a batch past the ids shared memory holds (T*k > EP_STAGE_SMEM_PAIRS) is sent by ep_stage_send_large, in one wave', async () => {
     const fake = new FakeDriver();
+    fake.blocksPerSm = (k) => (k === 'ep_stage_send_large' ? 3 : 2);
     const T = A.EP_STAGE_SMEM_PAIRS / small.topk;
     const g = await groupOn(fake, { ...small, maxTokensPerRank: T + 1 }, { dispatchPath: 'staged' });
     for (const [tokens, send] of [
@@ -241,8 +242,34 @@ describe('cuda group host logic (fake driver)', () => {
         [send, 'ep_stage_pack'],
         `T = ${tokens}`,
       );
+      const sms = fake.deviceAttribute();
+      const rowBlocks = Math.min(tokens, (send === 'ep_stage_send_large' ? 3 : 8) * sms);
+      assert.equal(fake.launches[before].grid, rowBlocks + 1, `T = ${tokens}: its grid`);
+      if (send === 'ep_stage_send_large') {
+        // the occupancy it was sized by was asked at the block it is launched with, no dynamic shared memory
+        const q = fake.occupancyQueries.filter((o) => o.kernel === send);
+        assert.deepEqual(q, [{ kernel: send, block: fake.launches[before].block, sharedBytes: 0 }]);
+      }
     }
     await g.close();
+  });
+
+  test('MOE_A2A_SEND_WAVE=0 and MOE_A2A_ONE_WAVE=0 launch the large-batch send at 8 blocks an SM', async () => {
+    for (const name of ['MOE_A2A_SEND_WAVE', 'MOE_A2A_ONE_WAVE']) {
+      await withEnv({ [name]: '0' }, async () => {
+        const fake = new FakeDriver();
+        fake.blocksPerSm = () => 3;
+        const T = A.EP_STAGE_SMEM_PAIRS / small.topk + 1;
+        const g = await groupOn(fake, { ...small, maxTokensPerRank: T }, { dispatchPath: 'staged' });
+        const ids = Array.from({ length: T * small.topk }, (_, i) => i % small.numExperts);
+        const { x, idx, w } = inputs(g, T, ids);
+        const before = fake.launches.length;
+        g.dispatch(x, idx, { topkWeights: w });
+        assert.equal(fake.launches[before].kernel, 'ep_stage_send_large');
+        assert.equal(fake.launches[before].grid, Math.min(T, 8 * fake.deviceAttribute()) + 1, name);
+        await g.close();
+      });
+    }
   });
 
   test('graph replays follow the protocol: a combine right after its own dispatch, once', async () => {

@@ -33,6 +33,15 @@ describe('kernel launch sizes', () => {
     assert.equal(dispatchSize(cfg, 128, 132, false).grid, 256);
     assert.equal(dispatchSize(cfg, 4096, 132, false).grid, 8 * 132);
     assert.equal(dispatchSize(cfg, 4096, 132, true).grid, 8 * 132 + 1, 'plus the bookkeeping block');
+    // one wave of ep_stage_send_large (the driver's occupancy for it: 4 an SM), never more than 8 an SM
+    assert.equal(dispatchSize(cfg, 4096, 132, true, 4).grid, 4 * 132 + 1);
+    assert.equal(dispatchSize(cfg, 4096, 132, true, 16).grid, 8 * 132 + 1);
+    assert.equal(dispatchSize(cfg, 100, 132, true, 4).grid, 200 + 1, 'fewer items than a wave');
+    assert.equal(
+      dispatchSize(cfg, 4096, 132, true, 0).grid,
+      132 + 1,
+      'an occupancy of 0: still a block an SM',
+    );
   });
 
   test('every size within the kernels limits, for random shapes, batches and SM counts', () => {

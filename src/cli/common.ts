@@ -100,6 +100,7 @@ export const KERNEL_SETTINGS = [
   'MOE_A2A_EAGER_GRAPHS',
   'MOE_A2A_FLAGGED_MAX_TOKENS',
   'MOE_A2A_ONE_WAVE',
+  'MOE_A2A_SEND_WAVE',
   'MOE_A2A_WALK_BLOCKS',
   'MOE_A2A_FATBIN',
 ] as const;
@@ -111,7 +112,9 @@ export const KERNEL_SETTING_HELP: Record<(typeof KERNEL_SETTINGS)[number], strin
   MOE_A2A_EAGER_GRAPHS: '0: eager calls launch their kernels one by one instead of as a cached graph',
   MOE_A2A_FLAGGED_MAX_TOKENS:
     'N: flagged partials for calls of at most N tokens (0: never; at most the default, 48 / (W - 1) up to 32)',
-  MOE_A2A_ONE_WAVE: '0: the row walkers at 4 blocks an SM instead of one wave',
+  MOE_A2A_ONE_WAVE:
+    '0: the row walkers at 4 blocks an SM, and the large-batch send at 8, instead of one wave',
+  MOE_A2A_SEND_WAVE: '0: the large-batch send (T x k > 4096) at 8 blocks an SM instead of one wave',
   MOE_A2A_WALK_BLOCKS: 'N: at most N blocks a row walker (checks of their loops with few warps)',
   MOE_A2A_FATBIN: 'a path: another build of the kernels (an A/B against this one)',
 };

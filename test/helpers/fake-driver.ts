@@ -101,7 +101,10 @@ export class FakeDriver {
   }
   /** What maxActiveBlocksPerSm answers for a kernel, by name (2 for every kernel unless set). */
   blocksPerSm: (kernel: string) => number = () => 2;
-  maxActiveBlocksPerSm(fn: { name: string }): number {
+  /** Every occupancy query: the kernel, the block and the dynamic shared memory it was asked for. */
+  readonly occupancyQueries: { kernel: string; block: number; sharedBytes: number }[] = [];
+  maxActiveBlocksPerSm(fn: { name: string }, block: number, sharedBytes: number): number {
+    this.occupancyQueries.push({ kernel: fn.name, block, sharedBytes });
     return this.blocksPerSm(fn.name);
   }
   funcSetAttribute(): void {

@@ -53,6 +53,8 @@ export class CallLaunches {
    * grids stay in one wave (walkGridCap, from the blocks of each an SM holds at once).
    */
   private readonly walkSizes: Record<WalkKernel, LaunchSize>;
+  /** ep_stage_send_large's blocks an SM (one wave: the driver's occupancy for it). */
+  private readonly largeSendPerSm: number;
 
   constructor(
     private readonly drv: CudaDriver,
@@ -90,6 +92,12 @@ export class CallLaunches {
     // MOE_A2A_WALK_BLOCKS=n: at most n blocks a walker (checks: a few warps walk many items each)
     const most = walkBlocksLimit(process.env.MOE_A2A_WALK_BLOCKS);
     const capped = (size: LaunchSize): LaunchSize => ({ ...size, grid: Math.min(size.grid, most) });
+    // ep_stage_send_large in one wave (MOE_A2A_SEND_WAVE=0: 8 blocks an SM, as the other dispatch kernels)
+    const block = dispatchSize(c, 1, sms, true).block;
+    this.largeSendPerSm =
+      oneWave && process.env.MOE_A2A_SEND_WAVE !== '0'
+        ? drv.maxActiveBlocksPerSm(this.launchers.ep_stage_send_large.fn, block, 0)
+        : 8;
     this.walkSizes = {
       ep_stage_pack: capped(stagePackSize(c, this.stageRows, sms, perSm('ep_stage_pack'))),
       ep_combine_send: capped(rowWalkSize(c, sms, perSm('ep_combine_send'))),
@@ -202,8 +210,9 @@ export class CallLaunches {
     }
     if (this.dispatchPath === 'staged') {
       // (past the ids shared memory holds, the kernel that reads them once a block)
-      const send = T * c.topk > EP_STAGE_SMEM_PAIRS ? 'ep_stage_send_large' : 'ep_stage_send';
-      this.launch(send, dispatchSize(c, T, sms, true));
+      if (T * c.topk > EP_STAGE_SMEM_PAIRS)
+        this.launch('ep_stage_send_large', dispatchSize(c, T, sms, true, this.largeSendPerSm));
+      else this.launch('ep_stage_send', dispatchSize(c, T, sms, true));
       if (this.rail) this.railDispatch(T);
       this.launchWalker('ep_stage_pack', true);
       return;

@@ -23,12 +23,23 @@ export function rowBlock(vectors: number): number {
 
 /**
  * ep_dispatch: one thread per 16 values of a row, a block per (token, chunk of the row), at most 8 per
- * SM. ep_dispatch_local and ep_stage_send(_large) take one more block, which keeps the books and stores no rows.
+ * SM (`perSm`: fewer). ep_dispatch_local and ep_stage_send(_large) take one more block, which keeps the books
+ * and stores no rows. ep_stage_send_large's row blocks each read every id once, so the group gives it no more
+ * than the SMs hold at once (one wave: a second wave would read them all again, after the first).
  */
-export function dispatchSize(cfg: EpConfig, tokens: number, sms: number, bookkeeping: boolean): LaunchSize {
+export function dispatchSize(
+  cfg: EpConfig,
+  tokens: number,
+  sms: number,
+  bookkeeping: boolean,
+  perSm = 8,
+): LaunchSize {
   const units = cfg.hidden / 16;
   const block = rowBlock(units);
-  const grid = Math.min(8 * sms, Math.max(1, tokens * Math.ceil(units / block)));
+  const grid = Math.min(
+    Math.max(1, Math.min(8, perSm)) * sms,
+    Math.max(1, tokens * Math.ceil(units / block)),
+  );
   return { grid: grid + (bookkeeping ? 1 : 0), block, sharedBytes: 0 };
 }
 

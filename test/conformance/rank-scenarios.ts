@@ -37,6 +37,11 @@ export interface ScenarioTask {
   dedup?: boolean;
   /** large-ids: k (4 or 12). */
   topk?: number;
+  /**
+   * silent-rank: the others dispatch a batch past the kernels' shared-memory ids with dedup (T*k = 4400: on cuda,
+   * ep_stage_send_large).
+   */
+  large?: boolean;
 }
 
 export interface Observation {
@@ -391,7 +396,10 @@ function goodIds(T: number, k: number, world: number, epr: number) {
 }
 
 async function silentOrThrowing(task: ScenarioTask, rank: number): Promise<Observation[]> {
-  const kase = small(task.world, task.nodes ? { nodes: task.nodes } : {});
+  const base = small(task.world, task.nodes ? { nodes: task.nodes } : {});
+  const kase: VerifyCase = task.large
+    ? { ...base, config: { ...base.config, dedup: true, maxTokensPerRank: 1100 }, tokens: 1100 }
+    : base;
   const { g, cfg } = await openGroup(task, kase);
   if (rank === task.culprit) {
     if (task.scenario === 'throwing-rank') throw new Error(`rank ${rank} fails on purpose before dispatch`);

@@ -475,6 +475,31 @@ export function conformanceSuite(transport: 'cpu' | 'cuda', skip: string | false
         assert.ok(performance.now() - t0 < timeoutMs * (viaNccl ? 6 : 3) + 15_000);
       });
 
+      if (nodes === 1)
+        it(`a rank that never calls dispatch while the others send a batch past the shared-memory ids (dedup, T*k > 4096): they throw PeerTimeoutError naming it, within the timeout (W = ${world})`, async () => {
+          const timeoutMs = 1500;
+          const settled = await scenario(transport, {
+            scenario: 'silent-rank',
+            world,
+            timeoutMs,
+            culprit: 2,
+            large: true,
+          });
+          for (const r of [0, 1]) {
+            const s = settled[r];
+            assert.ok(s.report?.ok, `rank ${r}: ${JSON.stringify(s.report ?? s.died)}`);
+            const o = s.report.result[0];
+            assert.equal(o.code, 'MOE_PEER_TIMEOUT');
+            assert.equal(o.details?.peer, 2);
+            assert.equal(o.details?.callCount, 1);
+            assert.ok(
+              (o.ms ?? 0) >= timeoutMs * 0.9 && (o.ms ?? 0) < timeoutMs + 3000,
+              `timed out after ${o.ms} ms`,
+            );
+          }
+          assert.ok(settled[2].report?.ok);
+        });
+
       it(`a rank that throws: the others fail with an error naming it, at once on its own host (W = ${world}${nodes > 1 ? `, ${nodes} hosts` : ''})`, async () => {
         const timeoutMs = viaNccl ? 3000 : 20_000;
         const settled = await scenario(transport, {

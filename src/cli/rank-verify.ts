@@ -5,13 +5,13 @@ import {
   bytesEqual,
   compareCombine,
   compareDispatch,
-  oracleExpertOutput,
+  oracleOutputsFor,
   POISON_BYTE,
   runStandInExperts,
 } from '../ep/check.js';
 import { type EpConfig, resolveConfig } from '../ep/config.js';
 import { expertShape } from '../ep/expert-layout.js';
-import { type OracleDispatch, type OracleRankInput, oracleCombine, oracleDispatch } from '../ep/oracle.js';
+import { type OracleRankInput, oracleCombine, oracleDispatch } from '../ep/oracle.js';
 import { type HostTensor, hostTensor } from '../ep/tensor.js';
 import { errorToWire, type WireError } from '../errors.js';
 import type { GraphCall } from '../shmem/cuda/graph.js';
@@ -133,8 +133,7 @@ function verifyGraphCall(
     expertCounts: g.download(graph.expertCounts).data as Int32Array,
     expertOffsets: g.download(graph.expertOffsets).data as Int32Array,
   };
-  const expected = expectedDispatch(cfg, inputs);
-  const bad = compareDispatch(cfg, actual, expected[rank]);
+  const bad = compareDispatch(cfg, actual, oracleDispatch(cfg, inputs, rank));
   const out = standIn(cfg, rank, actual);
   g.copyInto(graph.expertOut, hostTensor('bf16', expertShape(cfg, cfg.hidden), out));
   graph.combine();
@@ -153,7 +152,7 @@ function verifyGraphCall(
     ([, t, before]) => t && before && !bytesEqual(bytesOf(g.download(t)), bytesOf(before)),
   );
   if (bad) return `graph replay ${call}: dispatch: ${bad}`;
-  const badY = combineVerdict(cfg, inputs, rank, expected, y);
+  const badY = combineVerdict(cfg, inputs, rank, y);
   if (badY) return `graph replay ${call}: combine: ${badY}`;
   return differs
     ? `graph step ${call}: ${differs[0]} differs from the dispatch + combine replays`
@@ -214,8 +213,7 @@ function checkCall(
     actual.recvSplits = (host(res.recv.splits) as HostTensor).data as Int32Array;
     for (const t of [res.recv.x, res.recv.scales, res.recv.splits]) io.free(t);
   }
-  const expected = expectedDispatch(cfg, inputs);
-  const bad = compareDispatch(cfg, actual, expected[rank]);
+  const bad = compareDispatch(cfg, actual, oracleDispatch(cfg, inputs, rank));
   // combine runs even after a dispatch mismatch: the peers are in this call too
   const out = standIn(cfg, rank, actual);
   const outT = io.upload(group, hostTensor('bf16', expertShape(cfg, cfg.hidden), out));
@@ -226,7 +224,7 @@ function checkCall(
     io.free(outT);
   }
   if (bad) return `call ${call}: dispatch: ${bad}`;
-  const badY = combineVerdict(cfg, inputs, rank, expected, y);
+  const badY = combineVerdict(cfg, inputs, rank, y);
   return badY ? `call ${call}: combine: ${badY}` : undefined;
 }
 
@@ -235,20 +233,13 @@ function standIn(cfg: EpConfig, rank: number, a: ActualDispatch): Uint16Array {
   return runStandInExperts(cfg, rank, a.expertX, a.expertScales, a.expertCounts, a.expertOffsets);
 }
 
-/** What every rank must hold after dispatch, by the oracle. */
-function expectedDispatch(cfg: EpConfig, inputs: OracleRankInput[]): OracleDispatch[] {
-  return Array.from({ length: cfg.world }, (_, r) => oracleDispatch(cfg, inputs, r));
-}
-
-/** Compares this rank's combine output with the oracle's (the stand-in experts run on the expected rows). */
+/** Compares this rank's combine output with the oracle's (the stand-in experts run on this rank's own rows). */
 function combineVerdict(
   cfg: EpConfig,
   inputs: OracleRankInput[],
   rank: number,
-  expected: OracleDispatch[],
   y: HostTensor,
 ): string | null {
-  const outputs = expected.map((e, owner) => oracleExpertOutput(cfg, owner, e));
-  const want = oracleCombine(cfg, inputs, rank, (owner, le, row) => outputs[owner](le, row));
+  const want = oracleCombine(cfg, inputs, rank, oracleOutputsFor(cfg, inputs, rank));
   return compareCombine(cfg, inputs[rank], y.data as Uint16Array, want);
 }

@@ -1,6 +1,6 @@
 import { BF16_DECODE, FP8_DECODE, f32ToBf16 } from './codec.js';
 import type { EpConfig } from './config.js';
-import type { OracleDispatch, OracleRankInput, RowOrigin } from './oracle.js';
+import { encodeRow, type OracleDispatch, type OracleRankInput, type RowOrigin } from './oracle.js';
 
 /**
  * Tools for checking a transport against the oracle: a stand-in expert (a fixed function of a row and
@@ -69,29 +69,45 @@ export function runStandInExperts(
   return out;
 }
 
-/** The oracle's expert output for row `row` of local expert `le` at `owner`, from its expected rows. */
-export function oracleExpertOutput(cfg: EpConfig, owner: number, expected: OracleDispatch) {
-  const cache = new Map<number, Uint16Array>();
-  return (le: number, row: number): { data: Uint16Array; offset: number } => {
-    let rows = cache.get(le);
-    if (!rows) {
-      const n = expected.expertCounts[le];
-      const rb = cfg.dispatchRowBytes;
-      const G = cfg.groupsPerRow;
-      rows = new Uint16Array(n * cfg.hidden);
-      for (let i = 0; i < n; i++) {
-        standInExpert(
-          cfg,
-          owner * cfg.expertsPerRank + le,
-          expected.expertRows[le].subarray(i * rb, (i + 1) * rb),
-          expected.expertScales[le].subarray(i * G, (i + 1) * G),
-          rows,
-          i * cfg.hidden,
-        );
+/**
+ * The stand-in experts' outputs for rank `src`'s own tokens, as oracleCombine asks for them: row `row` of local
+ * expert `le` at `owner`, numbered in the owner's expert-major order (the rows of the sources before `src` first).
+ * Computed from src's inputs alone (each token encoded once, each of its pairs through its expert), so a rank
+ * checks its combine without the other ranks' dispatch: about W times less work than from every owner's rows.
+ */
+export function oracleOutputsFor(cfg: EpConfig, inputs: readonly OracleRankInput[], src: number) {
+  const { topk: k, numExperts: E, expertsPerRank: EPR, hidden: H } = cfg;
+  const before = new Int32Array(E); // rows of each expert from the sources before src
+  for (let s = 0; s < src; s++) {
+    const ids = inputs[s].topkIdx;
+    for (let p = 0; p < inputs[s].numTokens * k; p++) if (ids[p] >= 0 && ids[p] < E) before[ids[p]]++;
+  }
+  const me = inputs[src];
+  const pairsOf: number[][] = Array.from({ length: E }, () => []); // src's pairs of each expert, in order
+  for (let p = 0; p < me.numTokens * k; p++) {
+    const e = me.topkIdx[p];
+    if (e >= 0 && e < E) pairsOf[e].push(p);
+  }
+  const encoded = new Map<number, ReturnType<typeof encodeRow>>();
+  const outputs = new Map<number, Uint16Array>();
+  return (owner: number, le: number, row: number): { data: Uint16Array; offset: number } => {
+    const e = owner * EPR + le;
+    const p = pairsOf[e][row - before[e]];
+    if (p === undefined)
+      throw new Error(`oracleOutputsFor: row ${row} of expert ${e} is not one of rank ${src}'s`);
+    let out = outputs.get(p);
+    if (!out) {
+      const t = Math.floor(p / k);
+      let r = encoded.get(t);
+      if (!r) {
+        r = encodeRow(cfg, me, t);
+        encoded.set(t, r);
       }
-      cache.set(le, rows);
+      out = new Uint16Array(H);
+      standInExpert(cfg, e, r.bytes, r.scales, out, 0);
+      outputs.set(p, out);
     }
-    return { data: rows, offset: row * cfg.hidden };
+    return { data: out, offset: 0 };
   };
 }
 

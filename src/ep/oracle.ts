@@ -43,7 +43,7 @@ export interface OracleDispatch {
 }
 
 /** One row of rank `src`'s input as it is sent: FP8 bytes + scales, or the bf16 bytes. */
-function encodeRow(
+export function encodeRow(
   cfg: EpConfig,
   inp: OracleRankInput,
   token: number,
@@ -107,13 +107,19 @@ export function oracleDispatch(
     const rows: Uint8Array[] = [];
     const scales: Float32Array[] = [];
     const origin: RowOrigin[] = [];
+    // (a token sent to several of my experts is encoded once: the same bytes for each)
+    const encoded = new Map<number, ReturnType<typeof encodeRow>>();
     for (let le = 0; le < EPR; le++) {
       const expert = dst * EPR + le;
       let count = 0;
       for (let t = 0; t < inp.numTokens; t++) {
         for (let j = 0; j < k; j++) {
           if (inp.topkIdx[t * k + j] !== expert) continue;
-          const r = encodeRow(cfg, inp, t);
+          let r = encoded.get(t);
+          if (!r) {
+            r = encodeRow(cfg, inp, t);
+            encoded.set(t, r);
+          }
           const o = { src, token: t, slot: j, expert };
           rows.push(r.bytes);
           scales.push(r.scales);
@@ -209,38 +215,45 @@ export function oracleCombine(
           groups.push([i]);
         }
       }
+      // P[i][h]: owner i's partial, the f32 sum over its slots in order (a Float32Array rounds each step
+      // to f32, as Math.fround does), then rounded to bf16
+      const P = owners.map((owner) => {
+        const acc = new Float32Array(H);
+        for (let j = 0; j < k; j++) {
+          const e = inp.topkIdx[t * k + j];
+          if (e < 0 || Math.floor(e / EPR) !== owner) continue;
+          const r = expertOutOf(owner, e % EPR, pairPos[t * k + j]);
+          const w = inp.topkWeights[t * k + j];
+          for (let h = 0; h < H; h++) acc[h] += Math.fround(w * BF16_DECODE[r.data[r.offset + h]]);
+        }
+        for (let h = 0; h < H; h++) acc[h] = BF16_DECODE[f32ToBf16(acc[h])];
+        return acc;
+      });
+      if (keys.length === 0) continue;
+      const terms: number[] = [];
       for (let h = 0; h < H; h++) {
-        const P = owners.map((owner) => {
-          let acc = 0;
-          for (let j = 0; j < k; j++) {
-            const e = inp.topkIdx[t * k + j];
-            if (e < 0 || Math.floor(e / EPR) !== owner) continue;
-            const r = expertOutOf(owner, e % EPR, pairPos[t * k + j]);
-            acc = Math.fround(
-              acc + Math.fround(inp.topkWeights[t * k + j] * BF16_DECODE[r.data[r.offset + h]]),
-            );
-          }
-          return BF16_DECODE[f32ToBf16(acc)];
+        const partials = keys.map((key, i) => {
+          if (key < W) return P[groups[i][0]][h];
+          terms.length = 0;
+          for (const o of groups[i]) terms.push(P[o][h]);
+          return BF16_DECODE[f32ToBf16(sumInOrder(terms))];
         });
-        const partials = keys.map((key, i) =>
-          key < W ? P[groups[i][0]] : BF16_DECODE[f32ToBf16(sumInOrder(groups[i].map((o) => P[o])))],
-        );
-        if (keys.length > 0) y[t * H + h] = f32ToBf16(sumInOrder(partials));
+        y[t * H + h] = f32ToBf16(sumInOrder(partials));
       }
     }
     return y;
   }
+  const acc = new Float32Array(H);
   for (let t = 0; t < inp.numTokens; t++) {
-    for (let h = 0; h < H; h++) {
-      let acc = 0;
-      for (let j = 0; j < k; j++) {
-        const e = inp.topkIdx[t * k + j];
-        if (e < 0) continue;
-        const r = expertOutOf(Math.floor(e / EPR), e % EPR, pairPos[t * k + j]);
-        acc = Math.fround(acc + Math.fround(inp.topkWeights[t * k + j] * BF16_DECODE[r.data[r.offset + h]]));
-      }
-      y[t * H + h] = f32ToBf16(acc);
+    acc.fill(0);
+    for (let j = 0; j < k; j++) {
+      const e = inp.topkIdx[t * k + j];
+      if (e < 0) continue;
+      const r = expertOutOf(Math.floor(e / EPR), e % EPR, pairPos[t * k + j]);
+      const w = inp.topkWeights[t * k + j];
+      for (let h = 0; h < H; h++) acc[h] += Math.fround(w * BF16_DECODE[r.data[r.offset + h]]);
     }
+    for (let h = 0; h < H; h++) y[t * H + h] = f32ToBf16(acc[h]);
   }
   return y;
 }

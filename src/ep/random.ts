@@ -30,11 +30,14 @@ export function mixSeed(...parts: number[]): number {
   return h >>> 0;
 }
 
+/** 2^-8 .. 2^8: randomBf16's magnitudes. */
+const MAGNITUDES = Array.from({ length: 17 }, (_, i) => 2 ** (i - 8));
+
 /** bf16 values of varied sign and magnitude (about 2^-8 .. 2^8, a few groups scaled far out). */
 export function randomBf16(rng: Rng, n: number): Uint16Array {
   const out = new Uint16Array(n);
   for (let i = 0; i < n; i++) {
-    const mag = 2 ** (rng.int(17) - 8);
+    const mag = MAGNITUDES[rng.int(17)];
     out[i] = f32ToBf16((rng.next() * 2 - 1) * mag);
   }
   return out;

@@ -88,25 +88,21 @@ export function oracleOutputsFor(cfg: EpConfig, inputs: readonly OracleRankInput
     const e = me.topkIdx[p];
     if (e >= 0 && e < E) pairsOf[e].push(p);
   }
+  // (oracleCombine asks for each pair's row once: the token's encoding is what is worth keeping)
   const encoded = new Map<number, ReturnType<typeof encodeRow>>();
-  const outputs = new Map<number, Uint16Array>();
   return (owner: number, le: number, row: number): { data: Uint16Array; offset: number } => {
     const e = owner * EPR + le;
-    const p = pairsOf[e][row - before[e]];
+    const p = pairsOf[e]?.[row - before[e]];
     if (p === undefined)
       throw new Error(`oracleOutputsFor: row ${row} of expert ${e} is not one of rank ${src}'s`);
-    let out = outputs.get(p);
-    if (!out) {
-      const t = Math.floor(p / k);
-      let r = encoded.get(t);
-      if (!r) {
-        r = encodeRow(cfg, me, t);
-        encoded.set(t, r);
-      }
-      out = new Uint16Array(H);
-      standInExpert(cfg, e, r.bytes, r.scales, out, 0);
-      outputs.set(p, out);
+    const t = Math.floor(p / k);
+    let r = encoded.get(t);
+    if (!r) {
+      r = encodeRow(cfg, me, t);
+      encoded.set(t, r);
     }
+    const out = new Uint16Array(H);
+    standInExpert(cfg, e, r.bytes, r.scales, out, 0);
     return { data: out, offset: 0 };
   };
 }

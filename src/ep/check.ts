@@ -1,6 +1,6 @@
 import { BF16_DECODE, FP8_DECODE, f32ToBf16 } from './codec.js';
 import type { EpConfig } from './config.js';
-import { encodeRow, type OracleDispatch, type OracleRankInput, type RowOrigin } from './oracle.js';
+import { type OracleDispatch, type OracleRankInput, type RowOrigin, tokenEncoder } from './oracle.js';
 
 /**
  * Tools for checking a transport against the oracle: a stand-in expert (a fixed function of a row and
@@ -89,18 +89,13 @@ export function oracleOutputsFor(cfg: EpConfig, inputs: readonly OracleRankInput
     if (e >= 0 && e < E) pairsOf[e].push(p);
   }
   // (oracleCombine asks for each pair's row once: the token's encoding is what is worth keeping)
-  const encoded = new Map<number, ReturnType<typeof encodeRow>>();
+  const encode = tokenEncoder(cfg, me);
   return (owner: number, le: number, row: number): { data: Uint16Array; offset: number } => {
     const e = owner * EPR + le;
     const p = pairsOf[e]?.[row - before[e]];
     if (p === undefined)
       throw new Error(`oracleOutputsFor: row ${row} of expert ${e} is not one of rank ${src}'s`);
-    const t = Math.floor(p / k);
-    let r = encoded.get(t);
-    if (!r) {
-      r = encodeRow(cfg, me, t);
-      encoded.set(t, r);
-    }
+    const r = encode(Math.floor(p / k));
     const out = new Uint16Array(H);
     standInExpert(cfg, e, r.bytes, r.scales, out, 0);
     return { data: out, offset: 0 };

@@ -43,7 +43,7 @@ export interface OracleDispatch {
 }
 
 /** One row of rank `src`'s input as it is sent: FP8 bytes + scales, or the bf16 bytes. */
-export function encodeRow(
+function encodeRow(
   cfg: EpConfig,
   inp: OracleRankInput,
   token: number,
@@ -57,6 +57,22 @@ export function encodeRow(
   const scales = new Float32Array(cfg.groupsPerRow);
   quantizeRowsFp8(inp.x, token * H, 1, H, cfg.fp8GroupSize, bytes, 0, scales, 0);
   return { bytes, scales };
+}
+
+/** encodeRow of rank `inp`'s tokens, each token encoded once (a token goes out with the same bytes to every expert). */
+export function tokenEncoder(
+  cfg: EpConfig,
+  inp: OracleRankInput,
+): (token: number) => ReturnType<typeof encodeRow> {
+  const encoded = new Map<number, ReturnType<typeof encodeRow>>();
+  return (token) => {
+    let r = encoded.get(token);
+    if (!r) {
+      r = encodeRow(cfg, inp, token);
+      encoded.set(token, r);
+    }
+    return r;
+  };
 }
 
 function concat(parts: Uint8Array[]): Uint8Array {
@@ -107,19 +123,14 @@ export function oracleDispatch(
     const rows: Uint8Array[] = [];
     const scales: Float32Array[] = [];
     const origin: RowOrigin[] = [];
-    // (a token sent to several of my experts is encoded once: the same bytes for each)
-    const encoded = new Map<number, ReturnType<typeof encodeRow>>();
+    const encode = tokenEncoder(cfg, inp);
     for (let le = 0; le < EPR; le++) {
       const expert = dst * EPR + le;
       let count = 0;
       for (let t = 0; t < inp.numTokens; t++) {
         for (let j = 0; j < k; j++) {
           if (inp.topkIdx[t * k + j] !== expert) continue;
-          let r = encoded.get(t);
-          if (!r) {
-            r = encodeRow(cfg, inp, t);
-            encoded.set(t, r);
-          }
+          const r = encode(t);
           const o = { src, token: t, slot: j, expert };
           rows.push(r.bytes);
           scales.push(r.scales);

@@ -38,7 +38,8 @@
 // ep_dispatch and ep_stage_send(_large) (W > 1) and ep_combine_send end with "the last block to finish publishes and
 // waits": no cooperative launch, no co-residency needed (ep_combine_send, when every partial it sent was
 // flagged: block 0 signals after its own share, unordered, and no block waits for another). The blocks of ep_rail_combine other than block 0
-// wait for block 0 (which waits for none of them), dispatched first.
+// wait for block 0 (which waits for none of them), dispatched first. So do the row blocks of ep_stage_send_large
+// with own_direct, for every peer's row block 0, which publishes its counts before it waits for anything.
 //
 //  ep_route           grid 1, block 1024 (EP_ROUTE_THREADS; the host uses 512 when T*k <= 4096: faster),
 //                     dynamic smem = 4 * ((block/32) * E + E + 1) + 2 * T*k bytes; pass it for
@@ -110,7 +111,11 @@
 // then m_st, where that owner's rows start in this rank's own order) into the owner's heap. The last block
 // to finish signals every peer (the abort bit when this rank's input was rejected) and waits for every
 // peer. ep_stage_pack then copies the staged rows into expert-major expertX (sources in rank order), checks
-// maxRowsPerExpert and writes the counts. The stage has two copies, by call parity: a source writes
+// maxRowsPerExpert and writes the counts. own_direct (dedup on one host; ep_inblock.cuh): every staged send's
+// row block 0 also publishes its per-expert counts to every peer as tagged words right after its histogram,
+// and the row blocks of ep_stage_send_large wait for every peer's counts for this rank (or its row signal) and
+// store their tokens' rows for this rank's own experts straight into expertX and expertScales, in the same
+// pass as their rows for the other owners; the pack then copies only the peers' rows. The stage has two copies, by call parity: a source writes
 // slot (n + 2) & 1 only after its call n + 1 saw this rank's signal of n + 1, which follows this rank's pack
 // of call n (a source whose own dispatch n failed may skip its combine n, so the combine does not order it).
 //
@@ -145,7 +150,8 @@
 // dispatchCalls. Signals hold call (or
 // call | EP_ABORT_BIT) and are never cleared: a stale value can never equal a later call. A rank whose
 // routing failed signals with the abort bit (direct: its counts; staged: its row signal), so every rank
-// learns that the call is off.
+// learns that the call is off. (own_direct's tagged counts are no signal: a call that is off may publish them,
+// and its row signal says it is off.)
 #include <assert.h>
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>

@@ -69,9 +69,10 @@ __device__ __forceinline__ void stage_send(const EpArgs& a) {
   // (the row blocks of a large batch skip load_ids, whose own check covers k and E)
   host_requires(gridDim.x >= 2 && a.world >= 2 && a.numTokens * a.topk <= EP_MAX_PAIRS &&
                     a.topk <= EP_MAX_TOPK && a.numExperts <= EP_MAX_EXPERTS &&
-                    (a.numTokens == 0 || a.stageRows >= 1) && (!a.dedup || a.topk <= 32),
+                    (a.numTokens == 0 || a.stageRows >= 1) && (!a.dedup || a.topk <= 32) &&
+                    (Large || !own_direct(a)),
                 "ep_stage_send(_large): grid >= 2, W > 1, T*k <= EP_MAX_PAIRS, k <= EP_MAX_TOPK, E <= EP_MAX_EXPERTS, a stage, "
-                "k <= 32 with dedup");
+                "k <= 32 with dedup, ep_stage_send_large where the pack skips the own rows (own_direct)");
   if (blockIdx.x == 0 && threadIdx.x == 0) stamp(a, EP_STAMP_DISPATCH_BEGIN);
   EpState* st = state_of(a);
   if (blockIdx.x == gridDim.x - 1) {
@@ -158,8 +159,12 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_pack(const
   const uint64_t rowBytes = a.dispatchRowBytes;
   const uint64_t VB = rowBytes % 16u == 0 ? 16u : 8u;
   const int segs = (int)((rowBytes + 32u * SEG_VECS * VB - 1) / (32u * SEG_VECS * VB));
-  // per row: its segments, then one more item for its scales and (own rows) its pairDest
-  const uint32_t items = (uint32_t)R.pre[E] * (uint32_t)(segs + 1);
+  // per row: its segments, then one more item for its scales and (own rows) its pairDest. own_direct: the
+  // send stored this rank's own rows and scales in expertX already, so they take only the last item (the plan).
+  const bool skipOwn = own_direct(a);
+  const int ownLo = R.pre[me * EPR], ownN = skipOwn ? R.pre[(me + 1) * EPR] - ownLo : 0;
+  const uint32_t fullItems = (uint32_t)(R.pre[E] - ownN) * (uint32_t)(segs + 1);
+  const uint32_t items = fullItems + (uint32_t)ownN;
   const char* inX = (const char*)(own + a.stageDataOff + slot * a.stageDataSlot);
   const char* inS = (const char*)(own + a.stageScalesOff + slot * a.stageScalesSlot);
   char* outX = (char*)(own + a.expertXOff);
@@ -177,15 +182,16 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_pack(const
     }
     int self = -1;
     if (s == me && lane == 0 && !a.dedup) self = ((const int*)a.selfPairs)[iSrc];  // loaded with the scales
+    const uint64_t scales = s == me && skipOwn ? 0u : gpr;  // (own_direct: the send stored them)
     // two loads in flight per lane; the first 64 scales' loads go out before the plan's record loads, so that
     // the two share a round trip
-    for (uint64_t i0 = 0; i0 < gpr || i0 == 0; i0 += 64) {
+    for (uint64_t i0 = 0; i0 < scales || i0 == 0; i0 += 64) {
       const uint64_t i = i0 + lane, i2 = i + 32;
-      const uint32_t v0 = i < gpr ? ld_cg_u32(inS + (srcRow * gpr + i) * 4u) : 0u;
-      const uint32_t v1 = i2 < gpr ? ld_cg_u32(inS + (srcRow * gpr + i2) * 4u) : 0u;
+      const uint32_t v0 = i < scales ? ld_cg_u32(inS + (srcRow * gpr + i) * 4u) : 0u;
+      const uint32_t v1 = i2 < scales ? ld_cg_u32(inS + (srcRow * gpr + i2) * 4u) : 0u;
       if (i0 == 0 && a.dedup && srcRow == row) write_plan(a, R, own, s, row, slot);
-      if (i < gpr) st_u32(outS + (dstRow * gpr + i) * 4u, v0);
-      if (i2 < gpr) st_u32(outS + (dstRow * gpr + i2) * 4u, v1);
+      if (i < scales) st_u32(outS + (dstRow * gpr + i) * 4u, v0);
+      if (i2 < scales) st_u32(outS + (dstRow * gpr + i2) * 4u, v1);
     }
     if (self >= 0) ((int*)a.pairDest)[self] = (int)dstRow;
   };
@@ -198,8 +204,14 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_pack(const
   };
   const auto find = [&](uint32_t it) {
     Found f;
-    f.l = locate(R, a, (int)(it / (uint32_t)(segs + 1)));
-    f.seg = (int)(it % (uint32_t)(segs + 1));
+    if (it < fullItems) {  // (own_direct: past this rank's own rows, whose items come last)
+      const int g = (int)(it / (uint32_t)(segs + 1));
+      f.l = locate(R, a, g < ownLo ? g : g + ownN);
+      f.seg = (int)(it % (uint32_t)(segs + 1));
+    } else {
+      f.l = locate(R, a, ownLo + (int)(it - fullItems));
+      f.seg = segs;
+    }
     f.carrier = a.dedup ? ld_cg_u32(carrierOf + ((uint64_t)f.l.s * a.stageRows + f.l.iSrc) * 4u) : (uint32_t)f.l.iSrc;
     return f;
   };

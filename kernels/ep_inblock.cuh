@@ -270,6 +270,131 @@ __device__ void stage_bookkeeping(const EpArgs& a, LocalTables& S, uint64_t call
 }
 
 // ---------------------------------------------------------------------------------------------
+// own_direct (README, "The protocol"): a large batch's own rows straight into expertX. Every staged row block 0
+// of a group on one host with dedup publishes its per-expert counts to every peer as tagged words (publish_counts),
+// as soon as its histogram is built; the row blocks of ep_stage_send_large (T*k > EP_STAGE_SMEM_PAIRS) wait for
+// every peer's counts for this rank (own_tables), and then store each token's rows for this rank's own experts
+// straight into expertX in the same pass as its rows for the other owners, instead of into the own stage for
+// ep_stage_pack to copy.
+
+// Whether this group's ranks publish their counts (one host, dedup; EP_OWN_DIRECT=0 builds: never).
+__device__ __forceinline__ bool own_direct_group(const EpArgs& a) {
+#if EP_OWN_DIRECT
+  return a.dedup && a.nodes == 1;
+#else
+  return false;
+#endif
+}
+
+// Whether this rank's call stores its own rows straight into expertX (ep_stage_send_large; ep_stage_pack then
+// skips them, deciding it from the same arguments).
+__device__ __forceinline__ bool own_direct(const EpArgs& a) {
+  return own_direct_group(a) && !ids_in_smem(a) && a.expertsPerRank <= EP_MAX_EXPERTS / 2;
+}
+
+// own_direct's tables, in LocalTables::ids (unused: the ids stay in L2 at such batches).
+struct OwnTables {
+  int cnt[EP_MAX_EXPERTS];      // [s][le]: rows source s sends this rank for local expert le (-1: not known yet)
+  int start[EP_MAX_EXPERTS / 2 + 1];  // where this rank's own rows of each local expert start in expertX (W >= 2;
+                                     // +1: the scan's total)
+  int scratch[33];
+  int state;  // 0 waiting, 2 a peer's call is off or timed out
+  int late;   // the first source whose counts were still missing
+};
+static_assert(sizeof(OwnTables) <= sizeof(LocalTables::ids), "OwnTables lives in LocalTables::ids");
+__device__ __forceinline__ OwnTables& own_tables_of(LocalTables& S) { return *reinterpret_cast<OwnTables*>(S.ids); }
+
+// The tagged count words: counts region [slot][src][le] (the direct path's, unused by a staged group: it holds
+// W*E i32 a slot, and these are E u64), each (uint32 call << 32) | count, so that a word read with this call's
+// tag holds this call's count (8 aligned bytes are single-copy atomic; the slot's previous value is call - 2's).
+__device__ __forceinline__ uint64_t* tagged_counts(const EpArgs& a, uint64_t heap, uint64_t slot) {
+  return (uint64_t*)(heap + a.countsOff + slot * a.countsSlot);
+}
+
+// Row block 0 of a staged send (own_direct_group), every thread, after its histogram (S.hist the exclusive
+// prefix of this call's pairs per expert): this rank's count of each of peer d's experts into d's tagged words.
+// No fence: nothing but the word itself depends on it.
+__device__ __forceinline__ void publish_counts(const EpArgs& a, const LocalTables& S, uint64_t call) {
+  const int W = a.world, EPR = a.expertsPerRank, me = a.rank;
+  const uint64_t tag = (uint64_t)(uint32_t)call << 32;
+  for (int e = threadIdx.x; e < W * EPR; e += blockDim.x) {
+    const int d = e / EPR;
+    if (d == me) continue;
+    uint64_t* at = tagged_counts(a, __ldg((const uint64_t*)a.peerBases + d), call & 1u) + (uint64_t)me * EPR + (e - d * EPR);
+    signal_unordered(at, tag | (uint32_t)(S.hist[e + 1] - S.hist[e]));
+  }
+}
+
+// A row block of ep_stage_send_large (own_direct), every thread, after its histogram: every peer's count for each
+// of this rank's experts, from its tagged words, or from its split record once its rows' signal holds this call (a
+// peer whose row block 0 never ran: no tokens); then O.start. Returns true (every thread) when the own rows may be
+// stored: false when a peer's call is off (the tail's wait reports it) or timed out (reported here), or an expert is
+// over capacity (ep_stage_pack reports it and copies nothing). It waits for every peer's row block 0 (or last block),
+// which waits for nothing before it publishes: block 0 is dispatched first.
+__device__ bool own_tables(const EpArgs& a, LocalTables& S, uint64_t call) {
+  OwnTables& O = own_tables_of(S);
+  const int tid = threadIdx.x, B = blockDim.x, W = a.world, EPR = a.expertsPerRank, me = a.rank;
+  const uint64_t slot = call & 1u;
+  const uint64_t* tagged = tagged_counts(a, a.localBase, slot);
+  const uint64_t* rowsSignal = (const uint64_t*)(a.localBase + a.dispatchSignalOff + slot * a.dispatchSignalSlot);
+  const int* splits = (const int*)(a.localBase + a.stageSplitsOff + slot * a.stageSplitsSlot);
+  const uint32_t tag = (uint32_t)call;
+  for (int i = tid; i < W * EPR; i += B) O.cnt[i] = i / EPR == me ? S.hist[i + 1] - S.hist[i] : -1;
+  if (tid == 0) {
+    O.state = 0;
+    O.late = INT_MAX;
+  }
+  __syncthreads();
+  const uint64_t deadline = deadline_after(a.timeoutNs);
+  for (uint32_t sleepNs = 0;;) {
+    bool missing = false;
+    for (int i = tid; i < W * EPR; i += B) {
+      if (O.cnt[i] >= 0) continue;
+      const uint64_t v = ld_relaxed_sys(tagged + i);
+      if ((uint32_t)(v >> 32) == tag) {
+        O.cnt[i] = (int)(uint32_t)v;
+        continue;
+      }
+      const int s = i / EPR;  // (its rows' signal: its split record is in, or its call is off)
+      const uint64_t r = ld_acquire_sys(rowsSignal + s);
+      if (r == call) {
+        O.cnt[i] = (int)ld_cg_u32(splits + (uint64_t)s * a.splitsPerPeer + (i - s * EPR));
+      } else if (r == (call | EP_ABORT_BIT)) {
+        O.state = 2;
+      } else {
+        missing = true;
+        atomicMin(&O.late, s);
+      }
+    }
+    // (O.late from the rounds before: a deadline never passes in the first)
+    if (tid == 0 && O.late != INT_MAX && globaltimer() > deadline) {
+      O.state = 2;
+      report_error(a, EP_ERR_TIMEOUT_DISPATCH, (uint32_t)O.late, (uint32_t)slot, call, 0, 0, 0u);
+    }
+    if (!__syncthreads_or(missing) || O.state == 2) break;
+    if (sleepNs) __nanosleep(sleepNs);
+    sleepNs = sleepNs ? (sleepNs < 256 ? sleepNs * 2 : 256) : 32;
+  }
+  if (O.state == 2) return false;
+  bool over = false;
+  for (int le = tid; le < EPR; le += B) {
+    int total = 0;
+    for (int s = 0; s < W; ++s) total += O.cnt[s * EPR + le];
+    over |= total > a.expertCapacity;
+    O.start[le] = total;
+  }
+  if (__syncthreads_or(over)) return false;
+  block_exclusive_scan(O.start, EPR, O.scratch);
+  for (int le = tid; le < EPR; le += B) {
+    int before = 0;  // this expert's rows from the sources before this rank
+    for (int s = 0; s < me; ++s) before += O.cnt[s * EPR + le];
+    O.start[le] = (int)expert_start(a, le, O.start[le]) + before;
+  }
+  __syncthreads();
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------------
 // De-duplication (EpArgs.dedup, staged only, k <= 32): a token crosses to each owner once. Of a token's
 // slots naming experts of one owner, the first (its carrier slot) carries the row; the owner's stage
 // learns, for every row, the row that carries its data (stageCarrier) and, for every carrier row, a
@@ -323,8 +448,9 @@ struct InBlockDests {
   int counted;    // the token whose pairs before/from (local) or run (staged) hold, or -1 (a block may take
                   // several chunks of one token)
   int cursor;     // staged: S.run counts the pairs of the tokens before this one (a block's tokens only grow)
+  bool ownDirect;  // Large: this rank's own rows go straight into expertX (own_tables, from go())
   __device__ explicit InBlockDests(LocalTables& s)
-      : S(s), call(0), state(-1), marked(-1), counted(-1), cursor(0) {}
+      : S(s), call(0), state(-1), marked(-1), counted(-1), cursor(0), ownDirect(false) {}
   // (the last block keeps the books; Large: consecutive tokens a block, see contiguous_items)
   __device__ __forceinline__ ItemSpan span(int n) const {
     return Large ? contiguous_items(n, gridDim.x - 1) : strided_items(n, gridDim.x - 1);
@@ -393,6 +519,10 @@ struct InBlockDests {
         if (!Staged)
           for (int e = threadIdx.x; e < a.numExperts; e += blockDim.x) S.hist[e] = min(S.hist[e], a.expertCapacity);
         block_exclusive_scan(S.hist, a.numExperts, S.scratch);
+        if (Staged && own_direct_group(a) && host_abort(a) == 0) {
+          if (blockIdx.x == 0) publish_counts(a, S, call);
+          if (Large && own_direct(a)) ownDirect = own_tables(a, S, call);
+        }
       }
       state = host_abort(a) == 0 ? 1 : 0;
       if (blockIdx.x == 0 && threadIdx.x == 0 && state) stamp(a, EP_STAMP_ROWS_BEGIN);
@@ -465,7 +595,12 @@ struct InBlockDests {
           valid = valid && lead == lane;
         }
         valid = valid && here;
-        if (valid) {
+        if (Large && ownDirect && d == a.rank) {  // every own slot's row, straight into expertX (not the stage)
+          const int at = mine && r < a.stageRows ? own_tables_of(S).start[e - d * a.expertsPerRank] + before : -1;
+          valid = at >= 0 && (uint64_t)at < expert_rows(a);
+          row = a.localBase + a.expertXOff + (uint64_t)at * a.dispatchRowBytes;
+          sc = a.localBase + a.expertScalesOff + (uint64_t)at * (uint64_t)a.groupsPerRow * 4u;
+        } else if (valid) {
           const uint64_t src = (uint64_t)a.rank * a.stageRows + r;
           row = base + a.stageDataOff + slot * a.stageDataSlot + src * a.dispatchRowBytes;
           sc = base + a.stageScalesOff + slot * a.stageScalesSlot + src * (uint64_t)a.groupsPerRow * 4u;

@@ -10,6 +10,11 @@
 #define EP_STAGE_SMEM_PAIRS 4096  // in-block routing keeps T*k ids up to this in shared memory (beyond: read from L2)
 #define EP_ROUTE_THREADS 1024
 #define EP_MAX_THREADS 512
+// 1: a large batch's own rows go straight into expertX from ep_stage_send_large (own_direct, ep_inblock.cuh);
+// 0 (bench A/B builds only): they are staged and packed as every peer's.
+#ifndef EP_OWN_DIRECT
+#define EP_OWN_DIRECT 1
+#endif
 
 // EP_ERR_CAPACITY has two sources, told apart by EpError.aux (the header defines one code for both):
 //   aux = EP_CAPACITY_AUX_SEND (0):   ep_route, a = destination rank, b = rows it would get (> maxRowsPerPeer)

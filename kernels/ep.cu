@@ -112,8 +112,9 @@
 // to finish signals every peer (the abort bit when this rank's input was rejected) and waits for every
 // peer. ep_stage_pack then copies the staged rows into expert-major expertX (sources in rank order), checks
 // maxRowsPerExpert and writes the counts. own_direct (dedup on one host; ep_inblock.cuh): every staged send's
-// row block 0 also publishes its per-expert counts to every peer as tagged words right after its histogram,
-// and the row blocks of ep_stage_send_large wait for every peer's counts for this rank (or its row signal) and
+// row block 0 also publishes its per-expert counts to every peer as tagged words (ep_stage_send_large's right
+// after its histogram, ep_stage_send's after its rows), and the row blocks of ep_stage_send_large wait for
+// every peer's counts for this rank (or its row signal) before their first row and
 // store their tokens' rows for this rank's own experts straight into expertX and expertScales, in the same
 // pass as their rows for the other owners; the pack then copies only the peers' rows. The stage has two copies, by call parity: a source writes
 // slot (n + 2) & 1 only after its call n + 1 saw this rank's signal of n + 1, which follows this rank's pack

@@ -59,7 +59,9 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_dispatch_local(c
 // ep_stage_send_large, for batches whose ids do not fit in shared memory (T*k > EP_STAGE_SMEM_PAIRS), is the
 // same protocol with the ids read fewer times (InBlockDests' Large): each row block takes consecutive tokens
 // and reads every id once, 4 a load, and the bookkeeping block checks them a token at a time. Two kernels,
-// so that the small batches' code (and its registers) stays as it is.
+// so that the small batches' code (and its registers) stays as it is. With own_direct (dedup, one host), row
+// block 0 of either publishes its counts to every peer, and the large one's row blocks wait for every peer's
+// before their first row, then store this rank's own rows straight into expertX instead of its own stage.
 template <bool Large>
 __device__ __forceinline__ void stage_send(const EpArgs& a) {
   __shared__ DestList L;
@@ -80,6 +82,9 @@ __device__ __forceinline__ void stage_send(const EpArgs& a) {
   } else {
     InBlockDests<true, Large> D(S);  // reads the call count with the ids, after the rows' first loads
     dispatch_rows(a, L, D);
+    // own_direct: a peer's large batch waits for this rank's counts (ep_stage_send_large's block 0 published them
+    // in go(), before its rows)
+    if (!Large && blockIdx.x == 0 && D.state == 1 && own_direct_group(a)) publish_counts(a, S, D.call);
   }
   if (!finish_block(&st->doneBlocks[0], &sLast)) return;
 
@@ -88,7 +93,17 @@ __device__ __forceinline__ void stage_send(const EpArgs& a) {
   if (threadIdx.x == 0) {
     st->dispatchCalls = call;
     stamp(a, EP_STAMP_DISPATCH_TAIL);
+    // own_direct: a row block gave up waiting for a peer's counts (a timeout), so its own rows are not in expertX:
+    // the call fails here (after the bookkeeping block's clear of the error), and the wait below is skipped, so
+    // that the error comes after one timeout, not two (the group is broken after a timeout anyway)
+    const uint32_t late = Large ? *(volatile uint32_t*)&st->ownLate : 0u;
+    if (late != 0) {
+      report_error(a, EP_ERR_TIMEOUT_DISPATCH, late - 1u, (uint32_t)(call & 1u), call, 0, 0, 0u);
+      st->ownLate = 0u;
+    }
+    sLast = late != 0;
   }
+  __syncthreads();  // (the report before the error's read below)
   if (a.dedup)  // ep_stage_pack counts this call's carriers per source
     for (int s = threadIdx.x; s < a.world; s += blockDim.x) plan_counts(a)[s] = 0u;
   // this rank's own input failed the call (not a peer's abort, seen only in the wait below): between
@@ -96,7 +111,7 @@ __device__ __forceinline__ void stage_send(const EpArgs& a) {
   const bool own = read_err_code(st) != 0;
   if (threadIdx.x == 0) st->ownAbort = own ? 1u : 0u;
   // Wait even when this rank's call is off: when this returns, no peer writes into this slot any more.
-  signal_and_wait_rows(a, call, own ? (call | EP_ABORT_BIT) : call);
+  signal_and_wait_rows(a, call, own ? (call | EP_ABORT_BIT) : call, !(Large && sLast));
 }
 extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_send(const __grid_constant__ EpArgs a) {
   stage_send<false>(a);
@@ -106,7 +121,7 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_send_large
 }
 
 // =============================================================================================
-// 2d. ep_stage_pack (after ep_stage_send): the staged rows of every source into expert-major expertX (for
+// 2d. ep_stage_pack (after ep_stage_send): the staged rows of every source (own_direct: every other source) into expert-major expertX (for
 // each local expert, sources in rank order, each source's rows in its order) with their scales; expertCounts
 // and recvSplits (for ep_combine_send and ep_recv_view); and, for the rows this rank staged for itself,
 // pairDest (the expertX row ep_combine_reduce reads in place; with dedup instead each row is copied from its

@@ -299,7 +299,7 @@ struct OwnTables {
                                      // +1: the scan's total)
   int scratch[33];
   int state;  // 0 waiting, 2 a peer's call is off or timed out
-  int late;   // the first source whose counts were still missing
+  int late;   // the lowest source whose counts were missing in a round so far
 };
 static_assert(sizeof(OwnTables) <= sizeof(LocalTables::ids), "OwnTables lives in LocalTables::ids");
 __device__ __forceinline__ OwnTables& own_tables_of(LocalTables& S) { return *reinterpret_cast<OwnTables*>(S.ids); }
@@ -311,9 +311,11 @@ __device__ __forceinline__ uint64_t* tagged_counts(const EpArgs& a, uint64_t hea
   return (uint64_t*)(heap + a.countsOff + slot * a.countsSlot);
 }
 
-// Row block 0 of a staged send (own_direct_group), every thread, after its histogram (S.hist the exclusive
+// Row block 0 of a staged send (own_direct_group), every thread, once its histogram is built (S.hist the exclusive
 // prefix of this call's pairs per expert): this rank's count of each of peer d's experts into d's tagged words.
-// No fence: nothing but the word itself depends on it.
+// No fence: nothing but the word itself depends on it. ep_stage_send_large's block 0 publishes before its first row
+// (its peers' row blocks wait for it); ep_stage_send's after its rows, off a small batch's critical path (a peer
+// of a large batch waits for it, or for the rows' signal that follows it).
 __device__ __forceinline__ void publish_counts(const EpArgs& a, const LocalTables& S, uint64_t call) {
   const int W = a.world, EPR = a.expertsPerRank, me = a.rank;
   const uint64_t tag = (uint64_t)(uint32_t)call << 32;
@@ -325,10 +327,15 @@ __device__ __forceinline__ void publish_counts(const EpArgs& a, const LocalTable
   }
 }
 
+// own_tables gave up waiting for source s (the first one to: EpState.ownLate). Out of line: a rare path, kept out
+// of the row blocks' registers.
+__device__ __noinline__ void note_own_late(const EpArgs& a, int s) { atomicCAS(&state_of(a)->ownLate, 0u, 1u + (uint32_t)s); }
+
 // A row block of ep_stage_send_large (own_direct), every thread, after its histogram: every peer's count for each
 // of this rank's experts, from its tagged words, or from its split record once its rows' signal holds this call (a
 // peer whose row block 0 never ran: no tokens); then O.start. Returns true (every thread) when the own rows may be
-// stored: false when a peer's call is off (the tail's wait reports it) or timed out (reported here), or an expert is
+// stored: false when a peer's call is off (the tail's wait reports it) or timed out (EpState.ownLate, which the tail
+// reports: the bookkeeping block, which may start after this one, clears the call's error first), or an expert is
 // over capacity (ep_stage_pack reports it and copies nothing). It waits for every peer's row block 0 (or last block),
 // which waits for nothing before it publishes: block 0 is dispatched first.
 __device__ bool own_tables(const EpArgs& a, LocalTables& S, uint64_t call) {
@@ -344,6 +351,7 @@ __device__ bool own_tables(const EpArgs& a, LocalTables& S, uint64_t call) {
     O.state = 0;
     O.late = INT_MAX;
   }
+  EpState* st = state_of(a);
   __syncthreads();
   const uint64_t deadline = deadline_after(a.timeoutNs);
   for (uint32_t sleepNs = 0;;) {
@@ -356,8 +364,9 @@ __device__ bool own_tables(const EpArgs& a, LocalTables& S, uint64_t call) {
         continue;
       }
       const int s = i / EPR;  // (its rows' signal: its split record is in, or its call is off)
-      const uint64_t r = ld_acquire_sys(rowsSignal + s);
+      const uint64_t r = ld_relaxed_sys(rowsSignal + s);
       if (r == call) {
+        (void)ld_acquire_sys(rowsSignal + s);  // (the value stays: acquire it, then read the record)
         O.cnt[i] = (int)ld_cg_u32(splits + (uint64_t)s * a.splitsPerPeer + (i - s * EPR));
       } else if (r == (call | EP_ABORT_BIT)) {
         O.state = 2;
@@ -369,9 +378,11 @@ __device__ bool own_tables(const EpArgs& a, LocalTables& S, uint64_t call) {
     // (O.late from the rounds before: a deadline never passes in the first)
     if (tid == 0 && O.late != INT_MAX && globaltimer() > deadline) {
       O.state = 2;
-      report_error(a, EP_ERR_TIMEOUT_DISPATCH, (uint32_t)O.late, (uint32_t)slot, call, 0, 0, 0u);
+      note_own_late(a, O.late);
     }
-    if (!__syncthreads_or(missing) || O.state == 2) break;
+    const bool stop = !__syncthreads_or(missing) || O.state == 2;
+    __syncthreads();  // (every thread read O.state before the next round may write it)
+    if (stop) break;
     if (sleepNs) __nanosleep(sleepNs);
     sleepNs = sleepNs ? (sleepNs < 256 ? sleepNs * 2 : 256) : 32;
   }
@@ -519,9 +530,11 @@ struct InBlockDests {
         if (!Staged)
           for (int e = threadIdx.x; e < a.numExperts; e += blockDim.x) S.hist[e] = min(S.hist[e], a.expertCapacity);
         block_exclusive_scan(S.hist, a.numExperts, S.scratch);
-        if (Staged && own_direct_group(a) && host_abort(a) == 0) {
+        // own_direct: ep_stage_send_large's block 0 publishes its counts at once (ep_stage_send's after its rows:
+        // stage_send), then every block waits for every peer's
+        if (Large && own_direct_group(a) && host_abort(a) == 0) {
           if (blockIdx.x == 0) publish_counts(a, S, call);
-          if (Large && own_direct(a)) ownDirect = own_tables(a, S, call);
+          if (own_direct(a)) ownDirect = own_tables(a, S, call);
         }
       }
       state = host_abort(a) == 0 ? 1 : 0;

@@ -73,9 +73,9 @@ __device__ __forceinline__ bool wait_for_sources(const EpArgs& a, const uint64_t
 }
 
 // The last block of a dispatch kernel (W > 1): `value` into every peer's row-signal word for this rank,
-// then every peer's word of this call awaited (an abort or a timeout is reported); stamps the end. Between
-// hosts, the peers of this host only (ep_rail_forward waits for the others').
-__device__ void signal_and_wait_rows(const EpArgs& a, uint64_t call, uint64_t value) {
+// then (`wait`) every peer's word of this call awaited (an abort or a timeout is reported); stamps the end.
+// Between hosts, the peers of this host only (ep_rail_forward waits for the others').
+__device__ void signal_and_wait_rows(const EpArgs& a, uint64_t call, uint64_t value, bool wait = true) {
   const uint64_t slot = call & 1u;
   const int W = a.world, me = a.rank;
   const uint64_t* peer = (const uint64_t*)a.peerBases;
@@ -83,6 +83,7 @@ __device__ void signal_and_wait_rows(const EpArgs& a, uint64_t call, uint64_t va
     if (d != me && same_host(a, d))  // (other hosts learn it from this rank's message: ep_rail_plan)
       signal((uint64_t*)(__ldg(peer + d) + a.dispatchSignalOff + slot * a.dispatchSignalSlot + (uint64_t)me * 8u),
              value);
+  if (!wait) return;
   const uint64_t* mine = (const uint64_t*)(__ldg(peer + me) + a.dispatchSignalOff + slot * a.dispatchSignalSlot);
   wait_for_sources(a, mine, me, call, (uint32_t)slot, EP_ERR_PEER_ABORT_DISPATCH, EP_ERR_TIMEOUT_DISPATCH);
   __syncthreads();

@@ -39,7 +39,7 @@ export interface ScenarioTask {
   topk?: number;
   /**
    * silent-rank: the others dispatch a batch past the kernels' shared-memory ids with dedup (T*k = 4400: on cuda,
-   * ep_stage_send_large).
+   * ep_stage_send_large, whose blocks wait for every peer's counts before their rows).
    */
   large?: boolean;
 }

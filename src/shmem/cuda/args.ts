@@ -67,7 +67,7 @@ const epState = layout(
     ['doneBlocks', 'u32[4]'],
     ['barrierCalls', 'u64'],
     ['ownAbort', 'u32'],
-    ['reserved1', 'u32'],
+    ['ownLate', 'u32'],
     ['err', 'EpError'],
   ],
   { EpError: { size: EP_ERROR_BYTES, align: 8 } },
@@ -192,7 +192,7 @@ export const EP_ERROR_OFFSET = offsets<'code' | 'peer' | 'slot' | 'aux' | 'callC
 );
 /** Byte offset of each EpState field (err is an EpError at EP_STATE_OFFSET.err). */
 export const EP_STATE_OFFSET = offsets<
-  'dispatchCalls' | 'doneBlocks' | 'barrierCalls' | 'ownAbort' | 'reserved1' | 'err'
+  'dispatchCalls' | 'doneBlocks' | 'barrierCalls' | 'ownAbort' | 'ownLate' | 'err'
 >(EP_STATE_FIELDS);
 
 // ---------------------------------------------------------------------------------------------

@@ -90,20 +90,21 @@ __device__ __forceinline__ void stage_send(const EpArgs& a) {
 
   // Tail (one block): every block's rows and the split records are fenced (finish_block).
   const uint64_t call = read_calls(st) + 1;  // (unchanged until the store below)
+  uint32_t late = 0u;
   if (threadIdx.x == 0) {
     st->dispatchCalls = call;
     stamp(a, EP_STAMP_DISPATCH_TAIL);
     // own_direct: a row block gave up waiting for a peer's counts (a timeout), so its own rows are not in expertX:
     // the call fails here (after the bookkeeping block's clear of the error), and the wait below is skipped, so
     // that the error comes after one timeout, not two (the group is broken after a timeout anyway)
-    const uint32_t late = Large ? *(volatile uint32_t*)&st->ownLate : 0u;
+    // (a row block's note is ordered before this read by finish_block's acq_rel count)
+    late = Large ? *(volatile uint32_t*)&st->ownLate : 0u;
     if (late != 0) {
       report_error(a, EP_ERR_TIMEOUT_DISPATCH, late - 1u, (uint32_t)(call & 1u), call, 0, 0, 0u);
       st->ownLate = 0u;
     }
-    sLast = late != 0;
   }
-  __syncthreads();  // (the report before the error's read below)
+  const bool skipWait = __syncthreads_or(late != 0);  // (also orders the report before the error's read below)
   if (a.dedup)  // ep_stage_pack counts this call's carriers per source
     for (int s = threadIdx.x; s < a.world; s += blockDim.x) plan_counts(a)[s] = 0u;
   // this rank's own input failed the call (not a peer's abort, seen only in the wait below): between
@@ -111,7 +112,8 @@ __device__ __forceinline__ void stage_send(const EpArgs& a) {
   const bool own = read_err_code(st) != 0;
   if (threadIdx.x == 0) st->ownAbort = own ? 1u : 0u;
   // Wait even when this rank's call is off: when this returns, no peer writes into this slot any more.
-  signal_and_wait_rows(a, call, own ? (call | EP_ABORT_BIT) : call, !(Large && sLast));
+  // (skipWait: the group is broken after a timeout; a late peer's writes into this slot then no longer matter)
+  signal_and_wait_rows(a, call, own ? (call | EP_ABORT_BIT) : call, !skipWait);
 }
 extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_send(const __grid_constant__ EpArgs a) {
   stage_send<false>(a);

@@ -299,7 +299,7 @@ struct OwnTables {
                                      // +1: the scan's total)
   int scratch[33];
   int state;  // 0 waiting, 2 a peer's call is off or timed out
-  int late;   // the lowest source whose counts were missing in a round so far
+  int late;   // the lowest source whose counts were missing in this round
 };
 static_assert(sizeof(OwnTables) <= sizeof(LocalTables::ids), "OwnTables lives in LocalTables::ids");
 __device__ __forceinline__ OwnTables& own_tables_of(LocalTables& S) { return *reinterpret_cast<OwnTables*>(S.ids); }
@@ -314,8 +314,9 @@ __device__ __forceinline__ uint64_t* tagged_counts(const EpArgs& a, uint64_t hea
 // Row block 0 of a staged send (own_direct_group), every thread, once its histogram is built (S.hist the exclusive
 // prefix of this call's pairs per expert): this rank's count of each of peer d's experts into d's tagged words.
 // No fence: nothing but the word itself depends on it. ep_stage_send_large's block 0 publishes before its first row
-// (its peers' row blocks wait for it); ep_stage_send's after its rows, off a small batch's critical path (a peer
-// of a large batch waits for it, or for the rows' signal that follows it).
+// (its peers' row blocks wait for it); ep_stage_send's after its rows (a few hundred bytes to each peer before its
+// finish_block, rather than before its first row store; a peer of a large batch waits for them, or for the rows'
+// signal that follows them).
 __device__ __forceinline__ void publish_counts(const EpArgs& a, const LocalTables& S, uint64_t call) {
   const int W = a.world, EPR = a.expertsPerRank, me = a.rank;
   const uint64_t tag = (uint64_t)(uint32_t)call << 32;
@@ -351,7 +352,6 @@ __device__ bool own_tables(const EpArgs& a, LocalTables& S, uint64_t call) {
     O.state = 0;
     O.late = INT_MAX;
   }
-  EpState* st = state_of(a);
   __syncthreads();
   const uint64_t deadline = deadline_after(a.timeoutNs);
   for (uint32_t sleepNs = 0;;) {
@@ -375,14 +375,20 @@ __device__ bool own_tables(const EpArgs& a, LocalTables& S, uint64_t call) {
         atomicMin(&O.late, s);
       }
     }
-    // (O.late from the rounds before: a deadline never passes in the first)
-    if (tid == 0 && O.late != INT_MAX && globaltimer() > deadline) {
-      O.state = 2;
-      note_own_late(a, O.late);
-    }
+    // after this round's barrier: O.state and O.late (this round's) are complete; thread 0 alone decides the
+    // timeout, and the second barrier both publishes it and keeps O.state's reads before the next round's writes
     const bool stop = !__syncthreads_or(missing) || O.state == 2;
-    __syncthreads();  // (every thread read O.state before the next round may write it)
-    if (stop) break;
+    bool timedOut = false;
+    if (tid == 0) {
+      const int late = O.late;
+      O.late = INT_MAX;
+      if (!stop && globaltimer() > deadline) {
+        O.state = 2;
+        note_own_late(a, late);
+        timedOut = true;
+      }
+    }
+    if (__syncthreads_or(stop || timedOut)) break;
     if (sleepNs) __nanosleep(sleepNs);
     sleepNs = sleepNs ? (sleepNs < 256 ? sleepNs * 2 : 256) : 32;
   }

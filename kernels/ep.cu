@@ -14,7 +14,8 @@
 //   dispatch, one of three sequences, fixed per group (every rank of a group uses the same one):
 //     direct:  ep_route -> ep_dispatch [-> ep_recv_view]           (counts all-gathered, rows stored in place)
 //     staged:  ep_stage_send -> ep_stage_pack [-> ep_recv_view]    (W > 1; ep_stage_send_large in its place
-//              when T*k > EP_STAGE_SMEM_PAIRS: the same protocol, each block reading the ids once)
+//              when T*k > EP_STAGE_SMEM_PAIRS: the same protocol, each block reading the ids once; then, with
+//              dedup on one host, ep_stage_pack_own in the pack's: own_direct)
 //     local:   ep_dispatch_local [-> ep_recv_view]                 (W = 1 and T*k <= EP_LOCAL_MAX_PAIRS)
 //   combine:  [ep_combine_send ->] ep_combine_reduce   (dedup, W > 1: ep_combine_reduce_dedup in its place;
 //             with EpArgs.combineFlagged, ep_combine_reduce_flagged, which polls while ep_combine_send runs)
@@ -55,6 +56,7 @@
 //  counts in every block) keep their grids to one wave:
 //  waveCap = min(4, the blocks of 256 an SM holds for that kernel (the driver's occupancy)) * SMs.
 //  ep_stage_pack      block 256, grid = min(waveCap, max(1, ceil(W * stageRows * ceil(rowBytes / 2048) / 8))).
+//                     ep_stage_pack_own (after ep_stage_send_large with dedup on one host) the same.
 //  ep_recv_view       block 256, grid = min(waveCap, max(1, ceil(W * maxRowsPerPeer / 8)));  dynamic smem 0.  B <= 512.
 //  ep_combine_send    block 256, grid as ep_recv_view;  dynamic smem 0.  B <= 512.
 //  ep_combine_reduce  (and _dedup, _flagged) block B = roundup32(ceil(V / ceil(V / 256))) with V = H/8   (H = 7168 -> 224);

@@ -123,14 +123,18 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_send_large
 }
 
 // =============================================================================================
-// 2d. ep_stage_pack (after ep_stage_send): the staged rows of every source (own_direct: every other source) into expert-major expertX (for
+// 2d. ep_stage_pack (after ep_stage_send): the staged rows of every source into expert-major expertX (for
 // each local expert, sources in rank order, each source's rows in its order) with their scales; expertCounts
 // and recvSplits (for ep_combine_send and ep_recv_view); and, for the rows this rank staged for itself,
 // pairDest (the expertX row ep_combine_reduce reads in place; with dedup instead each row is copied from its
 // carrier and the carriers are listed for ep_combine_send). An expert over maxRowsPerExpert fails the
 // call here, as ep_route does: nothing is copied, and every peer learns at once that this rank will not
 // combine. One warp per (row, 2 KiB segment), as ep_recv_view.
-extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_pack(const __grid_constant__ EpArgs a) {
+// ep_stage_pack_own, after ep_stage_send_large with dedup on one host (own_direct): the same, but this rank's
+// own rows are in expertX already (ep_stage_send_large stored them), so only their plans are written. Two
+// kernels, so that the small batches' pack keeps its registers (95 against 102).
+template <bool OwnDirect>
+__device__ __forceinline__ void stage_pack(const EpArgs& a) {
   __shared__ RecvTables R;
   __shared__ int sOver;
   wait_for_prior();  // the send kernel, whose last block waited for every peer's rows
@@ -178,7 +182,7 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_pack(const
   const int segs = (int)((rowBytes + 32u * SEG_VECS * VB - 1) / (32u * SEG_VECS * VB));
   // per row: its segments, then one more item for its scales and (own rows) its pairDest. own_direct: the
   // send stored this rank's own rows and scales in expertX already, so they take only the last item (the plan).
-  const bool skipOwn = own_direct(a);
+  const bool skipOwn = OwnDirect && own_direct(a);  // (EP_OWN_DIRECT=0 builds: never)
   const int ownLo = R.pre[me * EPR], ownN = skipOwn ? R.pre[(me + 1) * EPR] - ownLo : 0;
   const uint32_t fullItems = (uint32_t)(R.pre[E] - ownN) * (uint32_t)(segs + 1);
   const uint32_t items = fullItems + (uint32_t)ownN;
@@ -252,6 +256,13 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_pack(const
   }
   __syncthreads();
   if (tid == 0) stamp_latest(a, EP_STAMP_PACK_END);
+}
+extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_pack(const __grid_constant__ EpArgs a) {
+  host_requires(!own_direct(a), "ep_stage_pack: not where ep_stage_send_large stored the own rows (ep_stage_pack_own)");
+  stage_pack<false>(a);
+}
+extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_pack_own(const __grid_constant__ EpArgs a) {
+  stage_pack<true>(a);
 }
 
 // =============================================================================================

@@ -223,35 +223,38 @@ describe('cuda group host logic (fake driver)', () => {
     await one.close();
   });
 
-  test('a batch past the ids shared memory holds (T*k > EP_STAGE_SMEM_PAIRS) is sent by ep_stage_send_large, in one wave', async () => {
-    const fake = new FakeDriver();
-    fake.blocksPerSm = (k) => (k === 'ep_stage_send_large' ? 3 : 2);
-    const T = A.EP_STAGE_SMEM_PAIRS / small.topk;
-    const g = await groupOn(fake, { ...small, maxTokensPerRank: T + 1 }, { dispatchPath: 'staged' });
-    for (const [tokens, send] of [
-      [T, 'ep_stage_send'],
-      [T + 1, 'ep_stage_send_large'],
-      [1, 'ep_stage_send'],
-    ] as const) {
-      const ids = Array.from({ length: tokens * small.topk }, (_, i) => i % small.numExperts);
-      const { x, idx, w } = inputs(g, tokens, ids);
-      const before = fake.launches.length;
-      g.dispatch(x, idx, { topkWeights: w });
-      assert.deepEqual(
-        fake.launches.slice(before).map((l) => l.kernel),
-        [send, 'ep_stage_pack'],
-        `T = ${tokens}`,
-      );
-      const sms = fake.deviceAttribute();
-      const rowBlocks = Math.min(tokens, (send === 'ep_stage_send_large' ? 3 : 8) * sms);
-      assert.equal(fake.launches[before].grid, rowBlocks + 1, `T = ${tokens}: its grid`);
-      if (send === 'ep_stage_send_large') {
-        // the occupancy it was sized by was asked at the block it is launched with, no dynamic shared memory
-        const q = fake.occupancyQueries.filter((o) => o.kernel === send);
-        assert.deepEqual(q, [{ kernel: send, block: fake.launches[before].block, sharedBytes: 0 }]);
+  test('a batch past the ids shared memory holds (T*k > EP_STAGE_SMEM_PAIRS) is sent by ep_stage_send_large, in one wave (with dedup, then packed by ep_stage_pack_own)', async () => {
+    for (const dedup of [false, true]) {
+      const fake = new FakeDriver();
+      fake.blocksPerSm = (k) => (k === 'ep_stage_send_large' ? 3 : 2);
+      const T = A.EP_STAGE_SMEM_PAIRS / small.topk;
+      const g = await groupOn(fake, { ...small, dedup, maxTokensPerRank: T + 1 }, { dispatchPath: 'staged' });
+      for (const [tokens, send] of [
+        [T, 'ep_stage_send'],
+        [T + 1, 'ep_stage_send_large'],
+        [1, 'ep_stage_send'],
+      ] as const) {
+        const ids = Array.from({ length: tokens * small.topk }, (_, i) => i % small.numExperts);
+        const { x, idx, w } = inputs(g, tokens, ids);
+        const before = fake.launches.length;
+        g.dispatch(x, idx, { topkWeights: w });
+        const pack = dedup && send === 'ep_stage_send_large' ? 'ep_stage_pack_own' : 'ep_stage_pack';
+        assert.deepEqual(
+          fake.launches.slice(before).map((l) => l.kernel),
+          [send, pack],
+          `T = ${tokens}, dedup ${dedup}`,
+        );
+        const sms = fake.deviceAttribute();
+        const rowBlocks = Math.min(tokens, (send === 'ep_stage_send_large' ? 3 : 8) * sms);
+        assert.equal(fake.launches[before].grid, rowBlocks + 1, `T = ${tokens}: its grid`);
+        if (send === 'ep_stage_send_large') {
+          // the occupancy it was sized by was asked at the block it is launched with, no dynamic shared memory
+          const q = fake.occupancyQueries.filter((o) => o.kernel === send);
+          assert.deepEqual(q, [{ kernel: send, block: fake.launches[before].block, sharedBytes: 0 }]);
+        }
       }
+      await g.close();
     }
-    await g.close();
   });
 
   test('MOE_A2A_SEND_WAVE=0 and MOE_A2A_ONE_WAVE=0 launch the large-batch send at 8 blocks an SM', async () => {
@@ -623,13 +626,14 @@ describe('cuda group between hosts (fake driver and rail)', () => {
       numExperts: 8,
       hidden: 4096,
       topk: 2,
-      maxTokensPerRank: 2048,
+      maxTokensPerRank: 2100,
       fp8: false,
       dedup: true,
     };
     // every walker its own answer, so that one kernel's cap given to another is caught
     const perSm: Record<string, number> = {
       ep_stage_pack: 1,
+      ep_stage_pack_own: 2,
       ep_combine_send: 2,
       ep_recv_view: 3,
       ep_rail_forward: 1,
@@ -638,11 +642,17 @@ describe('cuda group between hosts (fake driver and rail)', () => {
     };
     const walkers = Object.keys(perSm);
     const ids = [0, 5, 1, 6];
+    // (one host: a batch past 4096 ids too, whose pack is ep_stage_pack_own)
+    const largeIds = Array.from({ length: 2100 * big.topk }, (_, i) => [0, 5][i % 2]);
     const gridsOf = async (fake: FakeDriver, nodes: number) => {
       const g = await groupOn(fake, { ...big, nodes }, { dispatchPath: 'staged' });
       const t = inputs(g, 2, ids);
       const before = fake.launches.length;
       g.combine(t.out, g.dispatch(t.x, t.idx, { topkWeights: t.w, returnRecv: nodes === 1 }).handle);
+      if (nodes === 1) {
+        const l = inputs(g, 2100, largeIds);
+        g.combine(l.out, g.dispatch(l.x, l.idx, { topkWeights: l.w }).handle);
+      }
       await g.close();
       const grids: Record<string, number> = {};
       for (const l of fake.launches.slice(before)) if (walkers.includes(l.kernel)) grids[l.kernel] = l.grid;

@@ -100,6 +100,7 @@ export class CallLaunches {
         : 8;
     this.walkSizes = {
       ep_stage_pack: capped(stagePackSize(c, this.stageRows, sms, perSm('ep_stage_pack'))),
+      ep_stage_pack_own: capped(stagePackSize(c, this.stageRows, sms, perSm('ep_stage_pack_own'))),
       ep_combine_send: capped(rowWalkSize(c, sms, perSm('ep_combine_send'))),
       ep_recv_view: capped(rowWalkSize(c, sms, perSm('ep_recv_view'))),
       ep_rail_forward: capped(railWalkSize(sms, perSm('ep_rail_forward'))),
@@ -209,12 +210,14 @@ export class CallLaunches {
       return;
     }
     if (this.dispatchPath === 'staged') {
-      // (past the ids shared memory holds, the kernel that reads them once a block)
-      if (T * c.topk > EP_STAGE_SMEM_PAIRS)
-        this.launch('ep_stage_send_large', dispatchSize(c, T, sms, true, this.largeSendPerSm));
+      // (past the ids shared memory holds, the kernel that reads them once a block; with dedup on one host it
+      // stores this rank's own rows in expertX itself, and ep_stage_pack_own packs the peers' only: own_direct)
+      const large = T * c.topk > EP_STAGE_SMEM_PAIRS;
+      if (large) this.launch('ep_stage_send_large', dispatchSize(c, T, sms, true, this.largeSendPerSm));
       else this.launch('ep_stage_send', dispatchSize(c, T, sms, true));
       if (this.rail) this.railDispatch(T);
-      this.launchWalker('ep_stage_pack', true);
+      const ownDirect = large && c.dedup === true && !this.rail;
+      this.launchWalker(ownDirect ? 'ep_stage_pack_own' : 'ep_stage_pack', true);
       return;
     }
     this.launch('ep_route', routeSize(c, T));
@@ -290,6 +293,7 @@ export class CallLaunches {
 /** The kernels that walk rows with WALK_BLOCK threads and size their grids by occupancy (launch-sizes.ts). */
 const WALK_KERNELS = [
   'ep_stage_pack',
+  'ep_stage_pack_own',
   'ep_combine_send',
   'ep_recv_view',
   'ep_rail_forward',

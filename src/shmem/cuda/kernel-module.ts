@@ -19,6 +19,7 @@ export const KERNELS = [
   'ep_combine_reduce_dedup',
   'ep_combine_reduce_flagged',
   'ep_stage_send_large',
+  'ep_stage_pack_own',
 ] as const;
 export type KernelName = (typeof KERNELS)[number];
 export type KernelLaunchers = Record<KernelName, KernelLauncher>;

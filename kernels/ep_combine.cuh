@@ -51,9 +51,9 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
   // share, with no ordering, and no block waits for the others. Else the last block to finish signals, after
   // the fences. (Flagged: the stamp says when the last partial was stored.)
   const bool fenceless = a.dedup && a.nodes == 1 && code0 == 0 && host_abort(a) == 0 && !sends_unflagged(a, counts);
-  if (a.combineFlagged && threadIdx.x == 0) stamp_latest(a, EP_STAMP_COMBINE_TAIL);
+  if (a.combineFlagged && threadIdx.x == 0 && !EP_DIAG_IN(1)) stamp_latest(a, EP_STAMP_COMBINE_TAIL);
   if (fenceless ? blockIdx.x != 0 : !finish_block(&st->doneBlocks[2], &R.flag)) return;
-  if (!a.combineFlagged && threadIdx.x == 0) stamp(a, EP_STAMP_COMBINE_TAIL);
+  if (!a.combineFlagged && threadIdx.x == 0 && !EP_DIAG_IN(1)) stamp(a, EP_STAMP_COMBINE_TAIL);
 
   // (flagged: as read at the start: what the reduction reported since is not this rank's abort)
   const uint32_t code = a.combineFlagged ? code0 : read_err_code(st);

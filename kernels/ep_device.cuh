@@ -14,6 +14,12 @@ __device__ __forceinline__ void stamp_latest(const EpArgs& a, int i) {
   if (a.stamps != 0) atomicMax((unsigned long long*)a.stamps + i, (unsigned long long)globaltimer());
 }
 
+// Diagnostic point n (EP_DIAG, ep_limits.cuh): the latest of its callers' times into stamp `slot`.
+#define EP_DIAG_AT(n, slot)                          \
+  do {                                               \
+    if (EP_DIAG == (n)) stamp_latest(a, (slot));     \
+  } while (0)
+
 // EpArgs.hostAbort: when non-zero, ep_route marks the call aborted without routing and sends
 // call | EP_ABORT_BIT as its count signal to every peer (ep_dispatch then does nothing), and
 // ep_combine_send does the same for a combine.

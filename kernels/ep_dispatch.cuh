@@ -79,9 +79,11 @@ __device__ __forceinline__ void stage_send(const EpArgs& a) {
   EpState* st = state_of(a);
   if (blockIdx.x == gridDim.x - 1) {
     stage_bookkeeping<Large>(a, S, read_calls(st) + 1);
+    if (threadIdx.x == 0) EP_DIAG_AT(32, EP_STAMP_DISPATCH_TAIL);  // (the books are stored)
   } else {
     InBlockDests<true, Large> D(S);  // reads the call count with the ids, after the rows' first loads
     dispatch_rows(a, L, D);
+    if (threadIdx.x == 0) EP_DIAG_AT(31, EP_STAMP_DISPATCH_TAIL);  // (a row block's stores are issued)
     // own_direct: a peer's large batch waits for this rank's counts (ep_stage_send_large's block 0 published them
     // in go(), before its rows)
     if (!Large && blockIdx.x == 0 && D.state == 1 && own_direct_group(a)) publish_counts(a, S, D.call);
@@ -93,7 +95,7 @@ __device__ __forceinline__ void stage_send(const EpArgs& a) {
   uint32_t late = 0u;
   if (threadIdx.x == 0) {
     st->dispatchCalls = call;
-    stamp(a, EP_STAMP_DISPATCH_TAIL);
+    if (!EP_DIAG_IN(3)) stamp(a, EP_STAMP_DISPATCH_TAIL);
     // own_direct: a row block gave up waiting for a peer's counts (a timeout), so its own rows are not in expertX:
     // the call fails here (after the bookkeeping block's clear of the error), and the wait below is skipped, so
     // that the error comes after one timeout, not two (the group is broken after a timeout anyway)
@@ -176,6 +178,7 @@ __device__ __forceinline__ void stage_pack(const EpArgs& a) {
     }
     for (int s = tid; s < W; s += blockDim.x) splits[s * a.splitsPerPeer + EPR] = R.mst[s];
   }
+  if (tid == 0) EP_DIAG_AT(21, EP_STAMP_PACK_END);  // (the tables are built)
   const int lane = tid & 31, warpsPerBlock = blockDim.x >> 5;
   const uint64_t rowBytes = a.dispatchRowBytes;
   const uint64_t VB = rowBytes % 16u == 0 ? 16u : 8u;
@@ -240,7 +243,9 @@ __device__ __forceinline__ void stage_pack(const EpArgs& a) {
   if (items <= warpsTotal) {  // (small batches) one item a warp at most: every lane finds it
     if (w0 < items) {
       const Found f = find(w0);
+      if (lane == 0 && f.carrier != 0xffffffffu) EP_DIAG_AT(22, EP_STAMP_PACK_END);  // (the item's carrier is in)
       packItem(f.l.s, f.l.iSrc, f.seg, f.carrier, f.l.row);
+      if (lane == 0) EP_DIAG_AT(23, EP_STAMP_PACK_END);  // (its stores are issued)
     }
   } else {
     // A warp's items are it0, it0 + warpsTotal, ...: lane j finds the j-th of its next 32, so that one round
@@ -255,7 +260,7 @@ __device__ __forceinline__ void stage_pack(const EpArgs& a) {
     }
   }
   __syncthreads();
-  if (tid == 0) stamp_latest(a, EP_STAMP_PACK_END);
+  if (tid == 0 && !EP_DIAG_IN(2)) stamp_latest(a, EP_STAMP_PACK_END);
 }
 extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_stage_pack(const __grid_constant__ EpArgs a) {
   host_requires(!own_direct(a), "ep_stage_pack: not where ep_stage_send_large stored the own rows (ep_stage_pack_own)");

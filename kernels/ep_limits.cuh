@@ -16,6 +16,16 @@
 #define EP_OWN_DIRECT 1
 #endif
 
+// Diagnostic builds (bench only, -DEP_DIAG=n; 0, the default: none): point n inside a kernel stamps, as the latest
+// of its callers, the stamp that ends that kernel's segment, whose own stamp is left out, so that the bench's split
+// shows the time from the segment's start to that point (EP_DIAG_AT, ep_device.cuh). A point's callers need not
+// wait for anything: a stamp costs one fire-and-forget atomic. Points: 1x ep_combine_send, 2x ep_stage_pack,
+// 3x ep_stage_send (bench/NOTES.md v31 lists them).
+#ifndef EP_DIAG
+#define EP_DIAG 0
+#endif
+#define EP_DIAG_IN(group) (EP_DIAG / 10 == (group))
+
 // EP_ERR_CAPACITY has two sources, told apart by EpError.aux (the header defines one code for both):
 //   aux = EP_CAPACITY_AUX_SEND (0):   ep_route, a = destination rank, b = rows it would get (> maxRowsPerPeer)
 //   aux = EP_CAPACITY_AUX_EXPERT (1): ep_route, a = global expert id of this rank, b = rows it would hold (> expertCapacity)

@@ -242,6 +242,7 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t call, RecvTables
     if (i < W) R.pre[i] = (int)counts[u];
   }
   block_exclusive_scan(R.pre, W, R.scratch);
+  if (threadIdx.x == 0) EP_DIAG_AT(11, EP_STAMP_COMBINE_TAIL);  // (the counts and the call: the block may start)
   const uint32_t carriers = (uint32_t)R.pre[W];
   const int warpsPerBlock = blockDim.x >> 5;
   const uint64_t rowBytes = a.combineRowBytes;
@@ -266,6 +267,7 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t call, RecvTables
     const uint32_t backWord = (uint32_t)__shfl_sync(FULL_MASK, head, 1);
     const bool flagged = (backWord & EP_FLAGGED_BACK_BIT) != 0;
     const uint64_t back = backWord & ~EP_FLAGGED_BACK_BIT;
+    if (lane == 0 && s >= 0) EP_DIAG_AT(12, EP_STAMP_COMBINE_TAIL);  // (the plan is in)
     // the origin's row in the source's heap (flagged rows take twice the bytes)
     auto dstOf = [&]() -> char* {
       return flagged ? flagged_rows_of(a, s, slot) + back * 2u * rowBytes : combine_rows_of(a, s, slot) + back * rowBytes;
@@ -319,6 +321,7 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t call, RecvTables
 #ifdef EP_SERIAL_FIRST_LOADS  // (bench A/B only: as before v11)
     char* dst = dstOf();
 #endif
+    if (lane == 0 && acc[0][0] != 12345.0f) EP_DIAG_AT(13, EP_STAMP_COMBINE_TAIL);  // (the rows are in and summed)
 #pragma unroll
     for (int u = 0; u < PART_VECS; ++u) {
       const uint64_t off = base + (uint64_t)(u * 32 + lane) * 16u;
@@ -326,6 +329,7 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t call, RecvTables
       if (flagged) st_flagged(dst + 2u * off, pack_bf16x8(acc[u]), flag_of(call));
       else st_v4(dst + off, pack_bf16x8(acc[u]));
     }
+    if (lane == 0) EP_DIAG_AT(14, EP_STAMP_COMBINE_TAIL);  // (the partial's stores are issued)
   }
 }
 

@@ -3,7 +3,7 @@
 # compiled into .device/build/ by `npm run build:device`. Logs go to $OUT.
 # Usage: scripts/device-check.sh <step>...
 #   steps: driver smoke smoke2 conformance failures verify v3w1 long graph sanitizer bench bench2 probe launch flagprobe profile
-#          deepep-build paths2 paths4 large2 large4 walk2 v3w2 long4 bench-w2 sanitizer2 flagged2 flaggedlimit ep (EP_W ranks, default 8) nccl
+#          deepep-build paths2 paths4 large2 large4 walk2 v3w2 long4 bench-w2 sanitizer2 flagged2 flaggedlimit diag ep (EP_W ranks, default 8) nccl
 #          hosts hosts-long hosts-fail hosts-bench hosts-sanitizer (between hosts, simulated on this machine: MOE_A2A_SIMULATED_HOSTS;
 #          hosts-bench wants 4 GPUs: 2 hosts x 2 GPUs, NVLink inside a host, sockets between; HOSTS_BENCH_W=2: 2 x 1)
 # FAILFAST=1 stops at the first step that fails. The steps ending in 2/4 want that many GPUs (ranks are
@@ -202,6 +202,28 @@ for step in "$@"; do
             --tokens 1,8,32,128 --iters 200 --warmup 20 --no-baseline --path dedup --stamps 1
           sed -n '/serving loop/,/^per call/p' "$OUT/flagged-bench-f$m-$i.log" | grep -E '^ *[0-9]+ +dedup'
         done
+      done ;;
+    diag)
+      # where a kernel's segment goes (bench/NOTES.md v31): fatbins with -DEP_DIAG=n move the stamp that ends
+      # ep_combine_send's, ep_stage_pack's or ep_stage_send's segment to point n inside it (kernels/ep_limits.cuh);
+      # the bench's split at T = 1 and 128, DIAG_W ranks (default 2). DIAG_DIR holds prebuilt d<n>.fatbin (else
+      # built here, in parallel), and the SASS of each diagnostic kernel goes to $OUT for checking where ptxas put a point
+      dd=${DIAG_DIR:-/tmp/diag} dw=${DIAG_W:-2} pts=${DIAG_POINTS:-"31 32 21 22 23 11 12 13 14"}
+      mkdir -p "$dd"
+      for n in $pts; do
+        [ -f "$dd/d$n.fatbin" ] || nvcc -fatbin -O3 -fmad=false -std=c++17 -gencode=arch=compute_90a,code=sm_90a \
+          -DEP_DIAG=$n -I kernels -o "$dd/d$n.fatbin" kernels/ep.cu &
+      done
+      wait
+      for n in main $pts; do
+        fb=""; [ $n != main ] && fb=$dd/d$n.fatbin
+        MOE_A2A_FATBIN=$fb TAIL=0 run diag-w$dw-$n timeout 120 $cli bench --transport cuda --world $dw --tokens 1,128 \
+          --iters 100 --warmup 20 --no-baseline --no-json --path dedup --stamps 1,128
+        for T in 1 128; do
+          echo "   d$n T=$T: $(grep -A14 "where the time goes, T=$T " "$OUT/diag-w$dw-$n.log" |
+            grep -E 'rows stored|pack into|combine rows' | awk '{printf "%s ", $(NF-'$dw')}')(rows, pack, combine send)"
+        done
+        [ $n != main ] && cuobjdump -sass "$dd/d$n.fatbin" > "$OUT/diag-d$n.sass" 2>&1
       done ;;
     flaggedlimit)
       # where flagged partials stop paying (bench/NOTES.md, next step 10): the serving loop at W = 2 and 4 (4 GPUs)

@@ -18,9 +18,13 @@
 
 // Diagnostic builds (bench only, -DEP_DIAG=n; 0, the default: none): point n inside a kernel stamps, as the latest
 // of its callers, the stamp that ends that kernel's segment, whose own stamp is left out, so that the bench's split
-// shows the time from the segment's start to that point (EP_DIAG_AT, ep_device.cuh). A point's callers need not
-// wait for anything: a stamp costs one fire-and-forget atomic. Points: 1x ep_combine_send, 2x ep_stage_pack,
-// 3x ep_stage_send (bench/NOTES.md v31 lists them).
+// shows the time from the segment's start to that point (EP_DIAG_AT, ep_device.cuh; scripts/device-check.sh diag).
+// A stamp costs its caller one fire-and-forget atomic. The points:
+//   11-14 ep_combine_send (dedup): 11 a block's carrier counts and their scan done, 12 a warp's plan in, 13 its rows
+//         in and summed, 14 its partial's stores issued;
+//   21-23 ep_stage_pack: 21 a block's tables built, 22 a warp's carrier index in, 23 its stores issued (22 and 23
+//         only where a warp has one item at most);
+//   31-32 ep_stage_send(_large): 31 a row block's last row issued, 32 the bookkeeping block's books stored.
 #ifndef EP_DIAG
 #define EP_DIAG 0
 #endif

@@ -20,11 +20,15 @@
 // of its callers, the stamp that ends that kernel's segment, whose own stamp is left out, so that the bench's split
 // shows the time from the segment's start to that point (EP_DIAG_AT, ep_device.cuh; scripts/device-check.sh diag).
 // A stamp costs its caller one fire-and-forget atomic. The points:
-//   11-14 ep_combine_send (dedup): 11 a block's carrier counts and their scan done, 12 a warp's plan in, 13 its rows
-//         in and summed, 14 its partial's stores issued;
+//   11-18 ep_combine_send (dedup): 11 a block's carrier counts and their scan done, 12 a warp's plan in, 13 its rows
+//         in and summed, 14 its partial's stores issued; 15 and 16 as 12, for the first and the second half of the
+//         items; 17 and 18 run every item twice: 17 a warp's plan in on the second pass, 18 a block's second pass
+//         starts (after a block barrier);
 //   21-23 ep_stage_pack: 21 a block's tables built, 22 a warp's carrier index in, 23 its stores issued (22 and 23
 //         only where a warp has one item at most);
-//   31-32 ep_stage_send(_large): 31 a row block's last row issued, 32 the bookkeeping block's books stored.
+//   31-32 ep_stage_send(_large): 31 a row block's last row issued, 32 the bookkeeping block's books stored;
+//   41-42 ep_stage_send_large with own_direct (the segment to the first row store): 41 row block 0 has published its
+//         counts (thread 0's share), 42 a row block has every peer's counts.
 #ifndef EP_DIAG
 #define EP_DIAG 0
 #endif

@@ -250,6 +250,13 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t call, RecvTables
   const int segs = (int)((rowBytes + SEG - 1) / SEG);
   const uint32_t items = carriers * (uint32_t)segs;
   const char* expertOut = (const char*)a.expertOut;
+  // (diagnostic points 17 and 18: every item twice, the second pass after a block barrier, with warm state)
+  constexpr int passes = EP_DIAG == 17 || EP_DIAG == 18 ? 2 : 1;
+  for (int pass = 0; pass < passes; ++pass) {
+  if (pass == 1) {
+    __syncthreads();
+    if (threadIdx.x == 0) EP_DIAG_AT(18, EP_STAMP_COMBINE_TAIL);  // (the second pass starts)
+  }
   for (uint32_t it = blockIdx.x * warpsPerBlock + (threadIdx.x >> 5); it < items;
        it += gridDim.x * warpsPerBlock) {
     const int ci = (int)(it / (uint32_t)segs), seg = (int)(it % (uint32_t)segs);
@@ -267,7 +274,12 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t call, RecvTables
     const uint32_t backWord = (uint32_t)__shfl_sync(FULL_MASK, head, 1);
     const bool flagged = (backWord & EP_FLAGGED_BACK_BIT) != 0;
     const uint64_t back = backWord & ~EP_FLAGGED_BACK_BIT;
-    if (lane == 0 && s >= 0) EP_DIAG_AT(12, EP_STAMP_COMBINE_TAIL);  // (the plan is in)
+    if (lane == 0 && s >= 0) {  // (the plan is in; 15 and 16: of the first and second half of the items)
+      EP_DIAG_AT(12, EP_STAMP_COMBINE_TAIL);
+      if (it < items / 2u) EP_DIAG_AT(15, EP_STAMP_COMBINE_TAIL);
+      else EP_DIAG_AT(16, EP_STAMP_COMBINE_TAIL);
+      if (pass == 1) EP_DIAG_AT(17, EP_STAMP_COMBINE_TAIL);
+    }
     // the origin's row in the source's heap (flagged rows take twice the bytes)
     auto dstOf = [&]() -> char* {
       return flagged ? flagged_rows_of(a, s, slot) + back * 2u * rowBytes : combine_rows_of(a, s, slot) + back * rowBytes;
@@ -330,6 +342,7 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t call, RecvTables
       else st_v4(dst + off, pack_bf16x8(acc[u]));
     }
     if (lane == 0) EP_DIAG_AT(14, EP_STAMP_COMBINE_TAIL);  // (the partial's stores are issued)
+  }
   }
 }
 

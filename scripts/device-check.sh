@@ -204,11 +204,12 @@ for step in "$@"; do
         done
       done ;;
     diag)
-      # where a kernel's segment goes (bench/NOTES.md v31): fatbins with -DEP_DIAG=n move the stamp that ends
-      # ep_combine_send's, ep_stage_pack's or ep_stage_send's segment to point n inside it (kernels/ep_limits.cuh);
-      # the bench's split at T = 1 and 128, DIAG_W ranks (default 2). DIAG_DIR holds prebuilt d<n>.fatbin (else
-      # built here, in parallel), and the SASS of each diagnostic kernel goes to $OUT for checking where ptxas put a point
-      dd=${DIAG_DIR:-/tmp/diag} dw=${DIAG_W:-2} pts=${DIAG_POINTS:-"31 32 21 22 23 11 12 13 14"}
+      # where a kernel's segment goes (bench/NOTES.md v31): fatbins with -DEP_DIAG=n move the stamp that ends a
+      # kernel's segment to point n inside it (the list: kernels/ep_limits.cuh); the bench's split at DIAG_T (default
+      # "1 128"; points 41 and 42 want 4096) and DIAG_W ranks (default 2). DIAG_DIR holds prebuilt d<n>.fatbin (else
+      # built here, in parallel); the SASS of each goes to $OUT, for checking where ptxas put a point
+      dd=${DIAG_DIR:-/tmp/diag} dw=${DIAG_W:-2} dt=${DIAG_T:-"1 128"}
+      pts=${DIAG_POINTS:-"31 32 21 22 23 11 12 13 14 15 16 17 18"}
       mkdir -p "$dd"
       for n in $pts; do
         [ -f "$dd/d$n.fatbin" ] || nvcc -fatbin -O3 -fmad=false -std=c++17 -gencode=arch=compute_90a,code=sm_90a \
@@ -217,13 +218,13 @@ for step in "$@"; do
       wait
       for n in main $pts; do
         fb=""; [ $n != main ] && fb=$dd/d$n.fatbin
-        MOE_A2A_FATBIN=$fb TAIL=0 run diag-w$dw-$n timeout 120 $cli bench --transport cuda --world $dw --tokens 1,128 \
-          --iters 100 --warmup 20 --no-baseline --no-json --path dedup --stamps 1,128
-        for T in 1 128; do
+        MOE_A2A_FATBIN=$fb TAIL=0 run diag-w$dw-$n timeout 150 $cli bench --transport cuda --world $dw \
+          --tokens "$(echo $dt | tr ' ' ,)" --iters 100 --warmup 20 --no-baseline --no-json --path dedup --stamps "$(echo $dt | tr ' ' ,)"
+        for T in $dt; do
           echo "   d$n T=$T: $(grep -A14 "where the time goes, T=$T " "$OUT/diag-w$dw-$n.log" |
-            grep -E 'rows stored|pack into|combine rows' | awk '{printf "%s ", $(NF-'$dw')}')(rows, pack, combine send)"
+            grep -E 'first row|rows stored|pack into|combine rows' | awk '{printf "%s ", $(NF-'$dw')}')(first row, rows, pack, combine send)"
         done
-        [ $n != main ] && cuobjdump -sass "$dd/d$n.fatbin" > "$OUT/diag-d$n.sass" 2>&1
+        [ $n != main ] && cuobjdump -sass -fun ep_combine_send "$fb" 2>&1 | grep -E 'GLOBALTIMER|LDG|ATOMG|BAR|SHFL' > "$OUT/diag-d$n.sass.txt"
       done ;;
     flaggedlimit)
       # where flagged partials stop paying (bench/NOTES.md, next step 10): the serving loop at W = 2 and 4 (4 GPUs)

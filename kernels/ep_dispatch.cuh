@@ -83,7 +83,7 @@ __device__ __forceinline__ void stage_send(const EpArgs& a) {
   } else {
     InBlockDests<true, Large> D(S);  // reads the call count with the ids, after the rows' first loads
     dispatch_rows(a, L, D);
-    if (threadIdx.x == 0) EP_DIAG_AT(31, EP_STAMP_DISPATCH_TAIL);  // (a row block's stores are issued)
+    if ((threadIdx.x & 31) == 0) EP_DIAG_AT(31, EP_STAMP_DISPATCH_TAIL);  // (a warp's last row store is issued)
     // own_direct: a peer's large batch waits for this rank's counts (ep_stage_send_large's block 0 published them
     // in go(), before its rows)
     if (!Large && blockIdx.x == 0 && D.state == 1 && own_direct_group(a)) publish_counts(a, S, D.call);

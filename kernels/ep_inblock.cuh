@@ -540,13 +540,15 @@ struct InBlockDests {
         // stage_send), then every block waits for every peer's
         if (Large && own_direct_group(a) && host_abort(a) == 0) {
           if (blockIdx.x == 0) publish_counts(a, S, call);
-          if (blockIdx.x == 0 && threadIdx.x == 0) EP_DIAG_AT(41, EP_STAMP_ROWS_BEGIN);  // (its counts published)
+          // (point 41, two stamps the staged path does not otherwise write: block 0's counts published, and the
+          // latest block with every peer's counts)
+          if (blockIdx.x == 0 && threadIdx.x == 0) EP_DIAG_AT(41, EP_STAMP_COUNTS_SENT);
           if (own_direct(a)) ownDirect = own_tables(a, S, call);
-          if (threadIdx.x == 0) EP_DIAG_AT(42, EP_STAMP_ROWS_BEGIN);  // (every peer's counts in)
+          if (threadIdx.x == 0) EP_DIAG_AT(41, EP_STAMP_COUNTS_ARRIVED);
         }
       }
       state = host_abort(a) == 0 ? 1 : 0;
-      if (blockIdx.x == 0 && threadIdx.x == 0 && state && !EP_DIAG_IN(4)) stamp(a, EP_STAMP_ROWS_BEGIN);
+      if (blockIdx.x == 0 && threadIdx.x == 0 && state) stamp(a, EP_STAMP_ROWS_BEGIN);
     }
     return state != 0;
   }

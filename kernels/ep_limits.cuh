@@ -22,16 +22,20 @@
 // A stamp costs its caller one fire-and-forget atomic. The points:
 //   11-18 ep_combine_send (dedup): 11 a block's carrier counts and their scan done, 12 a warp's plan in, 13 its rows
 //         in and summed, 14 its partial's stores issued; 15 and 16 as 12, for the first and the second half of the
-//         items; 17 and 18 run every item twice: 17 a warp's plan in on the second pass, 18 a block's second pass
-//         starts (after a block barrier);
+//         items; 17 and 18 run every item twice (so the call is longer): 17 a warp's plan in on the second pass, 18
+//         a block's second pass starts (after a block barrier);
 //   21-23 ep_stage_pack: 21 a block's tables built, 22 a warp's carrier index in, 23 its stores issued (22 and 23
 //         only where a warp has one item at most);
-//   31-32 ep_stage_send(_large): 31 a row block's last row issued, 32 the bookkeeping block's books stored;
-//   41-42 ep_stage_send_large with own_direct (the segment to the first row store): 41 row block 0 has published its
-//         counts (thread 0's share), 42 a row block has every peer's counts.
+//   31-32 ep_stage_send(_large): 31 a warp's last row store issued, 32 the bookkeeping block's books stored;
+//   41    ep_stage_send_large with own_direct: into two stamps the staged path does not otherwise write (the bench
+//         names them after ep_route's count exchange), row block 0's counts published (COUNTS_SENT, thread 0's
+//         share) and the latest row block with every peer's counts (COUNTS_ARRIVED); ROWS_BEGIN stays.
 #ifndef EP_DIAG
 #define EP_DIAG 0
 #endif
+static_assert(EP_DIAG == 0 || (EP_DIAG >= 11 && EP_DIAG <= 18) || (EP_DIAG >= 21 && EP_DIAG <= 23) ||
+                  EP_DIAG == 31 || EP_DIAG == 32 || EP_DIAG == 41,
+              "EP_DIAG: 0 or one of the points listed above");
 #define EP_DIAG_IN(group) (EP_DIAG / 10 == (group))
 
 // EP_ERR_CAPACITY has two sources, told apart by EpError.aux (the header defines one code for both):

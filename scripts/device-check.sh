@@ -206,25 +206,31 @@ for step in "$@"; do
     diag)
       # where a kernel's segment goes (bench/NOTES.md v31): fatbins with -DEP_DIAG=n move the stamp that ends a
       # kernel's segment to point n inside it (the list: kernels/ep_limits.cuh); the bench's split at DIAG_T (default
-      # "1 128"; points 41 and 42 want 4096) and DIAG_W ranks (default 2). DIAG_DIR holds prebuilt d<n>.fatbin (else
-      # built here, in parallel); the SASS of each goes to $OUT, for checking where ptxas put a point
-      dd=${DIAG_DIR:-/tmp/diag} dw=${DIAG_W:-2} dt=${DIAG_T:-"1 128"}
-      pts=${DIAG_POINTS:-"31 32 21 22 23 11 12 13 14 15 16 17 18"}
+      # "1 128"; point 41 wants 4096) and DIAG_W ranks (default 2). The fatbins are built here, in parallel, into a
+      # folder named after the kernels' sources (DIAG_DIR: one of your own); the SASS of each point's kernel goes to
+      # $OUT, for checking where ptxas put the point
+      dd=${DIAG_DIR:-/tmp/diag-$(cat kernels/*.cu kernels/*.cuh kernels/*.h | md5sum | cut -c1-12)}
+      dw=${DIAG_W:-2} dt=${DIAG_T:-"1 128"} pts=${DIAG_POINTS:-"31 32 21 22 23 11 12 13 14 15 16 17 18"}
       mkdir -p "$dd"
       for n in $pts; do
-        [ -f "$dd/d$n.fatbin" ] || nvcc -fatbin -O3 -fmad=false -std=c++17 -gencode=arch=compute_90a,code=sm_90a \
-          -DEP_DIAG=$n -I kernels -o "$dd/d$n.fatbin" kernels/ep.cu &
+        [ -f "$dd/d$n.fatbin" ] || { nvcc -fatbin -O3 -fmad=false -std=c++17 -gencode=arch=compute_90a,code=sm_90a \
+          -DEP_DIAG=$n -I kernels -o "$dd/d$n.tmp" kernels/ep.cu && mv "$dd/d$n.tmp" "$dd/d$n.fatbin"; } &
       done
       wait
       for n in main $pts; do
-        fb=""; [ $n != main ] && fb=$dd/d$n.fatbin
+        fb=""
+        if [ $n != main ]; then
+          fb=$dd/d$n.fatbin
+          [ -f "$fb" ] || { echo "   d$n: no fatbin (nvcc failed)"; continue; }
+        fi
         MOE_A2A_FATBIN=$fb TAIL=0 run diag-w$dw-$n timeout 150 $cli bench --transport cuda --world $dw \
           --tokens "$(echo $dt | tr ' ' ,)" --iters 100 --warmup 20 --no-baseline --no-json --path dedup --stamps "$(echo $dt | tr ' ' ,)"
-        for T in $dt; do
-          echo "   d$n T=$T: $(grep -A14 "where the time goes, T=$T " "$OUT/diag-w$dw-$n.log" |
-            grep -E 'first row|rows stored|pack into|combine rows' | awk '{printf "%s ", $(NF-'$dw')}')(first row, rows, pack, combine send)"
+        for T in $dt; do  # label=value, the slowest rank's, for the segments the call wrote
+          echo "   d$n T=$T: $(grep -A16 "where the time goes, T=$T " "$OUT/diag-w$dw-$n.log" | grep -E '^ *[a-z].*  [0-9]+\.[0-9]+ ' |
+            grep -v 'whole call' | awk '{v=$(NF-'$dw'); $(NF-'$dw')=""; for (i=NF-'$dw'+1; i<=NF; i++) $i=""; gsub(/ +$/, ""); printf "%s=%s; ", $0, v}')"
         done
-        [ $n != main ] && cuobjdump -sass -fun ep_combine_send "$fb" 2>&1 | grep -E 'GLOBALTIMER|LDG|ATOMG|BAR|SHFL' > "$OUT/diag-d$n.sass.txt"
+        case $n in 1*) k=ep_combine_send ;; 2*) k=ep_stage_pack ;; 3*) k=ep_stage_send ;; 4*) k=ep_stage_send_large ;; *) k="" ;; esac
+        [ -n "$k" ] && cuobjdump -sass -fun $k "$fb" 2>&1 | grep -E 'GLOBALTIMER|LDG|ATOMG|RED|BAR|SHFL' > "$OUT/diag-d$n-$k.sass.txt"
       done ;;
     flaggedlimit)
       # where flagged partials stop paying (bench/NOTES.md, next step 10): the serving loop at W = 2 and 4 (4 GPUs)

@@ -226,7 +226,7 @@ for step in "$@"; do
         MOE_A2A_FATBIN=$fb TAIL=0 run diag-w$dw-$n timeout 150 $cli bench --transport cuda --world $dw \
           --tokens "$(echo $dt | tr ' ' ,)" --iters 100 --warmup 20 --no-baseline --no-json --path dedup --stamps "$(echo $dt | tr ' ' ,)"
         for T in $dt; do  # label=value, the slowest rank's, for the segments the call wrote
-          echo "   d$n T=$T: $(grep -A16 "where the time goes, T=$T " "$OUT/diag-w$dw-$n.log" | grep -E '^ *[a-z].*  [0-9]+\.[0-9]+ ' |
+          echo "   d$n T=$T: $(sed -n "/where the time goes, T=$T /,/whole call/p" "$OUT/diag-w$dw-$n.log" | grep -E '^ *[a-z].*  [0-9]+\.[0-9]+ ' |
             grep -v 'whole call' | awk '{v=$(NF-'$dw'); $(NF-'$dw')=""; for (i=NF-'$dw'+1; i<=NF; i++) $i=""; gsub(/ +$/, ""); printf "%s=%s; ", $0, v}')"
         done
         case $n in 1*) k=ep_combine_send ;; 2*) k=ep_stage_pack ;; 3*) k=ep_stage_send ;; 4*) k=ep_stage_send_large ;; *) k="" ;; esac

@@ -22,8 +22,8 @@
 // A stamp costs its caller one fire-and-forget atomic. The points:
 //   11-18 ep_combine_send (dedup): 11 a block's carrier counts and their scan done, 12 a warp's plan in, 13 its rows
 //         in and summed, 14 its partial's stores issued; 15 and 16 as 12, for the first and the second half of the
-//         items; 17 and 18 run every item twice (so the call is longer): 17 a warp's plan in on the second pass, 18
-//         a block's second pass starts (after a block barrier);
+//         items; 17 and 18 run every item twice (so the call is longer; the second pass gives each warp another
+//         block's item): 17 a warp's plan in on the second pass, 18 a block's second pass starts (after a barrier);
 //   21-23 ep_stage_pack: 21 a block's tables built, 22 a warp's carrier index in, 23 its stores issued (22 and 23
 //         only where a warp has one item at most);
 //   31-32 ep_stage_send(_large): 31 a warp's last row store issued, 32 the bookkeeping block's books stored;

@@ -250,15 +250,18 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t call, RecvTables
   const int segs = (int)((rowBytes + SEG - 1) / SEG);
   const uint32_t items = carriers * (uint32_t)segs;
   const char* expertOut = (const char*)a.expertOut;
-  // (diagnostic points 17 and 18: every item twice, the second pass after a block barrier, with warm state)
+  // (diagnostic points 17 and 18: every item twice, the second pass after a block barrier, with L2 and the address
+  // translations warm)
   constexpr int passes = EP_DIAG == 17 || EP_DIAG == 18 ? 2 : 1;
   for (int pass = 0; pass < passes; ++pass) {
   if (pass == 1) {
     __syncthreads();
     if (threadIdx.x == 0) EP_DIAG_AT(18, EP_STAMP_COMBINE_TAIL);  // (the second pass starts)
   }
-  for (uint32_t it = blockIdx.x * warpsPerBlock + (threadIdx.x >> 5); it < items;
-       it += gridDim.x * warpsPerBlock) {
+  for (uint32_t it0 = blockIdx.x * warpsPerBlock + (threadIdx.x >> 5); it0 < items;
+       it0 += gridDim.x * warpsPerBlock) {
+    // (the second pass takes the item half the items away, another block's, so that its plan is not in this SM's L1)
+    const uint32_t it = pass == 1 ? (it0 + items / 2u) % items : it0;
     const int ci = (int)(it / (uint32_t)segs), seg = (int)(it % (uint32_t)segs);
     const int lo = find_run(R.pre, W, ci);
     const char* plan = plan_at(a, (a.rank + 1 + lo) % W, (uint32_t)(ci - R.pre[lo]));

@@ -1,6 +1,6 @@
 // One GPU: how long ep_combine_send's first loads take when many warps start at once (bench/NOTES.md v31,
 // next step 21: at T = 128 the last warp's 72-byte plan came 8 us after its block was ready, at T = 1 0.6 us).
-// Not part of the library: a copy of the send's shape without the library, the peers or NVLink. Build and run
+// Not part of the library: a copy of the send's shape without its kernels, the peers or NVLink. Build and run
 // on a machine with one GPU:
 //   nvcc -O3 -std=c++17 -arch=sm_90a bench/micro/plan_probe.cu -o plan_probe && ./plan_probe
 //
@@ -21,22 +21,13 @@
 #include <algorithm>
 #include <vector>
 
+#include "../../kernels/shmem.cuh"  // (globaltimer, ld_nc_v4: the library's own)
 #include "cuda_check.h"
 
-constexpr int K = 8, ROW_BYTES = 14336, SEG = 2048, SEGS = ROW_BYTES / SEG, PLAN_BYTES = 80, REPS = 30;
+using ep::globaltimer;
+using ep::ld_nc_v4;
 
-__device__ __forceinline__ uint64_t now() {
-  uint64_t t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
-__device__ __forceinline__ uint4 ld_nc_v4(const void* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
+constexpr int K = 8, ROW_BYTES = 14336, SEG = 2048, SEGS = ROW_BYTES / SEG, PLAN_BYTES = 80, REPS = 30;
 
 // One warp a plan: lane j < K writes slot j's row (or -1) and weight, lanes 0-1 the head (as write_plan).
 __global__ void write_plans(char* plans, const int* slotRows, int P) {
@@ -55,7 +46,7 @@ __global__ void __launch_bounds__(256, 2)
     send(const char* plans, const char* expertOut, char* out, int P, bool loadRows, uint64_t* stamps) {
   const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
   const uint32_t w = blockIdx.x * warps + (threadIdx.x >> 5), items = (uint32_t)P * SEGS;
-  const uint64_t t0 = now();
+  const uint64_t t0 = globaltimer();
   bool first = true;
   for (uint32_t it = w; it < items; it += gridDim.x * warps) {
     const int c = (int)(it / SEGS), seg = (int)(it % SEGS);
@@ -68,7 +59,7 @@ __global__ void __launch_bounds__(256, 2)
     }
     if (lane < 2) head = __ldg((const int*)plan + lane);
     const int s = __shfl_sync(~0u, head, 0);
-    const uint64_t tPlan = now();
+    const uint64_t tPlan = globaltimer();
     float acc[4][8];
     for (int u = 0; u < 4; ++u)
       for (int i = 0; i < 8; ++i) acc[u][i] = 0.0f;
@@ -105,7 +96,7 @@ __global__ void __launch_bounds__(256, 2)
         }
       }
     }
-    const uint64_t tRows = now() + (acc[0][0] == 12345.0f ? 1 : 0);  // (waits for the sum)
+    const uint64_t tRows = globaltimer() + (acc[0][0] == 12345.0f ? 1 : 0);  // (waits for the sum)
     char* dst = out + (uint64_t)it * SEG;
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
@@ -116,7 +107,7 @@ __global__ void __launch_bounds__(256, 2)
       r.w = __float_as_uint(acc[u][6]) ^ __float_as_uint(acc[u][7]) ^ (uint32_t)s;
       *(uint4*)(dst + (u * 32 + lane) * 16) = r;
     }
-    const uint64_t tStore = now();
+    const uint64_t tStore = globaltimer();
     if (first && lane == 0) {
       uint64_t* m = stamps + (uint64_t)w * 4;
       m[0] = t0;

@@ -5,7 +5,7 @@
 //   nvcc -O3 -std=c++17 -arch=sm_90a bench/micro/plan_probe.cu -o plan_probe && ./plan_probe
 //
 // A "pack" kernel writes P carrier plans (as ep_stage_pack does: the slots' expertOut rows, about half of k = 8
-// taken, and their weights); then a "send" kernel of 2 blocks of 256 threads an SM (as ep_combine_send: 128
+// taken, among the first 4P rows as in the packed layout, and their weights); then a "send" kernel of 2 blocks of 256 threads an SM (as ep_combine_send: 128
 // registers) gives each warp one (carrier, 2 KiB segment) item of the 7 of a 14 KiB bf16 row: the plan's loads,
 // then the rows' (4 in flight), their weighted sum, and a 2 KiB store. Each warp stamps %globaltimer when it
 // starts, when its plan is in, when its rows are summed, and when its stores are issued. Printed per case, the
@@ -35,7 +35,8 @@ __global__ void write_plans(char* plans, const int* slotRows, int P) {
   if (c >= P) return;
   char* plan = plans + (uint64_t)c * PLAN_BYTES;
   if (lane < K) {
-    ((int*)(plan + 8))[lane] = slotRows[c * K + lane];
+    const int r = slotRows[c * K + lane];  // (the rows packed as expertX's: about 4 a carrier)
+    ((int*)(plan + 8))[lane] = r < 0 ? -1 : r % (4 * P);
     ((float*)(plan + 8))[K + lane] = 0.125f * (float)(lane + 1);
   }
   if (lane < 2) ((int*)plan)[lane] = lane == 0 ? 1 : c;
@@ -145,7 +146,7 @@ int main() {
     int taken = 0;
     for (int j = 0; j < K; ++j) {
       const bool take = (rand() & 1) || (j == K - 1 && taken == 0);
-      h[c * K + j] = take ? rand() % rows : -1;
+      h[c * K + j] = take ? rand() : -1;
       taken += take;
     }
   }

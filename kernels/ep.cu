@@ -113,7 +113,7 @@
 // then m_st, where that owner's rows start in this rank's own order) into the owner's heap. The last block
 // to finish signals every peer (the abort bit when this rank's input was rejected) and waits for every
 // peer. ep_stage_pack then copies the staged rows into expert-major expertX (sources in rank order), checks
-// maxRowsPerExpert and writes the counts. own_direct (dedup on one host; ep_inblock.cuh): every staged send's
+// maxRowsPerExpert and writes the counts. own_direct (dedup on one host; ep_own_direct.cuh): every staged send's
 // row block 0 also publishes its per-expert counts to every peer as tagged words (ep_stage_send_large's right
 // after its histogram, ep_stage_send's after its rows), and the row blocks of ep_stage_send_large wait for
 // every peer's counts for this rank (or its row signal) before their first row and
@@ -172,7 +172,9 @@
 #include "ep_signals.cuh"   // waiting for peers, the call's error, call numbering
 #include "ep_flagged.cuh"   // flagged partials: small combines whose data need no fence and carry their own flag
 #include "ep_rows.cuh"      // dispatch's row stores (DestList ... dispatch_rows), expert_start
-#include "ep_inblock.cuh"   // routing inside the blocks (LocalTables ... InBlockDests)
+#include "ep_inblock.cuh"   // routing inside the blocks: LocalTables, ids, checks, bookkeeping
+#include "ep_own_direct.cuh"  // a large batch's own rows straight into expertX: tagged counts, own_tables
+#include "ep_inblock_dests.cuh"  // routing inside the blocks: dedup books, InBlockDests
 #include "ep_recv.cuh"      // receive tables, locate, copy_segment, combine send helpers
 #include "ep_route.cuh"     // 1. ep_route
 #include "ep_dispatch.cuh"  // 2. ep_dispatch, 2b-2d. ep_dispatch_local, ep_stage_send(_large), ep_stage_pack, 3. ep_recv_view

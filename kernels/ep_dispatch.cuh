@@ -30,7 +30,7 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_dispatch(const _
 
 // =============================================================================================
 // 2b. ep_dispatch_local: ep_route and ep_dispatch in one kernel, for one rank (W = 1) and small batches
-// (T*k <= EP_LOCAL_MAX_PAIRS): each block routes its own tokens from all ids (InBlockDests, ep_inblock.cuh) instead
+// (T*k <= EP_LOCAL_MAX_PAIRS): each block routes its own tokens from all ids (InBlockDests, ep_inblock_dests.cuh) instead
 // of waiting for a single routing block; the last block keeps the books. Same outputs as ep_route +
 // ep_dispatch, bit for bit, for a call that succeeds.
 extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_dispatch_local(const __grid_constant__ EpArgs a) {

@@ -10,7 +10,7 @@
 #define EP_STAGE_SMEM_PAIRS 4096  // in-block routing keeps T*k ids up to this in shared memory (beyond: read from L2)
 #define EP_ROUTE_THREADS 1024
 #define EP_MAX_THREADS 512
-// 1: a large batch's own rows go straight into expertX from ep_stage_send_large (own_direct, ep_inblock.cuh);
+// 1: a large batch's own rows go straight into expertX from ep_stage_send_large (own_direct, ep_own_direct.cuh);
 // 0 (bench A/B builds only): they are staged and packed as every peer's.
 #ifndef EP_OWN_DIRECT
 #define EP_OWN_DIRECT 1

@@ -57,7 +57,7 @@ struct EpState {
   uint64_t barrierCalls;   // ep_barrier calls on this rank (the value it signals)
   uint32_t ownAbort;       // 1: this rank's own input failed the current dispatch (ep_stage_send's tail; between hosts)
   uint32_t ownLate;        // own_direct: 1 + a source a row block gave up waiting for (a timeout), else 0; the
-                           // send's tail reports it and resets it (ep_inblock.cuh own_tables)
+                           // send's tail reports it and resets it (ep_own_direct.cuh own_tables)
   EpError err;             // this call's first error (device copy; mirrored to errHost)
 };
 

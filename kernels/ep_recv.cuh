@@ -254,98 +254,99 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t call, RecvTables
   // translations warm)
   constexpr int passes = EP_DIAG == 17 || EP_DIAG == 18 ? 2 : 1;
   for (int pass = 0; pass < passes; ++pass) {
-  if (pass == 1) {
-    __syncthreads();
-    if (threadIdx.x == 0) EP_DIAG_AT(18, EP_STAMP_COMBINE_TAIL);  // (the second pass starts)
-  }
-  for (uint32_t it0 = blockIdx.x * warpsPerBlock + (threadIdx.x >> 5); it0 < items;
-       it0 += gridDim.x * warpsPerBlock) {
-    // (the second pass takes the item half the items away, another block's, so that its plan is not in this SM's L1)
-    const uint32_t it = pass == 1 ? (it0 + items / 2u) % items : it0;
-    const int ci = (int)(it / (uint32_t)segs), seg = (int)(it % (uint32_t)segs);
-    const int lo = find_run(R.pre, W, ci);
-    const char* plan = plan_at(a, (a.rank + 1 + lo) % W, (uint32_t)(ci - R.pre[lo]));
-    // lane j: slot j's expertOut row (or -1) and its weight; lane 0 also the source, lane 1 the origin's row
-    int rj = -1, head = 0;
-    float wj = 0.0f;
-    if (lane < K) {
-      rj = __ldg((const int*)(plan + 8u + 4u * lane));
-      wj = __ldg((const float*)(plan + 8u + 4u * (K + lane)));
+    if (pass == 1) {
+      __syncthreads();
+      if (threadIdx.x == 0) EP_DIAG_AT(18, EP_STAMP_COMBINE_TAIL);  // (the second pass starts)
     }
-    if (lane < 2) head = __ldg((const int*)plan + lane);
-    const int s = __shfl_sync(FULL_MASK, head, 0);
-    const uint32_t backWord = (uint32_t)__shfl_sync(FULL_MASK, head, 1);
-    const bool flagged = (backWord & EP_FLAGGED_BACK_BIT) != 0;
-    const uint64_t back = backWord & ~EP_FLAGGED_BACK_BIT;
-    if (lane == 0 && s >= 0) {  // (the plan is in; 15 and 16: of the first and second half of the items)
-      EP_DIAG_AT(12, EP_STAMP_COMBINE_TAIL);
-      if (it < items / 2u) EP_DIAG_AT(15, EP_STAMP_COMBINE_TAIL);
-      else EP_DIAG_AT(16, EP_STAMP_COMBINE_TAIL);
-      if (pass == 1) EP_DIAG_AT(17, EP_STAMP_COMBINE_TAIL);
-    }
-    // the origin's row in the source's heap (flagged rows take twice the bytes)
-    auto dstOf = [&]() -> char* {
-      return flagged ? flagged_rows_of(a, s, slot) + back * 2u * rowBytes : combine_rows_of(a, s, slot) + back * rowBytes;
-    };
+    for (uint32_t it0 = blockIdx.x * warpsPerBlock + (threadIdx.x >> 5); it0 < items;
+         it0 += gridDim.x * warpsPerBlock) {
+      // (the second pass takes the item half the items away, another block's, so that its plan is not in this SM's L1)
+      const uint32_t it = pass == 1 ? (it0 + items / 2u) % items : it0;
+      const int ci = (int)(it / (uint32_t)segs), seg = (int)(it % (uint32_t)segs);
+      const int lo = find_run(R.pre, W, ci);
+      const char* plan = plan_at(a, (a.rank + 1 + lo) % W, (uint32_t)(ci - R.pre[lo]));
+      // lane j: slot j's expertOut row (or -1) and its weight; lane 0 also the source, lane 1 the origin's row
+      int rj = -1, head = 0;
+      float wj = 0.0f;
+      if (lane < K) {
+        rj = __ldg((const int*)(plan + 8u + 4u * lane));
+        wj = __ldg((const float*)(plan + 8u + 4u * (K + lane)));
+      }
+      if (lane < 2) head = __ldg((const int*)plan + lane);
+      const int s = __shfl_sync(FULL_MASK, head, 0);
+      const uint32_t backWord = (uint32_t)__shfl_sync(FULL_MASK, head, 1);
+      const bool flagged = (backWord & EP_FLAGGED_BACK_BIT) != 0;
+      const uint64_t back = backWord & ~EP_FLAGGED_BACK_BIT;
+      if (lane == 0 && s >= 0) {  // (the plan is in; 15 and 16: of the first and second half of the items)
+        EP_DIAG_AT(12, EP_STAMP_COMBINE_TAIL);
+        if (it < items / 2u) EP_DIAG_AT(15, EP_STAMP_COMBINE_TAIL);
+        else EP_DIAG_AT(16, EP_STAMP_COMBINE_TAIL);
+        if (pass == 1) EP_DIAG_AT(17, EP_STAMP_COMBINE_TAIL);
+      }
+      // the origin's row in the source's heap (flagged rows take twice the bytes)
+      auto dstOf = [&]() -> char* {
+        return flagged ? flagged_rows_of(a, s, slot) + back * 2u * rowBytes
+                       : combine_rows_of(a, s, slot) + back * rowBytes;
+      };
 #ifndef EP_SERIAL_FIRST_LOADS
-    // the source's heap: its load overlaps the rows' instead of following the sum
-    char* dst = dstOf();
+      // the source's heap: its load overlaps the rows' instead of following the sum
+      char* dst = dstOf();
 #endif
-    const uint64_t src = rj >= 0 ? (uint64_t)expertOut + (uint64_t)rj * rowBytes : 0u;
-    const uint64_t base = (uint64_t)seg * SEG;
-    float acc[PART_VECS][8];
+      const uint64_t src = rj >= 0 ? (uint64_t)expertOut + (uint64_t)rj * rowBytes : 0u;
+      const uint64_t base = (uint64_t)seg * SEG;
+      float acc[PART_VECS][8];
 #pragma unroll
-    for (int u = 0; u < PART_VECS; ++u)
+      for (int u = 0; u < PART_VECS; ++u)
 #pragma unroll
-      for (int i = 0; i < 8; ++i) acc[u][i] = 0.0f;
-    // the slots in order (the reduction order), four rows' loads in flight
-    constexpr int ROWS = PART_ROWS;
-    for (uint32_t left = __ballot_sync(FULL_MASK, rj >= 0); left != 0;) {
-      uint4 v[ROWS][PART_VECS];
-      float w[ROWS];
-      uint32_t has = 0;
+        for (int i = 0; i < 8; ++i) acc[u][i] = 0.0f;
+      // the slots in order (the reduction order), four rows' loads in flight
+      constexpr int ROWS = PART_ROWS;
+      for (uint32_t left = __ballot_sync(FULL_MASK, rj >= 0); left != 0;) {
+        uint4 v[ROWS][PART_VECS];
+        float w[ROWS];
+        uint32_t has = 0;
 #pragma unroll
-      for (int q = 0; q < ROWS; ++q) {
-        const int j = left ? __ffs(left) - 1 : 0;
-        const uint64_t p = __shfl_sync(FULL_MASK, src, j);
-        w[q] = __shfl_sync(FULL_MASK, wj, j);
-        if (left) {
-          has |= 1u << q;
+        for (int q = 0; q < ROWS; ++q) {
+          const int j = left ? __ffs(left) - 1 : 0;
+          const uint64_t p = __shfl_sync(FULL_MASK, src, j);
+          w[q] = __shfl_sync(FULL_MASK, wj, j);
+          if (left) {
+            has |= 1u << q;
+#pragma unroll
+            for (int u = 0; u < PART_VECS; ++u) {
+              const uint64_t off = base + (uint64_t)(u * 32 + lane) * 16u;
+              if (off < rowBytes) v[q][u] = ld_nc_v4((const char*)p + off);
+            }
+          }
+          left &= left - 1;
+        }
+#pragma unroll
+        for (int q = 0; q < ROWS; ++q) {
+          if (!(has >> q & 1u)) continue;
 #pragma unroll
           for (int u = 0; u < PART_VECS; ++u) {
             const uint64_t off = base + (uint64_t)(u * 32 + lane) * 16u;
-            if (off < rowBytes) v[q][u] = ld_nc_v4((const char*)p + off);
+            if (off >= rowBytes) continue;
+            float x[8];
+            bf16x8_to_f32(v[q][u], x);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) acc[u][i] = __fadd_rn(acc[u][i], __fmul_rn(w[q], x[i]));
           }
         }
-        left &= left - 1;
       }
-#pragma unroll
-      for (int q = 0; q < ROWS; ++q) {
-        if (!(has >> q & 1u)) continue;
-#pragma unroll
-        for (int u = 0; u < PART_VECS; ++u) {
-          const uint64_t off = base + (uint64_t)(u * 32 + lane) * 16u;
-          if (off >= rowBytes) continue;
-          float x[8];
-          bf16x8_to_f32(v[q][u], x);
-#pragma unroll
-          for (int i = 0; i < 8; ++i) acc[u][i] = __fadd_rn(acc[u][i], __fmul_rn(w[q], x[i]));
-        }
-      }
-    }
 #ifdef EP_SERIAL_FIRST_LOADS  // (bench A/B only: as before v11)
-    char* dst = dstOf();
+      char* dst = dstOf();
 #endif
-    if (lane == 0 && acc[0][0] != 12345.0f) EP_DIAG_AT(13, EP_STAMP_COMBINE_TAIL);  // (the rows are in and summed)
+      if (lane == 0 && acc[0][0] != 12345.0f) EP_DIAG_AT(13, EP_STAMP_COMBINE_TAIL);  // (the rows are in and summed)
 #pragma unroll
-    for (int u = 0; u < PART_VECS; ++u) {
-      const uint64_t off = base + (uint64_t)(u * 32 + lane) * 16u;
-      if (off >= rowBytes) continue;
-      if (flagged) st_flagged(dst + 2u * off, pack_bf16x8(acc[u]), flag_of(call));
-      else st_v4(dst + off, pack_bf16x8(acc[u]));
+      for (int u = 0; u < PART_VECS; ++u) {
+        const uint64_t off = base + (uint64_t)(u * 32 + lane) * 16u;
+        if (off >= rowBytes) continue;
+        if (flagged) st_flagged(dst + 2u * off, pack_bf16x8(acc[u]), flag_of(call));
+        else st_v4(dst + off, pack_bf16x8(acc[u]));
+      }
+      if (lane == 0) EP_DIAG_AT(14, EP_STAMP_COMBINE_TAIL);  // (the partial's stores are issued)
     }
-    if (lane == 0) EP_DIAG_AT(14, EP_STAMP_COMBINE_TAIL);  // (the partial's stores are issued)
-  }
   }
 }
 

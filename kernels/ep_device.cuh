@@ -85,6 +85,69 @@ __device__ void block_exclusive_scan(int* data, int n, int* scratch) {
   __syncthreads();
 }
 
+// block_exclusive_scan of two arrays of n at once (a[n], b[n] their totals): one set of barriers and one warp pass
+// for both, where two calls would take twice the barriers. scratch: 66 ints of shared memory.
+__device__ void block_exclusive_scan2(int* a, int* b, int n, int* scratch) {
+  __syncthreads();
+  const int B = blockDim.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int per = (n + B - 1) / B;
+  const int lo = min(n, tid * per), hi = min(n, lo + per);
+  int sumA = 0, sumB = 0;
+  for (int i = lo; i < hi; ++i) {
+    sumA += a[i];
+    sumB += b[i];
+  }
+  int incA = sumA, incB = sumB;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int ya = __shfl_up_sync(FULL_MASK, incA, o), yb = __shfl_up_sync(FULL_MASK, incB, o);
+    if (lane >= o) {
+      incA += ya;
+      incB += yb;
+    }
+  }
+  if (lane == 31) {
+    scratch[warp] = incA;
+    scratch[33 + warp] = incB;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    const int nw = B >> 5;
+    const int va = lane < nw ? scratch[lane] : 0, vb = lane < nw ? scratch[33 + lane] : 0;
+    int ia = va, ib = vb;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int ya = __shfl_up_sync(FULL_MASK, ia, o), yb = __shfl_up_sync(FULL_MASK, ib, o);
+      if (lane >= o) {
+        ia += ya;
+        ib += yb;
+      }
+    }
+    if (lane < nw) {
+      scratch[lane] = ia - va;
+      scratch[33 + lane] = ib - vb;
+    }
+    if (lane == 31) {
+      scratch[32] = ia;
+      scratch[65] = ib;
+    }
+  }
+  __syncthreads();
+  int runA = scratch[warp] + incA - sumA, runB = scratch[33 + warp] + incB - sumB;
+  for (int i = lo; i < hi; ++i) {
+    const int ca = a[i], cb = b[i];
+    a[i] = runA;
+    b[i] = runB;
+    runA += ca;
+    runB += cb;
+  }
+  if (tid == 0) {
+    a[n] = scratch[32];
+    b[n] = scratch[65];
+  }
+  __syncthreads();
+}
+
 // topkIdx[0..N) into dst as int16 (ids out of range as -1), 8 loads in flight per thread (every thread
 // of the block calls it). Returns this thread's first pair out of range (INT_MAX if none) and adds its
 // pairs that name an expert to *rows.

@@ -17,7 +17,7 @@ struct RecvTables {
   int pre[EP_MAX_EXPERTS + 1];
   int preT[EP_MAX_EXPERTS + 1];
   int mst[EP_MAX_EXPERTS];
-  int scratch[33];
+  int scratch[66];  // (block_exclusive_scan2's)
   int flag;
 };
 
@@ -34,8 +34,7 @@ __device__ void build_tables_from(const EpArgs& a, RecvTables& R, const int* spl
     R.preT[le * W + s] = c;
   }
   for (int s = threadIdx.x; s < W; s += blockDim.x) R.mst[s] = load(s * a.splitsPerPeer + EPR);
-  block_exclusive_scan(R.pre, E, R.scratch);
-  block_exclusive_scan(R.preT, E, R.scratch);
+  block_exclusive_scan2(R.pre, R.preT, E, R.scratch);
 }
 
 // build_tables_from for the stage's split records of this call (ep_stage_pack): both slots' records
@@ -71,8 +70,7 @@ __device__ void build_stage_tables(const EpArgs& a, RecvTables& R, const int* sp
     }
     if (q < W) R.mst[q] = odd ? m1[u] : m0[u];
   }
-  block_exclusive_scan(R.pre, E, R.scratch);
-  block_exclusive_scan(R.preT, E, R.scratch);
+  block_exclusive_scan2(R.pre, R.preT, E, R.scratch);
 }
 
 // From recvSplits, written by this call's ep_route or ep_stage_pack (an earlier kernel on the stream).

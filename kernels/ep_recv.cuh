@@ -234,12 +234,27 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t call, RecvTables
   const uint64_t slot = call & 1u;
   const int lane = threadIdx.x & 31;
   // R.pre[i]: where the carriers of source (rank + 1 + i) % W start in the order this rank sends them
+  if (W <= 32) {  // warp 0 scans them (thread i holds source i's count), then one barrier (a block scan takes four)
+    if (threadIdx.x < 32) {
+      const int c = (int)threadIdx.x < W ? (int)counts[0] : 0;
+      int inc = c;
 #pragma unroll
-  for (int u = 0; u < 4; ++u) {
-    const int i = threadIdx.x + u * blockDim.x;
-    if (i < W) R.pre[i] = (int)counts[u];
+      for (int o = 1; o < 32; o <<= 1) {
+        const int y = __shfl_up_sync(FULL_MASK, inc, o);
+        if ((int)threadIdx.x >= o) inc += y;
+      }
+      if ((int)threadIdx.x < W) R.pre[threadIdx.x] = inc - c;
+      if (threadIdx.x == 31) R.pre[W] = inc;
+    }
+    __syncthreads();
+  } else {
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int i = threadIdx.x + u * blockDim.x;
+      if (i < W) R.pre[i] = (int)counts[u];
+    }
+    block_exclusive_scan(R.pre, W, R.scratch);
   }
-  block_exclusive_scan(R.pre, W, R.scratch);
   if (threadIdx.x == 0) EP_DIAG_AT(11, EP_STAMP_COMBINE_TAIL);  // (the counts and the call: the block may start)
   const uint32_t carriers = (uint32_t)R.pre[W];
   const int warpsPerBlock = blockDim.x >> 5;

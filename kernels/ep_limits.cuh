@@ -16,6 +16,11 @@
 #define EP_OWN_DIRECT 1
 #endif
 
+// ep_combine_send takes the sources from rank + EP_SEND_FIRST on (bench A/B only: 0 takes a rank's own carriers first).
+#ifndef EP_SEND_FIRST
+#define EP_SEND_FIRST 1
+#endif
+
 // Diagnostic builds (bench only, -DEP_DIAG=n; 0, the default: none): point n inside a kernel stamps, as the latest
 // of its callers, the stamp that ends that kernel's segment, whose own stamp is left out, so that the bench's split
 // shows the time from the segment's start to that point (EP_DIAG_AT, ep_device.cuh; scripts/device-check.sh diag).
@@ -24,6 +29,7 @@
 //         in and summed, 14 its partial's stores issued; 15 and 16 as 12, for the first and the second half of the
 //         items; 17 and 18 run every item twice (so the call is longer; the second pass gives each warp another
 //         block's item): 17 a warp's plan in on the second pass, 18 a block's second pass starts (after a barrier);
+//         19 a warp of the second half of the items about to load its plan (its loads' issue, not their arrival);
 //   21-23 ep_stage_pack: 21 a block's tables built, 22 a warp's carrier index in, 23 its stores issued (22 and 23
 //         only where a warp has one item at most);
 //   31-32 ep_stage_send(_large): 31 a warp's last row store issued, 32 the bookkeeping block's books stored;
@@ -33,7 +39,7 @@
 #ifndef EP_DIAG
 #define EP_DIAG 0
 #endif
-static_assert(EP_DIAG == 0 || (EP_DIAG >= 11 && EP_DIAG <= 18) || (EP_DIAG >= 21 && EP_DIAG <= 23) ||
+static_assert(EP_DIAG == 0 || (EP_DIAG >= 11 && EP_DIAG <= 19) || (EP_DIAG >= 21 && EP_DIAG <= 23) ||
                   EP_DIAG == 31 || EP_DIAG == 32 || EP_DIAG == 41,
               "EP_DIAG: 0 or one of the points listed above");
 #define EP_DIAG_IN(group) (EP_DIAG / 10 == (group))

@@ -192,14 +192,18 @@ __device__ void write_plan(const EpArgs& a, const RecvTables& R, uint64_t own, i
 // directly, so a warp's loads wait on one load of the plan, and up to four rows' loads are in flight.
 // Sources are taken from this rank + 1 on (this rank last), so that the ranks write to different peers at
 // any moment instead of all to source 0 first. Every thread of the block calls it (R.pre: scratch).
-// The pack's carrier count of source (rank + 1 + i) % W for i = threadIdx.x + u * blockDim.x (0 past W):
+// The i-th source ep_combine_send takes: rank + 1 on (EP_SEND_FIRST, ep_limits.cuh: 0 in a diagnostic build that
+// takes this rank's own carriers first).
+__device__ __forceinline__ int send_source(const EpArgs& a, int i) { return (a.rank + EP_SEND_FIRST + i) % a.world; }
+
+// The pack's carrier count of source send_source(a, i) for i = threadIdx.x + u * blockDim.x (0 past W):
 // loaded by ep_combine_send with its first loads. Needs W <= 4 * blockDim.
 __device__ __forceinline__ void load_plan_counts(const EpArgs& a, uint32_t (&counts)[4]) {
   host_requires(a.world <= 4 * (int)blockDim.x, "load_plan_counts: W <= 4 * blockDim");
 #pragma unroll
   for (int u = 0; u < 4; ++u) {
     const int i = threadIdx.x + u * blockDim.x;
-    counts[u] = i < a.world ? plan_counts(a)[(a.rank + 1 + i) % a.world] : 0u;
+    counts[u] = i < a.world ? plan_counts(a)[send_source(a, i)] : 0u;
   }
 }
 
@@ -212,7 +216,7 @@ __device__ __forceinline__ bool sends_unflagged(const EpArgs& a, const uint32_t 
   for (int u = 0; u < 4; ++u) {
     const int i = threadIdx.x + u * blockDim.x;
     if (i < a.world && counts[u] > 0) {
-      const uint32_t back = ld_cg_u32(plan_at(a, (a.rank + 1 + i) % a.world, 0) + 4);
+      const uint32_t back = ld_cg_u32(plan_at(a, send_source(a, i), 0) + 4);
       unflagged |= (back & EP_FLAGGED_BACK_BIT) == 0;
     }
   }
@@ -277,7 +281,8 @@ __device__ void combine_send_partials(const EpArgs& a, uint64_t call, RecvTables
       const uint32_t it = pass == 1 ? (it0 + items / 2u) % items : it0;
       const int ci = (int)(it / (uint32_t)segs), seg = (int)(it % (uint32_t)segs);
       const int lo = find_run(R.pre, W, ci);
-      const char* plan = plan_at(a, (a.rank + 1 + lo) % W, (uint32_t)(ci - R.pre[lo]));
+      const char* plan = plan_at(a, send_source(a, lo), (uint32_t)(ci - R.pre[lo]));
+      if (lane == 0 && it >= items / 2u) EP_DIAG_AT_FENCED(19, EP_STAMP_COMBINE_TAIL);  // (its plan's loads next)
       // lane j: slot j's expertOut row (or -1) and its weight; lane 0 also the source, lane 1 the origin's row
       int rj = -1, head = 0;
       float wj = 0.0f;

@@ -3,7 +3,7 @@
 # compiled into .device/build/ by `npm run build:device`. Logs go to $OUT.
 # Usage: scripts/device-check.sh <step>...
 #   steps: driver smoke smoke2 conformance failures verify v3w1 long graph sanitizer bench bench2 probe launch flagprobe profile
-#          deepep-build paths2 paths4 large2 large4 walk2 v3w2 long4 bench-w2 sanitizer2 flagged2 flaggedlimit diag planprobe ep (EP_W ranks, default 8) nccl
+#          deepep-build paths2 paths4 large2 large4 walk2 v3w2 long4 bench-w2 sanitizer2 flagged2 flaggedlimit diag planprobe sendprobe ep (EP_W ranks, default 8) nccl
 #          hosts hosts-long hosts-fail hosts-bench hosts-sanitizer (between hosts, simulated on this machine: MOE_A2A_SIMULATED_HOSTS;
 #          hosts-bench wants 4 GPUs: 2 hosts x 2 GPUs, NVLink inside a host, sockets between; HOSTS_BENCH_W=2: 2 x 1)
 # FAILFAST=1 stops at the first step that fails. The steps ending in 2/4 want that many GPUs (ranks are
@@ -128,6 +128,9 @@ for step in "$@"; do
     planprobe)
       # one GPU: ep_combine_send's first loads when many warps start at once, without the library (bench/micro/plan_probe.cu)
       nvcc -O3 -std=c++17 -arch=sm_90a bench/micro/plan_probe.cu -o /tmp/plan_probe && TAIL=20 run planprobe timeout 120 /tmp/plan_probe ;;
+    sendprobe)
+      # two GPUs: whether one warp's NVLink stores hold up other warps' loads on the same SM (bench/micro/send_probe.cu)
+      nvcc -O3 -std=c++17 -arch=sm_90a bench/micro/send_probe.cu -o /tmp/send_probe && TAIL=20 run sendprobe timeout 120 /tmp/send_probe ;;
     launch)
       # the driver's own host cost per launch, in C (bench/micro/launch_cost.cu): the floor under the bench's host table
       nvcc -O3 -std=c++17 -arch=sm_90a -I kernels bench/micro/launch_cost.cu -lcuda -o /tmp/launch_cost && TAIL=20 run launch /tmp/launch_cost ;;
@@ -211,29 +214,32 @@ for step in "$@"; do
       # kernel's segment to point n inside it (the list: kernels/ep_limits.cuh); the bench's split at DIAG_T (default
       # "1 128"; point 41 wants 4096) and DIAG_W ranks (default 2). The fatbins are built here, in parallel, into a
       # folder named after the kernels' sources (DIAG_DIR: one of your own); the SASS of each point's kernel goes to
-      # $OUT, for checking where ptxas put the point
+      # $OUT, for checking where ptxas put the point. DIAG_FLAGS: more nvcc flags for every point's build (an A/B
+      # macro such as -DEP_SEND_FIRST=0); point 0 is then the flags' build with no point
+      df=${DIAG_FLAGS:-} tag=""
+      [ -n "$df" ] && tag=-$(echo "$df" | md5sum | cut -c1-6)
       dd=${DIAG_DIR:-/tmp/diag-$(cat kernels/*.cu kernels/*.cuh kernels/*.h | md5sum | cut -c1-12)}
       dw=${DIAG_W:-2} dt=${DIAG_T:-"1 128"} pts=${DIAG_POINTS:-"31 32 21 22 23 11 12 13 14 15 16 17 18"}
       mkdir -p "$dd"
       for n in $pts; do
-        [ -f "$dd/d$n.fatbin" ] || { nvcc -fatbin -O3 -fmad=false -std=c++17 -gencode=arch=compute_90a,code=sm_90a \
-          -DEP_DIAG=$n -I kernels -o "$dd/d$n.tmp" kernels/ep.cu && mv "$dd/d$n.tmp" "$dd/d$n.fatbin"; } &
+        [ -f "$dd/d$n$tag.fatbin" ] || { nvcc -fatbin -O3 -fmad=false -std=c++17 -gencode=arch=compute_90a,code=sm_90a \
+          -DEP_DIAG=$n $df -I kernels -o "$dd/d$n$tag.tmp" kernels/ep.cu && mv "$dd/d$n$tag.tmp" "$dd/d$n$tag.fatbin"; } &
       done
       wait
       for n in main $pts; do
         fb=""
         if [ $n != main ]; then
-          fb=$dd/d$n.fatbin
-          [ -f "$fb" ] || { echo "   d$n: no fatbin (nvcc failed)"; continue; }
+          fb=$dd/d$n$tag.fatbin
+          [ -f "$fb" ] || { echo "   d$n$tag: no fatbin (nvcc failed)"; continue; }
         fi
-        MOE_A2A_FATBIN=$fb TAIL=0 run diag-w$dw-$n timeout 150 $cli bench --transport cuda --world $dw \
+        MOE_A2A_FATBIN=$fb TAIL=0 run diag-w$dw-$n$tag timeout 150 $cli bench --transport cuda --world $dw \
           --tokens "$(echo $dt | tr ' ' ,)" --iters 100 --warmup 20 --no-baseline --no-json --path dedup --stamps "$(echo $dt | tr ' ' ,)"
         for T in $dt; do  # label=value, the slowest rank's, for the segments the call wrote
-          echo "   d$n T=$T: $(sed -n "/where the time goes, T=$T /,/whole call/p" "$OUT/diag-w$dw-$n.log" | grep -E '^ *[a-z].*  [0-9]+\.[0-9]+ ' |
+          echo "   d$n$tag T=$T: $(sed -n "/where the time goes, T=$T /,/whole call/p" "$OUT/diag-w$dw-$n$tag.log" | grep -E '^ *[a-z].*  [0-9]+\.[0-9]+ ' |
             grep -v 'whole call' | awk '{v=$(NF-'$dw'); $(NF-'$dw')=""; for (i=NF-'$dw'+1; i<=NF; i++) $i=""; gsub(/ +$/, ""); printf "%s=%s; ", $0, v}')"
         done
         case $n in 1*) k=ep_combine_send ;; 2*) k=ep_stage_pack ;; 3*) k=ep_stage_send ;; 4*) k=ep_stage_send_large ;; *) k="" ;; esac
-        [ -n "$k" ] && cuobjdump -sass -fun $k "$fb" 2>&1 | grep -E 'GLOBALTIMER|LDG|ATOMG|RED|BAR|SHFL' > "$OUT/diag-d$n-$k.sass.txt"
+        [ -n "$k" ] && cuobjdump -sass -fun $k "$fb" 2>&1 | grep -E 'GLOBALTIMER|LDG|ATOMG|RED|BAR|SHFL' > "$OUT/diag-d$n$tag-$k.sass.txt"
       done ;;
     flaggedlimit)
       # where flagged partials stop paying (bench/NOTES.md, next step 10): the serving loop at W = 2 and 4 (4 GPUs)

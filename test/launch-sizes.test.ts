@@ -9,6 +9,7 @@ import {
   ABORT_COMBINE_SEND,
   ABORT_STAGE_SEND,
   abortRouteSize,
+  combineSendSize,
   dispatchSize,
   MAX_BLOCK,
   railWalkSize,
@@ -77,7 +78,11 @@ describe('kernel launch sizes', () => {
       // one block per (token, chunk) until the grid cap: the kernels grid-stride beyond it
       const chunks = Math.ceil(cfg.hidden / 8 / red.block);
       assert.equal(red.grid, Math.min(8 * sms, Math.max(1, T * chunks)));
-      for (const s of [rowWalkSize(cfg, sms), stagePackSize(cfg, stagedRowsFor(cfg), sms)]) {
+      for (const s of [
+        rowWalkSize(cfg, sms),
+        combineSendSize(cfg, sms),
+        stagePackSize(cfg, stagedRowsFor(cfg), sms),
+      ]) {
         assert.ok(s.block === 256 && s.grid >= 1 && s.grid <= 4 * sms, `${what}: ${JSON.stringify(s)}`);
       }
       const route = routeSize(cfg, T);
@@ -109,6 +114,31 @@ describe('kernel launch sizes', () => {
     // few rows: fewer blocks than the cap
     const small = resolveConfig({ world: 2, numExperts: 8, hidden: 256, topk: 2, maxTokensPerRank: 4 });
     assert.ok(rowWalkSize(small, 132, 2).grid < 2 * 132);
+  });
+
+  test('the dedup combine send has a warp for each (carrier, 2 KiB segment) item where one wave holds them', () => {
+    // DeepSeek-V3 at T = 128, W = 2, as the bench sizes it: maxRowsPerPeer about 4 selections a token
+    const cfg = resolveConfig({
+      world: 2,
+      numExperts: 256,
+      hidden: 7168,
+      topk: 8,
+      maxTokensPerRank: 128,
+      maxRowsPerPeer: 560,
+    });
+    const items = 2 * 128 * 7; // every carrier a source can send (one a token), 7 segments of a 14 KiB partial
+    const s = combineSendSize(cfg, 132, 2);
+    assert.equal(s.block, 256);
+    assert.equal(s.grid, Math.ceil(items / 8), 'one item a warp');
+    assert.ok(rowWalkSize(cfg, 132, 2).grid * 8 < items, 'sized by rows, some warps would take two items');
+    // past one wave: the cap, and without dedup the row walk's size
+    const big = resolveConfig({ world: 4, numExperts: 256, hidden: 7168, topk: 8, maxTokensPerRank: 4096 });
+    assert.equal(combineSendSize(big, 132, 2).grid, 2 * 132);
+    const rows = resolveConfig({ ...cfg, dedup: false });
+    assert.deepEqual(combineSendSize(rows, 132, 2), rowWalkSize(rows, 132, 2));
+    // carriers are bounded by maxRowsPerPeer too (a source sends a rank no more rows than that)
+    const few = resolveConfig({ ...cfg, maxRowsPerPeer: 16 });
+    assert.equal(combineSendSize(few, 132, 2).grid, Math.ceil((2 * 16 * 7) / 8));
   });
 
   test('an abort launches the fewest threads each kernel allows (ep_stage_send needs two blocks)', () => {

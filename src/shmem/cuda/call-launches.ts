@@ -13,6 +13,7 @@ import {
   ABORT_COMBINE_SEND,
   ABORT_STAGE_SEND,
   abortRouteSize,
+  combineSendSize,
   dispatchSize,
   type LaunchSize,
   railPlanSize,
@@ -101,7 +102,7 @@ export class CallLaunches {
     this.walkSizes = {
       ep_stage_pack: capped(stagePackSize(c, this.stageRows, sms, perSm('ep_stage_pack'))),
       ep_stage_pack_own: capped(stagePackSize(c, this.stageRows, sms, perSm('ep_stage_pack_own'))),
-      ep_combine_send: capped(rowWalkSize(c, sms, perSm('ep_combine_send'))),
+      ep_combine_send: capped(combineSendSize(c, sms, perSm('ep_combine_send'))),
       ep_recv_view: capped(rowWalkSize(c, sms, perSm('ep_recv_view'))),
       ep_rail_forward: capped(railWalkSize(sms, perSm('ep_rail_forward'))),
       ep_rail_combine: capped(railWalkSize(sms, perSm('ep_rail_combine'))),

@@ -86,6 +86,24 @@ export function rowWalkSize(cfg: EpConfig, sms: number, perSm = 4): LaunchSize {
   return { grid, block: WALK_BLOCK, sharedBytes: 0 };
 }
 
+/**
+ * ep_combine_send. Without dedup it walks rows (rowWalkSize). With dedup a warp takes a (carrier, 2 KiB
+ * segment of its partial) item (kernels/ep_recv.cuh, combine_send_partials), and a source sends this rank
+ * at most one carrier a token and at most maxRowsPerPeer: up to W * min(maxTokensPerRank, maxRowsPerPeer)
+ * carriers of ceil(2H / 2 KiB) items each, one item a warp where one wave holds them. (Sized by rows, a
+ * warp took two or three items at T = 128: each item's plan, rows and stores one after another.)
+ */
+export function combineSendSize(cfg: EpConfig, sms: number, perSm = 4): LaunchSize {
+  if (!cfg.dedup) return rowWalkSize(cfg, sms, perSm);
+  const carriers = cfg.world * Math.min(cfg.maxTokensPerRank, cfg.maxRowsPerPeer);
+  const items = carriers * Math.ceil((2 * cfg.hidden) / 2048);
+  return {
+    grid: Math.min(walkGridCap(sms, perSm), Math.max(1, Math.ceil(items / 8))),
+    block: WALK_BLOCK,
+    sharedBytes: 0,
+  };
+}
+
 /** ep_combine_reduce (and _dedup): one thread per 8 values of a row, a block per (token, chunk), at most 8 per SM. */
 export function reduceSize(cfg: EpConfig, tokens: number, sms: number): LaunchSize {
   const vectors = cfg.hidden / 8;

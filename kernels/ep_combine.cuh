@@ -106,6 +106,7 @@ __device__ __forceinline__ void combine_reduce(const EpArgs& a) {
   // may be launched as a programmatic dependent of combine send or the dispatch; flagged: see above (its
   // first loads, the call's state, were final before ep_combine_send let it start)
   if (!Flagged) wait_for_prior();
+  if (threadIdx.x == 0) EP_DIAG_AT(55, EP_STAMP_REDUCE_END);  // (a block starts)
   // (at entry: its first loads count; flagged: it overlaps the send, so only its end is stamped)
   if (!Flagged && blockIdx.x == 0 && threadIdx.x == 0) stamp(a, EP_STAMP_REDUCE_BEGIN);
   EpState* st = state_of(a);
@@ -127,6 +128,7 @@ __device__ __forceinline__ void combine_reduce(const EpArgs& a) {
     if (Flagged) wait_for_prior();
     return;
   }
+  if (threadIdx.x == 0) EP_DIAG_AT(51, EP_STAMP_REDUCE_END);  // (its error word and call in)
   bool failed = false;  // flagged: a wait gave up (reported): the rest of this thread's rows are not awaited
   const uint32_t flag = Flagged ? flag_of(call) : 0u;
   const uint64_t recv = Flagged ? a.localBase + a.flaggedRecvOff + slot * a.flaggedRecvSlot
@@ -161,6 +163,7 @@ __device__ __forceinline__ void combine_reduce(const EpArgs& a) {
         take = take && lead == lane;
         row = recv + (uint64_t)p * (Flagged ? 2u : 1u) * a.combineRowBytes;
       }
+      if (lane == 0 && e != -2) EP_DIAG_AT(52, EP_STAMP_REDUCE_END);  // (a warp's ids in)
       const int owner = Flagged && e >= 0 ? e / EPR : 0;  // flagged: whose abort a wait for this row watches
       const int v = c * B + tid;
       const bool active = v < V;
@@ -216,9 +219,11 @@ __device__ __forceinline__ void combine_reduce(const EpArgs& a) {
           }
         }
       }
+      if (lane == 0 && acc[0] != 12345.0f) EP_DIAG_AT(53, EP_STAMP_REDUCE_END);  // (its partials in and summed)
       if (active) st_v4(y + ((uint64_t)t * V + v) * 16u, pack_bf16x8(acc));
+      if (lane == 0) EP_DIAG_AT(54, EP_STAMP_REDUCE_END);  // (its stores issued)
     }
-    if (tid == 0) stamp_latest(a, EP_STAMP_REDUCE_END);
+    if (tid == 0 && !EP_DIAG_IN(5)) stamp_latest(a, EP_STAMP_REDUCE_END);
     if (Flagged) {
       // Every owner's signal, as ep_combine_send waits for them without flags: an abort by a rank that sent
       // this one no partial still fails the call here. (An owner that signals unordered may still be storing
@@ -281,7 +286,7 @@ __device__ __forceinline__ void combine_reduce(const EpArgs& a) {
     }
     st_v4(y + ((uint64_t)t * V + v) * 16u, pack_bf16x8(acc));
   }
-  if (tid == 0) stamp_latest(a, EP_STAMP_REDUCE_END);
+  if (tid == 0 && !EP_DIAG_IN(5)) stamp_latest(a, EP_STAMP_REDUCE_END);
 }
 }  // namespace
 

@@ -238,7 +238,7 @@ for step in "$@"; do
           echo "   d$n$tag T=$T: $(sed -n "/where the time goes, T=$T /,/whole call/p" "$OUT/diag-w$dw-$n$tag.log" | grep -E '^ *[a-z].*  [0-9]+\.[0-9]+ ' |
             grep -v 'whole call' | awk '{v=$(NF-'$dw'); $(NF-'$dw')=""; for (i=NF-'$dw'+1; i<=NF; i++) $i=""; gsub(/ +$/, ""); printf "%s=%s; ", $0, v}')"
         done
-        case $n in 1*) k=ep_combine_send ;; 2*) k=ep_stage_pack ;; 3*) k=ep_stage_send ;; 4*) k=ep_stage_send_large ;; *) k="" ;; esac
+        case $n in 1*) k=ep_combine_send ;; 2*) k=ep_stage_pack ;; 3*) k=ep_stage_send ;; 4*) k=ep_stage_send_large ;; 5*) k=ep_combine_reduce_dedup ;; *) k="" ;; esac
         [ -n "$k" ] && cuobjdump -sass -fun $k "$fb" 2>&1 | grep -E 'GLOBALTIMER|LDG|ATOMG|RED|BAR|SHFL' > "$OUT/diag-d$n$tag-$k.sass.txt"
       done ;;
     flaggedlimit)

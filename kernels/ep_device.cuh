@@ -53,105 +53,79 @@ __device__ __forceinline__ int find_run(const int* pre, int n, int g) {
   return lo;
 }
 
-// In-place exclusive scan of data[0..n) (shared memory), data[n] = the total. Every thread of the
-// block calls it; it begins and ends with a barrier. scratch: 33 ints of shared memory.
-__device__ void block_exclusive_scan(int* data, int n, int* scratch) {
-  __syncthreads();
-  const int B = blockDim.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int per = (n + B - 1) / B;
-  const int lo = min(n, tid * per), hi = min(n, lo + per);
-  int sum = 0;
-  for (int i = lo; i < hi; ++i) sum += data[i];
-  int inc = sum;
+// Every thread's exclusive prefix over the block (threads in order) of its v[i], into v[i], for N sums at
+// once, with one barrier: each warp scans with shuffles and stores its totals; after the
+// barrier every warp adds up the totals of the warps before it (no warp-0 pass, so no second barrier).
+// scratch: 32 * N ints of shared memory, written before the barrier: the caller orders every earlier read of
+// it (a barrier after it; block_exclusive_scan's last barrier is one).
+template <int N>
+__device__ __forceinline__ void block_prefix(int (&v)[N], int* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int inc[N];
+#pragma unroll
+  for (int i = 0; i < N; ++i) inc[i] = v[i];
 #pragma unroll
   for (int o = 1; o < 32; o <<= 1) {
-    const int y = __shfl_up_sync(FULL_MASK, inc, o);
-    if (lane >= o) inc += y;
-  }
-  if (lane == 31) scratch[warp] = inc;
-  __syncthreads();
-  if (warp == 0) {
-    const int nw = B >> 5;
-    const int v = lane < nw ? scratch[lane] : 0;
-    int vi = v;
 #pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      const int y = __shfl_up_sync(FULL_MASK, vi, o);
-      if (lane >= o) vi += y;
-    }
-    if (lane < nw) scratch[lane] = vi - v;
-    if (lane == 31) scratch[32] = vi;
-  }
-  __syncthreads();
-  int run = scratch[warp] + inc - sum;
-  for (int i = lo; i < hi; ++i) {
-    const int c = data[i];
-    data[i] = run;
-    run += c;
-  }
-  if (tid == 0) data[n] = scratch[32];
-  __syncthreads();
-}
-
-// block_exclusive_scan of two arrays of n at once (a[n], b[n] their totals): one set of barriers and one warp pass
-// for both, where two calls would take twice the barriers. scratch: 66 ints of shared memory.
-__device__ void block_exclusive_scan2(int* a, int* b, int n, int* scratch) {
-  __syncthreads();
-  const int B = blockDim.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int per = (n + B - 1) / B;
-  const int lo = min(n, tid * per), hi = min(n, lo + per);
-  int sumA = 0, sumB = 0;
-  for (int i = lo; i < hi; ++i) {
-    sumA += a[i];
-    sumB += b[i];
-  }
-  int incA = sumA, incB = sumB;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const int ya = __shfl_up_sync(FULL_MASK, incA, o), yb = __shfl_up_sync(FULL_MASK, incB, o);
-    if (lane >= o) {
-      incA += ya;
-      incB += yb;
+    for (int i = 0; i < N; ++i) {
+      const int y = __shfl_up_sync(FULL_MASK, inc[i], o);
+      if (lane >= o) inc[i] += y;
     }
   }
   if (lane == 31) {
-    scratch[warp] = incA;
-    scratch[33 + warp] = incB;
-  }
-  __syncthreads();
-  if (warp == 0) {
-    const int nw = B >> 5;
-    const int va = lane < nw ? scratch[lane] : 0, vb = lane < nw ? scratch[33 + lane] : 0;
-    int ia = va, ib = vb;
 #pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      const int ya = __shfl_up_sync(FULL_MASK, ia, o), yb = __shfl_up_sync(FULL_MASK, ib, o);
-      if (lane >= o) {
-        ia += ya;
-        ib += yb;
-      }
-    }
-    if (lane < nw) {
-      scratch[lane] = ia - va;
-      scratch[33 + lane] = ib - vb;
-    }
-    if (lane == 31) {
-      scratch[32] = ia;
-      scratch[65] = ib;
-    }
+    for (int i = 0; i < N; ++i) scratch[32 * i + warp] = inc[i];
   }
+  __syncthreads();  // the warps' totals
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    const int before = lane < warp ? scratch[32 * i + lane] : 0;
+    v[i] = inc[i] - v[i] + __reduce_add_sync(FULL_MASK, before);
+  }
+}
+
+// In-place exclusive scan of data[0..n) (shared memory), data[n] = the total. Every thread of the block
+// calls it; it begins and ends with a barrier. scratch: 32 ints of shared memory.
+__device__ void block_exclusive_scan(int* data, int n, int* scratch) {
   __syncthreads();
-  int runA = scratch[warp] + incA - sumA, runB = scratch[33 + warp] + incB - sumB;
+  const int B = blockDim.x, tid = threadIdx.x;
+  const int per = (n + B - 1) / B;
+  const int lo = min(n, tid * per), hi = min(n, lo + per);
+  int run[1] = {0};
+  for (int i = lo; i < hi; ++i) run[0] += data[i];
+  block_prefix<1>(run, scratch);
+  for (int i = lo; i < hi; ++i) {
+    const int c = data[i];
+    data[i] = run[0];
+    run[0] += c;
+  }
+  if (tid == B - 1) data[n] = run[0];  // (the last thread's chunk ends at n)
+  __syncthreads();
+}
+
+// block_exclusive_scan of two arrays of n at once (a[n], b[n] their totals): one set of barriers for both,
+// where two calls would take twice the barriers. scratch: 64 ints of shared memory.
+__device__ void block_exclusive_scan2(int* a, int* b, int n, int* scratch) {
+  __syncthreads();
+  const int B = blockDim.x, tid = threadIdx.x;
+  const int per = (n + B - 1) / B;
+  const int lo = min(n, tid * per), hi = min(n, lo + per);
+  int run[2] = {0, 0};
+  for (int i = lo; i < hi; ++i) {
+    run[0] += a[i];
+    run[1] += b[i];
+  }
+  block_prefix<2>(run, scratch);
   for (int i = lo; i < hi; ++i) {
     const int ca = a[i], cb = b[i];
-    a[i] = runA;
-    b[i] = runB;
-    runA += ca;
-    runB += cb;
+    a[i] = run[0];
+    b[i] = run[1];
+    run[0] += ca;
+    run[1] += cb;
   }
-  if (tid == 0) {
-    a[n] = scratch[32];
-    b[n] = scratch[65];
+  if (tid == B - 1) {  // (the last thread's entries end at n)
+    a[n] = run[0];
+    b[n] = run[1];
   }
   __syncthreads();
 }

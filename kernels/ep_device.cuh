@@ -85,9 +85,12 @@ __device__ __forceinline__ void block_prefix(int (&v)[N], int* scratch) {
 }
 
 // In-place exclusive scan of data[0..n) (shared memory), data[n] = the total. Every thread of the block
-// calls it; it begins and ends with a barrier. scratch: 32 ints of shared memory.
+// calls it; it ends with a barrier, and begins with one unless Lead is false: then the caller's last barrier
+// must follow every write of data[0..n) and every read of scratch (reads of data before the call need none:
+// the write-back follows the scan's own barrier). scratch: 32 ints of shared memory.
+template <bool Lead = true>
 __device__ void block_exclusive_scan(int* data, int n, int* scratch) {
-  __syncthreads();
+  if (Lead) __syncthreads();
   const int B = blockDim.x, tid = threadIdx.x;
   const int per = (n + B - 1) / B;
   const int lo = min(n, tid * per), hi = min(n, lo + per);

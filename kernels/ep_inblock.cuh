@@ -229,7 +229,9 @@ __device__ void local_bookkeeping(const EpArgs& a, LocalTables& S) {
     // its rows are not stored (the row blocks drop them) and the combine of this call aborts
     report_error(a, EP_ERR_CAPACITY, 0u, (uint32_t)(call & 1u), call, S.capE, S.hist[S.capE], EP_CAPACITY_AUX_EXPERT);
   }
-  block_exclusive_scan(S.hist, E, S.scratch);  // (its first barrier orders the read of S.hist above)
+  // (count_experts' barrier published the counts; the scan writes only after its own barrier, which orders the
+  // reads of S.hist above)
+  block_exclusive_scan<false>(S.hist, E, S.scratch);
   for (int e = tid; e < E; e += B) ((int*)a.expertOffsets)[e] = (int)expert_start(a, e, S.hist[e]);
 }
 
@@ -244,7 +246,7 @@ __device__ void stage_bookkeeping(const EpArgs& a, LocalTables& S, uint64_t call
   __syncthreads();
   if (!check_ids<false, Large>(a, S, &call)) return;
   count_experts<Large>(a, S);
-  block_exclusive_scan(S.hist, E, S.scratch);  // hist[e] = pairs of experts < e
+  block_exclusive_scan<false>(S.hist, E, S.scratch);  // hist[e] = pairs of experts < e (count_experts' barrier)
   for (int d = tid; d < W; d += B)
     if (S.hist[(d + 1) * EPR] - S.hist[d * EPR] > a.maxRowsPerPeer) atomicMin(&S.capE, d);
   __syncthreads();

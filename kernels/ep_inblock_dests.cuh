@@ -127,9 +127,11 @@ struct InBlockDests {
         }
         // one rank's packed experts: an expert over capacity stores nothing, so it takes no rows from the
         // next ones' starts (a failing call stores no row past the end either)
-        if (!Staged)
+        if (!Staged) {
           for (int e = threadIdx.x; e < a.numExperts; e += blockDim.x) S.hist[e] = min(S.hist[e], a.expertCapacity);
-        block_exclusive_scan(S.hist, a.numExperts, S.scratch);
+          __syncthreads();  // (another thread may scan these entries)
+        }
+        block_exclusive_scan<false>(S.hist, a.numExperts, S.scratch);  // (the counts' barrier, or the one above)
         // own_direct: ep_stage_send_large's block 0 publishes its counts at once (ep_stage_send's after its rows:
         // stage_send), then every block waits for every peer's
         if (Large && own_direct_group(a) && host_abort(a) == 0) {

@@ -138,7 +138,7 @@ __device__ bool own_tables(const EpArgs& a, LocalTables& S, uint64_t call) {
     O.start[le] = total;
   }
   if (__syncthreads_or(over)) return false;
-  block_exclusive_scan(O.start, EPR, O.scratch);
+  block_exclusive_scan<false>(O.start, EPR, O.scratch);  // (O.start published by the barrier above)
   for (int le = tid; le < EPR; le += B) {
     int before = 0;  // this expert's rows from the sources before this rank
     for (int s = 0; s < me; ++s) before += O.cnt[s * EPR + le];

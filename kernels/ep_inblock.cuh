@@ -242,8 +242,9 @@ template <bool Large>
 __device__ void stage_bookkeeping(const EpArgs& a, LocalTables& S, uint64_t call) {
   const int tid = threadIdx.x, B = blockDim.x, lane = tid & 31, warp = tid >> 5;
   const int E = a.numExperts, W = a.world, EPR = a.expertsPerRank;
-  if (tid == 0) clear_error(state_of(a));  // (no other block reports before the last block's wait)
-  __syncthreads();
+  // (no other block reports before the last block's wait, and in this block only thread 0 touches the error
+  // before finish_block, whose barrier orders it for the tail: no barrier here)
+  if (tid == 0) clear_error(state_of(a));
   if (!check_ids<false, Large>(a, S, &call)) return;
   count_experts<Large>(a, S);
   block_exclusive_scan<false>(S.hist, E, S.scratch);  // hist[e] = pairs of experts < e (count_experts' barrier)

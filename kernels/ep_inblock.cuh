@@ -148,7 +148,8 @@ __device__ int scan_ids_l2(const EpArgs& a, int* rows) {
 // the first pair out of range, or naming an expert an earlier slot of its token named, decides) and reports
 // a bad one as the call's error. `call` is the call's count; begin: also begin it (begin_call: one rank).
 // Returns true in every thread when the call goes on (ids valid, the host did not abort it); then S.rows
-// holds the pairs with an expert and S.hist is zero, ready for count_experts.
+// holds the pairs with an expert and S.hist the pairs per expert (count_experts' histogram, counted in the same
+// pass as the check, before its barrier; counted even when the call is off).
 template <bool Begin, bool Large>
 __device__ bool check_ids(const EpArgs& a, LocalTables& S, uint64_t* call) {
   wait_for_prior();  // (a no-op unless launched as a programmatic dependent)
@@ -167,6 +168,7 @@ __device__ bool check_ids(const EpArgs& a, LocalTables& S, uint64_t* call) {
     for (int p = tid; p < N; p += B) {  // an expert an earlier slot of the same token named
       const int e = pair_expert(a, S, p);
       if (e < 0) continue;
+      atomicAdd(&S.hist[e], 1);
       for (int q = p - p % K; q < p; ++q)
         if (pair_expert(a, S, q) == e) {
           bad = min(bad, p);
@@ -175,7 +177,8 @@ __device__ bool check_ids(const EpArgs& a, LocalTables& S, uint64_t* call) {
     }
   } else {
     bad = scan_ids_l2(a, &rows);
-    __syncthreads();  // (thread 0's S.bad and S.rows before the atomics below)
+    __syncthreads();  // (thread 0's S.bad and S.rows, and the zeroed S.hist, before the atomics below)
+    each_pair_expert<true>(a, S, 0, N, [&](int, int e) { atomicAdd(&S.hist[e], 1); });
   }
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
@@ -186,7 +189,7 @@ __device__ bool check_ids(const EpArgs& a, LocalTables& S, uint64_t* call) {
     if (bad != INT_MAX) atomicMin(&S.bad, bad);
     atomicAdd(&S.rows, rows);
   }
-  __syncthreads();
+  __syncthreads();  // (also the histogram's)
   bad = S.bad;
   EpState* st = state_of(a);
   if (tid == 0) {
@@ -214,7 +217,6 @@ __device__ void local_bookkeeping(const EpArgs& a, LocalTables& S) {
     if (tid == 0) report_error(a, EP_ERR_CAPACITY, 0u, (uint32_t)(call & 1u), call, 0, S.rows, EP_CAPACITY_AUX_SEND);
     return;
   }
-  count_experts<false>(a, S);
   int* counts = (int*)a.expertCounts;
   int* splits = (int*)a.recvSplits;  // [1][E + 1]: rows per expert, then m_st = 0
   for (int e = tid; e < E; e += B) {
@@ -229,7 +231,7 @@ __device__ void local_bookkeeping(const EpArgs& a, LocalTables& S) {
     // its rows are not stored (the row blocks drop them) and the combine of this call aborts
     report_error(a, EP_ERR_CAPACITY, 0u, (uint32_t)(call & 1u), call, S.capE, S.hist[S.capE], EP_CAPACITY_AUX_EXPERT);
   }
-  // (count_experts' barrier published the counts; the scan writes only after its own barrier, which orders the
+  // (check_ids' barrier published the counts; the scan writes only after its own barrier, which orders the
   // reads of S.hist above)
   block_exclusive_scan<false>(S.hist, E, S.scratch);
   for (int e = tid; e < E; e += B) ((int*)a.expertOffsets)[e] = (int)expert_start(a, e, S.hist[e]);
@@ -245,9 +247,8 @@ __device__ void stage_bookkeeping(const EpArgs& a, LocalTables& S, uint64_t call
   // (no other block reports before the last block's wait, and in this block only thread 0 touches the error
   // before finish_block, whose barrier orders it for the tail: no barrier here)
   if (tid == 0) clear_error(state_of(a));
-  if (!check_ids<false, Large>(a, S, &call)) return;
-  count_experts<Large>(a, S);
-  block_exclusive_scan<false>(S.hist, E, S.scratch);  // hist[e] = pairs of experts < e (count_experts' barrier)
+  if (!check_ids<false, Large>(a, S, &call)) return;  // (S.hist: the pairs per expert)
+  block_exclusive_scan<false>(S.hist, E, S.scratch);  // hist[e] = pairs of experts < e (check_ids' last barrier)
   for (int d = tid; d < W; d += B)
     if (S.hist[(d + 1) * EPR] - S.hist[d * EPR] > a.maxRowsPerPeer) atomicMin(&S.capE, d);
   __syncthreads();

@@ -34,7 +34,7 @@ struct LocalTables {
   int scratch[33];                  // block_exclusive_scan
   int bad;                          // bookkeeping: first pair with a bad or repeated id, INT_MAX if none
   int rows;                         // bookkeeping: pairs with an expert
-  int capE;                         // bookkeeping: first expert (one rank) or destination (staged) over capacity
+  int capE;                         // bookkeeping (one rank): first expert over capacity
   uint64_t base;                    // this rank's heap
 };
 
@@ -249,13 +249,16 @@ __device__ void stage_bookkeeping(const EpArgs& a, LocalTables& S, uint64_t call
   if (tid == 0) clear_error(state_of(a));
   if (!check_ids<false, Large>(a, S, &call)) return;  // (S.hist: the pairs per expert)
   block_exclusive_scan<false>(S.hist, E, S.scratch);  // hist[e] = pairs of experts < e (check_ids' last barrier)
-  for (int d = tid; d < W; d += B)
-    if (S.hist[(d + 1) * EPR] - S.hist[d * EPR] > a.maxRowsPerPeer) atomicMin(&S.capE, d);
-  __syncthreads();
+  // the first destination over maxRowsPerPeer: every warp finds it itself (S.hist stays as scanned, so every
+  // warp gets the same answer, and no barrier has to share it)
+  int over = INT_MAX;
+  for (int d = lane; d < W; d += 32)
+    if (S.hist[(d + 1) * EPR] - S.hist[d * EPR] > a.maxRowsPerPeer) over = min(over, d);
+  over = __reduce_min_sync(FULL_MASK, over);
   const uint64_t slot = call & 1u;
-  if (S.capE != INT_MAX) {
+  if (over != INT_MAX) {
     if (tid == 0) {
-      const int d = S.capE;
+      const int d = over;
       report_error(a, EP_ERR_CAPACITY, (uint32_t)d, (uint32_t)slot, call, d, S.hist[(d + 1) * EPR] - S.hist[d * EPR],
                    EP_CAPACITY_AUX_SEND);
     }

@@ -10,10 +10,10 @@ namespace {
 // (W > 1, T*k <= EP_MAX_PAIRS; ep_stage_send_large past EP_STAGE_SMEM_PAIRS). Every row block reads all T*k ids
 // (at most 128 KiB, from L2 after the first block; kept in shared memory up to EP_STAGE_SMEM_PAIRS) and counts,
 // for its own tokens, the pairs of each of their experts in earlier tokens (local: per token, against its
-// marked slots; staged: a running per-expert count the block advances from one of its tokens to the next,
-// so ep_stage_send, whose blocks' tokens are strided, reads each id twice, once for the histogram and once
-// for the counts; ep_stage_send_large (InBlockDests' Large) gives each block consecutive tokens and starts
-// the counts in the histogram's pass, so it reads each id once, 4 a load); the last block
+// marked slots; staged: a running per-expert count, started in the histogram's pass and advanced from one of
+// the block's tokens to the next, so ep_stage_send, whose blocks' tokens are strided, reads the ids between
+// a block's tokens again; ep_stage_send_large (InBlockDests' Large) gives each block consecutive tokens, so
+// it reads each id once, 4 a load); the last block
 // of the grid stores no rows and keeps the books alone (validation and the error report, and the counts),
 // off the rows' critical path. Row blocks do not wait for its verdict: a call that fails may leave rows
 // behind (every store stays inside its region: bad ids never match, a repeated expert keeps one slot,

@@ -114,16 +114,18 @@ struct InBlockDests {
       if (!Staged) mark(a, t, first);
       __syncthreads();
       if (prefix) {
-        if (Large) {  // one pass: every pair into hist, and those before this block's first token into run
+        if (Staged) {  // one pass: every pair into hist, and those before this block's first token into run
+          // (so that dests() needs no pass and no barrier of its own for the first token: the scan's last
+          // barrier publishes run with hist)
           const int t0 = t * a.topk;
-          each_pair_expert<true>(a, S, 0, a.numTokens * a.topk, [&](int p, int e) {
+          each_pair_expert<Large>(a, S, 0, a.numTokens * a.topk, [&](int p, int e) {
             atomicAdd(&S.hist[e], 1);
             if (p < t0) atomicAdd(&S.run[e], 1);
           });
           __syncthreads();
           cursor = counted = t;
         } else {
-          count_experts<false>(a, S);  // (the running counts start in dests())
+          count_experts<false>(a, S);
         }
         // one rank's packed experts: an expert over capacity stores nothing, so it takes no rows from the
         // next ones' starts (a failing call stores no row past the end either)
@@ -151,7 +153,7 @@ struct InBlockDests {
   // Token t's rows, then warp 0 turns the counts into rows (and pairDest or pairRow, by the block of the
   // first chunk). Local: every pair of the call counted against t's marked slots (one shared atomic per
   // match). Staged: S.run brought up to t, adding the pairs since the block's last token (the loop's
-  // barrier ordered warp 0's reads of the last token's counts), so a block reads each id once.
+  // barrier ordered warp 0's reads of the last token's counts; go() counted those before its first token).
   __device__ void dests(const EpArgs& a, int t, bool firstChunk, DestList& L, int buf) {
     const int tid = threadIdx.x, K = a.topk, N = a.numTokens * K, t0 = t * K;
     if (Staged && counted != t) {

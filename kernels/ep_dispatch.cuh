@@ -106,7 +106,9 @@ __device__ __forceinline__ void stage_send(const EpArgs& a) {
       st->ownLate = 0u;
     }
   }
-  const bool skipWait = __syncthreads_or(late != 0);  // (also orders the report before the error's read below)
+  // (also orders the report before the error's read below; ep_stage_send reports nothing here, and no other
+  // thread reads what thread 0 stored above, so it takes no barrier)
+  const bool skipWait = Large && __syncthreads_or(late != 0);
   if (a.dedup)  // ep_stage_pack counts this call's carriers per source
     for (int s = threadIdx.x; s < a.world; s += blockDim.x) plan_counts(a)[s] = 0u;
   // this rank's own input failed the call (not a peer's abort, seen only in the wait below): between

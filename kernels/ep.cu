@@ -38,7 +38,7 @@
 // The grids below are for speed only.
 // ep_dispatch and ep_stage_send(_large) (W > 1) and ep_combine_send end with "the last block to finish publishes and
 // waits": no cooperative launch, no co-residency needed (ep_combine_send, when every partial it sent was
-// flagged: block 0 signals after its own share, unordered, and no block waits for another). The blocks of ep_rail_combine other than block 0
+// flagged: block 0 signals after its own items, unordered, and no block waits for another). The blocks of ep_rail_combine other than block 0
 // wait for block 0 (which waits for none of them), dispatched first. So do the row blocks of ep_stage_send_large
 // with own_direct, for every peer's row block 0, which publishes its counts before it waits for anything.
 //

@@ -6,7 +6,7 @@
 // 4. ep_combine_send: expertOut rows go back to the rank that sent them, at m_st + their index in that
 // rank's expert-sorted order; the last block signals every rank and waits for every rank (a rank whose own
 // partials come back flagged waits only when aborting: its reduction waits instead; an owner that sent only
-// flagged partials signals from block 0, after that block's share).
+// flagged partials signals from block 0, after its own items, with no barrier).
 extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(const __grid_constant__ EpArgs a) {
   __shared__ RecvTables R;
   // May be launched as a programmatic dependent of the dispatch (GraphCall.step). With flagged partials the
@@ -21,26 +21,34 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
   // Flagged: the reduction may report an error while this kernel runs, and the error word decides the
   // barriers below and the tail. Thread 0's copy, stored to shared memory (so its load has completed) before
   // the trigger, is every thread's.
+  __shared__ uint32_t sCode;
+  // dedup (not for a host abort: that launch may have a small block, and sends nothing): the pack's carriers
+  // per source and their first plans' flags, loaded with them
+  const bool partials = a.dedup && host_abort(a) == 0;
+  uint32_t counts[4] = {0u, 0u, 0u, 0u}, backs[4];
+#ifdef EP_SERIAL_FIRST_LOADS  // (bench A/B only: after the error word, as before v11; flagged: thread 0's, shared)
   if (a.combineFlagged) {
-    __shared__ uint32_t sCode;
     if (threadIdx.x == 0) sCode = code0;
     __syncthreads();
     code0 = sCode;
+  }
+  if (partials && code0 == 0) load_plan_counts(a, counts, backs);
+#else
+  if (partials) load_plan_counts(a, counts, backs);
+#endif
+  bool unflagged = partials && plan_starts(a, R, counts, backs);
+  if (a.combineFlagged && threadIdx.x == 0) sCode = code0;
+  // one barrier publishes R.pre, whether any source gets its partials unflagged, and sCode
+  if (partials || a.combineFlagged) unflagged = __syncthreads_or(unflagged) != 0;
+  if (a.combineFlagged) {
+    code0 = sCode;
     allow_dependents();
   }
-  uint32_t counts[4];                        // dedup: the pack's carriers per source, loaded with them
-#ifndef EP_SERIAL_FIRST_LOADS
-  // (not for a host abort: that launch may have a small block, and sends nothing)
-  if (a.dedup && host_abort(a) == 0) load_plan_counts(a, counts);
-#endif
   const uint64_t slot = call & 1u;
   if (host_abort(a) != 0 && blockIdx.x == 0 && threadIdx.x == 0) mark_host_abort(a);
   if (code0 == 0 && host_abort(a) == 0) {
     if (a.dedup) {
-#ifdef EP_SERIAL_FIRST_LOADS  // (bench A/B only: after the error word, as before v11)
-      load_plan_counts(a, counts);
-#endif
-      combine_send_partials(a, call, R, counts);
+      combine_send_partials(a, call, R);
     } else {
       build_tables(a, R);
       combine_send_rows<16>(a, slot, R);  // combineRowBytes = 2H, a multiple of 16
@@ -48,10 +56,11 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
   }
   // Every source that gets partials from this rank asked for them flagged: none needs a fence before its
   // signal (a source waiting for signals gets none of its rows from here), so block 0 signals after its own
-  // share, with no ordering, and no block waits for the others. Else the last block to finish signals, after
-  // the fences. (Flagged: the stamp says when the last partial was stored.)
-  const bool fenceless = a.dedup && a.nodes == 1 && code0 == 0 && host_abort(a) == 0 && !sends_unflagged(a, counts);
-  if (a.combineFlagged && threadIdx.x == 0 && !EP_DIAG_IN(1)) stamp_latest(a, EP_STAMP_COMBINE_TAIL);
+  // items, with no ordering and no barrier (its other warps may still be storing: see
+  // ep_combine_reduce_flagged), and no block waits for the others. Else the last block to finish signals,
+  // after the fences. (Flagged: the stamp says when the last partial was stored: every warp's, no barrier.)
+  const bool fenceless = partials && a.nodes == 1 && code0 == 0 && !unflagged;
+  if (a.combineFlagged && (threadIdx.x & 31) == 0 && !EP_DIAG_IN(1)) stamp_latest(a, EP_STAMP_COMBINE_TAIL);
   if (fenceless ? blockIdx.x != 0 : !finish_block(&st->doneBlocks[2], &R.flag)) return;
   if (!a.combineFlagged && threadIdx.x == 0 && !EP_DIAG_IN(1)) stamp(a, EP_STAMP_COMBINE_TAIL);
 

@@ -191,36 +191,59 @@ __device__ void write_plan(const EpArgs& a, const RecvTables& R, uint64_t own, i
 // (stored locally). One warp per (carrier, 2 KiB segment of the output row); the plan names expertOut rows
 // directly, so a warp's loads wait on one load of the plan, and up to four rows' loads are in flight.
 // Sources are taken from this rank + 1 on (this rank last), so that the ranks write to different peers at
-// any moment instead of all to source 0 first. Every thread of the block calls it (R.pre: scratch).
+// any moment instead of all to source 0 first.
 // The i-th source ep_combine_send takes: rank + 1 on (EP_SEND_FIRST, ep_limits.cuh: 0 in a diagnostic build that
 // takes this rank's own carriers first).
 __device__ __forceinline__ int send_source(const EpArgs& a, int i) { return (a.rank + EP_SEND_FIRST + i) % a.world; }
 
-// The pack's carrier count of source send_source(a, i) for i = threadIdx.x + u * blockDim.x (0 past W):
-// loaded by ep_combine_send with its first loads. Needs W <= 4 * blockDim.
-__device__ __forceinline__ void load_plan_counts(const EpArgs& a, uint32_t (&counts)[4]) {
+// The pack's carrier count of source send_source(a, i) for i = threadIdx.x + u * blockDim.x (0 past W), and
+// (one host) the origin word of its first plan, whose top bit says whether it wants its partials flagged (a
+// source's plans all carry its choice): loaded by ep_combine_send with its first loads, the word whatever the
+// count (it means something only where the count is not 0), so that the two share a round trip.
+// Needs W <= 4 * blockDim.
+__device__ __forceinline__ void load_plan_counts(const EpArgs& a, uint32_t (&counts)[4], uint32_t (&backs)[4]) {
   host_requires(a.world <= 4 * (int)blockDim.x, "load_plan_counts: W <= 4 * blockDim");
 #pragma unroll
   for (int u = 0; u < 4; ++u) {
-    const int i = threadIdx.x + u * blockDim.x;
-    counts[u] = i < a.world ? plan_counts(a)[send_source(a, i)] : 0u;
+    const int i = threadIdx.x + u * blockDim.x, s = send_source(a, i);
+    counts[u] = i < a.world ? plan_counts(a)[s] : 0u;
+    const bool word = i < a.world && a.nodes == 1 && a.stageRows > 0;
+    backs[u] = word ? ld_cg_u32(plan_at(a, s, 0) + 4) : EP_FLAGGED_BACK_BIT;
   }
 }
 
-// ep_combine_send, every thread of the block: whether this rank sends any source its partials unflagged
-// (flagged partials, ep_flagged.cuh: a source's plans all carry its choice; `counts` as load_plan_counts gives them). When none does, nothing
-// this rank stored needs a fence before its signals.
-__device__ __forceinline__ bool sends_unflagged(const EpArgs& a, const uint32_t (&counts)[4]) {
+// ep_combine_send, every thread of the block, before the barrier that publishes R.pre: where the carriers of
+// source send_source(a, i) start in the order this rank sends them (R.pre[i], R.pre[W] their total: W <= 32,
+// warp 0 alone, without a barrier; else a block scan), and whether this thread sees a source that gets
+// partials unflagged (flagged partials, ep_flagged.cuh; `counts` and `backs` as load_plan_counts gives
+// them). When no thread of the block does, nothing this rank stored needs a fence before its signals.
+__device__ __forceinline__ bool plan_starts(const EpArgs& a, RecvTables& R, const uint32_t (&counts)[4],
+                                            const uint32_t (&backs)[4]) {
+  const int W = a.world;
+  if (W <= 32) {  // thread i holds source i's count (a block scan would take three barriers)
+    if (threadIdx.x < 32) {
+      const int c = (int)threadIdx.x < W ? (int)counts[0] : 0;
+      int inc = c;
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+        const int y = __shfl_up_sync(FULL_MASK, inc, o);
+        if ((int)threadIdx.x >= o) inc += y;
+      }
+      if ((int)threadIdx.x < W) R.pre[threadIdx.x] = inc - c;
+      if (threadIdx.x == 31) R.pre[W] = inc;
+    }
+  } else {
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int i = threadIdx.x + u * blockDim.x;
+      if (i < W) R.pre[i] = (int)counts[u];
+    }
+    block_exclusive_scan(R.pre, W, R.scratch);
+  }
   bool unflagged = false;
 #pragma unroll
-  for (int u = 0; u < 4; ++u) {
-    const int i = threadIdx.x + u * blockDim.x;
-    if (i < a.world && counts[u] > 0) {
-      const uint32_t back = ld_cg_u32(plan_at(a, send_source(a, i), 0) + 4);
-      unflagged |= (back & EP_FLAGGED_BACK_BIT) == 0;
-    }
-  }
-  return __syncthreads_or(unflagged) != 0;
+  for (int u = 0; u < 4; ++u) unflagged |= counts[u] > 0 && (backs[u] & EP_FLAGGED_BACK_BIT) == 0;
+  return unflagged;
 }
 
 // A source that asked for flagged partials (the record's top bit) gets them so, in its flaggedRecv: twice the
@@ -233,32 +256,11 @@ __device__ __forceinline__ bool sends_unflagged(const EpArgs& a, const uint32_t 
 #define EP_PART_ROWS 4
 #endif
 constexpr int PART_VECS = EP_PART_VECS, PART_ROWS = EP_PART_ROWS;
-__device__ void combine_send_partials(const EpArgs& a, uint64_t call, RecvTables& R, const uint32_t (&counts)[4]) {
+// Every thread of the block calls it, with R.pre as plan_starts left it, published (the caller's barrier).
+__device__ void combine_send_partials(const EpArgs& a, uint64_t call, const RecvTables& R) {
   const int K = a.topk, W = a.world;
   const uint64_t slot = call & 1u;
   const int lane = threadIdx.x & 31;
-  // R.pre[i]: where the carriers of source (rank + 1 + i) % W start in the order this rank sends them
-  if (W <= 32) {  // warp 0 scans them (thread i holds source i's count), then one barrier (a block scan takes four)
-    if (threadIdx.x < 32) {
-      const int c = (int)threadIdx.x < W ? (int)counts[0] : 0;
-      int inc = c;
-#pragma unroll
-      for (int o = 1; o < 32; o <<= 1) {
-        const int y = __shfl_up_sync(FULL_MASK, inc, o);
-        if ((int)threadIdx.x >= o) inc += y;
-      }
-      if ((int)threadIdx.x < W) R.pre[threadIdx.x] = inc - c;
-      if (threadIdx.x == 31) R.pre[W] = inc;
-    }
-    __syncthreads();
-  } else {
-#pragma unroll
-    for (int u = 0; u < 4; ++u) {
-      const int i = threadIdx.x + u * blockDim.x;
-      if (i < W) R.pre[i] = (int)counts[u];
-    }
-    block_exclusive_scan(R.pre, W, R.scratch);
-  }
   if (threadIdx.x == 0) EP_DIAG_AT(11, EP_STAMP_COMBINE_TAIL);  // (the counts and the call: the block may start)
   const uint32_t carriers = (uint32_t)R.pre[W];
   const int warpsPerBlock = blockDim.x >> 5;

@@ -87,6 +87,7 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
   // hosts, for this host's owners (ep_rail_land checks the others').
   const uint64_t* mine = combine_signals_here(a, slot);
   wait_for_sources(a, mine, -1, call, (uint32_t)slot, EP_ERR_PEER_ABORT_COMBINE, EP_ERR_TIMEOUT_COMBINE);
+  if (a.stamps == 0) return;  // (the barrier below serves the stamp only)
   __syncthreads();
   if (threadIdx.x == 0) stamp(a, EP_STAMP_COMBINE_ARRIVED);
 }

@@ -261,6 +261,7 @@ __device__ __forceinline__ void stage_pack(const EpArgs& a) {
       }
     }
   }
+  if (a.stamps == 0) return;  // (the barrier below serves the stamp only)
   __syncthreads();
   if (tid == 0 && !EP_DIAG_IN(2)) stamp_latest(a, EP_STAMP_PACK_END);
 }

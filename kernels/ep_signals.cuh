@@ -86,6 +86,7 @@ __device__ void signal_and_wait_rows(const EpArgs& a, uint64_t call, uint64_t va
   if (!wait) return;
   const uint64_t* mine = (const uint64_t*)(__ldg(peer + me) + a.dispatchSignalOff + slot * a.dispatchSignalSlot);
   wait_for_sources(a, mine, me, call, (uint32_t)slot, EP_ERR_PEER_ABORT_DISPATCH, EP_ERR_TIMEOUT_DISPATCH);
+  if (a.stamps == 0) return;  // (the barrier below serves the stamp only: the callers end here)
   __syncthreads();
   if (threadIdx.x == 0) stamp(a, EP_STAMP_DISPATCH_ARRIVED);
 }

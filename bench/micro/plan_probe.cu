@@ -21,26 +21,13 @@
 #include <algorithm>
 #include <vector>
 
-#include "../../kernels/shmem.cuh"  // (globaltimer, ld_nc_v4: the library's own)
+#include "../../kernels/shmem.cuh"  // (globaltimer: the library's own)
 #include "cuda_check.h"
+#include "send_shape.cuh"
 
 using ep::globaltimer;
-using ep::ld_nc_v4;
 
-constexpr int K = 8, ROW_BYTES = 14336, SEG = 2048, SEGS = ROW_BYTES / SEG, PLAN_BYTES = 80, REPS = 30;
-
-// One warp a plan: lane j < K writes slot j's row (or -1) and weight, lanes 0-1 the head (as write_plan).
-__global__ void write_plans(char* plans, const int* slotRows, int P) {
-  const int c = blockIdx.x, lane = threadIdx.x;
-  if (c >= P) return;
-  char* plan = plans + (uint64_t)c * PLAN_BYTES;
-  if (lane < K) {
-    const int r = slotRows[c * K + lane];  // (the rows packed as expertX's: about 4 a carrier)
-    ((int*)(plan + 8))[lane] = r < 0 ? -1 : r % (4 * P);
-    ((float*)(plan + 8))[K + lane] = 0.125f * (float)(lane + 1);
-  }
-  if (lane < 2) ((int*)plan)[lane] = lane == 0 ? 1 : c;
-}
+constexpr int REPS = 30;
 
 // stamps[w] = {start, plan in, rows summed, stores issued} of warp w's first item (0: no item).
 __global__ void __launch_bounds__(256, 2)
@@ -51,63 +38,20 @@ __global__ void __launch_bounds__(256, 2)
   bool first = true;
   for (uint32_t it = w; it < items; it += gridDim.x * warps) {
     const int c = (int)(it / SEGS), seg = (int)(it % SEGS);
-    const char* plan = plans + (uint64_t)c * PLAN_BYTES;
-    int rj = -1, head = 0;
-    float wj = 0.0f;
-    if (lane < K) {
-      rj = __ldg((const int*)(plan + 8) + lane);
-      wj = __ldg((const float*)(plan + 8) + K + lane);
-    }
-    if (lane < 2) head = __ldg((const int*)plan + lane);
-    const int s = __shfl_sync(~0u, head, 0);
+    int rj;
+    float wj;
+    const int s = load_plan(plans, c, lane, rj, wj);
     const uint64_t tPlan = globaltimer();
     float acc[4][8];
     for (int u = 0; u < 4; ++u)
       for (int i = 0; i < 8; ++i) acc[u][i] = 0.0f;
-    if (loadRows) {
-      const uint64_t src = rj >= 0 ? (uint64_t)expertOut + (uint64_t)rj * ROW_BYTES : 0;
-      for (uint32_t left = __ballot_sync(~0u, rj >= 0); left != 0;) {
-        uint4 v[4][4];
-        float wq[4];
-        uint32_t has = 0;
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const int j = left ? __ffs(left) - 1 : 0;
-          const uint64_t p = __shfl_sync(~0u, src, j);
-          wq[q] = __shfl_sync(~0u, wj, j);
-          if (left) {
-            has |= 1u << q;
-#pragma unroll
-            for (int u = 0; u < 4; ++u) v[q][u] = ld_nc_v4((const char*)p + seg * SEG + (u * 32 + lane) * 16);
-          }
-          left &= left - 1;
-        }
-#pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          if (!(has >> q & 1u)) continue;
-#pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            const uint32_t x[4] = {v[q][u].x, v[q][u].y, v[q][u].z, v[q][u].w};
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-              acc[u][2 * i] += wq[q] * __uint_as_float(x[i] << 16);
-              acc[u][2 * i + 1] += wq[q] * __uint_as_float(x[i] & 0xffff0000u);
-            }
-          }
-        }
-      }
-    }
+    if (loadRows) sum_rows(expertOut, rj, wj, seg, lane, acc);
     const uint64_t tRows = globaltimer() + (acc[0][0] == 12345.0f ? 1 : 0);  // (waits for the sum)
     char* dst = out + (uint64_t)it * SEG;
+    uint4 r[4];
+    fold_partial(acc, s, r);
 #pragma unroll
-    for (int u = 0; u < 4; ++u) {
-      uint4 r;
-      r.x = __float_as_uint(acc[u][0]) ^ __float_as_uint(acc[u][1]);
-      r.y = __float_as_uint(acc[u][2]) ^ __float_as_uint(acc[u][3]);
-      r.z = __float_as_uint(acc[u][4]) ^ __float_as_uint(acc[u][5]);
-      r.w = __float_as_uint(acc[u][6]) ^ __float_as_uint(acc[u][7]) ^ (uint32_t)s;
-      *(uint4*)(dst + (u * 32 + lane) * 16) = r;
-    }
+    for (int u = 0; u < 4; ++u) *(uint4*)(dst + (u * 32 + lane) * 16) = r[u];
     const uint64_t tStore = globaltimer();
     if (first && lane == 0) {
       uint64_t* m = stamps + (uint64_t)w * 4;
@@ -139,17 +83,7 @@ int main() {
   CK(cudaMalloc(&slotRows, (size_t)maxP * K * sizeof(int)));
   CK(cudaMalloc(&stamps, (size_t)warps * 4 * sizeof(uint64_t)));
   CK(cudaMemset(expertOut, 0x3f, (size_t)rows * ROW_BYTES));
-  // each slot taken with probability 1/2 (at least one a carrier), its row a random one of the packed rows
-  std::vector<int> h((size_t)maxP * K);
-  srand(1);
-  for (int c = 0; c < maxP; ++c) {
-    int taken = 0;
-    for (int j = 0; j < K; ++j) {
-      const bool take = (rand() & 1) || (j == K - 1 && taken == 0);
-      h[c * K + j] = take ? rand() : -1;
-      taken += take;
-    }
-  }
+  const std::vector<int> h = random_slot_rows(maxP);
   CK(cudaMemcpy(slotRows, h.data(), h.size() * sizeof(int), cudaMemcpyHostToDevice));
   printf("plan_probe: %d SMs, send grid %d x 256 (2 blocks an SM), items = carriers x %d segments; us after the\n", sms,
          grid, SEGS);

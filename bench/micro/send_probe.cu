@@ -28,13 +28,13 @@
 #include <algorithm>
 #include <vector>
 
-#include "../../kernels/shmem.cuh"  // (globaltimer, ld_nc_v4: the library's own)
+#include "../../kernels/shmem.cuh"  // (globaltimer: the library's own)
 #include "cuda_check.h"
+#include "send_shape.cuh"
 
 using ep::globaltimer;
-using ep::ld_nc_v4;
 
-constexpr int K = 8, ROW_BYTES = 14336, SEG = 2048, SEGS = ROW_BYTES / SEG, PLAN_BYTES = 80, REPS = 40, P = 255;
+constexpr int REPS = 40, P = 255;
 constexpr int ITEMS = P * SEGS, STAMP_WORDS = 8;
 enum Mode { LOCAL, PEER_FIRST, OWN_FIRST, INTERLEAVED, PEER_BULK, MODES };
 static const char* modeName[MODES] = {"local", "peer first", "own first", "interleaved", "peer bulk"};
@@ -47,18 +47,6 @@ __host__ __device__ inline bool is_remote(int mode, int c) {
     case INTERLEAVED: return (c & 1) != 0;
     default: return false;
   }
-}
-
-// One warp a plan: lane j < K writes slot j's row (or -1) and weight, lanes 0-1 the head (as write_plan).
-__global__ void write_plans(char* plans, const int* slotRows) {
-  const int c = blockIdx.x, lane = threadIdx.x;
-  char* plan = plans + (uint64_t)c * PLAN_BYTES;
-  if (lane < K) {
-    const int r = slotRows[c * K + lane];
-    ((int*)(plan + 8))[lane] = r < 0 ? -1 : r % (4 * P);
-    ((float*)(plan + 8))[K + lane] = 0.125f * (float)(lane + 1);
-  }
-  if (lane < 2) ((int*)plan)[lane] = lane == 0 ? 1 : c;
 }
 
 __device__ __forceinline__ uint32_t smid() {
@@ -91,61 +79,19 @@ __global__ void __launch_bounds__(256, 2)
   const uint64_t t0 = globaltimer();
   for (uint32_t it = w; it < (uint32_t)ITEMS; it += gridDim.x * warps) {
     const int c = (int)(it / SEGS), seg = (int)(it % SEGS);
-    const char* plan = plans + (uint64_t)c * PLAN_BYTES;
-    int rj = -1, head = 0;
-    float wj = 0.0f;
-    if (lane < K) {
-      rj = __ldg((const int*)(plan + 8) + lane);
-      wj = __ldg((const float*)(plan + 8) + K + lane);
-    }
-    if (lane < 2) head = __ldg((const int*)plan + lane);
-    const int s = __shfl_sync(~0u, head, 0);
+    int rj;
+    float wj;
+    const int s = load_plan(plans, c, lane, rj, wj);
     const uint64_t tPlan = globaltimer();
     float acc[4][8];
     for (int u = 0; u < 4; ++u)
       for (int i = 0; i < 8; ++i) acc[u][i] = 0.0f;
-    const uint64_t src = rj >= 0 ? (uint64_t)expertOut + (uint64_t)rj * ROW_BYTES : 0;
-    for (uint32_t left = __ballot_sync(~0u, rj >= 0); left != 0;) {
-      uint4 v[4][4];
-      float wq[4];
-      uint32_t has = 0;
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const int j = left ? __ffs(left) - 1 : 0;
-        const uint64_t p = __shfl_sync(~0u, src, j);
-        wq[q] = __shfl_sync(~0u, wj, j);
-        if (left) {
-          has |= 1u << q;
-#pragma unroll
-          for (int u = 0; u < 4; ++u) v[q][u] = ld_nc_v4((const char*)p + seg * SEG + (u * 32 + lane) * 16);
-        }
-        left &= left - 1;
-      }
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        if (!(has >> q & 1u)) continue;
-#pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const uint32_t x[4] = {v[q][u].x, v[q][u].y, v[q][u].z, v[q][u].w};
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            acc[u][2 * i] += wq[q] * __uint_as_float(x[i] << 16);
-            acc[u][2 * i + 1] += wq[q] * __uint_as_float(x[i] & 0xffff0000u);
-          }
-        }
-      }
-    }
+    sum_rows(expertOut, rj, wj, seg, lane, acc);
     const uint64_t tRows = globaltimer() + (acc[0][0] == 12345.0f ? 1 : 0);  // (waits for the sum)
     const bool remote = is_remote(mode, c);
     char* dst = (remote ? peerIn : localOut) + (uint64_t)it * SEG;
     uint4 r[4];
-#pragma unroll
-    for (int u = 0; u < 4; ++u) {
-      r[u].x = __float_as_uint(acc[u][0]) ^ __float_as_uint(acc[u][1]);
-      r[u].y = __float_as_uint(acc[u][2]) ^ __float_as_uint(acc[u][3]);
-      r[u].z = __float_as_uint(acc[u][4]) ^ __float_as_uint(acc[u][5]);
-      r[u].w = __float_as_uint(acc[u][6]) ^ __float_as_uint(acc[u][7]) ^ (uint32_t)s;
-    }
+    fold_partial(acc, s, r);
     if (remote && mode == PEER_BULK) {
       // the segment into shared memory, then one bulk copy by the TMA unit (the generic stores must be made
       // visible to the async proxy before it reads them)
@@ -214,17 +160,7 @@ int main() {
     return 2;
   }
   const int grid = 2 * sms, warps = grid * 8, rows = 4 * P;
-  // each slot taken with probability 1/2 (at least one a carrier), its row a random one of the packed rows
-  std::vector<int> h((size_t)P * K);
-  srand(1);
-  for (int c = 0; c < P; ++c) {
-    int taken = 0;
-    for (int j = 0; j < K; ++j) {
-      const bool take = (rand() & 1) || (j == K - 1 && taken == 0);
-      h[c * K + j] = take ? rand() : -1;
-      taken += take;
-    }
-  }
+  const std::vector<int> h = random_slot_rows(P);
   Gpu g[2];
   for (int d = 0; d < 2; ++d) {
     CK(cudaSetDevice(d));
@@ -268,7 +204,7 @@ int main() {
         CK(cudaMemsetAsync(g[d].out, r & 0xff, (size_t)ITEMS * SEG, g[d].stream));
         CK(cudaMemsetAsync(g[d].stamps, 0, (size_t)warps * STAMP_WORDS * sizeof(uint64_t), g[d].stream));
         CK(cudaMemsetAsync(g[d].doneCount, 0, sizeof(uint32_t), g[d].stream));
-        write_plans<<<P, 32, 0, g[d].stream>>>(g[d].plans, g[d].slotRows);
+        write_plans<<<P, 32, 0, g[d].stream>>>(g[d].plans, g[d].slotRows, P);
         send<<<grid, 256, 0, g[d].stream>>>(g[d].plans, g[d].expertOut, g[d].out, g[1 - d].in, mode, goDev,
                                             g[d].goLocal, rep, g[d].stamps, g[d].doneCount, g[d].done);
         CK(cudaGetLastError());

@@ -131,6 +131,12 @@ __device__ __forceinline__ void combine_reduce(const EpArgs& a) {
   const int EPR = a.expertsPerRank;
   if (Dedup) host_requires(k <= 32 && a.world > 1, "ep_combine_reduce_dedup: k <= 32, W > 1");
   if (Flagged) host_requires(a.nodes == 1 && a.combineFlagged, "ep_combine_reduce_flagged: one host, combineFlagged");
+#if EP_DIAG == 56 || EP_DIAG == 57  // (a trip to another allocation first: whether the first trip or the state is slow)
+  if (threadIdx.x == 0) {
+    const uint64_t base = *(const volatile uint64_t*)((const uint64_t*)a.peerBases + a.rank);
+    if (base != 1u) EP_DIAG_AT(56, EP_STAMP_REDUCE_END);
+  }
+#endif
   // the error word and the call count in one round trip
   const uint32_t code = read_err_code(st);
   const uint64_t call = read_calls(st), slot = call & 1u;
@@ -139,6 +145,7 @@ __device__ __forceinline__ void combine_reduce(const EpArgs& a) {
     return;
   }
   if (threadIdx.x == 0) EP_DIAG_AT(51, EP_STAMP_REDUCE_END);  // (its error word and call in)
+  if (threadIdx.x == 0) EP_DIAG_AT(57, EP_STAMP_REDUCE_END);  // (as 51, after 56's trip)
   bool failed = false;  // flagged: a wait gave up (reported): the rest of this thread's rows are not awaited
   const uint32_t flag = Flagged ? flag_of(call) : 0u;
   const uint64_t recv = Flagged ? a.localBase + a.flaggedRecvOff + slot * a.flaggedRecvSlot

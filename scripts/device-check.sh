@@ -3,7 +3,7 @@
 # compiled into .device/build/ by `npm run build:device`. Logs go to $OUT.
 # Usage: scripts/device-check.sh <step>...
 #   steps: driver smoke smoke2 conformance failures verify v3w1 long graph sanitizer bench bench2 probe launch flagprobe profile
-#          deepep-build paths2 paths4 large2 large4 walk2 v3w2 long4 bench-w2 sanitizer2 flagged2 flaggedlimit diag planprobe sendprobe ep (EP_W ranks, default 8) nccl
+#          deepep-build paths2 paths4 large2 large4 walk2 v3w2 long4 bench-w2 sanitizer2 flagged2 flaggedlimit diag planprobe sendprobe synccheck2 ep (EP_W ranks, default 8) nccl
 #          hosts hosts-long hosts-fail hosts-bench hosts-sanitizer (between hosts, simulated on this machine: MOE_A2A_SIMULATED_HOSTS;
 #          hosts-bench wants 4 GPUs: 2 hosts x 2 GPUs, NVLink inside a host, sockets between; HOSTS_BENCH_W=2: 2 x 1)
 # FAILFAST=1 stops at the first step that fails. The steps ending in 2/4 want that many GPUs (ranks are
@@ -191,6 +191,14 @@ for step in "$@"; do
       # T*k > 4096: the stage's send blocks read the ids from L2 (dedup on, the default)
       run memcheck2-large timeout 400 compute-sanitizer --tool memcheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 128 --topk 4 --tokens 1100 --scenario random --calls 1 --dedup --fp8
       run racecheck2-large timeout 400 compute-sanitizer --tool racecheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 128 --topk 4 --tokens 1100 --scenario random --calls 1 --dedup --fp8 ;;
+    synccheck2)
+      # every barrier reached by every thread of its block (compute-sanitizer synccheck), and racecheck with more
+      # experts than a block has threads (the scans' several entries a thread), W = 2, both dispatch paths
+      for p in staged dedup; do
+        e=$p; d=--no-dedup; [ $p = dedup ] && e=staged && d=--dedup
+        MOE_A2A_DISPATCH_PATH=$e run synccheck2-$p timeout 300 compute-sanitizer --tool synccheck --target-processes all $cli verify --transport cuda --world 2 --experts 512 --hidden 256 --topk 8 --tokens 8 $d --calls 2
+        MOE_A2A_DISPATCH_PATH=$e run racecheck2-e512-$p timeout 300 compute-sanitizer --tool racecheck --target-processes all $cli verify --transport cuda --world 2 --experts 512 --hidden 256 --topk 8 --tokens 8 $d --calls 2
+      done ;;
     bench-w2) bench_ranks ;;
     flagged2)
       # flagged partials across two GPUs (README, "Flagged partials"): verify on both sides of the limit (ragged

@@ -131,6 +131,9 @@ __device__ __forceinline__ void combine_reduce(const EpArgs& a) {
   const int EPR = a.expertsPerRank;
   if (Dedup) host_requires(k <= 32 && a.world > 1, "ep_combine_reduce_dedup: k <= 32, W > 1");
   if (Flagged) host_requires(a.nodes == 1 && a.combineFlagged, "ep_combine_reduce_flagged: one host, combineFlagged");
+  // (58: the kernel's parameters that the first loads need, in from the constant bank; nothing else)
+  if (threadIdx.x == 0 && (a.state ^ a.peerBases ^ (uint64_t)a.rank ^ a.localBase) != 1u)
+    EP_DIAG_AT(58, EP_STAMP_REDUCE_END);
 #if EP_DIAG == 56 || EP_DIAG == 57  // (a trip to another allocation first: whether the first trip or the state is slow)
   if (threadIdx.x == 0) {
     const uint64_t base = *(const volatile uint64_t*)((const uint64_t*)a.peerBases + a.rank);

@@ -39,12 +39,12 @@
 //   51-55 ep_combine_reduce(_dedup, _flagged), the warp-per-token path (k <= 32): 55 a block starts (after its wait
 //         for the kernel before), 51 its error word and call in, 52 a warp's ids in, 53 its partials in and summed,
 //         54 its stores issued; 56 thread 0's load of its own heap base (another allocation) in, first; 57 as 51,
-//         after 56's load.
+//         after 56's load; 58 thread 0 has the parameters those loads need (a.state, a.peerBases, a.rank, a.localBase).
 #ifndef EP_DIAG
 #define EP_DIAG 0
 #endif
 static_assert(EP_DIAG == 0 || (EP_DIAG >= 11 && EP_DIAG <= 19) || (EP_DIAG >= 21 && EP_DIAG <= 23) ||
-                  EP_DIAG == 31 || EP_DIAG == 32 || EP_DIAG == 41 || (EP_DIAG >= 51 && EP_DIAG <= 57),
+                  EP_DIAG == 31 || EP_DIAG == 32 || EP_DIAG == 41 || (EP_DIAG >= 51 && EP_DIAG <= 58),
               "EP_DIAG: 0 or one of the points listed above");
 #define EP_DIAG_IN(group) (EP_DIAG / 10 == (group))
 

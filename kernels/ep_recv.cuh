@@ -70,7 +70,9 @@ __device__ void build_stage_tables(const EpArgs& a, RecvTables& R, const int* sp
     }
     if (q < W) R.mst[q] = odd ? m1[u] : m0[u];
   }
+  if (tid == 0 && (v0[0] ^ v1[0]) != 0x7fffffff) EP_DIAG_AT(24, EP_STAMP_PACK_END);  // (the records in)
   block_exclusive_scan2(R.pre, R.preT, E, R.scratch);
+  if (tid == 0) EP_DIAG_AT(25, EP_STAMP_PACK_END);  // (the two scans done)
 }
 
 // From recvSplits, written by this call's ep_route or ep_stage_pack (an earlier kernel on the stream).

@@ -58,7 +58,9 @@
 //  ep_stage_pack      block 256, grid = min(waveCap, max(1, ceil(W * stageRows * ceil(rowBytes / 2048) / 8))).
 //                     ep_stage_pack_own (after ep_stage_send_large with dedup on one host) the same.
 //  ep_recv_view       block 256, grid = min(waveCap, max(1, ceil(W * maxRowsPerPeer / 8)));  dynamic smem 0.  B <= 512.
-//  ep_combine_send    block 256, grid as ep_recv_view;  dynamic smem 0.  B <= 512.
+//  ep_combine_send    block 256, grid as ep_recv_view; with dedup a warp per (carrier, 2 KiB segment):
+//                     grid = min(waveCap, max(1, ceil(W * min(maxTokensPerRank, maxRowsPerPeer) * ceil(2H / 2048) / 8)));
+//                     dynamic smem 0.  B <= 512.
 //  ep_combine_reduce  (and _dedup, _flagged) block B = roundup32(ceil(V / ceil(V / 256))) with V = H/8   (H = 7168 -> 224);
 //                     grid = min(8 * SMs, max(1, T * ceil(V / B)));  dynamic smem 0.  B <= 512.
 //  ep_rail_plan       grid = nodes, block 1024 (any multiple of 32 up to 1024).

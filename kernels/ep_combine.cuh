@@ -306,7 +306,9 @@ __device__ __forceinline__ void combine_reduce(const EpArgs& a) {
     }
     st_v4(y + ((uint64_t)t * V + v) * 16u, pack_bf16x8(acc));
   }
-  if (tid == 0 && !EP_DIAG_IN(5)) stamp_latest(a, EP_STAMP_REDUCE_END);
+  // (points 52-54 are the warp path's: here, k > 32, only 51 and 55-58 take the end stamp's place)
+  constexpr bool diagHere = EP_DIAG_IN(5) && EP_DIAG != 52 && EP_DIAG != 53 && EP_DIAG != 54;
+  if (tid == 0 && !diagHere) stamp_latest(a, EP_STAMP_REDUCE_END);
 }
 }  // namespace
 

@@ -193,8 +193,9 @@ for step in "$@"; do
       run racecheck2-large timeout 400 compute-sanitizer --tool racecheck --target-processes all $cli verify --transport cuda --world 2 --experts 8 --hidden 128 --topk 4 --tokens 1100 --scenario random --calls 1 --dedup --fp8 ;;
     synccheck2)
       # every barrier reached by every thread of its block (compute-sanitizer synccheck), and racecheck with more
-      # experts than a block has threads (the scans' several entries a thread), W = 2, both dispatch paths
-      for p in staged dedup; do
+      # experts than a block has threads (the scans' several entries a thread), W = 2: both dispatch paths, and
+      # the staged one with dedup
+      for p in staged direct dedup; do
         e=$p; d=--no-dedup; [ $p = dedup ] && e=staged && d=--dedup
         MOE_A2A_DISPATCH_PATH=$e run synccheck2-$p timeout 300 compute-sanitizer --tool synccheck --target-processes all $cli verify --transport cuda --world 2 --experts 512 --hidden 256 --topk 8 --tokens 8 $d --calls 2
         MOE_A2A_DISPATCH_PATH=$e run racecheck2-e512-$p timeout 300 compute-sanitizer --tool racecheck --target-processes all $cli verify --transport cuda --world 2 --experts 512 --hidden 256 --topk 8 --tokens 8 $d --calls 2
@@ -235,19 +236,20 @@ for step in "$@"; do
       done
       wait
       for n in main $pts; do
-        fb=""
+        fb="" t=$tag
+        [ $n = main ] && t=""  # (main: the default fatbin, whatever DIAG_FLAGS says; point 0 is the flags' build)
         if [ $n != main ]; then
-          fb=$dd/d$n$tag.fatbin
-          [ -f "$fb" ] || { echo "   d$n$tag: no fatbin (nvcc failed)"; continue; }
+          fb=$dd/d$n$t.fatbin
+          [ -f "$fb" ] || { echo "   d$n$t: no fatbin (nvcc failed)"; continue; }
         fi
-        MOE_A2A_FATBIN=$fb TAIL=0 run diag-w$dw-$n$tag timeout 150 $cli bench --transport cuda --world $dw \
+        MOE_A2A_FATBIN=$fb TAIL=0 run diag-w$dw-$n$t timeout 150 $cli bench --transport cuda --world $dw \
           --tokens "$(echo $dt | tr ' ' ,)" --iters 100 --warmup 20 --no-baseline --no-json --path dedup --stamps "$(echo $dt | tr ' ' ,)"
         for T in $dt; do  # label=value, the slowest rank's, for the segments the call wrote
-          echo "   d$n$tag T=$T: $(sed -n "/where the time goes, T=$T /,/whole call/p" "$OUT/diag-w$dw-$n$tag.log" | grep -E '^ *[a-z].*  [0-9]+\.[0-9]+ ' |
+          echo "   d$n$t T=$T: $(sed -n "/where the time goes, T=$T /,/whole call/p" "$OUT/diag-w$dw-$n$t.log" | grep -E '^ *[a-z].*  [0-9]+\.[0-9]+ ' |
             grep -v 'whole call' | awk '{v=$(NF-'$dw'); $(NF-'$dw')=""; for (i=NF-'$dw'+1; i<=NF; i++) $i=""; gsub(/ +$/, ""); printf "%s=%s; ", $0, v}')"
         done
         case $n in 1*) k=ep_combine_send ;; 2*) k=ep_stage_pack ;; 3*) k=ep_stage_send ;; 4*) k=ep_stage_send_large ;; 5*) k=ep_combine_reduce_dedup ;; *) k="" ;; esac
-        [ -n "$k" ] && cuobjdump -sass -fun $k "$fb" 2>&1 | grep -E 'GLOBALTIMER|LDG|ATOMG|RED|BAR|SHFL' > "$OUT/diag-d$n$tag-$k.sass.txt"
+        [ -n "$k" ] && cuobjdump -sass -fun $k "$fb" 2>&1 | grep -E 'GLOBALTIMER|LDG|ATOMG|RED|BAR|SHFL' > "$OUT/diag-d$n$t-$k.sass.txt"
       done ;;
     flaggedlimit)
       # where flagged partials stop paying (bench/NOTES.md, next step 10): the serving loop at W = 2 and 4 (4 GPUs)

@@ -16,9 +16,10 @@
 //   own first    carriers c >= P/2 (the rank's own carriers first);
 //   interleaved  odd carriers (the remote stores spread over every SM);
 //   peer bulk    as peer first, each remote 2 KiB through shared memory and one TMA bulk copy (cp.async.bulk).
-// Printed per case, the median over repetitions of each GPU's times after its first warp's start (the slower GPU):
-// the last plan in among the remote items and among the local ones, the local ones split by whether their SM also
-// runs a remote item, the last rows summed, the last stores issued, and every store fenced.
+// Printed per case, the median over repetitions of each GPU's times after its first warp's start (each column the
+// larger of the two GPUs' values in a repetition, so one row may mix them): the last plan in among the remote items
+// and among the local ones, the local ones split by whether their SM also runs a remote item, the last rows
+// summed, the last stores issued, and every store fenced.
 #include <cuda_runtime.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -187,7 +188,8 @@ int main() {
 
   printf("send_probe: 2 GPUs, %d SMs, send grid %d x 256 (2 blocks an SM), %d carriers x %d segments = %d items\n", sms,
          grid, P, SEGS, ITEMS);
-  printf("(W = 2, T = 128); us after each GPU's first warp's start, the slower GPU, median of %d repetitions\n\n", REPS);
+  printf("(W = 2, T = 128); us after each GPU's first warp's start, each column the later GPU's, median of %d\n", REPS);
+  printf("repetitions\n\n");
   printf("%-12s  %8s  %8s  %14s  %14s  %9s  %10s  %8s\n", "case", "remote", "plan last", "local plan", "local plan",
          "rows last", "store last", "fenced");
   printf("%-12s  %8s  %8s  %14s  %14s  %9s  %10s  %8s\n", "", "items", "(remote)", "(SM w/ remote)", "(SM w/o)", "",

@@ -74,7 +74,7 @@ export function stagePackSize(cfg: EpConfig, stageRows: number, sms: number, per
 }
 
 /**
- * The kernels that walk received rows (ep_recv_view, ep_combine_send): no more blocks than the rows that
+ * The kernels that walk received rows (ep_recv_view, ep_combine_send without dedup): no more blocks than the rows that
  * can exist (W * maxRowsPerPeer, a warp each, 8 warps a block), one wave at most (walkGridCap). Idle
  * blocks are not free: each still joins the last-block-done count with a system-scope atomic.
  */

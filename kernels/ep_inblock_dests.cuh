@@ -113,6 +113,7 @@ struct InBlockDests {
       }
       if (!Staged) mark(a, t, first);
       __syncthreads();
+      if (blockIdx.x == 0 && threadIdx.x == 0) EP_DIAG_AT(33, EP_STAMP_ROWS_BEGIN);  // (the ids in, published)
       if (prefix) {
         if (Staged) {  // one pass: every pair into hist, and those before this block's first token into run
           // (so that dests() needs no pass and no barrier of its own for the first token: the scan's last
@@ -134,6 +135,7 @@ struct InBlockDests {
           __syncthreads();  // (another thread may scan these entries)
         }
         block_exclusive_scan<false>(S.hist, a.numExperts, S.scratch);  // (the counts' barrier, or the one above)
+        if (blockIdx.x == 0 && threadIdx.x == 0) EP_DIAG_AT(34, EP_STAMP_ROWS_BEGIN);  // (the histogram scanned)
         // own_direct: ep_stage_send_large's block 0 publishes its counts at once (ep_stage_send's after its rows:
         // stage_send), then every block waits for every peer's
         if (Large && own_direct_group(a) && host_abort(a) == 0) {
@@ -146,7 +148,7 @@ struct InBlockDests {
         }
       }
       state = host_abort(a) == 0 ? 1 : 0;
-      if (blockIdx.x == 0 && threadIdx.x == 0 && state) stamp(a, EP_STAMP_ROWS_BEGIN);
+      if (blockIdx.x == 0 && threadIdx.x == 0 && state && EP_DIAG != 33 && EP_DIAG != 34) stamp(a, EP_STAMP_ROWS_BEGIN);
     }
     return state != 0;
   }

@@ -33,7 +33,9 @@
 //   21-25 ep_stage_pack: 21 a block's tables built, 22 a warp's carrier index in, 23 its stores issued (22 and 23
 //         only where a warp has one item at most); 24 a block's split records in (thread 0's), 25 its two scans done
 //         (21 after the capacity check that follows);
-//   31-32 ep_stage_send(_large): 31 a warp's last row store issued, 32 the bookkeeping block's books stored;
+//   31-34 ep_stage_send(_large): 31 a warp's last row store issued, 32 the bookkeeping block's books stored;
+//         33 and 34 end the segment before (to the first row store) instead, block 0's: 33 its ids in and
+//         published (a barrier), 34 its histogram scanned;
 //   41    ep_stage_send_large with own_direct: into two stamps the staged path does not otherwise write (the bench
 //         names them after ep_route's count exchange), row block 0's counts published (COUNTS_SENT, thread 0's
 //         share) and the latest row block with every peer's counts (COUNTS_ARRIVED); ROWS_BEGIN stays.
@@ -46,7 +48,7 @@
 #define EP_DIAG 0
 #endif
 static_assert(EP_DIAG == 0 || (EP_DIAG >= 11 && EP_DIAG <= 19) || (EP_DIAG >= 21 && EP_DIAG <= 25) ||
-                  EP_DIAG == 31 || EP_DIAG == 32 || EP_DIAG == 41 || (EP_DIAG >= 51 && EP_DIAG <= 58),
+                  EP_DIAG == 31 || EP_DIAG == 32 || EP_DIAG == 33 || EP_DIAG == 34 || EP_DIAG == 41 || (EP_DIAG >= 51 && EP_DIAG <= 58),
               "EP_DIAG: 0 or one of the points listed above");
 #define EP_DIAG_IN(group) (EP_DIAG / 10 == (group))
 

@@ -224,14 +224,26 @@ async function errorSteps(task: ScenarioTask, rank: number): Promise<Observation
   await cg.close();
 
   // 9. per-expert capacity: room for 4 rows per expert; every rank sends 8 tokens to expert 0 of the
-  // last rank, which then holds 8 * world rows for it: that rank's dispatch fails, its peers' combine
-  const expCase = small(task.world, { maxRowsPerExpert: 4 });
+  // last rank, which then holds 8 * world rows for it: that rank's dispatch fails, its peers' combine.
+  // Without dedup, and with it (the staged pack finds the expert over capacity; its steps end in " (dedup)")
+  for (const dedup of [false, true]) obs.push(...(await expertCapacitySteps(task, rank, dedup)));
+  return obs;
+}
+
+/** Scenario 9 of errorSteps (its step names end in " (dedup)" with dedup on), then a correct call. */
+async function expertCapacitySteps(task: ScenarioTask, rank: number, dedup: boolean): Promise<Observation[]> {
+  const obs: Observation[] = [];
+  const suffix = dedup ? ' (dedup)' : '';
+  const expCase = small(task.world, { maxRowsPerExpert: 4, dedup });
   const { g: eg, cfg: expCfg } = await openGroup(task, expCase);
+  const T = expCase.tokens;
+  const k = expCfg.topk;
+  const H = expCfg.hidden;
   const target = (task.world - 1) * expCfg.expertsPerRank;
   const toOne = new Int32Array(T * k).fill(-1);
   for (let t = 0; t < T; t++) toOne[t * k] = target;
   let pending: ReturnType<EpGroup<unknown>['dispatch']> | null = null;
-  const capObs = await observe('expert capacity', () => {
+  const capObs = await observe(`expert capacity${suffix}`, () => {
     pending = eg.dispatch(
       io.upload(eg, hostTensor('bf16', [T, H])),
       io.upload(eg, hostTensor('i32', [T, k], toOne)),
@@ -244,14 +256,14 @@ async function errorSteps(task: ScenarioTask, rank: number): Promise<Observation
   const p = pending as ReturnType<EpGroup<unknown>['dispatch']> | null;
   // the rank whose dispatch failed has nothing to combine; its peers do, and learn of the failure
   obs.push(
-    await observe('combine after expert capacity', () => {
+    await observe(`combine after expert capacity${suffix}`, () => {
       if (p && capObs.code === 'ok') {
         eg.combine(io.upload(eg, hostTensor('bf16', expertShape(expCfg, H))), p.handle);
       }
     }),
   );
   const expMismatch = verifyCall(eg, expCfg, { ...expCase, tokens: 1 }, 0, rank, io);
-  obs.push({ step: 'correct call after expert capacity', code: 'ok', mismatch: expMismatch });
+  obs.push({ step: `correct call after expert capacity${suffix}`, code: 'ok', mismatch: expMismatch });
   await eg.close();
   return obs;
 }

@@ -379,20 +379,26 @@ export function conformanceSuite(transport: 'cpu' | 'cuda', skip: string | false
           const closed = step(obs, 'after close');
           assert.equal(closed.code, 'MOE_CLOSED');
           assert.match(closed.message ?? '', /closed/);
-          const ecap = step(obs, 'expert capacity');
-          const ecomb = step(obs, 'combine after expert capacity');
-          if (rank === world - 1) {
-            assert.equal(ecap.code, 'MOE_CAPACITY');
-            assert.deepEqual(
-              [ecap.details?.expert, ecap.details?.count, ecap.details?.limit],
-              [(world - 1) * 4, 8 * world, 4],
-            );
-            assert.match(ecap.message ?? '', /expert \d+ received \d+ rows but maxRowsPerExpert is 4/);
-          } else {
-            assert.equal(ecap.code, 'ok');
-            assert.equal(ecomb.code, 'MOE_PEER_FAILED');
-            assert.equal(ecomb.details?.peer, world - 1);
-            assert.match(ecomb.message ?? '', /abandoned combine call/);
+          for (const suffix of ['', ' (dedup)']) {
+            const ecap = step(obs, `expert capacity${suffix}`);
+            const ecomb = step(obs, `combine after expert capacity${suffix}`);
+            if (rank === world - 1) {
+              assert.equal(ecap.code, 'MOE_CAPACITY', `expert capacity${suffix}: ${ecap.message}`);
+              assert.deepEqual(
+                [ecap.details?.expert, ecap.details?.count, ecap.details?.limit],
+                [(world - 1) * 4, 8 * world, 4],
+              );
+              assert.match(ecap.message ?? '', /expert \d+ received \d+ rows but maxRowsPerExpert is 4/);
+            } else {
+              assert.equal(ecap.code, 'ok', `expert capacity${suffix}: ${ecap.message}`);
+              assert.equal(
+                ecomb.code,
+                'MOE_PEER_FAILED',
+                `combine after expert capacity${suffix}: ${ecomb.message}`,
+              );
+              assert.equal(ecomb.details?.peer, world - 1);
+              assert.match(ecomb.message ?? '', /abandoned combine call/);
+            }
           }
           const cap = step(obs, 'capacity');
           if (rank === 0) {

@@ -115,7 +115,14 @@ __device__ __forceinline__ void combine_reduce(const EpArgs& a) {
   __shared__ int sN[2];
   // may be launched as a programmatic dependent of combine send or the dispatch; flagged: see above (its
   // first loads, the call's state, were final before ep_combine_send let it start)
+#if EP_DIAG == 59  // (the state's line loaded once before the wait: whether the first load after it is slow anyway)
+  uint64_t early = 0;
+  if (threadIdx.x == 0) early = read_calls(state_of(a));
+#endif
   if (!Flagged) wait_for_prior();
+#if EP_DIAG == 59
+  if (threadIdx.x == 0 && early == 0xffffffffffffffffull) early = 1;  // (the early load has completed here)
+#endif
   if (threadIdx.x == 0) EP_DIAG_AT(55, EP_STAMP_REDUCE_END);  // (a block starts)
   // (at entry: its first loads count; flagged: it overlaps the send, so only its end is stamped)
   if (!Flagged && blockIdx.x == 0 && threadIdx.x == 0) stamp(a, EP_STAMP_REDUCE_BEGIN);
@@ -149,6 +156,7 @@ __device__ __forceinline__ void combine_reduce(const EpArgs& a) {
   }
   if (threadIdx.x == 0) EP_DIAG_AT(51, EP_STAMP_REDUCE_END);  // (its error word and call in)
   if (threadIdx.x == 0) EP_DIAG_AT(57, EP_STAMP_REDUCE_END);  // (as 51, after 56's trip)
+  if (threadIdx.x == 0) EP_DIAG_AT(59, EP_STAMP_REDUCE_END);  // (as 51, the state's line loaded before the wait)
   bool failed = false;  // flagged: a wait gave up (reported): the rest of this thread's rows are not awaited
   const uint32_t flag = Flagged ? flag_of(call) : 0u;
   const uint64_t recv = Flagged ? a.localBase + a.flaggedRecvOff + slot * a.flaggedRecvSlot

@@ -43,12 +43,13 @@
 //         starts (after its wait for the kernel before; _flagged does not wait), 51 its error word and call in,
 //         52 a warp's ids in, 53 its partials in and summed, 54 its stores issued; 56 thread 0's load of its own
 //         heap base (another allocation) in, first; 57 as 51, after 56's load; 58 thread 0 has the parameters
-//         those loads need (a.state, a.peerBases, a.rank, a.localBase).
+//         those loads need (a.state, a.peerBases, a.rank, a.localBase); 59 as 51, with thread 0 having loaded the
+//         state's line once before the wait for the kernel before.
 #ifndef EP_DIAG
 #define EP_DIAG 0
 #endif
 static_assert(EP_DIAG == 0 || (EP_DIAG >= 11 && EP_DIAG <= 19) || (EP_DIAG >= 21 && EP_DIAG <= 25) ||
-                  EP_DIAG == 31 || EP_DIAG == 32 || EP_DIAG == 33 || EP_DIAG == 34 || EP_DIAG == 41 || (EP_DIAG >= 51 && EP_DIAG <= 58),
+                  EP_DIAG == 31 || EP_DIAG == 32 || EP_DIAG == 33 || EP_DIAG == 34 || EP_DIAG == 41 || (EP_DIAG >= 51 && EP_DIAG <= 59),
               "EP_DIAG: 0 or one of the points listed above");
 #define EP_DIAG_IN(group) (EP_DIAG / 10 == (group))
 

@@ -619,6 +619,30 @@ describe('cuda group between hosts (fake driver and rail)', () => {
     await g.close();
   });
 
+  test('with dedup the combine send gets a warp for each (carrier, 2 KiB segment) item, not one a row', async () => {
+    // W = 2, T = 128, H = 7168 (7 segments of a 14 KiB partial), maxRowsPerPeer 560 as the bench gives it: rows
+    // would size the grid at 2 * 560 / 8 = 140 blocks, the items at 2 * 128 * 7 / 8 = 224 (one wave holds 528)
+    const input = {
+      world: 2,
+      numExperts: 16,
+      hidden: 7168,
+      topk: 8,
+      maxTokensPerRank: 128,
+      maxRowsPerPeer: 560,
+      fp8: true,
+      dedup: true,
+    };
+    const fake = new FakeDriver();
+    const g = await groupOn(fake, input, { dispatchPath: 'staged' });
+    const t = inputs(g, 1, [0, 1, 2, 3, 8, 9, 10, 11]);
+    const before = fake.launches.length;
+    g.combine(t.out, g.dispatch(t.x, t.idx, { topkWeights: t.w }).handle);
+    await g.close();
+    const send = fake.launches.slice(before).find((l) => l.kernel === 'ep_combine_send');
+    assert.ok(send, 'ep_combine_send launched');
+    assert.equal(send.grid, 224);
+  });
+
   test('the row walkers take their grids from the occupancy the driver reports for each (one wave), unless MOE_A2A_ONE_WAVE=0', async () => {
     // enough rows that no walker's grid is cut by the rows that can exist
     const big = {

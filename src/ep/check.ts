@@ -1,6 +1,12 @@
 import { BF16_DECODE, FP8_DECODE, f32ToBf16 } from './codec.js';
 import type { EpConfig } from './config.js';
-import { type OracleDispatch, type OracleRankInput, type RowOrigin, tokenEncoder } from './oracle.js';
+import {
+  type OracleDispatch,
+  type OracleRankInput,
+  pairRows,
+  type RowOrigin,
+  tokenEncoder,
+} from './oracle.js';
 
 /**
  * Tools for checking a transport against the oracle: a stand-in expert (a fixed function of a row and
@@ -77,22 +83,20 @@ export function runStandInExperts(
  */
 export function oracleOutputsFor(cfg: EpConfig, inputs: readonly OracleRankInput[], src: number) {
   const { topk: k, numExperts: E, expertsPerRank: EPR, hidden: H } = cfg;
-  const before = new Int32Array(E); // rows of each expert from the sources before src
-  for (let s = 0; s < src; s++) {
-    const ids = inputs[s].topkIdx;
-    for (let p = 0; p < inputs[s].numTokens * k; p++) if (ids[p] >= 0 && ids[p] < E) before[ids[p]]++;
-  }
   const me = inputs[src];
-  const pairsOf: number[][] = Array.from({ length: E }, () => []); // src's pairs of each expert, in order
+  // src's pairs of each expert, in order; the first's row is where src's rows of that expert start
+  const pairsOf: number[][] = Array.from({ length: E }, () => []);
   for (let p = 0; p < me.numTokens * k; p++) {
     const e = me.topkIdx[p];
     if (e >= 0 && e < E) pairsOf[e].push(p);
   }
+  const rowOf = pairRows(cfg, inputs, src);
   // (oracleCombine asks for each pair's row once: the token's encoding is what is worth keeping)
   const encode = tokenEncoder(cfg, me);
   return (owner: number, le: number, row: number): { data: Uint16Array; offset: number } => {
     const e = owner * EPR + le;
-    const p = pairsOf[e]?.[row - before[e]];
+    const first = pairsOf[e]?.[0];
+    const p = first === undefined ? undefined : pairsOf[e][row - rowOf[first]];
     if (p === undefined)
       throw new Error(`oracleOutputsFor: row ${row} of expert ${e} is not one of rank ${src}'s`);
     const r = encode(Math.floor(p / k));

@@ -183,6 +183,23 @@ export function oracleDispatch(
  * their first slots, S starting from the first key's partial, then S = f32(S + partial): a key is an
  * owner on src's host (its P) or a whole other host (its Q). y[t] = +0 when t has no valid slot.
  */
+/**
+ * Each of rank `src`'s pairs' row among its expert's rows in expert-major order (the rows of the sources before
+ * src first, then src's pairs in order), -1 for a slot with no expert. One pass over the pairs.
+ */
+export function pairRows(cfg: EpConfig, inputs: readonly OracleRankInput[], src: number): Int32Array {
+  const { topk: k, numExperts: E } = cfg;
+  const next = new Int32Array(E); // the next row of each expert
+  for (let s = 0; s < src; s++) {
+    const ids = inputs[s].topkIdx;
+    for (let p = 0; p < inputs[s].numTokens * k; p++) if (ids[p] >= 0 && ids[p] < E) next[ids[p]]++;
+  }
+  const ids = inputs[src].topkIdx;
+  const rows = new Int32Array(inputs[src].numTokens * k).fill(-1);
+  for (let p = 0; p < rows.length; p++) if (ids[p] >= 0 && ids[p] < E) rows[p] = next[ids[p]]++;
+  return rows;
+}
+
 export function oracleCombine(
   cfg: EpConfig,
   inputs: readonly OracleRankInput[],
@@ -192,16 +209,17 @@ export function oracleCombine(
   const { hidden: H, topk: k, expertsPerRank: EPR, world: W, ranksPerNode: G } = cfg;
   const inp = inputs[src];
   const y = new Uint16Array(inp.numTokens * H);
-  // position of each of my pairs inside its expert's expert-major rows
-  const pairPos = new Int32Array(inp.numTokens * k).fill(-1);
-  for (let expert = 0; expert < cfg.numExperts; expert++) {
-    let base = 0;
-    for (let s = 0; s < src; s++) {
-      const other = inputs[s];
-      for (let p = 0; p < other.numTokens * k; p++) if (other.topkIdx[p] === expert) base++;
+  const pairPos = pairRows(cfg, inputs, src);
+  /** acc += token t's slots in order (of `owner` only, unless it is -1), each weighted: f32 at every step. */
+  const addSlots = (acc: Float32Array, t: number, owner: number) => {
+    for (let j = 0; j < k; j++) {
+      const e = inp.topkIdx[t * k + j];
+      if (e < 0 || (owner >= 0 && Math.floor(e / EPR) !== owner)) continue;
+      const r = expertOutOf(Math.floor(e / EPR), e % EPR, pairPos[t * k + j]);
+      const w = inp.topkWeights[t * k + j];
+      for (let h = 0; h < H; h++) acc[h] += Math.fround(w * BF16_DECODE[r.data[r.offset + h]]);
     }
-    for (let p = 0; p < inp.numTokens * k; p++) if (inp.topkIdx[p] === expert) pairPos[p] = base++;
-  }
+  };
   if (cfg.dedup) {
     const host = (r: number) => Math.floor(r / G);
     // the key an owner's partial is summed under at the origin: itself on src's host, else its host
@@ -230,13 +248,7 @@ export function oracleCombine(
       // to f32, as Math.fround does), then rounded to bf16
       const P = owners.map((owner) => {
         const acc = new Float32Array(H);
-        for (let j = 0; j < k; j++) {
-          const e = inp.topkIdx[t * k + j];
-          if (e < 0 || Math.floor(e / EPR) !== owner) continue;
-          const r = expertOutOf(owner, e % EPR, pairPos[t * k + j]);
-          const w = inp.topkWeights[t * k + j];
-          for (let h = 0; h < H; h++) acc[h] += Math.fround(w * BF16_DECODE[r.data[r.offset + h]]);
-        }
+        addSlots(acc, t, owner);
         for (let h = 0; h < H; h++) acc[h] = BF16_DECODE[f32ToBf16(acc[h])];
         return acc;
       });
@@ -257,13 +269,7 @@ export function oracleCombine(
   const acc = new Float32Array(H);
   for (let t = 0; t < inp.numTokens; t++) {
     acc.fill(0);
-    for (let j = 0; j < k; j++) {
-      const e = inp.topkIdx[t * k + j];
-      if (e < 0) continue;
-      const r = expertOutOf(Math.floor(e / EPR), e % EPR, pairPos[t * k + j]);
-      const w = inp.topkWeights[t * k + j];
-      for (let h = 0; h < H; h++) acc[h] += Math.fround(w * BF16_DECODE[r.data[r.offset + h]]);
-    }
+    addSlots(acc, t, -1);
     for (let h = 0; h < H; h++) y[t * H + h] = f32ToBf16(acc[h]);
   }
   return y;

@@ -53,6 +53,20 @@ __device__ __forceinline__ int find_run(const int* pre, int n, int g) {
   return lo;
 }
 
+// Each lane's inclusive prefix over its warp (lanes in order) of inc[i], in place, for N sums at once.
+template <int N>
+__device__ __forceinline__ void warp_inclusive_scan(int (&inc)[N]) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      const int y = __shfl_up_sync(FULL_MASK, inc[i], o);
+      if (lane >= o) inc[i] += y;
+    }
+  }
+}
+
 // Every thread's exclusive prefix over the block (threads in order) of its v[i], into v[i], for N sums at
 // once, with one barrier: each warp scans with shuffles and stores its totals; after the
 // barrier every warp adds up the totals of the warps before it (no warp-0 pass, so no second barrier).
@@ -64,14 +78,7 @@ __device__ __forceinline__ void block_prefix(int (&v)[N], int* scratch) {
   int inc[N];
 #pragma unroll
   for (int i = 0; i < N; ++i) inc[i] = v[i];
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-#pragma unroll
-    for (int i = 0; i < N; ++i) {
-      const int y = __shfl_up_sync(FULL_MASK, inc[i], o);
-      if (lane >= o) inc[i] += y;
-    }
-  }
+  warp_inclusive_scan(inc);
   if (lane == 31) {
 #pragma unroll
     for (int i = 0; i < N; ++i) scratch[32 * i + warp] = inc[i];

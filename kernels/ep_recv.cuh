@@ -225,14 +225,10 @@ __device__ __forceinline__ bool plan_starts(const EpArgs& a, RecvTables& R, cons
   if (W <= 32) {  // thread i holds source i's count (a block scan would take three barriers)
     if (threadIdx.x < 32) {
       const int c = (int)threadIdx.x < W ? (int)counts[0] : 0;
-      int inc = c;
-#pragma unroll
-      for (int o = 1; o < 32; o <<= 1) {
-        const int y = __shfl_up_sync(FULL_MASK, inc, o);
-        if ((int)threadIdx.x >= o) inc += y;
-      }
-      if ((int)threadIdx.x < W) R.pre[threadIdx.x] = inc - c;
-      if (threadIdx.x == 31) R.pre[W] = inc;
+      int inc[1] = {c};
+      warp_inclusive_scan(inc);
+      if ((int)threadIdx.x < W) R.pre[threadIdx.x] = inc[0] - c;
+      if (threadIdx.x == 31) R.pre[W] = inc[0];
     }
   } else {
 #pragma unroll

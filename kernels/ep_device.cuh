@@ -20,12 +20,10 @@ __device__ __forceinline__ void stamp_latest(const EpArgs& a, int i) {
     if (EP_DIAG == (n)) stamp_latest(a, (slot));     \
   } while (0)
 // As EP_DIAG_AT, with the clock read ordered before the memory accesses that follow it in the source.
-#define EP_DIAG_AT_FENCED(n, slot)                   \
-  do {                                               \
-    if (EP_DIAG == (n)) {                            \
-      stamp_latest(a, (slot));                       \
-      asm volatile("" ::: "memory");                 \
-    }                                                \
+#define EP_DIAG_AT_FENCED(n, slot)                          \
+  do {                                                      \
+    EP_DIAG_AT(n, slot);                                    \
+    if (EP_DIAG == (n)) asm volatile("" ::: "memory");      \
   } while (0)
 
 // EpArgs.hostAbort: when non-zero, ep_route marks the call aborted without routing and sends

@@ -34,9 +34,11 @@ struct OwnTables {
   int cnt[EP_MAX_EXPERTS];      // [s][le]: rows source s sends this rank for local expert le (-1: not known yet)
   int start[EP_MAX_EXPERTS / 2 + 1];  // where this rank's own rows of each local expert start in expertX (W >= 2;
                                      // +1: the scan's total)
+  int state;     // 0 waiting, 2 a peer's call is off (any thread may set it in a round; all read it after its barrier)
   int scratch[33];
-  int state;  // 0 waiting, 2 a peer's call is off or timed out
-  int late;   // the lowest source whose counts were missing in this round
+  int late;      // the lowest source whose counts were missing in this round (thread 0 alone reads and resets it;
+                 // kept apart from state, so that no thread's load of state reads it too)
+  int timedOut;  // thread 0 gave up waiting (read by every thread after the loop)
 };
 static_assert(sizeof(OwnTables) <= sizeof(LocalTables::ids), "OwnTables lives in LocalTables::ids");
 __device__ __forceinline__ OwnTables& own_tables_of(LocalTables& S) { return *reinterpret_cast<OwnTables*>(S.ids); }
@@ -88,6 +90,7 @@ __device__ bool own_tables(const EpArgs& a, LocalTables& S, uint64_t call) {
   if (tid == 0) {
     O.state = 0;
     O.late = INT_MAX;
+    O.timedOut = 0;
   }
   __syncthreads();
   const uint64_t deadline = deadline_after(a.timeoutNs);
@@ -113,14 +116,15 @@ __device__ bool own_tables(const EpArgs& a, LocalTables& S, uint64_t call) {
       }
     }
     // after this round's barrier: O.state and O.late (this round's) are complete; thread 0 alone decides the
-    // timeout, and the second barrier both publishes it and keeps O.state's reads before the next round's writes
+    // timeout (in O.timedOut, not O.state, which the other threads read in this round), and the second barrier
+    // both publishes it and keeps this round's reads before the next round's writes
     const bool stop = !__syncthreads_or(missing) || O.state == 2;
     bool timedOut = false;
     if (tid == 0) {
       const int late = O.late;
       O.late = INT_MAX;
       if (!stop && globaltimer() > deadline) {
-        O.state = 2;
+        O.timedOut = 1;
         note_own_late(a, late);
         timedOut = true;
       }
@@ -129,7 +133,7 @@ __device__ bool own_tables(const EpArgs& a, LocalTables& S, uint64_t call) {
     if (sleepNs) __nanosleep(sleepNs);
     sleepNs = sleepNs ? (sleepNs < 256 ? sleepNs * 2 : 256) : 32;
   }
-  if (O.state == 2) return false;
+  if (O.state == 2 || O.timedOut) return false;
   bool over = false;
   for (int le = tid; le < EPR; le += B) {
     int total = 0;

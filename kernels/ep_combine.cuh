@@ -59,7 +59,10 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
   // items, with no ordering and no barrier (its other warps may still be storing: see
   // ep_combine_reduce_flagged), and no block waits for the others. Else the last block to finish signals,
   // after the fences. (Flagged: the stamp says when the last partial was stored: every warp's, no barrier.)
-  const bool fenceless = partials && a.nodes == 1 && code0 == 0 && !unflagged;
+  // The choice is the grid's, whatever the error word says: a block that starts after block 0's wait has
+  // reported an error must not take finish_block while the others skip it (the count would stay, and the next
+  // call's last block would be the wrong one). A call that failed earlier stored nothing to fence.
+  const bool fenceless = partials && a.nodes == 1 && !unflagged;
   if (a.combineFlagged && (threadIdx.x & 31) == 0 && !EP_DIAG_IN(1)) stamp_latest(a, EP_STAMP_COMBINE_TAIL);
   if (fenceless ? blockIdx.x != 0 : !finish_block(&st->doneBlocks[2], &R.flag)) return;
   if (!a.combineFlagged && threadIdx.x == 0 && !EP_DIAG_IN(1)) stamp(a, EP_STAMP_COMBINE_TAIL);

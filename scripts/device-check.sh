@@ -16,6 +16,13 @@ cli=${CLI:-"node dist/cli/main.js"}  # CLI: another build (an A/B against main)
 run() {
   local name=$1; shift; echo "== $name: $*"; local t0=$(date +%s)
   "$@" > "$OUT/$name.log" 2>&1; local rc=$?
+  # racecheck exits 0 on warnings (e.g. a warp-level hazard: lanes of one warp with no sync between a read and
+  # a write): any hazard counts as a failure here
+  # (one summary a process)
+  if [ $rc -eq 0 ] && [ "$(grep -c 'RACECHECK SUMMARY' "$OUT/$name.log")" != \
+    "$(grep -c 'RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)' "$OUT/$name.log")" ]; then
+    rc=1; echo "   racecheck reported hazards (see $OUT/$name.log)"
+  fi
   echo "   rc=$rc ($(( $(date +%s) - t0 )) s)"; tail -n "${TAIL:-6}" "$OUT/$name.log"
   if [ $rc -ne 0 ] && [ "${FAILFAST:-0}" = 1 ]; then echo "FAILFAST: $name failed"; exit $rc; fi
   return 0

@@ -3,7 +3,7 @@
 # compiled into .device/build/ by `npm run build:device`. Logs go to $OUT.
 # Usage: scripts/device-check.sh <step>...
 #   steps: driver smoke smoke2 conformance failures verify v3w1 long graph sanitizer bench bench2 probe launch flagprobe profile
-#          deepep-build paths2 paths4 large2 large4 walk2 v3w2 long4 bench-w2 sanitizer2 flagged2 flaggedlimit diag planprobe sendprobe synccheck2 ep (EP_W ranks, default 8) nccl
+#          deepep-build paths2 paths4 large2 large4 walk2 v3w2 long4 bench-w2 sanitizer2 flagged2 flaggedlimit diag planprobe sendprobe stateprobe synccheck2 ep (EP_W ranks, default 8) nccl
 #          hosts hosts-long hosts-fail hosts-bench hosts-sanitizer (between hosts, simulated on this machine: MOE_A2A_SIMULATED_HOSTS;
 #          hosts-bench wants 4 GPUs: 2 hosts x 2 GPUs, NVLink inside a host, sockets between; HOSTS_BENCH_W=2: 2 x 1)
 # FAILFAST=1 stops at the first step that fails. The steps ending in 2/4 want that many GPUs (ranks are
@@ -135,6 +135,9 @@ for step in "$@"; do
     planprobe)
       # one GPU: ep_combine_send's first loads when many warps start at once, without the library (bench/micro/plan_probe.cu)
       nvcc -O3 -std=c++17 -arch=sm_90a bench/micro/plan_probe.cu -o /tmp/plan_probe && TAIL=20 run planprobe timeout 120 /tmp/plan_probe ;;
+    stateprobe)
+      # one GPU: a word every block loads at once after griddepcontrol.wait, on one line or on replicas (bench/micro/state_probe.cu)
+      nvcc -O3 -std=c++17 -arch=sm_90a bench/micro/state_probe.cu -o /tmp/state_probe && TAIL=40 run stateprobe timeout 120 /tmp/state_probe ;;
     sendprobe)
       # two GPUs: whether one warp's NVLink stores hold up other warps' loads on the same SM (bench/micro/send_probe.cu)
       nvcc -O3 -std=c++17 -arch=sm_90a bench/micro/send_probe.cu -o /tmp/send_probe && TAIL=20 run sendprobe timeout 120 /tmp/send_probe ;;

@@ -116,6 +116,7 @@ __device__ __forceinline__ void combine_reduce(const EpArgs& a) {
   __shared__ uint64_t sRow[2][EP_MAX_TOPK];
   __shared__ float sW[2][EP_MAX_TOPK];
   __shared__ int sN[2];
+  __shared__ BlockState sState;
   // may be launched as a programmatic dependent of combine send or the dispatch; flagged: see above (its
   // first loads, the call's state, were final before ep_combine_send let it start)
 #if EP_DIAG == 59  // (the state's line loaded once before the wait: whether the first load after it is slow anyway)
@@ -150,9 +151,13 @@ __device__ __forceinline__ void combine_reduce(const EpArgs& a) {
     if (base != 1u) EP_DIAG_AT(56, EP_STAMP_REDUCE_END);
   }
 #endif
-  // the error word and the call count in one round trip
-  const uint32_t code = read_err_code(st);
-  const uint64_t call = read_calls(st), slot = call & 1u;
+  // the error word and the call count in one round trip, by thread 0 alone, shared through shared memory: at
+  // T = 128 (512 blocks) the latest block had them 2.9 us into the kernel when every thread loaded them, 0.7 when
+  // one thread a block does (bench/NOTES.md v35)
+  uint32_t code;
+  uint64_t call;
+  block_state(st, sState, code, call);
+  const uint64_t slot = call & 1u;
   if (code != 0) {
     if (Flagged) wait_for_prior();
     return;

@@ -252,6 +252,23 @@ __device__ __forceinline__ uint32_t read_err_code(const EpState* st) {
   return *(const volatile uint32_t*)&st->err.code;
 }
 
+// The error word and the call count for a whole block: thread 0 loads them, a barrier shares them (every thread
+// of the block calls it). Where every thread of hundreds of blocks loads the state's line itself, the last
+// block waits microseconds for it (bench/NOTES.md v35); one load a block does not.
+struct BlockState {
+  uint64_t call;
+  uint32_t code;
+};
+__device__ __forceinline__ void block_state(const EpState* st, BlockState& s, uint32_t& code, uint64_t& call) {
+  if (threadIdx.x == 0) {
+    s.code = read_err_code(st);
+    s.call = read_calls(st);
+  }
+  __syncthreads();
+  code = s.code;
+  call = s.call;
+}
+
 // Records the first error of this call: the CAS on err.code from 0 picks one winner, which fills the
 // other fields and then mirrors the struct to errHost (host-mapped). There the code is written last,
 // after a system fence, so a host that polls errHost->code sees complete fields. errHost is never

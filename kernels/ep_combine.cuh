@@ -16,34 +16,29 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
   wait_for_prior();
   if (blockIdx.x == 0 && threadIdx.x == 0) stamp(a, EP_STAMP_COMBINE_BEGIN);
   EpState* st = state_of(a);
-  const uint64_t call = read_calls(st);
-  uint32_t code0 = read_err_code(st);  // (issued with the load above: one round trip)
-  // Flagged: the reduction may report an error while this kernel runs, and the error word decides the
-  // barriers below and the tail. Thread 0's copy, stored to shared memory (so its load has completed) before
-  // the trigger, is every thread's.
-  __shared__ uint32_t sCode;
+  // The error word and the call count: thread 0's, shared by the barrier below (block_state's way; flagged, the
+  // reduction may report an error while this kernel runs, and the error word decides the barriers below and the
+  // tail, so every thread must take the same copy, loaded before the trigger).
+  if (threadIdx.x == 0) {
+    R.state.call = read_calls(st);
+    R.state.code = read_err_code(st);
+  }
   // dedup (not for a host abort: that launch may have a small block, and sends nothing): the pack's carriers
   // per source and their first plans' flags, loaded with them
   const bool partials = a.dedup && host_abort(a) == 0;
   uint32_t counts[4] = {0u, 0u, 0u, 0u}, backs[4];
-#ifdef EP_SERIAL_FIRST_LOADS  // (bench A/B only: after the error word, as before v11; flagged: thread 0's, shared)
-  if (a.combineFlagged) {
-    if (threadIdx.x == 0) sCode = code0;
-    __syncthreads();
-    code0 = sCode;
-  }
-  if (partials && code0 == 0) load_plan_counts(a, counts, backs);
+#ifdef EP_SERIAL_FIRST_LOADS  // (bench A/B only: after the error word, as before v11)
+  __syncthreads();
+  if (partials && R.state.code == 0) load_plan_counts(a, counts, backs);
 #else
   if (partials) load_plan_counts(a, counts, backs);
 #endif
   bool unflagged = partials && plan_starts(a, R, counts, backs);
-  if (a.combineFlagged && threadIdx.x == 0) sCode = code0;
-  // one barrier publishes R.pre, whether any source gets its partials unflagged, and sCode
-  if (partials || a.combineFlagged) unflagged = __syncthreads_or(unflagged) != 0;
-  if (a.combineFlagged) {
-    code0 = sCode;
-    allow_dependents();
-  }
+  // one barrier publishes R.pre, whether any source gets its partials unflagged, and the state
+  unflagged = __syncthreads_or(unflagged) != 0;
+  const uint64_t call = R.state.call;
+  const uint32_t code0 = R.state.code;
+  if (a.combineFlagged) allow_dependents();
   const uint64_t slot = call & 1u;
   if (host_abort(a) != 0 && blockIdx.x == 0 && threadIdx.x == 0) mark_host_abort(a);
   if (code0 == 0 && host_abort(a) == 0) {

@@ -148,11 +148,12 @@ __device__ __forceinline__ void stage_pack(const EpArgs& a) {
   if (blockIdx.x == 0 && tid == 0) stamp(a, EP_STAMP_PACK_BEGIN);  // (at entry: the pack's own loads count)
   // the error word, the call count and both slots' split records in one round trip (the slot is the
   // call's parity: the records of the other slot are loaded and dropped)
-  const uint32_t code = read_err_code(st);
-  const uint64_t call = read_calls(st), slot = call & 1u;
+  uint32_t code;
+  uint64_t call;
   const uint64_t own = a.localBase;
-  build_stage_tables(a, R, (const int*)(own + a.stageSplitsOff), call, code);
+  build_stage_tables(a, R, (const int*)(own + a.stageSplitsOff), st, code, call);
   if (code != 0) return;  // the call is off here (an abort, a timeout, or this rank's input)
+  const uint64_t slot = call & 1u;
   if (tid == 0) sOver = INT_MAX;
   __syncthreads();
   for (int le = tid; le < EPR; le += blockDim.x)

@@ -36,6 +36,7 @@ struct LocalTables {
   int rows;                         // bookkeeping: pairs with an expert
   int capE;                         // bookkeeping (one rank): first expert over capacity
   uint64_t base;                    // this rank's heap
+  uint64_t call;                    // staged row blocks: this call's count, thread 0's (InBlockDests::go)
 };
 
 // Whether this call's ids live in S.ids (T*k <= EP_STAGE_SMEM_PAIRS); larger batches read topkIdx each

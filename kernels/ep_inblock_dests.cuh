@@ -96,7 +96,8 @@ struct InBlockDests {
   __device__ __forceinline__ bool go(const EpArgs& a, int t) {
     if (state < 0) {
       wait_for_prior();  // (a no-op unless launched as a programmatic dependent)
-      if (Staged) call = read_calls(state_of(a)) + 1;
+      // staged: the call count, thread 0's, shared by the barrier below (one load a block: block_state)
+      if (Staged && threadIdx.x == 0) S.call = read_calls(state_of(a)) + 1;
       int first[8];
       if (!Staged) first_ids(a, t, first);  // these loads and load_ids' go out together; one barrier publishes both
       // staged, and one rank's packed experts: where each expert's rows start, from a histogram
@@ -113,6 +114,7 @@ struct InBlockDests {
       }
       if (!Staged) mark(a, t, first);
       __syncthreads();
+      if (Staged) call = S.call;
       if (blockIdx.x == 0 && threadIdx.x == 0) EP_DIAG_AT(33, EP_STAMP_ROWS_BEGIN);  // (the ids in, published)
       if (prefix) {
         if (Staged) {  // one pass: every pair into hist, and those before this block's first token into run

@@ -19,6 +19,7 @@ struct RecvTables {
   int mst[EP_MAX_EXPERTS];
   int scratch[66];  // (block_exclusive_scan2's)
   int flag;
+  BlockState state;  // ep_stage_pack, ep_combine_send: the error word and call count, thread 0's
 };
 
 // From split records [W][splitsPerPeer] at `splits`: written by an earlier kernel of this rank on the
@@ -37,16 +38,25 @@ __device__ void build_tables_from(const EpArgs& a, RecvTables& R, const int* spl
   block_exclusive_scan2(R.pre, R.preT, E, R.scratch);
 }
 
-// build_tables_from for the stage's split records of this call (ep_stage_pack): both slots' records
-// ([2][W][splitsPerPeer] from `splits`) are loaded with the call count, before its parity picks one, so
-// the records cost no round trip of their own. Every thread calls it; needs E and W <= 4 * blockDim.
-__device__ void build_stage_tables(const EpArgs& a, RecvTables& R, const int* splits, uint64_t call, uint32_t code) {
+// build_tables_from for the stage's split records of this call (ep_stage_pack), with the call's error word
+// and count (`code` and `call`: thread 0 loads them, block_state's way, and the barrier that shares them follows
+// the records' loads): both slots' records ([2][W][splitsPerPeer] from `splits`) are loaded with the call count,
+// before its parity picks one, so the records cost no round trip of their own. Every thread calls it; needs E
+// and W <= 4 * blockDim. Returns early (every thread) when code is not 0.
+__device__ void build_stage_tables(const EpArgs& a, RecvTables& R, const int* splits, const EpState* st,
+                                   uint32_t& code, uint64_t& call) {
   const int E = a.numExperts, W = a.world, EPR = a.expertsPerRank, B = blockDim.x, tid = threadIdx.x;
   host_requires(E <= 4 * B, "build_stage_tables: E <= 4 * blockDim");
   const int* other = (const int*)((const char*)splits + a.stageSplitsSlot);
 #ifdef EP_SERIAL_FIRST_LOADS  // (bench A/B only: the records loaded after the call count, as before v11)
+  block_state(st, R.state, code, call);
   if (call & 1u) splits = other;
   other = splits;
+#else
+  if (tid == 0) {
+    R.state.code = read_err_code(st);
+    R.state.call = read_calls(st);
+  }
 #endif
   int v0[4], v1[4], m0[4], m1[4];
 #pragma unroll
@@ -58,6 +68,11 @@ __device__ void build_stage_tables(const EpArgs& a, RecvTables& R, const int* sp
     m0[u] = q < W ? (int)ld_cg_u32(splits + atM) : 0;
     m1[u] = q < W ? (int)ld_cg_u32(other + atM) : 0;
   }
+#ifndef EP_SERIAL_FIRST_LOADS
+  __syncthreads();  // thread 0's error word and call count
+  code = R.state.code;
+  call = R.state.call;
+#endif
   if (code != 0) return;  // (uniform: the caller returns too)
   const bool odd = (call & 1u) != 0;  // (first use of the call count: its load went out before the records')
 #pragma unroll

@@ -8,7 +8,8 @@
 // programmatic dependent (its blocks start early and wait in griddepcontrol.wait, as ep_combine_reduce does),
 // has thread 0 of every block (or every thread, as the library's kernels read their state) load the word once
 // after the wait and stamp %globaltimer when the value is in.
-// Printed per case, medians over repetitions: the latest block's value after the earliest block's wait ended
+// The writer may first store MB megabytes from 528 blocks, each then adding to a counter on the word's line (a
+// dispatch's rows, then finish_block). Printed per case, medians over repetitions: the latest block's value after the earliest block's wait ended
 // (the span), and the median and slowest block's own load time. Cases: G = 4, 132, 512, 1024; how the word is
 // loaded (volatile as read_calls, relaxed at GPU scope, .cg, a plain load, .nc), all blocks on one word, or on R
 // replicas, one 128-byte line each (block b reads replica b % R).
@@ -35,11 +36,17 @@ __device__ __forceinline__ uint64_t timer_after(uint64_t v) {
   return t;
 }
 
-__global__ void writer(uint64_t* words, int replicas, uint64_t call) {
+// traffic: bytes the writer's blocks store first (as a dispatch writes its rows), each block then adding one to a
+// counter on the word's line (as finish_block does); block 0 stores the word(s)
+__global__ void writer(uint64_t* words, int replicas, uint64_t call, uint4* traffic, uint64_t trafficVecs) {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
   const uint64_t t0 = timer();
   while (timer() - t0 < 5000) {
   }
+  for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < trafficVecs; i += (uint64_t)gridDim.x * blockDim.x)
+    traffic[i] = make_uint4((uint32_t)call, (uint32_t)i, 0u, 0u);
+  if (trafficVecs != 0 && threadIdx.x == 0) atomicAdd((unsigned long long*)words + 1, 1ull);
+  if (blockIdx.x != 0) return;
   for (int r = threadIdx.x; r < replicas; r += blockDim.x)
     asm volatile("st.release.sys.global.u64 [%0], %1;" ::"l"(words + (uint64_t)r * LINE_WORDS), "l"(call) : "memory");
 }
@@ -83,18 +90,23 @@ int main() {
   pdl[0].val.programmaticStreamSerializationAllowed = 1;
   std::vector<uint64_t> h(1024 * 3);
   uint64_t call = 0;
-  printf("%-12s %-7s %5s %5s  %9s %9s %9s  (us, median of %d; every value read checked against the call)\n", "load", "loaders", "G", "R", "span", "blk p50", "blk max", REPS);
+  printf("%-12s %-7s %5s %5s %4s  %9s %9s %9s  (us, median of %d; every value read checked against the call)\n", "load", "loaders", "G", "R", "MB", "span", "blk p50", "blk max", REPS);
+  const uint64_t trafficMB[] = {0, 4, 16};
+  uint4* traffic;
+  CK(cudaMalloc(&traffic, 16ull << 20));
+  for (uint64_t mb : trafficMB)
   for (int all = 0; all < 2; ++all)
   for (int mode = 0; mode < MODES; ++mode)
     for (int G : grids)
       for (int R : reps) {
         if (R > G || (R > 1 && mode != VOLATILE && mode != RELAXED_GPU)) continue;
         if (all && R > 1 && R < G) continue;
+        if (mb != 0 && (mode > RELAXED_GPU || (R != 1 && R != G) || G == 132)) continue;
         std::vector<double> span, p50, mx;
         long stale = 0;
         for (int rep = 0; rep < REPS + 3; ++rep) {
           ++call;
-          writer<<<1, 256>>>(words, R, call);
+          writer<<<mb ? 528 : 1, 256>>>(words, R, call, traffic, (mb << 20) / 16);
           CK(cudaGetLastError());
           cudaLaunchConfig_t cfg = {};
           cfg.gridDim = dim3(G);
@@ -122,7 +134,7 @@ int main() {
           std::sort(v.begin(), v.end());
           return v[v.size() / 2];
         };
-        printf("%-12s %-7s %5d %5d  %9.2f %9.2f %9.2f  %s\n", modeName[mode], all ? "all" : "thread0", G, R, med(span),
+        printf("%-12s %-7s %5d %5d %4d  %9.2f %9.2f %9.2f  %s\n", modeName[mode], all ? "all" : "thread0", G, R, (int)mb, med(span),
                med(p50), med(mx),
                stale ? "(stale values read)" : "");
       }

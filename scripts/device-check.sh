@@ -3,7 +3,7 @@
 # compiled into .device/build/ by `npm run build:device`. Logs go to $OUT.
 # Usage: scripts/device-check.sh <step>...
 #   steps: driver smoke smoke2 conformance failures verify v3w1 long graph sanitizer bench bench2 probe launch flagprobe profile
-#          deepep-build paths2 paths4 large2 large4 walk2 v3w2 long4 bench-w2 sanitizer2 flagged2 flaggedlimit diag planprobe sendprobe stateprobe synccheck2 ep (EP_W ranks, default 8) nccl
+#          deepep-build paths2 paths4 large2 large4 walk2 v3w2 long4 bench-w2 sanitizer2 flagged2 flaggedlimit diag ab planprobe sendprobe stateprobe synccheck2 ep (EP_W ranks, default 8) nccl
 #          hosts hosts-long hosts-fail hosts-bench hosts-sanitizer (between hosts, simulated on this machine: MOE_A2A_SIMULATED_HOSTS;
 #          hosts-bench wants 4 GPUs: 2 hosts x 2 GPUs, NVLink inside a host, sockets between; HOSTS_BENCH_W=2: 2 x 1)
 # FAILFAST=1 stops at the first step that fails. The steps ending in 2/4 want that many GPUs (ranks are
@@ -211,6 +211,25 @@ for step in "$@"; do
         MOE_A2A_DISPATCH_PATH=$e run racecheck2-e512-$p timeout 300 compute-sanitizer --tool racecheck --target-processes all $cli verify --transport cuda --world 2 --experts 512 --hidden 256 --topk 8 --tokens 8 $d --calls 2
       done ;;
     bench-w2) bench_ranks ;;
+    ab)
+      # a kernel-only A/B: the serving loop at AB_W ranks (default 2), alternated AB_RUNS times (default 2) between
+      # this build's kernels and AB_FATBIN's (another build: nvcc -fatbin ... -o F kernels/ep.cu), with the stamps'
+      # split at AB_STAMPS; the rows printed per run (T, graph loop us), then the segments at each stamped T
+      [ -f "${AB_FATBIN:-}" ] || { echo "ab: AB_FATBIN (a fatbin file) is not set or missing"; exit 1; }
+      aw=${AB_W:-2} at=${AB_T:-1,32,128,512,4096} as=${AB_STAMPS:-1,128}
+      for i in $(seq 1 ${AB_RUNS:-2}); do
+        for v in build other; do
+          fb=""; [ $v = other ] && fb=$AB_FATBIN
+          MOE_A2A_FATBIN=$fb TAIL=0 run ab-w$aw-$v-$i timeout 200 $cli bench --transport cuda --world $aw --tokens $at \
+            --iters ${AB_ITERS:-100} --warmup 20 --no-baseline --no-json --path dedup --stamps $as
+          f=$OUT/ab-w$aw-$v-$i.log
+          echo "   $v $i: $(sed -n '/serving loop/,/^per call/p' $f | grep -E '^ *[0-9]+ +(dedup|direct|staged)' | awk '{print $1 "=" $4}' | tr '\n' ' ')"
+          for T in $(echo $as | tr , ' '); do
+            echo "     T=$T: $(sed -n "/where the time goes, T=$T /,/whole call/p" $f | grep -E '^ *[a-z].*  [0-9]+\.[0-9]+ ' |
+              awk '{v=$(NF-'$aw'); $(NF-'$aw')=""; for (i=NF-'$aw'+1; i<=NF; i++) $i=""; gsub(/ +$/, ""); printf "%s=%s; ", $0, v}')"
+          done
+        done
+      done ;;
     flagged2)
       # flagged partials across two GPUs (README, "Flagged partials"): verify on both sides of the limit (ragged
       # mixes flagged and unflagged ranks in one call), the DeepSeek-V3 shape, the failure cases on one host,

@@ -16,20 +16,19 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
   wait_for_prior();
   if (blockIdx.x == 0 && threadIdx.x == 0) stamp(a, EP_STAMP_COMBINE_BEGIN);
   EpState* st = state_of(a);
-  // The error word and the call count: thread 0's, shared by the barrier below (block_state's way; flagged, the
-  // reduction may report an error while this kernel runs, and the error word decides the barriers below and the
-  // tail, so every thread must take the same copy, loaded before the trigger).
-  if (threadIdx.x == 0) {
-    R.state.call = read_calls(st);
-    R.state.code = read_err_code(st);
-  }
+  // The error word and the call count: thread 0's, shared by the barrier below (block_state's way; in
+  // EP_SERIAL_FIRST_LOADS builds the first of two). Flagged, the reduction may report an error while this kernel
+  // runs, and the error word decides the barriers below and the tail, so every thread must take the same copy,
+  // loaded before the trigger.
+  load_block_state(st, R.state);
   // dedup (not for a host abort: that launch may have a small block, and sends nothing): the pack's carriers
   // per source and their first plans' flags, loaded with them
   const bool partials = a.dedup && host_abort(a) == 0;
   uint32_t counts[4] = {0u, 0u, 0u, 0u}, backs[4];
-#ifdef EP_SERIAL_FIRST_LOADS  // (bench A/B only: after the error word, as before v11)
+#ifdef EP_SERIAL_FIRST_LOADS  // (bench A/B only: after the state, as before v11; whatever the error word says, so
+                              // that the fenceless choice below stays the grid's)
   __syncthreads();
-  if (partials && R.state.code == 0) load_plan_counts(a, counts, backs);
+  if (partials) load_plan_counts(a, counts, backs);
 #else
   if (partials) load_plan_counts(a, counts, backs);
 #endif

@@ -53,10 +53,7 @@ __device__ void build_stage_tables(const EpArgs& a, RecvTables& R, const int* sp
   if (call & 1u) splits = other;
   other = splits;
 #else
-  if (tid == 0) {
-    R.state.code = read_err_code(st);
-    R.state.call = read_calls(st);
-  }
+  load_block_state(st, R.state);
 #endif
   int v0[4], v1[4], m0[4], m1[4];
 #pragma unroll

@@ -259,11 +259,15 @@ struct BlockState {
   uint64_t call;
   uint32_t code;
 };
-__device__ __forceinline__ void block_state(const EpState* st, BlockState& s, uint32_t& code, uint64_t& call) {
+// Thread 0's loads alone, where the caller's own barrier shares them (read s after it).
+__device__ __forceinline__ void load_block_state(const EpState* st, BlockState& s) {
   if (threadIdx.x == 0) {
     s.code = read_err_code(st);
     s.call = read_calls(st);
   }
+}
+__device__ __forceinline__ void block_state(const EpState* st, BlockState& s, uint32_t& code, uint64_t& call) {
+  load_block_state(st, s);
   __syncthreads();
   code = s.code;
   call = s.call;

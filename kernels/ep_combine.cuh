@@ -147,7 +147,7 @@ __device__ __forceinline__ void combine_reduce(const EpArgs& a) {
 #endif
   // the error word and the call count in one round trip, by thread 0 alone, shared through shared memory: at
   // T = 128 (512 blocks) the latest block had them 2.9 us into the kernel when every thread loaded them, 0.7 when
-  // one thread a block does (bench/NOTES.md v35)
+  // one thread a block does (bench/NOTES.md v36)
   uint32_t code;
   uint64_t call;
   block_state(st, sState, code, call);

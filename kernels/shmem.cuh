@@ -254,7 +254,7 @@ __device__ __forceinline__ uint32_t read_err_code(const EpState* st) {
 
 // The error word and the call count for a whole block: thread 0 loads them, a barrier shares them (every thread
 // of the block calls it). Where every thread of hundreds of blocks loads the state's line itself, the last
-// block waits microseconds for it (bench/NOTES.md v35); one load a block does not.
+// block waits microseconds for it (bench/NOTES.md v36); one load a block does not.
 struct BlockState {
   uint64_t call;
   uint32_t code;

@@ -11,7 +11,7 @@
 // The writer may first store MB megabytes from 528 blocks, each then adding to a counter on the word's line (a
 // dispatch's rows, then finish_block). Printed per case, medians over repetitions: the latest block's value after the earliest block's wait ended
 // (the span), and the median and slowest block's own load time. Cases: G = 4, 132, 512, 1024; how the word is
-// loaded (volatile as read_calls, relaxed at GPU scope, .cg, a plain load, .nc), all blocks on one word, or on R
+// loaded (volatile as read_calls, relaxed at GPU scope, .cg, a plain load, .nc, or two words as the library reads its state), all blocks on one word, or on R
 // replicas, one 128-byte line each (block b reads replica b % R).
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -51,8 +51,10 @@ __global__ void writer(uint64_t* words, int replicas, uint64_t call, uint4* traf
     asm volatile("st.release.sys.global.u64 [%0], %1;" ::"l"(words + (uint64_t)r * LINE_WORDS), "l"(call) : "memory");
 }
 
-enum Mode { VOLATILE, RELAXED_GPU, CG, PLAIN, NC, MODES };
-const char* modeName[MODES] = {"volatile", "relaxed.gpu", "ld.cg", "plain", "ld.nc"};
+// STATE2: as the library's kernels read EpState: the call count (u64 at +0) and the error word (u32 at +0x28, zero
+// here), two volatile loads of the one line
+enum Mode { VOLATILE, RELAXED_GPU, CG, PLAIN, NC, STATE2, MODES };
+const char* modeName[MODES] = {"volatile", "relaxed.gpu", "ld.cg", "plain", "ld.nc", "state2"};
 
 __global__ void __launch_bounds__(THREADS) reader(const uint64_t* words, int mode, int replicas, bool all,
                                                   uint64_t* stamps) {
@@ -66,7 +68,8 @@ __global__ void __launch_bounds__(THREADS) reader(const uint64_t* words, int mod
     case RELAXED_GPU: asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(w) : "memory"); break;
     case CG: v = __ldcg(w); break;
     case PLAIN: v = *w; break;
-    default: v = __ldg(w); break;
+    case NC: v = __ldg(w); break;
+    default: v = *(const volatile uint64_t*)w + *(const volatile uint32_t*)((const char*)w + 0x28); break;
   }
   const uint64_t t1 = timer_after(v);
   if (threadIdx.x != 0) {
@@ -99,9 +102,9 @@ int main() {
   for (int mode = 0; mode < MODES; ++mode)
     for (int G : grids)
       for (int R : reps) {
-        if (R > G || (R > 1 && mode != VOLATILE && mode != RELAXED_GPU)) continue;
+        if (R > G || (R > 1 && mode != VOLATILE && mode != RELAXED_GPU && mode != STATE2)) continue;
         if (all && R > 1 && R < G) continue;
-        if (mb != 0 && (mode > RELAXED_GPU || (R != 1 && R != G) || G == 132)) continue;
+        if (mb != 0 && ((mode > RELAXED_GPU && mode != STATE2) || (R != 1 && R != G) || G == 132)) continue;
         std::vector<double> span, p50, mx;
         long stale = 0;
         for (int rep = 0; rep < REPS + 3; ++rep) {

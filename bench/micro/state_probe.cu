@@ -3,16 +3,16 @@
 // T = 1 (4 blocks) but 2.9 us at T = 128 (512 blocks), on one GPU too). Not part of the library. Build and run:
 //   nvcc -O3 -std=c++17 -arch=sm_90a bench/micro/state_probe.cu -o state_probe && ./state_probe
 //
-// A "writer" kernel (one block) spins about 5 us, then stores the word and the call count the way a send's last
-// block does (a system-scope release store); a "reader" kernel of G blocks of 224 threads, launched as its
-// programmatic dependent (its blocks start early and wait in griddepcontrol.wait, as ep_combine_reduce does),
-// has thread 0 of every block (or every thread, as the library's kernels read their state) load the word once
-// after the wait and stamp %globaltimer when the value is in.
-// The writer may first store MB megabytes from 528 blocks, each then adding to a counter on the word's line (a
-// dispatch's rows, then finish_block). Printed per case, medians over repetitions: the latest block's value after the earliest block's wait ended
-// (the span), and the median and slowest block's own load time. Cases: G = 4, 132, 512, 1024; how the word is
-// loaded (volatile as read_calls, relaxed at GPU scope, .cg, a plain load, .nc, or two words as the library reads its state), all blocks on one word, or on R
-// replicas, one 128-byte line each (block b reads replica b % R).
+// A "writer" kernel (one block) spins about 5 us, then stores the word and the call count the way a send's last block
+// does (a system-scope release store); a "reader" kernel of G blocks of 224 threads, launched as its programmatic
+// dependent (its blocks start early and wait in griddepcontrol.wait, as ep_combine_reduce does), has thread 0 of every
+// block (or every thread, as the library's kernels read their state) load the word once after the wait and stamp
+// %globaltimer when the value is in. The writer may first store MB megabytes from 528 blocks, each then adding to a
+// counter on the word's line (a dispatch's rows, then finish_block). Printed per case, medians over repetitions: the
+// latest block's value after the earliest block's wait ended (the span), and the median and slowest block's own load
+// time. Cases: G = 4, 132, 512, 1024; how the word is loaded (volatile as read_calls, relaxed at GPU scope, .cg, a
+// plain load, .nc, or two words as the library reads its state), all blocks on one word, or on R replicas, one 128-byte
+// line each (block b reads replica b % R).
 #include <cuda_runtime.h>
 #include <stdint.h>
 #include <stdio.h>

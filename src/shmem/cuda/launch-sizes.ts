@@ -63,9 +63,8 @@ export function walkGridCap(sms: number, perSm = 4): number {
   return Math.max(1, Math.min(4, perSm)) * sms;
 }
 
-/** ep_stage_pack: a warp per (staged row, 2 KiB segment), 8 warps a block, one wave at most (walkGridCap). */
-export function stagePackSize(cfg: EpConfig, stageRows: number, sms: number, perSm = 4): LaunchSize {
-  const items = cfg.world * stageRows * Math.ceil(cfg.dispatchRowBytes / 2048);
+/** A row walker for `items` warp-sized items: a warp each, 8 warps a block, one wave at most (walkGridCap). */
+function walkSize(items: number, sms: number, perSm: number): LaunchSize {
   return {
     grid: Math.min(walkGridCap(sms, perSm), Math.max(1, Math.ceil(items / 8))),
     block: WALK_BLOCK,
@@ -73,17 +72,18 @@ export function stagePackSize(cfg: EpConfig, stageRows: number, sms: number, per
   };
 }
 
+/** ep_stage_pack: a warp per (staged row, 2 KiB segment). */
+export function stagePackSize(cfg: EpConfig, stageRows: number, sms: number, perSm = 4): LaunchSize {
+  return walkSize(cfg.world * stageRows * Math.ceil(cfg.dispatchRowBytes / 2048), sms, perSm);
+}
+
 /**
  * The kernels that walk received rows (ep_recv_view, ep_combine_send without dedup): no more blocks than the rows that
- * can exist (W * maxRowsPerPeer, a warp each, 8 warps a block), one wave at most (walkGridCap). Idle
- * blocks are not free: each still joins the last-block-done count with a system-scope atomic.
+ * can exist (W * maxRowsPerPeer, a warp each). Idle blocks are not free: each still joins the last-block-done count
+ * with a system-scope atomic.
  */
 export function rowWalkSize(cfg: EpConfig, sms: number, perSm = 4): LaunchSize {
-  const grid = Math.min(
-    walkGridCap(sms, perSm),
-    Math.max(1, Math.ceil((cfg.world * cfg.maxRowsPerPeer) / 8)),
-  );
-  return { grid, block: WALK_BLOCK, sharedBytes: 0 };
+  return walkSize(cfg.world * cfg.maxRowsPerPeer, sms, perSm);
 }
 
 /**
@@ -96,12 +96,7 @@ export function rowWalkSize(cfg: EpConfig, sms: number, perSm = 4): LaunchSize {
 export function combineSendSize(cfg: EpConfig, sms: number, perSm = 4): LaunchSize {
   if (!cfg.dedup) return rowWalkSize(cfg, sms, perSm);
   const carriers = cfg.world * Math.min(cfg.maxTokensPerRank, cfg.maxRowsPerPeer);
-  const items = carriers * Math.ceil((2 * cfg.hidden) / 2048);
-  return {
-    grid: Math.min(walkGridCap(sms, perSm), Math.max(1, Math.ceil(items / 8))),
-    block: WALK_BLOCK,
-    sharedBytes: 0,
-  };
+  return walkSize(carriers * Math.ceil((2 * cfg.hidden) / 2048), sms, perSm);
 }
 
 /** ep_combine_reduce (and _dedup): one thread per 8 values of a row, a block per (token, chunk), at most 8 per SM. */

@@ -25,13 +25,11 @@ extern "C" __global__ void __launch_bounds__(EP_MAX_THREADS) ep_combine_send(con
   // per source and their first plans' flags, loaded with them
   const bool partials = a.dedup && host_abort(a) == 0;
   uint32_t counts[4] = {0u, 0u, 0u, 0u}, backs[4];
-#ifdef EP_SERIAL_FIRST_LOADS  // (bench A/B only: after the state, as before v11; whatever the error word says, so
-                              // that the fenceless choice below stays the grid's)
+#ifdef EP_SERIAL_FIRST_LOADS  // (bench A/B only: the counts after the state, as before v11; loaded whatever the error
+                              // word says, so that the fenceless choice below stays the grid's)
   __syncthreads();
-  if (partials) load_plan_counts(a, counts, backs);
-#else
-  if (partials) load_plan_counts(a, counts, backs);
 #endif
+  if (partials) load_plan_counts(a, counts, backs);
   bool unflagged = partials && plan_starts(a, R, counts, backs);
   // one barrier publishes R.pre, whether any source gets its partials unflagged, and the state
   unflagged = __syncthreads_or(unflagged) != 0;

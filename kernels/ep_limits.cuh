@@ -39,7 +39,7 @@
 //   41    ep_stage_send_large with own_direct: into two stamps the staged path does not otherwise write (the bench
 //         names them after ep_route's count exchange), row block 0's counts published (COUNTS_SENT, thread 0's
 //         share) and the latest row block with every peer's counts (COUNTS_ARRIVED); ROWS_BEGIN stays.
-//   51-58 ep_combine_reduce(_dedup, _flagged); 52-54 in the warp-per-token path (k <= 32) only: 55 a block
+//   51-59 ep_combine_reduce(_dedup, _flagged); 52-54 in the warp-per-token path (k <= 32) only: 55 a block
 //         starts (after its wait for the kernel before; _flagged does not wait), 51 its error word and call in,
 //         52 a warp's ids in, 53 its partials in and summed, 54 its stores issued; 56 thread 0's load of its own
 //         heap base (another allocation) in, first; 57 as 51, after 56's load; 58 thread 0 has the parameters

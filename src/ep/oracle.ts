@@ -170,20 +170,6 @@ export function oracleDispatch(
 }
 
 /**
- * What combine returns on rank `src`: y[t] = bf16(sum over valid j, in order, of f32(w[t,j] * out[t,j])),
- * where out[t,j] is the row that the owner of expert topkIdx[t,j] produced for this pair.
- * `expertOutOf(owner, localExpert, row)` gives that owner's bf16 output row (an array and offset):
- * rows are numbered as in the oracle's expert-major order.
- *
- * With cfg.dedup, each owner d of token t first reduces its own slots: P_d = bf16(sum over valid j
- * with owner d, in order, of f32(w[t,j] * out[t,j])), the f32 sum starting from 0. Over several hosts
- * (cfg.nodes > 1) the owners of t on a host other than src's are then reduced inside their host:
- * Q = bf16(S), S = P of that host's first owner (by its first slot), then S = f32(S + P) for each next
- * owner there in the order of their first slots. Last, y[t] = bf16(S) over t's keys in the order of
- * their first slots, S starting from the first key's partial, then S = f32(S + partial): a key is an
- * owner on src's host (its P) or a whole other host (its Q). y[t] = +0 when t has no valid slot.
- */
-/**
  * Each of rank `src`'s pairs' row among its expert's rows in expert-major order (the rows of the sources before
  * src first, then src's pairs in order), -1 for a slot with no expert. One pass over the pairs.
  */
@@ -200,6 +186,20 @@ export function pairRows(cfg: EpConfig, inputs: readonly OracleRankInput[], src:
   return rows;
 }
 
+/**
+ * What combine returns on rank `src`: y[t] = bf16(sum over valid j, in order, of f32(w[t,j] * out[t,j])),
+ * where out[t,j] is the row that the owner of expert topkIdx[t,j] produced for this pair.
+ * `expertOutOf(owner, localExpert, row)` gives that owner's bf16 output row (an array and offset):
+ * rows are numbered as in the oracle's expert-major order.
+ *
+ * With cfg.dedup, each owner d of token t first reduces its own slots: P_d = bf16(sum over valid j
+ * with owner d, in order, of f32(w[t,j] * out[t,j])), the f32 sum starting from 0. Over several hosts
+ * (cfg.nodes > 1) the owners of t on a host other than src's are then reduced inside their host:
+ * Q = bf16(S), S = P of that host's first owner (by its first slot), then S = f32(S + P) for each next
+ * owner there in the order of their first slots. Last, y[t] = bf16(S) over t's keys in the order of
+ * their first slots, S starting from the first key's partial, then S = f32(S + partial): a key is an
+ * owner on src's host (its P) or a whole other host (its Q). y[t] = +0 when t has no valid slot.
+ */
 export function oracleCombine(
   cfg: EpConfig,
   inputs: readonly OracleRankInput[],

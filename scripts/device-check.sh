@@ -58,6 +58,12 @@ bench_ranks() {
   TAIL=80 run bench-w${BENCH_W:-2} timeout ${BENCH_S:-480} $cli bench --transport cuda --world ${BENCH_W:-2} --tokens ${BENCH_T:-1,32,128,512,4096} --iters ${BENCH_ITERS:-200} --warmup 20 $dep ${BENCH_ARGS:-}
   newest_results
 }
+# segment=us; for each segment of the bench's stamped split at T ($3) in log $1, the slowest of its W ($2) ranks
+# (the per-rank columns follow it); $4: a pattern of segments to leave out
+split_at() {
+  sed -n "/where the time goes, T=$3 /,/whole call/p" "$1" | grep -E '^ *[a-z].*  [0-9]+\.[0-9]+ ' | grep -v "${4:-^$}" |
+    awk -v w="$2" '{v=$(NF-w); $(NF-w)=""; for (i=NF-w+1; i<=NF; i++) $i=""; gsub(/ +$/, ""); printf "%s=%s; ", $0, v}'
+}
 # the bench's newest JSON + SVG (bench/results/ on this machine holds older runs too)
 newest_results() { mkdir -p "$OUT/results" && ls -t bench/results/*-cuda-* 2>/dev/null | head -2 | xargs -r cp -t "$OUT/results/"; }
 for step in "$@"; do
@@ -225,8 +231,7 @@ for step in "$@"; do
           f=$OUT/ab-w$aw-$v-$i.log
           echo "   $v $i: $(sed -n '/serving loop/,/^per call/p' $f | grep -E '^ *[0-9]+ +(dedup|direct|staged)' | awk '{print $1 "=" $4}' | tr '\n' ' ')"
           for T in $(echo $as | tr , ' '); do
-            echo "     T=$T: $(sed -n "/where the time goes, T=$T /,/whole call/p" $f | grep -E '^ *[a-z].*  [0-9]+\.[0-9]+ ' |
-              awk '{v=$(NF-'$aw'); $(NF-'$aw')=""; for (i=NF-'$aw'+1; i<=NF; i++) $i=""; gsub(/ +$/, ""); printf "%s=%s; ", $0, v}')"
+            echo "     T=$T: $(split_at $f $aw $T)"
           done
         done
       done ;;
@@ -274,8 +279,7 @@ for step in "$@"; do
         MOE_A2A_FATBIN=$fb TAIL=0 run diag-w$dw-$n$t timeout 150 $cli bench --transport cuda --world $dw \
           --tokens "$(echo $dt | tr ' ' ,)" --iters 100 --warmup 20 --no-baseline --no-json --path dedup --stamps "$(echo $dt | tr ' ' ,)"
         for T in $dt; do  # label=value, the slowest rank's, for the segments the call wrote
-          echo "   d$n$t T=$T: $(sed -n "/where the time goes, T=$T /,/whole call/p" "$OUT/diag-w$dw-$n$t.log" | grep -E '^ *[a-z].*  [0-9]+\.[0-9]+ ' |
-            grep -v 'whole call' | awk '{v=$(NF-'$dw'); $(NF-'$dw')=""; for (i=NF-'$dw'+1; i<=NF; i++) $i=""; gsub(/ +$/, ""); printf "%s=%s; ", $0, v}')"
+          echo "   d$n$t T=$T: $(split_at "$OUT/diag-w$dw-$n$t.log" $dw $T 'whole call')"
         done
         case $n in 1*) k=ep_combine_send ;; 2*) k=ep_stage_pack ;; 3*) k=ep_stage_send ;; 4*) k=ep_stage_send_large ;; 5*) k=ep_combine_reduce_dedup ;; *) k="" ;; esac
         [ -n "$k" ] && cuobjdump -sass -fun $k "$fb" 2>&1 | grep -E 'GLOBALTIMER|LDG|ATOMG|RED|BAR|SHFL' > "$OUT/diag-d$n$t-$k.sass.txt"

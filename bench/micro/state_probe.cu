@@ -20,15 +20,13 @@
 #include <algorithm>
 #include <vector>
 
+#include "../../kernels/shmem.cuh"  // (globaltimer: the library's own)
 #include "cuda_check.h"
+
+using ep::globaltimer;
 
 constexpr int REPS = 40, THREADS = 224, LINE_WORDS = 16;  // (u64 words a 128-byte line)
 
-__device__ __forceinline__ uint64_t timer() {
-  uint64_t t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
 // %globaltimer once v is in (the operand makes the read wait for the load)
 __device__ __forceinline__ uint64_t timer_after(uint64_t v) {
   uint64_t t;
@@ -40,8 +38,8 @@ __device__ __forceinline__ uint64_t timer_after(uint64_t v) {
 // counter on the word's line (as finish_block does); block 0 stores the word(s)
 __global__ void writer(uint64_t* words, int replicas, uint64_t call, uint4* traffic, uint64_t trafficVecs) {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-  const uint64_t t0 = timer();
-  while (timer() - t0 < 5000) {
+  const uint64_t t0 = globaltimer();
+  while (globaltimer() - t0 < 5000) {
   }
   for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < trafficVecs; i += (uint64_t)gridDim.x * blockDim.x)
     traffic[i] = make_uint4((uint32_t)call, (uint32_t)i, 0u, 0u);
@@ -61,7 +59,7 @@ __global__ void __launch_bounds__(THREADS) reader(const uint64_t* words, int mod
   asm volatile("griddepcontrol.wait;" ::: "memory");
   if (threadIdx.x != 0 && !all) return;
   const uint64_t* w = words + (uint64_t)(blockIdx.x % replicas) * LINE_WORDS;
-  const uint64_t t0 = timer();
+  const uint64_t t0 = globaltimer();
   uint64_t v;
   switch (mode) {
     case VOLATILE: v = *(const volatile uint64_t*)w; break;

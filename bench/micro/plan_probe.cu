@@ -38,15 +38,9 @@ __global__ void __launch_bounds__(256, 2)
   bool first = true;
   for (uint32_t it = w; it < items; it += gridDim.x * warps) {
     const int c = (int)(it / SEGS), seg = (int)(it % SEGS);
-    int rj;
-    float wj;
-    const int s = load_plan(plans, c, lane, rj, wj);
-    const uint64_t tPlan = globaltimer();
     float acc[4][8];
-    for (int u = 0; u < 4; ++u)
-      for (int i = 0; i < 8; ++i) acc[u][i] = 0.0f;
-    if (loadRows) sum_rows(expertOut, rj, wj, seg, lane, acc);
-    const uint64_t tRows = globaltimer() + (acc[0][0] == 12345.0f ? 1 : 0);  // (waits for the sum)
+    uint64_t tPlan, tRows;
+    const int s = plan_then_sum(plans, expertOut, c, seg, lane, loadRows, acc, tPlan, tRows);
     char* dst = out + (uint64_t)it * SEG;
     uint4 r[4];
     fold_partial(acc, s, r);

@@ -80,15 +80,9 @@ __global__ void __launch_bounds__(256, 2)
   const uint64_t t0 = globaltimer();
   for (uint32_t it = w; it < (uint32_t)ITEMS; it += gridDim.x * warps) {
     const int c = (int)(it / SEGS), seg = (int)(it % SEGS);
-    int rj;
-    float wj;
-    const int s = load_plan(plans, c, lane, rj, wj);
-    const uint64_t tPlan = globaltimer();
     float acc[4][8];
-    for (int u = 0; u < 4; ++u)
-      for (int i = 0; i < 8; ++i) acc[u][i] = 0.0f;
-    sum_rows(expertOut, rj, wj, seg, lane, acc);
-    const uint64_t tRows = globaltimer() + (acc[0][0] == 12345.0f ? 1 : 0);  // (waits for the sum)
+    uint64_t tPlan, tRows;
+    const int s = plan_then_sum(plans, expertOut, c, seg, lane, true, acc, tPlan, tRows);
     const bool remote = is_remote(mode, c);
     char* dst = (remote ? peerIn : localOut) + (uint64_t)it * SEG;
     uint4 r[4];

@@ -93,6 +93,21 @@ __device__ __forceinline__ void sum_rows(const char* expertOut, int rj, float wj
   }
 }
 
+// A warp's item: carrier c's plan, then (loadRows) segment seg of its rows summed into acc, zeroed first. Returns
+// the plan's source, with the %globaltimer at which the plan was in (tPlan) and the sum done (tRows).
+__device__ __forceinline__ int plan_then_sum(const char* plans, const char* expertOut, int c, int seg, int lane,
+                                             bool loadRows, float (&acc)[4][8], uint64_t& tPlan, uint64_t& tRows) {
+  int rj;
+  float wj;
+  const int s = load_plan(plans, c, lane, rj, wj);
+  tPlan = ep::globaltimer();
+  for (int u = 0; u < 4; ++u)
+    for (int i = 0; i < 8; ++i) acc[u][i] = 0.0f;
+  if (loadRows) sum_rows(expertOut, rj, wj, seg, lane, acc);
+  tRows = ep::globaltimer() + (acc[0][0] == 12345.0f ? 1 : 0);  // (waits for the sum)
+  return s;
+}
+
 // A lane's 64 bytes of the partial (the sums folded so that every one counts, and the source).
 __device__ __forceinline__ void fold_partial(const float (&acc)[4][8], int s, uint4 (&r)[4]) {
 #pragma unroll
